@@ -1,0 +1,344 @@
+//! Decoding input records into the canonical [`TaskEvent`].
+//!
+//! Producers in the wild send several shapes; all of them normalise to the
+//! WIT `task-event` record so plugins never parse JSON:
+//! - snake_case: `{event_id, event_type, user_id, task_id, timestamp, task_data}`;
+//! - camelCase envelopes: `{eventId, eventType, source, userId, timestamp,
+//!   payload}` where `payload` may carry `previousState`/`newState` rows;
+//! - CloudEvents 1.0 structured mode (`specversion`, event in `data` or
+//!   `data_base64`; the CloudEvent `id` is the event id) and binary mode
+//!   (`ce_*` headers, the body is the event).
+//!
+//! Unknown fields are ignored. Anything that cannot be decoded yields a
+//! [`DecodeError`] naming the field and the reason, ready for the
+//! dead-letter topic.
+
+mod fields;
+mod recurrence;
+mod task;
+mod time;
+
+use base64::Engine as _;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use self::fields::{Layers, Obj, describe, kind, lookup};
+use crate::world::{EventKind, TaskEvent, Timestamp};
+
+/// Why a record could not be decoded.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum DecodeError {
+    /// The bytes are not JSON at all.
+    #[error("not valid JSON: {0}")]
+    Json(String),
+    /// A field is missing or has a value we cannot use.
+    #[error("{field}: {reason}")]
+    Field {
+        /// Dotted path of the field as the producer spelled it.
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+impl DecodeError {
+    pub(crate) fn field(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::Field {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Result of decoding.
+pub type Result<T, E = DecodeError> = std::result::Result<T, E>;
+
+/// Where a record came from, beyond its value bytes.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RecordMeta<'a> {
+    /// Kafka headers; `ce_*` headers mean CloudEvents binary mode.
+    pub headers: &'a [(&'a str, &'a [u8])],
+    /// The Kafka record timestamp, used when the event carries no time.
+    pub timestamp: Option<Timestamp>,
+}
+
+/// Decodes one record value.
+pub fn decode(value: &[u8]) -> Result<TaskEvent> {
+    decode_record(value, RecordMeta::default())
+}
+
+/// Decodes one record value with its Kafka headers and timestamp.
+pub fn decode_record(value: &[u8], meta: RecordMeta<'_>) -> Result<TaskEvent> {
+    let root: Value =
+        serde_json::from_slice(value).map_err(|e| DecodeError::Json(e.to_string()))?;
+    let Value::Object(root) = root else {
+        return Err(DecodeError::field(
+            "<record>",
+            format!("expected a JSON object, found {}", kind(&root)),
+        ));
+    };
+    let binary_ce = cloud_event_headers(meta.headers);
+    let binary = binary_ce.is_some();
+    if binary || root.contains_key("specversion") {
+        let ce = match binary_ce {
+            Some(headers) => headers,
+            None => CloudEvent::structured(&root)?,
+        };
+        let body = match &ce.data {
+            Some(data) => data,
+            None if binary => &root,
+            None => {
+                return Err(DecodeError::field(
+                    "data",
+                    "missing (a CloudEvent needs data or data_base64)",
+                ));
+            }
+        };
+        let envelope = Envelope {
+            path: ce.data_path,
+            map: body,
+            id: Some(ce.id),
+            source: ce.source,
+            time: ce.time.or(meta.timestamp),
+            ce_type: ce.kind,
+        };
+        return envelope.decode(value);
+    }
+    Envelope {
+        path: "",
+        map: &root,
+        id: None,
+        source: None,
+        time: meta.timestamp,
+        ce_type: None,
+    }
+    .decode(value)
+}
+
+/// The CloudEvents attributes we use.
+struct CloudEvent {
+    id: String,
+    source: Option<String>,
+    kind: Option<String>,
+    time: Option<Timestamp>,
+    data: Option<Map<String, Value>>,
+    data_path: &'static str,
+}
+
+impl CloudEvent {
+    fn structured(root: &Map<String, Value>) -> Result<Self> {
+        let top = Obj { path: "", map: root };
+        let id = lookup(top, &["id"])
+            .ok_or_else(|| DecodeError::field("id", "missing (CloudEvents require an id)"))?
+            .string_or_number()?;
+        let source = lookup(top, &["source"]).map(|f| f.string()).transpose()?;
+        let ce_type = lookup(top, &["type"]).map(|f| f.string()).transpose()?;
+        let time = lookup(top, &["time"])
+            .map(|f| time::instant(&f, &jiff::tz::TimeZone::UTC))
+            .transpose()?;
+        let (data, data_path) = if let Some(found) = lookup(top, &["data"]) {
+            let data = match found.value {
+                Value::Object(map) => map.clone(),
+                // Some publishers put the JSON event in a string.
+                Value::String(s) => parse_object(s.as_bytes(), "data")?,
+                other => {
+                    return Err(found.error(format!(
+                        "expected a JSON object, found {}",
+                        kind(other)
+                    )));
+                }
+            };
+            (Some(data), "data")
+        } else if let Some(found) = lookup(top, &["database64"]) {
+            let text = found.string()?;
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(text.trim())
+                .map_err(|e| found.error(format!("not valid base64: {e}")))?;
+            (Some(parse_object(&bytes, "data_base64")?), "data_base64")
+        } else {
+            (None, "data")
+        };
+        Ok(Self {
+            id,
+            source,
+            kind: ce_type,
+            time,
+            data,
+            data_path,
+        })
+    }
+}
+
+/// CloudEvents binary mode: attributes in `ce_*` headers, the body is the
+/// event itself.
+fn cloud_event_headers(headers: &[(&str, &[u8])]) -> Option<CloudEvent> {
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+            .map(str::to_owned)
+    };
+    let id = header("ce_id")?;
+    Some(CloudEvent {
+        id,
+        source: header("ce_source"),
+        kind: header("ce_type"),
+        time: header("ce_time")
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+            .map(jiff::Timestamp::as_millisecond),
+        data: None,
+        data_path: "",
+    })
+}
+
+fn parse_object(bytes: &[u8], field: &str) -> Result<Map<String, Value>> {
+    match serde_json::from_slice(bytes) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(other) => Err(DecodeError::field(
+            field,
+            format!("expected a JSON object, found {}", kind(&other)),
+        )),
+        Err(e) => Err(DecodeError::field(field, format!("not valid JSON: {e}"))),
+    }
+}
+
+/// An event envelope (snake_case or camelCase), possibly inside a CloudEvent.
+struct Envelope<'a> {
+    path: &'a str,
+    map: &'a Map<String, Value>,
+    /// Event id from an outer CloudEvent, which takes precedence.
+    id: Option<String>,
+    source: Option<String>,
+    /// Fallback time (CloudEvent `time` or Kafka timestamp).
+    time: Option<Timestamp>,
+    /// The CloudEvent `type`, a fallback for the event type.
+    ce_type: Option<String>,
+}
+
+impl Envelope<'_> {
+    fn decode(self, raw: &[u8]) -> Result<TaskEvent> {
+        let top = Obj {
+            path: self.path,
+            map: self.map,
+        };
+        let event_kind = self.kind(top)?;
+
+        // The task body: `task_data`, `payload`, `data` or `task`; a flat
+        // event carries the task fields beside the envelope's.
+        let body_found = lookup(top, &["taskdata", "payload", "data", "task"]);
+        let body_path = body_found.map(|f| f.field());
+        let body = match (body_found, body_path.as_deref()) {
+            (Some(found), Some(path)) => match found.value {
+                Value::Object(map) => Obj { path, map },
+                other => {
+                    return Err(found.error(format!("expected an object, found {}", kind(other))));
+                }
+            },
+            _ => top,
+        };
+        // camelCase updates carry the database rows before and after.
+        let row = |names: &[&str]| -> Result<Option<(String, &Map<String, Value>)>> {
+            let Some(found) = lookup(body, names) else {
+                return Ok(None);
+            };
+            match found.value {
+                Value::Object(map) => Ok(Some((found.field(), map))),
+                other => Err(found.error(format!("expected an object, found {}", kind(other)))),
+            }
+        };
+        let new_row = row(&["newstate", "after", "current"])?;
+        let old_row = row(&["previousstate", "oldstate", "before", "previous"])?;
+
+        let envelope = task::EnvelopeIds::read(top, body)?;
+        let mut rows = Vec::with_capacity(2);
+        if let Some((path, map)) = &new_row {
+            rows.push(Obj { path, map });
+        }
+        rows.push(body);
+        let task = task::decode(&Layers::new(rows), &envelope, event_kind)?;
+        let previous = old_row
+            .as_ref()
+            .map(|(path, map)| {
+                let rows = [Obj { path, map }];
+                task::decode(&Layers::new(rows), &envelope, EventKind::Updated)
+            })
+            .transpose()?;
+
+        let id = match self.id {
+            Some(id) => id,
+            None => match lookup(top, &["eventid"]) {
+                Some(found) => found.string_or_number()?,
+                // No id at all: derive one from the bytes, so a redelivery of
+                // the same record gets the same id.
+                None => format!("sha256:{}", &hex::encode(Sha256::digest(raw))[..32]),
+            },
+        };
+        let source = match self.source {
+            Some(source) => Some(source),
+            None => lookup(top, &["source"]).map(|f| f.string()).transpose()?,
+        };
+        let occurred_at = match lookup(top, &["timestamp", "time", "occurredat", "eventtime"]) {
+            Some(found) => time::instant(&found, &jiff::tz::TimeZone::UTC)?,
+            None => task
+                .updated_at
+                .or(task.completed_at)
+                .or(task.created_at)
+                .or(self.time)
+                .ok_or_else(|| {
+                    DecodeError::field(
+                        fields::join(self.path, "timestamp"),
+                        "missing (and no CloudEvent time or record timestamp to fall back on)",
+                    )
+                })?,
+        };
+        Ok(TaskEvent {
+            id,
+            kind: event_kind,
+            occurred_at,
+            source,
+            task,
+            previous,
+        })
+    }
+
+    fn kind(&self, top: Obj<'_>) -> Result<EventKind> {
+        if let Some(found) = lookup(top, &["eventtype", "type", "event", "action"]) {
+            let text = found.string()?;
+            return parse_kind(&text).ok_or_else(|| {
+                found.error(format!(
+                    "{} is not a known event type (expected created, updated, completed or deleted, optionally prefixed with \"task.\")",
+                    describe(found.value)
+                ))
+            });
+        }
+        if let Some(ce_type) = &self.ce_type
+            && let Some(kind) = parse_kind(ce_type)
+        {
+            return Ok(kind);
+        }
+        Err(DecodeError::field(
+            fields::join(self.path, "event_type"),
+            "missing (expected event_type, eventType or a CloudEvent type naming the change)",
+        ))
+    }
+}
+
+/// Reads `created`, `task.created`, `TaskCreated`, `task-created`, `create`…
+fn parse_kind(text: &str) -> Option<EventKind> {
+    let last = text
+        .rsplit(['.', '_', '-', ':', '/'])
+        .find(|s| !s.is_empty())?
+        .to_ascii_lowercase();
+    let word = last.strip_prefix("task").filter(|w| !w.is_empty()).unwrap_or(&last);
+    match word {
+        "created" | "create" | "added" | "add" | "new" => Some(EventKind::Created),
+        "updated" | "update" | "changed" | "modified" | "edited" => Some(EventKind::Updated),
+        "completed" | "complete" | "done" | "finished" => Some(EventKind::Completed),
+        "deleted" | "delete" | "removed" | "remove" => Some(EventKind::Deleted),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests;

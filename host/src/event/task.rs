@@ -1,0 +1,191 @@
+//! The task body: from a `task_data`/`payload`/`newState` row to a WIT
+//! [`Task`].
+
+use jiff::tz::TimeZone;
+use serde_json::Value;
+
+use super::fields::{Found, Layers, Obj, describe, join, kind, lookup};
+use super::{DecodeError, Result, recurrence, time};
+use crate::world::{EventKind, Priority, Task, Timestamp};
+
+/// The ids an envelope declares for its subject, which take precedence over
+/// the ids inside the task row.
+pub(crate) struct EnvelopeIds {
+    task_id: Option<String>,
+    user_id: Option<String>,
+    /// Where the task id would be, for the "missing" message.
+    body_path: String,
+}
+
+impl EnvelopeIds {
+    pub(crate) fn read(top: Obj<'_>, body: Obj<'_>) -> Result<Self> {
+        let task_id = lookup(top, &["taskid"]).map(|f| f.string_or_number()).transpose()?;
+        let user_id = lookup(top, &["userid"]).map(|f| f.string_or_number()).transpose()?;
+        Ok(Self {
+            task_id,
+            user_id,
+            body_path: body.path.to_owned(),
+        })
+    }
+}
+
+/// Decodes a task from its rows (searched in order).
+pub(crate) fn decode(rows: &Layers<'_>, envelope: &EnvelopeIds, kind: EventKind) -> Result<Task> {
+    let id = match &envelope.task_id {
+        Some(id) => id.clone(),
+        None => rows
+            .get(&["taskid", "id"])
+            .map(|f| f.string_or_number())
+            .transpose()?
+            .ok_or_else(|| {
+                let inner = if envelope.body_path.is_empty() {
+                    "id".to_owned()
+                } else {
+                    join(&envelope.body_path, "id")
+                };
+                DecodeError::field("task_id", format!("missing (expected task_id, taskId or {inner})"))
+            })?,
+    };
+    let id = non_empty(id, "task_id")?;
+    let user_id = match &envelope.user_id {
+        Some(user) => user.clone(),
+        None => rows
+            .get(&["userid", "owner", "ownerid"])
+            .map(|f| f.string_or_number())
+            .transpose()?
+            .ok_or_else(|| DecodeError::field("user_id", "missing (expected user_id or userId)"))?,
+    };
+    let user_id = non_empty(user_id, "user_id")?;
+
+    let (time_zone, tz) = match rows.get(&["timezone", "tz", "tzid"]) {
+        Some(found) => {
+            let (name, tz) = time::time_zone(&found)?;
+            (Some(name), tz)
+        }
+        None => (None, TimeZone::UTC),
+    };
+    let instant = |names: &[&str]| -> Result<Option<Timestamp>> {
+        rows.get(names).map(|f| time::instant(&f, &tz)).transpose()
+    };
+
+    let due = instant(&["duedate", "dueat", "due", "duetime", "deadline"])?;
+    let remind_at = match instant(&["remindat", "remindertime", "remindtime", "reminderat", "reminder"])? {
+        Some(at) => Some(at),
+        None => remind_from_offset(rows, due)?,
+    };
+    let completed = match rows.get(&["completed", "iscompleted", "done", "isdone"]) {
+        Some(found) => found.bool()?,
+        None => rows
+            .get(&["status"])
+            .and_then(|f| f.value.as_str())
+            .is_some_and(|s| matches!(s.to_ascii_lowercase().as_str(), "done" | "completed")),
+    } || kind == EventKind::Completed;
+
+    Ok(Task {
+        id,
+        user_id,
+        title: optional_string(rows, &["title", "name", "summary"])?,
+        description: optional_string(rows, &["description", "notes", "details"])?,
+        completed,
+        priority: rows.get(&["priority"]).map(|f| priority(&f)).transpose()?,
+        tags: rows.get(&["tags", "labels"]).map(|f| tags(&f)).transpose()?.unwrap_or_default(),
+        due,
+        remind_at,
+        recurrence: recurrence::decode(rows, &tz)?,
+        series_id: rows
+            .get(&["seriesid", "parenttaskid", "recurrenceparentid", "recurringparentid"])
+            .map(|f| f.string_or_number())
+            .transpose()?,
+        occurrence: rows
+            .get(&["occurrence", "occurrencenumber", "occurrenceindex"])
+            .map(|f| f.positive_u32())
+            .transpose()?,
+        time_zone,
+        created_at: instant(&["createdat", "created"])?,
+        updated_at: instant(&["updatedat", "modifiedat", "updated"])?,
+        completed_at: instant(&["completedat", "doneat"])?,
+    })
+}
+
+fn non_empty(value: String, field: &str) -> Result<String> {
+    if value.trim().is_empty() {
+        Err(DecodeError::field(field, "is empty"))
+    } else {
+        Ok(value)
+    }
+}
+
+/// A reminder given as "this long before the due time".
+fn remind_from_offset(rows: &Layers<'_>, due: Option<Timestamp>) -> Result<Option<Timestamp>> {
+    let Some(found) = rows.get(&[
+        "reminderoffsetminutes",
+        "reminderminutesbefore",
+        "remindbeforeminutes",
+        "reminderoffset",
+        "remindbefore",
+        "reminderbefore",
+    ]) else {
+        return Ok(None);
+    };
+    let offset = time::offset(&found)?;
+    let Some(due) = due else {
+        return Err(found.error("a reminder offset needs a due date, and the task has none"));
+    };
+    let offset_ms = i64::try_from(offset.as_millis())
+        .map_err(|_| found.error(format!("{} is too large", describe(found.value))))?;
+    Ok(Some(due.saturating_sub(offset_ms)))
+}
+
+fn optional_string(rows: &Layers<'_>, names: &[&str]) -> Result<Option<String>> {
+    rows.get(names).map(|f| f.string_or_number()).transpose()
+}
+
+fn priority(found: &Found<'_>) -> Result<Priority> {
+    let text = match found.value {
+        Value::String(s) => s.trim().to_ascii_lowercase(),
+        other => {
+            return Err(found.error(format!("expected a priority name, found {}", kind(other))));
+        }
+    };
+    match text.as_str() {
+        "low" => Ok(Priority::Low),
+        "medium" | "normal" | "med" => Ok(Priority::Medium),
+        "high" => Ok(Priority::High),
+        "urgent" | "critical" => Ok(Priority::Urgent),
+        _ => Err(found.error(format!(
+            "{} is not a priority (expected low, medium, high or urgent)",
+            describe(found.value)
+        ))),
+    }
+}
+
+/// Tags as a list, or as one comma-separated string; blanks are dropped.
+fn tags(found: &Found<'_>) -> Result<Vec<String>> {
+    let split = |s: &str| {
+        s.split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    match found.value {
+        Value::String(s) => Ok(split(s)),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .filter_map(|(i, item)| match item {
+                Value::String(s) if s.trim().is_empty() => None,
+                Value::String(s) => Some(Ok(s.trim().to_owned())),
+                Value::Number(n) => Some(Ok(n.to_string())),
+                other => Some(Err(DecodeError::field(
+                    format!("{}[{i}]", found.field()),
+                    format!("expected a string tag, found {}", kind(other)),
+                ))),
+            })
+            .collect(),
+        other => Err(found.error(format!(
+            "expected a list of tags or a comma-separated string, found {}",
+            kind(other)
+        ))),
+    }
+}

@@ -1,0 +1,124 @@
+//! Decoder tests: one fixture file per case in `tests/fixtures/events`, each
+//! with its expected result beside it — `NAME.expected.json` (the decoded
+//! event) or `NAME.error.txt` (the exact error). Run with `BLESS=1` to write
+//! the expectations after checking the output by hand.
+
+use std::path::{Path, PathBuf};
+
+use super::*;
+
+fn fixtures() -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/events");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("fixtures dir")
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == "json")
+                && !p.to_string_lossy().ends_with(".expected.json")
+        })
+        .collect();
+    files.sort();
+    assert!(files.len() >= 15, "fixtures missing from {}", dir.display());
+    files
+}
+
+#[test]
+fn fixtures_decode_to_their_expectations() {
+    let bless = std::env::var_os("BLESS").is_some();
+    let mut failures = Vec::new();
+    for path in fixtures() {
+        let bytes = std::fs::read(&path).expect("read fixture");
+        let expected_event = path.with_extension("expected.json");
+        let expected_error = path.with_extension("error.txt");
+        let result = decode(&bytes);
+        if bless {
+            match &result {
+                Ok(event) => std::fs::write(
+                    &expected_event,
+                    serde_json::to_string_pretty(event).expect("serialize") + "\n",
+                ),
+                Err(err) => std::fs::write(&expected_error, format!("{err}\n")),
+            }
+            .expect("bless");
+            continue;
+        }
+        let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        match result {
+            Ok(event) => match std::fs::read_to_string(&expected_event) {
+                Ok(want) => {
+                    let want: Value = serde_json::from_str(&want).expect("expected json");
+                    let got = serde_json::to_value(&event).expect("serialize");
+                    if got != want {
+                        failures.push(format!("{name}: decoded to\n{got:#}\nwanted\n{want:#}"));
+                    }
+                }
+                Err(_) => failures.push(format!("{name}: decoded, but only an error is expected: {event:?}")),
+            },
+            Err(err) => match std::fs::read_to_string(&expected_error) {
+                Ok(want) if want.trim_end() == err.to_string() => {}
+                Ok(want) => failures.push(format!("{name}: error\n  {err}\nwanted\n  {}", want.trim_end())),
+                Err(_) => failures.push(format!("{name}: unexpected error: {err}")),
+            },
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn bad_fixtures_are_errors_and_good_ones_are_not() {
+    for path in fixtures() {
+        let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        let result = decode(&std::fs::read(&path).expect("read"));
+        assert_eq!(result.is_err(), name.starts_with("bad-"), "{name}: {result:?}");
+    }
+}
+
+#[test]
+fn cloud_events_binary_mode_reads_ce_headers() {
+    let body = br#"{"task_id":"1","user_id":"u","task_data":{"title":"t"}}"#;
+    let headers: &[(&str, &[u8])] = &[
+        ("ce_specversion", b"1.0"),
+        ("ce_id", b"bin-1"),
+        ("ce_type", b"task.completed"),
+        ("ce_source", b"svc"),
+        ("ce_time", b"2026-01-22T10:00:00Z"),
+    ];
+    let event = decode_record(body, RecordMeta { headers, timestamp: None }).unwrap();
+    assert_eq!(event.id, "bin-1");
+    assert_eq!(event.kind, EventKind::Completed);
+    assert_eq!(event.source.as_deref(), Some("svc"));
+    assert!(event.task.completed);
+    assert_eq!(event.occurred_at, 1_769_076_000_000);
+}
+
+#[test]
+fn record_timestamp_is_the_last_resort_and_ids_are_derived() {
+    let body = br#"{"event_type":"deleted","task_id":3,"user_id":"u"}"#;
+    let meta = RecordMeta { headers: &[], timestamp: Some(42_000) };
+    let event = decode_record(body, meta).unwrap();
+    assert_eq!(event.occurred_at, 42_000);
+    assert!(event.id.starts_with("sha256:"), "{}", event.id);
+    assert_eq!(event.id, decode_record(body, meta).unwrap().id, "derived ids are stable");
+    let err = decode(body).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "timestamp: missing (and no CloudEvent time or record timestamp to fall back on)"
+    );
+}
+
+#[test]
+fn event_type_spellings() {
+    for (text, kind) in [
+        ("created", EventKind::Created),
+        ("task.created", EventKind::Created),
+        ("TaskCreated", EventKind::Created),
+        ("task-updated", EventKind::Updated),
+        ("com.example.todo.task.completed", EventKind::Completed),
+        ("DELETE", EventKind::Deleted),
+    ] {
+        assert_eq!(parse_kind(text), Some(kind), "{text}");
+    }
+    for text in ["task.exploded", "task", ""] {
+        assert_eq!(parse_kind(text), None, "{text}");
+    }
+}

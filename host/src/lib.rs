@@ -1,0 +1,3 @@
+//! todo-eventd
+pub mod world;
+pub mod event;
