@@ -100,12 +100,6 @@ impl<'a> Layers<'a> {
         self.objs.iter().find_map(|obj| lookup(*obj, names))
     }
 
-    /// Like [`Layers::get`], but an explicit `null` also counts as present,
-    /// so a producer can clear a field.
-    pub(crate) fn get_nullable(&self, names: &[&str]) -> Option<Found<'a>> {
-        self.objs.iter().find_map(|obj| lookup_with_null(*obj, names))
-    }
-
     /// The path of the first layer, for "missing" errors.
     pub(crate) fn primary_path(&self) -> &'a str {
         self.objs.first().map_or("", |o| o.path)
@@ -114,14 +108,10 @@ impl<'a> Layers<'a> {
 
 /// Looks up the first non-null value under any of `names` in one object.
 pub(crate) fn lookup<'a>(obj: Obj<'a>, names: &[&str]) -> Option<Found<'a>> {
-    lookup_with_null(obj, names).filter(|f| !f.value.is_null())
-}
-
-fn lookup_with_null<'a>(obj: Obj<'a>, names: &[&str]) -> Option<Found<'a>> {
     names.iter().find_map(|name| {
         obj.map
             .iter()
-            .find(|(k, _)| normalised_eq(k, name))
+            .find(|(k, v)| !v.is_null() && normalised_eq(k, name))
             .map(|(key, value)| Found {
                 path: obj.path,
                 key,
@@ -208,7 +198,6 @@ mod tests {
         ]);
         let found = layers.get(&["duedate"]).unwrap();
         assert_eq!(found.field(), "payload.newState.dueDate");
-        assert!(layers.get(&["title"]).is_none());
-        assert!(layers.get_nullable(&["title"]).is_some());
+        assert!(layers.get(&["title"]).is_none(), "null counts as absent");
     }
 }

@@ -100,6 +100,7 @@ pub(crate) fn decode(rows: &Layers<'_>, envelope: &EnvelopeIds, kind: EventKind)
             .get(&["occurrence", "occurrencenumber", "occurrenceindex"])
             .map(|f| f.positive_u32())
             .transpose()?,
+        series_start: instant(&["seriesstart", "recurrencestart", "dtstart"])?,
         time_zone,
         created_at: instant(&["createdat", "created"])?,
         updated_at: instant(&["updatedat", "modifiedat", "updated"])?,

@@ -1,0 +1,56 @@
+//! The plugins that ship inside the binary — reminders, recurrence and
+//! analytics — with their default manifests. `demo` runs them directly and
+//! `plugins install DIR` writes them out for operators to start from.
+
+use std::path::Path;
+
+/// One bundled plugin.
+#[derive(Debug, Clone, Copy)]
+pub struct Bundled {
+    /// The plugin name (file stem).
+    pub name: &'static str,
+    /// The compiled component.
+    pub wasm: &'static [u8],
+    /// The default manifest.
+    pub manifest: &'static str,
+}
+
+/// Every bundled plugin.
+pub const ALL: &[Bundled] = &[
+    Bundled {
+        name: "reminders",
+        wasm: include_bytes!(env!("GUEST_REMINDERS_WASM")),
+        manifest: include_str!("../../../plugins/reminders/reminders.toml"),
+    },
+    Bundled {
+        name: "recurrence",
+        wasm: include_bytes!(env!("GUEST_RECURRENCE_WASM")),
+        manifest: include_str!("../../../plugins/recurrence/recurrence.toml"),
+    },
+    Bundled {
+        name: "analytics",
+        wasm: include_bytes!(env!("GUEST_ANALYTICS_WASM")),
+        manifest: include_str!("../../../plugins/analytics/analytics.toml"),
+    },
+];
+
+/// Writes every bundled plugin (`NAME.wasm` + `NAME.toml`) into `dir`,
+/// creating it if needed. Existing manifests are kept, so an operator's
+/// edits survive a reinstall; `.wasm` files are replaced atomically.
+pub fn install(dir: &Path) -> std::io::Result<Vec<std::path::PathBuf>> {
+    std::fs::create_dir_all(dir)?;
+    let mut written = Vec::new();
+    for plugin in ALL {
+        let manifest = dir.join(format!("{}.toml", plugin.name));
+        if !manifest.exists() {
+            std::fs::write(&manifest, plugin.manifest)?;
+            written.push(manifest);
+        }
+        let wasm = dir.join(format!("{}.wasm", plugin.name));
+        let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+        std::io::Write::write_all(&mut tmp, plugin.wasm)?;
+        tmp.persist(&wasm).map_err(|e| e.error)?;
+        written.push(wasm);
+    }
+    Ok(written)
+}

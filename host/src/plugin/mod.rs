@@ -1,0 +1,267 @@
+//! Plugins as operators see them: `NAME.wasm` files, each with an optional
+//! `NAME.toml` manifest, in a plugins directory.
+//!
+//! Loading validates every file against the `todo:plugin` world before it
+//! can serve traffic. A bad file is reported with its name and the reason,
+//! and the others still load.
+
+pub mod bundled;
+pub mod manifest;
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use self::manifest::Manifest;
+use crate::sandbox::{HostState, PluginSpec, Sandbox, ValidateError};
+use crate::world::{EventKind, PluginPre};
+
+/// A validated plugin, ready to instantiate.
+pub struct Plugin {
+    /// The file stem, e.g. `reminders`.
+    pub name: String,
+    /// The `.wasm` file it came from.
+    pub file: PathBuf,
+    /// SHA-256 of the `.wasm` bytes.
+    pub hash: String,
+    /// The operator's settings.
+    pub manifest: Manifest,
+    /// The settings the sandbox enforces.
+    pub spec: Arc<PluginSpec>,
+    /// The pre-linked component.
+    pub pre: PluginPre<HostState>,
+    /// WASI interfaces the component imports (all empty unless granted).
+    pub wasi_imports: BTreeSet<String>,
+}
+
+impl fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Plugin")
+            .field("name", &self.name)
+            .field("file", &self.file)
+            .field("hash", &self.hash)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Plugin {
+    /// Whether events of `kind` go to this plugin.
+    pub fn subscribes(&self, kind: EventKind) -> bool {
+        self.manifest.subscribes(kind)
+    }
+
+    /// A short form of the content hash for logs and listings.
+    pub fn short_hash(&self) -> &str {
+        &self.hash[..12.min(self.hash.len())]
+    }
+}
+
+/// Why a plugin file was not loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("{}: cannot read: {source}", file.display())]
+    Io {
+        /// The file.
+        file: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The manifest is malformed or asks for something not allowed.
+    #[error("{}: {message}", file.display())]
+    Manifest {
+        /// The manifest file.
+        file: PathBuf,
+        /// What is wrong, naming the key.
+        message: String,
+    },
+    /// The `.wasm` is not a usable plugin.
+    #[error("{}: {source}", file.display())]
+    Invalid {
+        /// The `.wasm` file.
+        file: PathBuf,
+        /// Why it was rejected.
+        source: ValidateError,
+    },
+    /// A plugin name is not usable as an identifier.
+    #[error("{}: plugin names may only contain letters, digits, '-', '_' and '.'", file.display())]
+    BadName {
+        /// The file.
+        file: PathBuf,
+    },
+}
+
+impl LoadError {
+    /// The file the error is about.
+    pub fn file(&self) -> &Path {
+        match self {
+            Self::Io { file, .. }
+            | Self::Manifest { file, .. }
+            | Self::Invalid { file, .. }
+            | Self::BadName { file } => file,
+        }
+    }
+}
+
+/// The outcome of loading a directory.
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    /// Plugins that loaded, sorted by name.
+    pub plugins: Vec<Arc<Plugin>>,
+    /// Plugins whose manifest says `enabled = false`.
+    pub disabled: Vec<String>,
+    /// Files that were rejected.
+    pub errors: Vec<LoadError>,
+}
+
+/// Loads every `*.wasm` in `dir` (not recursive). Only an unreadable
+/// directory is an error; bad plugin files are collected in the report.
+pub fn load_dir(sandbox: &Sandbox, dir: &Path) -> std::io::Result<LoadReport> {
+    let mut wasm_files = Vec::new();
+    let mut manifests = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("wasm") => wasm_files.push(path),
+            Some("toml") => manifests.push(path),
+            _ => {}
+        }
+    }
+    wasm_files.sort();
+    let mut report = LoadReport::default();
+    for manifest in manifests {
+        if !manifest.with_extension("wasm").exists() {
+            report.errors.push(LoadError::Manifest {
+                message: format!(
+                    "no {} beside it",
+                    manifest
+                        .with_extension("wasm")
+                        .file_name()
+                        .unwrap_or_default()
+                        .to_string_lossy()
+                ),
+                file: manifest,
+            });
+        }
+    }
+    for file in wasm_files {
+        match load_file(sandbox, &file) {
+            Ok(Some(plugin)) => report.plugins.push(Arc::new(plugin)),
+            Ok(None) => report.disabled.push(plugin_name(&file)),
+            Err(err) => report.errors.push(err),
+        }
+    }
+    Ok(report)
+}
+
+fn plugin_name(file: &Path) -> String {
+    file.file_stem()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Loads one `NAME.wasm` and its optional `NAME.toml`. `Ok(None)` means the
+/// manifest disables it.
+pub fn load_file(sandbox: &Sandbox, file: &Path) -> Result<Option<Plugin>, LoadError> {
+    let name = plugin_name(file);
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err(LoadError::BadName {
+            file: file.to_owned(),
+        });
+    }
+    let manifest_file = file.with_extension("toml");
+    let manifest = match std::fs::read_to_string(&manifest_file) {
+        Ok(text) => Manifest::parse(&text).map_err(|e| LoadError::Manifest {
+            file: manifest_file.clone(),
+            message: e.to_string().trim_end().to_owned(),
+        })?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Manifest::default(),
+        Err(source) => {
+            return Err(LoadError::Io {
+                file: manifest_file,
+                source,
+            });
+        }
+    };
+    if !manifest.enabled {
+        return Ok(None);
+    }
+    let bytes = std::fs::read(file).map_err(|source| LoadError::Io {
+        file: file.to_owned(),
+        source,
+    })?;
+    from_parts(sandbox, name, file.to_owned(), &bytes, manifest, &manifest_file).map(Some)
+}
+
+/// Builds a plugin from its bytes and manifest (used for files and for the
+/// bundled plugins).
+pub fn from_parts(
+    sandbox: &Sandbox,
+    name: String,
+    file: PathBuf,
+    bytes: &[u8],
+    manifest: Manifest,
+    manifest_file: &Path,
+) -> Result<Plugin, LoadError> {
+    let spec = resolve_spec(sandbox, &name, &manifest).map_err(|message| LoadError::Manifest {
+        file: manifest_file.to_owned(),
+        message,
+    })?;
+    let pre = sandbox.prepare(bytes).map_err(|source| LoadError::Invalid {
+        file: file.clone(),
+        source,
+    })?;
+    let wasi_imports = sandbox.wasi_imports(&pre);
+    Ok(Plugin {
+        hash: Sandbox::content_hash(bytes),
+        name,
+        file,
+        manifest,
+        spec: Arc::new(spec),
+        pre,
+        wasi_imports,
+    })
+}
+
+/// Applies the daemon's defaults and maxima to a manifest.
+fn resolve_spec(sandbox: &Sandbox, name: &str, manifest: &Manifest) -> Result<PluginSpec, String> {
+    let config = sandbox.config();
+    let memory_limit = manifest.limits.memory.unwrap_or(config.default_memory_limit);
+    if memory_limit > config.max_memory_limit {
+        return Err(format!(
+            "limits.memory: {memory_limit} bytes exceeds the daemon's maximum of {} bytes",
+            config.max_memory_limit
+        ));
+    }
+    let call_timeout = manifest.limits.call_timeout.unwrap_or(config.default_call_timeout);
+    if call_timeout.is_zero() {
+        return Err("limits.call_timeout: must be more than zero".into());
+    }
+    for (output, topic) in &manifest.outputs {
+        if topic.trim().is_empty() {
+            return Err(format!("outputs.{output}: the topic name is empty"));
+        }
+    }
+    for dir in &manifest.wasi.dirs {
+        if !dir.host.is_dir() {
+            return Err(format!(
+                "wasi.dirs: {} is not a directory on this host",
+                dir.host.display()
+            ));
+        }
+    }
+    Ok(PluginSpec {
+        name: name.to_owned(),
+        outputs: manifest.outputs.clone(),
+        config: manifest.config_strings(),
+        memory_limit,
+        call_timeout,
+        wasi: manifest.wasi.clone(),
+    })
+}

@@ -1,0 +1,82 @@
+//! What can go wrong in a plugin call, classified so operators can tell a
+//! slow plugin from a greedy, a buggy or a misbehaving one.
+
+use std::fmt;
+
+/// Why a call trapped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TrapKind {
+    /// The call ran past its time limit (epoch deadline).
+    Deadline,
+    /// The plugin tried to grow memory past its limit.
+    Memory,
+    /// The plugin overflowed its wasm stack.
+    StackOverflow,
+    /// The guest panicked or hit `unreachable`.
+    Panic,
+    /// The plugin used a capability it was not granted (e.g. emitted to an
+    /// output its manifest does not map).
+    Denied,
+    /// Any other trap (out-of-bounds access, bad conversion, …).
+    Other,
+}
+
+impl TrapKind {
+    /// A stable lower-case name, used in metrics and dead-letter headers.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Deadline => "deadline",
+            Self::Memory => "memory",
+            Self::StackOverflow => "stack-overflow",
+            Self::Panic => "panic",
+            Self::Denied => "denied",
+            Self::Other => "trap",
+        }
+    }
+}
+
+impl fmt::Display for TrapKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A failed plugin call. The call's effects were discarded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    /// The handler returned `err(plugin-error)`.
+    #[error("plugin returned error [{code}]: {message}")]
+    Plugin {
+        /// The plugin's error code.
+        code: String,
+        /// The plugin's message.
+        message: String,
+    },
+    /// The call trapped; the instance that ran it is discarded.
+    #[error("{kind}: {message}")]
+    Trap {
+        /// The class of trap.
+        kind: TrapKind,
+        /// Details, including a guest panic message when there is one.
+        message: String,
+    },
+    /// No instance could be created for the call.
+    #[error("instantiation failed: {0}")]
+    Instantiate(String),
+}
+
+impl CallError {
+    /// A stable short name of the failure class, for metrics and headers.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Plugin { .. } => "plugin-error",
+            Self::Trap { kind, .. } => kind.as_str(),
+            Self::Instantiate(_) => "instantiate",
+        }
+    }
+}
+
+/// Raised by host functions to fail the call with [`TrapKind::Denied`].
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct Denied(pub(crate) String);

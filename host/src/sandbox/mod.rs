@@ -1,0 +1,249 @@
+//! The WebAssembly sandbox: one wasmtime [`Engine`] per process, component
+//! validation against the `todo:plugin` world, the compiled-component cache,
+//! and warm plugin instances with per-call limits.
+//!
+//! Limits: a pooling allocator sized by [`SandboxConfig::max_instances`];
+//! epoch interruption for a per-call deadline (a background thread ticks the
+//! epoch); a [`wasmtime::ResourceLimiter`] for per-instance memory; wasm
+//! stack overflow is a trap. WASI is linked but holds nothing: no files, no
+//! environment, no network, stdio captured to the log and clocks reading the
+//! host's per-call `now` — unless a manifest grants more.
+
+mod cache;
+mod error;
+mod host;
+mod instance;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::types::ComponentItem;
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+pub use self::cache::ComponentCache;
+pub use self::error::{CallError, TrapKind};
+pub use self::host::{Effects, Emit, HostState, PluginSpec};
+pub use self::instance::Instance;
+use crate::world::{Plugin as PluginWorld, PluginPre};
+
+/// The WIT package plugins target; imports from it are provided.
+const WORLD_PACKAGE: &str = "todo:plugin/";
+
+/// Sandbox-wide settings.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    /// Where compiled components are cached; `None` disables the cache.
+    pub cache_dir: Option<PathBuf>,
+    /// Memory limit for plugins whose manifest sets none.
+    pub default_memory_limit: u64,
+    /// The largest memory limit a manifest may ask for (also the pool's
+    /// slot size).
+    pub max_memory_limit: u64,
+    /// Call timeout for plugins whose manifest sets none.
+    pub default_call_timeout: Duration,
+    /// Instances the pooling allocator can hold at once (across plugins and
+    /// workers).
+    pub max_instances: u32,
+    /// A warm instance is replaced after this many calls, bounding the
+    /// effect of leaks inside a plugin.
+    pub max_calls_per_instance: u64,
+    /// How often the epoch advances; the granularity of call deadlines.
+    pub epoch_tick: Duration,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        Self {
+            cache_dir: None,
+            default_memory_limit: 64 << 20,
+            max_memory_limit: 512 << 20,
+            default_call_timeout: Duration::from_millis(200),
+            max_instances: 128,
+            max_calls_per_instance: 100_000,
+            epoch_tick: Duration::from_millis(1),
+        }
+    }
+}
+
+/// Why a `.wasm` file cannot be used as a plugin.
+#[derive(Debug, thiserror::Error)]
+pub enum ValidateError {
+    /// The bytes are not WebAssembly at all.
+    #[error("not a WebAssembly file (bad magic number)")]
+    NotWasm,
+    /// A core module rather than a component.
+    #[error(
+        "a core WebAssembly module, not a component: build the plugin for the wasm32-wasip2 target"
+    )]
+    CoreModule,
+    /// Compilation failed (truncated or malformed file, unsupported feature).
+    #[error("does not compile: {0:#}")]
+    Compile(wasmtime::Error),
+    /// The component needs an interface the daemon does not provide.
+    #[error("imports `{0}`, which todo-eventd does not provide (plugins may import todo:plugin and wasi interfaces)")]
+    UnknownImport(String),
+    /// The component does not fit the `todo:plugin` world.
+    #[error("does not implement the todo:plugin world: {0:#}")]
+    WrongWorld(wasmtime::Error),
+}
+
+/// The engine, linker and cache shared by every plugin in the process.
+pub struct Sandbox {
+    engine: Engine,
+    linker: Linker<HostState>,
+    cache: Option<ComponentCache>,
+    config: SandboxConfig,
+    ticker: Option<EpochTicker>,
+}
+
+impl Sandbox {
+    /// Builds the engine (pooling allocator, epoch interruption), the linker
+    /// with the plugin imports and WASI, and starts the epoch ticker.
+    pub fn new(config: SandboxConfig) -> wasmtime::Result<Self> {
+        let mut pool = PoolingAllocationConfig::default();
+        let max_instances = config.max_instances.max(1);
+        pool.total_component_instances(max_instances)
+            .total_core_instances(max_instances.saturating_mul(4))
+            .total_memories(max_instances.saturating_mul(2))
+            .total_tables(max_instances.saturating_mul(4))
+            .max_memory_size(usize::try_from(config.max_memory_limit).unwrap_or(usize::MAX));
+        let mut wasm = Config::new();
+        wasm.wasm_component_model(true)
+            .epoch_interruption(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&wasm)?;
+
+        let mut linker = Linker::new(&engine);
+        PluginWorld::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |state| state)?;
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+
+        let cache = config
+            .cache_dir
+            .clone()
+            .map(|dir| ComponentCache::new(dir, &engine));
+        let ticker = Some(EpochTicker::start(engine.clone(), config.epoch_tick));
+        Ok(Self {
+            engine,
+            linker,
+            cache,
+            config,
+            ticker,
+        })
+    }
+
+    /// The sandbox settings.
+    pub fn config(&self) -> &SandboxConfig {
+        &self.config
+    }
+
+    /// The SHA-256 of a plugin file, as shown to operators.
+    pub fn content_hash(bytes: &[u8]) -> String {
+        hex::encode(Sha256::digest(bytes))
+    }
+
+    /// Compiles (or loads from cache) and validates a component against the
+    /// `todo:plugin` world, returning what is needed to instantiate it.
+    pub fn prepare(&self, bytes: &[u8]) -> Result<PluginPre<HostState>, ValidateError> {
+        match bytes.get(..8) {
+            Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => return Err(ValidateError::CoreModule),
+            Some([0, b'a', b's', b'm', _, _, 1, 0]) => {}
+            _ => return Err(ValidateError::NotWasm),
+        }
+        let component = self.compile(bytes)?;
+        for (name, item) in component.component_type().imports(&self.engine) {
+            let provided = name.starts_with(WORLD_PACKAGE) || name.starts_with("wasi:");
+            if !provided || !matches!(item.ty, ComponentItem::ComponentInstance(_)) {
+                return Err(ValidateError::UnknownImport(name.to_owned()));
+            }
+        }
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(ValidateError::WrongWorld)?;
+        PluginPre::new(pre).map_err(ValidateError::WrongWorld)
+    }
+
+    fn compile(&self, bytes: &[u8]) -> Result<Component, ValidateError> {
+        let hash = Self::content_hash(bytes);
+        if let Some(component) = self
+            .cache
+            .as_ref()
+            .and_then(|c| c.load(&self.engine, &hash))
+        {
+            tracing::debug!(hash = %&hash[..12], "Loaded compiled component from cache.");
+            return Ok(component);
+        }
+        let started = std::time::Instant::now();
+        let component = Component::new(&self.engine, bytes).map_err(ValidateError::Compile)?;
+        tracing::debug!(hash = %&hash[..12], elapsed = ?started.elapsed(), "Compiled component.");
+        if let Some(cache) = &self.cache {
+            cache.store(&hash, &component);
+        }
+        Ok(component)
+    }
+
+    /// The WASI interfaces a component imports (for `plugins check`).
+    pub fn wasi_imports(&self, pre: &PluginPre<HostState>) -> BTreeSet<String> {
+        pre.instance_pre()
+            .component()
+            .component_type()
+            .imports(&self.engine)
+            .filter(|(name, _)| name.starts_with("wasi:"))
+            .map(|(name, _)| name.to_owned())
+            .collect()
+    }
+
+    /// Creates a warm instance of a prepared plugin.
+    pub fn instantiate(
+        &self,
+        pre: &PluginPre<HostState>,
+        spec: Arc<PluginSpec>,
+    ) -> Result<Instance, CallError> {
+        Instance::new(&self.engine, pre, spec, &self.config)
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        if let Some(ticker) = self.ticker.take() {
+            ticker.stop();
+        }
+    }
+}
+
+/// Advances the engine epoch on a fixed tick, so a call that runs past its
+/// deadline traps.
+struct EpochTicker {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EpochTicker {
+    fn start(engine: Engine, tick: Duration) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("epoch-ticker".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(tick);
+                    engine.increment_epoch();
+                }
+            })
+            .ok();
+        Self { stop, thread }
+    }
+
+    fn stop(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

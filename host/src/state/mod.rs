@@ -1,0 +1,161 @@
+//! Plugin state and timers for one (plugin, input partition) scope.
+//!
+//! This is the in-memory view the sandbox reads during a call and the
+//! dispatcher updates when a call succeeds. Changes arrive as a
+//! [`StateChanges`] set — the effects buffered during one call — so they are
+//! applied all together or not at all.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use crate::world::Timestamp;
+
+/// A durable timer: fire at or after `due` with `payload`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timer {
+    /// When the timer is due (ms since the epoch).
+    pub due: Timestamp,
+    /// Opaque bytes handed back to `on-timer`.
+    pub payload: Vec<u8>,
+}
+
+/// The state and timer changes one successful call made; `None` deletes.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct StateChanges {
+    /// Key/value writes (`Some`) and deletes (`None`).
+    pub values: BTreeMap<String, Option<Vec<u8>>>,
+    /// Timers set (`Some`) and cancelled (`None`).
+    pub timers: BTreeMap<String, Option<Timer>>,
+}
+
+impl StateChanges {
+    /// Whether the call changed nothing.
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty() && self.timers.is_empty()
+    }
+}
+
+/// Key/value state and timers of one plugin in one partition.
+#[derive(Debug, Default, Clone)]
+pub struct PluginState {
+    values: HashMap<String, Vec<u8>>,
+    timers: HashMap<String, Timer>,
+    /// Timers ordered by due time, then key, for firing.
+    due: BTreeSet<(Timestamp, String)>,
+}
+
+impl PluginState {
+    /// The value under `key`.
+    pub fn get(&self, key: &str) -> Option<&[u8]> {
+        self.values.get(key).map(Vec::as_slice)
+    }
+
+    /// The timer under `key`.
+    pub fn timer(&self, key: &str) -> Option<&Timer> {
+        self.timers.get(key)
+    }
+
+    /// Number of stored values.
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    /// Whether no values are stored.
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
+    /// Number of pending timers.
+    pub fn timer_count(&self) -> usize {
+        self.timers.len()
+    }
+
+    /// Applies the changes of one successful call.
+    pub fn apply(&mut self, changes: StateChanges) {
+        for (key, value) in changes.values {
+            match value {
+                Some(value) => {
+                    self.values.insert(key, value);
+                }
+                None => {
+                    self.values.remove(&key);
+                }
+            }
+        }
+        for (key, timer) in changes.timers {
+            self.remove_timer(&key);
+            if let Some(timer) = timer {
+                self.due.insert((timer.due, key.clone()));
+                self.timers.insert(key, timer);
+            }
+        }
+    }
+
+    /// When the earliest timer is due.
+    pub fn next_due(&self) -> Option<Timestamp> {
+        self.due.first().map(|(due, _)| *due)
+    }
+
+    /// Removes and returns the earliest timer if it is due at `now`.
+    pub fn pop_due(&mut self, now: Timestamp) -> Option<(String, Timer)> {
+        let (due, _) = self.due.first()?;
+        if *due > now {
+            return None;
+        }
+        let (_, key) = self.due.pop_first()?;
+        let timer = self.timers.remove(&key)?;
+        Some((key, timer))
+    }
+
+    fn remove_timer(&mut self, key: &str) {
+        if let Some(old) = self.timers.remove(key) {
+            self.due.remove(&(old.due, key.to_owned()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timer(due: Timestamp) -> Option<Timer> {
+        Some(Timer {
+            due,
+            payload: vec![],
+        })
+    }
+
+    #[test]
+    fn timers_fire_in_due_order_and_moves_replace() {
+        let mut state = PluginState::default();
+        let mut changes = StateChanges::default();
+        changes.timers.insert("b".into(), timer(20));
+        changes.timers.insert("a".into(), timer(30));
+        changes.timers.insert("c".into(), timer(10));
+        state.apply(changes);
+        // Move `c` later, cancel `b`.
+        let mut changes = StateChanges::default();
+        changes.timers.insert("c".into(), timer(40));
+        changes.timers.insert("b".into(), None);
+        state.apply(changes);
+
+        assert_eq!(state.next_due(), Some(30));
+        assert!(state.pop_due(29).is_none());
+        assert_eq!(state.pop_due(100).map(|(k, _)| k), Some("a".into()));
+        assert_eq!(state.pop_due(100).map(|(k, t)| (k, t.due)), Some(("c".into(), 40)));
+        assert!(state.pop_due(100).is_none());
+        assert_eq!(state.timer_count(), 0);
+    }
+
+    #[test]
+    fn values_set_and_delete() {
+        let mut state = PluginState::default();
+        let mut changes = StateChanges::default();
+        changes.values.insert("k".into(), Some(b"v".to_vec()));
+        state.apply(changes);
+        assert_eq!(state.get("k"), Some(&b"v"[..]));
+        let mut changes = StateChanges::default();
+        changes.values.insert("k".into(), None);
+        state.apply(changes);
+        assert!(state.is_empty());
+    }
+}

@@ -1,0 +1,156 @@
+//! Next-occurrence arithmetic in the task's time zone.
+
+use chrono::{DateTime, Duration, LocalResult, Months, NaiveDateTime, TimeZone, Utc};
+use chrono_tz::Tz;
+use todo_plugin_sdk::{Frequency, Timestamp};
+
+/// Parses an IANA zone name; absent means UTC.
+pub fn time_zone(name: Option<&str>) -> Result<Tz, String> {
+    match name {
+        None => Ok(Tz::UTC),
+        Some(name) => name
+            .parse::<Tz>()
+            .map_err(|_| format!("unknown time zone {name:?}")),
+    }
+}
+
+fn local(ms: Timestamp, tz: Tz) -> Option<NaiveDateTime> {
+    DateTime::<Utc>::from_timestamp_millis(ms).map(|t| t.with_timezone(&tz).naive_local())
+}
+
+/// A local time back to an instant; in a DST gap, the first valid instant
+/// after it; in an overlap, the earlier one.
+fn instant(naive: NaiveDateTime, tz: Tz) -> Option<Timestamp> {
+    match tz.from_local_datetime(&naive) {
+        LocalResult::Single(t) | LocalResult::Ambiguous(t, _) => Some(t.timestamp_millis()),
+        LocalResult::None => instant(naive + Duration::hours(1), tz),
+    }
+}
+
+/// The due time of occurrence `occurrence + 1`, where occurrence 1 was due
+/// at `start`: `start + occurrence × interval` units in local time.
+/// Months and years clamp to the end of shorter months from the start's
+/// day, so the series never drifts.
+pub fn next_simple(
+    start: Timestamp,
+    frequency: Frequency,
+    interval: u32,
+    occurrence: u32,
+    tz: Tz,
+) -> Option<Timestamp> {
+    let start_local = local(start, tz)?;
+    let steps = interval.max(1).checked_mul(occurrence)?;
+    let next = match frequency {
+        Frequency::Daily => start_local.checked_add_signed(Duration::days(i64::from(steps)))?,
+        Frequency::Weekly => start_local.checked_add_signed(Duration::weeks(i64::from(steps)))?,
+        Frequency::Monthly => start_local.checked_add_months(Months::new(steps))?,
+        Frequency::Yearly => start_local.checked_add_months(Months::new(steps.checked_mul(12)?))?,
+    };
+    instant(next, tz)
+}
+
+/// The first occurrence of `rule` after `due`, with the rule anchored at
+/// `start` in `tz`. `Ok(None)` when the rule has no more occurrences.
+pub fn next_rrule(
+    rule: &str,
+    start: Timestamp,
+    due: Timestamp,
+    tz: Tz,
+) -> Result<Option<Timestamp>, String> {
+    let start_local = local(start, tz).ok_or("start out of range")?;
+    let dtstart = if tz == Tz::UTC {
+        format!("DTSTART:{}Z", start_local.format("%Y%m%dT%H%M%S"))
+    } else {
+        format!("DTSTART;TZID={}:{}", tz.name(), start_local.format("%Y%m%dT%H%M%S"))
+    };
+    let set: rrule::RRuleSet = format!("{dtstart}\nRRULE:{rule}")
+        .parse()
+        .map_err(|e| format!("invalid RRULE {rule:?}: {e}"))?;
+    let after = DateTime::<Utc>::from_timestamp_millis(due)
+        .ok_or("due out of range")?
+        .with_timezone(&rrule::Tz::Tz(tz));
+    let result = set.after(after).all(2);
+    Ok(result
+        .dates
+        .into_iter()
+        .map(|d| d.timestamp_millis())
+        .find(|ms| *ms > due))
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(tz: Tz, y: i32, m: u32, d: u32, h: u32, min: u32) -> Timestamp {
+        tz.with_ymd_and_hms(y, m, d, h, min, 0)
+            .single()
+            .expect("valid local time")
+            .timestamp_millis()
+    }
+
+    #[test]
+    fn monthly_clamps_to_month_end_without_drift() {
+        let tz = Tz::UTC;
+        let start = at(tz, 2026, 1, 31, 9, 0);
+        let feb = next_simple(start, Frequency::Monthly, 1, 1, tz).unwrap();
+        assert_eq!(feb, at(tz, 2026, 2, 28, 9, 0));
+        let mar = next_simple(start, Frequency::Monthly, 1, 2, tz).unwrap();
+        assert_eq!(mar, at(tz, 2026, 3, 31, 9, 0));
+        let apr = next_simple(start, Frequency::Monthly, 1, 3, tz).unwrap();
+        assert_eq!(apr, at(tz, 2026, 4, 30, 9, 0));
+    }
+
+    #[test]
+    fn daily_keeps_local_time_across_dst() {
+        let tz: Tz = "Europe/Berlin".parse().unwrap();
+        // DST starts in Berlin on 2026-03-29.
+        let start = at(tz, 2026, 3, 28, 9, 0);
+        let next = next_simple(start, Frequency::Daily, 1, 1, tz).unwrap();
+        assert_eq!(next, at(tz, 2026, 3, 29, 9, 0));
+        assert_eq!(next - start, 23 * 3_600_000, "the DST day is 23 hours long");
+    }
+
+    #[test]
+    fn intervals_and_years() {
+        let tz = Tz::UTC;
+        let start = at(tz, 2024, 2, 29, 8, 0);
+        assert_eq!(
+            next_simple(start, Frequency::Yearly, 1, 1, tz).unwrap(),
+            at(tz, 2025, 2, 28, 8, 0)
+        );
+        assert_eq!(
+            next_simple(start, Frequency::Yearly, 1, 4, tz).unwrap(),
+            at(tz, 2028, 2, 29, 8, 0)
+        );
+        assert_eq!(
+            next_simple(start, Frequency::Weekly, 2, 1, tz).unwrap(),
+            at(tz, 2024, 3, 14, 8, 0)
+        );
+    }
+
+    #[test]
+    fn rrule_by_day_in_time_zone() {
+        let tz: Tz = "America/New_York".parse().unwrap();
+        // Monday 2026-01-26 09:00 New York; next is Wednesday 09:00.
+        let start = at(tz, 2026, 1, 26, 9, 0);
+        let next = next_rrule("FREQ=WEEKLY;BYDAY=MO,WE", start, start, tz).unwrap();
+        assert_eq!(next, Some(at(tz, 2026, 1, 28, 9, 0)));
+        // From Wednesday, the next is the following Monday.
+        let next = next_rrule("FREQ=WEEKLY;BYDAY=MO,WE", start, next.unwrap(), tz).unwrap();
+        assert_eq!(next, Some(at(tz, 2026, 2, 2, 9, 0)));
+    }
+
+    #[test]
+    fn rrule_count_ends_the_series() {
+        let tz = Tz::UTC;
+        let start = at(tz, 2026, 1, 1, 9, 0);
+        let second = at(tz, 2026, 1, 2, 9, 0);
+        assert_eq!(
+            next_rrule("FREQ=DAILY;COUNT=2", start, start, tz).unwrap(),
+            Some(second)
+        );
+        assert_eq!(next_rrule("FREQ=DAILY;COUNT=2", start, second, tz).unwrap(), None);
+        assert!(next_rrule("FREQ=NEVER", start, start, tz).is_err());
+    }
+}
