@@ -1,1 +1,221 @@
-fn main() {}
+//! The `todo-eventd` binary: parses arguments, sets up logging and calls
+//! into the library.
+
+use std::io::{BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use todo_eventd::plugin::{self, LoadReport, bundled};
+use todo_eventd::sandbox::{Sandbox, SandboxConfig};
+use todo_eventd::{offline, world::Timestamp};
+use tracing_subscriber::EnvFilter;
+
+/// Consumes todo-app events from Kafka and dispatches each one to sandboxed
+/// WebAssembly plugins.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Directory for compiled-component cache files (a second start does not
+    /// recompile). Defaults to $XDG_CACHE_HOME/todo-eventd or
+    /// ~/.cache/todo-eventd.
+    #[arg(long, global = true, env = "TODO_EVENTD_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+
+    /// Do not cache compiled components on disk.
+    #[arg(long, global = true)]
+    no_cache: bool,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Work with plugin files.
+    #[command(subcommand)]
+    Plugins(PluginsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum PluginsCommand {
+    /// Validate every plugin in a directory: one line per plugin; exit
+    /// status 1 if any is invalid.
+    Check {
+        /// The plugins directory.
+        dir: PathBuf,
+    },
+    /// Feed NDJSON events through the plugins with in-memory state and a
+    /// virtual clock; print one JSON line per emit or dead-letter.
+    Test {
+        /// The plugins directory.
+        #[arg(long)]
+        plugins: PathBuf,
+        /// NDJSON file of input events (`-` for stdin).
+        #[arg(long)]
+        events: PathBuf,
+        /// Where the virtual clock starts (RFC 3339); default: the first
+        /// event's timestamp.
+        #[arg(long, value_parser = parse_rfc3339)]
+        now: Option<Timestamp>,
+        /// How far to advance the clock after the last event, firing due
+        /// timers in order (e.g. `72h`, `30m`).
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+        advance: Duration,
+    },
+    /// Write the bundled plugins (reminders, recurrence, analytics) and their
+    /// default manifests into a directory. Existing manifests are kept.
+    Install {
+        /// The plugins directory to write to.
+        dir: PathBuf,
+    },
+}
+
+fn parse_rfc3339(text: &str) -> Result<Timestamp, String> {
+    text.parse::<jiff::Timestamp>()
+        .map(jiff::Timestamp::as_millisecond)
+        .map_err(|e| format!("not an RFC 3339 time: {e}"))
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let cache_dir = if cli.no_cache {
+        None
+    } else {
+        cli.cache_dir.or_else(default_cache_dir)
+    };
+    let sandbox = || -> Result<Arc<Sandbox>> {
+        let config = SandboxConfig {
+            cache_dir: cache_dir.clone().map(|d| d.join("components")),
+            ..SandboxConfig::default()
+        };
+        let sandbox = Sandbox::new(config).map_err(anyhow::Error::from);
+        Ok(Arc::new(sandbox.context("starting the wasm engine")?))
+    };
+    match cli.command {
+        Command::Plugins(PluginsCommand::Check { dir }) => check(&*sandbox()?, &dir),
+        Command::Plugins(PluginsCommand::Test {
+            plugins,
+            events,
+            now,
+            advance,
+        }) => test(sandbox()?, &plugins, &events, now, advance),
+        Command::Plugins(PluginsCommand::Install { dir }) => {
+            let written = bundled::install(&dir)
+                .with_context(|| format!("installing bundled plugins into {}", dir.display()))?;
+            for file in written {
+                println!("wrote {}", file.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn default_cache_dir() -> Option<PathBuf> {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .map(|d| d.join("todo-eventd"))
+}
+
+fn load(sandbox: &Sandbox, dir: &Path) -> Result<LoadReport> {
+    plugin::load_dir(sandbox, dir)
+        .with_context(|| format!("reading plugins directory {}", dir.display()))
+}
+
+fn check(sandbox: &Sandbox, dir: &Path) -> Result<ExitCode> {
+    let report = load(sandbox, dir)?;
+    let mut stdout = std::io::stdout().lock();
+    for plugin in &report.plugins {
+        let events: Vec<&str> = match &plugin.manifest.events {
+            Some(kinds) => kinds.iter().map(|k| k.0.name()).collect(),
+            None => vec!["all"],
+        };
+        let outputs: Vec<String> = plugin
+            .manifest
+            .outputs
+            .iter()
+            .map(|(name, topic)| format!("{name}->{topic}"))
+            .collect();
+        writeln!(
+            stdout,
+            "ok       {:<16} version={} sha256={} events={} outputs={}{}",
+            plugin.name,
+            plugin.manifest.version.as_deref().unwrap_or("-"),
+            plugin.short_hash(),
+            events.join(","),
+            if outputs.is_empty() { "none".into() } else { outputs.join(",") },
+            if plugin.wasi_imports.is_empty() {
+                String::new()
+            } else {
+                format!(" wasi-imports={}", plugin.wasi_imports.len())
+            },
+        )?;
+    }
+    for name in &report.disabled {
+        writeln!(stdout, "disabled {name:<16} (enabled = false in its manifest)")?;
+    }
+    for err in &report.errors {
+        writeln!(stdout, "invalid  {err}")?;
+    }
+    if report.plugins.is_empty() && report.errors.is_empty() && report.disabled.is_empty() {
+        bail!("no plugins (*.wasm) in {}", dir.display());
+    }
+    Ok(if report.errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn test(
+    sandbox: Arc<Sandbox>,
+    dir: &Path,
+    events: &Path,
+    now: Option<Timestamp>,
+    advance: Duration,
+) -> Result<ExitCode> {
+    let report = load(&sandbox, dir)?;
+    for err in &report.errors {
+        tracing::warn!(error = %err, "Plugin rejected.");
+        eprintln!("warning: skipping invalid plugin: {err}");
+    }
+    if report.plugins.is_empty() {
+        bail!("no valid plugins in {}", dir.display());
+    }
+    let options = offline::Options {
+        start: now,
+        advance,
+    };
+    let stdout = std::io::stdout().lock();
+    let summary = if events == Path::new("-") {
+        offline::run(sandbox, &report.plugins, std::io::stdin().lock(), &options, stdout)
+    } else {
+        let file = std::fs::File::open(events)
+            .with_context(|| format!("opening events file {}", events.display()))?;
+        offline::run(sandbox, &report.plugins, BufReader::new(file), &options, stdout)
+    }
+    .context("running events through the plugins")?;
+    eprintln!(
+        "{} events, {} emits, {} dead-letters, {} timers fired",
+        summary.events, summary.emits, summary.dead_letters, summary.timers_fired
+    );
+    Ok(ExitCode::SUCCESS)
+}

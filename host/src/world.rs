@@ -20,3 +20,16 @@ pub use todo::plugin::host::LogLevel;
 pub use todo::plugin::types::{
     EventKind, Frequency, Priority, Recurrence, SimpleRecurrence, Task, Timestamp,
 };
+
+impl EventKind {
+    /// The lower-case name used in manifests and output: `created`,
+    /// `updated`, `completed`, `deleted`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Created => "created",
+            Self::Updated => "updated",
+            Self::Completed => "completed",
+            Self::Deleted => "deleted",
+        }
+    }
+}

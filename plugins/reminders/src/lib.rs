@@ -7,15 +7,16 @@
 //! - timer fired: emit the reminder, unless the task is already past due
 //!   (a late timer after a long outage never reminds after the due time).
 //!
-//! Each reminder has an id made of the task id and the remind time. The
-//! plugin records the last id it sent per task, so a duplicate or replayed
-//! event cannot produce a second reminder for the same remind time.
+//! Each reminder has an id made of the task id and the remind time. Per task
+//! the plugin remembers the time of the newest event it applied and the last
+//! reminder it sent, so a duplicate, replayed or out-of-date event can
+//! neither produce a second reminder nor move a timer back.
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use todo_plugin_sdk::{
     EventKind, FiredTimer, Guest, PluginError, TaskEvent, Timestamp, error, host, json_state,
-    output, rfc3339, state, timers,
+    output, rfc3339, timers,
 };
 
 struct RemindersPlugin;
@@ -31,8 +32,17 @@ struct Pending {
     remind_at: Timestamp,
 }
 
-fn sent_key(task_id: &str) -> String {
-    format!("sent:{task_id}")
+/// What the plugin remembers per task.
+#[derive(Default, Serialize, Deserialize)]
+struct Memo {
+    /// `occurred-at` of the newest event applied; older events are stale.
+    last_event_at: Timestamp,
+    /// The id of the last reminder emitted.
+    sent: Option<String>,
+}
+
+fn memo_key(task_id: &str) -> String {
+    format!("task:{task_id}")
 }
 
 fn log(level: host::LogLevel, message: String) {
@@ -42,17 +52,20 @@ fn log(level: host::LogLevel, message: String) {
 impl Guest for RemindersPlugin {
     fn on_event(event: TaskEvent) -> Result<(), PluginError> {
         let task = &event.task;
-        match event.kind {
-            EventKind::Completed => {
-                timers::cancel(&task.id);
-                return Ok(());
-            }
-            EventKind::Deleted => {
-                timers::cancel(&task.id);
-                state::delete(&sent_key(&task.id));
-                return Ok(());
-            }
-            EventKind::Created | EventKind::Updated => {}
+        let key = memo_key(&task.id);
+        let mut memo: Memo = json_state::get(&key)?.unwrap_or_default();
+        if event.occurred_at < memo.last_event_at {
+            log(
+                host::LogLevel::Debug,
+                format!("task {}: ignoring event {} older than one already applied", task.id, event.id),
+            );
+            return Ok(());
+        }
+        memo.last_event_at = event.occurred_at;
+        json_state::set(&key, &memo)?;
+        if matches!(event.kind, EventKind::Completed | EventKind::Deleted) {
+            timers::cancel(&task.id);
+            return Ok(());
         }
         let Some(remind_at) = task.remind_at.filter(|_| !task.completed) else {
             timers::cancel(&task.id);
@@ -77,7 +90,7 @@ impl Guest for RemindersPlugin {
             return Ok(());
         }
         let reminder_id = format!("{}@{}", task.id, rfc3339(remind_at));
-        if json_state::get::<String>(&sent_key(&task.id))?.as_deref() == Some(reminder_id.as_str()) {
+        if memo.sent.as_deref() == Some(reminder_id.as_str()) {
             return Ok(());
         }
         let pending = Pending {
@@ -104,8 +117,9 @@ impl Guest for RemindersPlugin {
             );
             return Ok(());
         }
-        let sent = sent_key(&pending.task_id);
-        if json_state::get::<String>(&sent)?.as_deref() == Some(pending.reminder_id.as_str()) {
+        let key = memo_key(&pending.task_id);
+        let mut memo: Memo = json_state::get(&key)?.unwrap_or_default();
+        if memo.sent.as_deref() == Some(pending.reminder_id.as_str()) {
             return Ok(());
         }
         let value = json!({
@@ -118,7 +132,8 @@ impl Guest for RemindersPlugin {
             "fired_at": rfc3339(now),
         });
         output::emit("reminders", Some(&pending.user_id), &value.to_string());
-        json_state::set(&sent, &pending.reminder_id)
+        memo.sent = Some(pending.reminder_id);
+        json_state::set(&key, &memo)
     }
 }
 
