@@ -179,6 +179,11 @@ fn classify(err: &wasmtime::Error, store: &mut Store<HostState>) -> (TrapKind, S
         None => TrapKind::Other,
     };
     let message = match err.downcast_ref::<Trap>() {
+        // Rust and C guests keep their stack in linear memory; running off
+        // its end shows up as an out-of-bounds access.
+        Some(Trap::MemoryOutOfBounds) => {
+            format!("{} (in Rust or C guests, often a stack overflow)", Trap::MemoryOutOfBounds)
+        }
         Some(trap) => trap.to_string(),
         None => format!("{err:#}"),
     };
