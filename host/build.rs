@@ -15,16 +15,28 @@ const GUESTS: &[&str] = &["reminders", "recurrence", "analytics", "test-plugin"]
 
 fn main() {
     let manifest_dir = PathBuf::from(env("CARGO_MANIFEST_DIR"));
-    let root = manifest_dir.parent().expect("host/ has a parent").to_owned();
+    let root = manifest_dir
+        .parent()
+        .expect("host/ has a parent")
+        .to_owned();
     println!("cargo:rerun-if-changed={}", root.join("plugins").display());
     println!("cargo:rerun-if-changed={}", root.join("wit").display());
-    println!("cargo:rerun-if-changed={}", root.join("Cargo.lock").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("Cargo.lock").display()
+    );
 
     let target_dir = root.join("target").join("guests");
     let mut cargo = Command::new(env("CARGO"));
     cargo
         .current_dir(&root)
-        .args(["build", "--release", "--target", "wasm32-wasip2", "--target-dir"])
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "--target-dir",
+        ])
         .arg(&target_dir);
     for guest in GUESTS {
         cargo.args(["-p", guest]);
@@ -43,8 +55,13 @@ fn main() {
     cargo
         .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
         .env("CARGO_PROFILE_RELEASE_STRIP", "debuginfo");
-    let status = cargo.status().expect("run cargo to build the guest plugins");
-    assert!(status.success(), "building the guest plugins for wasm32-wasip2 failed");
+    let status = cargo
+        .status()
+        .expect("run cargo to build the guest plugins");
+    assert!(
+        status.success(),
+        "building the guest plugins for wasm32-wasip2 failed"
+    );
 
     let out = target_dir.join("wasm32-wasip2").join("release");
     for guest in GUESTS {
@@ -58,4 +75,3 @@ fn main() {
 fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| panic!("cargo sets {name} for build scripts"))
 }
-

@@ -51,9 +51,10 @@ enum PluginsCommand {
     /// Feed NDJSON events through the plugins with in-memory state and a
     /// virtual clock; print one JSON line per emit or dead-letter.
     Test {
-        /// The plugins directory.
+        /// The plugins directory; default: the bundled plugins with their
+        /// default manifests.
         #[arg(long)]
-        plugins: PathBuf,
+        plugins: Option<PathBuf>,
         /// NDJSON file of input events (`-` for stdin).
         #[arg(long)]
         events: PathBuf,
@@ -82,7 +83,9 @@ fn parse_rfc3339(text: &str) -> Result<Timestamp, String> {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
@@ -116,12 +119,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             events,
             now,
             advance,
-        }) => test(sandbox()?, &plugins, &events, now, advance),
+        }) => test(sandbox()?, plugins.as_deref(), &events, now, advance),
         Command::Plugins(PluginsCommand::Install { dir }) => {
             let written = bundled::install(&dir)
                 .with_context(|| format!("installing bundled plugins into {}", dir.display()))?;
+            let mut stdout = std::io::stdout().lock();
             for file in written {
-                println!("wrote {}", file.display());
+                writeln!(stdout, "wrote {}", file.display())?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -161,7 +165,11 @@ fn check(sandbox: &Sandbox, dir: &Path) -> Result<ExitCode> {
             plugin.manifest.version.as_deref().unwrap_or("-"),
             plugin.short_hash(),
             events.join(","),
-            if outputs.is_empty() { "none".into() } else { outputs.join(",") },
+            if outputs.is_empty() {
+                "none".into()
+            } else {
+                outputs.join(",")
+            },
             if plugin.wasi_imports.is_empty() {
                 String::new()
             } else {
@@ -170,7 +178,10 @@ fn check(sandbox: &Sandbox, dir: &Path) -> Result<ExitCode> {
         )?;
     }
     for name in &report.disabled {
-        writeln!(stdout, "disabled {name:<16} (enabled = false in its manifest)")?;
+        writeln!(
+            stdout,
+            "disabled {name:<16} (enabled = false in its manifest)"
+        )?;
     }
     for err in &report.errors {
         writeln!(stdout, "invalid  {err}")?;
@@ -187,18 +198,20 @@ fn check(sandbox: &Sandbox, dir: &Path) -> Result<ExitCode> {
 
 fn test(
     sandbox: Arc<Sandbox>,
-    dir: &Path,
+    dir: Option<&Path>,
     events: &Path,
     now: Option<Timestamp>,
     advance: Duration,
 ) -> Result<ExitCode> {
-    let report = load(&sandbox, dir)?;
+    let report = match dir {
+        Some(dir) => load(&sandbox, dir)?,
+        None => bundled::load(&sandbox).context("loading the bundled plugins")?,
+    };
     for err in &report.errors {
-        tracing::warn!(error = %err, "Plugin rejected.");
         eprintln!("warning: skipping invalid plugin: {err}");
     }
     if report.plugins.is_empty() {
-        bail!("no valid plugins in {}", dir.display());
+        bail!("no valid plugins to run");
     }
     let options = offline::Options {
         start: now,
@@ -206,11 +219,23 @@ fn test(
     };
     let stdout = std::io::stdout().lock();
     let summary = if events == Path::new("-") {
-        offline::run(sandbox, &report.plugins, std::io::stdin().lock(), &options, stdout)
+        offline::run(
+            sandbox,
+            &report.plugins,
+            std::io::stdin().lock(),
+            &options,
+            stdout,
+        )
     } else {
         let file = std::fs::File::open(events)
             .with_context(|| format!("opening events file {}", events.display()))?;
-        offline::run(sandbox, &report.plugins, BufReader::new(file), &options, stdout)
+        offline::run(
+            sandbox,
+            &report.plugins,
+            BufReader::new(file),
+            &options,
+            stdout,
+        )
     }
     .context("running events through the plugins")?;
     eprintln!(

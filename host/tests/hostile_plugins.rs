@@ -2,6 +2,8 @@
 //! the runtime stays healthy and a well-behaved plugin beside them keeps
 //! producing its normal output for the same events.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::{TEST_PLUGIN, created, load, mode, plugin_dir, sandbox};
@@ -49,7 +51,11 @@ fn each_hostile_plugin_fails_with_its_class_and_the_good_one_carries_on() {
             ("b-hog", TrapKind::Memory, "memory limit of 8388608 bytes"),
             ("c-deep", TrapKind::StackOverflow, "call stack exhausted"),
             ("d-panicker", TrapKind::Panic, "boom on event ev-t1-"),
-            ("e-snoop", TrapKind::Denied, "emit to output \"secret\", which the manifest does not map (mapped: out)"),
+            (
+                "e-snoop",
+                TrapKind::Denied,
+                "emit to output \"secret\", which the manifest does not map (mapped: out)",
+            ),
         ];
         for (name, kind, text) in expect {
             let err = by_name(name).result.as_ref().expect_err(name);

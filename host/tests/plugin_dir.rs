@@ -1,6 +1,8 @@
 //! Loading a plugins directory: every bad file is reported with its name
 //! and the reason, and the good plugins still load.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::{TEST_PLUGIN, mode, plugin_dir, sandbox};
@@ -20,7 +22,11 @@ fn bad_files_are_rejected_by_name_while_the_rest_load() {
         ("half", truncated, None),
         ("other-world", &empty_component, None),
         ("typo", TEST_PLUGIN, Some("[limits]\nmemroy = \"8MiB\"\n")),
-        ("greedy", TEST_PLUGIN, Some("[limits]\nmemory = \"64GiB\"\n")),
+        (
+            "greedy",
+            TEST_PLUGIN,
+            Some("[limits]\nmemory = \"64GiB\"\n"),
+        ),
         ("off", TEST_PLUGIN, Some("enabled = false\n")),
     ]);
     std::fs::write(dir.path().join("orphan.toml"), "").unwrap();
@@ -42,16 +48,25 @@ fn bad_files_are_rejected_by_name_while_the_rest_load() {
     errors.sort();
     let expect = [
         ("core.wasm", "a core WebAssembly module, not a component"),
-        ("greedy.toml", "limits.memory: 68719476736 bytes exceeds the daemon's maximum"),
+        (
+            "greedy.toml",
+            "limits.memory: 68719476736 bytes exceeds the daemon's maximum",
+        ),
         ("half.wasm", "does not compile"),
         ("orphan.toml", "no orphan.wasm beside it"),
-        ("other-world.wasm", "does not implement the todo:plugin world"),
+        (
+            "other-world.wasm",
+            "does not implement the todo:plugin world",
+        ),
         ("text.wasm", "not a WebAssembly file"),
         ("typo.toml", "unknown field `memroy`"),
     ];
     assert_eq!(errors.len(), expect.len(), "{errors:#?}");
     for (error, (file, text)) in errors.iter().zip(expect) {
-        assert!(error.starts_with(file) && error.contains(text), "{error}\n  wanted {file}: …{text}…");
+        assert!(
+            error.starts_with(file) && error.contains(text),
+            "{error}\n  wanted {file}: …{text}…"
+        );
     }
 }
 
@@ -67,22 +82,41 @@ fn compiled_components_are_cached_on_disk() {
     first.prepare(TEST_PLUGIN).unwrap();
     let entries: Vec<_> = std::fs::read_dir(cache.path()).unwrap().collect();
     assert_eq!(entries.len(), 1, "one compiled artifact");
-    let entry = entries[0].as_ref().unwrap().file_name().to_string_lossy().into_owned();
-    assert!(entry.starts_with(&Sandbox::content_hash(TEST_PLUGIN)), "{entry}");
+    let entry = entries[0]
+        .as_ref()
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .into_owned();
+    assert!(
+        entry.starts_with(&Sandbox::content_hash(TEST_PLUGIN)),
+        "{entry}"
+    );
 
     // A new engine with the same settings loads it instead of compiling;
     // the file is not rewritten.
-    let modified = std::fs::metadata(entries[0].as_ref().unwrap().path()).unwrap().modified().unwrap();
+    let modified = std::fs::metadata(entries[0].as_ref().unwrap().path())
+        .unwrap()
+        .modified()
+        .unwrap();
     let second = Sandbox::new(config()).unwrap();
     second.prepare(TEST_PLUGIN).unwrap();
-    let after = std::fs::metadata(entries[0].as_ref().unwrap().path()).unwrap().modified().unwrap();
+    let after = std::fs::metadata(entries[0].as_ref().unwrap().path())
+        .unwrap()
+        .modified()
+        .unwrap();
     assert_eq!(modified, after);
 
     // A corrupt cache entry is discarded and the component recompiled.
     std::fs::write(entries[0].as_ref().unwrap().path(), b"garbage").unwrap();
     let third = Sandbox::new(config()).unwrap();
     third.prepare(TEST_PLUGIN).unwrap();
-    assert!(std::fs::metadata(entries[0].as_ref().unwrap().path()).unwrap().len() > 1000);
+    assert!(
+        std::fs::metadata(entries[0].as_ref().unwrap().path())
+            .unwrap()
+            .len()
+            > 1000
+    );
 }
 
 fn wat_component(text: &str) -> Vec<u8> {

@@ -42,7 +42,10 @@ impl Found<'_> {
         match self.value {
             Value::String(s) => Ok(s.clone()),
             Value::Number(n) => Ok(n.to_string()),
-            other => Err(self.error(format!("expected a string or number, found {}", kind(other)))),
+            other => Err(self.error(format!(
+                "expected a string or number, found {}",
+                kind(other)
+            ))),
         }
     }
 
@@ -76,7 +79,10 @@ impl Found<'_> {
         };
         match n.and_then(|n| u32::try_from(n).ok()) {
             Some(n) if n > 0 => Ok(n),
-            _ => Err(self.error(format!("{} is not a positive whole number", describe(self.value)))),
+            _ => Err(self.error(format!(
+                "{} is not a positive whole number",
+                describe(self.value)
+            ))),
         }
     }
 }

@@ -127,7 +127,10 @@ struct CloudEvent {
 
 impl CloudEvent {
     fn structured(root: &Map<String, Value>) -> Result<Self> {
-        let top = Obj { path: "", map: root };
+        let top = Obj {
+            path: "",
+            map: root,
+        };
         let id = lookup(top, &["id"])
             .ok_or_else(|| DecodeError::field("id", "missing (CloudEvents require an id)"))?
             .string_or_number()?;
@@ -142,10 +145,9 @@ impl CloudEvent {
                 // Some publishers put the JSON event in a string.
                 Value::String(s) => parse_object(s.as_bytes(), "data")?,
                 other => {
-                    return Err(found.error(format!(
-                        "expected a JSON object, found {}",
-                        kind(other)
-                    )));
+                    return Err(
+                        found.error(format!("expected a JSON object, found {}", kind(other)))
+                    );
                 }
             };
             (Some(data), "data")
@@ -330,7 +332,10 @@ fn parse_kind(text: &str) -> Option<EventKind> {
         .rsplit(['.', '_', '-', ':', '/'])
         .find(|s| !s.is_empty())?
         .to_ascii_lowercase();
-    let word = last.strip_prefix("task").filter(|w| !w.is_empty()).unwrap_or(&last);
+    let word = last
+        .strip_prefix("task")
+        .filter(|w| !w.is_empty())
+        .unwrap_or(&last);
     match word {
         "created" | "create" | "added" | "add" | "new" => Some(EventKind::Created),
         "updated" | "update" | "changed" | "modified" | "edited" => Some(EventKind::Updated),

@@ -19,8 +19,20 @@ use crate::world::{Frequency, Recurrence, SimpleRecurrence};
 
 /// RRULE parts we accept (RFC 5545 §3.3.10).
 const RRULE_PARTS: &[&str] = &[
-    "FREQ", "UNTIL", "COUNT", "INTERVAL", "BYSECOND", "BYMINUTE", "BYHOUR", "BYDAY", "BYMONTHDAY",
-    "BYYEARDAY", "BYWEEKNO", "BYMONTH", "BYSETPOS", "WKST",
+    "FREQ",
+    "UNTIL",
+    "COUNT",
+    "INTERVAL",
+    "BYSECOND",
+    "BYMINUTE",
+    "BYHOUR",
+    "BYDAY",
+    "BYMONTHDAY",
+    "BYYEARDAY",
+    "BYWEEKNO",
+    "BYMONTH",
+    "BYSETPOS",
+    "WKST",
 ];
 const RRULE_FREQS: &[&str] = &[
     "SECONDLY", "MINUTELY", "HOURLY", "DAILY", "WEEKLY", "MONTHLY", "YEARLY",
@@ -100,7 +112,10 @@ fn from_string(
     let text = text.trim();
     let upper = text.to_ascii_uppercase();
     if upper.starts_with("RRULE:") || upper.contains("FREQ=") {
-        let rule = text.get("RRULE:".len()..).filter(|_| upper.starts_with("RRULE:")).unwrap_or(text);
+        let rule = text
+            .get("RRULE:".len()..)
+            .filter(|_| upper.starts_with("RRULE:"))
+            .unwrap_or(text);
         validate_rrule(rule).map_err(|reason| found.error(reason))?;
         return Ok(Recurrence::Rrule(rule.to_owned()));
     }
@@ -165,7 +180,9 @@ fn validate_rrule(rule: &str) -> Result<(), String> {
                 freq = Some(upper);
             }
             "INTERVAL" | "COUNT" if value.parse::<u32>().map_or(true, |n| n == 0) => {
-                return Err(format!("RRULE {key} \"{value}\" is not a positive whole number"));
+                return Err(format!(
+                    "RRULE {key} \"{value}\" is not a positive whole number"
+                ));
             }
             _ => {}
         }
@@ -201,7 +218,9 @@ mod tests {
 
     #[test]
     fn nested_object_with_nulls() {
-        let r = decode_json(json!({"recurrence": {"pattern": "weekly", "interval": 1, "end_date": null, "max_occurrences": null}}));
+        let r = decode_json(
+            json!({"recurrence": {"pattern": "weekly", "interval": 1, "end_date": null, "max_occurrences": null}}),
+        );
         assert_eq!(r.unwrap(), Some(simple(Frequency::Weekly, 1)));
     }
 

@@ -19,8 +19,12 @@ pub(crate) struct EnvelopeIds {
 
 impl EnvelopeIds {
     pub(crate) fn read(top: Obj<'_>, body: Obj<'_>) -> Result<Self> {
-        let task_id = lookup(top, &["taskid"]).map(|f| f.string_or_number()).transpose()?;
-        let user_id = lookup(top, &["userid"]).map(|f| f.string_or_number()).transpose()?;
+        let task_id = lookup(top, &["taskid"])
+            .map(|f| f.string_or_number())
+            .transpose()?;
+        let user_id = lookup(top, &["userid"])
+            .map(|f| f.string_or_number())
+            .transpose()?;
         Ok(Self {
             task_id,
             user_id,
@@ -43,7 +47,10 @@ pub(crate) fn decode(rows: &Layers<'_>, envelope: &EnvelopeIds, kind: EventKind)
                 } else {
                     join(&envelope.body_path, "id")
                 };
-                DecodeError::field("task_id", format!("missing (expected task_id, taskId or {inner})"))
+                DecodeError::field(
+                    "task_id",
+                    format!("missing (expected task_id, taskId or {inner})"),
+                )
             })?,
     };
     let id = non_empty(id, "task_id")?;
@@ -69,7 +76,13 @@ pub(crate) fn decode(rows: &Layers<'_>, envelope: &EnvelopeIds, kind: EventKind)
     };
 
     let due = instant(&["duedate", "dueat", "due", "duetime", "deadline"])?;
-    let remind_at = match instant(&["remindat", "remindertime", "remindtime", "reminderat", "reminder"])? {
+    let remind_at = match instant(&[
+        "remindat",
+        "remindertime",
+        "remindtime",
+        "reminderat",
+        "reminder",
+    ])? {
         Some(at) => Some(at),
         None => remind_from_offset(rows, due)?,
     };
@@ -88,12 +101,21 @@ pub(crate) fn decode(rows: &Layers<'_>, envelope: &EnvelopeIds, kind: EventKind)
         description: optional_string(rows, &["description", "notes", "details"])?,
         completed,
         priority: rows.get(&["priority"]).map(|f| priority(&f)).transpose()?,
-        tags: rows.get(&["tags", "labels"]).map(|f| tags(&f)).transpose()?.unwrap_or_default(),
+        tags: rows
+            .get(&["tags", "labels"])
+            .map(|f| tags(&f))
+            .transpose()?
+            .unwrap_or_default(),
         due,
         remind_at,
         recurrence: recurrence::decode(rows, &tz)?,
         series_id: rows
-            .get(&["seriesid", "parenttaskid", "recurrenceparentid", "recurringparentid"])
+            .get(&[
+                "seriesid",
+                "parenttaskid",
+                "recurrenceparentid",
+                "recurringparentid",
+            ])
             .map(|f| f.string_or_number())
             .transpose()?,
         occurrence: rows

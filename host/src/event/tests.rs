@@ -42,7 +42,11 @@ fn fixtures_decode_to_their_expectations() {
             .expect("bless");
             continue;
         }
-        let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        let name = path
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
         match result {
             Ok(event) => match std::fs::read_to_string(&expected_event) {
                 Ok(want) => {
@@ -52,11 +56,16 @@ fn fixtures_decode_to_their_expectations() {
                         failures.push(format!("{name}: decoded to\n{got:#}\nwanted\n{want:#}"));
                     }
                 }
-                Err(_) => failures.push(format!("{name}: decoded, but only an error is expected: {event:?}")),
+                Err(_) => failures.push(format!(
+                    "{name}: decoded, but only an error is expected: {event:?}"
+                )),
             },
             Err(err) => match std::fs::read_to_string(&expected_error) {
                 Ok(want) if want.trim_end() == err.to_string() => {}
-                Ok(want) => failures.push(format!("{name}: error\n  {err}\nwanted\n  {}", want.trim_end())),
+                Ok(want) => failures.push(format!(
+                    "{name}: error\n  {err}\nwanted\n  {}",
+                    want.trim_end()
+                )),
                 Err(_) => failures.push(format!("{name}: unexpected error: {err}")),
             },
         }
@@ -67,9 +76,17 @@ fn fixtures_decode_to_their_expectations() {
 #[test]
 fn bad_fixtures_are_errors_and_good_ones_are_not() {
     for path in fixtures() {
-        let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        let name = path
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
         let result = decode(&std::fs::read(&path).expect("read"));
-        assert_eq!(result.is_err(), name.starts_with("bad-"), "{name}: {result:?}");
+        assert_eq!(
+            result.is_err(),
+            name.starts_with("bad-"),
+            "{name}: {result:?}"
+        );
     }
 }
 
@@ -83,7 +100,14 @@ fn cloud_events_binary_mode_reads_ce_headers() {
         ("ce_source", b"svc"),
         ("ce_time", b"2026-01-22T10:00:00Z"),
     ];
-    let event = decode_record(body, RecordMeta { headers, timestamp: None }).unwrap();
+    let event = decode_record(
+        body,
+        RecordMeta {
+            headers,
+            timestamp: None,
+        },
+    )
+    .unwrap();
     assert_eq!(event.id, "bin-1");
     assert_eq!(event.kind, EventKind::Completed);
     assert_eq!(event.source.as_deref(), Some("svc"));
@@ -94,11 +118,18 @@ fn cloud_events_binary_mode_reads_ce_headers() {
 #[test]
 fn record_timestamp_is_the_last_resort_and_ids_are_derived() {
     let body = br#"{"event_type":"deleted","task_id":3,"user_id":"u"}"#;
-    let meta = RecordMeta { headers: &[], timestamp: Some(42_000) };
+    let meta = RecordMeta {
+        headers: &[],
+        timestamp: Some(42_000),
+    };
     let event = decode_record(body, meta).unwrap();
     assert_eq!(event.occurred_at, 42_000);
     assert!(event.id.starts_with("sha256:"), "{}", event.id);
-    assert_eq!(event.id, decode_record(body, meta).unwrap().id, "derived ids are stable");
+    assert_eq!(
+        event.id,
+        decode_record(body, meta).unwrap().id,
+        "derived ids are stable"
+    );
     let err = decode(body).unwrap_err();
     assert_eq!(
         err.to_string(),

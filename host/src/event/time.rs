@@ -12,8 +12,8 @@ use jiff::tz::TimeZone;
 use jiff::{SignedDuration, Span, SpanRelativeTo};
 use serde_json::Value;
 
-use super::fields::{Found, describe};
 use super::DecodeError;
+use super::fields::{Found, describe};
 use crate::world::Timestamp;
 
 /// Below this, an epoch number is taken as seconds; at or above it, as
@@ -54,9 +54,14 @@ fn parse_instant_str(s: &str, tz: &TimeZone) -> Option<Timestamp> {
     let civil = s
         .parse::<DateTime>()
         .or_else(|_| s.replacen(' ', "T", 1).parse::<DateTime>())
-        .or_else(|_| s.parse::<Date>().map(|d| d.to_datetime(jiff::civil::Time::midnight())))
+        .or_else(|_| {
+            s.parse::<Date>()
+                .map(|d| d.to_datetime(jiff::civil::Time::midnight()))
+        })
         .ok()?;
-    tz.to_timestamp(civil).ok().map(jiff::Timestamp::as_millisecond)
+    tz.to_timestamp(civil)
+        .ok()
+        .map(jiff::Timestamp::as_millisecond)
 }
 
 /// Parses a "this long before" offset. A bare number means minutes.
@@ -122,10 +127,22 @@ mod tests {
         let berlin = TimeZone::get("Europe/Berlin").unwrap();
         let cases = [
             (json!("2026-01-22T10:00:00Z"), &utc, "2026-01-22T10:00:00Z"),
-            (json!("2026-01-22T11:00:00+01:00"), &utc, "2026-01-22T10:00:00Z"),
-            (json!("2026-01-22T11:00:00.123456"), &utc, "2026-01-22T11:00:00.123Z"),
+            (
+                json!("2026-01-22T11:00:00+01:00"),
+                &utc,
+                "2026-01-22T10:00:00Z",
+            ),
+            (
+                json!("2026-01-22T11:00:00.123456"),
+                &utc,
+                "2026-01-22T11:00:00.123Z",
+            ),
             (json!("2026-01-22 11:00:00"), &utc, "2026-01-22T11:00:00Z"),
-            (json!("2026-01-22T11:00:00"), &berlin, "2026-01-22T10:00:00Z"),
+            (
+                json!("2026-01-22T11:00:00"),
+                &berlin,
+                "2026-01-22T10:00:00Z",
+            ),
             (json!("2026-07-01"), &berlin, "2026-06-30T22:00:00Z"),
             (json!(1_769_076_000), &utc, "2026-01-22T10:00:00Z"),
             (json!(1_769_076_000_000_i64), &utc, "2026-01-22T10:00:00Z"),
@@ -166,7 +183,10 @@ mod tests {
             assert_eq!(offset(&found(&value)).unwrap().as_secs(), secs, "{value}");
         }
         let err = offset(&found(&json!("soon"))).unwrap_err().to_string();
-        assert!(err.starts_with(r#"task_data.due_date: "soon" is not a duration"#), "{err}");
+        assert!(
+            err.starts_with(r#"task_data.due_date: "soon" is not a duration"#),
+            "{err}"
+        );
         assert!(offset(&found(&json!(-5))).is_err());
     }
 

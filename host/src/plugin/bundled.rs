@@ -2,7 +2,12 @@
 //! analytics — with their default manifests. `demo` runs them directly and
 //! `plugins install DIR` writes them out for operators to start from.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::manifest::Manifest;
+use super::{LoadError, LoadReport};
+use crate::sandbox::Sandbox;
 
 /// One bundled plugin.
 #[derive(Debug, Clone, Copy)]
@@ -34,10 +39,34 @@ pub const ALL: &[Bundled] = &[
     },
 ];
 
+/// Loads the bundled plugins with their default manifests, without touching
+/// the filesystem.
+pub fn load(sandbox: &Sandbox) -> Result<LoadReport, LoadError> {
+    let mut report = LoadReport::default();
+    for plugin in ALL {
+        let manifest_file = PathBuf::from(format!("<bundled>/{}.toml", plugin.name));
+        let manifest = Manifest::parse(plugin.manifest).map_err(|e| LoadError::Manifest {
+            file: manifest_file.clone(),
+            message: e.to_string(),
+        })?;
+        let file = PathBuf::from(format!("<bundled>/{}.wasm", plugin.name));
+        let loaded = super::from_parts(
+            sandbox,
+            plugin.name.into(),
+            file,
+            plugin.wasm,
+            manifest,
+            &manifest_file,
+        )?;
+        report.plugins.push(Arc::new(loaded));
+    }
+    Ok(report)
+}
+
 /// Writes every bundled plugin (`NAME.wasm` + `NAME.toml`) into `dir`,
 /// creating it if needed. Existing manifests are kept, so an operator's
 /// edits survive a reinstall; `.wasm` files are replaced atomically.
-pub fn install(dir: &Path) -> std::io::Result<Vec<std::path::PathBuf>> {
+pub fn install(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir)?;
     let mut written = Vec::new();
     for plugin in ALL {

@@ -185,7 +185,11 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
         "mib" => 1 << 20,
         "g" | "gb" => 1_000_000_000,
         "gib" => 1 << 30,
-        other => return Err(format!("\"{other}\" is not a size unit (expected KiB, MiB or GiB)")),
+        other => {
+            return Err(format!(
+                "\"{other}\" is not a size unit (expected KiB, MiB or GiB)"
+            ));
+        }
     };
     number
         .checked_mul(scale)
@@ -213,11 +217,15 @@ pub(crate) mod humantime_serde_opt {
     use serde::{Deserialize, Deserializer};
 
     /// Deserializes an optional humantime duration.
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
         Option::<String>::deserialize(d)?
             .map(|s| {
                 humantime::parse_duration(&s).map_err(|e| {
-                    serde::de::Error::custom(format!("\"{s}\" is not a duration (e.g. \"50ms\"): {e}"))
+                    serde::de::Error::custom(format!(
+                        "\"{s}\" is not a duration (e.g. \"50ms\"): {e}"
+                    ))
                 })
             })
             .transpose()
@@ -269,7 +277,10 @@ mod tests {
             ("[limits]\nmemroy = 1", "unknown field `memroy`"),
             ("events = [\"exploded\"]", "unknown event kind \"exploded\""),
             ("[limits]\nmemory = \"lots\"", "\"lots\" is not a size"),
-            ("[limits]\ncall_timeout = \"soon\"", "\"soon\" is not a duration"),
+            (
+                "[limits]\ncall_timeout = \"soon\"",
+                "\"soon\" is not a duration",
+            ),
         ];
         for (text, want) in cases {
             let err = Manifest::parse(text).unwrap_err().to_string();

@@ -196,7 +196,15 @@ pub fn load_file(sandbox: &Sandbox, file: &Path) -> Result<Option<Plugin>, LoadE
         file: file.to_owned(),
         source,
     })?;
-    from_parts(sandbox, name, file.to_owned(), &bytes, manifest, &manifest_file).map(Some)
+    from_parts(
+        sandbox,
+        name,
+        file.to_owned(),
+        &bytes,
+        manifest,
+        &manifest_file,
+    )
+    .map(Some)
 }
 
 /// Builds a plugin from its bytes and manifest (used for files and for the
@@ -213,10 +221,12 @@ pub fn from_parts(
         file: manifest_file.to_owned(),
         message,
     })?;
-    let pre = sandbox.prepare(bytes).map_err(|source| LoadError::Invalid {
-        file: file.clone(),
-        source,
-    })?;
+    let pre = sandbox
+        .prepare(bytes)
+        .map_err(|source| LoadError::Invalid {
+            file: file.clone(),
+            source,
+        })?;
     let wasi_imports = sandbox.wasi_imports(&pre);
     Ok(Plugin {
         hash: Sandbox::content_hash(bytes),
@@ -232,14 +242,20 @@ pub fn from_parts(
 /// Applies the daemon's defaults and maxima to a manifest.
 fn resolve_spec(sandbox: &Sandbox, name: &str, manifest: &Manifest) -> Result<PluginSpec, String> {
     let config = sandbox.config();
-    let memory_limit = manifest.limits.memory.unwrap_or(config.default_memory_limit);
+    let memory_limit = manifest
+        .limits
+        .memory
+        .unwrap_or(config.default_memory_limit);
     if memory_limit > config.max_memory_limit {
         return Err(format!(
             "limits.memory: {memory_limit} bytes exceeds the daemon's maximum of {} bytes",
             config.max_memory_limit
         ));
     }
-    let call_timeout = manifest.limits.call_timeout.unwrap_or(config.default_call_timeout);
+    let call_timeout = manifest
+        .limits
+        .call_timeout
+        .unwrap_or(config.default_call_timeout);
     if call_timeout.is_zero() {
         return Err("limits.call_timeout: must be more than zero".into());
     }

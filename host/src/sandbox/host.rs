@@ -112,7 +112,11 @@ impl HostState {
 
 fn check_key(what: &str, key: &str) -> wasmtime::Result<()> {
     if key.len() > MAX_KEY_BYTES {
-        return Err(Denied(format!("{what} key of {} bytes exceeds {MAX_KEY_BYTES}", key.len())).into());
+        return Err(Denied(format!(
+            "{what} key of {} bytes exceeds {MAX_KEY_BYTES}",
+            key.len()
+        ))
+        .into());
     }
     Ok(())
 }
@@ -201,7 +205,11 @@ impl output::Host for HostState {
             let granted: Vec<_> = self.spec.outputs.keys().map(String::as_str).collect();
             return Err(Denied(format!(
                 "emit to output \"{name}\", which the manifest does not map (mapped: {})",
-                if granted.is_empty() { "none".to_owned() } else { granted.join(", ") }
+                if granted.is_empty() {
+                    "none".to_owned()
+                } else {
+                    granted.join(", ")
+                }
             ))
             .into());
         };

@@ -12,11 +12,13 @@ use std::time::Duration;
 use wasmtime::{Engine, Store, Trap};
 use wasmtime_wasi::{FsPerms, HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder};
 
+use super::SandboxConfig;
 use super::error::{CallError, Denied, TrapKind};
 use super::host::{CapturedOutput, Effects, HostState, PluginSpec};
-use super::SandboxConfig;
 use crate::state::PluginState;
-use crate::world::{FiredTimer, Plugin as PluginWorld, PluginError, PluginPre, TaskEvent, Timestamp};
+use crate::world::{
+    FiredTimer, Plugin as PluginWorld, PluginError, PluginPre, TaskEvent, Timestamp,
+};
 
 /// A live instance of one plugin.
 pub struct Instance {
@@ -37,8 +39,8 @@ impl Instance {
     ) -> Result<Self, CallError> {
         let now = Arc::new(AtomicI64::new(0));
         let output = CapturedOutput::default();
-        let wasi = wasi_ctx(&spec, &now, &output)
-            .map_err(|e| CallError::Instantiate(format!("{e:#}")))?;
+        let wasi =
+            wasi_ctx(&spec, &now, &output).map_err(|e| CallError::Instantiate(format!("{e:#}")))?;
         let mut store = Store::new(engine, HostState::new(spec, now, output, wasi));
         store.limiter(|state| &mut state.limiter);
         // Instantiation runs start functions; give it a deadline too.
@@ -78,7 +80,9 @@ impl Instance {
         now: Timestamp,
         state: &mut PluginState,
     ) -> Result<Effects, CallError> {
-        self.call(now, state, |bindings, store| bindings.call_on_event(store, event))
+        self.call(now, state, |bindings, store| {
+            bindings.call_on_event(store, event)
+        })
     }
 
     /// Calls `on-timer`.
@@ -88,7 +92,9 @@ impl Instance {
         now: Timestamp,
         state: &mut PluginState,
     ) -> Result<Effects, CallError> {
-        self.call(now, state, |bindings, store| bindings.call_on_timer(store, timer))
+        self.call(now, state, |bindings, store| {
+            bindings.call_on_timer(store, timer)
+        })
     }
 
     fn call(
@@ -162,7 +168,10 @@ fn classify(err: &wasmtime::Error, store: &mut Store<HostState>) -> (TrapKind, S
             let timeout = store.data().spec.call_timeout;
             return (
                 TrapKind::Deadline,
-                format!("call exceeded its time limit of {}", humantime::format_duration(timeout)),
+                format!(
+                    "call exceeded its time limit of {}",
+                    humantime::format_duration(timeout)
+                ),
             );
         }
         Some(Trap::StackOverflow) => TrapKind::StackOverflow,
@@ -182,7 +191,10 @@ fn classify(err: &wasmtime::Error, store: &mut Store<HostState>) -> (TrapKind, S
         // Rust and C guests keep their stack in linear memory; running off
         // its end shows up as an out-of-bounds access.
         Some(Trap::MemoryOutOfBounds) => {
-            format!("{} (in Rust or C guests, often a stack overflow)", Trap::MemoryOutOfBounds)
+            format!(
+                "{} (in Rust or C guests, often a stack overflow)",
+                Trap::MemoryOutOfBounds
+            )
         }
         Some(trap) => trap.to_string(),
         None => format!("{err:#}"),
@@ -216,9 +228,9 @@ fn wasi_ctx(
         } else {
             FsPerms::ReadOnly
         };
-        builder.preopened_dir(&dir.host, &dir.guest, perms).map_err(|e| {
-            anyhow::anyhow!("granted directory {}: {e:#}", dir.host.display())
-        })?;
+        builder
+            .preopened_dir(&dir.host, &dir.guest, perms)
+            .map_err(|e| anyhow::anyhow!("granted directory {}: {e:#}", dir.host.display()))?;
     }
     if !spec.wasi.ambient_clock {
         builder
@@ -272,6 +284,9 @@ mod tests {
     #[test]
     fn panic_messages_are_extracted() {
         let out = "some log\nthread '<unnamed>' panicked at src/lib.rs:10:5:\nboom\nnote: run with RUST_BACKTRACE=1\n";
-        assert_eq!(panic_message(out).as_deref(), Some("panicked at src/lib.rs:10:5: boom"));
+        assert_eq!(
+            panic_message(out).as_deref(),
+            Some("panicked at src/lib.rs:10:5: boom")
+        );
     }
 }

@@ -86,7 +86,9 @@ pub enum ValidateError {
     #[error("does not compile: {0:#}")]
     Compile(wasmtime::Error),
     /// The component needs an interface the daemon does not provide.
-    #[error("imports `{0}`, which todo-eventd does not provide (plugins may import todo:plugin and wasi interfaces)")]
+    #[error(
+        "imports `{0}`, which todo-eventd does not provide (plugins may import todo:plugin and wasi interfaces)"
+    )]
     UnknownImport(String),
     /// The component does not fit the `todo:plugin` world.
     #[error("does not implement the todo:plugin world: {0:#}")]

@@ -141,7 +141,10 @@ mod tests {
         assert_eq!(state.next_due(), Some(30));
         assert!(state.pop_due(29).is_none());
         assert_eq!(state.pop_due(100).map(|(k, _)| k), Some("a".into()));
-        assert_eq!(state.pop_due(100).map(|(k, t)| (k, t.due)), Some(("c".into(), 40)));
+        assert_eq!(
+            state.pop_due(100).map(|(k, t)| (k, t.due)),
+            Some(("c".into(), 40))
+        );
         assert!(state.pop_due(100).is_none());
         assert_eq!(state.timer_count(), 0);
     }

@@ -15,7 +15,13 @@ use todo_eventd::world::TaskEvent;
 pub const TEST_PLUGIN: &[u8] = include_bytes!(env!("GUEST_TEST_PLUGIN_WASM"));
 
 pub fn sandbox() -> Arc<Sandbox> {
-    Arc::new(Sandbox::new(SandboxConfig { max_instances: 32, ..SandboxConfig::default() }).unwrap())
+    Arc::new(
+        Sandbox::new(SandboxConfig {
+            max_instances: 32,
+            ..SandboxConfig::default()
+        })
+        .unwrap(),
+    )
 }
 
 /// A directory holding `NAME.wasm` (+ `NAME.toml` if given) for each entry.
@@ -32,7 +38,9 @@ pub fn plugin_dir(files: &[(&str, &[u8], Option<&str>)]) -> TempDir {
 
 /// A test-plugin manifest with the given mode and an `out` output.
 pub fn mode(mode: &str) -> String {
-    format!("[outputs]\nout = \"out-topic\"\n[limits]\nmemory = \"8MiB\"\ncall_timeout = \"50ms\"\n[config]\nmode = \"{mode}\"\n")
+    format!(
+        "[outputs]\nout = \"out-topic\"\n[limits]\nmemory = \"8MiB\"\ncall_timeout = \"50ms\"\n[config]\nmode = \"{mode}\"\n"
+    )
 }
 
 /// Loads every plugin in `dir`, failing the test on any load error.

@@ -44,7 +44,10 @@ fn snapshot_interval() -> Result<i64, PluginError> {
 /// `"90s"`, `"5m"`, `"1h"` or plain seconds, in milliseconds.
 fn parse_interval(text: &str) -> Option<i64> {
     let text = text.trim();
-    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let (number, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
     let n: i64 = number.parse().ok()?;
     let scale = match unit.trim() {
         "" | "s" => 1_000,
@@ -87,8 +90,12 @@ impl Guest for AnalyticsPlugin {
     }
 
     fn on_timer(timer: FiredTimer) -> Result<(), PluginError> {
-        let user_id = String::from_utf8(timer.payload)
-            .map_err(|_| error("corrupt-timer", format!("timer {} has a non-UTF-8 user id", timer.key)))?;
+        let user_id = String::from_utf8(timer.payload).map_err(|_| {
+            error(
+                "corrupt-timer",
+                format!("timer {} has a non-UTF-8 user id", timer.key),
+            )
+        })?;
         let Some(stats) = json_state::get::<UserStats>(&user_key(&user_id))? else {
             return Ok(());
         };

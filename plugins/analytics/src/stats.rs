@@ -90,27 +90,45 @@ impl UserStats {
     }
 
     /// A new task. `None` if it is already known (a duplicate).
-    pub fn created(&mut self, known: Option<&TaskRecord>, task: &Task, at: Timestamp) -> Option<TaskRecord> {
+    pub fn created(
+        &mut self,
+        known: Option<&TaskRecord>,
+        task: &Task,
+        at: Timestamp,
+    ) -> Option<TaskRecord> {
         if known.is_some() {
             return None;
         }
         self.last_event_at = Some(at);
         self.created += 1;
-        self.bump(priority_name(task).as_deref(), &task.tags, |c| c.created += 1);
+        self.bump(priority_name(task).as_deref(), &task.tags, |c| {
+            c.created += 1
+        });
         let created_at = task.created_at.or(Some(at));
         if task.completed {
-            return self.completed(Some(&Self::record(task, Status::Open, created_at)), task, at);
+            return self.completed(
+                Some(&Self::record(task, Status::Open, created_at)),
+                task,
+                at,
+            );
         }
         self.open_task(task);
         Some(Self::record(task, Status::Open, created_at))
     }
 
     /// A change; may complete or reopen the task.
-    pub fn updated(&mut self, known: Option<&TaskRecord>, task: &Task, at: Timestamp) -> Option<TaskRecord> {
+    pub fn updated(
+        &mut self,
+        known: Option<&TaskRecord>,
+        task: &Task,
+        at: Timestamp,
+    ) -> Option<TaskRecord> {
         match known.map(|r| r.status) {
             Some(Status::Deleted) => None,
             Some(Status::Open) | None if task.completed => {
-                let record = known.cloned().unwrap_or_else(|| Self::record(task, Status::Open, task.created_at));
+                let record = known
+                    .cloned()
+                    .unwrap_or_else(|| Self::record(task, Status::Open, task.created_at));
                 self.completed(Some(&record), task, at)
             }
             Some(Status::Completed) if !task.completed => {
@@ -133,13 +151,23 @@ impl UserStats {
     }
 
     /// A completion. `None` if already completed or deleted.
-    pub fn completed(&mut self, known: Option<&TaskRecord>, task: &Task, at: Timestamp) -> Option<TaskRecord> {
-        if matches!(known.map(|r| r.status), Some(Status::Completed | Status::Deleted)) {
+    pub fn completed(
+        &mut self,
+        known: Option<&TaskRecord>,
+        task: &Task,
+        at: Timestamp,
+    ) -> Option<TaskRecord> {
+        if matches!(
+            known.map(|r| r.status),
+            Some(Status::Completed | Status::Deleted)
+        ) {
             return None;
         }
         self.last_event_at = Some(at);
         self.completed += 1;
-        let priority = known.and_then(|r| r.priority.clone()).or_else(|| priority_name(task));
+        let priority = known
+            .and_then(|r| r.priority.clone())
+            .or_else(|| priority_name(task));
         let tags = known.map_or_else(|| task.tags.clone(), |r| r.tags.clone());
         self.bump(priority.as_deref(), &tags, |c| c.completed += 1);
         let created_at = known.and_then(|r| r.created_at).or(task.created_at);
@@ -163,7 +191,9 @@ impl UserStats {
             return None;
         }
         self.deleted += 1;
-        let priority = known.and_then(|r| r.priority.clone()).or_else(|| priority_name(task));
+        let priority = known
+            .and_then(|r| r.priority.clone())
+            .or_else(|| priority_name(task));
         let tags = known.map_or_else(|| task.tags.clone(), |r| r.tags.clone());
         self.bump(priority.as_deref(), &tags, |c| c.deleted += 1);
         self.open.remove(&task.id);
@@ -180,7 +210,11 @@ impl UserStats {
         let overdue = |t: &OpenTask| t.due.is_some_and(|due| due < now);
         let mut by_priority = serde_json::Map::new();
         for (name, counts) in &self.by_priority {
-            let open: Vec<_> = self.open.values().filter(|t| t.priority.as_deref() == Some(name)).collect();
+            let open: Vec<_> = self
+                .open
+                .values()
+                .filter(|t| t.priority.as_deref() == Some(name))
+                .collect();
             by_priority.insert(name.clone(), json!({
                 "created": counts.created, "completed": counts.completed, "deleted": counts.deleted,
                 "open": open.len(), "overdue": open.iter().filter(|t| overdue(t)).count(),
@@ -247,10 +281,16 @@ mod tests {
         let a = task("a", Some(1_000));
         let b = task("b", Some(100_000));
         let ra = stats.created(None, &a, 0).unwrap();
-        assert!(stats.created(Some(&ra), &a, 0).is_none(), "duplicate create");
+        assert!(
+            stats.created(Some(&ra), &a, 0).is_none(),
+            "duplicate create"
+        );
         let rb = stats.created(None, &b, 0).unwrap();
         let ra = stats.completed(Some(&ra), &a, 60_000).unwrap();
-        assert!(stats.completed(Some(&ra), &a, 60_000).is_none(), "duplicate completion");
+        assert!(
+            stats.completed(Some(&ra), &a, 60_000).is_none(),
+            "duplicate completion"
+        );
         let snap = stats.snapshot("u", 50_000);
         assert_eq!(snap["created"], 2);
         assert_eq!(snap["completed"], 1);
@@ -276,6 +316,13 @@ mod tests {
         let r = stats.updated(Some(&r), &t, 20).unwrap();
         assert_eq!(r.status, Status::Open);
         let snap = stats.snapshot("u", 30);
-        assert_eq!((snap["completed"].as_u64(), snap["reopened"].as_u64(), snap["open"].as_u64()), (Some(1), Some(1), Some(1)));
+        assert_eq!(
+            (
+                snap["completed"].as_u64(),
+                snap["reopened"].as_u64(),
+                snap["open"].as_u64()
+            ),
+            (Some(1), Some(1), Some(1))
+        );
     }
 }

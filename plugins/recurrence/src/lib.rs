@@ -16,8 +16,8 @@ mod schedule;
 
 use serde_json::json;
 use todo_plugin_sdk::{
-    EventKind, FiredTimer, Guest, PluginError, Recurrence, TaskEvent, error, host,
-    json_state, output, rfc3339,
+    EventKind, FiredTimer, Guest, PluginError, Recurrence, TaskEvent, error, host, json_state,
+    output, rfc3339,
 };
 
 struct RecurrencePlugin;
@@ -49,7 +49,10 @@ impl Guest for RecurrencePlugin {
         let Some(due) = task.due.or(task.completed_at) else {
             host::log(
                 host::LogLevel::Warn,
-                &format!("recurring task {} has no due date; no next occurrence", task.id),
+                &format!(
+                    "recurring task {} has no due date; no next occurrence",
+                    task.id
+                ),
             );
             return Ok(());
         };

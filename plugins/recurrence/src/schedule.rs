@@ -61,7 +61,11 @@ pub fn next_rrule(
     let dtstart = if tz == Tz::UTC {
         format!("DTSTART:{}Z", start_local.format("%Y%m%dT%H%M%S"))
     } else {
-        format!("DTSTART;TZID={}:{}", tz.name(), start_local.format("%Y%m%dT%H%M%S"))
+        format!(
+            "DTSTART;TZID={}:{}",
+            tz.name(),
+            start_local.format("%Y%m%dT%H%M%S")
+        )
     };
     let set: rrule::RRuleSet = format!("{dtstart}\nRRULE:{rule}")
         .parse()
@@ -76,7 +80,6 @@ pub fn next_rrule(
         .map(|d| d.timestamp_millis())
         .find(|ms| *ms > due))
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -150,7 +153,10 @@ mod tests {
             next_rrule("FREQ=DAILY;COUNT=2", start, start, tz).unwrap(),
             Some(second)
         );
-        assert_eq!(next_rrule("FREQ=DAILY;COUNT=2", start, second, tz).unwrap(), None);
+        assert_eq!(
+            next_rrule("FREQ=DAILY;COUNT=2", start, second, tz).unwrap(),
+            None
+        );
         assert!(next_rrule("FREQ=NEVER", start, start, tz).is_err());
     }
 }

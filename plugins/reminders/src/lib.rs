@@ -45,8 +45,8 @@ fn memo_key(task_id: &str) -> String {
     format!("task:{task_id}")
 }
 
-fn log(level: host::LogLevel, message: String) {
-    host::log(level, &message);
+fn log(level: host::LogLevel, message: &str) {
+    host::log(level, message);
 }
 
 impl Guest for RemindersPlugin {
@@ -57,7 +57,10 @@ impl Guest for RemindersPlugin {
         if event.occurred_at < memo.last_event_at {
             log(
                 host::LogLevel::Debug,
-                format!("task {}: ignoring event {} older than one already applied", task.id, event.id),
+                &format!(
+                    "task {}: ignoring event {} older than one already applied",
+                    task.id, event.id
+                ),
             );
             return Ok(());
         }
@@ -77,7 +80,11 @@ impl Guest for RemindersPlugin {
             timers::cancel(&task.id);
             log(
                 host::LogLevel::Debug,
-                format!("task {}: remind time {} is not in the future", task.id, rfc3339(remind_at)),
+                &format!(
+                    "task {}: remind time {} is not in the future",
+                    task.id,
+                    rfc3339(remind_at)
+                ),
             );
             return Ok(());
         }
@@ -85,7 +92,10 @@ impl Guest for RemindersPlugin {
             timers::cancel(&task.id);
             log(
                 host::LogLevel::Info,
-                format!("task {}: remind time is after the due time; no reminder", task.id),
+                &format!(
+                    "task {}: remind time is after the due time; no reminder",
+                    task.id
+                ),
             );
             return Ok(());
         }
@@ -113,7 +123,10 @@ impl Guest for RemindersPlugin {
         if pending.due.is_some_and(|due| now > due) {
             log(
                 host::LogLevel::Warn,
-                format!("task {}: reminder fired after the due time; dropped", pending.task_id),
+                &format!(
+                    "task {}: reminder fired after the due time; dropped",
+                    pending.task_id
+                ),
             );
             return Ok(());
         }

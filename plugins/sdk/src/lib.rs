@@ -31,12 +31,12 @@ pub mod bindings {
 // The generated code names this crate by its path, from inside it too.
 extern crate self as todo_plugin_sdk;
 
+pub use bindings::Guest;
 pub use bindings::todo::plugin::types::{
     EventKind, FiredTimer, Frequency, PluginError, Priority, Recurrence, SimpleRecurrence, Task,
     TaskEvent, Timestamp,
 };
 pub use bindings::todo::plugin::{host, output, state, timers};
-pub use bindings::Guest;
 #[doc(hidden)]
 pub use wit_bindgen;
 

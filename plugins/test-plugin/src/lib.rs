@@ -13,7 +13,9 @@
 //!   which may be applied);
 //! - `timer`: set a timer 1 minute after the event, emit on fire.
 
-use todo_plugin_sdk::{FiredTimer, Guest, PluginError, TaskEvent, error, host, output, state, timers};
+use todo_plugin_sdk::{
+    FiredTimer, Guest, PluginError, TaskEvent, error, host, output, state, timers,
+};
 
 struct TestPlugin;
 
@@ -59,7 +61,11 @@ impl Guest for TestPlugin {
                 // unknowable to the optimiser.
                 #[inline(never)]
                 fn depth(n: u64, stop: u64) -> u64 {
-                    if n == stop { n } else { depth(n + 1, stop).wrapping_mul(3) ^ n }
+                    if n == stop {
+                        n
+                    } else {
+                        depth(n + 1, stop).wrapping_mul(3) ^ n
+                    }
                 }
                 let stop = u64::MAX - event.occurred_at.unsigned_abs();
                 Err(error("unreachable", depth(0, stop).to_string()))
@@ -73,10 +79,17 @@ impl Guest for TestPlugin {
                 state::set("poison", b"1");
                 timers::set("poison", event.occurred_at + 1, b"");
                 output::emit("out", None, "{\"poison\":true}");
-                Err(error("refused", format!("event {} is not welcome", event.id)))
+                Err(error(
+                    "refused",
+                    format!("event {} is not welcome", event.id),
+                ))
             }
             "timer" => {
-                timers::set(&event.task.id, event.occurred_at + 60_000, event.id.as_bytes());
+                timers::set(
+                    &event.task.id,
+                    event.occurred_at + 60_000,
+                    event.id.as_bytes(),
+                );
                 Ok(())
             }
             other => Err(error("bad-config", format!("unknown mode {other}"))),

@@ -1,0 +1,101 @@
+//! Dispatch cost: one decoded event through one plugin, including applying
+//! its effects to the partition state, for a no-op plugin and for each
+//! bundled plugin; plus instance creation and event decoding.
+//!
+//! Run: `cargo bench -p todo-eventd --bench dispatch`
+
+#![allow(missing_docs, clippy::unwrap_used)]
+
+use std::hint::black_box;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use todo_eventd::dispatch::Dispatcher;
+use todo_eventd::plugin::manifest::Manifest;
+use todo_eventd::plugin::{self, Plugin, bundled};
+use todo_eventd::sandbox::{Sandbox, SandboxConfig};
+use todo_eventd::world::TaskEvent;
+
+const TEST_PLUGIN: &[u8] = include_bytes!(env!("GUEST_TEST_PLUGIN_WASM"));
+const NOW: i64 = 1_769_414_400_000; // 2026-01-26T08:00:00Z
+
+fn load(sandbox: &Sandbox, name: &str, wasm: &[u8], manifest: &str) -> Arc<Plugin> {
+    let manifest = Manifest::parse(manifest).unwrap();
+    let file = PathBuf::from(format!("{name}.wasm"));
+    Arc::new(
+        plugin::from_parts(
+            sandbox,
+            name.into(),
+            file,
+            wasm,
+            manifest,
+            &PathBuf::from("-"),
+        )
+        .unwrap(),
+    )
+}
+
+/// Distinct events (task ids 0..n) so state grows realistically.
+fn events(n: usize, template: &str) -> Vec<TaskEvent> {
+    (0..n)
+        .map(|i| {
+            let json = template.replace("{ID}", &i.to_string());
+            todo_eventd::event::decode(json.as_bytes()).unwrap()
+        })
+        .collect()
+}
+
+const CREATED: &str = r#"{"event_id":"ev-{ID}","event_type":"created","user_id":"u-{ID}","task_id":"{ID}","timestamp":"2026-01-26T08:00:00Z","task_data":{"title":"Pay rent","priority":"high","tags":["home","money"],"due_at":"2026-01-27T09:00:00Z","remind_at":"2026-01-27T08:00:00Z"}}"#;
+const COMPLETED_WEEKLY: &str = r#"{"event_id":"ev-{ID}","event_type":"completed","user_id":"u-{ID}","task_id":"{ID}","timestamp":"2026-01-26T09:05:00Z","task_data":{"title":"Standup","completed":true,"due_date":"2026-01-26T09:00:00Z","time_zone":"Europe/Berlin","recurrence":{"pattern":"weekly","interval":1}}}"#;
+
+fn bench_dispatch(c: &mut Criterion) {
+    let sandbox = Arc::new(Sandbox::new(SandboxConfig::default()).unwrap());
+    let noop = load(&sandbox, "noop", TEST_PLUGIN, "[config]\nmode = \"noop\"\n");
+    let mut plugins = vec![(noop, CREATED)];
+    for b in bundled::ALL {
+        let template = if b.name == "recurrence" {
+            COMPLETED_WEEKLY
+        } else {
+            CREATED
+        };
+        plugins.push((load(&sandbox, b.name, b.wasm, b.manifest), template));
+    }
+
+    let mut group = c.benchmark_group("dispatch_one_event");
+    for (plugin, template) in &plugins {
+        let events = events(4096, template);
+        let mut dispatcher = Dispatcher::new(sandbox.clone(), std::slice::from_ref(plugin));
+        let mut i = 0;
+        group.bench_function(plugin.name.as_str(), |b| {
+            b.iter(|| {
+                let event = &events[i % events.len()];
+                i += 1;
+                let outcomes = dispatcher.dispatch(black_box(event), NOW);
+                assert!(outcomes[0].result.is_ok());
+                outcomes
+            });
+        });
+    }
+    group.finish();
+
+    let mut group = c.benchmark_group("instantiate");
+    for (plugin, _) in &plugins {
+        group.bench_function(plugin.name.as_str(), |b| {
+            b.iter(|| {
+                sandbox
+                    .instantiate(&plugin.pre, plugin.spec.clone())
+                    .unwrap()
+            });
+        });
+    }
+    group.finish();
+
+    c.bench_function("decode/camel_update", |b| {
+        let bytes = br#"{"eventId":"2b7c9d10","eventType":"task.updated","source":"task-service","userId":"7","timestamp":"2026-01-22T11:00:00.123456","payload":{"taskId":"42","userId":"7","previousState":{"id":42,"title":"Pay rent","completed":false,"due_date":"2026-02-01T09:00:00","reminder_time":"2026-02-01T08:00:00"},"newState":{"id":42,"title":"Pay rent","completed":false,"due_date":"2026-02-02T09:00:00","reminder_time":"2026-02-02T08:00:00","tags":"home,money","priority":"high"}}}"#;
+        b.iter(|| todo_eventd::event::decode(black_box(bytes)).unwrap());
+    });
+}
+
+criterion_group!(benches, bench_dispatch);
+criterion_main!(benches);
