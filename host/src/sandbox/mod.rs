@@ -129,7 +129,7 @@ impl Sandbox {
             .cache_dir
             .clone()
             .map(|dir| ComponentCache::new(dir, &engine));
-        let ticker = Some(EpochTicker::start(engine.clone(), config.epoch_tick));
+        let ticker = Some(EpochTicker::start(engine.clone(), config.epoch_tick)?);
         Ok(Self {
             engine,
             linker,
@@ -227,7 +227,7 @@ struct EpochTicker {
 }
 
 impl EpochTicker {
-    fn start(engine: Engine, tick: Duration) -> Self {
+    fn start(engine: Engine, tick: Duration) -> std::io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
@@ -237,9 +237,11 @@ impl EpochTicker {
                     std::thread::sleep(tick);
                     engine.increment_epoch();
                 }
-            })
-            .ok();
-        Self { stop, thread }
+            })?;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
     }
 
     fn stop(mut self) {
