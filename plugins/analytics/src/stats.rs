@@ -55,6 +55,18 @@ pub struct UserStats {
     last_event_at: Option<Timestamp>,
 }
 
+/// The priority and tags a task was counted under: as first recorded,
+/// else as the event says.
+fn labels(known: Option<&TaskRecord>, task: &Task) -> (Option<String>, Vec<String>) {
+    match known {
+        Some(r) => (
+            r.priority.clone().or_else(|| priority_name(task)),
+            r.tags.clone(),
+        ),
+        None => (priority_name(task), task.tags.clone()),
+    }
+}
+
 fn priority_name(task: &Task) -> Option<String> {
     task.priority.map(|p| p.name().to_owned())
 }
@@ -165,10 +177,7 @@ impl UserStats {
         }
         self.last_event_at = Some(at);
         self.completed += 1;
-        let priority = known
-            .and_then(|r| r.priority.clone())
-            .or_else(|| priority_name(task));
-        let tags = known.map_or_else(|| task.tags.clone(), |r| r.tags.clone());
+        let (priority, tags) = labels(known, task);
         self.bump(priority.as_deref(), &tags, |c| c.completed += 1);
         let created_at = known.and_then(|r| r.created_at).or(task.created_at);
         let done_at = task.completed_at.unwrap_or(at);
@@ -191,10 +200,7 @@ impl UserStats {
             return None;
         }
         self.deleted += 1;
-        let priority = known
-            .and_then(|r| r.priority.clone())
-            .or_else(|| priority_name(task));
-        let tags = known.map_or_else(|| task.tags.clone(), |r| r.tags.clone());
+        let (priority, tags) = labels(known, task);
         self.bump(priority.as_deref(), &tags, |c| c.deleted += 1);
         self.open.remove(&task.id);
         Some(TaskRecord {
