@@ -7,11 +7,19 @@
 //! - [`plugin`] loads and validates a plugins directory;
 //! - [`state`] holds plugin state and timers per partition;
 //! - [`dispatch`] runs events and timers through the plugins of a partition;
-//! - [`offline`] is the `plugins test` bench.
+//! - [`offline`] is the `plugins test` bench;
+//! - [`pipeline`] is the daemon: Kafka in, plugins, Kafka out;
+//! - [`kafka`] holds client settings, topic creation and the embedded broker;
+//! - [`config`] is the validated configuration.
 
+pub mod config;
+pub mod daemon;
+pub mod demo;
 pub mod dispatch;
 pub mod event;
+pub mod kafka;
 pub mod offline;
+pub mod pipeline;
 pub mod plugin;
 pub mod sandbox;
 pub mod state;

@@ -9,8 +9,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use todo_eventd::config::Config;
 use todo_eventd::plugin::{self, LoadReport, bundled};
-use todo_eventd::sandbox::{Sandbox, SandboxConfig};
+use todo_eventd::sandbox::Sandbox;
+use todo_eventd::{daemon, kafka};
 use todo_eventd::{offline, world::Timestamp};
 use tracing_subscriber::EnvFilter;
 
@@ -35,9 +37,113 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the daemon: consume task events, dispatch them to the plugins,
+    /// produce their results. Without brokers, starts an embedded broker.
+    Run(RunArgs),
+    /// Run the whole pipeline on an embedded broker with a sample stream and
+    /// print what lands on each output topic, then exit.
+    Demo,
+    /// Send NDJSON events (one per line) to a topic, keyed by user id.
+    Produce {
+        /// Bootstrap servers.
+        #[arg(long, env = "TODO_EVENTD_BROKERS")]
+        brokers: String,
+        /// Destination topic.
+        #[arg(long, default_value = "task-events")]
+        topic: String,
+        /// NDJSON file; `-` or nothing for stdin.
+        file: Option<PathBuf>,
+    },
     /// Work with plugin files.
     #[command(subcommand)]
     Plugins(PluginsCommand),
+}
+
+/// Flags of `run`; each overrides the config file.
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// TOML configuration file.
+    #[arg(long, env = "TODO_EVENTD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Bootstrap servers (`host:port[,host:port]`); overrides `kafka.brokers`.
+    #[arg(long, env = "TODO_EVENTD_BROKERS")]
+    brokers: Option<String>,
+    /// Plugins directory; overrides `plugins.dir`.
+    #[arg(long, env = "TODO_EVENTD_PLUGINS")]
+    plugins: Option<PathBuf>,
+    /// Consumer group id; overrides `kafka.group_id`.
+    #[arg(long, env = "TODO_EVENTD_GROUP_ID")]
+    group: Option<String>,
+    /// Input topics, comma-separated; overrides `kafka.input_topics`.
+    #[arg(long, env = "TODO_EVENTD_INPUT_TOPICS", value_delimiter = ',')]
+    input_topics: Option<Vec<String>>,
+    /// Dead-letter topic; overrides `kafka.dead_letter_topic`.
+    #[arg(long, env = "TODO_EVENTD_DEAD_LETTER_TOPIC")]
+    dead_letter_topic: Option<String>,
+}
+
+impl RunArgs {
+    /// The config file (or defaults) with the flags and environment applied,
+    /// validated.
+    fn config(&self) -> Result<Config> {
+        let mut config = match &self.config {
+            Some(file) => Config::from_file(file)?,
+            None => Config::default(),
+        };
+        if let Some(brokers) = &self.brokers {
+            config.kafka.brokers = Some(brokers.clone());
+        }
+        if let Some(dir) = &self.plugins {
+            config.plugins.dir = Some(dir.clone());
+        }
+        if let Some(group) = &self.group {
+            config.kafka.group_id = group.clone();
+        }
+        if let Some(topics) = &self.input_topics {
+            config.kafka.input_topics = topics.clone();
+        }
+        if let Some(topic) = &self.dead_letter_topic {
+            config.kafka.dead_letter_topic = topic.clone();
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    // Partition workers settle deliveries while the consumer thread blocks
+    // in a rebalance callback, so keep a few threads even on small machines.
+    let threads = std::thread::available_parallelism().map_or(4, |n| n.get().max(4));
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+    tracing::info!("Shutdown signal received.");
 }
 
 #[derive(Debug, Subcommand)]
@@ -104,15 +210,54 @@ fn run(cli: Cli) -> Result<ExitCode> {
     } else {
         cli.cache_dir.or_else(default_cache_dir)
     };
-    let sandbox = || -> Result<Arc<Sandbox>> {
-        let config = SandboxConfig {
-            cache_dir: cache_dir.clone().map(|d| d.join("components")),
-            ..SandboxConfig::default()
-        };
-        let sandbox = Sandbox::new(config).map_err(anyhow::Error::from);
-        Ok(Arc::new(sandbox.context("starting the wasm engine")?))
-    };
+    let components = cache_dir.map(|d| d.join("components"));
+    let sandbox = || daemon::sandbox(&Config::default(), components.clone());
     match cli.command {
+        Command::Run(args) => {
+            let config = args.config()?;
+            let sandbox = daemon::sandbox(&config, components.clone())?;
+            let plugins = daemon::plugins(&sandbox, &config)?;
+            let stats =
+                runtime()?.block_on(daemon::run(config, sandbox, plugins, shutdown_signal()))?;
+            eprintln!("{}", stats.summary());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo => {
+            let config = Config::default();
+            let sandbox = sandbox()?;
+            let plugins = todo_eventd::demo::plugins(&sandbox)?;
+            let stdout = std::io::stdout();
+            runtime()?.block_on(todo_eventd::demo::run(
+                config,
+                sandbox,
+                plugins,
+                stdout.lock(),
+            ))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Produce {
+            brokers,
+            topic,
+            file,
+        } => {
+            let producer = kafka::producer(&brokers, &Config::default().kafka)?;
+            let count = runtime()?.block_on(async {
+                match file.as_deref() {
+                    None => kafka::produce_lines(&producer, &topic, std::io::stdin().lock()).await,
+                    Some(path) if path == Path::new("-") => {
+                        kafka::produce_lines(&producer, &topic, std::io::stdin().lock()).await
+                    }
+                    Some(path) => {
+                        let file = std::fs::File::open(path)
+                            .with_context(|| format!("opening {}", path.display()))?;
+                        kafka::produce_lines(&producer, &topic, BufReader::new(file)).await
+                    }
+                }
+                .map_err(anyhow::Error::from)
+            })?;
+            eprintln!("produced {count} records to {topic} on {brokers}");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Plugins(PluginsCommand::Check { dir }) => check(&*sandbox()?, &dir),
         Command::Plugins(PluginsCommand::Test {
             plugins,

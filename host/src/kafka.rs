@@ -1,0 +1,255 @@
+//! Kafka plumbing: client settings, topic creation, the embedded broker and
+//! the `produce` command.
+
+use std::collections::BTreeSet;
+use std::io::BufRead;
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{DefaultProducerContext, DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
+
+use crate::config::KafkaConfig;
+
+/// Kafka errors with the operation and topic involved.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A librdkafka call failed.
+    #[error("{context}: {source}")]
+    Kafka {
+        /// What we were doing.
+        context: String,
+        /// librdkafka's error.
+        source: KafkaError,
+    },
+    /// Reading the input of `produce` failed.
+    #[error("reading events: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Result of Kafka operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn failed(context: impl Into<String>) -> impl FnOnce(KafkaError) -> Error {
+    let context = context.into();
+    move |source| Error::Kafka { context, source }
+}
+
+/// Settings for a client: brokers, our `defaults` for this kind of client,
+/// then the operator's extra properties (SASL, TLS, tuning), which win.
+pub fn client_config(
+    brokers: &str,
+    kafka: &KafkaConfig,
+    defaults: &[(&str, &str)],
+) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", brokers);
+    for (key, value) in defaults {
+        config.set(*key, *value);
+    }
+    for (key, value) in &kafka.properties {
+        config.set(key, value);
+    }
+    config
+}
+
+/// A producer for outputs and dead letters: acknowledged by all in-sync
+/// replicas, retried by librdkafka for up to 30 s before a delivery fails.
+pub fn producer(brokers: &str, kafka: &KafkaConfig) -> Result<FutureProducer> {
+    let defaults = [
+        ("acks", "all"),
+        ("linger.ms", "5"),
+        ("message.timeout.ms", "30000"),
+    ];
+    client_config(brokers, kafka, &defaults)
+        .create()
+        .map_err(failed(format!("creating a producer for {brokers}")))
+}
+
+/// An in-process Kafka-protocol broker (librdkafka's mock cluster) for
+/// trying the daemon without a Kafka installation. It listens on a
+/// localhost port that other clients can use too.
+pub struct EmbeddedBroker {
+    cluster: MockCluster<'static, DefaultProducerContext>,
+}
+
+impl EmbeddedBroker {
+    /// Starts a one-broker cluster.
+    pub fn start() -> Result<Self> {
+        let cluster = MockCluster::new(1).map_err(failed("starting the embedded broker"))?;
+        Ok(Self { cluster })
+    }
+
+    /// The bootstrap address, e.g. `127.0.0.1:39123`.
+    pub fn bootstrap_servers(&self) -> String {
+        self.cluster.bootstrap_servers()
+    }
+
+    /// Creates a topic (the mock broker has no CreateTopics API).
+    pub fn create_topic(&self, topic: &str, partitions: i32) -> Result<()> {
+        self.cluster
+            .create_topic(topic, partitions, 1)
+            .map_err(failed(format!("creating topic {topic}")))
+    }
+
+    /// The underlying mock cluster, for fault injection in tests.
+    pub fn cluster(&self) -> &MockCluster<'static, DefaultProducerContext> {
+        &self.cluster
+    }
+}
+
+/// Creates the topics that do not exist yet on a real broker; topics that
+/// already exist are left as they are.
+pub async fn ensure_topics(
+    brokers: &str,
+    kafka: &KafkaConfig,
+    topics: &BTreeSet<String>,
+) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> = client_config(brokers, kafka, &[])
+        .create()
+        .map_err(failed(format!("creating an admin client for {brokers}")))?;
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|t| {
+            NewTopic::new(
+                t,
+                kafka.partitions,
+                TopicReplication::Fixed(kafka.replication_factor),
+            )
+        })
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results = admin
+        .create_topics(&new, &options)
+        .await
+        .map_err(failed("creating topics"))?;
+    for result in results {
+        match result {
+            Ok(topic) => tracing::info!(topic, "Created topic."),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                return Err(Error::Kafka {
+                    context: format!("creating topic {topic}"),
+                    source: KafkaError::AdminOp(code),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A record we own, so it can be re-sent if its delivery fails.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutRecord {
+    /// Destination topic.
+    pub topic: String,
+    /// Record key.
+    pub key: Option<Vec<u8>>,
+    /// Record value.
+    pub value: Vec<u8>,
+    /// Headers, in order.
+    pub headers: Vec<(&'static str, Vec<u8>)>,
+}
+
+impl OutRecord {
+    /// Enqueues the record with the producer, waiting while its queue is
+    /// full, and returns the future of its delivery.
+    pub fn enqueue(&self, producer: &FutureProducer) -> Result<DeliveryFuture, KafkaError> {
+        let mut attempts = 0;
+        loop {
+            match producer.send_result(self.as_future_record()) {
+                Ok(delivery) => return Ok(delivery),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _))
+                    if attempts < 500 =>
+                {
+                    attempts += 1;
+                    // librdkafka drains its queue on its own threads.
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err((err, _)) => return Err(err),
+            }
+        }
+    }
+
+    fn as_future_record(&self) -> FutureRecord<'_, [u8], [u8]> {
+        let mut headers = OwnedHeaders::new_with_capacity(self.headers.len());
+        for (key, value) in &self.headers {
+            headers = headers.insert(Header {
+                key,
+                value: Some(value.as_slice()),
+            });
+        }
+        let mut record = FutureRecord::to(&self.topic)
+            .payload(self.value.as_slice())
+            .headers(headers);
+        if let Some(key) = &self.key {
+            record = record.key(key.as_slice());
+        }
+        record
+    }
+}
+
+/// Sends NDJSON events to `topic`, one record per non-empty line, keyed by
+/// the event's user id when it decodes (so a user's events stay in order),
+/// and waits until the broker has acknowledged them all.
+pub async fn produce_lines(
+    producer: &FutureProducer,
+    topic: &str,
+    input: impl BufRead,
+) -> Result<u64> {
+    let mut pending = Vec::new();
+    let mut count = 0;
+    for line in input.lines() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let key = crate::event::decode(line.as_bytes())
+            .ok()
+            .map(|e| e.task.user_id.into_bytes());
+        let record = OutRecord {
+            topic: topic.to_owned(),
+            key,
+            value: line.into_bytes(),
+            headers: Vec::new(),
+        };
+        pending.push(
+            record
+                .enqueue(producer)
+                .map_err(failed(format!("producing to {topic}")))?,
+        );
+        count += 1;
+        if pending.len() >= 1000 {
+            settle(&mut pending, topic).await?;
+        }
+    }
+    settle(&mut pending, topic).await?;
+    Ok(count)
+}
+
+async fn settle(pending: &mut Vec<DeliveryFuture>, topic: &str) -> Result<()> {
+    for result in futures::future::join_all(pending.drain(..)).await {
+        let context = || format!("producing to {topic}");
+        match result {
+            Ok(Ok(_)) => {}
+            Ok(Err((source, _))) => {
+                return Err(Error::Kafka {
+                    context: context(),
+                    source,
+                });
+            }
+            Err(_) => {
+                return Err(Error::Kafka {
+                    context: context(),
+                    source: KafkaError::Canceled,
+                });
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,334 @@
+//! One input partition: records in order through the plugins, results out,
+//! offsets stored only behind acknowledged deliveries.
+//!
+//! Each handled record (and each fired timer) becomes an entry in a FIFO of
+//! pending deliveries. The head is settled first: when every record it
+//! produced is acknowledged, its input offset is stored; a failed delivery
+//! is re-sent (with back-off) and holds the head, so no later offset can be
+//! stored past it. Intake pauses while `max_in_flight` entries are pending.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use rdkafka::Message;
+use rdkafka::consumer::Consumer;
+use rdkafka::message::{Headers, OwnedMessage};
+use rdkafka::producer::{DeliveryFuture, FutureProducer};
+use tokio::sync::{Notify, mpsc};
+use tracing::{Instrument, debug, info_span, warn};
+
+use super::records::{self, Failure, OutRecord, Source};
+use super::{PipelineConsumer, Stats};
+use crate::dispatch::{Dispatcher, Outcome};
+use crate::event::{self, RecordMeta};
+use crate::world::Timestamp;
+
+/// How long to wait before re-sending a record whose delivery failed.
+const RESEND_BACKOFF: Duration = Duration::from_millis(500);
+/// The longest a worker sleeps before re-checking its timers.
+const MAX_TIMER_SLEEP: Duration = Duration::from_secs(60);
+
+/// Asks a worker to hand its partition back.
+#[derive(Default)]
+pub(super) struct Revoke {
+    pub(super) requested: Notify,
+}
+
+pub(super) struct Worker {
+    pub(super) topic: String,
+    pub(super) partition: i32,
+    pub(super) dispatcher: Dispatcher,
+    pub(super) producer: FutureProducer,
+    pub(super) consumer: Arc<PipelineConsumer>,
+    pub(super) dead_letter_topic: String,
+    pub(super) max_in_flight: usize,
+    pub(super) stats: Arc<Stats>,
+    pub(super) pending: VecDeque<Pending>,
+}
+
+/// What one input record (or timer firing) produced.
+pub(super) struct Pending {
+    offset: Option<i64>,
+    sends: Vec<Send>,
+}
+
+struct Send {
+    record: OutRecord,
+    state: SendState,
+}
+
+enum SendState {
+    /// Enqueued with the producer, awaiting the broker's acknowledgement.
+    InFlight(DeliveryFuture),
+    /// Acknowledged by the broker.
+    Acked,
+    /// Failed (or never enqueued); must be re-sent.
+    Failed(String),
+}
+
+impl SendState {
+    fn enqueue(producer: &FutureProducer, record: &OutRecord) -> Self {
+        match record.enqueue(producer) {
+            Ok(delivery) => Self::InFlight(delivery),
+            Err(err) => Self::Failed(err.to_string()),
+        }
+    }
+}
+
+fn wall_now() -> Timestamp {
+    jiff::Timestamp::now().as_millisecond()
+}
+
+impl Worker {
+    /// Runs until the channel closes (shutdown) or a revoke is requested,
+    /// then settles everything pending. `done` is told when it has.
+    pub(super) async fn run(
+        mut self,
+        mut records: mpsc::Receiver<OwnedMessage>,
+        revoke: Arc<Revoke>,
+        done: std::sync::mpsc::Sender<()>,
+    ) {
+        let span = info_span!("partition", topic = %self.topic, partition = self.partition);
+        async {
+            loop {
+                let next_due = self.dispatcher.next_due();
+                let timer_sleep = next_due.map(|due| {
+                    let ms = u64::try_from(due.saturating_sub(wall_now())).unwrap_or(0);
+                    Duration::from_millis(ms).min(MAX_TIMER_SLEEP)
+                });
+                tokio::select! {
+                    biased;
+                    () = revoke.requested.notified() => {
+                        debug!("Revoked; settling pending deliveries.");
+                        break;
+                    }
+                    failures = settle_head(&mut self.pending), if !self.pending.is_empty() => {
+                        self.after_settle(failures).await;
+                    }
+                    () = tokio::time::sleep(timer_sleep.unwrap_or(MAX_TIMER_SLEEP)), if timer_sleep.is_some() => {
+                        self.fire_timers();
+                    }
+                    record = records.recv(), if self.pending.len() < self.max_in_flight => match record {
+                        Some(record) => self.handle(&record),
+                        None => break,
+                    },
+                }
+            }
+            self.settle_all().await;
+        }
+        .instrument(span)
+        .await;
+        let _ = done.send(());
+    }
+
+    async fn settle_all(&mut self) {
+        while !self.pending.is_empty() {
+            let failures = settle_head(&mut self.pending).await;
+            self.after_settle(failures).await;
+        }
+    }
+
+    /// Decodes, dispatches and sends the results of one input record.
+    fn handle(&mut self, message: &OwnedMessage) {
+        self.stats.events_in.fetch_add(1, Ordering::Relaxed);
+        let value = message.payload().unwrap_or_default();
+        let headers: Vec<(&str, &[u8])> = message
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .filter_map(|h| h.value.map(|v| (h.key, v)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let meta = RecordMeta {
+            headers: &headers,
+            timestamp: message.timestamp().to_millis(),
+        };
+        let mut source = Source {
+            topic: message.topic(),
+            partition: message.partition(),
+            offset: Some(message.offset()),
+            key: message.key(),
+            value,
+            event_id: None,
+        };
+        let _span = debug_span_event(message.offset()).entered();
+        let mut out = Vec::new();
+        let decoded = if message.payload().is_none() {
+            Err("record has no value (a tombstone)".to_owned())
+        } else {
+            event::decode_record(value, meta).map_err(|e| e.to_string())
+        };
+        match decoded {
+            Err(reason) => {
+                warn!(offset = message.offset(), error = %reason, "Undecodable record dead-lettered.");
+                let failure = Failure {
+                    stage: "decode",
+                    plugin: None,
+                    kind: None,
+                    message: &reason,
+                };
+                out.push(records::dead_letter(
+                    &self.dead_letter_topic,
+                    &source,
+                    &failure,
+                ));
+            }
+            Ok(event) => {
+                source.event_id = Some(&event.id);
+                for outcome in self.dispatcher.dispatch(&event, wall_now()) {
+                    collect(
+                        outcome,
+                        &source,
+                        "plugin",
+                        &self.dead_letter_topic,
+                        &mut out,
+                    );
+                }
+            }
+        }
+        self.send(Some(message.offset()), out);
+    }
+
+    /// Fires every timer that is due now.
+    fn fire_timers(&mut self) {
+        let now = wall_now();
+        while let Some(firing) = self.dispatcher.fire_next(now) {
+            self.stats.timers_fired.fetch_add(1, Ordering::Relaxed);
+            let value = serde_json::json!({
+                "plugin": firing.outcome.plugin.name,
+                "timer": firing.timer.key,
+                "due": crate::offline::rfc3339(firing.timer.due),
+            })
+            .to_string();
+            let source = Source {
+                topic: &self.topic,
+                partition: self.partition,
+                offset: None,
+                key: Some(firing.timer.key.as_bytes()),
+                value: value.as_bytes(),
+                event_id: None,
+            };
+            let mut out = Vec::new();
+            collect(
+                firing.outcome,
+                &source,
+                "timer",
+                &self.dead_letter_topic,
+                &mut out,
+            );
+            self.send(None, out);
+        }
+    }
+
+    /// Hands records to the producer and queues them as one pending entry.
+    fn send(&mut self, offset: Option<i64>, records: Vec<OutRecord>) {
+        let sends = records
+            .into_iter()
+            .map(|record| {
+                let state = SendState::enqueue(&self.producer, &record);
+                Send { record, state }
+            })
+            .collect();
+        self.pending.push_back(Pending { offset, sends });
+    }
+
+    /// Pops the head if it is fully acknowledged and stores its offset;
+    /// otherwise re-sends what failed.
+    async fn after_settle(&mut self, failures: Vec<(usize, String)>) {
+        if failures.is_empty() {
+            let Some(head) = self.pending.pop_front() else {
+                return;
+            };
+            for send in &head.sends {
+                let counter = if send.record.topic == self.dead_letter_topic {
+                    &self.stats.dead_letters
+                } else {
+                    &self.stats.outputs
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+            if let Some(offset) = head.offset {
+                match self
+                    .consumer
+                    .store_offset(&self.topic, self.partition, offset)
+                {
+                    Ok(()) => {
+                        self.stats.offsets_stored.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(err) => {
+                        warn!(offset, error = %err, "Could not store offset (partition no longer assigned?).")
+                    }
+                }
+            }
+            return;
+        }
+        tokio::time::sleep(RESEND_BACKOFF).await;
+        let Some(head) = self.pending.front_mut() else {
+            return;
+        };
+        for (index, error) in failures {
+            if let Some(send) = head.sends.get_mut(index) {
+                warn!(topic = %send.record.topic, error = %error, "Delivery failed; re-sending. The input offset does not advance until it succeeds.");
+                self.stats.resends.fetch_add(1, Ordering::Relaxed);
+                send.state = SendState::enqueue(&self.producer, &send.record);
+            }
+        }
+    }
+}
+
+fn debug_span_event(offset: i64) -> tracing::Span {
+    tracing::debug_span!("record", offset)
+}
+
+/// Turns one plugin call's outcome into records: its emits, or a dead letter.
+fn collect(
+    outcome: Outcome,
+    source: &Source<'_>,
+    stage: &'static str,
+    dlq: &str,
+    out: &mut Vec<OutRecord>,
+) {
+    match outcome.result {
+        Ok(effects) => {
+            for emit in &effects.emits {
+                out.push(records::output(emit, &outcome.plugin.name, source));
+            }
+        }
+        Err(err) => {
+            let message = err.to_string();
+            let failure = Failure {
+                stage,
+                plugin: Some(&outcome.plugin.name),
+                kind: Some(err.kind()),
+                message: &message,
+            };
+            out.push(records::dead_letter(dlq, source, &failure));
+        }
+    }
+}
+
+/// Waits for every delivery of the head entry. Outcomes are recorded as
+/// they arrive, so this is safe to cancel and call again. Returns the
+/// indices that failed, with the reason.
+async fn settle_head(pending: &mut VecDeque<Pending>) -> Vec<(usize, String)> {
+    let Some(head) = pending.front_mut() else {
+        return Vec::new();
+    };
+    let mut failures = Vec::new();
+    for (index, send) in head.sends.iter_mut().enumerate() {
+        if let SendState::InFlight(delivery) = &mut send.state {
+            send.state = match delivery.await {
+                Ok(Ok(_)) => SendState::Acked,
+                Ok(Err((err, _))) => SendState::Failed(err.to_string()),
+                Err(_canceled) => SendState::Failed("the producer dropped the delivery".into()),
+            };
+        }
+        if let SendState::Failed(reason) = &send.state {
+            failures.push((index, reason.clone()));
+        }
+    }
+    failures
+}
