@@ -20,7 +20,7 @@ use todo_eventd::world::TaskEvent;
 const TEST_PLUGIN: &[u8] = include_bytes!(env!("GUEST_TEST_PLUGIN_WASM"));
 const NOW: i64 = 1_769_414_400_000; // 2026-01-26T08:00:00Z
 
-fn load(sandbox: &Sandbox, name: &str, wasm: &[u8], manifest: &str) -> Arc<Plugin> {
+fn load(sandbox: &Arc<Sandbox>, name: &str, wasm: &[u8], manifest: &str) -> Arc<Plugin> {
     let manifest = Manifest::parse(manifest).unwrap();
     let file = PathBuf::from(format!("{name}.wasm"));
     Arc::new(
@@ -65,7 +65,7 @@ fn bench_dispatch(c: &mut Criterion) {
     let mut group = c.benchmark_group("dispatch_one_event");
     for (plugin, template) in &plugins {
         let events = events(4096, template);
-        let mut dispatcher = Dispatcher::new(sandbox.clone(), std::slice::from_ref(plugin));
+        let mut dispatcher = Dispatcher::new(std::slice::from_ref(plugin));
         let mut i = 0;
         group.bench_function(plugin.name.as_str(), |b| {
             b.iter(|| {

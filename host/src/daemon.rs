@@ -39,7 +39,7 @@ pub fn sandbox(config: &Config, default_cache: Option<std::path::PathBuf>) -> Re
 
 /// Loads the plugins directory (or the bundled plugins). A bad plugin is
 /// logged and skipped; having no usable plugin at all is an error.
-pub fn plugins(sandbox: &Sandbox, config: &Config) -> Result<Vec<Arc<Plugin>>> {
+pub fn plugins(sandbox: &Arc<Sandbox>, config: &Config) -> Result<Vec<Arc<Plugin>>> {
     let report = match &config.plugins.dir {
         Some(dir) => plugin::load_dir(sandbox, dir)
             .with_context(|| format!("reading plugins directory {}", dir.display()))?,
@@ -74,7 +74,6 @@ pub fn topics(config: &Config, plugins: &[Arc<Plugin>]) -> BTreeSet<String> {
 /// an embedded broker is started first and its address logged.
 pub async fn run(
     config: Config,
-    sandbox: Arc<Sandbox>,
     plugins: Vec<Arc<Plugin>>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<Arc<Stats>> {
@@ -107,7 +106,6 @@ pub async fn run(
     };
     let pipeline = Pipeline {
         config,
-        sandbox,
         plugins,
         stats: Arc::default(),
     };

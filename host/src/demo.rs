@@ -54,7 +54,6 @@ pub fn sample_events(now: i64) -> Vec<String> {
 /// Runs the demo, printing to `out`.
 pub async fn run(
     config: Config,
-    sandbox: Arc<Sandbox>,
     plugins: Vec<Arc<Plugin>>,
     mut out: impl Write,
 ) -> Result<Arc<Stats>> {
@@ -92,7 +91,6 @@ pub async fn run(
     let input = config.kafka.input_topics[0].clone();
     let pipeline = Pipeline {
         config,
-        sandbox,
         plugins,
         stats: Arc::default(),
     };
@@ -203,7 +201,7 @@ impl Seen {
 
 /// The bundled plugins, with the analytics snapshot interval shortened so
 /// snapshots show up within the demo.
-pub fn plugins(sandbox: &Sandbox) -> Result<Vec<Arc<Plugin>>> {
+pub fn plugins(sandbox: &Arc<Sandbox>) -> Result<Vec<Arc<Plugin>>> {
     let dir = tempfile::tempdir().context("creating a temporary plugins directory")?;
     crate::plugin::bundled::install(dir.path()).context("writing the bundled plugins")?;
     let analytics = dir.path().join("analytics.toml");

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use tracing::{debug_span, warn};
 
 use crate::plugin::Plugin;
-use crate::sandbox::{CallError, Effects, Instance, Sandbox};
+use crate::sandbox::{CallError, Effects, Instance};
 use crate::state::PluginState;
 use crate::world::{FiredTimer, TaskEvent, Timestamp};
 
@@ -42,13 +42,12 @@ struct Slot {
 
 /// Runs events and timers through a set of plugins, for one partition.
 pub struct Dispatcher {
-    sandbox: Arc<Sandbox>,
     slots: Vec<Slot>,
 }
 
 impl Dispatcher {
     /// A dispatcher over `plugins`, each starting with empty state.
-    pub fn new(sandbox: Arc<Sandbox>, plugins: &[Arc<Plugin>]) -> Self {
+    pub fn new(plugins: &[Arc<Plugin>]) -> Self {
         let slots = plugins
             .iter()
             .map(|plugin| Slot {
@@ -57,7 +56,7 @@ impl Dispatcher {
                 state: PluginState::default(),
             })
             .collect();
-        Self { sandbox, slots }
+        Self { slots }
     }
 
     /// The plugins, in dispatch order.
@@ -81,9 +80,7 @@ impl Dispatcher {
             if !slot.plugin.subscribes(event.kind) {
                 continue;
             }
-            let result = slot.call(&self.sandbox, |instance, state| {
-                instance.on_event(event, now, state)
-            });
+            let result = slot.call(|instance, state| instance.on_event(event, now, state));
             outcomes.push(Outcome {
                 plugin: slot.plugin.clone(),
                 result,
@@ -112,9 +109,7 @@ impl Dispatcher {
             due: timer.due,
             payload: timer.payload,
         };
-        let result = slot.call(&self.sandbox, |instance, state| {
-            instance.on_timer(&timer, now, state)
-        });
+        let result = slot.call(|instance, state| instance.on_timer(&timer, now, state));
         Some(Firing {
             timer,
             outcome: Outcome {
@@ -128,13 +123,12 @@ impl Dispatcher {
 impl Slot {
     fn call(
         &mut self,
-        sandbox: &Sandbox,
         f: impl FnOnce(&mut Instance, &mut PluginState) -> Result<Effects, CallError>,
     ) -> Result<Effects, CallError> {
         let _span = debug_span!("plugin_call", plugin = %self.plugin.name, hash = %self.plugin.short_hash()).entered();
         let instance = match &mut self.instance {
             Some(instance) if instance.is_reusable() => instance,
-            slot => slot.insert(sandbox.instantiate(&self.plugin.pre, self.plugin.spec.clone())?),
+            slot => slot.insert(self.plugin.instantiate()?),
         };
         let result = f(instance, &mut self.state);
         match &result {

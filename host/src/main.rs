@@ -217,8 +217,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let config = args.config()?;
             let sandbox = daemon::sandbox(&config, components.clone())?;
             let plugins = daemon::plugins(&sandbox, &config)?;
-            let stats =
-                runtime()?.block_on(daemon::run(config, sandbox, plugins, shutdown_signal()))?;
+            let stats = runtime()?.block_on(daemon::run(config, plugins, shutdown_signal()))?;
             eprintln!("{}", stats.summary());
             Ok(ExitCode::SUCCESS)
         }
@@ -227,12 +226,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let sandbox = sandbox()?;
             let plugins = todo_eventd::demo::plugins(&sandbox)?;
             let stdout = std::io::stdout();
-            runtime()?.block_on(todo_eventd::demo::run(
-                config,
-                sandbox,
-                plugins,
-                stdout.lock(),
-            ))?;
+            runtime()?.block_on(todo_eventd::demo::run(config, plugins, stdout.lock()))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Produce {
@@ -258,13 +252,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             eprintln!("produced {count} records to {topic} on {brokers}");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Plugins(PluginsCommand::Check { dir }) => check(&*sandbox()?, &dir),
+        Command::Plugins(PluginsCommand::Check { dir }) => check(&sandbox()?, &dir),
         Command::Plugins(PluginsCommand::Test {
             plugins,
             events,
             now,
             advance,
-        }) => test(sandbox()?, plugins.as_deref(), &events, now, advance),
+        }) => test(&sandbox()?, plugins.as_deref(), &events, now, advance),
         Command::Plugins(PluginsCommand::Install { dir }) => {
             let written = bundled::install(&dir)
                 .with_context(|| format!("installing bundled plugins into {}", dir.display()))?;
@@ -284,12 +278,12 @@ fn default_cache_dir() -> Option<PathBuf> {
         .map(|d| d.join("todo-eventd"))
 }
 
-fn load(sandbox: &Sandbox, dir: &Path) -> Result<LoadReport> {
+fn load(sandbox: &Arc<Sandbox>, dir: &Path) -> Result<LoadReport> {
     plugin::load_dir(sandbox, dir)
         .with_context(|| format!("reading plugins directory {}", dir.display()))
 }
 
-fn check(sandbox: &Sandbox, dir: &Path) -> Result<ExitCode> {
+fn check(sandbox: &Arc<Sandbox>, dir: &Path) -> Result<ExitCode> {
     let report = load(sandbox, dir)?;
     let mut stdout = std::io::stdout().lock();
     for plugin in &report.plugins {
@@ -342,15 +336,15 @@ fn check(sandbox: &Sandbox, dir: &Path) -> Result<ExitCode> {
 }
 
 fn test(
-    sandbox: Arc<Sandbox>,
+    sandbox: &Arc<Sandbox>,
     dir: Option<&Path>,
     events: &Path,
     now: Option<Timestamp>,
     advance: Duration,
 ) -> Result<ExitCode> {
     let report = match dir {
-        Some(dir) => load(&sandbox, dir)?,
-        None => bundled::load(&sandbox).context("loading the bundled plugins")?,
+        Some(dir) => load(sandbox, dir)?,
+        None => bundled::load(sandbox).context("loading the bundled plugins")?,
     };
     for err in &report.errors {
         eprintln!("warning: skipping invalid plugin: {err}");
@@ -364,23 +358,11 @@ fn test(
     };
     let stdout = std::io::stdout().lock();
     let summary = if events == Path::new("-") {
-        offline::run(
-            sandbox,
-            &report.plugins,
-            std::io::stdin().lock(),
-            &options,
-            stdout,
-        )
+        offline::run(&report.plugins, std::io::stdin().lock(), &options, stdout)
     } else {
         let file = std::fs::File::open(events)
             .with_context(|| format!("opening events file {}", events.display()))?;
-        offline::run(
-            sandbox,
-            &report.plugins,
-            BufReader::new(file),
-            &options,
-            stdout,
-        )
+        offline::run(&report.plugins, BufReader::new(file), &options, stdout)
     }
     .context("running events through the plugins")?;
     eprintln!(

@@ -15,7 +15,6 @@ use serde_json::{Value, json};
 use crate::dispatch::{Dispatcher, Outcome};
 use crate::event;
 use crate::plugin::Plugin;
-use crate::sandbox::Sandbox;
 use crate::world::Timestamp;
 
 /// Guard against a plugin that re-arms a timer at the current time forever.
@@ -57,14 +56,13 @@ pub enum Error {
 /// Runs `events` (NDJSON) through `plugins`, writing one JSON object per
 /// line to `out`.
 pub fn run(
-    sandbox: Arc<Sandbox>,
     plugins: &[Arc<Plugin>],
     events: impl BufRead,
     options: &Options,
     mut out: impl Write,
 ) -> Result<Summary, Error> {
     let mut bench = Bench {
-        dispatcher: Dispatcher::new(sandbox, plugins),
+        dispatcher: Dispatcher::new(plugins),
         now: options.start,
         summary: Summary::default(),
     };

@@ -35,7 +35,7 @@ fn each_hostile_plugin_fails_with_its_class_and_the_good_one_carries_on() {
     ]);
     let sandbox = sandbox();
     let plugins = load(&sandbox, dir.path());
-    let mut dispatcher = Dispatcher::new(sandbox, &plugins);
+    let mut dispatcher = Dispatcher::new(&plugins);
 
     for round in 1..=3_u64 {
         let event = created("t1", 1_000 * i64::try_from(round).unwrap());
@@ -81,7 +81,7 @@ fn effects_of_a_failed_call_are_discarded() {
     let dir = plugin_dir(&[("failing", TEST_PLUGIN, Some(&fail))]);
     let sandbox = sandbox();
     let plugins = load(&sandbox, dir.path());
-    let mut dispatcher = Dispatcher::new(sandbox, &plugins);
+    let mut dispatcher = Dispatcher::new(&plugins);
     let event = created("t1", 1_000);
     let outcomes = dispatcher.dispatch(&event, 1_000);
     let err = outcomes[0].result.as_ref().unwrap_err();
@@ -102,7 +102,7 @@ fn timers_fire_in_order_with_their_payload() {
     let dir = plugin_dir(&[("timers", TEST_PLUGIN, Some(&timer))]);
     let sandbox = sandbox();
     let plugins = load(&sandbox, dir.path());
-    let mut dispatcher = Dispatcher::new(sandbox, &plugins);
+    let mut dispatcher = Dispatcher::new(&plugins);
     for (task, at) in [("late", 5_000), ("early", 1_000)] {
         let event = created(task, at);
         assert!(dispatcher.dispatch(&event, at)[0].result.is_ok());

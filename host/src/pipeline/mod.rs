@@ -34,7 +34,6 @@ use crate::config::Config;
 use crate::dispatch::Dispatcher;
 use crate::kafka;
 use crate::plugin::Plugin;
-use crate::sandbox::Sandbox;
 
 /// Counters of what the pipeline did.
 #[derive(Debug, Default)]
@@ -165,8 +164,6 @@ impl ConsumerContext for PipelineContext {
 pub struct Pipeline {
     /// Validated configuration.
     pub config: Config,
-    /// The sandbox the plugins run in.
-    pub sandbox: Arc<Sandbox>,
     /// The plugins, in dispatch order.
     pub plugins: Vec<Arc<Plugin>>,
     /// Counters, shared with whoever wants to watch.
@@ -286,7 +283,7 @@ impl Pipeline {
         let worker = Worker {
             topic: topic.to_owned(),
             partition,
-            dispatcher: Dispatcher::new(self.sandbox.clone(), &self.plugins),
+            dispatcher: Dispatcher::new(&self.plugins),
             producer: producer.clone(),
             consumer: consumer.clone(),
             dead_letter_topic: self.config.kafka.dead_letter_topic.clone(),

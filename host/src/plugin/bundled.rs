@@ -41,7 +41,7 @@ pub const ALL: &[Bundled] = &[
 
 /// Loads the bundled plugins with their default manifests, without touching
 /// the filesystem.
-pub fn load(sandbox: &Sandbox) -> Result<LoadReport, LoadError> {
+pub fn load(sandbox: &Arc<Sandbox>) -> Result<LoadReport, LoadError> {
     let mut report = LoadReport::default();
     for plugin in ALL {
         let manifest_file = PathBuf::from(format!("<bundled>/{}.toml", plugin.name));

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use self::manifest::Manifest;
-use crate::sandbox::{HostState, PluginSpec, Sandbox, ValidateError};
+use crate::sandbox::{CallError, HostState, Instance, PluginSpec, Sandbox, ValidateError};
 use crate::world::{EventKind, PluginPre};
 
 /// A validated plugin, ready to instantiate.
@@ -33,6 +33,9 @@ pub struct Plugin {
     pub pre: PluginPre<HostState>,
     /// WASI interfaces the component imports (all empty unless granted).
     pub wasi_imports: BTreeSet<String>,
+    /// The sandbox it was compiled for (instances must come from the same
+    /// engine).
+    sandbox: Arc<Sandbox>,
 }
 
 impl fmt::Debug for Plugin {
@@ -49,6 +52,11 @@ impl Plugin {
     /// Whether events of `kind` go to this plugin.
     pub fn subscribes(&self, kind: EventKind) -> bool {
         self.manifest.subscribes(kind)
+    }
+
+    /// Creates a warm instance in the plugin's sandbox.
+    pub fn instantiate(&self) -> Result<Instance, CallError> {
+        self.sandbox.instantiate(&self.pre, self.spec.clone())
     }
 
     /// A short form of the content hash for logs and listings.
@@ -117,7 +125,7 @@ pub struct LoadReport {
 
 /// Loads every `*.wasm` in `dir` (not recursive). Only an unreadable
 /// directory is an error; bad plugin files are collected in the report.
-pub fn load_dir(sandbox: &Sandbox, dir: &Path) -> std::io::Result<LoadReport> {
+pub fn load_dir(sandbox: &Arc<Sandbox>, dir: &Path) -> std::io::Result<LoadReport> {
     let mut wasm_files = Vec::new();
     let mut manifests = Vec::new();
     for entry in std::fs::read_dir(dir)? {
@@ -164,7 +172,7 @@ fn plugin_name(file: &Path) -> String {
 
 /// Loads one `NAME.wasm` and its optional `NAME.toml`. `Ok(None)` means the
 /// manifest disables it.
-pub fn load_file(sandbox: &Sandbox, file: &Path) -> Result<Option<Plugin>, LoadError> {
+pub fn load_file(sandbox: &Arc<Sandbox>, file: &Path) -> Result<Option<Plugin>, LoadError> {
     let name = plugin_name(file);
     if name.is_empty()
         || !name
@@ -210,7 +218,7 @@ pub fn load_file(sandbox: &Sandbox, file: &Path) -> Result<Option<Plugin>, LoadE
 /// Builds a plugin from its bytes and manifest (used for files and for the
 /// bundled plugins).
 pub fn from_parts(
-    sandbox: &Sandbox,
+    sandbox: &Arc<Sandbox>,
     name: String,
     file: PathBuf,
     bytes: &[u8],
@@ -236,6 +244,7 @@ pub fn from_parts(
         spec: Arc::new(spec),
         pre,
         wasi_imports,
+        sandbox: sandbox.clone(),
     })
 }
 

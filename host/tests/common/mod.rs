@@ -44,7 +44,7 @@ pub fn mode(mode: &str) -> String {
 }
 
 /// Loads every plugin in `dir`, failing the test on any load error.
-pub fn load(sandbox: &Sandbox, dir: &Path) -> Vec<Arc<Plugin>> {
+pub fn load(sandbox: &Arc<Sandbox>, dir: &Path) -> Vec<Arc<Plugin>> {
     let report = plugin::load_dir(sandbox, dir).unwrap();
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     report.plugins
