@@ -2,7 +2,7 @@
 //! bindings (generated once, here), the [`export!`] macro, and small helpers
 //! for JSON state and RFC 3339 times.
 //!
-//! ```ignore
+//! ```text
 //! use todo_plugin_sdk::{Guest, TaskEvent, FiredTimer, PluginError};
 //!
 //! struct MyPlugin;

@@ -1,0 +1,291 @@
+//! End-to-end: the real `todo-eventd` binary against a real Kafka-protocol
+//! broker process (tansu 0.6.0). Ignored by the fast tier; the full suite
+//! (`cargo test --workspace -- --include-ignored`, what `.ci/run` runs)
+//! includes them.
+
+#![allow(clippy::unwrap_used)]
+
+mod harness;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use harness::{Broker, by_topic, daemon, header, json, read_until};
+use rdkafka::Message;
+use todo_eventd::config::Config;
+use todo_eventd::kafka;
+
+const BIN: &str = env!("CARGO_BIN_EXE_todo-eventd");
+const TEST_PLUGIN: &[u8] = include_bytes!(env!("GUEST_TEST_PLUGIN_WASM"));
+
+fn cli(args: &[&str]) {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The bundled plugins with a 2 s analytics snapshot interval.
+fn bundled_plugins(dir: &Path) {
+    cli(&["plugins", "install", dir.to_str().unwrap()]);
+    let manifest = dir.join("analytics.toml");
+    let text = std::fs::read_to_string(&manifest)
+        .unwrap()
+        .replace("\"60s\"", "\"2s\"");
+    std::fs::write(manifest, text).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "end-to-end: needs a tansu broker; run with --include-ignored"]
+async fn sample_stream_in_expected_records_out() {
+    let broker = Broker::start();
+    let work = tempfile::tempdir().unwrap();
+    let plugins = work.path().join("plugins");
+    bundled_plugins(&plugins);
+    let mut daemon = daemon(
+        Path::new(BIN),
+        &broker.address,
+        work.path(),
+        "daemon",
+        &[
+            "--plugins",
+            plugins.to_str().unwrap(),
+            "--group",
+            "e2e-sample",
+        ],
+    );
+    assert!(
+        daemon.wait_for_log("Partitions assigned", Duration::from_secs(60)),
+        "{}",
+        daemon.log_text()
+    );
+
+    let events = todo_eventd::demo::sample_events(jiff::Timestamp::now().as_millisecond());
+    let file = work.path().join("events.ndjson");
+    std::fs::write(&file, events.join("\n")).unwrap();
+    cli(&[
+        "produce",
+        "--brokers",
+        &broker.address,
+        "--topic",
+        "task-events",
+        file.to_str().unwrap(),
+    ]);
+
+    let topics = ["reminders", "analytics", "task-events", "task-events.dlq"];
+    let seen = read_until(&broker.address, &topics, Duration::from_secs(90), |seen| {
+        let t = by_topic(seen);
+        let count = |topic: &str| t.get(topic).map_or(0, Vec::len);
+        let occurrences = t.get("task-events").map_or(0, |m| {
+            m.iter()
+                .filter(|m| header(m, "source.plugin").as_deref() == Some("recurrence"))
+                .count()
+        });
+        count("reminders") >= 1
+            && count("task-events.dlq") >= 2
+            && count("analytics") >= 2
+            && occurrences >= 1
+    })
+    .await;
+    let topics = by_topic(&seen);
+
+    let reminder = json(topics["reminders"][0]);
+    assert_eq!(reminder["task_id"], "101", "{reminder}");
+    assert_eq!(reminder["title"], "Call the plumber");
+    assert_eq!(topics["reminders"][0].key(), Some(&b"ada"[..]));
+
+    let next = topics["task-events"]
+        .iter()
+        .find(|m| header(m, "source.plugin").as_deref() == Some("recurrence"))
+        .unwrap();
+    assert_eq!(json(next)["task_id"], "102-r2");
+    assert_eq!(header(next, "source.event.id").as_deref(), Some("demo-3"));
+
+    let reasons: BTreeSet<String> = topics["task-events.dlq"]
+        .iter()
+        .map(|m| {
+            assert_eq!(header(m, "error.stage").as_deref(), Some("decode"));
+            header(m, "error.message").unwrap()
+        })
+        .collect();
+    assert!(
+        reasons.iter().any(|r| r.starts_with("not valid JSON")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("\"task.exploded\" is not a known event type")),
+        "{reasons:?}"
+    );
+
+    let bob = topics["analytics"]
+        .iter()
+        .map(|m| json(m))
+        .find(|v| v["user_id"] == "bob")
+        .unwrap();
+    assert_eq!(
+        (bob["created"].as_u64(), bob["deleted"].as_u64()),
+        (Some(1), Some(1))
+    );
+
+    assert!(
+        daemon.terminate(Duration::from_secs(30)),
+        "graceful shutdown failed:\n{}",
+        daemon.log_text()
+    );
+    assert!(
+        daemon.log_text().contains("Pipeline stopped"),
+        "{}",
+        daemon.log_text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "end-to-end: needs a tansu broker; run with --include-ignored"]
+async fn two_daemons_share_partitions_and_a_kill_9_loses_nothing() {
+    let broker = Broker::start();
+    let work = tempfile::tempdir().unwrap();
+    let plugins = work.path().join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    std::fs::write(plugins.join("echo.wasm"), TEST_PLUGIN).unwrap();
+    std::fs::write(
+        plugins.join("echo.toml"),
+        "[outputs]\nout = \"e2e-out\"\n[config]\nmode = \"echo\"\n",
+    )
+    .unwrap();
+    let config = work.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[kafka]\ngroup_id = \"e2e-pair\"\npartitions = 4\n[plugins]\ndir = \"{}\"\n[pipeline]\nshutdown_timeout = \"20s\"\n",
+            plugins.display()
+        ),
+    )
+    .unwrap();
+    let args = ["--config", config.to_str().unwrap()];
+    let mut first = daemon(Path::new(BIN), &broker.address, work.path(), "first", &args);
+    assert!(
+        first.wait_for_log("Partitions assigned", Duration::from_secs(60)),
+        "{}",
+        first.log_text()
+    );
+    let mut second = daemon(
+        Path::new(BIN),
+        &broker.address,
+        work.path(),
+        "second",
+        &args,
+    );
+    assert!(
+        second.wait_for_log("Partitions assigned", Duration::from_secs(60)),
+        "{}",
+        second.log_text()
+    );
+
+    let total = 2000;
+    let lines: Vec<String> = (0..total)
+        .map(|i| {
+            serde_json::json!({
+                "event_id": format!("ev-{i:05}"), "event_type": "created", "user_id": format!("user-{}", i % 97),
+                "task_id": format!("task-{i}"), "timestamp": "2026-01-26T08:00:00Z", "task_data": {"title": "t"}
+            })
+            .to_string()
+        })
+        .collect();
+    let producer = kafka::producer(&broker.address, &Config::default().kafka).unwrap();
+    let (head, tail) = lines.split_at(total / 2);
+    kafka::produce_lines(&producer, "task-events", head.join("\n").as_bytes())
+        .await
+        .unwrap();
+
+    // Both members handle events before one of them dies.
+    let some = read_until(
+        &broker.address,
+        &["e2e-out"],
+        Duration::from_secs(60),
+        |seen| seen.len() >= 200,
+    )
+    .await;
+    assert!(some.len() >= 200, "outputs are flowing");
+    first.kill9();
+    // The orchestrator restarts it (systemd `Restart=`, a Kubernetes pod).
+    // tansu 0.6.0 keeps a killed member's assignment in the group, so the
+    // survivor alone would not take those partitions over; on Kafka it does
+    // after `session.timeout.ms`. The replacement joining forces the
+    // rebalance that hands them out again.
+    let third = daemon(Path::new(BIN), &broker.address, work.path(), "third", &args);
+    assert!(
+        third.wait_for_log("Partitions assigned", Duration::from_secs(60)),
+        "{}",
+        third.log_text()
+    );
+    kafka::produce_lines(&producer, "task-events", tail.join("\n").as_bytes())
+        .await
+        .unwrap();
+
+    let seen = read_until(
+        &broker.address,
+        &["e2e-out"],
+        Duration::from_secs(120),
+        |seen| {
+            seen.iter()
+                .map(|m| json(m)["event"].as_str().unwrap_or_default().to_owned())
+                .collect::<BTreeSet<_>>()
+                .len()
+                >= total
+        },
+    )
+    .await;
+    let ids: BTreeSet<String> = seen
+        .iter()
+        .map(|m| json(m)["event"].as_str().unwrap().to_owned())
+        .collect();
+    let tail = |log: String| {
+        log.lines()
+            .rev()
+            .take(40)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(
+        ids.len(),
+        total,
+        "every input event's output arrived (duplicates allowed); second daemon's log:\n{}",
+        tail(second.log_text())
+    );
+
+    // The group split the partitions: the first member handed some to the
+    // second when it joined.
+    assert!(
+        first.log_text().contains("Partitions revoked"),
+        "{}",
+        first.log_text()
+    );
+    assert!(
+        second.terminate(Duration::from_secs(40)),
+        "graceful shutdown failed:\n{}",
+        second.log_text()
+    );
+    let log = second.log_text();
+    let events_in: u64 = log
+        .lines()
+        .rev()
+        .find_map(|l| {
+            l.split(" events in")
+                .next()
+                .filter(|_| l.contains(" events in"))?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no summary in the second daemon's log:\n{log}"));
+    assert!(events_in > 0, "the second daemon handled events");
+}
