@@ -1,0 +1,193 @@
+//! End-to-end throughput: events/s through the three bundled plugins versus
+//! a raw passthrough (consume → produce → store offset after the ack, same
+//! client settings, no decoding, no plugins), on the same broker in the same
+//! run.
+//!
+//! Run: `cargo bench -p todo-eventd --bench pipeline`
+//! Options (env): `BENCH_EVENTS` (default 100000), `BENCH_BROKERS` (an
+//! external broker such as a local tansu; default: the in-process mock
+//! cluster), `BENCH_PARTITIONS` (default 8).
+//!
+//! Rates are measured from the first record consumed to the last input
+//! offset stored, so group-join time does not count.
+
+#![allow(missing_docs, clippy::unwrap_used, clippy::print_stdout)]
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use rdkafka::Message;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::FutureRecord;
+use todo_eventd::config::Config;
+use todo_eventd::kafka::{self, EmbeddedBroker};
+use todo_eventd::pipeline::Pipeline;
+use todo_eventd::plugin::bundled;
+use todo_eventd::sandbox::{Sandbox, SandboxConfig};
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// A realistic mix (~360 bytes each): mostly creates with reminders, some
+/// updates, completions of weekly recurring tasks and deletes.
+fn events(n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            let user = format!("user-{}", i % 5000);
+            let task = format!("task-{i}");
+            let (kind, extra) = match i % 10 {
+                0..=5 => ("created", r#","remind_at":"2030-01-01T08:00:00Z""#),
+                6 | 7 => ("updated", r#","priority":"high""#),
+                8 => ("completed", r#","recurrence":{"pattern":"weekly","interval":1},"completed":true"#),
+                _ => ("deleted", ""),
+            };
+            format!(
+                r#"{{"event_id":"ev-{i}","event_type":"{kind}","user_id":"{user}","task_id":"{task}","timestamp":"2026-01-26T08:00:00Z","task_data":{{"title":"Benchmark task number {i}","description":"Generated","priority":"medium","tags":["bench","load"],"due_at":"2030-01-01T09:00:00Z"{extra}}}}}"#
+            )
+        })
+        .collect()
+}
+
+async fn preload(brokers: &str, config: &Config, topic: &str, lines: &[String]) {
+    let producer = kafka::producer(brokers, &config.kafka).unwrap();
+    for chunk in lines.chunks(20_000) {
+        kafka::produce_lines(&producer, topic, chunk.join("\n").as_bytes()).await.unwrap();
+    }
+}
+
+/// Consume → produce → store the offset after the ack, in order per
+/// partition with a bounded window, like the pipeline but without decoding
+/// or plugins.
+async fn passthrough(brokers: &str, config: &Config, topic: &str, total: usize) -> Duration {
+    let consumer: StreamConsumer = kafka::client_config(
+        brokers,
+        &config.kafka,
+        &[
+            ("group.id", "bench-passthrough"),
+            ("enable.auto.commit", "true"),
+            ("enable.auto.offset.store", "false"),
+            ("auto.offset.reset", "earliest"),
+        ],
+    )
+    .create()
+    .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let producer = kafka::producer(brokers, &config.kafka).unwrap();
+    let mut window = VecDeque::new();
+    let mut started = None;
+    let mut done = 0;
+    while done < total {
+        if window.len() >= 4096 || (started.is_some() && window.len() + done >= total) {
+            let (partition, offset, delivery): (i32, i64, rdkafka::producer::DeliveryFuture) =
+                window.pop_front().unwrap();
+            delivery.await.unwrap().unwrap();
+            consumer.store_offset(topic, partition, offset).unwrap();
+            done += 1;
+            continue;
+        }
+        let message = consumer.recv().await.unwrap();
+        started.get_or_insert_with(Instant::now);
+        let payload = message.payload().unwrap_or_default();
+        let key = message.key().unwrap_or_default();
+        let delivery = loop {
+            let record = FutureRecord::to("passthrough-out").payload(payload).key(key);
+            match producer.send_result(record) {
+                Ok(d) => break d,
+                Err(_) => tokio::time::sleep(Duration::from_millis(1)).await,
+            }
+        };
+        window.push_back((message.partition(), message.offset(), delivery));
+    }
+    started.unwrap().elapsed()
+}
+
+async fn through_plugins(brokers: &str, config: Config, total: usize) -> Duration {
+    let sandbox = Arc::new(Sandbox::new(SandboxConfig::default()).unwrap());
+    let plugins = bundled::load(&sandbox).unwrap().plugins;
+    let pipeline = Pipeline {
+        config,
+        plugins,
+        stats: Arc::default(),
+    };
+    let stats = pipeline.stats.clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let watch = async {
+        let mut started = None;
+        loop {
+            let seen = stats.events_in.load(Ordering::Relaxed);
+            if seen > 0 {
+                started.get_or_insert_with(Instant::now);
+            }
+            if stats.offsets_stored.load(Ordering::Relaxed) as usize >= total {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let elapsed = started.unwrap().elapsed();
+        let _ = stop.send(());
+        elapsed
+    };
+    let (ran, elapsed) = tokio::join!(
+        pipeline.run(brokers, async {
+            let _ = stopped.await;
+        }),
+        watch
+    );
+    ran.unwrap();
+    println!("  pipeline: {}", stats.summary());
+    elapsed
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; nothing else to parse.
+    let total: usize = env_or("BENCH_EVENTS", 100_000);
+    let partitions: i32 = env_or("BENCH_PARTITIONS", 8);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut config = Config::default();
+        config.kafka.partitions = partitions;
+        let embedded;
+        let brokers = match std::env::var("BENCH_BROKERS") {
+            Ok(brokers) => brokers,
+            Err(_) => {
+                embedded = EmbeddedBroker::start().unwrap();
+                for topic in ["task-events", "task-events.dlq", "reminders", "analytics", "passthrough-out"] {
+                    embedded.create_topic(topic, partitions).unwrap();
+                }
+                embedded.bootstrap_servers()
+            }
+        };
+        if std::env::var("BENCH_BROKERS").is_ok() {
+            let topics = ["task-events", "task-events.dlq", "reminders", "analytics", "passthrough-out"]
+                .into_iter()
+                .map(String::from)
+                .collect();
+            kafka::ensure_topics(&brokers, &config.kafka, &topics).await.unwrap();
+        }
+        config.kafka.brokers = Some(brokers.clone());
+        let lines = events(total);
+        let bytes: usize = lines.iter().map(String::len).sum();
+        println!(
+            "{total} events (mean {} bytes) over {partitions} partitions on {}",
+            bytes / total,
+            if std::env::var("BENCH_BROKERS").is_ok() { brokers.as_str() } else { "the in-process mock cluster" }
+        );
+        preload(&brokers, &config, "task-events", &lines).await;
+
+        let raw = passthrough(&brokers, &config, "task-events", total).await;
+        let raw_rate = total as f64 / raw.as_secs_f64();
+        println!("raw passthrough:          {raw_rate:>10.0} events/s ({raw:.2?})");
+
+        let full = through_plugins(&brokers, config, total).await;
+        let full_rate = total as f64 / full.as_secs_f64();
+        println!("three bundled plugins:    {full_rate:>10.0} events/s ({full:.2?})");
+        println!("ratio:                    {:>10.1} %", 100.0 * full_rate / raw_rate);
+    });
+}
