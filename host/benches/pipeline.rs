@@ -28,7 +28,10 @@ use todo_eventd::plugin::bundled;
 use todo_eventd::sandbox::{Sandbox, SandboxConfig};
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// A realistic mix (~360 bytes each): mostly creates with reminders, some
@@ -54,7 +57,9 @@ fn events(n: usize) -> Vec<String> {
 async fn preload(brokers: &str, config: &Config, topic: &str, lines: &[String]) {
     let producer = kafka::producer(brokers, &config.kafka).unwrap();
     for chunk in lines.chunks(20_000) {
-        kafka::produce_lines(&producer, topic, chunk.join("\n").as_bytes()).await.unwrap();
+        kafka::produce_lines(&producer, topic, chunk.join("\n").as_bytes())
+            .await
+            .unwrap();
     }
 }
 
@@ -93,7 +98,9 @@ async fn passthrough(brokers: &str, config: &Config, topic: &str, total: usize) 
         let payload = message.payload().unwrap_or_default();
         let key = message.key().unwrap_or_default();
         let delivery = loop {
-            let record = FutureRecord::to("passthrough-out").payload(payload).key(key);
+            let record = FutureRecord::to("passthrough-out")
+                .payload(payload)
+                .key(key);
             match producer.send_result(record) {
                 Ok(d) => break d,
                 Err(_) => tokio::time::sleep(Duration::from_millis(1)).await,
@@ -158,18 +165,32 @@ fn main() {
             Ok(brokers) => brokers,
             Err(_) => {
                 embedded = EmbeddedBroker::start().unwrap();
-                for topic in ["task-events", "task-events.dlq", "reminders", "analytics", "passthrough-out"] {
+                for topic in [
+                    "task-events",
+                    "task-events.dlq",
+                    "reminders",
+                    "analytics",
+                    "passthrough-out",
+                ] {
                     embedded.create_topic(topic, partitions).unwrap();
                 }
                 embedded.bootstrap_servers()
             }
         };
         if std::env::var("BENCH_BROKERS").is_ok() {
-            let topics = ["task-events", "task-events.dlq", "reminders", "analytics", "passthrough-out"]
-                .into_iter()
-                .map(String::from)
-                .collect();
-            kafka::ensure_topics(&brokers, &config.kafka, &topics).await.unwrap();
+            let topics = [
+                "task-events",
+                "task-events.dlq",
+                "reminders",
+                "analytics",
+                "passthrough-out",
+            ]
+            .into_iter()
+            .map(String::from)
+            .collect();
+            kafka::ensure_topics(&brokers, &config.kafka, &topics)
+                .await
+                .unwrap();
         }
         config.kafka.brokers = Some(brokers.clone());
         let lines = events(total);
@@ -177,7 +198,11 @@ fn main() {
         println!(
             "{total} events (mean {} bytes) over {partitions} partitions on {}",
             bytes / total,
-            if std::env::var("BENCH_BROKERS").is_ok() { brokers.as_str() } else { "the in-process mock cluster" }
+            if std::env::var("BENCH_BROKERS").is_ok() {
+                brokers.as_str()
+            } else {
+                "the in-process mock cluster"
+            }
         );
         preload(&brokers, &config, "task-events", &lines).await;
 
@@ -188,6 +213,9 @@ fn main() {
         let full = through_plugins(&brokers, config, total).await;
         let full_rate = total as f64 / full.as_secs_f64();
         println!("three bundled plugins:    {full_rate:>10.0} events/s ({full:.2?})");
-        println!("ratio:                    {:>10.1} %", 100.0 * full_rate / raw_rate);
+        println!(
+            "ratio:                    {:>10.1} %",
+            100.0 * full_rate / raw_rate
+        );
     });
 }

@@ -388,3 +388,75 @@ async fn failing_produces_hold_offsets_until_delivered() {
     );
     assert_eq!(harness.committed(), harness.end_offsets());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 6)]
+async fn a_second_member_takes_half_and_nothing_is_lost() {
+    let harness = Harness::new(&["task-events", "task-events.dlq", "out-topic"]);
+    let echo = mode("echo");
+    let dir = plugin_dir(&[("echo", TEST_PLUGIN, Some(&echo))]);
+    let sandbox = sandbox();
+    let plugins = load(&sandbox, dir.path());
+    let lines: Vec<String> = (0..600)
+        .map(|i| {
+            event(
+                &format!("ev-{i:04}"),
+                &format!("u{}", i % 50),
+                &format!("t{i}"),
+                "created",
+            )
+        })
+        .collect();
+    let (head, tail) = lines.split_at(300);
+    harness.produce(head).await;
+
+    let second = Pipeline {
+        config: harness.config.clone(),
+        plugins: plugins.clone(),
+        stats: Arc::default(),
+    };
+    let (stop_second, second_stopped) = tokio::sync::oneshot::channel::<()>();
+    let distinct = |seen: &[OwnedMessage]| {
+        let mut ids: Vec<_> = seen
+            .iter()
+            .map(|m| value(m)["event"].as_str().unwrap().to_owned())
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids.len()
+    };
+    let joined = async {
+        // Join once the first member is busy, forcing a cooperative
+        // rebalance that revokes some of its partitions mid-stream.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let produce_tail = async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            harness.produce(tail).await;
+        };
+        let (ran, ()) = tokio::join!(
+            second.run(&harness.brokers, async {
+                let _ = second_stopped.await;
+            }),
+            produce_tail
+        );
+        ran.unwrap();
+    };
+    let first_run = async {
+        let result = harness
+            .run_until(
+                plugins,
+                &["out-topic"],
+                |seen| distinct(seen) >= 600,
+                async || {},
+            )
+            .await;
+        let _ = stop_second.send(());
+        result
+    };
+    let ((seen, first), ()) = tokio::join!(first_run, joined);
+    assert_eq!(distinct(&seen), 600, "every event's output arrived");
+    let revoked = first.revocations.load(Ordering::Relaxed);
+    let handled_by_second = second.stats.events_in.load(Ordering::Relaxed);
+    assert!(revoked > 0, "the first member gave partitions up");
+    assert!(handled_by_second > 0, "the second member handled events");
+    assert_eq!(harness.committed(), harness.end_offsets());
+}
