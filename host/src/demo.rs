@@ -14,7 +14,6 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::Headers;
 use serde_json::json;
 
 use crate::config::Config;
@@ -114,14 +113,7 @@ pub async fn run(
                 break;
             };
             let message = message.context("reading output topics")?;
-            let header = |name: &str| {
-                message.headers().and_then(|h| {
-                    h.iter()
-                        .find(|h| h.key == name)
-                        .and_then(|h| h.value)
-                        .map(|v| String::from_utf8_lossy(v).into_owned())
-                })
-            };
+            let header = |name: &str| kafka::header(&message, name);
             let Some(plugin) =
                 header("source.plugin").or_else(|| header("error.stage").map(|_| "-".into()))
             else {

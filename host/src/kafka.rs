@@ -6,10 +6,11 @@ use std::io::BufRead;
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
+use rdkafka::Message;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{DefaultProducerContext, DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
@@ -252,4 +253,14 @@ async fn settle(pending: &mut Vec<DeliveryFuture>, topic: &str) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The value of header `name` on a record, as text.
+pub fn header(message: &impl Message, name: &str) -> Option<String> {
+    let headers = message.headers()?;
+    headers
+        .iter()
+        .find(|h| h.key == name)
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
 }

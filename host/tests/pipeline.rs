@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::{TEST_PLUGIN, load, mode, plugin_dir, sandbox};
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
-use rdkafka::message::{Headers, OwnedMessage};
+use rdkafka::message::OwnedMessage;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use todo_eventd::config::Config;
@@ -148,12 +148,23 @@ fn reader(brokers: &str, topics: &[&str]) -> StreamConsumer {
 }
 
 fn header(message: &OwnedMessage, name: &str) -> Option<String> {
-    message.headers().and_then(|h| {
-        h.iter()
-            .find(|h| h.key == name)
-            .and_then(|h| h.value)
-            .map(|v| String::from_utf8_lossy(v).into_owned())
-    })
+    kafka::header(message, name)
+}
+
+/// How many different input events the echo outputs cover.
+fn distinct_events(seen: &[OwnedMessage]) -> usize {
+    let ids: std::collections::BTreeSet<String> = seen
+        .iter()
+        .map(|m| value(m)["event"].as_str().unwrap().to_owned())
+        .collect();
+    ids.len()
+}
+
+/// The echo test plugin, emitting each event's id to `out-topic`.
+fn echo_plugins() -> Vec<Arc<Plugin>> {
+    let echo = mode("echo");
+    let dir = plugin_dir(&[("echo", TEST_PLUGIN, Some(&echo))]);
+    load(&sandbox(), dir.path())
 }
 
 fn value(message: &OwnedMessage) -> serde_json::Value {
@@ -267,9 +278,7 @@ async fn outputs_and_dead_letters_land_with_keys_and_headers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn order_is_kept_per_key() {
     let harness = Harness::new(&["task-events", "task-events.dlq", "out-topic"]);
-    let echo = mode("echo");
-    let dir = plugin_dir(&[("echo", TEST_PLUGIN, Some(&echo))]);
-    let plugins = load(&sandbox(), dir.path());
+    let plugins = echo_plugins();
     let users = ["ann", "ben", "cat", "dan", "eve"];
     let lines: Vec<String> = (0..400)
         .map(|i| {
@@ -325,9 +334,7 @@ async fn failing_produces_hold_offsets_until_delivered() {
         .kafka
         .properties
         .insert("retry.backoff.ms".into(), "20".into());
-    let echo = mode("echo");
-    let dir = plugin_dir(&[("echo", TEST_PLUGIN, Some(&echo))]);
-    let plugins = load(&sandbox(), dir.path());
+    let plugins = echo_plugins();
     let lines: Vec<String> = (0..30)
         .map(|i| {
             event(
@@ -345,15 +352,7 @@ async fn failing_produces_hold_offsets_until_delivered() {
         .run_until(
             plugins,
             &["out-topic"],
-            |seen| {
-                let mut ids: Vec<_> = seen
-                    .iter()
-                    .map(|m| value(m)["event"].as_str().unwrap().to_owned())
-                    .collect();
-                ids.sort();
-                ids.dedup();
-                ids.len() >= 30
-            },
+            |seen| distinct_events(seen) >= 30,
             async || {
                 // Every produce request fails for a while…
                 cluster.request_errors(
@@ -371,14 +370,8 @@ async fn failing_produces_hold_offsets_until_delivered() {
             },
         )
         .await;
-    let mut ids: Vec<_> = seen
-        .iter()
-        .map(|m| value(m)["event"].as_str().unwrap().to_owned())
-        .collect();
-    ids.sort();
-    ids.dedup();
     assert_eq!(
-        ids.len(),
+        distinct_events(&seen),
         30,
         "every event's output arrived (duplicates allowed)"
     );
@@ -392,10 +385,7 @@ async fn failing_produces_hold_offsets_until_delivered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 6)]
 async fn a_second_member_takes_half_and_nothing_is_lost() {
     let harness = Harness::new(&["task-events", "task-events.dlq", "out-topic"]);
-    let echo = mode("echo");
-    let dir = plugin_dir(&[("echo", TEST_PLUGIN, Some(&echo))]);
-    let sandbox = sandbox();
-    let plugins = load(&sandbox, dir.path());
+    let plugins = echo_plugins();
     let lines: Vec<String> = (0..600)
         .map(|i| {
             event(
@@ -415,15 +405,6 @@ async fn a_second_member_takes_half_and_nothing_is_lost() {
         stats: Arc::default(),
     };
     let (stop_second, second_stopped) = tokio::sync::oneshot::channel::<()>();
-    let distinct = |seen: &[OwnedMessage]| {
-        let mut ids: Vec<_> = seen
-            .iter()
-            .map(|m| value(m)["event"].as_str().unwrap().to_owned())
-            .collect();
-        ids.sort();
-        ids.dedup();
-        ids.len()
-    };
     let joined = async {
         // Join once the first member is busy, forcing a cooperative
         // rebalance that revokes some of its partitions mid-stream.
@@ -445,7 +426,7 @@ async fn a_second_member_takes_half_and_nothing_is_lost() {
             .run_until(
                 plugins,
                 &["out-topic"],
-                |seen| distinct(seen) >= 600,
+                |seen| distinct_events(seen) >= 600,
                 async || {},
             )
             .await;
@@ -453,7 +434,7 @@ async fn a_second_member_takes_half_and_nothing_is_lost() {
         result
     };
     let ((seen, first), ()) = tokio::join!(first_run, joined);
-    assert_eq!(distinct(&seen), 600, "every event's output arrived");
+    assert_eq!(distinct_events(&seen), 600, "every event's output arrived");
     let revoked = first.revocations.load(Ordering::Relaxed);
     let handled_by_second = second.stats.events_in.load(Ordering::Relaxed);
     assert!(revoked > 0, "the first member gave partitions up");

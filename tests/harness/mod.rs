@@ -12,7 +12,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Headers, OwnedMessage};
+use rdkafka::message::OwnedMessage;
 use rdkafka::{ClientConfig, Message};
 
 /// The tansu version the suite runs against.
@@ -209,12 +209,7 @@ pub async fn read_until(
 }
 
 pub fn header(message: &OwnedMessage, name: &str) -> Option<String> {
-    message.headers().and_then(|h| {
-        h.iter()
-            .find(|h| h.key == name)
-            .and_then(|h| h.value)
-            .map(|v| String::from_utf8_lossy(v).into_owned())
-    })
+    todo_eventd::kafka::header(message, name)
 }
 
 pub fn json(message: &OwnedMessage) -> serde_json::Value {
