@@ -17,7 +17,7 @@ use rdkafka::consumer::Consumer;
 use rdkafka::message::{Headers, OwnedMessage};
 use rdkafka::producer::{DeliveryFuture, FutureProducer};
 use tokio::sync::{Notify, mpsc};
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{Instrument, debug, debug_span, info_span, warn};
 
 use super::records::{self, Failure, OutRecord, Source};
 use super::{PipelineConsumer, Stats};
@@ -154,7 +154,12 @@ impl Worker {
             value,
             event_id: None,
         };
-        let _span = debug_span_event(message.offset()).entered();
+        let span = debug_span!(
+            "record",
+            offset = message.offset(),
+            event_id = tracing::field::Empty
+        );
+        let _entered = span.enter();
         let mut out = Vec::new();
         let decoded = if message.payload().is_none() {
             Err("record has no value (a tombstone)".to_owned())
@@ -177,6 +182,7 @@ impl Worker {
                 ));
             }
             Ok(event) => {
+                span.record("event_id", event.id.as_str());
                 source.event_id = Some(&event.id);
                 for outcome in self.dispatcher.dispatch(&event, wall_now()) {
                     collect(
@@ -277,10 +283,6 @@ impl Worker {
             }
         }
     }
-}
-
-fn debug_span_event(offset: i64) -> tracing::Span {
-    tracing::debug_span!("record", offset)
 }
 
 /// Turns one plugin call's outcome into records: its emits, or a dead letter.
