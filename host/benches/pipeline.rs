@@ -171,6 +171,7 @@ fn main() {
                     "reminders",
                     "analytics",
                     "passthrough-out",
+                    "todo-eventd.plugin-state",
                 ] {
                     embedded.create_topic(topic, partitions).unwrap();
                 }
@@ -184,11 +185,13 @@ fn main() {
                 "reminders",
                 "analytics",
                 "passthrough-out",
+                "todo-eventd.plugin-state",
             ]
             .into_iter()
             .map(String::from)
             .collect();
-            kafka::ensure_topics(&brokers, &config.kafka, &topics)
+            let compacted = [config.kafka.changelog_topic()].into_iter().collect();
+            kafka::ensure_topics(&brokers, &config.kafka, &topics, &compacted)
                 .await
                 .unwrap();
         }

@@ -7,6 +7,7 @@
 //! group_id = "todo-eventd"
 //! input_topics = ["task-events"]
 //! dead_letter_topic = "task-events.dlq"
+//! changelog_topic = "todo-eventd.plugin-state"   # default: GROUP_ID.plugin-state
 //! create_topics = true
 //! partitions = 3
 //! replication_factor = 1
@@ -62,6 +63,9 @@ pub struct KafkaConfig {
     pub input_topics: Vec<String>,
     /// Where undecodable records and failed plugin calls go.
     pub dead_letter_topic: String,
+    /// The compacted topic plugin state and timers are written to and
+    /// restored from. Default: `GROUP_ID.plugin-state`.
+    pub changelog_topic: Option<String>,
     /// Create missing topics at start-up (inputs, outputs, dead letters).
     pub create_topics: bool,
     /// Partitions of topics the daemon creates.
@@ -72,6 +76,15 @@ pub struct KafkaConfig {
     pub properties: BTreeMap<String, String>,
 }
 
+impl KafkaConfig {
+    /// The changelog topic, explicit or derived from the group id.
+    pub fn changelog_topic(&self) -> String {
+        self.changelog_topic
+            .clone()
+            .unwrap_or_else(|| format!("{}.plugin-state", self.group_id))
+    }
+}
+
 impl Default for KafkaConfig {
     fn default() -> Self {
         Self {
@@ -79,6 +92,7 @@ impl Default for KafkaConfig {
             group_id: "todo-eventd".into(),
             input_topics: vec!["task-events".into()],
             dead_letter_topic: "task-events.dlq".into(),
+            changelog_topic: None,
             create_topics: true,
             partitions: 3,
             replication_factor: 1,
@@ -126,6 +140,9 @@ pub struct PipelineConfig {
     /// How long a graceful shutdown may take before it gives up waiting.
     #[serde(with = "humantime_serde_req")]
     pub shutdown_timeout: Duration,
+    /// How long restoring one partition's state from the changelog may take.
+    #[serde(with = "humantime_serde_req")]
+    pub restore_timeout: Duration,
 }
 
 impl Default for PipelineConfig {
@@ -134,6 +151,7 @@ impl Default for PipelineConfig {
             queue_capacity: 256,
             max_in_flight: 512,
             shutdown_timeout: Duration::from_secs(30),
+            restore_timeout: Duration::from_secs(300),
         }
     }
 }

@@ -64,6 +64,7 @@ pub fn plugins(sandbox: &Arc<Sandbox>, config: &Config) -> Result<Vec<Arc<Plugin
 pub fn topics(config: &Config, plugins: &[Arc<Plugin>]) -> BTreeSet<String> {
     let mut topics: BTreeSet<String> = config.kafka.input_topics.iter().cloned().collect();
     topics.insert(config.kafka.dead_letter_topic.clone());
+    topics.insert(config.kafka.changelog_topic());
     for plugin in plugins {
         topics.extend(plugin.manifest.outputs.values().cloned());
     }
@@ -82,10 +83,12 @@ pub async fn run(
     let brokers = match &config.kafka.brokers {
         Some(brokers) => {
             if config.kafka.create_topics {
-                kafka::ensure_topics(brokers, &config.kafka, &topics)
+                let compacted = BTreeSet::from([config.kafka.changelog_topic()]);
+                kafka::ensure_topics(brokers, &config.kafka, &topics, &compacted)
                     .await
                     .with_context(|| format!("creating topics on {brokers}"))?;
             }
+            kafka::check_changelog_partitions(brokers, &config.kafka)?;
             brokers.clone()
         }
         None => {

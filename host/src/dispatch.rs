@@ -89,6 +89,19 @@ impl Dispatcher {
         outcomes
     }
 
+    /// Replaces the plugins' states with restored ones (plugins without a
+    /// restored state start empty).
+    pub fn restore(&mut self, mut states: std::collections::HashMap<String, PluginState>) {
+        for slot in &mut self.slots {
+            slot.state = states.remove(&slot.plugin.name).unwrap_or_default();
+        }
+    }
+
+    /// Pending timers across all plugins.
+    pub fn timer_count(&self) -> usize {
+        self.slots.iter().map(|s| s.state.timer_count()).sum()
+    }
+
     /// When the earliest pending timer of any plugin is due.
     pub fn next_due(&self) -> Option<Timestamp> {
         self.slots.iter().filter_map(|s| s.state.next_due()).min()

@@ -9,6 +9,7 @@ use rdkafka::ClientConfig;
 use rdkafka::Message;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::mocking::MockCluster;
@@ -28,6 +29,9 @@ pub enum Error {
         /// librdkafka's error.
         source: KafkaError,
     },
+    /// The changelog topic cannot hold the input's partitions.
+    #[error("{0}")]
+    Changelog(String),
     /// Reading the input of `produce` failed.
     #[error("reading events: {0}")]
     Io(#[from] std::io::Error),
@@ -104,12 +108,14 @@ impl EmbeddedBroker {
     }
 }
 
-/// Creates the topics that do not exist yet on a real broker; topics that
-/// already exist are left as they are.
+/// Creates the topics that do not exist yet on a real broker (`compacted`
+/// ones with `cleanup.policy=compact`); topics that already exist are left
+/// as they are.
 pub async fn ensure_topics(
     brokers: &str,
     kafka: &KafkaConfig,
     topics: &BTreeSet<String>,
+    compacted: &BTreeSet<String>,
 ) -> Result<()> {
     let admin: AdminClient<DefaultClientContext> = client_config(brokers, kafka, &[])
         .create()
@@ -117,11 +123,16 @@ pub async fn ensure_topics(
     let new: Vec<NewTopic<'_>> = topics
         .iter()
         .map(|t| {
-            NewTopic::new(
+            let topic = NewTopic::new(
                 t,
                 kafka.partitions,
                 TopicReplication::Fixed(kafka.replication_factor),
-            )
+            );
+            if compacted.contains(t) {
+                topic.set("cleanup.policy", "compact")
+            } else {
+                topic
+            }
         })
         .collect();
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
@@ -144,15 +155,46 @@ pub async fn ensure_topics(
     Ok(())
 }
 
+/// Checks that the changelog has a partition for every input partition
+/// (state of input partition N lives in changelog partition N).
+pub fn check_changelog_partitions(brokers: &str, kafka: &KafkaConfig) -> Result<()> {
+    let consumer: BaseConsumer = client_config(brokers, kafka, &[])
+        .create()
+        .map_err(failed(format!("connecting to {brokers}")))?;
+    let changelog = kafka.changelog_topic();
+    let count = |topic: &str| -> Result<usize> {
+        let metadata = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(30))
+            .map_err(failed(format!("reading metadata of {topic}")))?;
+        Ok(metadata
+            .topics()
+            .first()
+            .map_or(0, |t| t.partitions().len()))
+    };
+    let have = count(&changelog)?;
+    for input in &kafka.input_topics {
+        let need = count(input)?;
+        if have < need {
+            return Err(Error::Changelog(format!(
+                "changelog topic {changelog} has {have} partitions but input topic {input} has {need}; \
+                 it needs at least as many (create it with more partitions or set kafka.changelog_topic)"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// A record we own, so it can be re-sent if its delivery fails.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutRecord {
     /// Destination topic.
     pub topic: String,
+    /// Destination partition; `None` lets the partitioner pick by key.
+    pub partition: Option<i32>,
     /// Record key.
     pub key: Option<Vec<u8>>,
-    /// Record value.
-    pub value: Vec<u8>,
+    /// Record value; `None` is a tombstone.
+    pub value: Option<Vec<u8>>,
     /// Headers, in order.
     pub headers: Vec<(&'static str, Vec<u8>)>,
 }
@@ -185,11 +227,15 @@ impl OutRecord {
                 value: Some(value.as_slice()),
             });
         }
-        let mut record = FutureRecord::to(&self.topic)
-            .payload(self.value.as_slice())
-            .headers(headers);
+        let mut record = FutureRecord::to(&self.topic).headers(headers);
+        if let Some(value) = &self.value {
+            record = record.payload(value.as_slice());
+        }
         if let Some(key) = &self.key {
             record = record.key(key.as_slice());
+        }
+        if let Some(partition) = self.partition {
+            record = record.partition(partition);
         }
         record
     }
@@ -215,8 +261,9 @@ pub async fn produce_lines(
             .map(|e| e.task.user_id.into_bytes());
         let record = OutRecord {
             topic: topic.to_owned(),
+            partition: None,
             key,
-            value: line.into_bytes(),
+            value: Some(line.into_bytes()),
             headers: Vec::new(),
         };
         pending.push(

@@ -22,6 +22,7 @@ use todo_eventd::pipeline::{Pipeline, Stats};
 use todo_eventd::plugin::Plugin;
 
 const PARTITIONS: i32 = 3;
+const CHANGELOG: &str = "todo-eventd.plugin-state";
 
 struct Harness {
     broker: EmbeddedBroker,
@@ -137,9 +138,12 @@ impl Harness {
 }
 
 fn reader(brokers: &str, topics: &[&str]) -> StreamConsumer {
+    static READERS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let group = format!("test-reader-{}", READERS.fetch_add(1, Ordering::Relaxed));
     let consumer: StreamConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", brokers)
-        .set("group.id", "test-reader")
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .create()
         .unwrap();
@@ -181,7 +185,7 @@ fn event(id: &str, user: &str, task: &str, kind: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn outputs_and_dead_letters_land_with_keys_and_headers() {
-    let harness = Harness::new(&["task-events", "task-events.dlq", "out-topic"]);
+    let harness = Harness::new(&["task-events", "task-events.dlq", "out-topic", CHANGELOG]);
     let echo = mode("echo");
     let fail = mode("fail");
     let dir = plugin_dir(&[
@@ -277,7 +281,7 @@ async fn outputs_and_dead_letters_land_with_keys_and_headers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn order_is_kept_per_key() {
-    let harness = Harness::new(&["task-events", "task-events.dlq", "out-topic"]);
+    let harness = Harness::new(&["task-events", "task-events.dlq", "out-topic", CHANGELOG]);
     let plugins = echo_plugins();
     let users = ["ann", "ben", "cat", "dan", "eve"];
     let lines: Vec<String> = (0..400)
@@ -322,7 +326,7 @@ async fn order_is_kept_per_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn failing_produces_hold_offsets_until_delivered() {
-    let mut harness = Harness::new(&["task-events", "task-events.dlq", "out-topic"]);
+    let mut harness = Harness::new(&["task-events", "task-events.dlq", "out-topic", CHANGELOG]);
     // Deliveries give up quickly, so the worker's own re-send path runs.
     harness
         .config
@@ -384,7 +388,7 @@ async fn failing_produces_hold_offsets_until_delivered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 6)]
 async fn a_second_member_takes_half_and_nothing_is_lost() {
-    let harness = Harness::new(&["task-events", "task-events.dlq", "out-topic"]);
+    let harness = Harness::new(&["task-events", "task-events.dlq", "out-topic", CHANGELOG]);
     let plugins = echo_plugins();
     let lines: Vec<String> = (0..600)
         .map(|i| {
@@ -440,4 +444,105 @@ async fn a_second_member_takes_half_and_nothing_is_lost() {
     assert!(revoked > 0, "the first member gave partitions up");
     assert!(handled_by_second > 0, "the second member handled events");
     assert_eq!(harness.committed(), harness.end_offsets());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn state_and_timers_survive_a_restart() {
+    let harness = Harness::new(&[
+        "task-events",
+        "task-events.dlq",
+        "reminders",
+        "analytics",
+        CHANGELOG,
+    ]);
+    let sandbox = sandbox();
+    let plugins = todo_eventd::demo::plugins(&sandbox).unwrap();
+    let now = jiff::Timestamp::now().as_millisecond();
+    let at = |s: i64| todo_eventd::offline::rfc3339(now + s * 1000);
+    let created = |task: &str, remind: Option<i64>| {
+        let mut data = serde_json::json!({"title": format!("task {task}"), "due_at": at(3600)});
+        if let Some(r) = remind {
+            data["remind_at"] = serde_json::json!(at(r));
+        }
+        serde_json::json!({"event_id": format!("c-{task}"), "event_type": "created", "user_id": "ada",
+            "task_id": task, "timestamp": at(0), "task_data": data})
+        .to_string()
+    };
+    harness
+        .produce(&[created("1", Some(10)), created("2", None)])
+        .await;
+
+    // First instance: handles both events (state and the reminder timer go
+    // to the changelog) and shuts down well before the reminder is due.
+    let (changes, first) = harness
+        .run_until(
+            plugins.clone(),
+            &[CHANGELOG],
+            |seen| seen.len() >= 4,
+            async || {},
+        )
+        .await;
+    assert!(changes.len() >= 4);
+    assert!(first.changelog_records.load(Ordering::Relaxed) >= 4);
+    assert_eq!(
+        first.timers_fired.load(Ordering::Relaxed),
+        0,
+        "stopped before any timer was due"
+    );
+
+    // Second instance, same group: restores, fires the reminder once at its
+    // time, and the analytics counters continue from the first instance's.
+    let completed =
+        serde_json::json!({"event_id": "done-2", "event_type": "completed", "user_id": "ada",
+        "task_id": "2", "timestamp": at(1), "task_data": {"title": "task 2"}})
+        .to_string();
+    let (seen, second) = harness
+        .run_until(
+            plugins,
+            &["reminders", "analytics"],
+            |seen| {
+                let reminders = seen.iter().filter(|m| m.topic() == "reminders").count();
+                let continued = seen
+                    .iter()
+                    .filter(|m| m.topic() == "analytics")
+                    .any(|m| value(m)["created"] == 2 && value(m)["completed"] == 1);
+                reminders >= 1 && continued
+            },
+            async || harness.produce(&[completed]).await,
+        )
+        .await;
+    assert!(
+        second.restored_records.load(Ordering::Relaxed) >= 4,
+        "{}",
+        second.summary()
+    );
+    let reminders: Vec<_> = seen.iter().filter(|m| m.topic() == "reminders").collect();
+    assert_eq!(reminders.len(), 1, "exactly one reminder");
+    assert_eq!(value(reminders[0])["task_id"], "1");
+    let fired_at = value(reminders[0])["fired_at"]
+        .as_str()
+        .unwrap()
+        .parse::<jiff::Timestamp>()
+        .unwrap();
+    assert!(
+        fired_at.as_millisecond() >= now + 10_000,
+        "not before its time"
+    );
+    assert!(
+        seen.iter().any(|m| m.topic() == "analytics"
+            && value(m)["created"] == 2
+            && value(m)["completed"] == 1),
+        "analytics continued from the first instance's counts"
+    );
+    // Everything on the reminders topic, after both instances stopped.
+    let all = reader(&harness.brokers, &["reminders"]);
+    let mut count = 0;
+    // The first wait covers the reader's group join; then 3 s of quiet.
+    let mut wait = Duration::from_secs(20);
+    while let Ok(message) = tokio::time::timeout(wait, all.recv()).await {
+        message.unwrap();
+        count += 1;
+        wait = Duration::from_secs(3);
+    }
+    assert_eq!(count, 1, "no duplicate reminder");
 }

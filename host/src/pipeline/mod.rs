@@ -12,6 +12,7 @@
 //! group, bounded by `pipeline.shutdown_timeout`.
 
 mod records;
+mod restore;
 mod worker;
 
 use std::collections::HashMap;
@@ -29,6 +30,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 pub use self::records::{Failure, Source, dead_letter, output};
+pub use self::restore::restore_partition;
 use self::worker::{Revoke, Worker};
 use crate::config::Config;
 use crate::dispatch::Dispatcher;
@@ -52,6 +54,10 @@ pub struct Stats {
     pub resends: AtomicU64,
     /// Rebalances that revoked partitions from this member.
     pub revocations: AtomicU64,
+    /// State changes written to the changelog (acknowledged).
+    pub changelog_records: AtomicU64,
+    /// Changelog records applied while restoring assigned partitions.
+    pub restored_records: AtomicU64,
 }
 
 impl Stats {
@@ -59,13 +65,15 @@ impl Stats {
     pub fn summary(&self) -> String {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         format!(
-            "{} events in, {} outputs, {} dead letters, {} timers fired, {} offsets stored, {} re-sends",
+            "{} events in, {} outputs, {} dead letters, {} timers fired, {} offsets stored, {} re-sends, {} state changes written, {} restored",
             get(&self.events_in),
             get(&self.outputs),
             get(&self.dead_letters),
             get(&self.timers_fired),
             get(&self.offsets_stored),
             get(&self.resends),
+            get(&self.changelog_records),
+            get(&self.restored_records),
         )
     }
 }
@@ -104,6 +112,9 @@ pub(crate) struct PipelineContext {
     workers: Workers,
     drain_timeout: Duration,
     stats: Arc<Stats>,
+    /// Newly assigned partitions, for the run loop to start their workers
+    /// (so timers fire even on partitions that receive no new records).
+    assigned: mpsc::UnboundedSender<Vec<(String, i32)>>,
 }
 
 impl ClientContext for PipelineContext {}
@@ -153,6 +164,12 @@ impl ConsumerContext for PipelineContext {
         match rebalance {
             Rebalance::Assign(partitions) => {
                 info!(partitions = partitions.count(), "Partitions assigned.");
+                let list = partitions
+                    .elements()
+                    .iter()
+                    .map(|e| (e.topic().to_owned(), e.partition()))
+                    .collect();
+                let _ = self.assigned.send(list);
             }
             Rebalance::Error(err) => warn!(error = %err, "Rebalance error."),
             Rebalance::Revoke(_) => {}
@@ -181,10 +198,12 @@ impl Pipeline {
         let kafka = &self.config.kafka;
         let topics = kafka.input_topics.join(",");
         let workers: Workers = Arc::default();
+        let (assigned_tx, mut assigned) = mpsc::unbounded_channel();
         let context = PipelineContext {
             workers: workers.clone(),
             drain_timeout: self.config.pipeline.shutdown_timeout,
             stats: self.stats.clone(),
+            assigned: assigned_tx,
         };
         let defaults = [
             ("group.id", kafka.group_id.as_str()),
@@ -213,11 +232,21 @@ impl Pipeline {
         let producer = kafka::producer(brokers, kafka)?;
         info!(brokers, topics, group = %kafka.group_id, plugins = self.plugins.len(), "Pipeline started.");
 
+        let restore_client = kafka::client_config(brokers, kafka, &[]);
         tokio::pin!(shutdown);
         loop {
             let message = tokio::select! {
                 biased;
                 () = &mut shutdown => break,
+                Some(partitions) = assigned.recv() => {
+                    let mut map = workers.lock().unwrap_or_else(PoisonError::into_inner);
+                    for (topic, partition) in partitions {
+                        map.entry((topic.clone(), partition)).or_insert_with(|| {
+                            self.spawn_worker(&topic, partition, &consumer, &producer, &restore_client)
+                        });
+                    }
+                    continue;
+                }
                 message = consumer.recv() => message,
             };
             let message = match message {
@@ -230,9 +259,9 @@ impl Pipeline {
             let key = (message.topic().to_owned(), message.partition());
             let sender = {
                 let mut map = workers.lock().unwrap_or_else(PoisonError::into_inner);
-                let handle = map
-                    .entry(key.clone())
-                    .or_insert_with(|| self.spawn_worker(&key.0, key.1, &consumer, &producer));
+                let handle = map.entry(key.clone()).or_insert_with(|| {
+                    self.spawn_worker(&key.0, key.1, &consumer, &producer, &restore_client)
+                });
                 handle.records.clone()
             };
             // Bounded: a slow partition pauses intake (backpressure).
@@ -276,6 +305,7 @@ impl Pipeline {
         partition: i32,
         consumer: &Arc<PipelineConsumer>,
         producer: &rdkafka::producer::FutureProducer,
+        restore_client: &rdkafka::ClientConfig,
     ) -> WorkerHandle {
         let (records, rx) = mpsc::channel(self.config.pipeline.queue_capacity);
         let revoke = Arc::new(Revoke::default());
@@ -287,6 +317,9 @@ impl Pipeline {
             producer: producer.clone(),
             consumer: consumer.clone(),
             dead_letter_topic: self.config.kafka.dead_letter_topic.clone(),
+            changelog_topic: self.config.kafka.changelog_topic(),
+            restore_client: restore_client.clone(),
+            restore_timeout: self.config.pipeline.restore_timeout,
             max_in_flight: self.config.pipeline.max_in_flight,
             stats: self.stats.clone(),
             pending: Default::default(),

@@ -45,8 +45,9 @@ pub fn output(emit: &Emit, plugin: &str, source: &Source<'_>) -> OutRecord {
     source.trace_headers("source", &mut headers);
     OutRecord {
         topic: emit.topic.clone(),
+        partition: None,
         key: emit.key.as_ref().map(|k| k.as_bytes().to_vec()),
-        value: emit.value.as_bytes().to_vec(),
+        value: Some(emit.value.as_bytes().to_vec()),
         headers,
     }
 }
@@ -82,8 +83,9 @@ pub fn dead_letter(topic: &str, source: &Source<'_>, failure: &Failure<'_>) -> O
     source.trace_headers("original", &mut headers);
     OutRecord {
         topic: topic.to_owned(),
+        partition: None,
         key: source.key.map(<[u8]>::to_vec),
-        value: source.value.to_vec(),
+        value: Some(source.value.to_vec()),
         headers,
     }
 }

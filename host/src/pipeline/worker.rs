@@ -17,12 +17,13 @@ use rdkafka::consumer::Consumer;
 use rdkafka::message::{Headers, OwnedMessage};
 use rdkafka::producer::{DeliveryFuture, FutureProducer};
 use tokio::sync::{Notify, mpsc};
-use tracing::{Instrument, debug, debug_span, info_span, warn};
+use tracing::{Instrument, debug, debug_span, info, info_span, warn};
 
 use super::records::{self, Failure, OutRecord, Source};
 use super::{PipelineConsumer, Stats};
 use crate::dispatch::{Dispatcher, Outcome};
 use crate::event::{self, RecordMeta};
+use crate::state::changelog;
 use crate::world::Timestamp;
 
 /// How long to wait before re-sending a record whose delivery failed.
@@ -43,6 +44,10 @@ pub(super) struct Worker {
     pub(super) producer: FutureProducer,
     pub(super) consumer: Arc<PipelineConsumer>,
     pub(super) dead_letter_topic: String,
+    pub(super) changelog_topic: String,
+    /// Client settings for reading the changelog on start.
+    pub(super) restore_client: rdkafka::ClientConfig,
+    pub(super) restore_timeout: Duration,
     pub(super) max_in_flight: usize,
     pub(super) stats: Arc<Stats>,
     pub(super) pending: VecDeque<Pending>,
@@ -92,6 +97,7 @@ impl Worker {
     ) {
         let span = info_span!("partition", topic = %self.topic, partition = self.partition);
         async {
+            self.restore().await;
             loop {
                 let next_due = self.dispatcher.next_due();
                 let timer_sleep = next_due.map(|due| {
@@ -121,6 +127,44 @@ impl Worker {
         .instrument(span)
         .await;
         let _ = done.send(());
+    }
+
+    /// Rebuilds the plugins' state for this partition from the changelog.
+    /// On failure the partition starts empty rather than not at all; the
+    /// error is logged.
+    async fn restore(&mut self) {
+        let started = std::time::Instant::now();
+        let (client, changelog, topic, partition, timeout) = (
+            self.restore_client.clone(),
+            self.changelog_topic.clone(),
+            self.topic.clone(),
+            self.partition,
+            self.restore_timeout,
+        );
+        let restored = tokio::task::spawn_blocking(move || {
+            super::restore::restore_partition(&client, &changelog, partition, &topic, timeout)
+        })
+        .await;
+        match restored {
+            Ok(Ok(restorer)) => {
+                let (applied, skipped) = (restorer.applied, restorer.skipped);
+                self.dispatcher.restore(restorer.into_states());
+                self.stats
+                    .restored_records
+                    .fetch_add(applied, Ordering::Relaxed);
+                info!(
+                    records = applied,
+                    skipped,
+                    timers = self.dispatcher.timer_count(),
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "Restored plugin state from the changelog."
+                );
+            }
+            Ok(Err(err)) => {
+                warn!(changelog = %self.changelog_topic, error = %err, "Could not restore plugin state; starting empty.")
+            }
+            Err(err) => warn!(error = %err, "State restore task failed; starting empty."),
+        }
     }
 
     async fn settle_all(&mut self) {
@@ -184,14 +228,9 @@ impl Worker {
             Ok(event) => {
                 span.record("event_id", event.id.as_str());
                 source.event_id = Some(&event.id);
+                let targets = self.targets();
                 for outcome in self.dispatcher.dispatch(&event, wall_now()) {
-                    collect(
-                        outcome,
-                        &source,
-                        "plugin",
-                        &self.dead_letter_topic,
-                        &mut out,
-                    );
+                    collect(outcome, &source, "plugin", &targets, &mut out);
                 }
             }
         }
@@ -218,14 +257,26 @@ impl Worker {
                 event_id: None,
             };
             let mut out = Vec::new();
-            collect(
-                firing.outcome,
-                &source,
-                "timer",
-                &self.dead_letter_topic,
-                &mut out,
-            );
+            let targets = self.targets();
+            // The fired timer is gone unless the handler set it again.
+            let rearmed = matches!(&firing.outcome.result,
+                Ok(e) if e.changes.timers.contains_key(&firing.timer.key));
+            if !rearmed {
+                let plugin = &firing.outcome.plugin.name;
+                let key = changelog::key(&self.topic, plugin, true, &firing.timer.key);
+                out.push(targets.changelog_record(key, None));
+            }
+            collect(firing.outcome, &source, "timer", &targets, &mut out);
             self.send(None, out);
+        }
+    }
+
+    fn targets(&self) -> Targets {
+        Targets {
+            dead_letters: self.dead_letter_topic.clone(),
+            changelog: self.changelog_topic.clone(),
+            input_topic: self.topic.clone(),
+            partition: self.partition,
         }
     }
 
@@ -251,6 +302,8 @@ impl Worker {
             for send in &head.sends {
                 let counter = if send.record.topic == self.dead_letter_topic {
                     &self.stats.dead_letters
+                } else if send.record.topic == self.changelog_topic {
+                    &self.stats.changelog_records
                 } else {
                     &self.stats.outputs
                 };
@@ -285,18 +338,44 @@ impl Worker {
     }
 }
 
+/// Where a partition's records go besides plugin outputs.
+struct Targets {
+    dead_letters: String,
+    changelog: String,
+    input_topic: String,
+    partition: i32,
+}
+
+impl Targets {
+    /// A changelog record, in the partition numbered like the input's.
+    fn changelog_record(&self, key: Vec<u8>, value: Option<Vec<u8>>) -> OutRecord {
+        OutRecord {
+            topic: self.changelog.clone(),
+            partition: Some(self.partition),
+            key: Some(key),
+            value,
+            headers: Vec::new(),
+        }
+    }
+}
+
 /// Turns one plugin call's outcome into records: its emits, or a dead letter.
 fn collect(
     outcome: Outcome,
     source: &Source<'_>,
     stage: &'static str,
-    dlq: &str,
+    targets: &Targets,
     out: &mut Vec<OutRecord>,
 ) {
+    let dlq = targets.dead_letters.as_str();
     match outcome.result {
         Ok(effects) => {
             for emit in &effects.emits {
                 out.push(records::output(emit, &outcome.plugin.name, source));
+            }
+            let plugin = outcome.plugin.name.as_str();
+            for (key, value) in changelog::records(&targets.input_topic, plugin, &effects.changes) {
+                out.push(targets.changelog_record(key, value));
             }
         }
         Err(err) => {

@@ -3,7 +3,11 @@
 //! This is the in-memory view the sandbox reads during a call and the
 //! dispatcher updates when a call succeeds. Changes arrive as a
 //! [`StateChanges`] set — the effects buffered during one call — so they are
-//! applied all together or not at all.
+//! applied all together or not at all. Every change is also written to a
+//! compacted changelog topic ([`changelog`]) from which the state of a
+//! partition is rebuilt when the partition is assigned.
+
+pub mod changelog;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
