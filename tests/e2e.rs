@@ -289,3 +289,196 @@ async fn two_daemons_share_partitions_and_a_kill_9_loses_nothing() {
         .unwrap_or_else(|| panic!("no summary in the second daemon's log:\n{log}"));
     assert!(events_in > 0, "the second daemon handled events");
 }
+
+/// `count` created events for different users whose reminders are due
+/// `ahead` from now.
+fn reminder_events(count: usize, ahead_s: i64) -> Vec<String> {
+    let now = jiff::Timestamp::now().as_millisecond();
+    let at = |s: i64| todo_eventd::offline::rfc3339(now + s * 1000);
+    (0..count)
+        .map(|i| {
+            serde_json::json!({
+                "event_id": format!("rem-{i}"), "event_type": "created", "user_id": format!("user-{i}"),
+                "task_id": format!("task-{i}"), "timestamp": at(0),
+                "task_data": {"title": format!("Reminder {i}"), "due_at": at(3600), "remind_at": at(ahead_s)}
+            })
+            .to_string()
+        })
+        .collect()
+}
+
+/// Task ids of the reminders seen, with how often each arrived.
+fn reminder_counts(
+    seen: &[rdkafka::message::OwnedMessage],
+) -> std::collections::BTreeMap<String, usize> {
+    let mut counts = std::collections::BTreeMap::new();
+    for m in seen.iter().filter(|m| m.topic() == "reminders") {
+        *counts
+            .entry(json(m)["task_id"].as_str().unwrap_or_default().to_owned())
+            .or_insert(0) += 1;
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "end-to-end: needs a tansu broker; run with --include-ignored"]
+async fn reminders_scheduled_before_a_kill_9_fire_after_a_restart() {
+    let broker = Broker::start();
+    let work = tempfile::tempdir().unwrap();
+    let plugins = work.path().join("plugins");
+    bundled_plugins(&plugins);
+    let args = [
+        "--plugins",
+        plugins.to_str().unwrap(),
+        "--group",
+        "e2e-durable",
+    ];
+    let mut first = daemon(Path::new(BIN), &broker.address, work.path(), "first", &args);
+    assert!(
+        first.wait_for_log("Partitions assigned", Duration::from_secs(60)),
+        "{}",
+        first.log_text()
+    );
+
+    let total = 12;
+    let producer = kafka::producer(&broker.address, &Config::default().kafka).unwrap();
+    let events = reminder_events(total, 30);
+    kafka::produce_lines(&producer, "task-events", events.join("\n").as_bytes())
+        .await
+        .unwrap();
+    // Wait until every reminder timer is in the changelog, then crash.
+    let changelog = "e2e-durable.plugin-state";
+    let timers = read_until(
+        &broker.address,
+        &[changelog],
+        Duration::from_secs(60),
+        |seen| {
+            seen.iter()
+                .filter(|m| {
+                    m.key()
+                        .is_some_and(|k| k.windows(3).any(|w| w == b"\x1ft\x1f"))
+                })
+                .count()
+                >= total
+        },
+    )
+    .await;
+    assert!(timers.len() >= total, "timers reached the changelog");
+    first.kill9();
+    // Start the replacement once the dead member's session (10 s) is over:
+    // tansu 0.6.0 only drops a silent member when someone joins after
+    // that, and would otherwise keep its partitions assigned to it.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+
+    let second = daemon(
+        Path::new(BIN),
+        &broker.address,
+        work.path(),
+        "second",
+        &args,
+    );
+    let seen = read_until(
+        &broker.address,
+        &["reminders"],
+        Duration::from_secs(90),
+        |seen| reminder_counts(seen).len() >= total,
+    )
+    .await;
+    let counts = reminder_counts(&seen);
+    assert_eq!(
+        counts.len(),
+        total,
+        "every reminder fired after the restart:\n{}",
+        second.log_text()
+    );
+    assert!(
+        counts.values().all(|n| *n == 1),
+        "one reminder per task: {counts:?}"
+    );
+    assert!(
+        second.log_text().contains("Restored plugin state"),
+        "{}",
+        second.log_text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "end-to-end: needs a tansu broker; run with --include-ignored"]
+async fn a_stopped_member_hands_its_timers_to_the_other() {
+    let broker = Broker::start();
+    let work = tempfile::tempdir().unwrap();
+    let plugins = work.path().join("plugins");
+    bundled_plugins(&plugins);
+    let args = [
+        "--plugins",
+        plugins.to_str().unwrap(),
+        "--group",
+        "e2e-handover",
+    ];
+    let mut first = daemon(Path::new(BIN), &broker.address, work.path(), "first", &args);
+    assert!(
+        first.wait_for_log("Partitions assigned", Duration::from_secs(60)),
+        "{}",
+        first.log_text()
+    );
+    let second = daemon(
+        Path::new(BIN),
+        &broker.address,
+        work.path(),
+        "second",
+        &args,
+    );
+    assert!(
+        second.wait_for_log("Partitions assigned", Duration::from_secs(60)),
+        "{}",
+        second.log_text()
+    );
+
+    let total = 24;
+    let producer = kafka::producer(&broker.address, &Config::default().kafka).unwrap();
+    let events = reminder_events(total, 25);
+    kafka::produce_lines(&producer, "task-events", events.join("\n").as_bytes())
+        .await
+        .unwrap();
+    let changelog = "e2e-handover.plugin-state";
+    read_until(
+        &broker.address,
+        &[changelog],
+        Duration::from_secs(60),
+        |seen| {
+            seen.iter()
+                .filter(|m| {
+                    m.key()
+                        .is_some_and(|k| k.windows(3).any(|w| w == b"\x1ft\x1f"))
+                })
+                .count()
+                >= total
+        },
+    )
+    .await;
+    // Graceful stop: the first member drains, commits and leaves; the
+    // second restores its partitions and fires their timers.
+    assert!(
+        first.terminate(Duration::from_secs(40)),
+        "{}",
+        first.log_text()
+    );
+    let seen = read_until(
+        &broker.address,
+        &["reminders"],
+        Duration::from_secs(90),
+        |seen| reminder_counts(seen).len() >= total,
+    )
+    .await;
+    let counts = reminder_counts(&seen);
+    assert_eq!(
+        counts.len(),
+        total,
+        "every reminder fired:\n{}",
+        second.log_text()
+    );
+    assert!(
+        counts.values().all(|n| *n == 1),
+        "one reminder per task: {counts:?}"
+    );
+}

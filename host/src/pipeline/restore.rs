@@ -9,6 +9,12 @@ use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 use crate::state::changelog::Restorer;
 
+/// How long the changelog must stay quiet, once the position has passed
+/// the high watermark seen at the start, before the restore counts as
+/// complete. Brokers disagree on watermarks of multi-record batches (tansu
+/// 0.6.0 reports one offset per batch), so the watermark alone is not trusted.
+const QUIET: Duration = Duration::from_millis(500);
+
 /// Reads changelog partition `partition` from the beginning to its end as of
 /// now, keeping the records that belong to `input_topic`. Blocking: run it
 /// off the async threads.
@@ -24,6 +30,10 @@ pub fn restore_partition(
         .set("group.id", "todo-eventd-restore")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")
+        // The changelog is written without transactions; and some brokers
+        // (tansu 0.6.0) report a last stable offset that would hide all but
+        // the first record of a batch from a read_committed reader.
+        .set("isolation.level", "read_uncommitted")
         .create()?;
     let mut restorer = Restorer::default();
     let (low, high) = consumer.fetch_watermarks(changelog, partition, timeout)?;
@@ -34,28 +44,28 @@ pub fn restore_partition(
     assignment.add_partition_offset(changelog, partition, Offset::Beginning)?;
     consumer.assign(&assignment)?;
     let deadline = Instant::now() + timeout;
+    let mut last_record = Instant::now();
     loop {
-        match consumer.poll(Duration::from_millis(200)) {
+        match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(message)) => {
                 restorer.apply(
                     input_topic,
                     message.key().unwrap_or_default(),
                     message.payload(),
                 );
-                if message.offset() + 1 >= high {
-                    break;
-                }
+                last_record = Instant::now();
             }
             Some(Err(err)) => return Err(err),
             None => {
-                // Compaction may have removed the last offsets; the position
-                // says whether we have read up to the end.
+                // Done once the position has passed the end seen at the
+                // start and nothing more has arrived for a moment. (Not
+                // "offset + 1 == high": compaction leaves gaps.)
                 let position = consumer.position()?;
                 let at_end = position
                     .elements_for_topic(changelog)
                     .iter()
                     .any(|e| matches!(e.offset(), Offset::Offset(o) if o >= high));
-                if at_end {
+                if at_end && last_record.elapsed() >= QUIET {
                     break;
                 }
                 if Instant::now() > deadline {
