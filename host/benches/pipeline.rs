@@ -111,9 +111,36 @@ async fn passthrough(brokers: &str, config: &Config, topic: &str, total: usize) 
     started.unwrap().elapsed()
 }
 
-async fn through_plugins(brokers: &str, config: Config, total: usize) -> Duration {
-    let sandbox = Arc::new(Sandbox::new(SandboxConfig::default()).unwrap());
-    let plugins = bundled::load(&sandbox).unwrap().plugins;
+const TEST_PLUGIN: &[u8] = include_bytes!(env!("GUEST_TEST_PLUGIN_WASM"));
+
+/// Three stateless no-op plugins (the test plugin in `noop` mode).
+fn noop_plugins(sandbox: &Arc<Sandbox>) -> Vec<Arc<todo_eventd::plugin::Plugin>> {
+    (1..=3)
+        .map(|i| {
+            let manifest =
+                todo_eventd::plugin::manifest::Manifest::parse("[config]\nmode = \"noop\"\n")
+                    .unwrap();
+            let name = format!("noop{i}");
+            let file = std::path::PathBuf::from(format!("{name}.wasm"));
+            let plugin = todo_eventd::plugin::from_parts(
+                sandbox,
+                name,
+                file,
+                TEST_PLUGIN,
+                manifest,
+                std::path::Path::new("-"),
+            );
+            Arc::new(plugin.unwrap())
+        })
+        .collect()
+}
+
+async fn through_plugins(
+    brokers: &str,
+    config: Config,
+    plugins: Vec<Arc<todo_eventd::plugin::Plugin>>,
+    total: usize,
+) -> Duration {
     let pipeline = Pipeline {
         config,
         plugins,
@@ -160,11 +187,11 @@ fn main() {
     runtime.block_on(async {
         let mut config = Config::default();
         config.kafka.partitions = partitions;
-        let embedded;
+        let mut embedded = None;
         let brokers = match std::env::var("BENCH_BROKERS") {
             Ok(brokers) => brokers,
             Err(_) => {
-                embedded = EmbeddedBroker::start().unwrap();
+                let broker = embedded.insert(EmbeddedBroker::start().unwrap());
                 for topic in [
                     "task-events",
                     "task-events.dlq",
@@ -173,9 +200,9 @@ fn main() {
                     "passthrough-out",
                     "todo-eventd.plugin-state",
                 ] {
-                    embedded.create_topic(topic, partitions).unwrap();
+                    broker.create_topic(topic, partitions).unwrap();
                 }
-                embedded.bootstrap_servers()
+                broker.bootstrap_servers()
             }
         };
         if std::env::var("BENCH_BROKERS").is_ok() {
@@ -211,7 +238,10 @@ fn main() {
 
         let raw = passthrough(&brokers, &config, "task-events", total).await;
         let raw_rate = total as f64 / raw.as_secs_f64();
-        println!("raw passthrough:          {raw_rate:>10.0} events/s ({raw:.2?})");
+        println!(
+            "{:<32} {raw_rate:>10.0} events/s ({raw:.2?})",
+            "raw passthrough"
+        );
 
         let full = through_plugins(&brokers, config, total).await;
         let full_rate = total as f64 / full.as_secs_f64();
