@@ -243,12 +243,37 @@ fn main() {
             "raw passthrough"
         );
 
-        let full = through_plugins(&brokers, config, total).await;
-        let full_rate = total as f64 / full.as_secs_f64();
-        println!("three bundled plugins:    {full_rate:>10.0} events/s ({full:.2?})");
-        println!(
-            "ratio:                    {:>10.1} %",
-            100.0 * full_rate / raw_rate
-        );
+        let sandbox = Arc::new(Sandbox::new(SandboxConfig::default()).unwrap());
+        let runs = [
+            (
+                "three no-op plugins (no state)",
+                "bench-noop",
+                noop_plugins(&sandbox),
+            ),
+            (
+                "three bundled plugins (state)",
+                "bench-bundled",
+                bundled::load(&sandbox).unwrap().plugins,
+            ),
+        ];
+        for (label, group, plugins) in runs {
+            let mut config = config.clone();
+            config.kafka.group_id = group.into();
+            let changelog = config.kafka.changelog_topic();
+            if let Some(embedded) = &embedded {
+                embedded.create_topic(&changelog, partitions).unwrap();
+            } else {
+                let topics = [changelog].into_iter().collect();
+                kafka::ensure_topics(&brokers, &config.kafka, &topics, &topics)
+                    .await
+                    .unwrap();
+            }
+            let took = through_plugins(&brokers, config, plugins, total).await;
+            let rate = total as f64 / took.as_secs_f64();
+            println!(
+                "{label:<32} {rate:>10.0} events/s ({took:.2?}), {:.1} % of passthrough",
+                100.0 * rate / raw_rate
+            );
+        }
     });
 }

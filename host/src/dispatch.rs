@@ -143,9 +143,12 @@ impl Slot {
             Some(instance) if instance.is_reusable() => instance,
             slot => slot.insert(self.plugin.instantiate()?),
         };
-        let result = f(instance, &mut self.state);
-        match &result {
-            Ok(effects) => self.state.apply(effects.changes.clone()),
+        let mut result = f(instance, &mut self.state);
+        match &mut result {
+            Ok(effects) => {
+                effects.changes.prune_unchanged(&self.state);
+                self.state.apply(effects.changes.clone());
+            }
             Err(err) => {
                 warn!(plugin = %self.plugin.name, kind = err.kind(), error = %err, "Plugin call failed.");
             }

@@ -36,6 +36,16 @@ impl StateChanges {
     pub fn is_empty(&self) -> bool {
         self.values.is_empty() && self.timers.is_empty()
     }
+
+    /// Drops the entries that would leave `state` as it is — a delete of an
+    /// absent key, a cancel of an absent timer, a write of the same bytes —
+    /// so they cost no changelog record.
+    pub fn prune_unchanged(&mut self, state: &PluginState) {
+        self.values
+            .retain(|key, value| state.get(key) != value.as_deref());
+        self.timers
+            .retain(|key, timer| state.timer(key) != timer.as_ref());
+    }
 }
 
 /// Key/value state and timers of one plugin in one partition.
@@ -151,6 +161,26 @@ mod tests {
         );
         assert!(state.pop_due(100).is_none());
         assert_eq!(state.timer_count(), 0);
+    }
+
+    #[test]
+    fn unchanged_entries_are_pruned() {
+        let mut state = PluginState::default();
+        let mut changes = StateChanges::default();
+        changes.values.insert("same".into(), Some(b"v".to_vec()));
+        changes.timers.insert("t".into(), timer(5));
+        state.apply(changes);
+
+        let mut changes = StateChanges::default();
+        changes.values.insert("same".into(), Some(b"v".to_vec()));
+        changes.values.insert("absent".into(), None);
+        changes.values.insert("new".into(), Some(b"x".to_vec()));
+        changes.timers.insert("t".into(), timer(5));
+        changes.timers.insert("never-set".into(), None);
+        changes.timers.insert("moved".into(), timer(9));
+        changes.prune_unchanged(&state);
+        assert_eq!(changes.values.keys().collect::<Vec<_>>(), ["new"]);
+        assert_eq!(changes.timers.keys().collect::<Vec<_>>(), ["moved"]);
     }
 
     #[test]
