@@ -58,11 +58,7 @@ async fn sample_stream_in_expected_records_out() {
             "e2e-sample",
         ],
     );
-    assert!(
-        daemon.wait_for_log("Partitions assigned", Duration::from_secs(60)),
-        "{}",
-        daemon.log_text()
-    );
+    daemon.assert_assigned();
 
     let events = todo_eventd::demo::sample_events(jiff::Timestamp::now().as_millisecond());
     let file = work.path().join("events.ndjson");
@@ -169,11 +165,7 @@ async fn two_daemons_share_partitions_and_a_kill_9_loses_nothing() {
     .unwrap();
     let args = ["--config", config.to_str().unwrap()];
     let mut first = daemon(Path::new(BIN), &broker.address, work.path(), "first", &args);
-    assert!(
-        first.wait_for_log("Partitions assigned", Duration::from_secs(60)),
-        "{}",
-        first.log_text()
-    );
+    first.assert_assigned();
     let mut second = daemon(
         Path::new(BIN),
         &broker.address,
@@ -181,11 +173,7 @@ async fn two_daemons_share_partitions_and_a_kill_9_loses_nothing() {
         "second",
         &args,
     );
-    assert!(
-        second.wait_for_log("Partitions assigned", Duration::from_secs(60)),
-        "{}",
-        second.log_text()
-    );
+    second.assert_assigned();
 
     let total = 2000;
     let lines: Vec<String> = (0..total)
@@ -219,11 +207,7 @@ async fn two_daemons_share_partitions_and_a_kill_9_loses_nothing() {
     // after `session.timeout.ms`. The replacement joining forces the
     // rebalance that hands them out again.
     let third = daemon(Path::new(BIN), &broker.address, work.path(), "third", &args);
-    assert!(
-        third.wait_for_log("Partitions assigned", Duration::from_secs(60)),
-        "{}",
-        third.log_text()
-    );
+    third.assert_assigned();
     kafka::produce_lines(&producer, "task-events", tail.join("\n").as_bytes())
         .await
         .unwrap();
@@ -307,6 +291,46 @@ fn reminder_events(count: usize, ahead_s: i64) -> Vec<String> {
         .collect()
 }
 
+/// Produces `total` reminders due `ahead_s` from now and waits until every
+/// reminder timer is in the group's changelog.
+async fn schedule_reminders(broker: &Broker, group: &str, total: usize, ahead_s: i64) {
+    let producer = kafka::producer(&broker.address, &Config::default().kafka).unwrap();
+    let events = reminder_events(total, ahead_s);
+    kafka::produce_lines(&producer, "task-events", events.join("\n").as_bytes())
+        .await
+        .unwrap();
+    let changelog = format!("{group}.plugin-state");
+    let is_timer = |m: &rdkafka::message::OwnedMessage| {
+        m.key()
+            .is_some_and(|k| k.windows(3).any(|w| w == b"\x1ft\x1f"))
+    };
+    let seen = read_until(
+        &broker.address,
+        &[&changelog],
+        Duration::from_secs(60),
+        |seen| seen.iter().filter(|m| is_timer(m)).count() >= total,
+    )
+    .await;
+    assert!(
+        seen.iter().filter(|m| is_timer(m)).count() >= total,
+        "timers reached the changelog"
+    );
+}
+
+/// The bundled plugins in a fresh work dir, and `run` args for `group`.
+fn bundled_setup(group: &str) -> (tempfile::TempDir, Vec<String>) {
+    let work = tempfile::tempdir().unwrap();
+    let plugins = work.path().join("plugins");
+    bundled_plugins(&plugins);
+    let args = vec![
+        "--plugins".to_owned(),
+        plugins.to_str().unwrap().to_owned(),
+        "--group".to_owned(),
+        group.to_owned(),
+    ];
+    (work, args)
+}
+
 /// Task ids of the reminders seen, with how often each arrived.
 fn reminder_counts(
     seen: &[rdkafka::message::OwnedMessage],
@@ -324,46 +348,12 @@ fn reminder_counts(
 #[ignore = "end-to-end: needs a tansu broker; run with --include-ignored"]
 async fn reminders_scheduled_before_a_kill_9_fire_after_a_restart() {
     let broker = Broker::start();
-    let work = tempfile::tempdir().unwrap();
-    let plugins = work.path().join("plugins");
-    bundled_plugins(&plugins);
-    let args = [
-        "--plugins",
-        plugins.to_str().unwrap(),
-        "--group",
-        "e2e-durable",
-    ];
+    let (work, args) = bundled_setup("e2e-durable");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut first = daemon(Path::new(BIN), &broker.address, work.path(), "first", &args);
-    assert!(
-        first.wait_for_log("Partitions assigned", Duration::from_secs(60)),
-        "{}",
-        first.log_text()
-    );
-
+    first.assert_assigned();
     let total = 12;
-    let producer = kafka::producer(&broker.address, &Config::default().kafka).unwrap();
-    let events = reminder_events(total, 30);
-    kafka::produce_lines(&producer, "task-events", events.join("\n").as_bytes())
-        .await
-        .unwrap();
-    // Wait until every reminder timer is in the changelog, then crash.
-    let changelog = "e2e-durable.plugin-state";
-    let timers = read_until(
-        &broker.address,
-        &[changelog],
-        Duration::from_secs(60),
-        |seen| {
-            seen.iter()
-                .filter(|m| {
-                    m.key()
-                        .is_some_and(|k| k.windows(3).any(|w| w == b"\x1ft\x1f"))
-                })
-                .count()
-                >= total
-        },
-    )
-    .await;
-    assert!(timers.len() >= total, "timers reached the changelog");
+    schedule_reminders(&broker, "e2e-durable", total, 30).await;
     first.kill9();
     // Start the replacement once the dead member's session (10 s) is over:
     // tansu 0.6.0 only drops a silent member when someone joins after
@@ -406,21 +396,10 @@ async fn reminders_scheduled_before_a_kill_9_fire_after_a_restart() {
 #[ignore = "end-to-end: needs a tansu broker; run with --include-ignored"]
 async fn a_stopped_member_hands_its_timers_to_the_other() {
     let broker = Broker::start();
-    let work = tempfile::tempdir().unwrap();
-    let plugins = work.path().join("plugins");
-    bundled_plugins(&plugins);
-    let args = [
-        "--plugins",
-        plugins.to_str().unwrap(),
-        "--group",
-        "e2e-handover",
-    ];
+    let (work, args) = bundled_setup("e2e-handover");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut first = daemon(Path::new(BIN), &broker.address, work.path(), "first", &args);
-    assert!(
-        first.wait_for_log("Partitions assigned", Duration::from_secs(60)),
-        "{}",
-        first.log_text()
-    );
+    first.assert_assigned();
     let second = daemon(
         Path::new(BIN),
         &broker.address,
@@ -428,34 +407,9 @@ async fn a_stopped_member_hands_its_timers_to_the_other() {
         "second",
         &args,
     );
-    assert!(
-        second.wait_for_log("Partitions assigned", Duration::from_secs(60)),
-        "{}",
-        second.log_text()
-    );
-
+    second.assert_assigned();
     let total = 24;
-    let producer = kafka::producer(&broker.address, &Config::default().kafka).unwrap();
-    let events = reminder_events(total, 25);
-    kafka::produce_lines(&producer, "task-events", events.join("\n").as_bytes())
-        .await
-        .unwrap();
-    let changelog = "e2e-handover.plugin-state";
-    read_until(
-        &broker.address,
-        &[changelog],
-        Duration::from_secs(60),
-        |seen| {
-            seen.iter()
-                .filter(|m| {
-                    m.key()
-                        .is_some_and(|k| k.windows(3).any(|w| w == b"\x1ft\x1f"))
-                })
-                .count()
-                >= total
-        },
-    )
-    .await;
+    schedule_reminders(&broker, "e2e-handover", total, 25).await;
     // Graceful stop: the first member drains, commits and leaves; the
     // second restores its partitions and fires their timers.
     assert!(

@@ -187,41 +187,31 @@ fn main() {
     runtime.block_on(async {
         let mut config = Config::default();
         config.kafka.partitions = partitions;
+        // Per run, each pipeline's group gets its own changelog below.
+        let topics = [
+            "task-events",
+            "task-events.dlq",
+            "reminders",
+            "analytics",
+            "passthrough-out",
+        ];
         let mut embedded = None;
         let brokers = match std::env::var("BENCH_BROKERS") {
-            Ok(brokers) => brokers,
+            Ok(brokers) => {
+                let topics = topics.into_iter().map(String::from).collect();
+                kafka::ensure_topics(&brokers, &config.kafka, &topics, &Default::default())
+                    .await
+                    .unwrap();
+                brokers
+            }
             Err(_) => {
                 let broker = embedded.insert(EmbeddedBroker::start().unwrap());
-                for topic in [
-                    "task-events",
-                    "task-events.dlq",
-                    "reminders",
-                    "analytics",
-                    "passthrough-out",
-                    "todo-eventd.plugin-state",
-                ] {
+                for topic in topics {
                     broker.create_topic(topic, partitions).unwrap();
                 }
                 broker.bootstrap_servers()
             }
         };
-        if std::env::var("BENCH_BROKERS").is_ok() {
-            let topics = [
-                "task-events",
-                "task-events.dlq",
-                "reminders",
-                "analytics",
-                "passthrough-out",
-                "todo-eventd.plugin-state",
-            ]
-            .into_iter()
-            .map(String::from)
-            .collect();
-            let compacted = [config.kafka.changelog_topic()].into_iter().collect();
-            kafka::ensure_topics(&brokers, &config.kafka, &topics, &compacted)
-                .await
-                .unwrap();
-        }
         config.kafka.brokers = Some(brokers.clone());
         let lines = events(total);
         let bytes: usize = lines.iter().map(String::len).sum();

@@ -98,6 +98,16 @@ impl Process {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Waits (up to a minute) until the daemon has been assigned partitions;
+    /// fails the test with its log otherwise.
+    pub fn assert_assigned(&self) {
+        assert!(
+            self.wait_for_log("Partitions assigned", Duration::from_secs(60)),
+            "no partitions assigned:\n{}",
+            self.log_text()
+        );
+    }
+
     /// Waits until the log contains `needle`.
     pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
