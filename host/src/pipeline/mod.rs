@@ -31,7 +31,7 @@ use tracing::{info, warn};
 
 pub use self::records::{Failure, Source, dead_letter, output};
 pub use self::restore::restore_partition;
-use self::worker::{Revoke, Worker};
+use self::worker::{Revoke, Targets, Worker};
 use crate::config::Config;
 use crate::dispatch::Dispatcher;
 use crate::kafka;
@@ -316,8 +316,12 @@ impl Pipeline {
             dispatcher: Dispatcher::new(&self.plugins),
             producer: producer.clone(),
             consumer: consumer.clone(),
-            dead_letter_topic: self.config.kafka.dead_letter_topic.clone(),
-            changelog_topic: self.config.kafka.changelog_topic(),
+            targets: Targets {
+                dead_letters: self.config.kafka.dead_letter_topic.clone(),
+                changelog: self.config.kafka.changelog_topic(),
+                input_topic: topic.to_owned(),
+                partition,
+            },
             restore_client: restore_client.clone(),
             restore_timeout: self.config.pipeline.restore_timeout,
             max_in_flight: self.config.pipeline.max_in_flight,

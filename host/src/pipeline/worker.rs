@@ -43,8 +43,8 @@ pub(super) struct Worker {
     pub(super) dispatcher: Dispatcher,
     pub(super) producer: FutureProducer,
     pub(super) consumer: Arc<PipelineConsumer>,
-    pub(super) dead_letter_topic: String,
-    pub(super) changelog_topic: String,
+    /// Where the dead letters and state changes of this partition go.
+    pub(super) targets: Targets,
     /// Client settings for reading the changelog on start.
     pub(super) restore_client: rdkafka::ClientConfig,
     pub(super) restore_timeout: Duration,
@@ -136,7 +136,7 @@ impl Worker {
         let started = std::time::Instant::now();
         let (client, changelog, topic, partition, timeout) = (
             self.restore_client.clone(),
-            self.changelog_topic.clone(),
+            self.targets.changelog.clone(),
             self.topic.clone(),
             self.partition,
             self.restore_timeout,
@@ -161,7 +161,7 @@ impl Worker {
                 );
             }
             Ok(Err(err)) => {
-                warn!(changelog = %self.changelog_topic, error = %err, "Could not restore plugin state; starting empty.")
+                warn!(changelog = %self.targets.changelog, error = %err, "Could not restore plugin state; starting empty.")
             }
             Err(err) => warn!(error = %err, "State restore task failed; starting empty."),
         }
@@ -220,7 +220,7 @@ impl Worker {
                     message: &reason,
                 };
                 out.push(records::dead_letter(
-                    &self.dead_letter_topic,
+                    &self.targets.dead_letters,
                     &source,
                     &failure,
                 ));
@@ -228,9 +228,8 @@ impl Worker {
             Ok(event) => {
                 span.record("event_id", event.id.as_str());
                 source.event_id = Some(&event.id);
-                let targets = self.targets();
                 for outcome in self.dispatcher.dispatch(&event, wall_now()) {
-                    collect(outcome, &source, "plugin", &targets, &mut out);
+                    collect(outcome, &source, "plugin", &self.targets, &mut out);
                 }
             }
         }
@@ -257,26 +256,16 @@ impl Worker {
                 event_id: None,
             };
             let mut out = Vec::new();
-            let targets = self.targets();
             // The fired timer is gone unless the handler set it again.
             let rearmed = matches!(&firing.outcome.result,
                 Ok(e) if e.changes.timers.contains_key(&firing.timer.key));
             if !rearmed {
                 let plugin = &firing.outcome.plugin.name;
                 let key = changelog::key(&self.topic, plugin, true, &firing.timer.key);
-                out.push(targets.changelog_record(key, None));
+                out.push(self.targets.changelog_record(key, None));
             }
-            collect(firing.outcome, &source, "timer", &targets, &mut out);
+            collect(firing.outcome, &source, "timer", &self.targets, &mut out);
             self.send(None, out);
-        }
-    }
-
-    fn targets(&self) -> Targets {
-        Targets {
-            dead_letters: self.dead_letter_topic.clone(),
-            changelog: self.changelog_topic.clone(),
-            input_topic: self.topic.clone(),
-            partition: self.partition,
         }
     }
 
@@ -300,9 +289,9 @@ impl Worker {
                 return;
             };
             for send in &head.sends {
-                let counter = if send.record.topic == self.dead_letter_topic {
+                let counter = if send.record.topic == self.targets.dead_letters {
                     &self.stats.dead_letters
-                } else if send.record.topic == self.changelog_topic {
+                } else if send.record.topic == self.targets.changelog {
                     &self.stats.changelog_records
                 } else {
                     &self.stats.outputs
@@ -339,11 +328,11 @@ impl Worker {
 }
 
 /// Where a partition's records go besides plugin outputs.
-struct Targets {
-    dead_letters: String,
-    changelog: String,
-    input_topic: String,
-    partition: i32,
+pub(super) struct Targets {
+    pub(super) dead_letters: String,
+    pub(super) changelog: String,
+    pub(super) input_topic: String,
+    pub(super) partition: i32,
 }
 
 impl Targets {
