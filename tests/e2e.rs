@@ -317,6 +317,29 @@ async fn schedule_reminders(broker: &Broker, group: &str, total: usize, ahead_s:
     );
 }
 
+/// Waits for `total` reminders and checks each task got exactly one;
+/// `daemon`'s log goes into the failure message.
+async fn assert_each_reminder_once(broker: &Broker, total: usize, daemon: &harness::Process) {
+    let seen = read_until(
+        &broker.address,
+        &["reminders"],
+        Duration::from_secs(90),
+        |seen| reminder_counts(seen).len() >= total,
+    )
+    .await;
+    let counts = reminder_counts(&seen);
+    assert_eq!(
+        counts.len(),
+        total,
+        "every reminder fired:\n{}",
+        daemon.log_text()
+    );
+    assert!(
+        counts.values().all(|n| *n == 1),
+        "one reminder per task: {counts:?}"
+    );
+}
+
 /// The bundled plugins in a fresh work dir, and `run` args for `group`.
 fn bundled_setup(group: &str) -> (tempfile::TempDir, Vec<String>) {
     let work = tempfile::tempdir().unwrap();
@@ -367,24 +390,7 @@ async fn reminders_scheduled_before_a_kill_9_fire_after_a_restart() {
         "second",
         &args,
     );
-    let seen = read_until(
-        &broker.address,
-        &["reminders"],
-        Duration::from_secs(90),
-        |seen| reminder_counts(seen).len() >= total,
-    )
-    .await;
-    let counts = reminder_counts(&seen);
-    assert_eq!(
-        counts.len(),
-        total,
-        "every reminder fired after the restart:\n{}",
-        second.log_text()
-    );
-    assert!(
-        counts.values().all(|n| *n == 1),
-        "one reminder per task: {counts:?}"
-    );
+    assert_each_reminder_once(&broker, total, &second).await;
     assert!(
         second.log_text().contains("Restored plugin state"),
         "{}",
@@ -417,22 +423,5 @@ async fn a_stopped_member_hands_its_timers_to_the_other() {
         "{}",
         first.log_text()
     );
-    let seen = read_until(
-        &broker.address,
-        &["reminders"],
-        Duration::from_secs(90),
-        |seen| reminder_counts(seen).len() >= total,
-    )
-    .await;
-    let counts = reminder_counts(&seen);
-    assert_eq!(
-        counts.len(),
-        total,
-        "every reminder fired:\n{}",
-        second.log_text()
-    );
-    assert!(
-        counts.values().all(|n| *n == 1),
-        "one reminder per task: {counts:?}"
-    );
+    assert_each_reminder_once(&broker, total, &second).await;
 }
