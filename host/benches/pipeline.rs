@@ -15,7 +15,6 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use rdkafka::Message;
@@ -141,21 +140,17 @@ async fn through_plugins(
     plugins: Vec<Arc<todo_eventd::plugin::Plugin>>,
     total: usize,
 ) -> Duration {
-    let pipeline = Pipeline {
-        config,
-        plugins,
-        stats: Arc::default(),
-    };
-    let stats = pipeline.stats.clone();
+    let pipeline = Pipeline::new(config, plugins);
+    let stats = pipeline.telemetry.pipeline.clone();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let watch = async {
         let mut started = None;
         loop {
-            let seen = stats.events_in.load(Ordering::Relaxed);
+            let seen = stats.events_in.get();
             if seen > 0 {
                 started.get_or_insert_with(Instant::now);
             }
-            if stats.offsets_stored.load(Ordering::Relaxed) as usize >= total {
+            if stats.offsets_stored.get() as usize >= total {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(2)).await;

@@ -16,12 +16,24 @@
 //!
 //! [plugins]
 //! dir = "/var/lib/todo-eventd/plugins"    # absent: the bundled plugins
+//! watch = true                            # hot reload
+//! quarantine_after = 5
 //!
 //! [pipeline]
 //! queue_capacity = 256
 //! max_in_flight = 512
 //! shutdown_timeout = "30s"
+//!
+//! [admin]
+//! addr = "127.0.0.1:9477"                 # /metrics /healthz /readyz /plugins
 //! ```
+//!
+//! Every key can also be set from the environment as
+//! `TODO_EVENTD_<SECTION>_<KEY>` (e.g. `TODO_EVENTD_KAFKA_GROUP_ID`), a
+//! librdkafka property as `TODO_EVENTD_KAFKA_PROPERTY_<NAME>` with `_` for
+//! `.` (`TODO_EVENTD_KAFKA_PROPERTY_SASL_PASSWORD`), and on the command line
+//! with `--set section.key=value`. Precedence: flags, then environment, then
+//! the file. Values are TOML (`5`, `true`, `["a","b"]`) or else a string.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -47,7 +59,13 @@ pub struct Config {
     /// Queueing and shutdown.
     #[serde(default)]
     pub pipeline: PipelineConfig,
+    /// The admin HTTP endpoint.
+    #[serde(default)]
+    pub admin: AdminConfig,
 }
+
+/// The sections of the file, for environment overrides.
+const SECTIONS: [&str; 5] = ["kafka", "plugins", "sandbox", "pipeline", "admin"];
 
 /// `[kafka]`.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -59,7 +77,9 @@ pub struct KafkaConfig {
     /// Consumer group id; run several daemons with the same id to share the
     /// partitions.
     pub group_id: String,
-    /// Topics to consume task events from.
+    /// Topics to consume task events from (a list, or one comma-separated
+    /// string).
+    #[serde(deserialize_with = "list_or_csv")]
     pub input_topics: Vec<String>,
     /// Where undecodable records and failed plugin calls go.
     pub dead_letter_topic: String,
@@ -102,12 +122,57 @@ impl Default for KafkaConfig {
 }
 
 /// `[plugins]`.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
 pub struct PluginsConfig {
     /// The plugins directory. Absent: the bundled plugins.
-    #[serde(default)]
     pub dir: Option<PathBuf>,
+    /// Reload plugins when files in `dir` change.
+    pub watch: bool,
+    /// How long the directory must be quiet before a change is loaded.
+    #[serde(with = "humantime_serde_req")]
+    pub reload_debounce: Duration,
+    /// Consecutive failed calls that quarantine a plugin; 0 never does.
+    pub quarantine_after: u32,
+    /// The first quarantine's length; each failed retry doubles it.
+    #[serde(with = "humantime_serde_req")]
+    pub quarantine_backoff: Duration,
+    /// The longest quarantine.
+    #[serde(with = "humantime_serde_req")]
+    pub quarantine_max_backoff: Duration,
+}
+
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            watch: true,
+            reload_debounce: Duration::from_millis(500),
+            quarantine_after: 5,
+            quarantine_backoff: Duration::from_secs(10),
+            quarantine_max_backoff: Duration::from_secs(600),
+        }
+    }
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Serve the admin endpoint.
+    pub enabled: bool,
+    /// Where to listen: loopback by default; use `0.0.0.0:9477` in a
+    /// container so probes and Prometheus can reach it.
+    pub addr: std::net::SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            addr: std::net::SocketAddr::from(([127, 0, 0, 1], 9477)),
+        }
+    }
 }
 
 /// `[sandbox]`.
@@ -143,6 +208,9 @@ pub struct PipelineConfig {
     /// How long restoring one partition's state from the changelog may take.
     #[serde(with = "humantime_serde_req")]
     pub restore_timeout: Duration,
+    /// How often stored offsets are committed.
+    #[serde(with = "humantime_serde_req")]
+    pub commit_interval: Duration,
 }
 
 impl Default for PipelineConfig {
@@ -152,6 +220,7 @@ impl Default for PipelineConfig {
             max_in_flight: 512,
             shutdown_timeout: Duration::from_secs(30),
             restore_timeout: Duration::from_secs(300),
+            commit_interval: Duration::from_secs(1),
         }
     }
 }
@@ -167,6 +236,19 @@ mod humantime_serde_req {
             serde::de::Error::custom(format!("\"{s}\" is not a duration (e.g. \"30s\"): {e}"))
         })
     }
+}
+
+fn list_or_csv<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum ListOrCsv {
+        List(Vec<String>),
+        Csv(String),
+    }
+    Ok(match ListOrCsv::deserialize(d)? {
+        ListOrCsv::List(list) => list,
+        ListOrCsv::Csv(csv) => csv.split(',').map(|t| t.trim().to_owned()).collect(),
+    })
 }
 
 /// A configuration problem, naming the field (and file).
@@ -188,6 +270,16 @@ pub enum ConfigError {
         /// The parser's message, naming the key.
         message: String,
     },
+    /// An environment variable or `--set` flag is not valid.
+    #[error("{origin} ({key}): {message}")]
+    Override {
+        /// The variable or flag, e.g. `TODO_EVENTD_KAFKA_PARTITIONS`.
+        origin: String,
+        /// The dotted key it sets.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
     /// A value is out of range.
     #[error("{field}: {reason}")]
     Invalid {
@@ -198,15 +290,134 @@ pub enum ConfigError {
     },
 }
 
+/// One `section.key = value` from the environment or the command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Override {
+    /// Where it came from, for errors (`TODO_EVENTD_…` or `--set`).
+    pub origin: String,
+    /// The dotted key: `section.key`, or `kafka.properties.NAME`.
+    pub key: String,
+    /// The value as written.
+    pub value: String,
+}
+
+impl Override {
+    /// Parses a `--set section.key=value` argument.
+    pub fn from_flag(arg: &str) -> Result<Self, String> {
+        let (key, value) = arg
+            .split_once('=')
+            .ok_or_else(|| format!("`{arg}` is not KEY=VALUE (e.g. kafka.group_id=orders)"))?;
+        Ok(Self {
+            origin: format!("--set {key}"),
+            key: key.trim().to_owned(),
+            value: value.to_owned(),
+        })
+    }
+
+    /// The overrides among environment variables: `TODO_EVENTD_<SECTION>_<KEY>`
+    /// for a known section, and `TODO_EVENTD_KAFKA_PROPERTY_<NAME>`.
+    pub fn from_env(vars: impl IntoIterator<Item = (String, String)>) -> Vec<Self> {
+        let mut overrides: Vec<Self> = vars
+            .into_iter()
+            .filter_map(|(name, value)| {
+                let rest = name.strip_prefix("TODO_EVENTD_")?.to_ascii_lowercase();
+                let key = if let Some(property) = rest.strip_prefix("kafka_property_") {
+                    format!("kafka.properties.{}", property.replace('_', "."))
+                } else {
+                    let (section, key) = SECTIONS
+                        .iter()
+                        .find_map(|s| Some((*s, rest.strip_prefix(s)?.strip_prefix('_')?)))?;
+                    format!("{section}.{key}")
+                };
+                Some(Self {
+                    origin: name,
+                    key,
+                    value,
+                })
+            })
+            .collect();
+        overrides.sort_by(|a, b| a.origin.cmp(&b.origin));
+        overrides
+    }
+
+    /// Sets the value in `table`. Returns an error for a key that is not
+    /// `section.key[.name]`.
+    fn apply(&self, table: &mut toml::Table) -> Result<(), String> {
+        let mut parts = self.key.splitn(3, '.');
+        let (Some(section), Some(key)) = (parts.next(), parts.next()) else {
+            return Err("expected SECTION.KEY, e.g. kafka.group_id".into());
+        };
+        let value = toml::from_str::<toml::Table>(&format!("v = {}", self.value))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(self.value.clone()));
+        let section = table
+            .entry(section)
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let toml::Value::Table(section) = section else {
+            return Err("is not a section".into());
+        };
+        match parts.next() {
+            None => {
+                section.insert(key.to_owned(), value);
+            }
+            Some(name) => {
+                let sub = section
+                    .entry(key)
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                let toml::Value::Table(sub) = sub else {
+                    return Err(format!("{key} is not a table"));
+                };
+                // librdkafka properties are strings.
+                let value = match value {
+                    toml::Value::String(s) => s,
+                    other => other.to_string(),
+                };
+                sub.insert(name.to_owned(), toml::Value::String(value));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Config {
     /// Reads a configuration file.
     pub fn from_file(file: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
-            file: file.to_owned(),
-            source,
-        })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            file: file.to_owned(),
+        Self::load(Some(file), &[])
+    }
+
+    /// Reads the file (if any) and applies `overrides` in order; the error
+    /// names the file or the override at fault. Not yet validated.
+    pub fn load(file: Option<&Path>, overrides: &[Override]) -> Result<Self, ConfigError> {
+        let mut table = match file {
+            Some(file) => {
+                let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+                    file: file.to_owned(),
+                    source,
+                })?;
+                let parse_error = |e: toml::de::Error| ConfigError::Parse {
+                    file: file.to_owned(),
+                    message: e.to_string().trim_end().to_owned(),
+                };
+                // Parsed from the text first, for errors with line and key.
+                toml::from_str::<Self>(&text).map_err(parse_error)?;
+                toml::from_str::<toml::Table>(&text).map_err(parse_error)?
+            }
+            None => toml::Table::new(),
+        };
+        let parse = |table: &toml::Table| toml::Value::Table(table.clone()).try_into::<Self>();
+        for o in overrides {
+            let error = |message: String| ConfigError::Override {
+                origin: o.origin.clone(),
+                key: o.key.clone(),
+                message,
+            };
+            o.apply(&mut table).map_err(error)?;
+            // Check after each one, so the error names the override at fault.
+            parse(&table).map_err(|e| error(e.to_string().trim_end().to_owned()))?;
+        }
+        parse(&table).map_err(|e| ConfigError::Parse {
+            file: file.map(ToOwned::to_owned).unwrap_or_default(),
             message: e.to_string().trim_end().to_owned(),
         })
     }
@@ -273,6 +484,19 @@ impl Config {
         if p.max_in_flight == 0 {
             return invalid("pipeline.max_in_flight", "must be at least 1");
         }
+        if p.commit_interval.is_zero() {
+            return invalid("pipeline.commit_interval", "must be more than zero");
+        }
+        let plugins = &self.plugins;
+        if plugins.quarantine_after > 0 && plugins.quarantine_backoff.is_zero() {
+            return invalid("plugins.quarantine_backoff", "must be more than zero");
+        }
+        if plugins.quarantine_max_backoff < plugins.quarantine_backoff {
+            return invalid(
+                "plugins.quarantine_max_backoff",
+                "must be at least plugins.quarantine_backoff",
+            );
+        }
         Ok(())
     }
 }
@@ -313,6 +537,53 @@ mod tests {
         config.validate().unwrap();
         assert_eq!(config.kafka.properties["security.protocol"], "SASL_SSL");
         assert_eq!(config.pipeline.shutdown_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn overrides_from_env_and_flags() {
+        let env = Override::from_env([
+            ("TODO_EVENTD_KAFKA_GROUP_ID".to_owned(), "orders".to_owned()),
+            ("TODO_EVENTD_KAFKA_INPUT_TOPICS".to_owned(), "a, b".to_owned()),
+            ("TODO_EVENTD_KAFKA_PROPERTY_SASL_PASSWORD".to_owned(), "s3cret".to_owned()),
+            ("TODO_EVENTD_PLUGINS_QUARANTINE_AFTER".to_owned(), "3".to_owned()),
+            ("TODO_EVENTD_CACHE_DIR".to_owned(), "/tmp".to_owned()),
+            ("HOME".to_owned(), "/root".to_owned()),
+        ]);
+        assert_eq!(env.len(), 4, "{env:?}");
+        let mut overrides = env;
+        overrides.push(Override::from_flag("admin.addr=0.0.0.0:9000").unwrap());
+        overrides.push(Override::from_flag("kafka.group_id=billing").unwrap());
+        let config = Config::load(None, &overrides).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.kafka.group_id, "billing", "later overrides win");
+        assert_eq!(config.kafka.input_topics, ["a", "b"]);
+        assert_eq!(config.kafka.properties["sasl.password"], "s3cret");
+        assert_eq!(config.plugins.quarantine_after, 3);
+        assert_eq!(config.admin.addr.port(), 9000);
+    }
+
+    #[test]
+    fn bad_overrides_name_their_origin() {
+        let cases = [
+            ("TODO_EVENTD_KAFKA_BROKERZ", "x", "TODO_EVENTD_KAFKA_BROKERZ (kafka.brokerz): unknown field `brokerz`"),
+            ("TODO_EVENTD_KAFKA_PARTITIONS", "many", "TODO_EVENTD_KAFKA_PARTITIONS (kafka.partitions): invalid type"),
+            ("TODO_EVENTD_ADMIN_ADDR", "localhost", "TODO_EVENTD_ADMIN_ADDR (admin.addr): invalid socket address"),
+        ];
+        for (name, value, want) in cases {
+            let overrides = Override::from_env([(name.to_owned(), value.to_owned())]);
+            let err = Config::load(None, &overrides).unwrap_err().to_string();
+            assert!(err.starts_with(want), "{name}: {err}");
+        }
+        assert!(Override::from_flag("kafka.group_id").is_err());
+    }
+
+    #[test]
+    fn example_configs_are_valid() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        for file in ["deploy/config.example.toml", "deploy/kubernetes/todo-eventd.toml"] {
+            let config = Config::from_file(&root.join(file)).unwrap();
+            config.validate().unwrap_or_else(|e| panic!("{file}: {e}"));
+        }
     }
 
     #[test]

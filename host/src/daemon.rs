@@ -1,6 +1,7 @@
 //! Start-up: from a validated [`Config`] to a running [`Pipeline`] — the
-//! sandbox, the plugins, the broker (external, or embedded when none is
-//! configured) and its topics.
+//! sandbox, the plugins (watched for changes), the broker (external, or
+//! embedded when none is configured) and its topics, and the admin
+//! endpoint.
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -9,12 +10,14 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use tracing::{info, warn};
 
+use crate::admin::{self, Admin};
 use crate::config::Config;
 use crate::kafka::{self, EmbeddedBroker};
-use crate::pipeline::{Pipeline, Stats};
+use crate::pipeline::Pipeline;
 use crate::plugin::manifest::parse_bytes;
-use crate::plugin::{self, Plugin, bundled};
+use crate::plugin::{Plugin, PluginSet, Registry, bundled, watcher};
 use crate::sandbox::{Sandbox, SandboxConfig};
+use crate::telemetry::Telemetry;
 
 /// Builds the sandbox from `[sandbox]`.
 pub fn sandbox(config: &Config, default_cache: Option<std::path::PathBuf>) -> Result<Arc<Sandbox>> {
@@ -37,27 +40,38 @@ pub fn sandbox(config: &Config, default_cache: Option<std::path::PathBuf>) -> Re
     Ok(Arc::new(sandbox.context("starting the wasm engine")?))
 }
 
-/// Loads the plugins directory (or the bundled plugins). A bad plugin is
-/// logged and skipped; having no usable plugin at all is an error.
-pub fn plugins(sandbox: &Arc<Sandbox>, config: &Config) -> Result<Vec<Arc<Plugin>>> {
-    let report = match &config.plugins.dir {
-        Some(dir) => plugin::load_dir(sandbox, dir)
-            .with_context(|| format!("reading plugins directory {}", dir.display()))?,
-        None => bundled::load(sandbox).context("loading the bundled plugins")?,
+/// The plugins: the configured directory (loaded now, reloaded on change
+/// when watched) or the bundled plugins. A bad plugin is logged and
+/// skipped. Having no usable plugin is an error unless the directory is
+/// watched (plugins may arrive later).
+pub fn plugins(
+    sandbox: &Arc<Sandbox>,
+    config: &Config,
+    telemetry: &Telemetry,
+) -> Result<Arc<Registry>> {
+    let metrics = telemetry.plugins.clone();
+    let registry = match &config.plugins.dir {
+        Some(dir) => {
+            // The registry logs each plugin it loads or rejects.
+            let (registry, _report) = Registry::open(sandbox.clone(), dir.clone(), metrics)
+                .with_context(|| format!("reading plugins directory {}", dir.display()))?;
+            registry
+        }
+        None => {
+            let report = bundled::load(sandbox).context("loading the bundled plugins")?;
+            for plugin in &report.plugins {
+                info!(plugin = %plugin.name, hash = %plugin.short_hash(), "Bundled plugin loaded.");
+            }
+            Registry::fixed(report.plugins, metrics)
+        }
     };
-    for err in &report.errors {
-        warn!(file = %err.file().display(), error = %err, "Plugin rejected; the others keep running.");
+    if registry.current().plugins.is_empty() {
+        if config.plugins.dir.is_none() || !config.plugins.watch {
+            bail!("no usable plugins; see the errors above");
+        }
+        warn!("No usable plugins yet; events are consumed and committed without effect until one is added.");
     }
-    for name in &report.disabled {
-        info!(plugin = %name, "Plugin disabled by its manifest.");
-    }
-    for plugin in &report.plugins {
-        info!(plugin = %plugin.name, hash = %plugin.short_hash(), "Plugin loaded.");
-    }
-    if report.plugins.is_empty() {
-        bail!("no usable plugins; see the errors above");
-    }
-    Ok(report.plugins)
+    Ok(Arc::new(registry))
 }
 
 /// Every topic the daemon reads or writes.
@@ -71,14 +85,16 @@ pub fn topics(config: &Config, plugins: &[Arc<Plugin>]) -> BTreeSet<String> {
     topics
 }
 
-/// Runs the daemon until `shutdown` resolves. With no brokers configured,
+/// Runs the daemon until `shutdown` resolves: the admin endpoint, the
+/// plugins directory watcher and the pipeline. With no brokers configured,
 /// an embedded broker is started first and its address logged.
 pub async fn run(
     config: Config,
-    plugins: Vec<Arc<Plugin>>,
+    plugins: Arc<Registry>,
+    telemetry: Telemetry,
     shutdown: impl Future<Output = ()>,
-) -> Result<Arc<Stats>> {
-    let topics = topics(&config, &plugins);
+) -> Result<()> {
+    let topics = topics(&config, &plugins.current().plugins);
     let embedded;
     let brokers = match &config.kafka.brokers {
         Some(brokers) => {
@@ -107,11 +123,69 @@ pub async fn run(
             brokers
         }
     };
+
+    let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+    let admin = if config.admin.enabled {
+        let listener = admin::bind(config.admin.addr).await?;
+        let admin = Admin {
+            telemetry: telemetry.clone(),
+            plugins: plugins.clone(),
+        };
+        Some(tokio::spawn(admin.serve(listener, async {
+            let _ = admin_stopped.await;
+        })))
+    } else {
+        None
+    };
+    let _watcher = if config.plugins.watch {
+        watcher::watch(plugins.clone(), config.plugins.reload_debounce)
+            .context("watching the plugins directory")?
+    } else {
+        None
+    };
+    let new_topics = (config.kafka.create_topics && config.kafka.brokers.is_some())
+        .then(|| tokio::spawn(create_output_topics(config.clone(), plugins.subscribe())));
+
     let pipeline = Pipeline {
         config,
         plugins,
-        stats: Arc::default(),
+        telemetry,
     };
-    pipeline.run(&brokers, shutdown).await?;
-    Ok(pipeline.stats)
+    let ran = pipeline.run(&brokers, shutdown).await;
+    if let Some(task) = new_topics {
+        task.abort();
+    }
+    let _ = stop_admin.send(());
+    if let Some(admin) = admin
+        && let Ok(Err(err)) = admin.await
+    {
+        warn!(error = %err, "Admin endpoint failed.");
+    }
+    ran?;
+    Ok(())
+}
+
+/// Creates the output topics of plugins added while running.
+async fn create_output_topics(
+    config: Config,
+    mut plugins: tokio::sync::watch::Receiver<Arc<PluginSet>>,
+) {
+    let Some(brokers) = config.kafka.brokers.clone() else {
+        return;
+    };
+    let mut known = topics(&config, &plugins.borrow_and_update().plugins);
+    while plugins.changed().await.is_ok() {
+        let wanted = topics(&config, &plugins.borrow_and_update().plugins);
+        let missing: BTreeSet<String> = wanted.difference(&known).cloned().collect();
+        if missing.is_empty() {
+            continue;
+        }
+        match kafka::ensure_topics(&brokers, &config.kafka, &missing, &BTreeSet::new()).await {
+            Ok(()) => {
+                info!(topics = ?missing, "Created the output topics of a new plugin.");
+                known.extend(missing);
+            }
+            Err(err) => warn!(error = %err, "Creating the output topics of a new plugin."),
+        }
+    }
 }

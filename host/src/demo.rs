@@ -18,7 +18,8 @@ use serde_json::json;
 
 use crate::config::Config;
 use crate::kafka::{self, EmbeddedBroker};
-use crate::pipeline::{Pipeline, Stats};
+use crate::pipeline::Pipeline;
+use crate::telemetry::PipelineMetrics;
 use crate::plugin::Plugin;
 use crate::sandbox::Sandbox;
 
@@ -55,7 +56,7 @@ pub async fn run(
     config: Config,
     plugins: Vec<Arc<Plugin>>,
     mut out: impl Write,
-) -> Result<Arc<Stats>> {
+) -> Result<Arc<PipelineMetrics>> {
     let broker = EmbeddedBroker::start()?;
     let brokers = broker.bootstrap_servers();
     let topics = crate::daemon::topics(&config, &plugins);
@@ -88,11 +89,7 @@ pub async fn run(
         .context("subscribing the demo's watcher")?;
 
     let input = config.kafka.input_topics[0].clone();
-    let pipeline = Pipeline {
-        config,
-        plugins,
-        stats: Arc::default(),
-    };
+    let pipeline = Pipeline::new(config, plugins);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let run = pipeline.run(&brokers, async {
         let _ = stopped.await;
@@ -155,8 +152,9 @@ pub async fn run(
     let (ran, shown) = tokio::join!(run, show);
     ran?;
     shown?;
-    writeln!(out, "\n{}", pipeline.stats.summary())?;
-    Ok(pipeline.stats)
+    let metrics = pipeline.telemetry.pipeline;
+    writeln!(out, "\n{}", metrics.summary())?;
+    Ok(metrics)
 }
 
 fn plugins_emit_to(plugins: &[Arc<Plugin>], topic: &str) -> bool {

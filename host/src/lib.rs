@@ -10,8 +10,10 @@
 //! - [`offline`] is the `plugins test` bench;
 //! - [`pipeline`] is the daemon: Kafka in, plugins, Kafka out;
 //! - [`kafka`] holds client settings, topic creation and the embedded broker;
-//! - [`config`] is the validated configuration.
+//! - [`config`] is the validated configuration;
+//! - [`telemetry`] holds the metrics and readiness, [`admin`] serves them.
 
+pub mod admin;
 pub mod config;
 pub mod daemon;
 pub mod demo;
@@ -23,4 +25,5 @@ pub mod pipeline;
 pub mod plugin;
 pub mod sandbox;
 pub mod state;
+pub mod telemetry;
 pub mod world;

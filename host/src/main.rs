@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use todo_eventd::config::Config;
+use todo_eventd::config::{Config, Override};
 use todo_eventd::plugin::{self, LoadReport, bundled};
 use todo_eventd::sandbox::Sandbox;
+use todo_eventd::telemetry::Telemetry;
 use todo_eventd::{daemon, kafka};
 use todo_eventd::{offline, world::Timestamp};
 use tracing_subscriber::EnvFilter;
@@ -59,37 +60,49 @@ enum Command {
     Plugins(PluginsCommand),
 }
 
-/// Flags of `run`; each overrides the config file.
+/// Flags of `run`. Each overrides the environment
+/// (`TODO_EVENTD_<SECTION>_<KEY>`), which overrides the config file.
 #[derive(Debug, clap::Args)]
 struct RunArgs {
     /// TOML configuration file.
     #[arg(long, env = "TODO_EVENTD_CONFIG")]
     config: Option<PathBuf>,
-    /// Bootstrap servers (`host:port[,host:port]`); overrides `kafka.brokers`.
-    #[arg(long, env = "TODO_EVENTD_BROKERS")]
+    /// Bootstrap servers (`host:port[,host:port]`); sets `kafka.brokers`.
+    #[arg(long)]
     brokers: Option<String>,
-    /// Plugins directory; overrides `plugins.dir`.
-    #[arg(long, env = "TODO_EVENTD_PLUGINS")]
+    /// Plugins directory; sets `plugins.dir`.
+    #[arg(long)]
     plugins: Option<PathBuf>,
-    /// Consumer group id; overrides `kafka.group_id`.
-    #[arg(long, env = "TODO_EVENTD_GROUP_ID")]
+    /// Consumer group id; sets `kafka.group_id`.
+    #[arg(long)]
     group: Option<String>,
-    /// Input topics, comma-separated; overrides `kafka.input_topics`.
-    #[arg(long, env = "TODO_EVENTD_INPUT_TOPICS", value_delimiter = ',')]
+    /// Input topics, comma-separated; sets `kafka.input_topics`.
+    #[arg(long, value_delimiter = ',')]
     input_topics: Option<Vec<String>>,
-    /// Dead-letter topic; overrides `kafka.dead_letter_topic`.
-    #[arg(long, env = "TODO_EVENTD_DEAD_LETTER_TOPIC")]
+    /// Dead-letter topic; sets `kafka.dead_letter_topic`.
+    #[arg(long)]
     dead_letter_topic: Option<String>,
+    /// Admin endpoint address (`/metrics`, `/healthz`, `/readyz`,
+    /// `/plugins`); sets `admin.addr`. Port 0 picks a free port.
+    #[arg(long)]
+    admin_addr: Option<std::net::SocketAddr>,
+    /// Any configuration key, e.g. `--set plugins.quarantine_after=3` or
+    /// `--set kafka.properties.security.protocol=SASL_SSL`. Repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = Override::from_flag)]
+    overrides: Vec<Override>,
 }
 
 impl RunArgs {
-    /// The config file (or defaults) with the flags and environment applied,
-    /// validated.
+    /// The config file (or defaults) with the environment and flags
+    /// applied, validated.
     fn config(&self) -> Result<Config> {
-        let mut config = match &self.config {
-            Some(file) => Config::from_file(file)?,
-            None => Config::default(),
-        };
+        let mut overrides = Override::from_env(std::env::vars());
+        overrides.extend(self.overrides.iter().cloned());
+        let mut config = Config::load(self.config.as_deref(), &overrides)?;
+        if let Some(addr) = self.admin_addr {
+            config.admin.addr = addr;
+            config.admin.enabled = true;
+        }
         if let Some(brokers) = &self.brokers {
             config.kafka.brokers = Some(brokers.clone());
         }
@@ -216,9 +229,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Run(args) => {
             let config = args.config()?;
             let sandbox = daemon::sandbox(&config, components.clone())?;
-            let plugins = daemon::plugins(&sandbox, &config)?;
-            let stats = runtime()?.block_on(daemon::run(config, plugins, shutdown_signal()))?;
-            eprintln!("{}", stats.summary());
+            let telemetry = Telemetry::default();
+            let plugins = daemon::plugins(&sandbox, &config, &telemetry)?;
+            let metrics = telemetry.pipeline.clone();
+            runtime()?.block_on(daemon::run(config, plugins, telemetry, shutdown_signal()))?;
+            eprintln!("{}", metrics.summary());
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo => {

@@ -8,17 +8,17 @@ mod common;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::{TEST_PLUGIN, load, mode, plugin_dir, sandbox};
-use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use common::{TEST_PLUGIN, event, load, mode, plugin_dir, reader, sandbox, value};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::OwnedMessage;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use todo_eventd::config::Config;
 use todo_eventd::kafka::{self, EmbeddedBroker};
-use todo_eventd::pipeline::{Pipeline, Stats};
+use todo_eventd::pipeline::Pipeline;
+use todo_eventd::telemetry::PipelineMetrics;
 use todo_eventd::plugin::Plugin;
 
 const PARTITIONS: i32 = 3;
@@ -63,12 +63,8 @@ impl Harness {
         topics: &[&str],
         until: impl Fn(&[OwnedMessage]) -> bool,
         during: impl AsyncFnOnce(),
-    ) -> (Vec<OwnedMessage>, Arc<Stats>) {
-        let pipeline = Pipeline {
-            config: self.config.clone(),
-            plugins,
-            stats: Arc::default(),
-        };
+    ) -> (Vec<OwnedMessage>, Arc<PipelineMetrics>) {
+        let pipeline = Pipeline::new(self.config.clone(), plugins);
         let reader = reader(&self.brokers, topics);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let run = pipeline.run(&self.brokers, async {
@@ -89,7 +85,7 @@ impl Harness {
         };
         let (ran, seen) = tokio::join!(run, watch);
         ran.unwrap();
-        (seen, pipeline.stats)
+        (seen, pipeline.telemetry.pipeline)
     }
 
     /// The group's committed offset per input partition.
@@ -137,20 +133,6 @@ impl Harness {
     }
 }
 
-fn reader(brokers: &str, topics: &[&str]) -> StreamConsumer {
-    static READERS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let group = format!("test-reader-{}", READERS.fetch_add(1, Ordering::Relaxed));
-    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    consumer.subscribe(topics).unwrap();
-    consumer
-}
-
 fn header(message: &OwnedMessage, name: &str) -> Option<String> {
     kafka::header(message, name)
 }
@@ -169,18 +151,6 @@ fn echo_plugins() -> Vec<Arc<Plugin>> {
     let echo = mode("echo");
     let dir = plugin_dir(&[("echo", TEST_PLUGIN, Some(&echo))]);
     load(&sandbox(), dir.path())
-}
-
-fn value(message: &OwnedMessage) -> serde_json::Value {
-    serde_json::from_slice(message.payload().unwrap()).unwrap()
-}
-
-fn event(id: &str, user: &str, task: &str, kind: &str) -> String {
-    serde_json::json!({
-        "event_id": id, "event_type": kind, "user_id": user, "task_id": task,
-        "timestamp": "2026-01-26T08:00:00Z", "task_data": {"title": "t"}
-    })
-    .to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -273,7 +243,7 @@ async fn outputs_and_dead_letters_land_with_keys_and_headers() {
             "original event bytes"
         );
     }
-    assert_eq!(stats.events_in.load(Ordering::Relaxed), 3);
+    assert_eq!(stats.events_in.get(), 3);
 
     // Shutdown committed everything that was processed.
     assert_eq!(harness.committed(), harness.end_offsets());
@@ -380,7 +350,7 @@ async fn failing_produces_hold_offsets_until_delivered() {
         "every event's output arrived (duplicates allowed)"
     );
     assert!(
-        stats.resends.load(Ordering::Relaxed) > 0,
+        stats.resends.get() > 0,
         "the failure path was exercised"
     );
     assert_eq!(harness.committed(), harness.end_offsets());
@@ -403,11 +373,7 @@ async fn a_second_member_takes_half_and_nothing_is_lost() {
     let (head, tail) = lines.split_at(300);
     harness.produce(head).await;
 
-    let second = Pipeline {
-        config: harness.config.clone(),
-        plugins: plugins.clone(),
-        stats: Arc::default(),
-    };
+    let second = Pipeline::new(harness.config.clone(), plugins.clone());
     let (stop_second, second_stopped) = tokio::sync::oneshot::channel::<()>();
     let joined = async {
         // Join once the first member is busy, forcing a cooperative
@@ -439,8 +405,8 @@ async fn a_second_member_takes_half_and_nothing_is_lost() {
     };
     let ((seen, first), ()) = tokio::join!(first_run, joined);
     assert_eq!(distinct_events(&seen), 600, "every event's output arrived");
-    let revoked = first.revocations.load(Ordering::Relaxed);
-    let handled_by_second = second.stats.events_in.load(Ordering::Relaxed);
+    let revoked = first.rebalances("revoke");
+    let handled_by_second = second.telemetry.pipeline.events_in.get();
     assert!(revoked > 0, "the first member gave partitions up");
     assert!(handled_by_second > 0, "the second member handled events");
     assert_eq!(harness.committed(), harness.end_offsets());
@@ -483,9 +449,9 @@ async fn state_and_timers_survive_a_restart() {
         )
         .await;
     assert!(changes.len() >= 4);
-    assert!(first.changelog_records.load(Ordering::Relaxed) >= 4);
+    assert!(first.changelog_records.get() >= 4);
     assert_eq!(
-        first.timers_fired.load(Ordering::Relaxed),
+        first.timers_fired.get(),
         0,
         "stopped before any timer was due"
     );
@@ -512,7 +478,7 @@ async fn state_and_timers_survive_a_restart() {
         )
         .await;
     assert!(
-        second.restored_records.load(Ordering::Relaxed) >= 4,
+        second.restored_records.get() >= 4,
         "{}",
         second.summary()
     );

@@ -179,7 +179,7 @@ impl Broker {
 pub fn daemon(bin: &Path, brokers: &str, dir: &Path, name: &str, args: &[&str]) -> Process {
     let log = dir.join(format!("{name}.log"));
     let child = Command::new(bin)
-        .args(["run", "--brokers", brokers])
+        .args(["run", "--brokers", brokers, "--admin-addr", "127.0.0.1:0"])
         .args(args)
         .env("RUST_LOG", "info,todo_eventd=debug")
         .env("NO_COLOR", "1")

@@ -10,6 +10,9 @@
 //! deliveries and its offsets are committed before the partition is handed
 //! back. Shutdown stops intake, drains every worker, commits and leaves the
 //! group, bounded by `pipeline.shutdown_timeout`.
+//!
+//! Workers take new plugin sets from the [`Registry`] between records, so a
+//! hot reload never splits an event between two versions of a plugin.
 
 mod records;
 mod restore;
@@ -17,14 +20,15 @@ mod worker;
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::Producer;
+use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Message};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
@@ -35,48 +39,9 @@ use self::worker::{Revoke, Targets, Worker};
 use crate::config::Config;
 use crate::dispatch::Dispatcher;
 use crate::kafka;
-use crate::plugin::Plugin;
-
-/// Counters of what the pipeline did.
-#[derive(Debug, Default)]
-pub struct Stats {
-    /// Input records received.
-    pub events_in: AtomicU64,
-    /// Plugin outputs acknowledged by the broker.
-    pub outputs: AtomicU64,
-    /// Dead letters acknowledged by the broker.
-    pub dead_letters: AtomicU64,
-    /// Timers fired.
-    pub timers_fired: AtomicU64,
-    /// Input offsets stored for commit.
-    pub offsets_stored: AtomicU64,
-    /// Deliveries that failed and were re-sent.
-    pub resends: AtomicU64,
-    /// Rebalances that revoked partitions from this member.
-    pub revocations: AtomicU64,
-    /// State changes written to the changelog (acknowledged).
-    pub changelog_records: AtomicU64,
-    /// Changelog records applied while restoring assigned partitions.
-    pub restored_records: AtomicU64,
-}
-
-impl Stats {
-    /// A one-line summary for logs.
-    pub fn summary(&self) -> String {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        format!(
-            "{} events in, {} outputs, {} dead letters, {} timers fired, {} offsets stored, {} re-sends, {} state changes written, {} restored",
-            get(&self.events_in),
-            get(&self.outputs),
-            get(&self.dead_letters),
-            get(&self.timers_fired),
-            get(&self.offsets_stored),
-            get(&self.resends),
-            get(&self.changelog_records),
-            get(&self.restored_records),
-        )
-    }
-}
+use crate::plugin::health::QuarantinePolicy;
+use crate::plugin::{Plugin, Registry};
+use crate::telemetry::Telemetry;
 
 /// Errors that stop the pipeline from starting or running.
 #[derive(Debug, thiserror::Error)]
@@ -90,7 +55,7 @@ pub enum Error {
         /// The input topics.
         topics: String,
         /// librdkafka's error.
-        source: rdkafka::error::KafkaError,
+        source: KafkaError,
     },
 }
 
@@ -111,20 +76,38 @@ type Workers = Arc<Mutex<HashMap<(String, i32), WorkerHandle>>>;
 pub(crate) struct PipelineContext {
     workers: Workers,
     drain_timeout: Duration,
-    stats: Arc<Stats>,
+    telemetry: Telemetry,
     /// Newly assigned partitions, for the run loop to start their workers
     /// (so timers fire even on partitions that receive no new records).
     assigned: mpsc::UnboundedSender<Vec<(String, i32)>>,
 }
 
-impl ClientContext for PipelineContext {}
+impl ClientContext for PipelineContext {
+    /// Consumer lag per assigned partition, from librdkafka's statistics
+    /// (every `statistics.interval.ms`).
+    fn stats(&self, statistics: Statistics) {
+        let lags = statistics
+            .topics
+            .values()
+            .flat_map(|topic| {
+                topic.partitions.values().filter_map(|p| {
+                    let assigned = p.partition >= 0 && p.fetch_state != "none";
+                    (assigned && p.consumer_lag >= 0)
+                        .then(|| ((topic.topic.clone(), p.partition), p.consumer_lag))
+                })
+            })
+            .collect();
+        self.telemetry.pipeline.set_consumer_lag(&lags);
+    }
+}
 
 impl ConsumerContext for PipelineContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let Rebalance::Revoke(partitions) = rebalance else {
             return;
         };
-        self.stats.revocations.fetch_add(1, Ordering::Relaxed);
+        self.telemetry.pipeline.rebalance("revoke");
+        self.telemetry.readiness.revoked(partitions.count());
         let revoked: Vec<WorkerHandle> = {
             let mut workers = self.workers.lock().unwrap_or_else(PoisonError::into_inner);
             partitions
@@ -164,6 +147,8 @@ impl ConsumerContext for PipelineContext {
         match rebalance {
             Rebalance::Assign(partitions) => {
                 info!(partitions = partitions.count(), "Partitions assigned.");
+                self.telemetry.pipeline.rebalance("assign");
+                self.telemetry.readiness.assigned(partitions.count());
                 let list = partitions
                     .elements()
                     .iter()
@@ -181,13 +166,24 @@ impl ConsumerContext for PipelineContext {
 pub struct Pipeline {
     /// Validated configuration.
     pub config: Config,
-    /// The plugins, in dispatch order.
-    pub plugins: Vec<Arc<Plugin>>,
-    /// Counters, shared with whoever wants to watch.
-    pub stats: Arc<Stats>,
+    /// The plugins serving (and any later versions of them).
+    pub plugins: Arc<Registry>,
+    /// Metrics and readiness, shared with the admin endpoint.
+    pub telemetry: Telemetry,
 }
 
 impl Pipeline {
+    /// A pipeline over a fixed set of plugins, with fresh telemetry.
+    pub fn new(config: Config, plugins: Vec<Arc<Plugin>>) -> Self {
+        let telemetry = Telemetry::default();
+        let plugins = Arc::new(Registry::fixed(plugins, telemetry.plugins.clone()));
+        Self {
+            config,
+            plugins,
+            telemetry,
+        }
+    }
+
     /// Consumes from `brokers` until `shutdown` resolves, then drains,
     /// commits and leaves the group.
     pub async fn run(
@@ -202,14 +198,16 @@ impl Pipeline {
         let context = PipelineContext {
             workers: workers.clone(),
             drain_timeout: self.config.pipeline.shutdown_timeout,
-            stats: self.stats.clone(),
+            telemetry: self.telemetry.clone(),
             assigned: assigned_tx,
         };
         let defaults = [
             ("group.id", kafka.group_id.as_str()),
-            ("enable.auto.commit", "true"),
-            ("auto.commit.interval.ms", "1000"),
+            // Offsets are stored behind acknowledged deliveries and committed
+            // by `commit_periodically` (timed for the metrics).
+            ("enable.auto.commit", "false"),
             ("enable.auto.offset.store", "false"),
+            ("statistics.interval.ms", "5000"),
             ("auto.offset.reset", "earliest"),
             ("partition.assignment.strategy", "cooperative-sticky"),
             ("session.timeout.ms", "10000"),
@@ -230,9 +228,14 @@ impl Pipeline {
                 source,
             })?;
         let producer = kafka::producer(brokers, kafka)?;
-        info!(brokers, topics, group = %kafka.group_id, plugins = self.plugins.len(), "Pipeline started.");
+        info!(brokers, topics, group = %kafka.group_id, plugins = self.plugins.current().plugins.len(), "Pipeline started.");
 
         let restore_client = kafka::client_config(brokers, kafka, &[]);
+        let committer = tokio::spawn(commit_periodically(
+            consumer.clone(),
+            self.config.pipeline.commit_interval,
+            self.telemetry.clone(),
+        ));
         tokio::pin!(shutdown);
         loop {
             let message = tokio::select! {
@@ -271,6 +274,8 @@ impl Pipeline {
         }
 
         info!("Shutting down: draining partitions.");
+        self.telemetry.readiness.stopping();
+        committer.abort();
         let handles: Vec<WorkerHandle> = workers
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -288,14 +293,12 @@ impl Pipeline {
                 warn!("Shutdown timed out waiting for a partition to drain.");
             }
         }
-        if let Err(err) = consumer.commit_consumer_state(CommitMode::Sync) {
-            tracing::debug!(error = %err, "Final commit.");
-        }
+        commit(&consumer, &self.telemetry);
         if let Err(err) = producer.flush(Duration::from_secs(5)) {
             warn!(error = %err, "Flushing the producer.");
         }
         consumer.unsubscribe();
-        info!(summary = %self.stats.summary(), "Pipeline stopped.");
+        info!(summary = %self.telemetry.pipeline.summary(), "Pipeline stopped.");
         Ok(())
     }
 
@@ -310,10 +313,17 @@ impl Pipeline {
         let (records, rx) = mpsc::channel(self.config.pipeline.queue_capacity);
         let revoke = Arc::new(Revoke::default());
         let (done_tx, done) = std::sync::mpsc::channel();
+        let plugins = self.plugins.subscribe();
+        let dispatcher = Dispatcher::with(
+            &plugins.borrow().plugins,
+            self.quarantine_policy(),
+            self.telemetry.plugins.clone(),
+        );
         let worker = Worker {
             topic: topic.to_owned(),
             partition,
-            dispatcher: Dispatcher::new(&self.plugins),
+            dispatcher,
+            plugins,
             producer: producer.clone(),
             consumer: consumer.clone(),
             targets: Targets {
@@ -325,15 +335,60 @@ impl Pipeline {
             restore_client: restore_client.clone(),
             restore_timeout: self.config.pipeline.restore_timeout,
             max_in_flight: self.config.pipeline.max_in_flight,
-            stats: self.stats.clone(),
+            stats: self.telemetry.pipeline.clone(),
             pending: Default::default(),
         };
-        let task = tokio::spawn(worker.run(rx, revoke.clone(), done_tx));
+        let restoring = self.telemetry.readiness.restoring();
+        let task = tokio::spawn(worker.run(rx, revoke.clone(), done_tx, restoring));
         WorkerHandle {
             records,
             revoke,
             done,
             task,
+        }
+    }
+
+    fn quarantine_policy(&self) -> QuarantinePolicy {
+        let p = &self.config.plugins;
+        QuarantinePolicy {
+            after: p.quarantine_after,
+            backoff: p.quarantine_backoff,
+            max_backoff: p.quarantine_max_backoff,
+        }
+    }
+}
+
+/// Commits the stored offsets every `interval`, timing each commit.
+async fn commit_periodically(
+    consumer: Arc<PipelineConsumer>,
+    interval: Duration,
+    telemetry: Telemetry,
+) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let (consumer, telemetry) = (consumer.clone(), telemetry.clone());
+        // A synchronous commit waits for the coordinator; keep it off the
+        // runtime's threads.
+        if tokio::task::spawn_blocking(move || commit(&consumer, &telemetry))
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// Commits the stored offsets now. Nothing new to commit is not an error.
+fn commit(consumer: &PipelineConsumer, telemetry: &Telemetry) {
+    let started = Instant::now();
+    match consumer.commit_consumer_state(CommitMode::Sync) {
+        Ok(()) => telemetry.pipeline.commit(Ok(started.elapsed())),
+        Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+        Err(err) => {
+            telemetry.pipeline.commit(Err(()));
+            warn!(error = %err, "Committing offsets failed; they are committed with the next one.");
         }
     }
 }

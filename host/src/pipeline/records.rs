@@ -3,6 +3,7 @@
 
 pub use crate::kafka::OutRecord;
 use crate::sandbox::Emit;
+use crate::plugin::Plugin;
 
 /// Where the input being handled came from.
 #[derive(Debug, Clone, Copy)]
@@ -35,13 +36,15 @@ impl Source<'_> {
     }
 }
 
-/// A plugin's emit as a record, with `source.*` headers.
-pub fn output(emit: &Emit, plugin: &str, source: &Source<'_>) -> OutRecord {
-    let mut headers = Vec::with_capacity(5);
+/// A plugin's emit as a record, with `source.*` headers naming the input
+/// and the plugin version (`source.plugin.hash`, the component's SHA-256).
+pub fn output(emit: &Emit, plugin: &Plugin, source: &Source<'_>) -> OutRecord {
+    let mut headers = Vec::with_capacity(6);
     if let Some(id) = source.event_id {
         headers.push(("source.event.id", id.as_bytes().to_vec()));
     }
-    headers.push(("source.plugin", plugin.as_bytes().to_vec()));
+    headers.push(("source.plugin", plugin.name.as_bytes().to_vec()));
+    headers.push(("source.plugin.hash", plugin.hash.as_bytes().to_vec()));
     source.trace_headers("source", &mut headers);
     OutRecord {
         topic: emit.topic.clone(),

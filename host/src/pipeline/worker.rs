@@ -9,21 +9,22 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use rdkafka::Message;
 use rdkafka::consumer::Consumer;
 use rdkafka::message::{Headers, OwnedMessage};
 use rdkafka::producer::{DeliveryFuture, FutureProducer};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, watch};
 use tracing::{Instrument, debug, debug_span, info, info_span, warn};
 
 use super::records::{self, Failure, OutRecord, Source};
-use super::{PipelineConsumer, Stats};
+use super::PipelineConsumer;
 use crate::dispatch::{Dispatcher, Outcome};
 use crate::event::{self, RecordMeta};
+use crate::plugin::PluginSet;
 use crate::state::changelog;
+use crate::telemetry::{PipelineMetrics, RestoreGuard};
 use crate::world::Timestamp;
 
 /// How long to wait before re-sending a record whose delivery failed.
@@ -41,6 +42,8 @@ pub(super) struct Worker {
     pub(super) topic: String,
     pub(super) partition: i32,
     pub(super) dispatcher: Dispatcher,
+    /// New plugin sets, applied between records.
+    pub(super) plugins: watch::Receiver<Arc<PluginSet>>,
     pub(super) producer: FutureProducer,
     pub(super) consumer: Arc<PipelineConsumer>,
     /// Where the dead letters and state changes of this partition go.
@@ -49,7 +52,7 @@ pub(super) struct Worker {
     pub(super) restore_client: rdkafka::ClientConfig,
     pub(super) restore_timeout: Duration,
     pub(super) max_in_flight: usize,
-    pub(super) stats: Arc<Stats>,
+    pub(super) stats: Arc<PipelineMetrics>,
     pub(super) pending: VecDeque<Pending>,
 }
 
@@ -87,17 +90,21 @@ fn wall_now() -> Timestamp {
 }
 
 impl Worker {
-    /// Runs until the channel closes (shutdown) or a revoke is requested,
-    /// then settles everything pending. `done` is told when it has.
+    /// Restores the partition's state (then drops `restoring`), runs
+    /// until the channel closes (shutdown) or a revoke is requested, then
+    /// settles everything pending. `done` is told when it has.
     pub(super) async fn run(
         mut self,
         mut records: mpsc::Receiver<OwnedMessage>,
         revoke: Arc<Revoke>,
         done: std::sync::mpsc::Sender<()>,
+        restoring: RestoreGuard,
     ) {
         let span = info_span!("partition", topic = %self.topic, partition = self.partition);
         async {
             self.restore().await;
+            drop(restoring);
+            let mut plugins_open = true;
             loop {
                 let next_due = self.dispatcher.next_due();
                 let timer_sleep = next_due.map(|due| {
@@ -110,6 +117,10 @@ impl Worker {
                         debug!("Revoked; settling pending deliveries.");
                         break;
                     }
+                    changed = self.plugins.changed(), if plugins_open => match changed {
+                        Ok(()) => self.update_plugins(),
+                        Err(_) => plugins_open = false,
+                    },
                     failures = settle_head(&mut self.pending), if !self.pending.is_empty() => {
                         self.after_settle(failures).await;
                     }
@@ -149,9 +160,7 @@ impl Worker {
             Ok(Ok(restorer)) => {
                 let (applied, skipped) = (restorer.applied, restorer.skipped);
                 self.dispatcher.restore(restorer.into_states());
-                self.stats
-                    .restored_records
-                    .fetch_add(applied, Ordering::Relaxed);
+                self.stats.restored_records.inc_by(applied);
                 info!(
                     records = applied,
                     skipped,
@@ -174,9 +183,22 @@ impl Worker {
         }
     }
 
+    /// Switches the dispatcher to the newest plugin set. Called between
+    /// records, so each record is handled by one version of each plugin.
+    fn update_plugins(&mut self) {
+        let set = self.plugins.borrow_and_update().clone();
+        if self.dispatcher.update(&set.plugins) {
+            debug!(
+                generation = set.generation,
+                plugins = set.plugins.len(),
+                "Plugin set updated."
+            );
+        }
+    }
+
     /// Decodes, dispatches and sends the results of one input record.
     fn handle(&mut self, message: &OwnedMessage) {
-        self.stats.events_in.fetch_add(1, Ordering::Relaxed);
+        self.stats.events_in.inc();
         let value = message.payload().unwrap_or_default();
         let headers: Vec<(&str, &[u8])> = message
             .headers()
@@ -240,7 +262,7 @@ impl Worker {
     fn fire_timers(&mut self) {
         let now = wall_now();
         while let Some(firing) = self.dispatcher.fire_next(now) {
-            self.stats.timers_fired.fetch_add(1, Ordering::Relaxed);
+            self.stats.timers_fired.inc();
             let value = serde_json::json!({
                 "plugin": firing.outcome.plugin.name,
                 "timer": firing.timer.key,
@@ -296,7 +318,7 @@ impl Worker {
                 } else {
                     &self.stats.outputs
                 };
-                counter.fetch_add(1, Ordering::Relaxed);
+                counter.inc();
             }
             if let Some(offset) = head.offset {
                 match self
@@ -304,7 +326,7 @@ impl Worker {
                     .store_offset(&self.topic, self.partition, offset)
                 {
                     Ok(()) => {
-                        self.stats.offsets_stored.fetch_add(1, Ordering::Relaxed);
+                        self.stats.offsets_stored.inc();
                     }
                     Err(err) => {
                         warn!(offset, error = %err, "Could not store offset (partition no longer assigned?).")
@@ -320,7 +342,7 @@ impl Worker {
         for (index, error) in failures {
             if let Some(send) = head.sends.get_mut(index) {
                 warn!(topic = %send.record.topic, error = %error, "Delivery failed; re-sending. The input offset does not advance until it succeeds.");
-                self.stats.resends.fetch_add(1, Ordering::Relaxed);
+                self.stats.resends.inc();
                 send.state = SendState::enqueue(&self.producer, &send.record);
             }
         }
@@ -360,7 +382,7 @@ fn collect(
     match outcome.result {
         Ok(effects) => {
             for emit in &effects.emits {
-                out.push(records::output(emit, &outcome.plugin.name, source));
+                out.push(records::output(emit, &outcome.plugin, source));
             }
             let plugin = outcome.plugin.name.as_str();
             for (key, value) in changelog::records(&targets.input_topic, plugin, &effects.changes) {

@@ -3,17 +3,23 @@
 //!
 //! Loading validates every file against the `todo:plugin` world before it
 //! can serve traffic. A bad file is reported with its name and the reason,
-//! and the others still load.
+//! and the others still load. While the daemon runs, a [`Registry`] keeps
+//! the live set, re-reading the directory when a [`watcher`] sees it change.
 
 pub mod bundled;
+pub mod health;
 pub mod manifest;
+pub mod registry;
+pub mod watcher;
 
 use std::collections::BTreeSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use self::health::Health;
 use self::manifest::Manifest;
+pub use self::registry::{PluginSet, PluginStatus, Registry};
 use crate::sandbox::{CallError, HostState, Instance, PluginSpec, Sandbox, ValidateError};
 use crate::world::{EventKind, PluginPre};
 
@@ -33,6 +39,8 @@ pub struct Plugin {
     pub pre: PluginPre<HostState>,
     /// WASI interfaces the component imports (all empty unless granted).
     pub wasi_imports: BTreeSet<String>,
+    /// This version's failure record (quarantine).
+    pub health: Health,
     /// The sandbox it was compiled for (instances must come from the same
     /// engine).
     sandbox: Arc<Sandbox>,
@@ -173,46 +181,95 @@ fn plugin_name(file: &Path) -> String {
 /// Loads one `NAME.wasm` and its optional `NAME.toml`. `Ok(None)` means the
 /// manifest disables it.
 pub fn load_file(sandbox: &Arc<Sandbox>, file: &Path) -> Result<Option<Plugin>, LoadError> {
-    let name = plugin_name(file);
-    if name.is_empty()
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-    {
-        return Err(LoadError::BadName {
-            file: file.to_owned(),
-        });
-    }
-    let manifest_file = file.with_extension("toml");
-    let manifest = match std::fs::read_to_string(&manifest_file) {
-        Ok(text) => Manifest::parse(&text).map_err(|e| LoadError::Manifest {
-            file: manifest_file.clone(),
-            message: e.to_string().trim_end().to_owned(),
-        })?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Manifest::default(),
-        Err(source) => {
-            return Err(LoadError::Io {
-                file: manifest_file,
-                source,
+    PluginFiles::read(file)?.load(sandbox)
+}
+
+/// A plugin's files as read from disk, before validation.
+#[derive(Debug, Clone)]
+pub struct PluginFiles {
+    /// The file stem.
+    pub name: String,
+    /// `NAME.wasm`.
+    pub wasm_file: PathBuf,
+    /// Its bytes.
+    pub wasm: Vec<u8>,
+    /// `NAME.toml` (which may not exist).
+    pub manifest_file: PathBuf,
+    /// Its text, if it exists.
+    pub manifest: Option<String>,
+}
+
+impl PluginFiles {
+    /// Reads `NAME.wasm` and, if present, `NAME.toml`.
+    pub fn read(file: &Path) -> Result<Self, LoadError> {
+        let name = plugin_name(file);
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return Err(LoadError::BadName {
+                file: file.to_owned(),
             });
         }
-    };
-    if !manifest.enabled {
-        return Ok(None);
+        let manifest_file = file.with_extension("toml");
+        let manifest = match std::fs::read_to_string(&manifest_file) {
+            Ok(text) => Some(text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(source) => {
+                return Err(LoadError::Io {
+                    file: manifest_file,
+                    source,
+                });
+            }
+        };
+        let wasm = std::fs::read(file).map_err(|source| LoadError::Io {
+            file: file.to_owned(),
+            source,
+        })?;
+        Ok(Self {
+            name,
+            wasm_file: file.to_owned(),
+            wasm,
+            manifest_file,
+            manifest,
+        })
     }
-    let bytes = std::fs::read(file).map_err(|source| LoadError::Io {
-        file: file.to_owned(),
-        source,
-    })?;
-    from_parts(
-        sandbox,
-        name,
-        file.to_owned(),
-        &bytes,
-        manifest,
-        &manifest_file,
-    )
-    .map(Some)
+
+    /// Identifies this exact pair of files: the SHA-256 of the component
+    /// and of the manifest.
+    pub fn fingerprint(&self) -> (String, Option<String>) {
+        (
+            Sandbox::content_hash(&self.wasm),
+            self.manifest
+                .as_deref()
+                .map(|m| Sandbox::content_hash(m.as_bytes())),
+        )
+    }
+
+    /// Validates and compiles the plugin. `Ok(None)` means the manifest
+    /// disables it.
+    pub fn load(self, sandbox: &Arc<Sandbox>) -> Result<Option<Plugin>, LoadError> {
+        let manifest = match &self.manifest {
+            Some(text) => Manifest::parse(text).map_err(|e| LoadError::Manifest {
+                file: self.manifest_file.clone(),
+                message: e.to_string().trim_end().to_owned(),
+            })?,
+            None => Manifest::default(),
+        };
+        if !manifest.enabled {
+            return Ok(None);
+        }
+        from_parts(
+            sandbox,
+            self.name,
+            self.wasm_file,
+            &self.wasm,
+            manifest,
+            &self.manifest_file,
+        )
+        .map(Some)
+    }
 }
 
 /// Builds a plugin from its bytes and manifest (used for files and for the
@@ -244,6 +301,7 @@ pub fn from_parts(
         spec: Arc::new(spec),
         pre,
         wasi_imports,
+        health: Health::default(),
         sandbox: sandbox.clone(),
     })
 }

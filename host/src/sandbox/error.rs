@@ -63,6 +63,15 @@ pub enum CallError {
     /// No instance could be created for the call.
     #[error("instantiation failed: {0}")]
     Instantiate(String),
+    /// The plugin was not called: it is quarantined after failing too
+    /// often in a row.
+    #[error("quarantined after {failures} consecutive failures; next try at {retry_at}")]
+    Quarantined {
+        /// Consecutive failures so far.
+        failures: u32,
+        /// When the next trial call is allowed (RFC 3339).
+        retry_at: String,
+    },
 }
 
 impl CallError {
@@ -72,6 +81,7 @@ impl CallError {
             Self::Plugin { .. } => "plugin-error",
             Self::Trap { kind, .. } => kind.as_str(),
             Self::Instantiate(_) => "instantiate",
+            Self::Quarantined { .. } => "quarantined",
         }
     }
 }

@@ -3,8 +3,14 @@
 
 #![allow(dead_code, clippy::unwrap_used)]
 
+use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use rdkafka::Message;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::OwnedMessage;
 
 use tempfile::TempDir;
 use todo_eventd::plugin::{self, Plugin};
@@ -61,4 +67,71 @@ pub fn created(task: &str, at: i64) -> TaskEvent {
         "task_data": {"title": "t"},
     });
     todo_eventd::event::decode(json.to_string().as_bytes()).unwrap()
+}
+
+/// A task event as producers send it (snake case).
+pub fn event(id: &str, user: &str, task: &str, kind: &str) -> String {
+    serde_json::json!({
+        "event_id": id, "event_type": kind, "user_id": user, "task_id": task,
+        "timestamp": "2026-01-26T08:00:00Z", "task_data": {"title": "t"}
+    })
+    .to_string()
+}
+
+/// A consumer in a group of its own reading `topics` from the start.
+pub fn reader(brokers: &str, topics: &[&str]) -> StreamConsumer {
+    static READERS: AtomicU32 = AtomicU32::new(0);
+    let group = format!("test-reader-{}", READERS.fetch_add(1, Ordering::Relaxed));
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(topics).unwrap();
+    consumer
+}
+
+/// A record's value as JSON.
+pub fn value(message: &OwnedMessage) -> serde_json::Value {
+    serde_json::from_slice(message.payload().unwrap()).unwrap()
+}
+
+/// `component` with a custom section appended: the same behaviour, a
+/// different content hash (a "new version" of a plugin).
+pub fn with_custom_section(component: &[u8], label: &str) -> Vec<u8> {
+    let name = b"todo-eventd-test";
+    let mut payload = vec![u8::try_from(name.len()).unwrap()];
+    payload.extend_from_slice(name);
+    payload.extend_from_slice(label.as_bytes());
+    let mut bytes = component.to_vec();
+    bytes.push(0); // custom section id
+    let mut size = payload.len();
+    loop {
+        let byte = (size & 0x7f) as u8;
+        size >>= 7;
+        if size == 0 {
+            bytes.push(byte);
+            break;
+        }
+        bytes.push(byte | 0x80);
+    }
+    bytes.extend_from_slice(&payload);
+    bytes
+}
+
+/// A minimal HTTP/1.1 GET: the status code and the body.
+pub fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, body.to_owned())
 }

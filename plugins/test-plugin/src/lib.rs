@@ -11,13 +11,35 @@
 //! - `bad-emit`: emit to an output the manifest does not grant;
 //! - `fail`: write state, set a timer, emit, then return an error (none of
 //!   which may be applied);
-//! - `timer`: set a timer 1 minute after the event, emit on fire.
+//! - `timer`: set a timer 1 minute after the event, emit on fire;
+//! - `flaky`: return an error from the first `fail_calls` calls of an
+//!   instance, then behave like `echo` (a plugin that fails for a while,
+//!   then recovers).
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use todo_plugin_sdk::{
     FiredTimer, Guest, PluginError, TaskEvent, error, host, output, state, timers,
 };
 
 struct TestPlugin;
+
+/// Counts the event in state and emits `{"event", "kind", "count"}` to
+/// `out`, keyed by task id.
+fn echo(event: &TaskEvent) {
+    let count = state::get("count")
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or(0)
+        + 1;
+    state::set("count", count.to_string().as_bytes());
+    let value = serde_json::json!({
+        "event": event.id,
+        "kind": event.kind.name(),
+        "count": count,
+    });
+    output::emit("out", Some(&event.task.id), &value.to_string());
+}
 
 fn mode() -> String {
     host::config("mode").unwrap_or_else(|| "noop".into())
@@ -28,18 +50,21 @@ impl Guest for TestPlugin {
         match mode().as_str() {
             "noop" => Ok(()),
             "echo" => {
-                let count = state::get("count")
-                    .and_then(|b| String::from_utf8(b).ok())
-                    .and_then(|s| s.parse::<u64>().ok())
-                    .unwrap_or(0)
-                    + 1;
-                state::set("count", count.to_string().as_bytes());
-                let value = serde_json::json!({
-                    "event": event.id,
-                    "kind": event.kind.name(),
-                    "count": count,
-                });
-                output::emit("out", Some(&event.task.id), &value.to_string());
+                echo(&event);
+                Ok(())
+            }
+            "flaky" => {
+                static CALLS: AtomicU64 = AtomicU64::new(0);
+                let fail_calls = host::config("fail_calls")
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0);
+                if CALLS.fetch_add(1, Ordering::Relaxed) < fail_calls {
+                    return Err(error(
+                        "flaky",
+                        format!("not ready to handle event {} yet", event.id),
+                    ));
+                }
+                echo(&event);
                 Ok(())
             }
             "loop" => {

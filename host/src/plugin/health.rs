@@ -1,0 +1,214 @@
+//! Quarantine: a plugin version that fails `after` calls in a row is
+//! suspended, and retried after an exponential back-off.
+//!
+//! While a plugin is suspended its events are dead-lettered (kind
+//! `quarantined`) and its timers wait. Once the back-off has passed the next
+//! call is a trial: success lifts the quarantine, failure suspends the
+//! plugin again for twice as long (up to `max_backoff`). Health belongs to
+//! one loaded version, so a replaced plugin starts with a clean record.
+
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use crate::world::Timestamp;
+
+/// When to quarantine and for how long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuarantinePolicy {
+    /// Consecutive failures that trigger a quarantine; 0 never does.
+    pub after: u32,
+    /// The first back-off.
+    pub backoff: Duration,
+    /// The longest back-off.
+    pub max_backoff: Duration,
+}
+
+impl QuarantinePolicy {
+    /// Never quarantine (the offline bench and benchmarks).
+    pub const NEVER: Self = Self {
+        after: 0,
+        backoff: Duration::ZERO,
+        max_backoff: Duration::ZERO,
+    };
+}
+
+impl Default for QuarantinePolicy {
+    fn default() -> Self {
+        Self {
+            after: 5,
+            backoff: Duration::from_secs(10),
+            max_backoff: Duration::from_secs(600),
+        }
+    }
+}
+
+/// A plugin that may not be called until `retry_at`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Suspended {
+    /// Consecutive failures so far.
+    pub failures: u32,
+    /// When the next trial call is allowed (ms since the epoch).
+    pub retry_at: Timestamp,
+}
+
+/// A point-in-time view of a plugin's health.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HealthSnapshot {
+    /// Failed calls since the last success.
+    pub consecutive_failures: u32,
+    /// Set while quarantined (until a call succeeds): when the next trial
+    /// is allowed.
+    pub retry_at: Option<Timestamp>,
+    /// How often this version was quarantined.
+    pub quarantines: u64,
+    /// The most recent failure's message.
+    pub last_error: Option<String>,
+}
+
+/// One plugin version's failure record, shared by every partition.
+#[derive(Debug, Default)]
+pub struct Health(Mutex<State>);
+
+#[derive(Debug, Default)]
+struct State {
+    snapshot: HealthSnapshot,
+    backoff: Duration,
+}
+
+/// What a recorded outcome changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    /// Nothing worth reporting.
+    None,
+    /// The plugin was (re-)quarantined until the given time.
+    Quarantined(Suspended),
+    /// A trial call succeeded; the quarantine is lifted.
+    Released,
+}
+
+impl Health {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// `Err` while a quarantine's back-off has not passed at `now`.
+    pub fn admit(&self, now: Timestamp) -> Result<(), Suspended> {
+        let state = self.state();
+        match state.snapshot.retry_at {
+            Some(retry_at) if now < retry_at => Err(Suspended {
+                failures: state.snapshot.consecutive_failures,
+                retry_at,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// When the next trial call is allowed, while quarantined.
+    pub fn retry_at(&self) -> Option<Timestamp> {
+        self.state().snapshot.retry_at
+    }
+
+    /// A successful call: the failure run ends.
+    pub fn succeeded(&self) -> Transition {
+        let mut state = self.state();
+        let was_quarantined = state.snapshot.retry_at.take().is_some();
+        state.snapshot.consecutive_failures = 0;
+        state.backoff = Duration::ZERO;
+        if was_quarantined {
+            Transition::Released
+        } else {
+            Transition::None
+        }
+    }
+
+    /// A failed call at `now`; quarantines under `policy` when the run of
+    /// failures is long enough.
+    pub fn failed(&self, policy: &QuarantinePolicy, now: Timestamp, error: &str) -> Transition {
+        let mut state = self.state();
+        let snapshot = &mut state.snapshot;
+        snapshot.consecutive_failures = snapshot.consecutive_failures.saturating_add(1);
+        snapshot.last_error = Some(error.to_owned());
+        if policy.after == 0 || snapshot.consecutive_failures < policy.after {
+            return Transition::None;
+        }
+        let backoff = if state.backoff.is_zero() {
+            policy.backoff
+        } else {
+            (state.backoff * 2).min(policy.max_backoff)
+        };
+        state.backoff = backoff;
+        let retry_at = now.saturating_add(i64::try_from(backoff.as_millis()).unwrap_or(i64::MAX));
+        state.snapshot.retry_at = Some(retry_at);
+        state.snapshot.quarantines += 1;
+        Transition::Quarantined(Suspended {
+            failures: state.snapshot.consecutive_failures,
+            retry_at,
+        })
+    }
+
+    /// The current record.
+    pub fn snapshot(&self) -> HealthSnapshot {
+        self.state().snapshot.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POLICY: QuarantinePolicy = QuarantinePolicy {
+        after: 3,
+        backoff: Duration::from_secs(1),
+        max_backoff: Duration::from_secs(3),
+    };
+
+    #[test]
+    fn quarantines_after_a_run_of_failures_and_backs_off() {
+        let health = Health::default();
+        assert_eq!(health.failed(&POLICY, 0, "a"), Transition::None);
+        assert_eq!(health.succeeded(), Transition::None, "a success resets the run");
+        for _ in 0..2 {
+            assert_eq!(health.failed(&POLICY, 0, "b"), Transition::None);
+        }
+        let first = health.failed(&POLICY, 10, "c");
+        assert_eq!(
+            first,
+            Transition::Quarantined(Suspended {
+                failures: 3,
+                retry_at: 1_010
+            })
+        );
+        assert!(health.admit(1_009).is_err());
+        assert!(health.admit(1_010).is_ok(), "a trial after the back-off");
+        // Failed trials double the back-off, up to the maximum.
+        let retry_ats: Vec<_> = [1_010, 3_010, 6_010]
+            .into_iter()
+            .map(|now| match health.failed(&POLICY, now, "d") {
+                Transition::Quarantined(s) => s.retry_at - now,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(retry_ats, [2_000, 3_000, 3_000]);
+        assert_eq!(health.snapshot().quarantines, 4);
+        assert_eq!(health.snapshot().last_error.as_deref(), Some("d"));
+        assert_eq!(health.succeeded(), Transition::Released);
+        assert_eq!(health.retry_at(), None);
+        // The back-off starts over after a release.
+        for now in 0..3 {
+            health.failed(&POLICY, now, "e");
+        }
+        assert_eq!(health.retry_at(), Some(2 + 1_000));
+    }
+
+    #[test]
+    fn never_policy_never_quarantines() {
+        let health = Health::default();
+        for now in 0..100 {
+            assert_eq!(
+                health.failed(&QuarantinePolicy::NEVER, now, "x"),
+                Transition::None
+            );
+        }
+        assert!(health.admit(0).is_ok());
+    }
+}

@@ -1,0 +1,98 @@
+//! Watches the plugins directory and rescans it when it changes.
+//!
+//! File events are debounced: the directory is rescanned once it has been
+//! quiet for the debounce period, so a file being copied in is read whole
+//! in the common case (and rejected, then picked up on its final write, in
+//! the rare one). Any event triggers a full rescan, which also covers
+//! Kubernetes volumes that swap a `..data` symlink rather than the files.
+//! A slow periodic rescan catches what a file system does not report
+//! (network mounts).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify::event::{AccessKind, AccessMode};
+use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher as _};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::{Instrument, debug, info_span, warn};
+
+use super::registry::Registry;
+
+/// How often the directory is rescanned without any file event.
+pub const FALLBACK_RESCAN: Duration = Duration::from_secs(30);
+
+/// A running watcher; dropping it stops watching.
+#[derive(Debug)]
+pub struct Watcher {
+    _watcher: RecommendedWatcher,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Whether an event may mean a plugin file changed (reads, including our
+/// own, do not).
+fn relevant(event: &Event) -> bool {
+    match event.kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
+    }
+}
+
+/// Watches `registry`'s directory (if it has one) on the current Tokio
+/// runtime. `Ok(None)` when there is nothing to watch.
+pub fn watch(registry: Arc<Registry>, debounce: Duration) -> notify::Result<Option<Watcher>> {
+    let Some(dir) = registry.dir().map(ToOwned::to_owned) else {
+        return Ok(None);
+    };
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<Event>| {
+        match event {
+            Ok(event) if !relevant(&event) => {}
+            // A send fails only once the task is gone.
+            Ok(_) => drop(tx.send(())),
+            Err(err) => warn!(error = %err, "Watching the plugins directory."),
+        }
+    })?;
+    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+    let span = info_span!("plugin_watcher", dir = %dir.display());
+    let task = tokio::spawn(
+        async move {
+            loop {
+                tokio::select! {
+                    event = rx.recv() => {
+                        if event.is_none() {
+                            return;
+                        }
+                        // Wait until the directory has been quiet for a while.
+                        while let Ok(Some(())) = tokio::time::timeout(debounce, rx.recv()).await {}
+                    }
+                    () = tokio::time::sleep(FALLBACK_RESCAN) => {}
+                }
+                let registry = registry.clone();
+                match tokio::task::spawn_blocking(move || registry.rescan()).await {
+                    Ok(Ok(report)) if report.is_empty() => debug!("Rescan: no changes."),
+                    Ok(Ok(report)) => debug!(
+                        loaded = ?report.loaded,
+                        removed = ?report.removed,
+                        rejected = report.rejected.len(),
+                        "Rescanned the plugins directory."
+                    ),
+                    Ok(Err(err)) => warn!(error = %err, "Cannot read the plugins directory; the plugins loaded keep serving."),
+                    Err(err) => warn!(error = %err, "Plugin rescan task failed."),
+                }
+            }
+        }
+        .instrument(span),
+    );
+    Ok(Some(Watcher {
+        _watcher: watcher,
+        task,
+    }))
+}

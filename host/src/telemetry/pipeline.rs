@@ -1,0 +1,197 @@
+//! The pipeline's metrics: records in and out, dead letters, timers, state
+//! changes, consumer lag per partition, rebalances and commit latency.
+
+use std::collections::HashMap;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels of a per-partition series.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartitionLabels {
+    /// The input topic.
+    pub topic: String,
+    /// The partition number.
+    pub partition: i32,
+}
+
+/// Labels of a rebalance.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RebalanceLabels {
+    kind: &'static str,
+}
+
+/// Labels of a commit outcome.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CommitLabels {
+    result: &'static str,
+}
+
+/// Counters of what the pipeline did. Every field is a shared handle;
+/// cloning one shares the count.
+#[derive(Debug)]
+pub struct PipelineMetrics {
+    /// Input records received.
+    pub events_in: Counter,
+    /// Plugin outputs acknowledged by the broker.
+    pub outputs: Counter,
+    /// Dead letters acknowledged by the broker.
+    pub dead_letters: Counter,
+    /// Timers fired.
+    pub timers_fired: Counter,
+    /// Input offsets stored for commit.
+    pub offsets_stored: Counter,
+    /// Deliveries that failed and were re-sent.
+    pub resends: Counter,
+    /// State changes written to the changelog (acknowledged).
+    pub changelog_records: Counter,
+    /// Changelog records applied while restoring assigned partitions.
+    pub restored_records: Counter,
+    rebalances: Family<RebalanceLabels, Counter>,
+    commits: Family<CommitLabels, Counter>,
+    commit_duration: Histogram,
+    consumer_lag: Family<PartitionLabels, Gauge>,
+}
+
+impl Default for PipelineMetrics {
+    fn default() -> Self {
+        Self {
+            events_in: Counter::default(),
+            outputs: Counter::default(),
+            dead_letters: Counter::default(),
+            timers_fired: Counter::default(),
+            offsets_stored: Counter::default(),
+            resends: Counter::default(),
+            changelog_records: Counter::default(),
+            restored_records: Counter::default(),
+            rebalances: Family::default(),
+            commits: Family::default(),
+            // 1 ms .. ~16 s
+            commit_duration: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
+            consumer_lag: Family::default(),
+        }
+    }
+}
+
+impl PipelineMetrics {
+    /// Counts a rebalance that assigned (`"assign"`) or revoked (`"revoke"`)
+    /// partitions.
+    pub fn rebalance(&self, kind: &'static str) {
+        self.rebalances.get_or_create(&RebalanceLabels { kind }).inc();
+    }
+
+    /// Rebalances of `kind` so far.
+    pub fn rebalances(&self, kind: &'static str) -> u64 {
+        self.rebalances
+            .get(&RebalanceLabels { kind })
+            .map_or(0, |c| c.get())
+    }
+
+    /// Records a commit of stored offsets and how long it took.
+    pub fn commit(&self, result: Result<std::time::Duration, ()>) {
+        match result {
+            Ok(took) => {
+                self.commit_duration.observe(took.as_secs_f64());
+                self.commits.get_or_create(&CommitLabels { result: "ok" }).inc();
+            }
+            Err(()) => {
+                self.commits
+                    .get_or_create(&CommitLabels { result: "error" })
+                    .inc();
+            }
+        }
+    }
+
+    /// Replaces the consumer-lag series with `lags` (the assigned partitions
+    /// librdkafka knows a lag for).
+    pub fn set_consumer_lag(&self, lags: &HashMap<(String, i32), i64>) {
+        self.consumer_lag.clear();
+        for ((topic, partition), lag) in lags {
+            self.consumer_lag
+                .get_or_create(&PartitionLabels {
+                    topic: topic.clone(),
+                    partition: *partition,
+                })
+                .set(*lag);
+        }
+    }
+
+    /// A one-line summary for logs.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} events in, {} outputs, {} dead letters, {} timers fired, {} offsets stored, {} re-sends, {} state changes written, {} restored",
+            self.events_in.get(),
+            self.outputs.get(),
+            self.dead_letters.get(),
+            self.timers_fired.get(),
+            self.offsets_stored.get(),
+            self.resends.get(),
+            self.changelog_records.get(),
+            self.restored_records.get(),
+        )
+    }
+
+    pub(super) fn register(&self, registry: &mut Registry) {
+        let counters = [
+            ("events_in", "Input records received", &self.events_in),
+            (
+                "outputs",
+                "Plugin outputs acknowledged by the broker",
+                &self.outputs,
+            ),
+            (
+                "dead_letters",
+                "Dead letters acknowledged by the broker",
+                &self.dead_letters,
+            ),
+            ("timers_fired", "Plugin timers fired", &self.timers_fired),
+            (
+                "offsets_stored",
+                "Input offsets stored for commit (every record before them handled and acknowledged)",
+                &self.offsets_stored,
+            ),
+            (
+                "resends",
+                "Deliveries that failed and were re-sent",
+                &self.resends,
+            ),
+            (
+                "changelog_records",
+                "Plugin state changes written to the changelog",
+                &self.changelog_records,
+            ),
+            (
+                "restored_records",
+                "Changelog records applied while restoring state",
+                &self.restored_records,
+            ),
+        ];
+        for (name, help, counter) in counters {
+            registry.register(name, help, counter.clone());
+        }
+        registry.register(
+            "rebalances",
+            "Consumer-group rebalances that assigned or revoked partitions",
+            self.rebalances.clone(),
+        );
+        registry.register(
+            "commits",
+            "Offset commits by result",
+            self.commits.clone(),
+        );
+        registry.register(
+            "commit_duration_seconds",
+            "Time to commit stored offsets to the group coordinator",
+            self.commit_duration.clone(),
+        );
+        registry.register(
+            "consumer_lag",
+            "Records in the partition after this member's position (from librdkafka statistics)",
+            self.consumer_lag.clone(),
+        );
+    }
+}

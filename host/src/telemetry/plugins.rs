@@ -1,0 +1,221 @@
+//! Per-plugin metrics: calls by handler, errors by kind, call latency,
+//! memory high-water mark, quarantine state and reloads. Series are keyed by
+//! plugin name, so they carry on across versions of a plugin.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PluginLabels {
+    plugin: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabels {
+    plugin: String,
+    handler: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    plugin: String,
+    kind: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabels {
+    plugin: String,
+    result: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    // 10 µs .. ~0.3 s: the default call deadline is 200 ms.
+    Histogram::new(exponential_buckets(0.000_01, 2.0, 16))
+}
+
+/// The metric families of every plugin.
+#[derive(Debug)]
+pub struct PluginMetrics {
+    calls: Family<CallLabels, Counter>,
+    errors: Family<KindLabels, Counter>,
+    duration: Family<PluginLabels, Histogram, fn() -> Histogram>,
+    memory_high_water: Family<PluginLabels, Gauge>,
+    quarantined: Family<PluginLabels, Gauge>,
+    quarantines: Family<PluginLabels, Counter>,
+    skipped: Family<PluginLabels, Counter>,
+    reloads: Family<ReloadLabels, Counter>,
+}
+
+impl Default for PluginMetrics {
+    fn default() -> Self {
+        Self {
+            calls: Family::default(),
+            errors: Family::default(),
+            duration: Family::new_with_constructor(latency_histogram),
+            memory_high_water: Family::default(),
+            quarantined: Family::default(),
+            quarantines: Family::default(),
+            skipped: Family::default(),
+            reloads: Family::default(),
+        }
+    }
+}
+
+/// One plugin's hot-path handles, looked up once per dispatcher slot.
+#[derive(Debug, Clone)]
+pub struct SlotMetrics {
+    event_calls: Counter,
+    timer_calls: Counter,
+    duration: Histogram,
+    memory_high_water: Gauge,
+}
+
+impl SlotMetrics {
+    /// Records one call of `on-event` (`timer == false`) or `on-timer`,
+    /// how long it took and the instance's memory peak so far.
+    pub fn call(&self, timer: bool, took: Duration, memory_peak: usize) {
+        if timer {
+            self.timer_calls.inc();
+        } else {
+            self.event_calls.inc();
+        }
+        self.duration.observe(took.as_secs_f64());
+        let peak = i64::try_from(memory_peak).unwrap_or(i64::MAX);
+        self.memory_high_water
+            .inner()
+            .fetch_max(peak, Ordering::Relaxed);
+    }
+}
+
+impl PluginMetrics {
+    /// The hot-path handles of `plugin`.
+    pub fn slot(&self, plugin: &str) -> SlotMetrics {
+        let labels = PluginLabels {
+            plugin: plugin.to_owned(),
+        };
+        let call = |handler| CallLabels {
+            plugin: plugin.to_owned(),
+            handler,
+        };
+        SlotMetrics {
+            event_calls: self.calls.get_or_create_owned(&call("on-event")),
+            timer_calls: self.calls.get_or_create_owned(&call("on-timer")),
+            duration: self.duration.get_or_create_owned(&labels),
+            memory_high_water: self.memory_high_water.get_or_create_owned(&labels),
+        }
+    }
+
+    /// Counts a failed call by its kind (`deadline`, `memory`, `panic`, …).
+    pub fn error(&self, plugin: &str, kind: &'static str) {
+        self.errors
+            .get_or_create(&KindLabels {
+                plugin: plugin.to_owned(),
+                kind,
+            })
+            .inc();
+    }
+
+    /// Failed calls of `plugin` of `kind` so far.
+    pub fn errors(&self, plugin: &str, kind: &'static str) -> u64 {
+        self.errors
+            .get(&KindLabels {
+                plugin: plugin.to_owned(),
+                kind,
+            })
+            .map_or(0, |c| c.get())
+    }
+
+    /// Sets whether `plugin` is quarantined; entering counts a quarantine.
+    pub fn set_quarantined(&self, plugin: &str, quarantined: bool) {
+        let labels = PluginLabels {
+            plugin: plugin.to_owned(),
+        };
+        if quarantined {
+            self.quarantines.get_or_create(&labels).inc();
+        }
+        self.quarantined
+            .get_or_create(&labels)
+            .set(i64::from(quarantined));
+    }
+
+    /// Whether `plugin` is currently marked quarantined.
+    pub fn is_quarantined(&self, plugin: &str) -> bool {
+        self.quarantined
+            .get(&PluginLabels {
+                plugin: plugin.to_owned(),
+            })
+            .is_some_and(|g| g.get() != 0)
+    }
+
+    /// Counts an event or timer not handed to `plugin` because it is
+    /// quarantined.
+    pub fn skipped(&self, plugin: &str) {
+        self.skipped
+            .get_or_create(&PluginLabels {
+                plugin: plugin.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a change to the plugin's files taking effect: `"loaded"` (a
+    /// new or replaced version), `"rejected"` (the old version, if any,
+    /// keeps serving), `"removed"` or `"disabled"`.
+    pub fn reload(&self, plugin: &str, result: &'static str) {
+        self.reloads
+            .get_or_create(&ReloadLabels {
+                plugin: plugin.to_owned(),
+                result,
+            })
+            .inc();
+    }
+
+    pub(super) fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "plugin_calls",
+            "Plugin calls by handler",
+            self.calls.clone(),
+        );
+        registry.register(
+            "plugin_errors",
+            "Failed plugin calls by kind (plugin-error, deadline, memory, stack-overflow, panic, denied, trap, instantiate)",
+            self.errors.clone(),
+        );
+        registry.register(
+            "plugin_call_duration_seconds",
+            "Wall time of plugin calls",
+            self.duration.clone(),
+        );
+        registry.register(
+            "plugin_memory_high_water_bytes",
+            "Largest linear memory any instance of the plugin has used",
+            self.memory_high_water.clone(),
+        );
+        registry.register(
+            "plugin_quarantined",
+            "1 while the plugin is quarantined (its events are dead-lettered)",
+            self.quarantined.clone(),
+        );
+        registry.register(
+            "plugin_quarantines",
+            "Times the plugin was quarantined",
+            self.quarantines.clone(),
+        );
+        registry.register(
+            "plugin_skipped",
+            "Events and timers not handed to the plugin because it was quarantined",
+            self.skipped.clone(),
+        );
+        registry.register(
+            "plugin_reloads",
+            "Changes to the plugin's files by result (loaded, rejected, removed, disabled)",
+            self.reloads.clone(),
+        );
+    }
+}

@@ -1,0 +1,512 @@
+//! Operating the daemon, on librdkafka's in-process mock cluster: a plugin
+//! replaced (and a truncated file dropped in) while events flow, a plugin
+//! quarantined and recovering, and the admin endpoint's `/metrics`,
+//! `/readyz`, `/healthz` and `/plugins`.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{
+    TEST_PLUGIN, event, http_get, mode, plugin_dir, reader, sandbox, value, with_custom_section,
+};
+use rdkafka::Message;
+use rdkafka::message::OwnedMessage;
+use todo_eventd::admin::{self, Admin};
+use todo_eventd::config::Config;
+use todo_eventd::kafka::{self, EmbeddedBroker};
+use todo_eventd::pipeline::Pipeline;
+use todo_eventd::plugin::{Registry, watcher};
+use todo_eventd::sandbox::Sandbox;
+use todo_eventd::telemetry::Telemetry;
+
+const TOPICS: [&str; 4] = [
+    "task-events",
+    "task-events.dlq",
+    "out-topic",
+    "todo-eventd.plugin-state",
+];
+
+struct Cluster {
+    _broker: EmbeddedBroker,
+    brokers: String,
+    config: Config,
+}
+
+impl Cluster {
+    fn start() -> Self {
+        let broker = EmbeddedBroker::start().unwrap();
+        let brokers = broker.bootstrap_servers();
+        for topic in TOPICS {
+            broker.create_topic(topic, 3).unwrap();
+        }
+        let mut config = Config::default();
+        config.kafka.brokers = Some(brokers.clone());
+        config.pipeline.shutdown_timeout = Duration::from_secs(20);
+        Self {
+            _broker: broker,
+            brokers,
+            config,
+        }
+    }
+
+    async fn produce(&self, lines: &[String]) {
+        let producer = kafka::producer(&self.brokers, &self.config.kafka).unwrap();
+        kafka::produce_lines(&producer, "task-events", lines.join("\n").as_bytes())
+            .await
+            .unwrap();
+    }
+
+    /// Runs `pipeline` while `during` runs, then shuts it down and returns
+    /// what `during` returned.
+    async fn run_while<T>(&self, pipeline: &Pipeline, during: impl Future<Output = T>) -> T {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let run = pipeline.run(&self.brokers, async {
+            let _ = stopped.await;
+        });
+        let during = async {
+            let result = during.await;
+            let _ = stop.send(());
+            result
+        };
+        let (ran, result) = tokio::join!(run, during);
+        ran.unwrap();
+        result
+    }
+}
+
+/// Reads `topics` until `enough` holds (or 60 s pass), then `extra` longer
+/// to catch anything beyond it (duplicates).
+async fn read(
+    brokers: &str,
+    topics: &[&str],
+    enough: impl Fn(&[OwnedMessage]) -> bool,
+    extra: Duration,
+) -> Vec<OwnedMessage> {
+    let reader = reader(brokers, topics);
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !enough(&seen) {
+        match tokio::time::timeout_at(deadline, reader.recv()).await {
+            Ok(message) => seen.push(message.unwrap().detach()),
+            Err(_) => break,
+        }
+    }
+    while let Ok(message) = tokio::time::timeout(extra, reader.recv()).await {
+        seen.push(message.unwrap().detach());
+    }
+    seen
+}
+
+fn header(message: &OwnedMessage, name: &str) -> String {
+    kafka::header(message, name).unwrap_or_default()
+}
+
+/// Polls `condition` every 50 ms for up to 30 s.
+async fn eventually(what: &str, condition: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !condition() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One sample of a Prometheus text exposition.
+#[derive(Debug)]
+struct Sample {
+    name: String,
+    labels: BTreeMap<String, String>,
+    value: f64,
+}
+
+/// Parses the text format: `name{label="value",...} number` per line.
+fn parse_metrics(text: &str) -> Vec<Sample> {
+    text.lines()
+        .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
+        .map(|line| {
+            let (series, value) = line.rsplit_once(' ').unwrap();
+            let value = value.parse().unwrap_or_else(|e| panic!("{line}: {e}"));
+            let (name, labels) = match series.split_once('{') {
+                Some((name, rest)) => {
+                    let labels = rest
+                        .trim_end_matches('}')
+                        .split(',')
+                        .filter(|pair| !pair.is_empty())
+                        .map(|pair| {
+                            let (k, v) = pair.split_once('=').unwrap();
+                            (k.to_owned(), v.trim_matches('"').to_owned())
+                        })
+                        .collect();
+                    (name, labels)
+                }
+                None => (series, BTreeMap::new()),
+            };
+            Sample {
+                name: name.to_owned(),
+                labels,
+                value,
+            }
+        })
+        .collect()
+}
+
+/// The value of the sample named `name` whose labels include `labels`.
+fn sample(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    samples
+        .iter()
+        .find(|s| {
+            s.name == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| s.labels.get(*k).is_some_and(|have| have == v))
+        })
+        .map(|s| s.value)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_plugin_replaced_under_load_handles_every_event_exactly_once() {
+    let cluster = Cluster::start();
+    let dir = plugin_dir(&[("echo", TEST_PLUGIN, Some(&mode("echo")))]);
+    let telemetry = Telemetry::default();
+    let (registry, report) =
+        Registry::open(sandbox(), dir.path().to_owned(), telemetry.plugins.clone()).unwrap();
+    assert_eq!(report.loaded, ["echo"]);
+    let registry = Arc::new(registry);
+    let _watcher = watcher::watch(registry.clone(), Duration::from_millis(100))
+        .unwrap()
+        .unwrap();
+    let v1 = Sandbox::content_hash(TEST_PLUGIN);
+    let v2_bytes = with_custom_section(TEST_PLUGIN, "v2");
+    let v2 = Sandbox::content_hash(&v2_bytes);
+    let serving = |registry: &Registry| registry.statuses()[0].hash.clone().unwrap();
+
+    let total = 3000;
+    let lines: Vec<String> = (0..total)
+        .map(|i| {
+            let (user, task) = (format!("u{}", i % 40), format!("t{i}"));
+            event(&format!("ev-{i:05}"), &user, &task, "created")
+        })
+        .collect();
+    let pipeline = Pipeline {
+        config: cluster.config.clone(),
+        plugins: registry.clone(),
+        telemetry: telemetry.clone(),
+    };
+    let seen = cluster
+        .run_while(&pipeline, async {
+            for (n, batch) in lines.chunks(100).enumerate() {
+                cluster.produce(batch).await;
+                if n == 10 {
+                    eventually("v1 handling events", || {
+                        telemetry.pipeline.events_in.get() >= 500
+                    })
+                    .await;
+                    // Replace atomically, as the README advises: write
+                    // a hidden file, then rename it over the old one.
+                    let temporary = dir.path().join(".echo.wasm.part");
+                    std::fs::write(&temporary, &v2_bytes).unwrap();
+                    std::fs::rename(&temporary, dir.path().join("echo.wasm")).unwrap();
+                }
+                if n == 20 {
+                    eventually("v2 serving", || serving(&registry) == v2).await;
+                    // A truncated file written in place is rejected; v2
+                    // keeps serving.
+                    let v3 = with_custom_section(TEST_PLUGIN, "v3");
+                    std::fs::write(dir.path().join("echo.wasm"), &v3[..v3.len() / 2]).unwrap();
+                    eventually("truncated file rejected", || {
+                        registry.statuses()[0].last_error.is_some()
+                    })
+                    .await;
+                }
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+            read(
+                &cluster.brokers,
+                &["out-topic", "task-events.dlq"],
+                |seen| seen.len() >= total,
+                Duration::from_secs(2),
+            )
+            .await
+        })
+        .await;
+
+    // Every event handled once, by one version, and nothing dead-lettered.
+    assert_eq!(seen.len(), total, "one output per event, no more");
+    let ids: BTreeSet<String> = seen
+        .iter()
+        .map(|m| value(m)["event"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), total);
+    assert!(seen.iter().all(|m| m.topic() == "out-topic"));
+    // Per input partition, in input order: v1 up to the swap, v2 after it.
+    let mut by_partition: BTreeMap<String, Vec<(i64, String)>> = BTreeMap::new();
+    for message in &seen {
+        let offset = header(message, "source.offset").parse().unwrap();
+        by_partition
+            .entry(header(message, "source.partition"))
+            .or_default()
+            .push((offset, header(message, "source.plugin.hash")));
+    }
+    let mut versions = BTreeSet::new();
+    for (partition, mut handled) in by_partition {
+        handled.sort();
+        let hashes: Vec<String> = handled.into_iter().map(|(_, h)| h).collect();
+        let switch = hashes.iter().position(|h| *h != v1).unwrap_or(hashes.len());
+        assert!(
+            hashes[switch..].iter().all(|h| *h == v2),
+            "partition {partition}: a v1 after v2, or an unknown version"
+        );
+        versions.extend(hashes);
+    }
+    assert_eq!(versions, BTreeSet::from([v1.clone(), v2.clone()]));
+
+    let status = &registry.statuses()[0];
+    assert_eq!((status.status, status.hash.as_deref()), ("active", Some(v2.as_str())));
+    assert_eq!(status.reloads, 1);
+    assert!(
+        status.last_error.as_deref().unwrap().contains("echo.wasm"),
+        "{status:?}"
+    );
+    let samples = parse_metrics(&telemetry.encode());
+    let reloads = |result| {
+        sample(
+            &samples,
+            "todo_eventd_plugin_reloads_total",
+            &[("plugin", "echo"), ("result", result)],
+        )
+    };
+    assert_eq!(reloads("loaded"), Some(1.0));
+    assert!(reloads("rejected").unwrap() >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failing_plugin_is_quarantined_then_recovers() {
+    let mut cluster = Cluster::start();
+    cluster.config.plugins.quarantine_after = 3;
+    cluster.config.plugins.quarantine_backoff = Duration::from_millis(300);
+    cluster.config.plugins.quarantine_max_backoff = Duration::from_secs(1);
+    // Five failed calls: three quarantine it, then two failed trials
+    // (after 300 ms and 600 ms), and the third trial succeeds.
+    let flaky = format!("{}fail_calls = \"5\"\n", mode("flaky"));
+    let dir = plugin_dir(&[
+        ("flaky", TEST_PLUGIN, Some(&flaky)),
+        ("steady", TEST_PLUGIN, Some(&mode("echo"))),
+    ]);
+    let telemetry = Telemetry::default();
+    let (registry, _) =
+        Registry::open(sandbox(), dir.path().to_owned(), telemetry.plugins.clone()).unwrap();
+    let registry = Arc::new(registry);
+    let pipeline = Pipeline {
+        config: cluster.config.clone(),
+        plugins: registry.clone(),
+        telemetry: telemetry.clone(),
+    };
+    // One event every 50 ms for 5 s, all for one user (so one partition,
+    // one instance): failing, quarantined, recovered.
+    let total = 100;
+    let seen = cluster
+        .run_while(&pipeline, async {
+            for i in 0..total {
+                let line = event(&format!("ev-{i:03}"), "u1", &format!("t{i}"), "created");
+                cluster.produce(&[line]).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            read(
+                &cluster.brokers,
+                &["out-topic", "task-events.dlq"],
+                |seen| seen.len() >= 2 * total,
+                Duration::from_secs(1),
+            )
+            .await
+        })
+        .await;
+
+    // The steady plugin handled everything; the flaky one handled or
+    // dead-lettered each event exactly once.
+    let of = |plugin: &str, topic: &str| -> Vec<&OwnedMessage> {
+        seen.iter()
+            .filter(|m| m.topic() == topic)
+            .filter(|m| {
+                header(m, "source.plugin") == plugin || header(m, "error.plugin") == plugin
+            })
+            .collect()
+    };
+    assert_eq!(of("steady", "out-topic").len(), total);
+    assert!(of("steady", "task-events.dlq").is_empty());
+    let handled = of("flaky", "out-topic");
+    let dead = of("flaky", "task-events.dlq");
+    assert_eq!(handled.len() + dead.len(), total, "each event once");
+    let ids: BTreeSet<String> = handled
+        .iter()
+        .map(|m| value(m)["event"].as_str().unwrap().to_owned())
+        .chain(dead.iter().map(|m| header(m, "source.event.id")))
+        .collect();
+    assert_eq!(ids.len(), total);
+    let kinds: BTreeMap<String, usize> = dead.iter().fold(BTreeMap::new(), |mut kinds, m| {
+        *kinds.entry(header(m, "error.kind")).or_default() += 1;
+        kinds
+    });
+    assert_eq!(kinds["plugin-error"], 5, "{kinds:?}");
+    assert!(kinds["quarantined"] >= 1, "{kinds:?}");
+    assert_eq!(kinds.len(), 2, "{kinds:?}");
+    // Once recovered it handles the rest: the last events all went through.
+    let last: BTreeSet<String> = (total - 10..total).map(|i| format!("ev-{i:03}")).collect();
+    let handled_ids: BTreeSet<String> = handled
+        .iter()
+        .map(|m| value(m)["event"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(last.is_subset(&handled_ids));
+
+    let samples = parse_metrics(&telemetry.encode());
+    let flaky_sample = |name: &str| sample(&samples, name, &[("plugin", "flaky")]);
+    assert!(flaky_sample("todo_eventd_plugin_quarantines_total").unwrap() >= 1.0);
+    assert_eq!(flaky_sample("todo_eventd_plugin_quarantined"), Some(0.0));
+    assert!(flaky_sample("todo_eventd_plugin_skipped_total").unwrap() >= 1.0);
+    let statuses = registry.statuses();
+    assert_eq!(statuses[0].name, "flaky");
+    assert_eq!(statuses[0].status, "active");
+    assert_eq!(statuses[0].consecutive_failures, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_admin_endpoint_reports_readiness_metrics_and_plugins() {
+    let mut cluster = Cluster::start();
+    cluster
+        .config
+        .kafka
+        .properties
+        .insert("statistics.interval.ms".into(), "200".into());
+    let dir = plugin_dir(&[
+        ("echo", TEST_PLUGIN, Some(&mode("echo"))),
+        ("grumpy", TEST_PLUGIN, Some(&mode("fail"))),
+    ]);
+    let telemetry = Telemetry::default();
+    let (registry, _) =
+        Registry::open(sandbox(), dir.path().to_owned(), telemetry.plugins.clone()).unwrap();
+    let registry = Arc::new(registry);
+    let listener = admin::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let admin = Admin {
+        telemetry: telemetry.clone(),
+        plugins: registry.clone(),
+    };
+    tokio::spawn(admin.serve(listener, std::future::pending()));
+    let get = move |path: &'static str| {
+        tokio::task::spawn_blocking(move || http_get(addr, path))
+    };
+
+    // Before the pipeline joins the group: alive, not ready.
+    assert_eq!(get("/healthz").await.unwrap().0, 200);
+    let (status, body) = get("/readyz").await.unwrap();
+    assert_eq!(status, 503);
+    assert!(body.contains("waiting for a partition assignment"), "{body}");
+
+    let total = 30;
+    let lines: Vec<String> = (0..total)
+        .map(|i| event(&format!("ev-{i}"), &format!("u{i}"), &format!("t{i}"), "created"))
+        .collect();
+    cluster.produce(&lines).await;
+    let pipeline = Pipeline {
+        config: cluster.config.clone(),
+        plugins: registry.clone(),
+        telemetry: telemetry.clone(),
+    };
+    let metrics = cluster
+        .run_while(&pipeline, async {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            while get("/readyz").await.unwrap().0 != 200 {
+                assert!(tokio::time::Instant::now() < deadline, "never ready");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            eventually("every event handled, committed, no lag", || {
+                let samples = parse_metrics(&telemetry.encode());
+                let named = |name| samples.iter().filter(move |s: &&Sample| s.name == name);
+                telemetry.pipeline.offsets_stored.get() >= total as u64
+                    && named("todo_eventd_commit_duration_seconds_count").any(|s| s.value > 0.0)
+                    && named("todo_eventd_consumer_lag").filter(|s| s.value == 0.0).count() == 3
+            })
+            .await;
+            get("/metrics").await.unwrap()
+        })
+        .await;
+    let (status, text) = metrics;
+    assert_eq!(status, 200);
+    assert!(text.ends_with("# EOF\n"));
+    let samples = parse_metrics(&text);
+    let value = |name: &str, labels: &[(&str, &str)]| {
+        sample(&samples, name, labels).unwrap_or_else(|| panic!("no {name} {labels:?} in\n{text}"))
+    };
+    // Pipeline series.
+    assert_eq!(value("todo_eventd_events_in_total", &[]), total as f64);
+    assert_eq!(value("todo_eventd_outputs_total", &[]), total as f64);
+    assert_eq!(value("todo_eventd_dead_letters_total", &[]), total as f64);
+    assert!(value("todo_eventd_rebalances_total", &[("kind", "assign")]) >= 1.0);
+    for partition in ["0", "1", "2"] {
+        let lag = value(
+            "todo_eventd_consumer_lag",
+            &[("topic", "task-events"), ("partition", partition)],
+        );
+        assert_eq!(lag, 0.0, "partition {partition}");
+    }
+    assert!(value("todo_eventd_commit_duration_seconds_count", &[]) >= 1.0);
+    assert!(value("todo_eventd_commit_duration_seconds_bucket", &[("le", "+Inf")]) >= 1.0);
+    assert_eq!(value("todo_eventd_ready", &[]), 1.0);
+    assert_eq!(value("todo_eventd_assigned_partitions", &[]), 3.0);
+    // Plugin series.
+    let echo = [("plugin", "echo")];
+    assert_eq!(
+        value(
+            "todo_eventd_plugin_calls_total",
+            &[("plugin", "echo"), ("handler", "on-event")]
+        ),
+        total as f64
+    );
+    assert_eq!(
+        value("todo_eventd_plugin_call_duration_seconds_count", &echo),
+        total as f64
+    );
+    assert!(value("todo_eventd_plugin_memory_high_water_bytes", &echo) > 0.0);
+    assert_eq!(value("todo_eventd_plugin_quarantined", &echo), 0.0);
+    // grumpy fails every call: five failures in a row quarantine it (the
+    // default; partitions racing may add one or two), and the rest are
+    // dead-lettered without calling it.
+    let grumpy = [("plugin", "grumpy")];
+    let errors = value(
+        "todo_eventd_plugin_errors_total",
+        &[("plugin", "grumpy"), ("kind", "plugin-error")],
+    );
+    assert!(errors >= 5.0, "{errors}");
+    assert_eq!(value("todo_eventd_plugin_quarantined", &grumpy), 1.0);
+    assert_eq!(
+        value("todo_eventd_plugin_skipped_total", &grumpy) + errors,
+        total as f64
+    );
+    // (Reload series appear once a file changes; see the hot-reload test.)
+
+    // /plugins: name, version hash, file, status, last error.
+    let (status, body) = get("/plugins").await.unwrap();
+    assert_eq!(status, 200);
+    let plugins: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let echo = &plugins[0];
+    assert_eq!(echo["name"], "echo");
+    assert_eq!(echo["status"], "active");
+    assert_eq!(echo["hash"], Sandbox::content_hash(TEST_PLUGIN));
+    assert!(echo["file"].as_str().unwrap().ends_with("echo.wasm"));
+    assert!(echo["last_error"].is_null());
+    let grumpy = &plugins[1];
+    assert_eq!(grumpy["status"], "quarantined");
+    assert!(
+        grumpy["last_error"].as_str().unwrap().contains("is not welcome"),
+        "{grumpy}"
+    );
+    assert!(grumpy["retry_at"].is_string());
+
+    // After shutdown: not ready.
+    let (status, body) = get("/readyz").await.unwrap();
+    assert_eq!((status, body.as_str()), (503, "not ready: shutting down\n"));
+}
