@@ -5,20 +5,22 @@
 
 #![allow(clippy::unwrap_used)]
 
+#[path = "../host/tests/common/mod.rs"]
+mod common;
 mod harness;
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use harness::{Broker, by_topic, daemon, header, json, read_until};
+use common::TEST_PLUGIN;
+use harness::{Broker, Process, by_topic, daemon, header, json, read_until};
 use rdkafka::Message;
 use todo_eventd::config::Config;
 use todo_eventd::kafka;
 
 const BIN: &str = env!("CARGO_BIN_EXE_todo-eventd");
-const TEST_PLUGIN: &[u8] = include_bytes!(env!("GUEST_TEST_PLUGIN_WASM"));
 
 fn cli(args: &[&str]) {
     let out = Command::new(BIN).args(args).output().unwrap();
@@ -39,38 +41,40 @@ fn bundled_plugins(dir: &Path) {
     std::fs::write(manifest, text).unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "end-to-end: needs a tansu broker; run with --include-ignored"]
-async fn sample_stream_in_expected_records_out() {
-    let broker = Broker::start();
-    let work = tempfile::tempdir().unwrap();
-    let plugins = work.path().join("plugins");
-    bundled_plugins(&plugins);
-    let mut daemon = daemon(
-        Path::new(BIN),
-        &broker.address,
-        work.path(),
-        "daemon",
-        &[
-            "--plugins",
-            plugins.to_str().unwrap(),
-            "--group",
-            "e2e-sample",
-        ],
-    );
-    daemon.assert_assigned();
-
-    let events = todo_eventd::demo::sample_events(jiff::Timestamp::now().as_millisecond());
-    let file = work.path().join("events.ndjson");
+/// Sends `events` to `task-events` with the binary's `produce` command.
+fn produce(broker: &Broker, work: &Path, events: &[String]) {
+    let file = work.join("events.ndjson");
     std::fs::write(&file, events.join("\n")).unwrap();
+    let file = file.to_str().unwrap();
     cli(&[
         "produce",
         "--brokers",
         &broker.address,
         "--topic",
         "task-events",
-        file.to_str().unwrap(),
+        file,
     ]);
+}
+
+/// One daemon in `group` running the bundled plugins from `work/plugins`.
+fn bundled_daemon(broker: &Broker, work: &Path, group: &str) -> (Process, PathBuf) {
+    let plugins = work.join("plugins");
+    bundled_plugins(&plugins);
+    let args = ["--plugins", plugins.to_str().unwrap(), "--group", group];
+    let daemon = daemon(Path::new(BIN), &broker.address, work, "daemon", &args);
+    (daemon, plugins)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "end-to-end: needs a tansu broker; run with --include-ignored"]
+async fn sample_stream_in_expected_records_out() {
+    let broker = Broker::start();
+    let work = tempfile::tempdir().unwrap();
+    let (mut daemon, _plugins) = bundled_daemon(&broker, work.path(), "e2e-sample");
+    daemon.assert_assigned();
+
+    let events = todo_eventd::demo::sample_events(jiff::Timestamp::now().as_millisecond());
+    produce(&broker, work.path(), &events);
 
     let topics = ["reminders", "analytics", "task-events", "task-events.dlq"];
     let seen = read_until(&broker.address, &topics, Duration::from_secs(90), |seen| {
@@ -319,7 +323,7 @@ async fn schedule_reminders(broker: &Broker, group: &str, total: usize, ahead_s:
 
 /// Waits for `total` reminders and checks each task got exactly one;
 /// `daemon`'s log goes into the failure message.
-async fn assert_each_reminder_once(broker: &Broker, total: usize, daemon: &harness::Process) {
+async fn assert_each_reminder_once(broker: &Broker, total: usize, daemon: &Process) {
     let seen = read_until(
         &broker.address,
         &["reminders"],
@@ -424,4 +428,82 @@ async fn a_stopped_member_hands_its_timers_to_the_other() {
         first.log_text()
     );
     assert_each_reminder_once(&broker, total, &second).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "end-to-end: needs a tansu broker; run with --include-ignored"]
+async fn an_operator_drops_in_a_plugin_and_watches_it() {
+    let broker = Broker::start();
+    let work = tempfile::tempdir().unwrap();
+    let (mut daemon, plugins) = bundled_daemon(&broker, work.path(), "e2e-ops");
+    let admin = daemon.admin_addr();
+    let get = move |path: &'static str| {
+        tokio::task::spawn_blocking(move || common::http_get(admin, path))
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while get("/readyz").await.unwrap().0 != 200 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never ready:\n{}",
+            daemon.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Drop in a plugin: the manifest, then the component under a hidden
+    // name renamed into place.
+    let manifest =
+        "version = \"1.0.0\"\n[outputs]\nout = \"e2e-echo\"\n[config]\nmode = \"echo\"\n";
+    std::fs::write(plugins.join("echo.toml"), manifest).unwrap();
+    std::fs::write(plugins.join(".echo.wasm"), TEST_PLUGIN).unwrap();
+    std::fs::rename(plugins.join(".echo.wasm"), plugins.join("echo.wasm")).unwrap();
+    assert!(
+        daemon.wait_for_log(
+            "Created the output topics of a new plugin",
+            Duration::from_secs(60)
+        ),
+        "{}",
+        daemon.log_text()
+    );
+    let (status, body) = get("/plugins").await.unwrap();
+    assert_eq!(status, 200);
+    let listed: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let echo = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "echo")
+        .unwrap_or_else(|| panic!("{body}"));
+    assert_eq!(echo["status"], "active", "{echo}");
+    assert_eq!(echo["version"], "1.0.0");
+
+    produce(
+        &broker,
+        work.path(),
+        &[common::event("ops-1", "ada", "501", "created")],
+    );
+    let seen = read_until(
+        &broker.address,
+        &["e2e-echo"],
+        Duration::from_secs(60),
+        |seen| !seen.is_empty(),
+    )
+    .await;
+    assert_eq!(seen.len(), 1, "{}", daemon.log_text());
+    assert_eq!(json(&seen[0])["event"], "ops-1");
+    assert_eq!(header(&seen[0], "source.plugin").as_deref(), Some("echo"));
+
+    let (status, text) = get("/metrics").await.unwrap();
+    assert_eq!(status, 200);
+    let samples = common::parse_metrics(&text);
+    let value = |name: &str, labels: &[(&str, &str)]| {
+        common::sample(&samples, name, labels).unwrap_or_else(|| panic!("no {name} in\n{text}"))
+    };
+    let echo_calls = [("plugin", "echo"), ("handler", "on-event")];
+    assert_eq!(value("todo_eventd_plugin_calls_total", &echo_calls), 1.0);
+    let loaded = [("plugin", "echo"), ("result", "loaded")];
+    assert_eq!(value("todo_eventd_plugin_reloads_total", &loaded), 1.0);
+    assert!(value("todo_eventd_events_in_total", &[]) >= 1.0);
+    assert_eq!(value("todo_eventd_ready", &[]), 1.0);
+    assert!(daemon.terminate(Duration::from_secs(30)));
 }

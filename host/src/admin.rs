@@ -92,7 +92,10 @@ async fn healthz() -> &'static str {
 async fn readyz(State(admin): State<Admin>) -> Response {
     match admin.telemetry.readiness.check() {
         Ok(()) => (StatusCode::OK, "ready\n".to_owned()).into_response(),
-        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {reason}\n"))
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {reason}\n"),
+        )
             .into_response(),
     }
 }

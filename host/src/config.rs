@@ -543,9 +543,18 @@ mod tests {
     fn overrides_from_env_and_flags() {
         let env = Override::from_env([
             ("TODO_EVENTD_KAFKA_GROUP_ID".to_owned(), "orders".to_owned()),
-            ("TODO_EVENTD_KAFKA_INPUT_TOPICS".to_owned(), "a, b".to_owned()),
-            ("TODO_EVENTD_KAFKA_PROPERTY_SASL_PASSWORD".to_owned(), "s3cret".to_owned()),
-            ("TODO_EVENTD_PLUGINS_QUARANTINE_AFTER".to_owned(), "3".to_owned()),
+            (
+                "TODO_EVENTD_KAFKA_INPUT_TOPICS".to_owned(),
+                "a, b".to_owned(),
+            ),
+            (
+                "TODO_EVENTD_KAFKA_PROPERTY_SASL_PASSWORD".to_owned(),
+                "s3cret".to_owned(),
+            ),
+            (
+                "TODO_EVENTD_PLUGINS_QUARANTINE_AFTER".to_owned(),
+                "3".to_owned(),
+            ),
             ("TODO_EVENTD_CACHE_DIR".to_owned(), "/tmp".to_owned()),
             ("HOME".to_owned(), "/root".to_owned()),
         ]);
@@ -565,9 +574,21 @@ mod tests {
     #[test]
     fn bad_overrides_name_their_origin() {
         let cases = [
-            ("TODO_EVENTD_KAFKA_BROKERZ", "x", "TODO_EVENTD_KAFKA_BROKERZ (kafka.brokerz): unknown field `brokerz`"),
-            ("TODO_EVENTD_KAFKA_PARTITIONS", "many", "TODO_EVENTD_KAFKA_PARTITIONS (kafka.partitions): invalid type"),
-            ("TODO_EVENTD_ADMIN_ADDR", "localhost", "TODO_EVENTD_ADMIN_ADDR (admin.addr): invalid socket address"),
+            (
+                "TODO_EVENTD_KAFKA_BROKERZ",
+                "x",
+                "TODO_EVENTD_KAFKA_BROKERZ (kafka.brokerz): unknown field `brokerz`",
+            ),
+            (
+                "TODO_EVENTD_KAFKA_PARTITIONS",
+                "many",
+                "TODO_EVENTD_KAFKA_PARTITIONS (kafka.partitions): invalid type",
+            ),
+            (
+                "TODO_EVENTD_ADMIN_ADDR",
+                "localhost",
+                "TODO_EVENTD_ADMIN_ADDR (admin.addr): invalid socket address",
+            ),
         ];
         for (name, value, want) in cases {
             let overrides = Override::from_env([(name.to_owned(), value.to_owned())]);
@@ -580,7 +601,10 @@ mod tests {
     #[test]
     fn example_configs_are_valid() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        for file in ["deploy/config.example.toml", "deploy/kubernetes/todo-eventd.toml"] {
+        for file in [
+            "deploy/config.example.toml",
+            "deploy/kubernetes/todo-eventd.toml",
+        ] {
             let config = Config::from_file(&root.join(file)).unwrap();
             config.validate().unwrap_or_else(|e| panic!("{file}: {e}"));
         }

@@ -69,7 +69,9 @@ pub fn plugins(
         if config.plugins.dir.is_none() || !config.plugins.watch {
             bail!("no usable plugins; see the errors above");
         }
-        warn!("No usable plugins yet; events are consumed and committed without effect until one is added.");
+        warn!(
+            "No usable plugins yet; events are consumed and committed without effect until one is added."
+        );
     }
     Ok(Arc::new(registry))
 }

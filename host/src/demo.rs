@@ -19,9 +19,9 @@ use serde_json::json;
 use crate::config::Config;
 use crate::kafka::{self, EmbeddedBroker};
 use crate::pipeline::Pipeline;
-use crate::telemetry::PipelineMetrics;
 use crate::plugin::Plugin;
 use crate::sandbox::Sandbox;
+use crate::telemetry::PipelineMetrics;
 
 /// How long the demo waits for everything to arrive.
 const DEMO_TIMEOUT: Duration = Duration::from_secs(30);

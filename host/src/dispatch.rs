@@ -151,9 +151,13 @@ impl Dispatcher {
             if !slot.plugin.subscribes(event.kind) {
                 continue;
             }
-            let result = slot.call(now, false, &self.policy, &self.metrics, |instance, state| {
-                instance.on_event(event, now, state)
-            });
+            let result = slot.call(
+                now,
+                false,
+                &self.policy,
+                &self.metrics,
+                |instance, state| instance.on_event(event, now, state),
+            );
             outcomes.push(Outcome {
                 plugin: slot.plugin.clone(),
                 result,
@@ -236,7 +240,9 @@ impl Slot {
                 retry_at: rfc3339(suspended.retry_at),
             });
         }
-        let _span = debug_span!("plugin_call", plugin = %plugin.name, hash = %plugin.short_hash(), timer).entered();
+        let _span =
+            debug_span!("plugin_call", plugin = %plugin.name, hash = %plugin.short_hash(), timer)
+                .entered();
         let started = Instant::now();
         let instance = match &mut self.instance {
             Some(instance) if instance.is_reusable() => instance,

@@ -218,6 +218,7 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
+    let explicit_cache = cli.cache_dir.is_some() || cli.no_cache;
     let cache_dir = if cli.no_cache {
         None
     } else {
@@ -227,7 +228,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
     let sandbox = || daemon::sandbox(&Config::default(), components.clone());
     match cli.command {
         Command::Run(args) => {
-            let config = args.config()?;
+            let mut config = args.config()?;
+            if explicit_cache {
+                // The flag (or its variable) beats `sandbox.cache_dir`.
+                config.sandbox.cache_dir.clone_from(&components);
+            }
             let sandbox = daemon::sandbox(&config, components.clone())?;
             let telemetry = Telemetry::default();
             let plugins = daemon::plugins(&sandbox, &config, &telemetry)?;

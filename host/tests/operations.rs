@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{
-    TEST_PLUGIN, event, http_get, mode, plugin_dir, reader, sandbox, value, with_custom_section,
+    Sample, TEST_PLUGIN, event, http_get, mode, parse_metrics, plugin_dir, reader, sample, sandbox,
+    value, with_custom_section,
 };
 use rdkafka::Message;
 use rdkafka::message::OwnedMessage;
@@ -116,58 +117,6 @@ async fn eventually(what: &str, condition: impl Fn() -> bool) {
     }
 }
 
-/// One sample of a Prometheus text exposition.
-#[derive(Debug)]
-struct Sample {
-    name: String,
-    labels: BTreeMap<String, String>,
-    value: f64,
-}
-
-/// Parses the text format: `name{label="value",...} number` per line.
-fn parse_metrics(text: &str) -> Vec<Sample> {
-    text.lines()
-        .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
-        .map(|line| {
-            let (series, value) = line.rsplit_once(' ').unwrap();
-            let value = value.parse().unwrap_or_else(|e| panic!("{line}: {e}"));
-            let (name, labels) = match series.split_once('{') {
-                Some((name, rest)) => {
-                    let labels = rest
-                        .trim_end_matches('}')
-                        .split(',')
-                        .filter(|pair| !pair.is_empty())
-                        .map(|pair| {
-                            let (k, v) = pair.split_once('=').unwrap();
-                            (k.to_owned(), v.trim_matches('"').to_owned())
-                        })
-                        .collect();
-                    (name, labels)
-                }
-                None => (series, BTreeMap::new()),
-            };
-            Sample {
-                name: name.to_owned(),
-                labels,
-                value,
-            }
-        })
-        .collect()
-}
-
-/// The value of the sample named `name` whose labels include `labels`.
-fn sample(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    samples
-        .iter()
-        .find(|s| {
-            s.name == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| s.labels.get(*k).is_some_and(|have| have == v))
-        })
-        .map(|s| s.value)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_plugin_replaced_under_load_handles_every_event_exactly_once() {
     let cluster = Cluster::start();
@@ -266,7 +215,10 @@ async fn a_plugin_replaced_under_load_handles_every_event_exactly_once() {
     assert_eq!(versions, BTreeSet::from([v1.clone(), v2.clone()]));
 
     let status = &registry.statuses()[0];
-    assert_eq!((status.status, status.hash.as_deref()), ("active", Some(v2.as_str())));
+    assert_eq!(
+        (status.status, status.hash.as_deref()),
+        ("active", Some(v2.as_str()))
+    );
     assert_eq!(status.reloads, 1);
     assert!(
         status.last_error.as_deref().unwrap().contains("echo.wasm"),
@@ -331,9 +283,7 @@ async fn a_failing_plugin_is_quarantined_then_recovers() {
     let of = |plugin: &str, topic: &str| -> Vec<&OwnedMessage> {
         seen.iter()
             .filter(|m| m.topic() == topic)
-            .filter(|m| {
-                header(m, "source.plugin") == plugin || header(m, "error.plugin") == plugin
-            })
+            .filter(|m| header(m, "source.plugin") == plugin || header(m, "error.plugin") == plugin)
             .collect()
     };
     assert_eq!(of("steady", "out-topic").len(), total);
@@ -396,19 +346,27 @@ async fn the_admin_endpoint_reports_readiness_metrics_and_plugins() {
         plugins: registry.clone(),
     };
     tokio::spawn(admin.serve(listener, std::future::pending()));
-    let get = move |path: &'static str| {
-        tokio::task::spawn_blocking(move || http_get(addr, path))
-    };
+    let get = move |path: &'static str| tokio::task::spawn_blocking(move || http_get(addr, path));
 
     // Before the pipeline joins the group: alive, not ready.
     assert_eq!(get("/healthz").await.unwrap().0, 200);
     let (status, body) = get("/readyz").await.unwrap();
     assert_eq!(status, 503);
-    assert!(body.contains("waiting for a partition assignment"), "{body}");
+    assert!(
+        body.contains("waiting for a partition assignment"),
+        "{body}"
+    );
 
     let total = 30;
     let lines: Vec<String> = (0..total)
-        .map(|i| event(&format!("ev-{i}"), &format!("u{i}"), &format!("t{i}"), "created"))
+        .map(|i| {
+            event(
+                &format!("ev-{i}"),
+                &format!("u{i}"),
+                &format!("t{i}"),
+                "created",
+            )
+        })
         .collect();
     cluster.produce(&lines).await;
     let pipeline = Pipeline {
@@ -428,7 +386,10 @@ async fn the_admin_endpoint_reports_readiness_metrics_and_plugins() {
                 let named = |name| samples.iter().filter(move |s: &&Sample| s.name == name);
                 telemetry.pipeline.offsets_stored.get() >= total as u64
                     && named("todo_eventd_commit_duration_seconds_count").any(|s| s.value > 0.0)
-                    && named("todo_eventd_consumer_lag").filter(|s| s.value == 0.0).count() == 3
+                    && named("todo_eventd_consumer_lag")
+                        .filter(|s| s.value == 0.0)
+                        .count()
+                        == 3
             })
             .await;
             get("/metrics").await.unwrap()
@@ -454,7 +415,12 @@ async fn the_admin_endpoint_reports_readiness_metrics_and_plugins() {
         assert_eq!(lag, 0.0, "partition {partition}");
     }
     assert!(value("todo_eventd_commit_duration_seconds_count", &[]) >= 1.0);
-    assert!(value("todo_eventd_commit_duration_seconds_bucket", &[("le", "+Inf")]) >= 1.0);
+    assert!(
+        value(
+            "todo_eventd_commit_duration_seconds_bucket",
+            &[("le", "+Inf")]
+        ) >= 1.0
+    );
     assert_eq!(value("todo_eventd_ready", &[]), 1.0);
     assert_eq!(value("todo_eventd_assigned_partitions", &[]), 3.0);
     // Plugin series.
@@ -501,7 +467,10 @@ async fn the_admin_endpoint_reports_readiness_metrics_and_plugins() {
     let grumpy = &plugins[1];
     assert_eq!(grumpy["status"], "quarantined");
     assert!(
-        grumpy["last_error"].as_str().unwrap().contains("is not welcome"),
+        grumpy["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("is not welcome"),
         "{grumpy}"
     );
     assert!(grumpy["retry_at"].is_string());

@@ -18,8 +18,8 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use todo_eventd::config::Config;
 use todo_eventd::kafka::{self, EmbeddedBroker};
 use todo_eventd::pipeline::Pipeline;
-use todo_eventd::telemetry::PipelineMetrics;
 use todo_eventd::plugin::Plugin;
+use todo_eventd::telemetry::PipelineMetrics;
 
 const PARTITIONS: i32 = 3;
 const CHANGELOG: &str = "todo-eventd.plugin-state";
@@ -349,10 +349,7 @@ async fn failing_produces_hold_offsets_until_delivered() {
         30,
         "every event's output arrived (duplicates allowed)"
     );
-    assert!(
-        stats.resends.get() > 0,
-        "the failure path was exercised"
-    );
+    assert!(stats.resends.get() > 0, "the failure path was exercised");
     assert_eq!(harness.committed(), harness.end_offsets());
 }
 
@@ -477,11 +474,7 @@ async fn state_and_timers_survive_a_restart() {
             async || harness.produce(&[completed]).await,
         )
         .await;
-    assert!(
-        second.restored_records.get() >= 4,
-        "{}",
-        second.summary()
-    );
+    assert!(second.restored_records.get() >= 4, "{}", second.summary());
     let reminders: Vec<_> = seen.iter().filter(|m| m.topic() == "reminders").collect();
     assert_eq!(reminders.len(), 1, "exactly one reminder");
     assert_eq!(value(reminders[0])["task_id"], "1");

@@ -108,6 +108,20 @@ impl Process {
         );
     }
 
+    /// The admin endpoint's address, from the log line announcing it.
+    pub fn admin_addr(&self) -> std::net::SocketAddr {
+        let needle = "Admin endpoint listening";
+        assert!(
+            self.wait_for_log(needle, Duration::from_secs(60)),
+            "no admin endpoint:\n{}",
+            self.log_text()
+        );
+        let log = self.log_text();
+        let line = log.lines().find(|l| l.contains(needle)).unwrap();
+        let addr = line.split("addr=").nth(1).unwrap();
+        addr.split_whitespace().next().unwrap().parse().unwrap()
+    }
+
     /// Waits until the log contains `needle`.
     pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;

@@ -2,8 +2,8 @@
 //! headers that trace each one back to its input.
 
 pub use crate::kafka::OutRecord;
-use crate::sandbox::Emit;
 use crate::plugin::Plugin;
+use crate::sandbox::Emit;
 
 /// Where the input being handled came from.
 #[derive(Debug, Clone, Copy)]

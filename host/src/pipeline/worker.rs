@@ -18,8 +18,8 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer};
 use tokio::sync::{Notify, mpsc, watch};
 use tracing::{Instrument, debug, debug_span, info, info_span, warn};
 
-use super::records::{self, Failure, OutRecord, Source};
 use super::PipelineConsumer;
+use super::records::{self, Failure, OutRecord, Source};
 use crate::dispatch::{Dispatcher, Outcome};
 use crate::event::{self, RecordMeta};
 use crate::plugin::PluginSet;

@@ -166,7 +166,11 @@ mod tests {
     fn quarantines_after_a_run_of_failures_and_backs_off() {
         let health = Health::default();
         assert_eq!(health.failed(&POLICY, 0, "a"), Transition::None);
-        assert_eq!(health.succeeded(), Transition::None, "a success resets the run");
+        assert_eq!(
+            health.succeeded(),
+            Transition::None,
+            "a success resets the run"
+        );
         for _ in 0..2 {
             assert_eq!(health.failed(&POLICY, 0, "b"), Transition::None);
         }

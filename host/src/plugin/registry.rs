@@ -362,8 +362,12 @@ impl Registry {
             }
             Err(error) => {
                 match &entry.plugin {
-                    Some(old) => warn!(plugin = %name, serving = %old.short_hash(), %error, "Plugin change rejected; the previous version keeps serving."),
-                    None => warn!(plugin = %name, %error, "Plugin rejected; the others keep running."),
+                    Some(old) => {
+                        warn!(plugin = %name, serving = %old.short_hash(), %error, "Plugin change rejected; the previous version keeps serving.")
+                    }
+                    None => {
+                        warn!(plugin = %name, %error, "Plugin rejected; the others keep running.")
+                    }
                 }
                 count("rejected");
                 entry.last_error = Some(error.to_string());
@@ -415,7 +419,14 @@ mod tests {
     #[test]
     fn lists_plugin_files_but_not_hidden_ones() {
         let dir = tempfile::tempdir().unwrap();
-        for file in ["a.wasm", "a.toml", "b.toml", ".c.wasm", "d.txt", "e.wasm.part"] {
+        for file in [
+            "a.wasm",
+            "a.toml",
+            "b.toml",
+            ".c.wasm",
+            "d.txt",
+            "e.wasm.part",
+        ] {
             std::fs::write(dir.path().join(file), b"").unwrap();
         }
         let names = list(dir.path()).unwrap();

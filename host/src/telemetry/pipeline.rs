@@ -81,7 +81,9 @@ impl PipelineMetrics {
     /// Counts a rebalance that assigned (`"assign"`) or revoked (`"revoke"`)
     /// partitions.
     pub fn rebalance(&self, kind: &'static str) {
-        self.rebalances.get_or_create(&RebalanceLabels { kind }).inc();
+        self.rebalances
+            .get_or_create(&RebalanceLabels { kind })
+            .inc();
     }
 
     /// Rebalances of `kind` so far.
@@ -96,7 +98,9 @@ impl PipelineMetrics {
         match result {
             Ok(took) => {
                 self.commit_duration.observe(took.as_secs_f64());
-                self.commits.get_or_create(&CommitLabels { result: "ok" }).inc();
+                self.commits
+                    .get_or_create(&CommitLabels { result: "ok" })
+                    .inc();
             }
             Err(()) => {
                 self.commits
@@ -178,11 +182,7 @@ impl PipelineMetrics {
             "Consumer-group rebalances that assigned or revoked partitions",
             self.rebalances.clone(),
         );
-        registry.register(
-            "commits",
-            "Offset commits by result",
-            self.commits.clone(),
-        );
+        registry.register("commits", "Offset commits by result", self.commits.clone());
         registry.register(
             "commit_duration_seconds",
             "Time to commit stored offsets to the group coordinator",
