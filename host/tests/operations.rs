@@ -479,3 +479,44 @@ async fn the_admin_endpoint_reports_readiness_metrics_and_plugins() {
     let (status, body) = get("/readyz").await.unwrap();
     assert_eq!((status, body.as_str()), (503, "not ready: shutting down\n"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_left_without_partitions_is_ready_too() {
+    // One input partition, two members: one gets it, the other stands by.
+    // A stand-by must be ready, or a rolling update with more replicas than
+    // partitions would never finish.
+    let cluster = Cluster::start();
+    cluster._broker.create_topic("solo", 1).unwrap();
+    let mut config = cluster.config.clone();
+    config.kafka.input_topics = vec!["solo".into()];
+    let noop = plugin_dir(&[("noop", TEST_PLUGIN, None)]);
+    let plugins = common::load(&sandbox(), noop.path());
+    let first = Pipeline::new(config.clone(), plugins.clone());
+    let second = Pipeline::new(config, plugins);
+    let (readiness_a, readiness_b) = (
+        first.telemetry.readiness.clone(),
+        second.telemetry.readiness.clone(),
+    );
+    let assigned = |p: &Pipeline| {
+        parse_metrics(&p.telemetry.encode())
+            .iter()
+            .find(|s| s.name == "todo_eventd_assigned_partitions")
+            .map(|s| s.value)
+    };
+    let counts = cluster
+        .run_while(&first, async {
+            cluster
+                .run_while(&second, async {
+                    eventually("both members ready", || {
+                        readiness_a.is_ready() && readiness_b.is_ready()
+                    })
+                    .await;
+                    [assigned(&first), assigned(&second)]
+                })
+                .await
+        })
+        .await;
+    let mut counts = counts.map(Option::unwrap);
+    counts.sort_by(f64::total_cmp);
+    assert_eq!(counts, [0.0, 1.0]);
+}
