@@ -10,7 +10,7 @@ mod common;
 mod harness;
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -56,21 +56,26 @@ fn produce(broker: &Broker, work: &Path, events: &[String]) {
     ]);
 }
 
-/// One daemon in `group` running the bundled plugins from `work/plugins`.
-fn bundled_daemon(broker: &Broker, work: &Path, group: &str) -> (Process, PathBuf) {
-    let plugins = work.join("plugins");
-    bundled_plugins(&plugins);
-    let args = ["--plugins", plugins.to_str().unwrap(), "--group", group];
-    let daemon = daemon(Path::new(BIN), &broker.address, work, "daemon", &args);
-    (daemon, plugins)
+/// One daemon in `group` running the bundled plugins from `WORK/plugins`,
+/// and its work directory.
+fn bundled_daemon(broker: &Broker, group: &str) -> (Process, tempfile::TempDir) {
+    let (work, args) = bundled_setup(group);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let daemon = daemon(
+        Path::new(BIN),
+        &broker.address,
+        work.path(),
+        "daemon",
+        &args,
+    );
+    (daemon, work)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "end-to-end: needs a tansu broker; run with --include-ignored"]
 async fn sample_stream_in_expected_records_out() {
     let broker = Broker::start();
-    let work = tempfile::tempdir().unwrap();
-    let (mut daemon, _plugins) = bundled_daemon(&broker, work.path(), "e2e-sample");
+    let (mut daemon, work) = bundled_daemon(&broker, "e2e-sample");
     daemon.assert_assigned();
 
     let events = todo_eventd::demo::sample_events(jiff::Timestamp::now().as_millisecond());
@@ -434,8 +439,8 @@ async fn a_stopped_member_hands_its_timers_to_the_other() {
 #[ignore = "end-to-end: needs a tansu broker; run with --include-ignored"]
 async fn an_operator_drops_in_a_plugin_and_watches_it() {
     let broker = Broker::start();
-    let work = tempfile::tempdir().unwrap();
-    let (mut daemon, plugins) = bundled_daemon(&broker, work.path(), "e2e-ops");
+    let (mut daemon, work) = bundled_daemon(&broker, "e2e-ops");
+    let plugins = work.path().join("plugins");
     let admin = daemon.admin_addr();
     let get = move |path: &'static str| {
         tokio::task::spawn_blocking(move || common::http_get(admin, path))

@@ -384,10 +384,10 @@ async fn commit_periodically(
 fn commit(consumer: &PipelineConsumer, telemetry: &Telemetry) {
     let started = Instant::now();
     match consumer.commit_consumer_state(CommitMode::Sync) {
-        Ok(()) => telemetry.pipeline.commit(Ok(started.elapsed())),
+        Ok(()) => telemetry.pipeline.committed(started.elapsed()),
         Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
         Err(err) => {
-            telemetry.pipeline.commit(Err(()));
+            telemetry.pipeline.commit_failed();
             warn!(error = %err, "Committing offsets failed; they are committed with the next one.");
         }
     }

@@ -131,44 +131,56 @@ pub struct LoadReport {
     pub errors: Vec<LoadError>,
 }
 
-/// Loads every `*.wasm` in `dir` (not recursive). Only an unreadable
-/// directory is an error; bad plugin files are collected in the report.
+/// Loads every `*.wasm` in `dir` (not recursive, hidden files ignored, as
+/// the daemon does). Only an unreadable directory is an error; bad plugin
+/// files are collected in the report.
 pub fn load_dir(sandbox: &Arc<Sandbox>, dir: &Path) -> std::io::Result<LoadReport> {
-    let mut wasm_files = Vec::new();
-    let mut manifests = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        match path.extension().and_then(|e| e.to_str()) {
-            Some("wasm") => wasm_files.push(path),
-            Some("toml") => manifests.push(path),
-            _ => {}
-        }
-    }
-    wasm_files.sort();
     let mut report = LoadReport::default();
-    for manifest in manifests {
-        if !manifest.with_extension("wasm").exists() {
-            report.errors.push(LoadError::Manifest {
-                message: format!(
-                    "no {} beside it",
-                    manifest
-                        .with_extension("wasm")
-                        .file_name()
-                        .unwrap_or_default()
-                        .to_string_lossy()
-                ),
-                file: manifest,
-            });
+    for name in plugin_names(dir)? {
+        let file = dir.join(format!("{name}.wasm"));
+        if !file.exists() {
+            report.errors.push(orphan_manifest(&file));
+            continue;
         }
-    }
-    for file in wasm_files {
         match load_file(sandbox, &file) {
             Ok(Some(plugin)) => report.plugins.push(Arc::new(plugin)),
-            Ok(None) => report.disabled.push(plugin_name(&file)),
+            Ok(None) => report.disabled.push(name),
             Err(err) => report.errors.push(err),
         }
     }
     Ok(report)
+}
+
+/// The plugin names in `dir`, sorted: stems of `*.wasm` and `*.toml`,
+/// ignoring hidden files (editors' and copy tools' temporaries).
+fn plugin_names(dir: &Path) -> std::io::Result<BTreeSet<String>> {
+    let mut names = BTreeSet::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let hidden = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_none_or(|n| n.starts_with('.'));
+        let plugin_file = matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("wasm" | "toml")
+        );
+        if plugin_file && !hidden {
+            names.insert(plugin_name(&path));
+        }
+    }
+    Ok(names)
+}
+
+/// The error for a `NAME.toml` whose `wasm_file` is missing.
+fn orphan_manifest(wasm_file: &Path) -> LoadError {
+    LoadError::Manifest {
+        file: wasm_file.with_extension("toml"),
+        message: format!(
+            "no {} beside it",
+            wasm_file.file_name().unwrap_or_default().to_string_lossy()
+        ),
+    }
 }
 
 fn plugin_name(file: &Path) -> String {
@@ -347,4 +359,26 @@ fn resolve_spec(sandbox: &Sandbox, name: &str, manifest: &Manifest) -> Result<Pl
         call_timeout,
         wasi: manifest.wasi.clone(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_plugin_files_but_not_hidden_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        for file in [
+            "a.wasm",
+            "a.toml",
+            "b.toml",
+            ".c.wasm",
+            "d.txt",
+            "e.wasm.part",
+        ] {
+            std::fs::write(dir.path().join(file), b"").unwrap();
+        }
+        let names = plugin_names(dir.path()).unwrap();
+        assert_eq!(names.into_iter().collect::<Vec<_>>(), ["a", "b"]);
+    }
 }

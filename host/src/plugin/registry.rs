@@ -9,7 +9,7 @@
 //! pick it up between records, so an event is handled entirely by one
 //! version.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -245,7 +245,7 @@ impl Registry {
             return Ok(ScanReport::default());
         };
         let _scanning = lock(&self.scanning);
-        let names = list(dir)?;
+        let names = super::plugin_names(dir)?;
         let mut report = ScanReport::default();
         let mut changed = false;
         for name in &names {
@@ -294,10 +294,7 @@ impl Registry {
             let entry = entries
                 .entry(name.to_owned())
                 .or_insert_with(|| Entry::new(wasm_file.clone()));
-            let error = LoadError::Manifest {
-                file: wasm_file.with_extension("toml"),
-                message: format!("no {name}.wasm beside it"),
-            };
+            let error = super::orphan_manifest(&wasm_file);
             let first_seen = entry.last_error.is_none() || entry.plugin.is_some();
             entry.last_error = Some(error.to_string());
             entry.fingerprint = None;
@@ -391,47 +388,9 @@ impl Registry {
     }
 }
 
-/// The plugin names in `dir`: stems of `*.wasm` and `*.toml`, ignoring
-/// hidden files (editors' and copy tools' temporaries).
-fn list(dir: &Path) -> std::io::Result<BTreeSet<String>> {
-    let mut names = BTreeSet::new();
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        let hidden = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_none_or(|n| n.starts_with('.'));
-        let plugin_file = matches!(
-            path.extension().and_then(|e| e.to_str()),
-            Some("wasm" | "toml")
-        );
-        if plugin_file && !hidden {
-            names.insert(super::plugin_name(&path));
-        }
-    }
-    Ok(names)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn lists_plugin_files_but_not_hidden_ones() {
-        let dir = tempfile::tempdir().unwrap();
-        for file in [
-            "a.wasm",
-            "a.toml",
-            "b.toml",
-            ".c.wasm",
-            "d.txt",
-            "e.wasm.part",
-        ] {
-            std::fs::write(dir.path().join(file), b"").unwrap();
-        }
-        let names = list(dir.path()).unwrap();
-        assert_eq!(names.into_iter().collect::<Vec<_>>(), ["a", "b"]);
-    }
 
     #[test]
     fn fixed_registry_publishes_once() {

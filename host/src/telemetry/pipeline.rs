@@ -93,21 +93,19 @@ impl PipelineMetrics {
             .map_or(0, |c| c.get())
     }
 
-    /// Records a commit of stored offsets and how long it took.
-    pub fn commit(&self, result: Result<std::time::Duration, ()>) {
-        match result {
-            Ok(took) => {
-                self.commit_duration.observe(took.as_secs_f64());
-                self.commits
-                    .get_or_create(&CommitLabels { result: "ok" })
-                    .inc();
-            }
-            Err(()) => {
-                self.commits
-                    .get_or_create(&CommitLabels { result: "error" })
-                    .inc();
-            }
-        }
+    /// Records a commit of stored offsets that took `took`.
+    pub fn committed(&self, took: std::time::Duration) {
+        self.commit_duration.observe(took.as_secs_f64());
+        self.commits
+            .get_or_create(&CommitLabels { result: "ok" })
+            .inc();
+    }
+
+    /// Records a commit that failed.
+    pub fn commit_failed(&self) {
+        self.commits
+            .get_or_create(&CommitLabels { result: "error" })
+            .inc();
     }
 
     /// Replaces the consumer-lag series with `lags` (the assigned partitions

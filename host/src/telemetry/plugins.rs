@@ -122,16 +122,6 @@ impl PluginMetrics {
             .inc();
     }
 
-    /// Failed calls of `plugin` of `kind` so far.
-    pub fn errors(&self, plugin: &str, kind: &'static str) -> u64 {
-        self.errors
-            .get(&KindLabels {
-                plugin: plugin.to_owned(),
-                kind,
-            })
-            .map_or(0, |c| c.get())
-    }
-
     /// Sets whether `plugin` is quarantined; entering counts a quarantine.
     pub fn set_quarantined(&self, plugin: &str, quarantined: bool) {
         let labels = PluginLabels {
@@ -143,15 +133,6 @@ impl PluginMetrics {
         self.quarantined
             .get_or_create(&labels)
             .set(i64::from(quarantined));
-    }
-
-    /// Whether `plugin` is currently marked quarantined.
-    pub fn is_quarantined(&self, plugin: &str) -> bool {
-        self.quarantined
-            .get(&PluginLabels {
-                plugin: plugin.to_owned(),
-            })
-            .is_some_and(|g| g.get() != 0)
     }
 
     /// Counts an event or timer not handed to `plugin` because it is

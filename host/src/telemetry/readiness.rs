@@ -4,7 +4,7 @@
 //! shutdown begins.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
@@ -18,29 +18,19 @@ pub struct Readiness {
     restoring: Gauge,
     assigned: Gauge,
     ready: Gauge,
-    // Kept beside the gauges so `assigned` can be adjusted atomically.
-    assigned_count: AtomicI64,
 }
 
 impl Readiness {
     /// Records an assignment (possibly empty) of `count` more partitions.
     pub fn assigned(&self, count: usize) {
         self.joined.store(true, Ordering::Release);
-        let total = self
-            .assigned_count
-            .fetch_add(count as i64, Ordering::AcqRel)
-            + count as i64;
-        self.assigned.set(total);
+        self.assigned.inc_by(count as i64);
         self.refresh();
     }
 
     /// Records that `count` partitions were revoked.
     pub fn revoked(&self, count: usize) {
-        let total = self
-            .assigned_count
-            .fetch_sub(count as i64, Ordering::AcqRel)
-            - count as i64;
-        self.assigned.set(total.max(0));
+        self.assigned.dec_by(count as i64);
         self.refresh();
     }
 
