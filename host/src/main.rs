@@ -88,6 +88,9 @@ struct RunArgs {
     admin_addr: Option<std::net::SocketAddr>,
     /// Any configuration key, e.g. `--set plugins.quarantine_after=3` or
     /// `--set kafka.properties.security.protocol=SASL_SSL`. Repeatable.
+    /// Every key can also come from the environment as
+    /// `TODO_EVENTD_<SECTION>_<KEY>` (librdkafka properties as
+    /// `TODO_EVENTD_KAFKA_PROPERTY_<NAME>`, `_` for `.`); flags win.
     #[arg(long = "set", value_name = "KEY=VALUE", value_parser = Override::from_flag)]
     overrides: Vec<Override>,
 }
