@@ -287,7 +287,7 @@ async fn two_daemons_share_partitions_and_a_kill_9_loses_nothing() {
 /// `ahead` from now.
 fn reminder_events(count: usize, ahead_s: i64) -> Vec<String> {
     let now = jiff::Timestamp::now().as_millisecond();
-    let at = |s: i64| todo_eventd::offline::rfc3339(now + s * 1000);
+    let at = |s: i64| todo_eventd::clock::rfc3339(now + s * 1000);
     (0..count)
         .map(|i| {
             serde_json::json!({

@@ -50,7 +50,7 @@ fn main() {
             let record = OutRecord {
                 topic: topic.clone(),
                 partition: Some(0),
-                key: Some(changelog::key("task-events", "analytics", false, &format!("user:{i:08}"))),
+                key: Some(changelog::key("task-events", "analytics", changelog::EntryKind::Value, &format!("user:{i:08}"))),
                 value: Some(value.to_vec()),
                 headers: Vec::new(),
             };

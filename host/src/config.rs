@@ -19,6 +19,13 @@
 //! watch = true                            # hot reload
 //! quarantine_after = 5
 //!
+//! [sandbox]
+//! [sandbox.default_limits]                # for what a manifest leaves out
+//! memory = "64MiB"
+//! call_timeout = "200ms"
+//! [sandbox.max_limits]                    # the most a manifest may ask for
+//! call_timeout = "60s"
+//!
 //! [pipeline]
 //! queue_capacity = 256
 //! max_in_flight = 512
@@ -41,7 +48,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::plugin::manifest::{humantime_serde_opt, parse_bytes};
+use crate::sandbox::{LimitSettings, Limits, LogPolicy, SandboxConfig};
+use crate::units::{ByteSize, Count};
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -66,6 +74,11 @@ pub struct Config {
 
 /// The sections of the file, for environment overrides.
 const SECTIONS: [&str; 5] = ["kafka", "plugins", "sandbox", "pipeline", "admin"];
+
+/// Tables inside sections, for environment overrides:
+/// `TODO_EVENTD_SANDBOX_DEFAULT_LIMITS_MEMORY` sets
+/// `sandbox.default_limits.memory`.
+const TABLES: [&str; 2] = ["default_limits", "max_limits"];
 
 /// `[kafka]`.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -130,16 +143,24 @@ pub struct PluginsConfig {
     /// Reload plugins when files in `dir` change.
     pub watch: bool,
     /// How long the directory must be quiet before a change is loaded.
-    #[serde(with = "humantime_serde_req")]
+    #[serde(with = "crate::units::duration")]
     pub reload_debounce: Duration,
-    /// Consecutive failed calls that quarantine a plugin; 0 never does.
+    /// Consecutive failed calls (the plugin's own failures: traps,
+    /// deadlines, memory, quotas) that quarantine a plugin; 0 never does.
     pub quarantine_after: u32,
     /// The first quarantine's length; each failed retry doubles it.
-    #[serde(with = "humantime_serde_req")]
+    #[serde(with = "crate::units::duration")]
     pub quarantine_backoff: Duration,
     /// The longest quarantine.
-    #[serde(with = "humantime_serde_req")]
+    #[serde(with = "crate::units::duration")]
     pub quarantine_max_backoff: Duration,
+    /// The soonest a timer set during `on-timer` may fire; sooner ones are
+    /// pushed back to it.
+    #[serde(with = "crate::units::duration")]
+    pub min_timer_rearm: Duration,
+    /// Throttled re-arms within a minute that quarantine a plugin as a
+    /// timer storm; 0 never does.
+    pub timer_storm_quarantine_after: u32,
 }
 
 impl Default for PluginsConfig {
@@ -151,6 +172,8 @@ impl Default for PluginsConfig {
             quarantine_after: 5,
             quarantine_backoff: Duration::from_secs(10),
             quarantine_max_backoff: Duration::from_secs(600),
+            min_timer_rearm: Duration::from_secs(1),
+            timer_storm_quarantine_after: 100,
         }
     }
 }
@@ -176,21 +199,53 @@ impl Default for AdminConfig {
 }
 
 /// `[sandbox]`.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
 pub struct SandboxSection {
     /// Compiled-component cache directory.
-    #[serde(default)]
     pub cache_dir: Option<PathBuf>,
-    /// Memory limit for plugins whose manifest sets none (e.g. `"64MiB"`).
-    #[serde(default)]
-    pub default_memory_limit: Option<String>,
-    /// Call timeout for plugins whose manifest sets none (e.g. `"200ms"`).
-    #[serde(default, with = "humantime_serde_opt")]
-    pub default_call_timeout: Option<Duration>,
+    /// Limits for what a plugin's manifest leaves out (`memory`,
+    /// `call_timeout`, and the quotas; see the manifest's `[limits]`).
+    pub default_limits: LimitSettings,
+    /// The most a manifest may ask for, limit by limit.
+    pub max_limits: LimitSettings,
     /// Instances the pooling allocator holds at once.
-    #[serde(default)]
     pub max_instances: Option<u32>,
+    /// The largest `.wasm` file accepted.
+    pub max_component_size: ByteSize,
+    /// Log lines per second each plugin may write (stdout and stderr
+    /// included); more are dropped and counted.
+    pub log_lines_per_second: Count,
+    /// Lines a plugin may write in a burst above that rate.
+    pub log_burst: Count,
+    /// The longest plugin log line kept; the rest is cut.
+    pub log_line_max: ByteSize,
+}
+
+impl Default for SandboxSection {
+    fn default() -> Self {
+        let log = LogPolicy::default();
+        Self {
+            cache_dir: None,
+            default_limits: LimitSettings::default(),
+            max_limits: LimitSettings::default(),
+            max_instances: None,
+            max_component_size: ByteSize::mib(64),
+            log_lines_per_second: Count(u64::from(log.lines_per_second)),
+            log_burst: Count(u64::from(log.burst)),
+            log_line_max: log.max_line,
+        }
+    }
+}
+
+impl SandboxSection {
+    /// The limits for what a manifest leaves out, and the most it may ask.
+    pub fn limits(&self) -> (Limits, Limits) {
+        (
+            Limits::DEFAULT.merge(&self.default_limits),
+            Limits::MAX.merge(&self.max_limits),
+        )
+    }
 }
 
 /// `[pipeline]`.
@@ -202,14 +257,19 @@ pub struct PipelineConfig {
     /// Input records per partition handled but not yet acknowledged by the
     /// broker; intake pauses beyond this.
     pub max_in_flight: usize,
-    /// How long a graceful shutdown may take before it gives up waiting.
-    #[serde(with = "humantime_serde_req")]
+    /// Bytes per partition (inputs and what they produced) not yet
+    /// acknowledged; intake pauses beyond this.
+    pub max_in_flight_bytes: ByteSize,
+    /// How long a graceful shutdown (or a revoked partition's drain) may
+    /// take before it gives up waiting.
+    #[serde(with = "crate::units::duration")]
     pub shutdown_timeout: Duration,
-    /// How long restoring one partition's state from the changelog may take.
-    #[serde(with = "humantime_serde_req")]
+    /// How long one attempt to restore a partition's state from the
+    /// changelog may take (failed attempts are retried).
+    #[serde(with = "crate::units::duration")]
     pub restore_timeout: Duration,
     /// How often stored offsets are committed.
-    #[serde(with = "humantime_serde_req")]
+    #[serde(with = "crate::units::duration")]
     pub commit_interval: Duration,
 }
 
@@ -218,23 +278,11 @@ impl Default for PipelineConfig {
         Self {
             queue_capacity: 256,
             max_in_flight: 512,
+            max_in_flight_bytes: ByteSize::mib(32),
             shutdown_timeout: Duration::from_secs(30),
             restore_timeout: Duration::from_secs(300),
             commit_interval: Duration::from_secs(1),
         }
-    }
-}
-
-mod humantime_serde_req {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer};
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map_err(|e| {
-            serde::de::Error::custom(format!("\"{s}\" is not a duration (e.g. \"30s\"): {e}"))
-        })
     }
 }
 
@@ -280,6 +328,9 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
+    /// A limit is out of its bounds (the message names the key).
+    #[error("{0}")]
+    Limits(String),
     /// A value is out of range.
     #[error("{field}: {reason}")]
     Invalid {
@@ -327,7 +378,13 @@ impl Override {
                     let (section, key) = SECTIONS
                         .iter()
                         .find_map(|s| Some((*s, rest.strip_prefix(s)?.strip_prefix('_')?)))?;
-                    format!("{section}.{key}")
+                    match TABLES
+                        .iter()
+                        .find_map(|t| Some((*t, key.strip_prefix(t)?.strip_prefix('_')?)))
+                    {
+                        Some((table, key)) => format!("{section}.{table}.{key}"),
+                        None => format!("{section}.{key}"),
+                    }
                 };
                 Some(Self {
                     origin: name,
@@ -422,6 +479,30 @@ impl Config {
         })
     }
 
+    /// The sandbox settings this configuration asks for, caching compiled
+    /// components in `sandbox.cache_dir` or else `default_cache`.
+    pub fn sandbox_config(&self, default_cache: Option<PathBuf>) -> SandboxConfig {
+        let section = &self.sandbox;
+        let (default_limits, max_limits) = section.limits();
+        let mut sandbox = SandboxConfig {
+            cache_dir: section.cache_dir.clone().or(default_cache),
+            default_limits,
+            max_limits,
+            max_component_bytes: section.max_component_size,
+            max_record_bytes: crate::kafka::max_record_bytes(&self.kafka),
+            log: LogPolicy {
+                lines_per_second: u32::try_from(section.log_lines_per_second.0).unwrap_or(u32::MAX),
+                burst: u32::try_from(section.log_burst.0).unwrap_or(u32::MAX),
+                max_line: section.log_line_max,
+            },
+            ..SandboxConfig::default()
+        };
+        if let Some(max) = section.max_instances {
+            sandbox.max_instances = max;
+        }
+        sandbox
+    }
+
     /// Checks every value; the error names the field.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |field, reason: &str| {
@@ -461,21 +542,18 @@ impl Config {
         if k.replication_factor < 1 {
             return invalid("kafka.replication_factor", "must be at least 1");
         }
-        if let Some(limit) = &self.sandbox.default_memory_limit {
-            parse_bytes(limit).map_err(|reason| ConfigError::Invalid {
-                field: "sandbox.default_memory_limit",
-                reason,
-            })?;
-        }
-        if self
-            .sandbox
-            .default_call_timeout
-            .is_some_and(|t| t.is_zero())
-        {
-            return invalid("sandbox.default_call_timeout", "must be more than zero");
-        }
+        let (defaults, max) = self.sandbox.limits();
+        max.check(&Limits::MAX, "sandbox.max_limits")
+            .and_then(|()| defaults.check(&max, "sandbox.default_limits"))
+            .map_err(ConfigError::Limits)?;
         if self.sandbox.max_instances == Some(0) {
             return invalid("sandbox.max_instances", "must be at least 1");
+        }
+        if self.sandbox.log_lines_per_second.0 == 0 || self.sandbox.log_burst.0 == 0 {
+            return invalid(
+                "sandbox.log_lines_per_second",
+                "and sandbox.log_burst must be at least 1",
+            );
         }
         let p = &self.pipeline;
         if p.queue_capacity == 0 {
@@ -486,6 +564,9 @@ impl Config {
         }
         if p.commit_interval.is_zero() {
             return invalid("pipeline.commit_interval", "must be more than zero");
+        }
+        if p.max_in_flight_bytes.bytes() < (1 << 20) {
+            return invalid("pipeline.max_in_flight_bytes", "must be at least 1MiB");
         }
         let plugins = &self.plugins;
         if plugins.quarantine_after > 0 && plugins.quarantine_backoff.is_zero() {
@@ -526,9 +607,9 @@ mod tests {
             "security.protocol" = "SASL_SSL"
             [plugins]
             dir = "/srv/plugins"
-            [sandbox]
-            default_memory_limit = "32MiB"
-            default_call_timeout = "50ms"
+            [sandbox.default_limits]
+            memory = "32MiB"
+            call_timeout = "50ms"
             [pipeline]
             shutdown_timeout = "5s"
             "#,
@@ -555,10 +636,14 @@ mod tests {
                 "TODO_EVENTD_PLUGINS_QUARANTINE_AFTER".to_owned(),
                 "3".to_owned(),
             ),
+            (
+                "TODO_EVENTD_SANDBOX_DEFAULT_LIMITS_MEMORY".to_owned(),
+                "16MiB".to_owned(),
+            ),
             ("TODO_EVENTD_CACHE_DIR".to_owned(), "/tmp".to_owned()),
             ("HOME".to_owned(), "/root".to_owned()),
         ]);
-        assert_eq!(env.len(), 4, "{env:?}");
+        assert_eq!(env.len(), 5, "{env:?}");
         let mut overrides = env;
         overrides.push(Override::from_flag("admin.addr=0.0.0.0:9000").unwrap());
         overrides.push(Override::from_flag("kafka.group_id=billing").unwrap());
@@ -568,6 +653,7 @@ mod tests {
         assert_eq!(config.kafka.input_topics, ["a", "b"]);
         assert_eq!(config.kafka.properties["sasl.password"], "s3cret");
         assert_eq!(config.plugins.quarantine_after, 3);
+        assert_eq!(config.sandbox.limits().0.memory, ByteSize::mib(16));
         assert_eq!(config.admin.addr.port(), 9000);
     }
 

@@ -11,32 +11,25 @@ use anyhow::{Context, Result, bail};
 use tracing::{info, warn};
 
 use crate::admin::{self, Admin};
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::kafka::{self, EmbeddedBroker};
 use crate::pipeline::Pipeline;
-use crate::plugin::manifest::parse_bytes;
 use crate::plugin::{Plugin, PluginSet, Registry, bundled, watcher};
-use crate::sandbox::{Sandbox, SandboxConfig};
+use crate::sandbox::Sandbox;
 use crate::telemetry::Telemetry;
 
-/// Builds the sandbox from `[sandbox]`.
-pub fn sandbox(config: &Config, default_cache: Option<std::path::PathBuf>) -> Result<Arc<Sandbox>> {
-    let section = &config.sandbox;
-    let mut sandbox = SandboxConfig {
-        cache_dir: section.cache_dir.clone().or(default_cache),
-        ..SandboxConfig::default()
-    };
-    if let Some(limit) = &section.default_memory_limit {
-        sandbox.default_memory_limit =
-            parse_bytes(limit).map_err(|e| anyhow::anyhow!("sandbox.default_memory_limit: {e}"))?;
-    }
-    if let Some(timeout) = section.default_call_timeout {
-        sandbox.default_call_timeout = timeout;
-    }
-    if let Some(max) = section.max_instances {
-        sandbox.max_instances = max;
-    }
-    let sandbox = Sandbox::new(sandbox).map_err(anyhow::Error::from);
+/// Builds the sandbox from `[sandbox]`, counting into `telemetry`.
+pub fn sandbox(
+    config: &Config,
+    default_cache: Option<std::path::PathBuf>,
+    telemetry: &Telemetry,
+) -> Result<Arc<Sandbox>> {
+    let sandbox = Sandbox::with_metrics(
+        config.sandbox_config(default_cache),
+        telemetry.plugins.clone(),
+    )
+    .map_err(anyhow::Error::from);
     Ok(Arc::new(sandbox.context("starting the wasm engine")?))
 }
 
@@ -44,7 +37,7 @@ pub fn sandbox(config: &Config, default_cache: Option<std::path::PathBuf>) -> Re
 /// when watched) or the bundled plugins. A bad plugin is logged and
 /// skipped. Having no usable plugin is an error unless the directory is
 /// watched (plugins may arrive later).
-pub fn plugins(
+pub async fn plugins(
     sandbox: &Arc<Sandbox>,
     config: &Config,
     telemetry: &Telemetry,
@@ -53,16 +46,20 @@ pub fn plugins(
     let registry = match &config.plugins.dir {
         Some(dir) => {
             // The registry logs each plugin it loads or rejects.
-            let (registry, _report) = Registry::open(sandbox.clone(), dir.clone(), metrics)
-                .with_context(|| format!("reading plugins directory {}", dir.display()))?;
+            let (registry, _report) =
+                Registry::open(sandbox.clone(), dir.clone(), metrics, Clock::System)
+                    .await
+                    .with_context(|| format!("reading plugins directory {}", dir.display()))?;
             registry
         }
         None => {
-            let report = bundled::load(sandbox).context("loading the bundled plugins")?;
+            let report = bundled::load(sandbox)
+                .await
+                .context("loading the bundled plugins")?;
             for plugin in &report.plugins {
                 info!(plugin = %plugin.name, hash = %plugin.short_hash(), "Bundled plugin loaded.");
             }
-            Registry::fixed(report.plugins, metrics)
+            Registry::fixed(report.plugins, metrics, Clock::System)
         }
     };
     if registry.current().plugins.is_empty() {
@@ -106,7 +103,12 @@ pub async fn run(
                     .await
                     .with_context(|| format!("creating topics on {brokers}"))?;
             }
-            kafka::check_changelog_partitions(brokers, &config.kafka)?;
+            let (brokers_, kafka) = (brokers.clone(), config.kafka.clone());
+            tokio::task::spawn_blocking(move || {
+                kafka::check_changelog_partitions(&brokers_, &kafka)
+            })
+            .await
+            .context("checking the changelog topic")??;
             brokers.clone()
         }
         None => {
@@ -152,6 +154,7 @@ pub async fn run(
         config,
         plugins,
         telemetry,
+        clock: Clock::System,
     };
     let ran = pipeline.run(&brokers, shutdown).await;
     if let Some(task) = new_topics {

@@ -28,7 +28,7 @@ const DEMO_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The demo's input events, timed relative to `now` (ms).
 pub fn sample_events(now: i64) -> Vec<String> {
-    let t = |offset_s: i64| crate::offline::rfc3339(now + offset_s * 1000);
+    let t = |offset_s: i64| crate::clock::rfc3339(now + offset_s * 1000);
     vec![
         json!({"event_id": "demo-1", "event_type": "created", "user_id": "ada", "task_id": "101",
                "timestamp": t(0),
@@ -191,14 +191,14 @@ impl Seen {
 
 /// The bundled plugins, with the analytics snapshot interval shortened so
 /// snapshots show up within the demo.
-pub fn plugins(sandbox: &Arc<Sandbox>) -> Result<Vec<Arc<Plugin>>> {
+pub async fn plugins(sandbox: &Arc<Sandbox>) -> Result<Vec<Arc<Plugin>>> {
     let dir = tempfile::tempdir().context("creating a temporary plugins directory")?;
     crate::plugin::bundled::install(dir.path()).context("writing the bundled plugins")?;
     let analytics = dir.path().join("analytics.toml");
     let manifest = std::fs::read_to_string(&analytics)?
         .replace("snapshot_interval = \"60s\"", "snapshot_interval = \"3s\"");
     std::fs::write(&analytics, manifest)?;
-    let report = crate::plugin::load_dir(sandbox, dir.path())?;
+    let report = crate::plugin::load_dir(sandbox, dir.path()).await?;
     if let Some(err) = report.errors.first() {
         anyhow::bail!("bundled plugin failed to load: {err}");
     }

@@ -2,9 +2,17 @@
 //!
 //! A [`Dispatcher`] owns, for each plugin, a warm instance and the plugin's
 //! state for the partition. It calls every subscribed plugin for an event,
-//! applies a call's state and timer changes only when it returned `ok`, and
-//! hands the effects back so the caller can produce the emits. A failed
-//! call changes nothing; its instance is replaced if it trapped.
+//! applies a call's state and timer changes only when it returned `ok` and
+//! they fit the plugin's per-partition quotas, and hands back what to
+//! produce: the emits, and the state changes to persist. A failed call
+//! changes nothing; its instance is replaced if it trapped.
+//!
+//! Timers: a timer that fires is removed before its call (so a failing
+//! handler is not retried forever), and the removal is part of the
+//! outcome's changes. An `on-timer` call that re-arms a timer for sooner
+//! than the minimum re-arm delay has it pushed back to that delay
+//! (counted, and a storm of them quarantines the plugin), so a plugin
+//! cannot make a partition spin.
 //!
 //! The plugin set can change between calls ([`Dispatcher::update`]): a
 //! replaced plugin keeps its state and gets a fresh instance of the new
@@ -15,26 +23,58 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use tracing::{debug_span, info, warn};
+use tracing::{Instrument, debug_span, info, warn};
 
-use crate::offline::rfc3339;
+use crate::clock::rfc3339;
 use crate::plugin::Plugin;
 use crate::plugin::health::{QuarantinePolicy, Transition};
-use crate::sandbox::{CallError, Effects, Instance};
-use crate::state::PluginState;
+use crate::sandbox::{CallError, Effects, Emit, Instance, Limits, QuotaExceeded};
+use crate::state::{PluginState, StateChanges, Usage};
 use crate::telemetry::{PluginMetrics, SlotMetrics};
-use crate::world::{FiredTimer, TaskEvent, Timestamp};
+use crate::units::format_duration;
+use crate::world::{FiredTimer, Handler, TaskEvent, Timestamp};
+
+/// How the dispatcher treats failing and busy plugins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DispatchPolicy {
+    /// When failures quarantine a plugin.
+    pub quarantine: QuarantinePolicy,
+    /// The soonest a timer set during `on-timer` may fire, from the call's
+    /// `now`.
+    pub min_timer_rearm: Duration,
+}
+
+impl DispatchPolicy {
+    /// Never quarantine, re-arm as the plugin asks (the offline bench,
+    /// where the clock only moves with the events).
+    pub const OFFLINE: Self = Self {
+        quarantine: QuarantinePolicy::NEVER,
+        min_timer_rearm: Duration::from_millis(1),
+    };
+}
+
+impl Default for DispatchPolicy {
+    fn default() -> Self {
+        Self {
+            quarantine: QuarantinePolicy::default(),
+            min_timer_rearm: Duration::from_secs(1),
+        }
+    }
+}
 
 /// The result of one plugin call.
 #[derive(Debug)]
 pub struct Outcome {
     /// The plugin that was called.
     pub plugin: Arc<Plugin>,
-    /// Its effects (already applied to the plugin's state), or why it failed
-    /// (nothing applied).
-    pub result: Result<Effects, CallError>,
+    /// What it emitted, or why it failed (nothing of the call applied).
+    pub result: Result<Vec<Emit>, CallError>,
+    /// The state and timer changes now in effect because of this call — to
+    /// persist whatever the result (a fired timer's removal is here even
+    /// when its handler failed).
+    pub changes: StateChanges,
 }
 
 /// A timer that fired.
@@ -58,22 +98,22 @@ pub struct Dispatcher {
     slots: Vec<Slot>,
     /// State of plugins not loaded now, by name.
     parked: HashMap<String, PluginState>,
-    policy: QuarantinePolicy,
+    policy: DispatchPolicy,
     metrics: Arc<PluginMetrics>,
 }
 
 impl Dispatcher {
-    /// A dispatcher over `plugins`, each starting with empty state, that
-    /// never quarantines and records metrics nobody reads.
+    /// A dispatcher over `plugins`, each starting with empty state, for the
+    /// offline bench: it never quarantines and records metrics nobody
+    /// reads.
     pub fn new(plugins: &[Arc<Plugin>]) -> Self {
-        Self::with(plugins, QuarantinePolicy::NEVER, Arc::default())
+        Self::with(plugins, DispatchPolicy::OFFLINE, Arc::default())
     }
 
-    /// A dispatcher that quarantines under `policy` and records into
-    /// `metrics`.
+    /// A dispatcher under `policy` that records into `metrics`.
     pub fn with(
         plugins: &[Arc<Plugin>],
-        policy: QuarantinePolicy,
+        policy: DispatchPolicy,
         metrics: Arc<PluginMetrics>,
     ) -> Self {
         let mut dispatcher = Self {
@@ -145,23 +185,16 @@ impl Dispatcher {
 
     /// Calls `on-event` on every plugin subscribed to the event's kind, in
     /// plugin order, with the clock at `now`.
-    pub fn dispatch(&mut self, event: &TaskEvent, now: Timestamp) -> Vec<Outcome> {
+    pub async fn dispatch(&mut self, event: &TaskEvent, now: Timestamp) -> Vec<Outcome> {
         let mut outcomes = Vec::with_capacity(self.slots.len());
         for slot in &mut self.slots {
             if !slot.plugin.subscribes(event.kind) {
                 continue;
             }
-            let result = slot.call(
-                now,
-                false,
-                &self.policy,
-                &self.metrics,
-                |instance, state| instance.on_event(event, now, state),
-            );
-            outcomes.push(Outcome {
-                plugin: slot.plugin.clone(),
-                result,
-            });
+            let outcome = slot
+                .call(now, Call::Event(event), &self.policy, &self.metrics)
+                .await;
+            outcomes.push(outcome);
         }
         outcomes
     }
@@ -188,9 +221,8 @@ impl Dispatcher {
     }
 
     /// Fires the earliest timer due at or before `now`, if any (ties go to
-    /// the plugin listed first). The timer is removed before the call, so a
-    /// failing handler is not retried forever; it can re-arm itself.
-    pub fn fire_next(&mut self, now: Timestamp) -> Option<Firing> {
+    /// the plugin listed first).
+    pub async fn fire_next(&mut self, now: Timestamp) -> Option<Firing> {
         let slot = self
             .slots
             .iter_mut()
@@ -202,16 +234,32 @@ impl Dispatcher {
             due: timer.due,
             payload: timer.payload,
         };
-        let result = slot.call(now, true, &self.policy, &self.metrics, |instance, state| {
-            instance.on_timer(&timer, now, state)
-        });
-        Some(Firing {
-            timer,
-            outcome: Outcome {
-                plugin: slot.plugin.clone(),
-                result,
-            },
-        })
+        let mut outcome = slot
+            .call(now, Call::Timer(&timer), &self.policy, &self.metrics)
+            .await;
+        // The fired timer is gone unless the handler set it again.
+        outcome
+            .changes
+            .timers
+            .entry(timer.key.clone())
+            .or_insert(None);
+        Some(Firing { timer, outcome })
+    }
+}
+
+/// What a call hands the plugin.
+#[derive(Clone, Copy)]
+enum Call<'a> {
+    Event(&'a TaskEvent),
+    Timer(&'a FiredTimer),
+}
+
+impl Call<'_> {
+    fn handler(self) -> Handler {
+        match self {
+            Self::Event(_) => Handler::OnEvent,
+            Self::Timer(_) => Handler::OnTimer,
+        }
     }
 }
 
@@ -224,66 +272,164 @@ impl Slot {
         })
     }
 
-    fn call(
+    async fn call(
         &mut self,
         now: Timestamp,
-        timer: bool,
-        policy: &QuarantinePolicy,
+        call: Call<'_>,
+        policy: &DispatchPolicy,
         metrics: &PluginMetrics,
-        f: impl FnOnce(&mut Instance, &mut PluginState) -> Result<Effects, CallError>,
-    ) -> Result<Effects, CallError> {
-        let plugin = &self.plugin;
-        if let Err(suspended) = plugin.health.admit(now) {
-            metrics.skipped(&plugin.name);
-            return Err(CallError::Quarantined {
-                failures: suspended.failures,
-                retry_at: rfc3339(suspended.retry_at),
-            });
+    ) -> Outcome {
+        let plugin = self.plugin.clone();
+        let result = match plugin.health.admit(now) {
+            Err(suspended) => {
+                metrics.skipped(&plugin.name);
+                Err(CallError::Quarantined {
+                    failures: suspended.failures,
+                    retry_at: rfc3339(suspended.retry_at),
+                })
+            }
+            Ok(()) => {
+                let span = debug_span!(
+                    "plugin_call",
+                    plugin = %plugin.name,
+                    hash = %plugin.short_hash(),
+                    handler = call.handler().as_str()
+                );
+                self.run(now, call).instrument(span).await
+            }
+        };
+        let mut stormed = false;
+        let (result, changes) = match result {
+            Ok(effects) => match self.apply(now, call, effects.changes, policy, metrics) {
+                Ok((changes, throttled)) => {
+                    stormed = throttled;
+                    (Ok(effects.emits), changes)
+                }
+                Err(quota) => (Err(CallError::Quota(quota)), StateChanges::default()),
+            },
+            Err(err) => (Err(err), StateChanges::default()),
+        };
+        // A call that kept a timer storm going is no sign of health.
+        if !stormed {
+            self.record(now, &result, &policy.quarantine, metrics);
         }
-        let _span =
-            debug_span!("plugin_call", plugin = %plugin.name, hash = %plugin.short_hash(), timer)
-                .entered();
-        let started = Instant::now();
+        Outcome {
+            plugin,
+            result,
+            changes,
+        }
+    }
+
+    /// Runs the call on a warm instance (created if needed).
+    async fn run(&mut self, now: Timestamp, call: Call<'_>) -> Result<Effects, CallError> {
         let instance = match &mut self.instance {
             Some(instance) if instance.is_reusable() => instance,
-            slot => match plugin.instantiate() {
-                Ok(instance) => slot.insert(instance),
-                Err(err) => {
-                    self.record_failure(now, policy, metrics, &err);
-                    return Err(err);
-                }
-            },
+            slot => slot.insert(self.plugin.instantiate().await?),
         };
-        let mut result = f(instance, &mut self.state);
+        let started = Instant::now();
+        let result = match call {
+            Call::Event(event) => instance.on_event(event, now, &mut self.state).await,
+            Call::Timer(timer) => instance.on_timer(timer, now, &mut self.state).await,
+        };
         self.metrics
-            .call(timer, started.elapsed(), instance.memory_peak());
+            .call(call.handler(), started.elapsed(), instance.memory_peak());
         if !instance.is_reusable() {
             self.instance = None;
-        }
-        match &mut result {
-            Ok(effects) => {
-                effects.changes.prune_unchanged(&self.state);
-                self.state.apply(effects.changes.clone());
-                if self.plugin.health.succeeded() == Transition::Released {
-                    info!(plugin = %self.plugin.name, "Plugin call succeeded; quarantine lifted.");
-                    metrics.set_quarantined(&self.plugin.name, false);
-                }
-            }
-            Err(err) => self.record_failure(now, policy, metrics, err),
         }
         result
     }
 
-    fn record_failure(
+    /// Applies a successful call's changes: unchanged entries dropped,
+    /// re-armed timers held to the minimum delay, then checked against the
+    /// per-partition quotas. Returns what was applied, and whether a timer
+    /// had to be held back.
+    fn apply(
+        &mut self,
+        now: Timestamp,
+        call: Call<'_>,
+        mut changes: StateChanges,
+        policy: &DispatchPolicy,
+        metrics: &PluginMetrics,
+    ) -> Result<(StateChanges, bool), QuotaExceeded> {
+        changes.prune_unchanged(&self.state);
+        let throttled = matches!(call, Call::Timer(_))
+            && self.throttle_rearms(now, &mut changes, policy, metrics);
+        check_usage(
+            &self.plugin.spec.limits,
+            self.state.usage(),
+            self.state.usage_after(&changes),
+        )?;
+        self.state.apply(changes.clone());
+        Ok((changes, throttled))
+    }
+
+    /// Pushes timers set for sooner than `min_timer_rearm` back to it, and
+    /// counts them towards a storm. Returns whether any was.
+    fn throttle_rearms(
         &self,
         now: Timestamp,
+        changes: &mut StateChanges,
+        policy: &DispatchPolicy,
+        metrics: &PluginMetrics,
+    ) -> bool {
+        let delay = i64::try_from(policy.min_timer_rearm.as_millis()).unwrap_or(i64::MAX);
+        let earliest = now.saturating_add(delay);
+        let mut throttled = 0_u32;
+        for timer in changes.timers.values_mut().flatten() {
+            if timer.due < earliest {
+                timer.due = earliest;
+                throttled += 1;
+            }
+        }
+        if throttled == 0 {
+            return false;
+        }
+        self.metrics.timers_throttled(u64::from(throttled));
+        if let Transition::Quarantined(suspended) =
+            self.plugin
+                .health
+                .throttled(&policy.quarantine, now, throttled)
+        {
+            warn!(
+                plugin = %self.plugin.name,
+                min_rearm = %format_duration(policy.min_timer_rearm),
+                retry_at = %rfc3339(suspended.retry_at),
+                "Plugin quarantined: a timer storm (on-timer keeps re-arming timers for immediate firing)."
+            );
+            metrics.set_quarantined(&self.plugin.name, true);
+        }
+        true
+    }
+
+    /// Feeds the outcome to the plugin's health and metrics.
+    fn record(
+        &self,
+        now: Timestamp,
+        result: &Result<Vec<Emit>, CallError>,
         policy: &QuarantinePolicy,
         metrics: &PluginMetrics,
-        err: &CallError,
     ) {
         let name = &self.plugin.name;
+        let err = match result {
+            Ok(_) | Err(CallError::Plugin { .. }) => {
+                if self.plugin.health.succeeded() == Transition::Released {
+                    info!(plugin = %name, "Plugin call succeeded; quarantine lifted.");
+                    metrics.set_quarantined(name, false);
+                }
+                if let Err(err) = result {
+                    metrics.error(name, err.kind());
+                    warn!(plugin = %name, kind = err.kind(), error = %err, "Plugin rejected its input.");
+                }
+                return;
+            }
+            Err(CallError::Quarantined { .. }) => return,
+            Err(err) => err,
+        };
         metrics.error(name, err.kind());
         warn!(plugin = %name, kind = err.kind(), error = %err, "Plugin call failed.");
+        if !err.is_plugin_fault() {
+            return;
+        }
         if let Transition::Quarantined(suspended) =
             self.plugin.health.failed(policy, now, &err.to_string())
         {
@@ -296,4 +442,33 @@ impl Slot {
             metrics.set_quarantined(name, true);
         }
     }
+}
+
+/// Holds a call's projected usage to the per-partition quotas. A change
+/// that does not grow a measure past its limit passes, so a plugin over a
+/// lowered limit can still delete.
+fn check_usage(limits: &Limits, before: Usage, after: Usage) -> Result<(), QuotaExceeded> {
+    let grows = |after: usize, before: usize, limit: u64| after > before && after as u64 > limit;
+    if grows(after.bytes, before.bytes, limits.state_bytes.bytes()) {
+        return Err(QuotaExceeded::new(
+            "limits.state_bytes",
+            format_args!("{} bytes of state in this partition", after.bytes),
+            limits.state_bytes,
+        ));
+    }
+    if grows(after.keys, before.keys, limits.state_keys.0) {
+        return Err(QuotaExceeded::new(
+            "limits.state_keys",
+            format_args!("{} state keys in this partition", after.keys),
+            limits.state_keys,
+        ));
+    }
+    if grows(after.timers, before.timers, limits.timers.0) {
+        return Err(QuotaExceeded::new(
+            "limits.timers",
+            format_args!("{} timers in this partition", after.timers),
+            limits.timers,
+        ));
+    }
+    Ok(())
 }

@@ -63,13 +63,30 @@ pub fn client_config(
     config
 }
 
+/// librdkafka's default `message.max.bytes`.
+const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
+
+/// The largest record the producer sends: the operator's
+/// `message.max.bytes` property, or librdkafka's default. Emits, state
+/// values and dead letters are sized to fit it.
+pub fn max_record_bytes(kafka: &KafkaConfig) -> usize {
+    kafka
+        .properties
+        .get("message.max.bytes")
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(DEFAULT_MESSAGE_MAX_BYTES)
+}
+
 /// A producer for outputs and dead letters: acknowledged by all in-sync
-/// replicas, retried by librdkafka for up to 30 s before a delivery fails.
+/// replicas, retried by librdkafka for up to 30 s before a delivery fails,
+/// with its queue bounded to 64 MiB (librdkafka's default is 1 GiB) so a
+/// slow broker pushes back instead of growing the heap.
 pub fn producer(brokers: &str, kafka: &KafkaConfig) -> Result<FutureProducer> {
     let defaults = [
         ("acks", "all"),
         ("linger.ms", "5"),
         ("message.timeout.ms", "30000"),
+        ("queue.buffering.max.kbytes", "65536"),
     ];
     client_config(brokers, kafka, &defaults)
         .create()
@@ -156,7 +173,8 @@ pub async fn ensure_topics(
 }
 
 /// Checks that the changelog has a partition for every input partition
-/// (state of input partition N lives in changelog partition N).
+/// (state of input partition N lives in changelog partition N). Blocking:
+/// call it off the async threads.
 pub fn check_changelog_partitions(brokers: &str, kafka: &KafkaConfig) -> Result<()> {
     let consumer: BaseConsumer = client_config(brokers, kafka, &[])
         .create()
@@ -199,24 +217,41 @@ pub struct OutRecord {
     pub headers: Vec<(&'static str, Vec<u8>)>,
 }
 
+/// How long to wait before offering a record again to a full producer
+/// queue.
+pub const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(10);
+
 impl OutRecord {
-    /// Enqueues the record with the producer, waiting while its queue is
-    /// full, and returns the future of its delivery.
-    pub fn enqueue(&self, producer: &FutureProducer) -> Result<DeliveryFuture, KafkaError> {
-        let mut attempts = 0;
+    /// Hands the record to the producer without waiting and returns the
+    /// future of its delivery. A full queue is
+    /// `MessageProduction(QueueFull)`: offer it again a little later.
+    pub fn try_enqueue(&self, producer: &FutureProducer) -> Result<DeliveryFuture, KafkaError> {
+        producer
+            .send_result(self.as_future_record())
+            .map_err(|(err, _)| err)
+    }
+
+    /// Hands the record to the producer, waiting (asynchronously) while
+    /// its queue is full.
+    pub async fn enqueue(&self, producer: &FutureProducer) -> Result<DeliveryFuture, KafkaError> {
         loop {
-            match producer.send_result(self.as_future_record()) {
-                Ok(delivery) => return Ok(delivery),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _))
-                    if attempts < 500 =>
-                {
-                    attempts += 1;
-                    // librdkafka drains its queue on its own threads.
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                Err((err, _)) => return Err(err),
+            match self.try_enqueue(producer) {
+                Err(err) if is_queue_full(&err) => tokio::time::sleep(QUEUE_FULL_BACKOFF).await,
+                other => return other,
             }
         }
+    }
+
+    /// Bytes the record takes on the wire, roughly: key, value and headers
+    /// (without framing).
+    pub fn size(&self) -> usize {
+        self.key.as_ref().map_or(0, Vec::len)
+            + self.value.as_ref().map_or(0, Vec::len)
+            + self
+                .headers
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
     }
 
     fn as_future_record(&self) -> FutureRecord<'_, [u8], [u8]> {
@@ -269,6 +304,7 @@ pub async fn produce_lines(
         pending.push(
             record
                 .enqueue(producer)
+                .await
                 .map_err(failed(format!("producing to {topic}")))?,
         );
         count += 1;
@@ -300,6 +336,42 @@ async fn settle(pending: &mut Vec<DeliveryFuture>, topic: &str) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Whether a produce error is the producer's queue being full.
+pub fn is_queue_full(err: &KafkaError) -> bool {
+    matches!(
+        err,
+        KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)
+    )
+}
+
+/// Whether a produce error will not go away by trying again: the record is
+/// too large or invalid, the topic does not exist (after it was meant to
+/// be created) or we may not write to it. Anything else (timeouts, leader
+/// changes, a broker down) is retriable.
+pub fn is_permanent(err: &KafkaError) -> bool {
+    use RDKafkaErrorCode as Code;
+    matches!(
+        err.rdkafka_error_code(),
+        Some(
+            Code::MessageSizeTooLarge
+                | Code::InvalidMessageSize
+                | Code::InvalidMessage
+                | Code::InvalidRecord
+                | Code::InvalidTopic
+                | Code::MessageBatchTooLarge
+                | Code::TopicAuthorizationFailed
+                | Code::ClusterAuthorizationFailed
+                | Code::TransactionalIdAuthorizationFailed
+                | Code::SaslAuthenticationFailed
+                | Code::PolicyViolation
+                | Code::UnknownTopic
+                | Code::UnknownPartition
+                | Code::UnknownTopicOrPartition
+                | Code::UnsupportedForMessageFormat
+        )
+    )
 }
 
 /// The value of header `name` on a record, as text.

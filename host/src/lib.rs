@@ -10,10 +10,15 @@
 //! - [`offline`] is the `plugins test` bench;
 //! - [`pipeline`] is the daemon: Kafka in, plugins, Kafka out;
 //! - [`kafka`] holds client settings, topic creation and the embedded broker;
-//! - [`config`] is the validated configuration;
-//! - [`telemetry`] holds the metrics and readiness, [`admin`] serves them.
+//! - [`config`] is the validated configuration, [`cli`] the command line;
+//! - [`telemetry`] holds the metrics and readiness, [`admin`] serves them;
+//! - [`clock`], [`units`] and [`text`] are the small shared pieces: event
+//!   time, sizes and durations as operators write them, and bounded text
+//!   from untrusted input.
 
 pub mod admin;
+pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod demo;
@@ -26,4 +31,6 @@ pub mod plugin;
 pub mod sandbox;
 pub mod state;
 pub mod telemetry;
+pub mod text;
+pub mod units;
 pub mod world;

@@ -5,6 +5,9 @@
 //! lines. The clock starts at `--now` (default: the first event's time),
 //! follows event timestamps forward, fires timers at their due time as it
 //! passes them, and after the last event advances by `--advance`.
+//!
+//! Input lines are bytes: a line that is not JSON (or not UTF-8) is a
+//! dead letter with its line number, and the run goes on.
 
 use std::io::{BufRead, Write};
 use std::sync::Arc;
@@ -12,6 +15,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::clock::rfc3339;
 use crate::dispatch::{Dispatcher, Outcome};
 use crate::event;
 use crate::plugin::Plugin;
@@ -55,7 +59,7 @@ pub enum Error {
 
 /// Runs `events` (NDJSON) through `plugins`, writing one JSON object per
 /// line to `out`.
-pub fn run(
+pub async fn run(
     plugins: &[Arc<Plugin>],
     events: impl BufRead,
     options: &Options,
@@ -66,13 +70,13 @@ pub fn run(
         now: options.start,
         summary: Summary::default(),
     };
-    for (index, line) in events.lines().enumerate() {
+    for (index, line) in events.split(b'\n').enumerate() {
         let line = line?;
         let line_no = index + 1;
-        if line.trim().is_empty() {
+        if line.trim_ascii().is_empty() {
             continue;
         }
-        let event = match event::decode(line.as_bytes()) {
+        let event = match event::decode(line.trim_ascii()) {
             Ok(event) => event,
             Err(err) => {
                 bench.summary.dead_letters += 1;
@@ -86,16 +90,18 @@ pub fn run(
         bench.summary.events += 1;
         let at = event.occurred_at;
         let now = *bench.now.get_or_insert(at);
-        bench.fire_timers_until(at.max(now), &mut out)?;
+        bench.fire_timers_until(at.max(now), &mut out).await?;
         let now = bench.now.map_or(at, |n| n.max(at));
         bench.now = Some(now);
-        for outcome in bench.dispatcher.dispatch(&event, now) {
+        for outcome in bench.dispatcher.dispatch(&event, now).await {
             bench.report(outcome, now, ("line", json!(line_no)), &mut out)?;
         }
     }
     if let Some(now) = bench.now {
         let advance = i64::try_from(options.advance.as_millis()).unwrap_or(i64::MAX);
-        bench.fire_timers_until(now.saturating_add(advance), &mut out)?;
+        bench
+            .fire_timers_until(now.saturating_add(advance), &mut out)
+            .await?;
     }
     out.flush()?;
     Ok(bench.summary)
@@ -110,11 +116,15 @@ struct Bench {
 impl Bench {
     /// Fires every timer due at or before `until`, each with the clock at
     /// its due time, then leaves the clock at `until`.
-    fn fire_timers_until(&mut self, until: Timestamp, out: &mut impl Write) -> Result<(), Error> {
+    async fn fire_timers_until(
+        &mut self,
+        until: Timestamp,
+        out: &mut impl Write,
+    ) -> Result<(), Error> {
         while let Some(due) = self.dispatcher.next_due().filter(|due| *due <= until) {
             let now = self.now.map_or(due, |n| n.max(due));
             self.now = Some(now);
-            let Some(firing) = self.dispatcher.fire_next(now) else {
+            let Some(firing) = self.dispatcher.fire_next(now).await else {
                 break;
             };
             self.summary.timers_fired += 1;
@@ -136,8 +146,8 @@ impl Bench {
     ) -> Result<(), Error> {
         let plugin = outcome.plugin.name.as_str();
         match outcome.result {
-            Ok(effects) => {
-                for emit in effects.emits {
+            Ok(emits) => {
+                for emit in emits {
                     self.summary.emits += 1;
                     // Emitted values are usually JSON; anything else is shown
                     // as a string.
@@ -163,9 +173,4 @@ impl Bench {
 fn write_line(out: &mut impl Write, value: &Value) -> std::io::Result<()> {
     serde_json::to_writer(&mut *out, value)?;
     out.write_all(b"\n")
-}
-
-/// RFC 3339 text of a timestamp.
-pub fn rfc3339(ms: Timestamp) -> String {
-    jiff::Timestamp::from_millisecond(ms).map_or_else(|_| ms.to_string(), |t| t.to_string())
 }

@@ -13,6 +13,9 @@ wasmtime::component::bindgen!({
     // Host functions may fail the call (e.g. emitting to an output the
     // manifest does not map); the error becomes a trap the sandbox classifies.
     imports: { default: trappable },
+    // Calls are async so a guest yields to the runtime at every epoch tick
+    // and a call waiting in a WASI pollable can be cut off at its deadline.
+    exports: { default: async },
     additional_derives: [PartialEq, serde::Serialize],
 });
 
@@ -30,6 +33,25 @@ impl EventKind {
             Self::Updated => "updated",
             Self::Completed => "completed",
             Self::Deleted => "deleted",
+        }
+    }
+}
+
+/// The export a call runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Handler {
+    /// `on-event`.
+    OnEvent,
+    /// `on-timer`.
+    OnTimer,
+}
+
+impl Handler {
+    /// The export's WIT name, used in metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OnEvent => "on-event",
+            Self::OnTimer => "on-timer",
         }
     }
 }

@@ -1,14 +1,26 @@
-//! Plugins that misbehave are stopped or refused with a classified error;
-//! the runtime stays healthy and a well-behaved plugin beside them keeps
-//! producing its normal output for the same events.
+//! Plugins that misbehave — or attack the host — are stopped or refused
+//! with a classified error; the runtime stays healthy and a well-behaved
+//! plugin beside them keeps producing its normal output for the same
+//! events. One test plugin carries every attack, picked by `[config]`.
 
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
 use common::{TEST_PLUGIN, created, load, mode, plugin_dir, sandbox};
-use todo_eventd::dispatch::Dispatcher;
-use todo_eventd::sandbox::{CallError, TrapKind};
+use todo_eventd::dispatch::{DispatchPolicy, Dispatcher};
+use todo_eventd::plugin::health::QuarantinePolicy;
+use todo_eventd::sandbox::{CallError, LogPolicy, Sandbox, SandboxConfig, TrapKind};
+use todo_eventd::telemetry::PluginMetrics;
+use todo_eventd::units::ByteSize;
+
+/// No call here may take anywhere near this long; a test that does has
+/// found a call that its deadline did not stop.
+const BOUND: Duration = Duration::from_secs(20);
 
 fn trap_kind(err: &CallError) -> Option<TrapKind> {
     match err {
@@ -17,29 +29,48 @@ fn trap_kind(err: &CallError) -> Option<TrapKind> {
     }
 }
 
-#[test]
-fn each_hostile_plugin_fails_with_its_class_and_the_good_one_carries_on() {
-    let loop_manifest = mode("loop");
-    let grow_manifest = mode("grow");
-    let stack_manifest = mode("stack");
-    let panic_manifest = mode("panic");
-    let bad_emit_manifest = mode("bad-emit");
-    let echo_manifest = mode("echo");
-    let dir = plugin_dir(&[
-        ("a-looper", TEST_PLUGIN, Some(&loop_manifest)),
-        ("b-hog", TEST_PLUGIN, Some(&grow_manifest)),
-        ("c-deep", TEST_PLUGIN, Some(&stack_manifest)),
-        ("d-panicker", TEST_PLUGIN, Some(&panic_manifest)),
-        ("e-snoop", TEST_PLUGIN, Some(&bad_emit_manifest)),
-        ("z-echo", TEST_PLUGIN, Some(&echo_manifest)),
-    ]);
+/// A manifest for `mode` with extra `[limits]` and `[config]` lines.
+fn manifest(mode: &str, limits: &str, config: &str) -> String {
+    format!(
+        "[outputs]\nout = \"out-topic\"\n[limits]\nmemory = \"32MiB\"\n{limits}\n[config]\nmode = \"{mode}\"\n{config}\n"
+    )
+}
+
+/// Resident memory of this process, in MiB.
+fn rss_mib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib / 1024
+}
+
+#[tokio::test]
+async fn each_hostile_plugin_fails_with_its_class_and_the_good_one_carries_on() {
+    let cases = [
+        ("a-looper", mode("loop")),
+        ("b-hog", mode("grow")),
+        ("c-deep", mode("stack")),
+        ("d-panicker", mode("panic")),
+        ("e-snoop", mode("bad-emit")),
+        ("f-sleeper", mode("sleep")),
+        ("g-host-looper", mode("host-loop")),
+    ];
+    let mut files: Vec<(&str, &[u8], Option<&str>)> = cases
+        .iter()
+        .map(|(name, manifest)| (*name, TEST_PLUGIN, Some(manifest.as_str())))
+        .collect();
+    let echo = mode("echo");
+    files.push(("z-echo", TEST_PLUGIN, Some(&echo)));
+    let dir = plugin_dir(&files);
     let sandbox = sandbox();
-    let plugins = load(&sandbox, dir.path());
+    let plugins = load(&sandbox, dir.path()).await;
     let mut dispatcher = Dispatcher::new(&plugins);
 
     for round in 1..=3_u64 {
         let event = created("t1", 1_000 * i64::try_from(round).unwrap());
-        let outcomes = dispatcher.dispatch(&event, event.occurred_at);
+        let outcomes = tokio::time::timeout(BOUND, dispatcher.dispatch(&event, event.occurred_at))
+            .await
+            .expect("every call ends at its deadline");
         let by_name = |name: &str| {
             outcomes
                 .iter()
@@ -48,7 +79,7 @@ fn each_hostile_plugin_fails_with_its_class_and_the_good_one_carries_on() {
         };
         let expect = [
             ("a-looper", TrapKind::Deadline, "time limit of 50ms"),
-            ("b-hog", TrapKind::Memory, "memory limit of 8388608 bytes"),
+            ("b-hog", TrapKind::Memory, "memory limit of 8MiB"),
             ("c-deep", TrapKind::StackOverflow, "call stack exhausted"),
             ("d-panicker", TrapKind::Panic, "boom on event ev-t1-"),
             (
@@ -56,34 +87,320 @@ fn each_hostile_plugin_fails_with_its_class_and_the_good_one_carries_on() {
                 TrapKind::Denied,
                 "emit to output \"secret\", which the manifest does not map (mapped: out)",
             ),
+            // Waiting in a WASI pollable (a day's sleep) ends on time too.
+            ("f-sleeper", TrapKind::Deadline, "time limit of 50ms"),
+            ("g-host-looper", TrapKind::Deadline, "time limit of 50ms"),
         ];
         for (name, kind, text) in expect {
             let err = by_name(name).result.as_ref().expect_err(name);
             assert_eq!(trap_kind(err), Some(kind), "{name}: {err}");
             assert!(err.to_string().contains(text), "{name}: {err}");
+            assert!(err.is_plugin_fault() || kind == TrapKind::Denied, "{name}");
         }
         // The well-behaved plugin saw every round, with its state intact.
-        let effects = by_name("z-echo").result.as_ref().expect("echo succeeds");
-        assert_eq!(effects.emits.len(), 1);
-        let value: serde_json::Value = serde_json::from_str(&effects.emits[0].value).unwrap();
+        let emits = by_name("z-echo").result.as_ref().expect("echo succeeds");
+        assert_eq!(emits.len(), 1);
+        let value: serde_json::Value = serde_json::from_str(&emits[0].value).unwrap();
         assert_eq!(value["count"], round, "echo state carried across rounds");
-        assert_eq!(effects.emits[0].topic, "out-topic");
+        assert_eq!(emits[0].topic, "out-topic");
         // Nothing the failing plugins did was kept.
-        for name in ["a-looper", "b-hog", "c-deep", "d-panicker", "e-snoop"] {
-            assert!(dispatcher.state(name).unwrap().is_empty(), "{name} state");
+        for (name, _) in &cases {
+            let outcome = by_name(name);
+            assert!(outcome.changes.is_empty(), "{name} changes");
         }
     }
 }
 
-#[test]
-fn effects_of_a_failed_call_are_discarded() {
+#[tokio::test]
+async fn floods_are_stopped_by_quotas_and_memory_stays_bounded() {
+    let generous = "call_timeout = \"10s\"";
+    let cases = [
+        (
+            "state-flood",
+            "",
+            "quota: state value of 1048576 bytes",
+            "the largest state value (996928 bytes)",
+        ),
+        (
+            "state-flood",
+            "size = 500000",
+            "quota: 45001",
+            "bytes of state written exceeds limits.state_bytes_per_call (4MiB)",
+        ),
+        (
+            "emit-flood",
+            "",
+            "quota: an emitted record of 1048576 bytes (+ headers)",
+            "the producer's message.max.bytes (1000000)",
+        ),
+        (
+            "emit-flood",
+            "size = 100000",
+            "quota: 4200000 bytes emitted",
+            "limits.emit_bytes_per_call (4MiB)",
+        ),
+        (
+            "timer-flood",
+            "",
+            "quota: 1001 timers set",
+            "limits.timers_per_call (1000)",
+        ),
+        (
+            "emit-flood",
+            "size = 10\ncount = 5000",
+            "quota: 1001 emits",
+            "limits.emits_per_call (1000)",
+        ),
+    ];
+    let sandbox = sandbox();
+    let before = rss_mib();
+    for (attack, config, what, quota) in cases {
+        let text = manifest(attack, generous, config);
+        let dir = plugin_dir(&[("attacker", TEST_PLUGIN, Some(&text))]);
+        let plugins = load(&sandbox, dir.path()).await;
+        let mut dispatcher = Dispatcher::new(&plugins);
+        for n in 0..40 {
+            let event = created(&format!("t{n}"), 1_000 + n);
+            let outcome = &dispatcher.dispatch(&event, event.occurred_at).await[0];
+            let err = outcome.result.as_ref().unwrap_err();
+            assert_eq!(err.kind(), "quota", "{attack}: {err}");
+            let message = err.to_string();
+            assert!(
+                message.starts_with(what) && message.ends_with(quota),
+                "{attack}: {message}"
+            );
+            assert!(err.is_plugin_fault());
+            assert!(outcome.changes.is_empty(), "{attack}: nothing applied");
+        }
+        assert!(dispatcher.state("attacker").unwrap().is_empty());
+    }
+    let after = rss_mib();
+    assert!(
+        after < 600 && after.saturating_sub(before) < 300,
+        "RSS {before} MiB before the floods, {after} MiB after"
+    );
+}
+
+#[tokio::test]
+async fn per_partition_quotas_cap_what_a_plugin_keeps() {
+    let text = manifest(
+        "state-churn",
+        "state_keys = 250\nstate_bytes = \"1MiB\"",
+        "count = 100\nsize = 100",
+    );
+    let dir = plugin_dir(&[("hoarder", TEST_PLUGIN, Some(&text))]);
+    let plugins = load(&sandbox(), dir.path()).await;
+    let mut dispatcher = Dispatcher::new(&plugins);
+    let mut results = Vec::new();
+    for n in 0..4 {
+        let event = created(&format!("t{n}"), 1_000 + n);
+        results.push(
+            dispatcher
+                .dispatch(&event, event.occurred_at)
+                .await
+                .remove(0),
+        );
+    }
+    assert!(results[..2].iter().all(|o| o.result.is_ok()));
+    let err = results[2].result.as_ref().unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "quota: 300 state keys in this partition exceeds limits.state_keys (250)"
+    );
+    assert_eq!(
+        dispatcher.state("hoarder").unwrap().len(),
+        200,
+        "the failed call kept nothing"
+    );
+
+    let timers = manifest("timer-flood", "timers = 1500", "count = 1000");
+    let dir = plugin_dir(&[("timers", TEST_PLUGIN, Some(&timers))]);
+    let plugins = load(&sandbox(), dir.path()).await;
+    let mut dispatcher = Dispatcher::new(&plugins);
+    // Each call sets the same 1000 keys: moving timers does not add any.
+    for n in 0..3 {
+        let event = created("t", 1_000 + n);
+        assert!(
+            dispatcher.dispatch(&event, event.occurred_at).await[0]
+                .result
+                .is_ok()
+        );
+    }
+    assert_eq!(dispatcher.timer_count(), 1000);
+}
+
+#[tokio::test]
+async fn a_timer_storm_is_throttled_then_quarantined() {
+    let dir = plugin_dir(&[("stormy", TEST_PLUGIN, Some(&mode("rearm")))]);
+    let plugins = load(&sandbox(), dir.path()).await;
+    let metrics = Arc::new(PluginMetrics::default());
+    let policy = DispatchPolicy {
+        quarantine: QuarantinePolicy {
+            storm_after: 10,
+            ..QuarantinePolicy::default()
+        },
+        min_timer_rearm: Duration::from_secs(1),
+    };
+    let mut dispatcher = Dispatcher::with(&plugins, policy, metrics.clone());
+    let event = created("t1", 0);
+    assert!(dispatcher.dispatch(&event, 0).await[0].result.is_ok());
+    assert_eq!(dispatcher.next_due(), Some(0), "set for now by on-event");
+
+    // Each firing re-arms for "now"; each re-arm is pushed back a second;
+    // the tenth in a minute quarantines the plugin (10 s), and each trial
+    // that storms again doubles the wait.
+    let mut firings = Vec::new();
+    while let Some(due) = dispatcher.next_due().filter(|due| *due < 60_000) {
+        let firing = dispatcher.fire_next(due).await.unwrap();
+        assert!(firing.outcome.result.is_ok());
+        firings.push(due);
+        assert!(firings.len() <= 12, "{firings:?}");
+    }
+    let mut expect: Vec<i64> = (0..10).map(|s| s * 1_000).collect();
+    expect.extend([19_000, 39_000]);
+    assert_eq!(firings, expect);
+    let health = plugins[0].health.snapshot();
+    assert!(
+        health.last_error.unwrap().starts_with("timer storm:"),
+        "the reason is recorded"
+    );
+    assert_eq!(
+        dispatcher.next_due(),
+        health.retry_at,
+        "the timer waits for the quarantine to pass"
+    );
+    let text = {
+        let telemetry = todo_eventd::telemetry::Telemetry {
+            plugins: metrics,
+            ..Default::default()
+        };
+        telemetry.encode()
+    };
+    assert!(
+        text.contains("todo_eventd_plugin_timers_throttled_total{plugin=\"stormy\"} 12"),
+        "{text}"
+    );
+}
+
+/// A log writer the tests can read back.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+#[tokio::test]
+async fn plugin_logs_are_escaped_cut_and_rate_limited() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let metrics = Arc::new(PluginMetrics::default());
+    let sandbox = Arc::new(
+        Sandbox::with_metrics(
+            SandboxConfig {
+                log: LogPolicy {
+                    lines_per_second: 1,
+                    burst: 20,
+                    max_line: ByteSize::kib(1),
+                },
+                ..SandboxConfig::default()
+            },
+            metrics.clone(),
+        )
+        .unwrap(),
+    );
+    let forge = mode("log-forge");
+    let flood = manifest("log-flood", "call_timeout = \"10s\"", "count = 300");
+    let dir = plugin_dir(&[
+        ("forger", TEST_PLUGIN, Some(&forge)),
+        ("flooder", TEST_PLUGIN, Some(&flood)),
+    ]);
+    let plugins = load(&sandbox, dir.path()).await;
+    let mut dispatcher = Dispatcher::new(&plugins);
+    let started = std::time::Instant::now();
+    let outcomes = dispatcher.dispatch(&created("t1", 1_000), 1_000).await;
+    let refilled = started.elapsed().as_secs() + 1;
+    assert!(outcomes.iter().all(|o| o.result.is_ok()));
+
+    let log = captured.text();
+    let forged: Vec<&str> = log.lines().filter(|l| l.contains("Forged line")).collect();
+    assert_eq!(forged.len(), 1, "{log}");
+    assert!(
+        forged[0].contains("innocent\\n2026-01-01T00:00:00.000000Z  INFO todo_eventd::daemon: Forged line.\\u{1b}[31m red"),
+        "{}",
+        forged[0]
+    );
+    assert!(!log.contains('\u{1b}'), "no raw escape reaches the log");
+    assert!(
+        !log.lines()
+            .any(|l| l.starts_with("2026-01-01T00:00:00.000000Z")),
+        "no forged line of its own"
+    );
+    // 600 lines of 1 MB asked for (log and stdout): a burst of 20 cut to
+    // 1 KiB got through, and one more per second.
+    let flood_lines = log.lines().filter(|l| l.contains("yyyy")).count() as u64;
+    assert!((1..=20 + refilled).contains(&flood_lines), "{flood_lines}");
+    assert!(log.len() < 100_000, "{} bytes of log", log.len());
+    let text = todo_eventd::telemetry::Telemetry {
+        plugins: metrics,
+        ..Default::default()
+    }
+    .encode();
+    let dropped = text
+        .lines()
+        .find(|l| l.starts_with("todo_eventd_plugin_log_dropped_total{plugin=\"flooder\"}"))
+        .unwrap();
+    let count: u64 = dropped.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(count >= 600 - 20 - refilled, "{dropped}");
+}
+
+#[tokio::test]
+async fn error_text_from_a_plugin_is_bounded() {
+    let text = manifest("big-error", "call_timeout = \"10s\"", "");
+    let dir = plugin_dir(&[("verbose", TEST_PLUGIN, Some(&text))]);
+    let plugins = load(&sandbox(), dir.path()).await;
+    let mut dispatcher = Dispatcher::new(&plugins);
+    let outcome = dispatcher.dispatch(&created("t1", 1_000), 1_000).await;
+    let err = outcome[0].result.as_ref().unwrap_err();
+    assert_eq!(err.kind(), "plugin-error");
+    assert!(!err.is_plugin_fault(), "rejecting input is not a fault");
+    let message = err.to_string();
+    assert!(message.len() < 1200, "{} bytes", message.len());
+    assert!(
+        message.ends_with("… (30000000 bytes)"),
+        "{}",
+        &message[message.len() - 40..]
+    );
+    assert!(plugins[0].health.snapshot().last_error.is_none());
+}
+
+#[tokio::test]
+async fn effects_of_a_failed_call_are_discarded() {
     let fail = mode("fail");
     let dir = plugin_dir(&[("failing", TEST_PLUGIN, Some(&fail))]);
-    let sandbox = sandbox();
-    let plugins = load(&sandbox, dir.path());
+    let plugins = load(&sandbox(), dir.path()).await;
     let mut dispatcher = Dispatcher::new(&plugins);
     let event = created("t1", 1_000);
-    let outcomes = dispatcher.dispatch(&event, 1_000);
+    let outcomes = dispatcher.dispatch(&event, 1_000).await;
     let err = outcomes[0].result.as_ref().unwrap_err();
     assert_eq!(err.kind(), "plugin-error");
     assert_eq!(
@@ -93,27 +410,33 @@ fn effects_of_a_failed_call_are_discarded() {
     let state = dispatcher.state("failing").unwrap();
     assert!(state.is_empty(), "state write discarded");
     assert_eq!(state.timer_count(), 0, "timer discarded");
-    assert!(dispatcher.fire_next(i64::MAX).is_none());
+    assert!(dispatcher.fire_next(i64::MAX).await.is_none());
 }
 
-#[test]
-fn timers_fire_in_order_with_their_payload() {
+#[tokio::test]
+async fn timers_fire_in_order_with_their_payload() {
     let timer = mode("timer");
     let dir = plugin_dir(&[("timers", TEST_PLUGIN, Some(&timer))]);
-    let sandbox = sandbox();
-    let plugins = load(&sandbox, dir.path());
+    let plugins = load(&sandbox(), dir.path()).await;
     let mut dispatcher = Dispatcher::new(&plugins);
     for (task, at) in [("late", 5_000), ("early", 1_000)] {
         let event = created(task, at);
-        assert!(dispatcher.dispatch(&event, at)[0].result.is_ok());
+        assert!(dispatcher.dispatch(&event, at).await[0].result.is_ok());
     }
     assert_eq!(dispatcher.next_due(), Some(61_000));
-    assert!(dispatcher.fire_next(60_999).is_none(), "not due yet");
-    let first = dispatcher.fire_next(100_000).unwrap();
+    assert!(dispatcher.fire_next(60_999).await.is_none(), "not due yet");
+    let first = dispatcher.fire_next(100_000).await.unwrap();
     assert_eq!(first.timer.key, "early");
-    let effects = first.outcome.result.unwrap();
-    let value: serde_json::Value = serde_json::from_str(&effects.emits[0].value).unwrap();
+    let emits = first.outcome.result.unwrap();
+    let value: serde_json::Value = serde_json::from_str(&emits[0].value).unwrap();
     assert_eq!(value["payload"], "ev-early-1000");
-    assert_eq!(dispatcher.fire_next(100_000).unwrap().timer.key, "late");
-    assert!(dispatcher.fire_next(100_000).is_none());
+    assert!(
+        first.outcome.changes.timers.get("early") == Some(&None),
+        "the firing's removal is among its changes"
+    );
+    assert_eq!(
+        dispatcher.fire_next(100_000).await.unwrap().timer.key,
+        "late"
+    );
+    assert!(dispatcher.fire_next(100_000).await.is_none());
 }

@@ -19,6 +19,7 @@ use common::{
 use rdkafka::Message;
 use rdkafka::message::OwnedMessage;
 use todo_eventd::admin::{self, Admin};
+use todo_eventd::clock::Clock;
 use todo_eventd::config::Config;
 use todo_eventd::kafka::{self, EmbeddedBroker};
 use todo_eventd::pipeline::Pipeline;
@@ -122,8 +123,14 @@ async fn a_plugin_replaced_under_load_handles_every_event_exactly_once() {
     let cluster = Cluster::start();
     let dir = plugin_dir(&[("echo", TEST_PLUGIN, Some(&mode("echo")))]);
     let telemetry = Telemetry::default();
-    let (registry, report) =
-        Registry::open(sandbox(), dir.path().to_owned(), telemetry.plugins.clone()).unwrap();
+    let (registry, report) = Registry::open(
+        sandbox(),
+        dir.path().to_owned(),
+        telemetry.plugins.clone(),
+        Clock::System,
+    )
+    .await
+    .unwrap();
     assert_eq!(report.loaded, ["echo"]);
     let registry = Arc::new(registry);
     let _watcher = watcher::watch(registry.clone(), Duration::from_millis(100))
@@ -145,6 +152,7 @@ async fn a_plugin_replaced_under_load_handles_every_event_exactly_once() {
         config: cluster.config.clone(),
         plugins: registry.clone(),
         telemetry: telemetry.clone(),
+        clock: Clock::System,
     };
     let seen = cluster
         .run_while(&pipeline, async {
@@ -240,34 +248,49 @@ async fn a_plugin_replaced_under_load_handles_every_event_exactly_once() {
 async fn a_failing_plugin_is_quarantined_then_recovers() {
     let mut cluster = Cluster::start();
     cluster.config.plugins.quarantine_after = 3;
-    cluster.config.plugins.quarantine_backoff = Duration::from_millis(300);
-    cluster.config.plugins.quarantine_max_backoff = Duration::from_secs(1);
-    // Five failed calls: three quarantine it, then two failed trials
-    // (after 300 ms and 600 ms), and the third trial succeeds.
-    let flaky = format!("{}fail_calls = \"5\"\n", mode("flaky"));
+    cluster.config.plugins.quarantine_backoff = Duration::from_secs(10);
+    cluster.config.plugins.quarantine_max_backoff = Duration::from_secs(60);
+    // Event time is the test's: the plugin traps until 1 000 ms, which
+    // the clock passes only when the test moves it.
+    let (clock, hand) = Clock::manual(0);
+    let flaky = format!("{}fail_until = 1000\n", mode("flaky"));
     let dir = plugin_dir(&[
         ("flaky", TEST_PLUGIN, Some(&flaky)),
         ("steady", TEST_PLUGIN, Some(&mode("echo"))),
     ]);
     let telemetry = Telemetry::default();
-    let (registry, _) =
-        Registry::open(sandbox(), dir.path().to_owned(), telemetry.plugins.clone()).unwrap();
+    let (registry, _) = Registry::open(
+        sandbox(),
+        dir.path().to_owned(),
+        telemetry.plugins.clone(),
+        Clock::System,
+    )
+    .await
+    .unwrap();
     let registry = Arc::new(registry);
     let pipeline = Pipeline {
         config: cluster.config.clone(),
         plugins: registry.clone(),
         telemetry: telemetry.clone(),
+        clock,
     };
-    // One event every 50 ms for 5 s, all for one user (so one partition,
-    // one instance): failing, quarantined, recovered.
+    // All for one user (so one partition, in order): five events while the
+    // plugin fails — three traps quarantine it for 10 s of event time, two
+    // are dead-lettered without calling it — then, 20 s later, the rest:
+    // the first is a trial that succeeds.
     let total = 100;
+    let lines: Vec<String> = (0..total)
+        .map(|i| event(&format!("ev-{i:03}"), "u1", &format!("t{i}"), "created"))
+        .collect();
     let seen = cluster
         .run_while(&pipeline, async {
-            for i in 0..total {
-                let line = event(&format!("ev-{i:03}"), "u1", &format!("t{i}"), "created");
-                cluster.produce(&[line]).await;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            cluster.produce(&lines[..5]).await;
+            eventually("five failures dead-lettered", || {
+                telemetry.pipeline.dead_letters.get() >= 5
+            })
+            .await;
+            hand.advance(Duration::from_secs(20));
+            cluster.produce(&lines[5..]).await;
             read(
                 &cluster.brokers,
                 &["out-topic", "task-events.dlq"],
@@ -301,8 +324,8 @@ async fn a_failing_plugin_is_quarantined_then_recovers() {
         *kinds.entry(header(m, "error.kind")).or_default() += 1;
         kinds
     });
-    assert_eq!(kinds["plugin-error"], 5, "{kinds:?}");
-    assert!(kinds["quarantined"] >= 1, "{kinds:?}");
+    assert_eq!(kinds["panic"], 3, "{kinds:?}");
+    assert_eq!(kinds["quarantined"], 2, "{kinds:?}");
     assert_eq!(kinds.len(), 2, "{kinds:?}");
     // Once recovered it handles the rest: the last events all went through.
     let last: BTreeSet<String> = (total - 10..total).map(|i| format!("ev-{i:03}")).collect();
@@ -314,7 +337,10 @@ async fn a_failing_plugin_is_quarantined_then_recovers() {
 
     let samples = parse_metrics(&telemetry.encode());
     let flaky_sample = |name: &str| sample(&samples, name, &[("plugin", "flaky")]);
-    assert!(flaky_sample("todo_eventd_plugin_quarantines_total").unwrap() >= 1.0);
+    assert_eq!(
+        flaky_sample("todo_eventd_plugin_quarantines_total"),
+        Some(1.0)
+    );
     assert_eq!(flaky_sample("todo_eventd_plugin_quarantined"), Some(0.0));
     assert!(flaky_sample("todo_eventd_plugin_skipped_total").unwrap() >= 1.0);
     let statuses = registry.statuses();
@@ -333,11 +359,17 @@ async fn the_admin_endpoint_reports_readiness_metrics_and_plugins() {
         .insert("statistics.interval.ms".into(), "200".into());
     let dir = plugin_dir(&[
         ("echo", TEST_PLUGIN, Some(&mode("echo"))),
-        ("grumpy", TEST_PLUGIN, Some(&mode("fail"))),
+        ("grumpy", TEST_PLUGIN, Some(&mode("panic"))),
     ]);
     let telemetry = Telemetry::default();
-    let (registry, _) =
-        Registry::open(sandbox(), dir.path().to_owned(), telemetry.plugins.clone()).unwrap();
+    let (registry, _) = Registry::open(
+        sandbox(),
+        dir.path().to_owned(),
+        telemetry.plugins.clone(),
+        Clock::System,
+    )
+    .await
+    .unwrap();
     let registry = Arc::new(registry);
     let listener = admin::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -373,6 +405,7 @@ async fn the_admin_endpoint_reports_readiness_metrics_and_plugins() {
         config: cluster.config.clone(),
         plugins: registry.clone(),
         telemetry: telemetry.clone(),
+        clock: Clock::System,
     };
     let metrics = cluster
         .run_while(&pipeline, async {
@@ -438,13 +471,13 @@ async fn the_admin_endpoint_reports_readiness_metrics_and_plugins() {
     );
     assert!(value("todo_eventd_plugin_memory_high_water_bytes", &echo) > 0.0);
     assert_eq!(value("todo_eventd_plugin_quarantined", &echo), 0.0);
-    // grumpy fails every call: five failures in a row quarantine it (the
-    // default; partitions racing may add one or two), and the rest are
-    // dead-lettered without calling it.
+    // grumpy traps on every call: five failures in a row quarantine it
+    // (the default; partitions racing may add one or two), and the rest
+    // are dead-lettered without calling it.
     let grumpy = [("plugin", "grumpy")];
     let errors = value(
         "todo_eventd_plugin_errors_total",
-        &[("plugin", "grumpy"), ("kind", "plugin-error")],
+        &[("plugin", "grumpy"), ("kind", "panic")],
     );
     assert!(errors >= 5.0, "{errors}");
     assert_eq!(value("todo_eventd_plugin_quarantined", &grumpy), 1.0);
@@ -470,7 +503,7 @@ async fn the_admin_endpoint_reports_readiness_metrics_and_plugins() {
         grumpy["last_error"]
             .as_str()
             .unwrap()
-            .contains("is not welcome"),
+            .contains("boom on event"),
         "{grumpy}"
     );
     assert!(grumpy["retry_at"].is_string());
@@ -490,7 +523,7 @@ async fn a_member_left_without_partitions_is_ready_too() {
     let mut config = cluster.config.clone();
     config.kafka.input_topics = vec!["solo".into()];
     let noop = plugin_dir(&[("noop", TEST_PLUGIN, None)]);
-    let plugins = common::load(&sandbox(), noop.path());
+    let plugins = common::load(&sandbox(), noop.path()).await;
     let first = Pipeline::new(config.clone(), plugins.clone());
     let second = Pipeline::new(config, plugins);
     let (readiness_a, readiness_b) = (

@@ -32,6 +32,7 @@ struct Harness {
 
 impl Harness {
     fn new(topics: &[&str]) -> Self {
+        common::init_tracing();
         let broker = EmbeddedBroker::start().unwrap();
         let brokers = broker.bootstrap_servers();
         for topic in topics {
@@ -147,10 +148,10 @@ fn distinct_events(seen: &[OwnedMessage]) -> usize {
 }
 
 /// The echo test plugin, emitting each event's id to `out-topic`.
-fn echo_plugins() -> Vec<Arc<Plugin>> {
+async fn echo_plugins() -> Vec<Arc<Plugin>> {
     let echo = mode("echo");
     let dir = plugin_dir(&[("echo", TEST_PLUGIN, Some(&echo))]);
-    load(&sandbox(), dir.path())
+    load(&sandbox(), dir.path()).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -162,7 +163,7 @@ async fn outputs_and_dead_letters_land_with_keys_and_headers() {
         ("echo", TEST_PLUGIN, Some(&echo)),
         ("grumpy", TEST_PLUGIN, Some(&fail)),
     ]);
-    let plugins = load(&sandbox(), dir.path());
+    let plugins = load(&sandbox(), dir.path()).await;
     harness
         .produce(&[
             event("e1", "u1", "t1", "created"),
@@ -252,7 +253,7 @@ async fn outputs_and_dead_letters_land_with_keys_and_headers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn order_is_kept_per_key() {
     let harness = Harness::new(&["task-events", "task-events.dlq", "out-topic", CHANGELOG]);
-    let plugins = echo_plugins();
+    let plugins = echo_plugins().await;
     let users = ["ann", "ben", "cat", "dan", "eve"];
     let lines: Vec<String> = (0..400)
         .map(|i| {
@@ -308,7 +309,7 @@ async fn failing_produces_hold_offsets_until_delivered() {
         .kafka
         .properties
         .insert("retry.backoff.ms".into(), "20".into());
-    let plugins = echo_plugins();
+    let plugins = echo_plugins().await;
     let lines: Vec<String> = (0..30)
         .map(|i| {
             event(
@@ -356,7 +357,7 @@ async fn failing_produces_hold_offsets_until_delivered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 6)]
 async fn a_second_member_takes_half_and_nothing_is_lost() {
     let harness = Harness::new(&["task-events", "task-events.dlq", "out-topic", CHANGELOG]);
-    let plugins = echo_plugins();
+    let plugins = echo_plugins().await;
     let lines: Vec<String> = (0..600)
         .map(|i| {
             event(
@@ -419,9 +420,9 @@ async fn state_and_timers_survive_a_restart() {
         CHANGELOG,
     ]);
     let sandbox = sandbox();
-    let plugins = todo_eventd::demo::plugins(&sandbox).unwrap();
+    let plugins = todo_eventd::demo::plugins(&sandbox).await.unwrap();
     let now = jiff::Timestamp::now().as_millisecond();
-    let at = |s: i64| todo_eventd::offline::rfc3339(now + s * 1000);
+    let at = |s: i64| todo_eventd::clock::rfc3339(now + s * 1000);
     let created = |task: &str, remind: Option<i64>| {
         let mut data = serde_json::json!({"title": format!("task {task}"), "due_at": at(3600)});
         if let Some(r) = remind {

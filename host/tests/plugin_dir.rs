@@ -1,16 +1,23 @@
 //! Loading a plugins directory: every bad file is reported with its name
-//! and the reason, and the good plugins still load.
+//! and the reason, and the good plugins still load. The directory is
+//! untrusted: FIFOs, devices, huge files and symlinks to anything but a
+//! regular file are refused without being read, limits are checked where
+//! they are set, and errors never quote a file's contents.
 
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use common::{TEST_PLUGIN, mode, plugin_dir, sandbox};
-use todo_eventd::plugin::load_dir;
+use todo_eventd::clock::Clock;
+use todo_eventd::plugin::{Registry, load_dir};
 use todo_eventd::sandbox::{Sandbox, SandboxConfig};
 
-#[test]
-fn bad_files_are_rejected_by_name_while_the_rest_load() {
+#[tokio::test]
+async fn bad_files_are_rejected_by_name_while_the_rest_load() {
     let echo = mode("echo");
     // A valid component that targets some other world: no exports at all.
     let empty_component = wat_component("(component)");
@@ -27,11 +34,39 @@ fn bad_files_are_rejected_by_name_while_the_rest_load() {
             TEST_PLUGIN,
             Some("[limits]\nmemory = \"64GiB\"\n"),
         ),
+        (
+            "cramped",
+            TEST_PLUGIN,
+            Some("[limits]\nmemory = \"1MiB\"\n"),
+        ),
+        ("nothing", TEST_PLUGIN, Some("[limits]\nmemory = 0\n")),
+        (
+            "forever",
+            TEST_PLUGIN,
+            Some("[limits]\ncall_timeout = \"10years\"\n"),
+        ),
         ("off", TEST_PLUGIN, Some("enabled = false\n")),
     ]);
     std::fs::write(dir.path().join("orphan.toml"), "").unwrap();
+    // Files that are not regular files, or too large to be a plugin.
+    let status = std::process::Command::new("mkfifo")
+        .arg(dir.path().join("fifo.wasm"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::os::unix::fs::symlink("/dev/zero", dir.path().join("zero.wasm")).unwrap();
+    std::fs::File::create(dir.path().join("sparse.wasm"))
+        .unwrap()
+        .set_len(1 << 30)
+        .unwrap();
+    std::fs::write(dir.path().join("passwd.wasm"), TEST_PLUGIN).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", dir.path().join("passwd.toml")).unwrap();
+    std::fs::create_dir(dir.path().join("dir.wasm")).unwrap();
 
-    let report = load_dir(&sandbox(), dir.path()).unwrap();
+    let report = tokio::time::timeout(Duration::from_secs(60), load_dir(&sandbox(), dir.path()))
+        .await
+        .expect("reading the directory never blocks")
+        .unwrap();
     let names: Vec<_> = report.plugins.iter().map(|p| p.name.as_str()).collect();
     assert_eq!(names, ["good"]);
     assert_eq!(report.disabled, ["off"]);
@@ -49,17 +84,46 @@ fn bad_files_are_rejected_by_name_while_the_rest_load() {
     let expect = [
         ("core.wasm", "a core WebAssembly module, not a component"),
         (
+            "cramped.wasm",
+            "cannot start under its limits: instantiation failed: memory limit 1MiB is below the component's minimum: it needs at least",
+        ),
+        (
+            "dir.wasm",
+            "cannot read: refused: a directory, not a regular file",
+        ),
+        (
+            "fifo.wasm",
+            "cannot read: refused: a FIFO (named pipe), not a regular file",
+        ),
+        (
+            "forever.toml",
+            "limits.call_timeout: 10years exceeds the daemon's maximum of 1m",
+        ),
+        (
             "greedy.toml",
-            "limits.memory: 68719476736 bytes exceeds the daemon's maximum",
+            "limits.memory: 64GiB exceeds the daemon's maximum of 512MiB",
         ),
         ("half.wasm", "does not compile"),
+        (
+            "nothing.toml",
+            "limits.memory: 0 bytes is below the least allowed, 64KiB",
+        ),
         ("orphan.toml", "no orphan.wasm beside it"),
         (
             "other-world.wasm",
             "does not implement the todo:plugin world",
         ),
+        ("passwd.toml", "line 1, column "),
+        (
+            "sparse.wasm",
+            "cannot read: refused: 1073741824 bytes is larger than the limit of 64MiB",
+        ),
         ("text.wasm", "not a WebAssembly file"),
         ("typo.toml", "unknown field `memroy`"),
+        (
+            "zero.wasm",
+            "cannot read: refused: a character device, not a regular file",
+        ),
     ];
     assert_eq!(errors.len(), expect.len(), "{errors:#?}");
     for (error, (file, text)) in errors.iter().zip(expect) {
@@ -68,6 +132,48 @@ fn bad_files_are_rejected_by_name_while_the_rest_load() {
             "{error}\n  wanted {file}: …{text}…"
         );
     }
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
+    let first_line = passwd.lines().next().unwrap();
+    assert!(
+        !errors
+            .iter()
+            .any(|e| e.contains(first_line) || e.contains("root:")),
+        "no error quotes a file's contents: {errors:#?}"
+    );
+}
+
+#[tokio::test]
+async fn a_fifo_dropped_in_while_running_does_not_block_a_reload() {
+    let dir = plugin_dir(&[("echo", TEST_PLUGIN, Some(&mode("echo")))]);
+    let (registry, report) = Registry::open(
+        sandbox(),
+        dir.path().to_owned(),
+        Arc::default(),
+        Clock::System,
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.loaded, ["echo"]);
+    let status = std::process::Command::new("mkfifo")
+        .arg(dir.path().join("trap.wasm"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let report = tokio::time::timeout(Duration::from_secs(30), registry.rescan())
+        .await
+        .expect("a rescan never waits on a FIFO")
+        .unwrap();
+    assert_eq!(report.rejected.len(), 1);
+    assert!(
+        report.rejected[0]
+            .to_string()
+            .ends_with("trap.wasm: cannot read: refused: a FIFO (named pipe), not a regular file"),
+        "{}",
+        report.rejected[0]
+    );
+    let statuses = registry.statuses();
+    assert_eq!(statuses.len(), 2);
+    assert_eq!(statuses[0].status, "active", "echo keeps serving");
 }
 
 #[test]

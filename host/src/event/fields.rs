@@ -5,16 +5,45 @@
 //! `-`, and a lookup can search several objects in order (e.g. `newState`,
 //! then `payload`, then the envelope). Every value found carries the path it
 //! came from, so an error can name the field exactly as the producer wrote it.
+//!
+//! An object with many keys is indexed by normalised key once, so the cost
+//! of decoding stays linear in the size of the record however many unknown
+//! keys a producer (or an attacker) puts in it.
+
+use std::collections::HashMap;
+use std::rc::Rc;
 
 use serde_json::{Map, Value};
 
 use super::DecodeError;
 
+/// Objects with more keys than this are indexed; smaller ones are scanned
+/// (cheaper than hashing).
+const INDEX_ABOVE: usize = 16;
+
+type Index<'a> = HashMap<String, (&'a str, &'a Value)>;
+
 /// A JSON object together with the dotted path that leads to it.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub(crate) struct Obj<'a> {
     pub(crate) path: &'a str,
     pub(crate) map: &'a Map<String, Value>,
+    /// Normalised key → the first non-null entry, for large objects.
+    index: Option<Rc<Index<'a>>>,
+}
+
+impl<'a> Obj<'a> {
+    /// The object `map` found at `path`.
+    pub(crate) fn new(path: &'a str, map: &'a Map<String, Value>) -> Self {
+        let index = (map.len() > INDEX_ABOVE).then(|| {
+            let mut index = Index::with_capacity(map.len());
+            for (key, value) in map.iter().filter(|(_, v)| !v.is_null()) {
+                index.entry(normalise(key)).or_insert((key.as_str(), value));
+            }
+            Rc::new(index)
+        });
+        Self { path, map, index }
+    }
 }
 
 /// A value found by a lookup, with its full path for error messages.
@@ -88,7 +117,7 @@ impl Found<'_> {
 }
 
 /// Several objects searched in order; the first that has a key wins.
-#[derive(Clone, Default)]
+#[derive(Default)]
 pub(crate) struct Layers<'a> {
     objs: Vec<Obj<'a>>,
 }
@@ -103,7 +132,7 @@ impl<'a> Layers<'a> {
     /// The first non-null value under any of `names` (normalised spellings,
     /// see [`normalise`]), searching the layers in order.
     pub(crate) fn get(&self, names: &[&str]) -> Option<Found<'a>> {
-        self.objs.iter().find_map(|obj| lookup(*obj, names))
+        self.objs.iter().find_map(|obj| lookup(obj, names))
     }
 
     /// The path of the first layer, for "missing" errors.
@@ -113,17 +142,31 @@ impl<'a> Layers<'a> {
 }
 
 /// Looks up the first non-null value under any of `names` in one object.
-pub(crate) fn lookup<'a>(obj: Obj<'a>, names: &[&str]) -> Option<Found<'a>> {
-    names.iter().find_map(|name| {
-        obj.map
+pub(crate) fn lookup<'a>(obj: &Obj<'a>, names: &[&str]) -> Option<Found<'a>> {
+    let found = |(key, value): (&'a str, &'a Value)| Found {
+        path: obj.path,
+        key,
+        value,
+    };
+    match &obj.index {
+        Some(index) => names
             .iter()
-            .find(|(k, v)| !v.is_null() && normalised_eq(k, name))
-            .map(|(key, value)| Found {
-                path: obj.path,
-                key,
-                value,
-            })
-    })
+            .find_map(|name| index.get(*name).copied().map(found)),
+        None => names.iter().find_map(|name| {
+            obj.map
+                .iter()
+                .find(|(k, v)| !v.is_null() && normalised_eq(k, name))
+                .map(|(key, value)| found((key.as_str(), value)))
+        }),
+    }
+}
+
+/// A key as [`normalised_eq`] compares it: lower case, without `_` and `-`.
+fn normalise(key: &str) -> String {
+    key.bytes()
+        .filter(|b| *b != b'_' && *b != b'-')
+        .map(|b| char::from(b.to_ascii_lowercase()))
+        .collect()
 }
 
 /// Compares a producer's key with a normalised name: case-insensitive, with
@@ -165,11 +208,16 @@ pub(crate) fn kind(value: &Value) -> &'static str {
     }
 }
 
-/// A short rendering of a value for messages: scalars verbatim, containers
-/// by their type.
+/// The most of a bad string value a message quotes, in bytes.
+const QUOTE_BYTES: usize = 64;
+
+/// A short rendering of a value for messages: scalars verbatim (strings
+/// cut to a few dozen bytes, control characters escaped), containers by
+/// their type.
 pub(crate) fn describe(value: &Value) -> String {
     match value {
-        Value::String(_) | Value::Number(_) | Value::Bool(_) | Value::Null => value.to_string(),
+        Value::String(s) => format!("\"{}\"", crate::text::quote_bounded(s, QUOTE_BYTES)),
+        Value::Number(_) | Value::Bool(_) | Value::Null => value.to_string(),
         other => kind(other).to_owned(),
     }
 }
@@ -192,18 +240,26 @@ mod tests {
         let inner: Map<String, Value> = serde_json::from_str(r#"{"dueDate":"x"}"#).unwrap();
         let outer: Map<String, Value> =
             serde_json::from_str(r#"{"due_date":"y","title":null}"#).unwrap();
-        let layers = Layers::new([
-            Obj {
-                path: "payload.newState",
-                map: &inner,
-            },
-            Obj {
-                path: "",
-                map: &outer,
-            },
-        ]);
+        let layers = Layers::new([Obj::new("payload.newState", &inner), Obj::new("", &outer)]);
         let found = layers.get(&["duedate"]).unwrap();
         assert_eq!(found.field(), "payload.newState.dueDate");
         assert!(layers.get(&["title"]).is_none(), "null counts as absent");
+    }
+
+    #[test]
+    fn large_objects_are_indexed_with_the_same_answers() {
+        let mut map = Map::new();
+        for i in 0..1000 {
+            map.insert(format!("unknown_{i}"), Value::from(i));
+        }
+        map.insert("Due-Date".into(), Value::Null);
+        map.insert("due_date".into(), Value::from("d"));
+        map.insert("TITLE".into(), Value::from("t"));
+        let obj = Obj::new("", &map);
+        assert!(obj.index.is_some());
+        let found = lookup(&obj, &["nothing", "duedate"]).unwrap();
+        assert_eq!((found.key, found.value), ("due_date", &Value::from("d")));
+        assert_eq!(lookup(&obj, &["title"]).unwrap().key, "TITLE");
+        assert!(lookup(&obj, &["absent"]).is_none());
     }
 }

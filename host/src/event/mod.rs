@@ -41,11 +41,17 @@ pub enum DecodeError {
     },
 }
 
+/// The longest field path an error names, in bytes (producers' keys are
+/// input too).
+const MAX_FIELD_BYTES: usize = 128;
+
 impl DecodeError {
+    /// An error about `field`; both texts are bounded and escaped, so a
+    /// record cannot flood a dead-letter header or a log line.
     pub(crate) fn field(field: impl Into<String>, reason: impl Into<String>) -> Self {
         Self::Field {
-            field: field.into(),
-            reason: reason.into(),
+            field: crate::text::quote_bounded(&field.into(), MAX_FIELD_BYTES),
+            reason: crate::text::message(&reason.into()),
         }
     }
 }
@@ -127,19 +133,16 @@ struct CloudEvent {
 
 impl CloudEvent {
     fn structured(root: &Map<String, Value>) -> Result<Self> {
-        let top = Obj {
-            path: "",
-            map: root,
-        };
-        let id = lookup(top, &["id"])
+        let top = Obj::new("", root);
+        let id = lookup(&top, &["id"])
             .ok_or_else(|| DecodeError::field("id", "missing (CloudEvents require an id)"))?
             .string_or_number()?;
-        let source = lookup(top, &["source"]).map(|f| f.string()).transpose()?;
-        let ce_type = lookup(top, &["type"]).map(|f| f.string()).transpose()?;
-        let time = lookup(top, &["time"])
+        let source = lookup(&top, &["source"]).map(|f| f.string()).transpose()?;
+        let ce_type = lookup(&top, &["type"]).map(|f| f.string()).transpose()?;
+        let time = lookup(&top, &["time"])
             .map(|f| time::instant(&f, &jiff::tz::TimeZone::UTC))
             .transpose()?;
-        let (data, data_path) = if let Some(found) = lookup(top, &["data"]) {
+        let (data, data_path) = if let Some(found) = lookup(&top, &["data"]) {
             let data = match found.value {
                 Value::Object(map) => map.clone(),
                 // Some publishers put the JSON event in a string.
@@ -151,7 +154,7 @@ impl CloudEvent {
                 }
             };
             (Some(data), "data")
-        } else if let Some(found) = lookup(top, &["database64"]) {
+        } else if let Some(found) = lookup(&top, &["database64"]) {
             let text = found.string()?;
             let bytes = base64::engine::general_purpose::STANDARD
                 .decode(text.trim())
@@ -220,28 +223,25 @@ struct Envelope<'a> {
 
 impl Envelope<'_> {
     fn decode(self, raw: &[u8]) -> Result<TaskEvent> {
-        let top = Obj {
-            path: self.path,
-            map: self.map,
-        };
-        let event_kind = self.kind(top)?;
+        let top = Obj::new(self.path, self.map);
+        let event_kind = self.kind(&top)?;
 
         // The task body: `task_data`, `payload`, `data` or `task`; a flat
         // event carries the task fields beside the envelope's.
-        let body_found = lookup(top, &["taskdata", "payload", "data", "task"]);
+        let body_found = lookup(&top, &["taskdata", "payload", "data", "task"]);
         let body_path = body_found.map(|f| f.field());
         let body = match (body_found, body_path.as_deref()) {
             (Some(found), Some(path)) => match found.value {
-                Value::Object(map) => Obj { path, map },
+                Value::Object(map) => Obj::new(path, map),
                 other => {
                     return Err(found.error(format!("expected an object, found {}", kind(other))));
                 }
             },
-            _ => top,
+            _ => top.clone(),
         };
         // camelCase updates carry the database rows before and after.
         let row = |names: &[&str]| -> Result<Option<(String, &Map<String, Value>)>> {
-            let Some(found) = lookup(body, names) else {
+            let Some(found) = lookup(&body, names) else {
                 return Ok(None);
             };
             match found.value {
@@ -252,35 +252,36 @@ impl Envelope<'_> {
         let new_row = row(&["newstate", "after", "current"])?;
         let old_row = row(&["previousstate", "oldstate", "before", "previous"])?;
 
-        let envelope = task::EnvelopeIds::read(top, body)?;
+        let envelope = task::EnvelopeIds::read(&top, &body)?;
         let mut rows = Vec::with_capacity(2);
         if let Some((path, map)) = &new_row {
-            rows.push(Obj { path, map });
+            rows.push(Obj::new(path, map));
         }
         rows.push(body);
         let task = task::decode(&Layers::new(rows), &envelope, event_kind)?;
         let previous = old_row
             .as_ref()
             .map(|(path, map)| {
-                let rows = [Obj { path, map }];
+                let rows = [Obj::new(path, map)];
                 task::decode(&Layers::new(rows), &envelope, EventKind::Updated)
             })
             .transpose()?;
 
         let id = match self.id {
             Some(id) => id,
-            None => match lookup(top, &["eventid"]) {
+            None => match lookup(&top, &["eventid"]) {
                 Some(found) => found.string_or_number()?,
                 // No id at all: derive one from the bytes, so a redelivery of
                 // the same record gets the same id.
                 None => format!("sha256:{}", &hex::encode(Sha256::digest(raw))[..32]),
             },
         };
+        let id = task::check_id(id, "event_id")?;
         let source = match self.source {
             Some(source) => Some(source),
-            None => lookup(top, &["source"]).map(|f| f.string()).transpose()?,
+            None => lookup(&top, &["source"]).map(|f| f.string()).transpose()?,
         };
-        let occurred_at = match lookup(top, &["timestamp", "time", "occurredat", "eventtime"]) {
+        let occurred_at = match lookup(&top, &["timestamp", "time", "occurredat", "eventtime"]) {
             Some(found) => time::instant(&found, &jiff::tz::TimeZone::UTC)?,
             None => task
                 .updated_at
@@ -304,7 +305,7 @@ impl Envelope<'_> {
         })
     }
 
-    fn kind(&self, top: Obj<'_>) -> Result<EventKind> {
+    fn kind(&self, top: &Obj<'_>) -> Result<EventKind> {
         if let Some(found) = lookup(top, &["eventtype", "type", "event", "action"]) {
             let text = found.string()?;
             return parse_kind(&text).ok_or_else(|| {

@@ -52,13 +52,7 @@ pub(crate) fn decode(
     }
     let decoded = if let Some(found) = layers.get(&["recurrence"]) {
         match found.value {
-            Value::Object(map) => Some(from_object(
-                Obj {
-                    path: &found.field(),
-                    map,
-                },
-                tz,
-            )?),
+            Value::Object(map) => Some(from_object(&Obj::new(&found.field(), map), tz)?),
             Value::String(_) => Some(from_string(&found, None, None)?),
             other => {
                 return Err(found.error(format!(
@@ -86,7 +80,7 @@ pub(crate) fn decode(
     }
 }
 
-fn from_object(obj: Obj<'_>, tz: &TimeZone) -> Result<Recurrence, DecodeError> {
+fn from_object(obj: &Obj<'_>, tz: &TimeZone) -> Result<Recurrence, DecodeError> {
     if let Some(rule) = lookup(obj, &["rrule", "rule"]) {
         return from_string(&rule, None, None);
     }
@@ -200,10 +194,7 @@ mod tests {
 
     fn decode_json(value: Value) -> Result<Option<Recurrence>, DecodeError> {
         let map: Map<String, Value> = serde_json::from_value(value).unwrap();
-        let layers = Layers::new([Obj {
-            path: "task_data",
-            map: &map,
-        }]);
+        let layers = Layers::new([Obj::new("task_data", &map)]);
         decode(&layers, &TimeZone::UTC)
     }
 

@@ -18,7 +18,7 @@ pub(crate) struct EnvelopeIds {
 }
 
 impl EnvelopeIds {
-    pub(crate) fn read(top: Obj<'_>, body: Obj<'_>) -> Result<Self> {
+    pub(crate) fn read(top: &Obj<'_>, body: &Obj<'_>) -> Result<Self> {
         let task_id = lookup(top, &["taskid"])
             .map(|f| f.string_or_number())
             .transpose()?;
@@ -53,7 +53,7 @@ pub(crate) fn decode(rows: &Layers<'_>, envelope: &EnvelopeIds, kind: EventKind)
                 )
             })?,
     };
-    let id = non_empty(id, "task_id")?;
+    let id = check_id(id, "task_id")?;
     let user_id = match &envelope.user_id {
         Some(user) => user.clone(),
         None => rows
@@ -62,7 +62,7 @@ pub(crate) fn decode(rows: &Layers<'_>, envelope: &EnvelopeIds, kind: EventKind)
             .transpose()?
             .ok_or_else(|| DecodeError::field("user_id", "missing (expected user_id or userId)"))?,
     };
-    let user_id = non_empty(user_id, "user_id")?;
+    let user_id = check_id(user_id, "user_id")?;
 
     let (time_zone, tz) = match rows.get(&["timezone", "tz", "tzid"]) {
         Some(found) => {
@@ -116,7 +116,7 @@ pub(crate) fn decode(rows: &Layers<'_>, envelope: &EnvelopeIds, kind: EventKind)
                 "recurrenceparentid",
                 "recurringparentid",
             ])
-            .map(|f| f.string_or_number())
+            .map(|f| check_id(f.string_or_number()?, &f.field()))
             .transpose()?,
         occurrence: rows
             .get(&["occurrence", "occurrencenumber", "occurrenceindex"])
@@ -130,9 +130,23 @@ pub(crate) fn decode(rows: &Layers<'_>, envelope: &EnvelopeIds, kind: EventKind)
     })
 }
 
-fn non_empty(value: String, field: &str) -> Result<String> {
+/// The longest id (event, task, user, series) accepted. Plugins key their
+/// state and timers by ids, so an id is held well below the host's key
+/// limit; a longer one is bad input, dead-lettered at decode.
+pub const MAX_ID_BYTES: usize = 256;
+
+/// An id that is neither empty nor longer than [`MAX_ID_BYTES`].
+pub(crate) fn check_id(value: String, field: &str) -> Result<String> {
     if value.trim().is_empty() {
         Err(DecodeError::field(field, "is empty"))
+    } else if value.len() > MAX_ID_BYTES {
+        Err(DecodeError::field(
+            field,
+            format!(
+                "is {} bytes long; ids may be at most {MAX_ID_BYTES} bytes",
+                value.len()
+            ),
+        ))
     } else {
         Ok(value)
     }

@@ -5,43 +5,54 @@
 //! Delivery is at-least-once: an input offset is stored (and later
 //! committed) only after every plugin handled the record — or it was
 //! dead-lettered — and every record it caused was acknowledged by the
-//! broker ([`worker`]). Partitions run in parallel. On revocation
-//! (cooperative rebalancing) a partition's worker settles its pending
-//! deliveries and its offsets are committed before the partition is handed
-//! back. Shutdown stops intake, drains every worker, commits and leaves the
-//! group, bounded by `pipeline.shutdown_timeout`.
+//! broker ([`delivery`]). Partitions run in parallel, each on its own task
+//! ([`worker`]); nothing a plugin, a record or the broker does blocks the
+//! loop that polls the consumer ([`consumer`]).
+//!
+//! The loop, top to bottom: start workers for assigned partitions; drain
+//! revoked ones in the background and give them back once settled; route
+//! each record to its worker (pausing a partition whose worker is behind);
+//! on shutdown, stop intake, drain every worker, commit and leave — bounded
+//! by `pipeline.shutdown_timeout`.
 //!
 //! Workers take new plugin sets from the [`Registry`] between records, so a
 //! hot reload never splits an event between two versions of a plugin.
 
+mod consumer;
+mod delivery;
 mod records;
 mod restore;
 mod worker;
 
-use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
-};
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use rdkafka::TopicPartitionList;
+use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::Producer;
-use rdkafka::statistics::Statistics;
-use rdkafka::{ClientContext, Message};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
-pub use self::records::{Failure, Source, dead_letter, output};
+pub(crate) use self::consumer::PipelineConsumer;
+use self::consumer::{GroupEvent, Intake, Partition, PipelineContext, WorkerHandle};
+pub use self::records::{Failure, Source, Stage, dead_letter, output};
 pub use self::restore::restore_partition;
-use self::worker::{Revoke, Targets, Worker};
+use self::worker::{Worker, WorkerContext};
+use crate::clock::Clock;
 use crate::config::Config;
-use crate::dispatch::Dispatcher;
+use crate::dispatch::{DispatchPolicy, Dispatcher};
 use crate::kafka;
 use crate::plugin::health::QuarantinePolicy;
 use crate::plugin::{Plugin, Registry};
 use crate::telemetry::Telemetry;
+
+/// The longest gap between two consumer-error log lines.
+const CONSUMER_ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Errors that stop the pipeline from starting or running.
 #[derive(Debug, thiserror::Error)]
@@ -59,109 +70,6 @@ pub enum Error {
     },
 }
 
-/// The consumer type the pipeline uses.
-pub(crate) type PipelineConsumer = StreamConsumer<PipelineContext>;
-
-struct WorkerHandle {
-    records: mpsc::Sender<rdkafka::message::OwnedMessage>,
-    revoke: Arc<Revoke>,
-    done: std::sync::mpsc::Receiver<()>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-type Workers = Arc<Mutex<HashMap<(String, i32), WorkerHandle>>>;
-
-/// Consumer callbacks: on revocation, drain the revoked partitions' workers
-/// and commit their offsets before the partitions are handed back.
-pub(crate) struct PipelineContext {
-    workers: Workers,
-    drain_timeout: Duration,
-    telemetry: Telemetry,
-    /// Newly assigned partitions, for the run loop to start their workers
-    /// (so timers fire even on partitions that receive no new records).
-    assigned: mpsc::UnboundedSender<Vec<(String, i32)>>,
-}
-
-impl ClientContext for PipelineContext {
-    /// Consumer lag per assigned partition, from librdkafka's statistics
-    /// (every `statistics.interval.ms`).
-    fn stats(&self, statistics: Statistics) {
-        let lags = statistics
-            .topics
-            .values()
-            .flat_map(|topic| {
-                topic.partitions.values().filter_map(|p| {
-                    let assigned = p.partition >= 0 && p.fetch_state != "none";
-                    (assigned && p.consumer_lag >= 0)
-                        .then(|| ((topic.topic.clone(), p.partition), p.consumer_lag))
-                })
-            })
-            .collect();
-        self.telemetry.pipeline.set_consumer_lag(&lags);
-    }
-}
-
-impl ConsumerContext for PipelineContext {
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let Rebalance::Revoke(partitions) = rebalance else {
-            return;
-        };
-        self.telemetry.pipeline.rebalance("revoke");
-        self.telemetry.readiness.revoked(partitions.count());
-        let revoked: Vec<WorkerHandle> = {
-            let mut workers = self.workers.lock().unwrap_or_else(PoisonError::into_inner);
-            partitions
-                .elements()
-                .iter()
-                .filter_map(|e| workers.remove(&(e.topic().to_owned(), e.partition())))
-                .collect()
-        };
-        info!(
-            partitions = partitions.count(),
-            workers = revoked.len(),
-            "Partitions revoked; draining."
-        );
-        let deadline = Instant::now() + self.drain_timeout;
-        for handle in &revoked {
-            handle.revoke.requested.notify_one();
-        }
-        // This runs on the consumer's polling thread; the workers settle on
-        // the runtime's other threads.
-        for handle in revoked {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if handle.done.recv_timeout(left).is_err() {
-                warn!(
-                    "A worker did not drain in time; its unacknowledged records will be redelivered."
-                );
-                handle.task.abort();
-            }
-        }
-        if let Err(err) = consumer.commit_consumer_state(CommitMode::Sync) {
-            // Nothing stored since the last commit is not an error worth
-            // more than a debug line.
-            tracing::debug!(error = %err, "Commit on revocation.");
-        }
-    }
-
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        match rebalance {
-            Rebalance::Assign(partitions) => {
-                info!(partitions = partitions.count(), "Partitions assigned.");
-                self.telemetry.pipeline.rebalance("assign");
-                self.telemetry.readiness.assigned(partitions.count());
-                let list = partitions
-                    .elements()
-                    .iter()
-                    .map(|e| (e.topic().to_owned(), e.partition()))
-                    .collect();
-                let _ = self.assigned.send(list);
-            }
-            Rebalance::Error(err) => warn!(error = %err, "Rebalance error."),
-            Rebalance::Revoke(_) => {}
-        }
-    }
-}
-
 /// The pipeline's dependencies.
 pub struct Pipeline {
     /// Validated configuration.
@@ -170,17 +78,33 @@ pub struct Pipeline {
     pub plugins: Arc<Registry>,
     /// Metrics and readiness, shared with the admin endpoint.
     pub telemetry: Telemetry,
+    /// Event time for plugins and timers.
+    pub clock: Clock,
 }
 
+/// A revoked partition set draining in the background.
+type Draining = FuturesUnordered<BoxFuture<'static, TopicPartitionList>>;
+
 impl Pipeline {
-    /// A pipeline over a fixed set of plugins, with fresh telemetry.
+    /// A pipeline over a fixed set of plugins, with fresh telemetry, on the
+    /// system clock.
     pub fn new(config: Config, plugins: Vec<Arc<Plugin>>) -> Self {
+        Self::with_clock(config, plugins, Clock::System)
+    }
+
+    /// A pipeline over a fixed set of plugins on `clock`.
+    pub fn with_clock(config: Config, plugins: Vec<Arc<Plugin>>, clock: Clock) -> Self {
         let telemetry = Telemetry::default();
-        let plugins = Arc::new(Registry::fixed(plugins, telemetry.plugins.clone()));
+        let plugins = Arc::new(Registry::fixed(
+            plugins,
+            telemetry.plugins.clone(),
+            clock.clone(),
+        ));
         Self {
             config,
             plugins,
             telemetry,
+            clock,
         }
     }
 
@@ -193,14 +117,105 @@ impl Pipeline {
     ) -> Result<(), Error> {
         let kafka = &self.config.kafka;
         let topics = kafka.input_topics.join(",");
-        let workers: Workers = Arc::default();
-        let (assigned_tx, mut assigned) = mpsc::unbounded_channel();
-        let context = PipelineContext {
-            workers: workers.clone(),
-            drain_timeout: self.config.pipeline.shutdown_timeout,
-            telemetry: self.telemetry.clone(),
-            assigned: assigned_tx,
+        let (events_tx, mut events) = mpsc::unbounded_channel();
+        let consumer = Arc::new(self.consumer(brokers, events_tx, &topics)?);
+        let context = WorkerContext {
+            consumer: consumer.clone(),
+            producer: kafka::producer(brokers, kafka)?,
+            restore_client: kafka::client_config(brokers, kafka, &[]),
+            changelog: kafka.changelog_topic(),
+            dead_letters: kafka.dead_letter_topic.clone(),
+            max_record_bytes: kafka::max_record_bytes(kafka),
+            restore_timeout: self.config.pipeline.restore_timeout,
+            max_in_flight: self.config.pipeline.max_in_flight,
+            max_in_flight_bytes: self.config.pipeline.max_in_flight_bytes.as_usize(),
+            clock: self.clock.clone(),
+            stats: self.telemetry.pipeline.clone(),
         };
+        info!(brokers, topics, group = %kafka.group_id, plugins = self.plugins.current().plugins.len(), "Pipeline started.");
+
+        let committer = tokio::spawn(commit_periodically(
+            consumer.clone(),
+            self.config.pipeline.commit_interval,
+            self.telemetry.clone(),
+        ));
+        let mut intake = Intake::default();
+        let mut draining = Draining::new();
+        let mut errors_logged: Option<Instant> = None;
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                Some(event) = events.recv() => match event {
+                    GroupEvent::Assigned(partitions) => {
+                        for partition in partitions {
+                            if !intake.has(&partition) {
+                                let worker = self.spawn_worker(&partition, &context);
+                                intake.insert(partition, worker);
+                            }
+                        }
+                    }
+                    GroupEvent::Revoked(partitions) => {
+                        draining.push(self.revoke(&mut intake, partitions));
+                    }
+                },
+                Some(partitions) = draining.next() => {
+                    self.telemetry.readiness.revoked(partitions.count());
+                    hand_back(&consumer, &self.telemetry, partitions).await;
+                }
+                Some(room) = intake.next_room() => intake.fill(&consumer, room),
+                message = consumer.recv() => match message {
+                    Ok(message) => intake.route(&consumer, message.detach()),
+                    Err(err) => {
+                        self.telemetry.pipeline.consumer_errors.inc();
+                        if errors_logged.is_none_or(|at| at.elapsed() >= CONSUMER_ERROR_LOG_EVERY) {
+                            errors_logged = Some(Instant::now());
+                            warn!(error = %err, "Consumer error.");
+                        }
+                    }
+                },
+            }
+        }
+
+        info!("Shutting down: draining partitions.");
+        self.telemetry.readiness.stopping();
+        committer.abort();
+        let _ = committer.await;
+        let deadline = tokio::time::Instant::now() + self.config.pipeline.shutdown_timeout;
+        let workers = intake.drain();
+        for worker in &workers {
+            let _ = worker.stop.send(true);
+        }
+        settle_workers(workers, deadline).await;
+        while let Ok(Some(_)) = tokio::time::timeout_at(deadline, draining.next()).await {}
+        // From here on the closing consumer hands its partitions back
+        // itself (the rebalance callback finds nobody listening).
+        drop(events);
+        let WorkerContext { producer, .. } = context;
+        let telemetry = self.telemetry.clone();
+        let closed = tokio::task::spawn_blocking(move || {
+            commit(&consumer, &telemetry);
+            let flushed = producer.flush(Duration::from_secs(5));
+            // Leaving the group waits for librdkafka: off the async threads.
+            drop(consumer);
+            flushed
+        })
+        .await;
+        if let Ok(Err(err)) = closed {
+            warn!(error = %err, "Flushing the producer.");
+        }
+        info!(summary = %self.telemetry.pipeline.summary(), "Pipeline stopped.");
+        Ok(())
+    }
+
+    fn consumer(
+        &self,
+        brokers: &str,
+        events: mpsc::UnboundedSender<GroupEvent>,
+        topics: &str,
+    ) -> Result<PipelineConsumer, Error> {
+        let kafka = &self.config.kafka;
         let defaults = [
             ("group.id", kafka.group_id.as_str()),
             // Offsets are stored behind acknowledged deliveries and committed
@@ -212,149 +227,124 @@ impl Pipeline {
             ("partition.assignment.strategy", "cooperative-sticky"),
             ("session.timeout.ms", "10000"),
         ];
-        let consumer: Arc<PipelineConsumer> = Arc::new(
-            kafka::client_config(brokers, kafka, &defaults)
-                .create_with_context(context)
-                .map_err(|source| Error::Consume {
-                    topics: topics.clone(),
-                    source,
-                })?,
-        );
+        let context = PipelineContext {
+            events,
+            telemetry: self.telemetry.clone(),
+        };
+        let failed = |source| Error::Consume {
+            topics: topics.to_owned(),
+            source,
+        };
+        let consumer: PipelineConsumer = kafka::client_config(brokers, kafka, &defaults)
+            .create_with_context(context)
+            .map_err(failed)?;
         let input: Vec<&str> = kafka.input_topics.iter().map(String::as_str).collect();
-        consumer
-            .subscribe(&input)
-            .map_err(|source| Error::Consume {
-                topics: topics.clone(),
-                source,
-            })?;
-        let producer = kafka::producer(brokers, kafka)?;
-        info!(brokers, topics, group = %kafka.group_id, plugins = self.plugins.current().plugins.len(), "Pipeline started.");
-
-        let restore_client = kafka::client_config(brokers, kafka, &[]);
-        let committer = tokio::spawn(commit_periodically(
-            consumer.clone(),
-            self.config.pipeline.commit_interval,
-            self.telemetry.clone(),
-        ));
-        tokio::pin!(shutdown);
-        loop {
-            let message = tokio::select! {
-                biased;
-                () = &mut shutdown => break,
-                Some(partitions) = assigned.recv() => {
-                    let mut map = workers.lock().unwrap_or_else(PoisonError::into_inner);
-                    for (topic, partition) in partitions {
-                        map.entry((topic.clone(), partition)).or_insert_with(|| {
-                            self.spawn_worker(&topic, partition, &consumer, &producer, &restore_client)
-                        });
-                    }
-                    continue;
-                }
-                message = consumer.recv() => message,
-            };
-            let message = match message {
-                Ok(message) => message.detach(),
-                Err(err) => {
-                    warn!(error = %err, "Consumer error.");
-                    continue;
-                }
-            };
-            let key = (message.topic().to_owned(), message.partition());
-            let sender = {
-                let mut map = workers.lock().unwrap_or_else(PoisonError::into_inner);
-                let handle = map.entry(key.clone()).or_insert_with(|| {
-                    self.spawn_worker(&key.0, key.1, &consumer, &producer, &restore_client)
-                });
-                handle.records.clone()
-            };
-            // Bounded: a slow partition pauses intake (backpressure).
-            if sender.send(message).await.is_err() {
-                warn!(topic = %key.0, partition = key.1, "Worker stopped; record will be redelivered.");
-            }
-        }
-
-        info!("Shutting down: draining partitions.");
-        self.telemetry.readiness.stopping();
-        committer.abort();
-        let handles: Vec<WorkerHandle> = workers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .drain()
-            .map(|(_, h)| h)
-            .collect();
-        let deadline = tokio::time::Instant::now() + self.config.pipeline.shutdown_timeout;
-        for handle in handles {
-            // Closing the channel lets the worker finish what it has queued.
-            drop(handle.records);
-            if tokio::time::timeout_at(deadline, handle.task)
-                .await
-                .is_err()
-            {
-                warn!("Shutdown timed out waiting for a partition to drain.");
-            }
-        }
-        commit(&consumer, &self.telemetry);
-        if let Err(err) = producer.flush(Duration::from_secs(5)) {
-            warn!(error = %err, "Flushing the producer.");
-        }
-        consumer.unsubscribe();
-        info!(summary = %self.telemetry.pipeline.summary(), "Pipeline stopped.");
-        Ok(())
+        consumer.subscribe(&input).map_err(failed)?;
+        Ok(consumer)
     }
 
+    /// Starts the worker of a newly assigned partition.
     fn spawn_worker(
         &self,
-        topic: &str,
-        partition: i32,
-        consumer: &Arc<PipelineConsumer>,
-        producer: &rdkafka::producer::FutureProducer,
-        restore_client: &rdkafka::ClientConfig,
+        (topic, partition): &Partition,
+        context: &WorkerContext,
     ) -> WorkerHandle {
         let (records, rx) = mpsc::channel(self.config.pipeline.queue_capacity);
-        let revoke = Arc::new(Revoke::default());
-        let (done_tx, done) = std::sync::mpsc::channel();
+        let (stop, stopped) = watch::channel(false);
         let plugins = self.plugins.subscribe();
         let dispatcher = Dispatcher::with(
             &plugins.borrow().plugins,
-            self.quarantine_policy(),
+            self.dispatch_policy(),
             self.telemetry.plugins.clone(),
         );
-        let worker = Worker {
-            topic: topic.to_owned(),
-            partition,
+        let worker = Worker::new(
+            topic,
+            *partition,
             dispatcher,
             plugins,
-            producer: producer.clone(),
-            consumer: consumer.clone(),
-            targets: Targets {
-                dead_letters: self.config.kafka.dead_letter_topic.clone(),
-                changelog: self.config.kafka.changelog_topic(),
-                input_topic: topic.to_owned(),
-                partition,
-            },
-            restore_client: restore_client.clone(),
-            restore_timeout: self.config.pipeline.restore_timeout,
-            max_in_flight: self.config.pipeline.max_in_flight,
-            stats: self.telemetry.pipeline.clone(),
-            pending: Default::default(),
-        };
+            self.telemetry.readiness.partition(topic, *partition),
+            context.clone(),
+        );
         let restoring = self.telemetry.readiness.restoring();
-        let task = tokio::spawn(worker.run(rx, revoke.clone(), done_tx, restoring));
+        let task = tokio::spawn(worker.run(rx, stopped, restoring));
         WorkerHandle {
             records,
-            revoke,
-            done,
+            stop,
             task,
         }
     }
 
-    fn quarantine_policy(&self) -> QuarantinePolicy {
-        let p = &self.config.plugins;
-        QuarantinePolicy {
-            after: p.quarantine_after,
-            backoff: p.quarantine_backoff,
-            max_backoff: p.quarantine_max_backoff,
+    /// Stops the workers of revoked partitions; the returned future
+    /// resolves (with the partitions) once they have settled or the drain
+    /// timeout has passed.
+    fn revoke(
+        &self,
+        intake: &mut Intake,
+        partitions: TopicPartitionList,
+    ) -> BoxFuture<'static, TopicPartitionList> {
+        let workers: Vec<WorkerHandle> = partitions
+            .elements()
+            .iter()
+            .filter_map(|e| intake.remove(&(e.topic().to_owned(), e.partition())))
+            .collect();
+        for worker in &workers {
+            let _ = worker.stop.send(true);
         }
+        let deadline = tokio::time::Instant::now() + self.config.pipeline.shutdown_timeout;
+        Box::pin(async move {
+            settle_workers(workers, deadline).await;
+            partitions
+        })
+    }
+
+    fn dispatch_policy(&self) -> DispatchPolicy {
+        let p = &self.config.plugins;
+        DispatchPolicy {
+            quarantine: QuarantinePolicy {
+                after: p.quarantine_after,
+                backoff: p.quarantine_backoff,
+                max_backoff: p.quarantine_max_backoff,
+                storm_after: p.timer_storm_quarantine_after,
+            },
+            min_timer_rearm: p.min_timer_rearm,
+        }
+    }
+}
+
+/// Waits for stopped workers to settle until `deadline`; aborts those that
+/// do not (their unacknowledged records will be redelivered).
+async fn settle_workers(workers: Vec<WorkerHandle>, deadline: tokio::time::Instant) {
+    for mut worker in workers {
+        drop(worker.records);
+        if tokio::time::timeout_at(deadline, &mut worker.task)
+            .await
+            .is_err()
+        {
+            warn!(
+                "A partition did not drain in time; its unacknowledged records will be redelivered."
+            );
+            worker.task.abort();
+        }
+    }
+}
+
+/// Commits what the drained partitions stored and hands them back to the
+/// group (off the async threads: both wait on librdkafka).
+async fn hand_back(
+    consumer: &Arc<PipelineConsumer>,
+    telemetry: &Telemetry,
+    partitions: TopicPartitionList,
+) {
+    let (consumer, telemetry) = (consumer.clone(), telemetry.clone());
+    let handed = tokio::task::spawn_blocking(move || {
+        commit(&consumer, &telemetry);
+        consumer::give_back(consumer.as_ref(), &partitions)
+    })
+    .await;
+    match handed {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => warn!(error = %err, "Handing back revoked partitions."),
+        Err(err) => warn!(error = %err, "Handing back revoked partitions."),
     }
 }
 
@@ -381,6 +371,7 @@ async fn commit_periodically(
 }
 
 /// Commits the stored offsets now. Nothing new to commit is not an error.
+/// Blocking.
 fn commit(consumer: &PipelineConsumer, telemetry: &Telemetry) {
     let started = Instant::now();
     match consumer.commit_consumer_state(CommitMode::Sync) {
@@ -388,7 +379,7 @@ fn commit(consumer: &PipelineConsumer, telemetry: &Telemetry) {
         Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
         Err(err) => {
             telemetry.pipeline.commit_failed();
-            warn!(error = %err, "Committing offsets failed; they are committed with the next one.");
+            warn!(error = %err, "Committing offsets failed; they will be committed with the next commit.");
         }
     }
 }

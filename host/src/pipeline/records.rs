@@ -1,9 +1,18 @@
 //! The records the pipeline produces: plugin outputs and dead letters, with
 //! headers that trace each one back to its input.
+//!
+//! Dead letters are sized to fit: the reason is bounded, and an original
+//! too large for the producer's `message.max.bytes` is cut (marked with
+//! `error.original.truncated` and its full size), so a poison record cannot
+//! make its own dead letter undeliverable.
 
 pub use crate::kafka::OutRecord;
 use crate::plugin::Plugin;
-use crate::sandbox::Emit;
+use crate::sandbox::{Emit, RECORD_OVERHEAD_BYTES};
+use crate::text;
+
+/// How much of the original a last-resort dead letter keeps.
+const MINIMAL_ORIGINAL_BYTES: usize = 1024;
 
 /// Where the input being handled came from.
 #[derive(Debug, Clone, Copy)]
@@ -22,11 +31,20 @@ pub struct Source<'a> {
     pub event_id: Option<&'a str>,
 }
 
+/// Which header names trace a record to its input.
+#[derive(Debug, Clone, Copy)]
+enum Trace {
+    /// `source.*`, on outputs.
+    Source,
+    /// `original.*`, on dead letters.
+    Original,
+}
+
 impl Source<'_> {
-    fn trace_headers(&self, prefix: &str, headers: &mut Vec<(&'static str, Vec<u8>)>) {
-        let (topic, partition, offset) = match prefix {
-            "source" => ("source.topic", "source.partition", "source.offset"),
-            _ => ("original.topic", "original.partition", "original.offset"),
+    fn trace_headers(&self, trace: Trace, headers: &mut Vec<(&'static str, Vec<u8>)>) {
+        let (topic, partition, offset) = match trace {
+            Trace::Source => ("source.topic", "source.partition", "source.offset"),
+            Trace::Original => ("original.topic", "original.partition", "original.offset"),
         };
         headers.push((topic, self.topic.as_bytes().to_vec()));
         headers.push((partition, self.partition.to_string().into_bytes()));
@@ -45,7 +63,7 @@ pub fn output(emit: &Emit, plugin: &Plugin, source: &Source<'_>) -> OutRecord {
     }
     headers.push(("source.plugin", plugin.name.as_bytes().to_vec()));
     headers.push(("source.plugin.hash", plugin.hash.as_bytes().to_vec()));
-    source.trace_headers("source", &mut headers);
+    source.trace_headers(Trace::Source, &mut headers);
     OutRecord {
         topic: emit.topic.clone(),
         partition: None,
@@ -55,25 +73,56 @@ pub fn output(emit: &Emit, plugin: &Plugin, source: &Source<'_>) -> OutRecord {
     }
 }
 
+/// Where a failure happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// The record could not be decoded.
+    Decode,
+    /// A plugin's `on-event` failed.
+    Plugin,
+    /// A plugin's `on-timer` failed.
+    Timer,
+    /// What the input produced could not be delivered.
+    Deliver,
+}
+
+impl Stage {
+    /// The `error.stage` header value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Decode => "decode",
+            Self::Plugin => "plugin",
+            Self::Timer => "timer",
+            Self::Deliver => "deliver",
+        }
+    }
+}
+
 /// Why something was dead-lettered.
 #[derive(Debug, Clone, Copy)]
 pub struct Failure<'a> {
-    /// `decode`, `plugin` or `timer`.
-    pub stage: &'static str,
+    /// Where it failed.
+    pub stage: Stage,
     /// The plugin involved, if any.
     pub plugin: Option<&'a str>,
     /// The error class (`plugin-error`, `deadline`, …), if any.
     pub kind: Option<&'static str>,
-    /// The full message.
+    /// The message (bounded and escaped here).
     pub message: &'a str,
 }
 
 /// A dead-letter record: the original key and bytes, with `error.*` and
-/// `original.*` headers.
-pub fn dead_letter(topic: &str, source: &Source<'_>, failure: &Failure<'_>) -> OutRecord {
-    let mut headers = Vec::with_capacity(8);
-    headers.push(("error.stage", failure.stage.as_bytes().to_vec()));
-    headers.push(("error.message", failure.message.as_bytes().to_vec()));
+/// `original.*` headers, no larger than `max_bytes` (the original is cut
+/// if needed).
+pub fn dead_letter(
+    topic: &str,
+    source: &Source<'_>,
+    failure: &Failure<'_>,
+    max_bytes: usize,
+) -> OutRecord {
+    let mut headers = Vec::with_capacity(10);
+    headers.push(("error.stage", failure.stage.as_str().as_bytes().to_vec()));
+    headers.push(("error.message", text::message(failure.message).into_bytes()));
     if let Some(plugin) = failure.plugin {
         headers.push(("error.plugin", plugin.as_bytes().to_vec()));
     }
@@ -83,12 +132,121 @@ pub fn dead_letter(topic: &str, source: &Source<'_>, failure: &Failure<'_>) -> O
     if let Some(id) = source.event_id {
         headers.push(("source.event.id", id.as_bytes().to_vec()));
     }
-    source.trace_headers("original", &mut headers);
-    OutRecord {
+    source.trace_headers(Trace::Original, &mut headers);
+    let mut record = OutRecord {
         topic: topic.to_owned(),
         partition: None,
         key: source.key.map(<[u8]>::to_vec),
-        value: Some(source.value.to_vec()),
+        value: None,
         headers,
+    };
+    let room = |record: &OutRecord| max_bytes.saturating_sub(record.size() + RECORD_OVERHEAD_BYTES);
+    if source.value.len() <= room(&record) {
+        record.value = Some(source.value.to_vec());
+    } else {
+        record
+            .headers
+            .push(("error.original.truncated", b"true".to_vec()));
+        record.headers.push((
+            "error.original.size",
+            source.value.len().to_string().into_bytes(),
+        ));
+        let room = room(&record);
+        record.value = Some(source.value[..room].to_vec());
+    }
+    record
+}
+
+/// A last-resort dead letter after the full one could not be produced: the
+/// same headers, the key cut to 1 KiB and only the first 1 KiB of the
+/// original.
+pub fn minimal_dead_letter(full: &OutRecord, original_size: usize) -> OutRecord {
+    let mut headers: Vec<_> = full
+        .headers
+        .iter()
+        .filter(|(name, _)| !name.starts_with("error.original."))
+        .cloned()
+        .collect();
+    let value = full.value.as_deref().unwrap_or_default();
+    let mut cut = value[..value.len().min(MINIMAL_ORIGINAL_BYTES)].to_vec();
+    if cut.len() < original_size {
+        headers.push(("error.original.truncated", b"true".to_vec()));
+        headers.push((
+            "error.original.size",
+            original_size.to_string().into_bytes(),
+        ));
+    } else {
+        cut = value.to_vec();
+    }
+    OutRecord {
+        topic: full.topic.clone(),
+        partition: None,
+        key: full
+            .key
+            .as_ref()
+            .map(|k| k[..k.len().min(MINIMAL_ORIGINAL_BYTES)].to_vec()),
+        value: Some(cut),
+        headers,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(value: &[u8]) -> Source<'_> {
+        Source {
+            topic: "task-events",
+            partition: 2,
+            offset: Some(7),
+            key: Some(b"u1"),
+            value,
+            event_id: None,
+        }
+    }
+
+    fn header<'a>(record: &'a OutRecord, name: &str) -> Option<&'a [u8]> {
+        record
+            .headers
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_slice())
+    }
+
+    #[test]
+    fn a_dead_letter_fits_the_producer_and_keeps_the_reason_short() {
+        let big = vec![b'x'; 600_000];
+        let reason = "bad ".repeat(10_000);
+        let failure = Failure {
+            stage: Stage::Decode,
+            plugin: None,
+            kind: None,
+            message: &reason,
+        };
+        let record = dead_letter("dlq", &source(&big), &failure, 100_000);
+        assert!(
+            record.size() + RECORD_OVERHEAD_BYTES <= 100_000,
+            "{}",
+            record.size()
+        );
+        assert_eq!(
+            header(&record, "error.original.truncated"),
+            Some(&b"true"[..])
+        );
+        assert_eq!(header(&record, "error.original.size"), Some(&b"600000"[..]));
+        assert!(header(&record, "error.message").unwrap().len() < 1100);
+        assert_eq!(header(&record, "original.offset"), Some(&b"7"[..]));
+
+        let small = dead_letter("dlq", &source(b"{}"), &failure, 100_000);
+        assert_eq!(small.value.as_deref(), Some(&b"{}"[..]));
+        assert!(header(&small, "error.original.truncated").is_none());
+
+        let minimal = minimal_dead_letter(&record, big.len());
+        assert_eq!(minimal.value.as_ref().map(Vec::len), Some(1024));
+        assert_eq!(
+            header(&minimal, "error.original.size"),
+            Some(&b"600000"[..])
+        );
+        assert_eq!(header(&minimal, "error.stage"), Some(&b"decode"[..]));
     }
 }

@@ -1,6 +1,7 @@
 //! Rebuilding a partition's plugin state from the changelog before any of
 //! its records are handled.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -16,14 +17,16 @@ use crate::state::changelog::Restorer;
 const QUIET: Duration = Duration::from_millis(500);
 
 /// Reads changelog partition `partition` from the beginning to its end as of
-/// now, keeping the records that belong to `input_topic`. Blocking: run it
-/// off the async threads.
+/// now, keeping the records that belong to `input_topic`. Gives up with
+/// `Canceled` after `timeout` or as soon as `cancel` is set. Blocking: run
+/// it off the async threads.
 pub fn restore_partition(
     client: &ClientConfig,
     changelog: &str,
     partition: i32,
     input_topic: &str,
     timeout: Duration,
+    cancel: &AtomicBool,
 ) -> Result<Restorer, KafkaError> {
     let consumer: BaseConsumer = client
         .clone()
@@ -36,7 +39,8 @@ pub fn restore_partition(
         .set("isolation.level", "read_uncommitted")
         .create()?;
     let mut restorer = Restorer::default();
-    let (low, high) = consumer.fetch_watermarks(changelog, partition, timeout)?;
+    let (low, high) =
+        consumer.fetch_watermarks(changelog, partition, timeout.min(Duration::from_secs(10)))?;
     if high <= low {
         return Ok(restorer);
     }
@@ -46,6 +50,9 @@ pub fn restore_partition(
     let deadline = Instant::now() + timeout;
     let mut last_record = Instant::now();
     loop {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(KafkaError::Canceled);
+        }
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(message)) => {
                 restorer.apply(

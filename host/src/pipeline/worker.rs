@@ -1,185 +1,214 @@
-//! One input partition: records in order through the plugins, results out,
-//! offsets stored only behind acknowledged deliveries.
+//! One assigned partition's worker: restores the partition's plugin state,
+//! then handles its records in order and fires its due timers, and stores
+//! an input offset only once everything the record caused is acknowledged.
 //!
-//! Each handled record (and each fired timer) becomes an entry in a FIFO of
-//! pending deliveries. The head is settled first: when every record it
-//! produced is acknowledged, its input offset is stored; a failed delivery
-//! is re-sent (with back-off) and holds the head, so no later offset can be
-//! stored past it. Intake pauses while `max_in_flight` entries are pending.
+//! The worker never blocks its thread: plugin calls are async and end at
+//! their deadline, restores run on a blocking thread (and are abandoned
+//! when the partition goes), deliveries are awaited cancel-safely. Between
+//! two records it answers a stop request (revocation or shutdown), takes a
+//! new plugin set, settles acknowledgements and fires timers — at most
+//! [`TIMER_BATCH`] before it looks at anything else. Intake pauses while
+//! `max_in_flight` entries or `max_in_flight_bytes` are unacknowledged.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use rdkafka::Message;
 use rdkafka::consumer::Consumer;
 use rdkafka::message::{Headers, OwnedMessage};
-use rdkafka::producer::{DeliveryFuture, FutureProducer};
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tracing::{Instrument, debug, debug_span, info, info_span, warn};
 
 use super::PipelineConsumer;
-use super::records::{self, Failure, OutRecord, Source};
+use super::delivery::{Deliveries, Entry, Input, Role, Targets};
+use super::records::{self, Failure, OutRecord, Stage};
+use crate::clock::{Clock, rfc3339};
 use crate::dispatch::{Dispatcher, Outcome};
 use crate::event::{self, RecordMeta};
 use crate::plugin::PluginSet;
 use crate::state::changelog;
-use crate::telemetry::{PipelineMetrics, RestoreGuard};
-use crate::world::Timestamp;
+use crate::telemetry::{PartitionStatus, PipelineMetrics, RestoreGuard};
 
-/// How long to wait before re-sending a record whose delivery failed.
-const RESEND_BACKOFF: Duration = Duration::from_millis(500);
-/// The longest a worker sleeps before re-checking its timers.
-const MAX_TIMER_SLEEP: Duration = Duration::from_secs(60);
+/// Timers fired in one go before the worker looks at anything else.
+pub(super) const TIMER_BATCH: usize = 64;
+/// The first wait after a failed restore; it doubles up to
+/// [`MAX_RESTORE_BACKOFF`].
+const FIRST_RESTORE_BACKOFF: Duration = Duration::from_secs(1);
+/// The longest wait between two restore attempts.
+const MAX_RESTORE_BACKOFF: Duration = Duration::from_secs(30);
 
-/// Asks a worker to hand its partition back.
-#[derive(Default)]
-pub(super) struct Revoke {
-    pub(super) requested: Notify,
+/// What every worker of a pipeline shares.
+#[derive(Clone)]
+pub(super) struct WorkerContext {
+    pub(super) consumer: Arc<PipelineConsumer>,
+    pub(super) producer: rdkafka::producer::FutureProducer,
+    /// Client settings for reading the changelog.
+    pub(super) restore_client: rdkafka::ClientConfig,
+    pub(super) changelog: String,
+    pub(super) dead_letters: String,
+    pub(super) max_record_bytes: usize,
+    pub(super) restore_timeout: Duration,
+    pub(super) max_in_flight: usize,
+    pub(super) max_in_flight_bytes: usize,
+    pub(super) clock: Clock,
+    pub(super) stats: Arc<PipelineMetrics>,
 }
 
 pub(super) struct Worker {
-    pub(super) topic: String,
-    pub(super) partition: i32,
-    pub(super) dispatcher: Dispatcher,
+    topic: String,
+    partition: i32,
+    dispatcher: Dispatcher,
     /// New plugin sets, applied between records.
-    pub(super) plugins: watch::Receiver<Arc<PluginSet>>,
-    pub(super) producer: FutureProducer,
-    pub(super) consumer: Arc<PipelineConsumer>,
-    /// Where the dead letters and state changes of this partition go.
-    pub(super) targets: Targets,
-    /// Client settings for reading the changelog on start.
-    pub(super) restore_client: rdkafka::ClientConfig,
-    pub(super) restore_timeout: Duration,
-    pub(super) max_in_flight: usize,
-    pub(super) stats: Arc<PipelineMetrics>,
-    pub(super) pending: VecDeque<Pending>,
-}
-
-/// What one input record (or timer firing) produced.
-pub(super) struct Pending {
-    offset: Option<i64>,
-    sends: Vec<Send>,
-}
-
-struct Send {
-    record: OutRecord,
-    state: SendState,
-}
-
-enum SendState {
-    /// Enqueued with the producer, awaiting the broker's acknowledgement.
-    InFlight(DeliveryFuture),
-    /// Acknowledged by the broker.
-    Acked,
-    /// Failed (or never enqueued); must be re-sent.
-    Failed(String),
-}
-
-impl SendState {
-    fn enqueue(producer: &FutureProducer, record: &OutRecord) -> Self {
-        match record.enqueue(producer) {
-            Ok(delivery) => Self::InFlight(delivery),
-            Err(err) => Self::Failed(err.to_string()),
-        }
-    }
-}
-
-fn wall_now() -> Timestamp {
-    jiff::Timestamp::now().as_millisecond()
+    plugins: watch::Receiver<Arc<PluginSet>>,
+    deliveries: Deliveries,
+    context: WorkerContext,
 }
 
 impl Worker {
+    pub(super) fn new(
+        topic: &str,
+        partition: i32,
+        dispatcher: Dispatcher,
+        plugins: watch::Receiver<Arc<PluginSet>>,
+        status: PartitionStatus,
+        context: WorkerContext,
+    ) -> Self {
+        let deliveries = Deliveries::new(
+            context.producer.clone(),
+            Targets {
+                dead_letters: context.dead_letters.clone(),
+                max_record_bytes: context.max_record_bytes,
+            },
+            context.stats.clone(),
+            status,
+        );
+        Self {
+            topic: topic.to_owned(),
+            partition,
+            dispatcher,
+            plugins,
+            deliveries,
+            context,
+        }
+    }
+
     /// Restores the partition's state (then drops `restoring`), runs
-    /// until the channel closes (shutdown) or a revoke is requested, then
-    /// settles everything pending. `done` is told when it has.
+    /// until `stop` is set (revocation or shutdown) or the record channel
+    /// closes, then settles what is pending. The caller bounds how long it
+    /// waits for that.
     pub(super) async fn run(
         mut self,
         mut records: mpsc::Receiver<OwnedMessage>,
-        revoke: Arc<Revoke>,
-        done: std::sync::mpsc::Sender<()>,
+        mut stop: watch::Receiver<bool>,
         restoring: RestoreGuard,
     ) {
         let span = info_span!("partition", topic = %self.topic, partition = self.partition);
         async {
-            self.restore().await;
+            if !self.restore(&mut stop).await {
+                return;
+            }
             drop(restoring);
             let mut plugins_open = true;
             loop {
+                let room = self.deliveries.has_room(
+                    self.context.max_in_flight,
+                    self.context.max_in_flight_bytes,
+                );
                 let next_due = self.dispatcher.next_due();
-                let timer_sleep = next_due.map(|due| {
-                    let ms = u64::try_from(due.saturating_sub(wall_now())).unwrap_or(0);
-                    Duration::from_millis(ms).min(MAX_TIMER_SLEEP)
-                });
+                let clock = self.context.clock.clone();
                 tokio::select! {
                     biased;
-                    () = revoke.requested.notified() => {
-                        debug!("Revoked; settling pending deliveries.");
-                        break;
-                    }
+                    _ = stop.changed() => break,
                     changed = self.plugins.changed(), if plugins_open => match changed {
                         Ok(()) => self.update_plugins(),
                         Err(_) => plugins_open = false,
                     },
-                    failures = settle_head(&mut self.pending), if !self.pending.is_empty() => {
-                        self.after_settle(failures).await;
+                    Some(offset) = self.deliveries.settle_head(), if !self.deliveries.is_empty() => {
+                        self.store_offset(offset);
                     }
-                    () = tokio::time::sleep(timer_sleep.unwrap_or(MAX_TIMER_SLEEP)), if timer_sleep.is_some() => {
-                        self.fire_timers();
+                    () = clock.sleep_until(next_due.unwrap_or(i64::MAX)), if room && next_due.is_some() => {
+                        self.fire_timers().await;
                     }
-                    record = records.recv(), if self.pending.len() < self.max_in_flight => match record {
-                        Some(record) => self.handle(&record),
+                    record = records.recv(), if room => match record {
+                        Some(record) => self.handle(record).await,
                         None => break,
                     },
                 }
             }
-            self.settle_all().await;
+            debug!("Settling pending deliveries.");
+            while let Some(offset) = self.deliveries.settle_head().await {
+                self.store_offset(offset);
+            }
         }
         .instrument(span)
         .await;
-        let _ = done.send(());
     }
 
-    /// Rebuilds the plugins' state for this partition from the changelog.
-    /// On failure the partition starts empty rather than not at all; the
-    /// error is logged.
-    async fn restore(&mut self) {
-        let started = std::time::Instant::now();
-        let (client, changelog, topic, partition, timeout) = (
-            self.restore_client.clone(),
-            self.targets.changelog.clone(),
-            self.topic.clone(),
-            self.partition,
-            self.restore_timeout,
-        );
-        let restored = tokio::task::spawn_blocking(move || {
-            super::restore::restore_partition(&client, &changelog, partition, &topic, timeout)
-        })
-        .await;
-        match restored {
-            Ok(Ok(restorer)) => {
-                let (applied, skipped) = (restorer.applied, restorer.skipped);
-                self.dispatcher.restore(restorer.into_states());
-                self.stats.restored_records.inc_by(applied);
-                info!(
-                    records = applied,
-                    skipped,
-                    timers = self.dispatcher.timer_count(),
-                    elapsed_ms = started.elapsed().as_millis() as u64,
-                    "Restored plugin state from the changelog."
+    /// Rebuilds the plugins' state for this partition from the changelog,
+    /// retrying with back-off until it succeeds: a partition never starts
+    /// empty because a read failed (its next write would overwrite the
+    /// state for good). Returns `false` if stopped first.
+    async fn restore(&mut self, stop: &mut watch::Receiver<bool>) -> bool {
+        let mut attempts: u32 = 0;
+        loop {
+            let started = std::time::Instant::now();
+            let cancel = Arc::new(AtomicBool::new(false));
+            let task = tokio::task::spawn_blocking({
+                let (client, changelog, topic, partition, timeout, cancel) = (
+                    self.context.restore_client.clone(),
+                    self.context.changelog.clone(),
+                    self.topic.clone(),
+                    self.partition,
+                    self.context.restore_timeout,
+                    cancel.clone(),
                 );
+                move || {
+                    super::restore::restore_partition(
+                        &client, &changelog, partition, &topic, timeout, &cancel,
+                    )
+                }
+            });
+            let restored = tokio::select! {
+                restored = task => restored,
+                _ = stop.changed() => {
+                    cancel.store(true, Ordering::Relaxed);
+                    return false;
+                }
+            };
+            let error = match restored {
+                Ok(Ok(restorer)) => {
+                    let (applied, skipped) = (restorer.applied, restorer.skipped);
+                    self.dispatcher.restore(restorer.into_states());
+                    self.context.stats.restored_records.inc_by(applied);
+                    info!(
+                        records = applied,
+                        skipped,
+                        timers = self.dispatcher.timer_count(),
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "Restored plugin state from the changelog."
+                    );
+                    return true;
+                }
+                Ok(Err(err)) => err.to_string(),
+                Err(err) => err.to_string(),
+            };
+            attempts += 1;
+            self.context.stats.restore_failures.inc();
+            let backoff = FIRST_RESTORE_BACKOFF
+                .saturating_mul(1 << (attempts - 1).min(16))
+                .min(MAX_RESTORE_BACKOFF);
+            warn!(
+                changelog = %self.context.changelog,
+                attempts,
+                retry_in_ms = backoff.as_millis() as u64,
+                %error,
+                "Could not restore plugin state; the partition waits (no record is handled) and retries."
+            );
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                _ = stop.changed() => return false,
             }
-            Ok(Err(err)) => {
-                warn!(changelog = %self.targets.changelog, error = %err, "Could not restore plugin state; starting empty.")
-            }
-            Err(err) => warn!(error = %err, "State restore task failed; starting empty."),
-        }
-    }
-
-    async fn settle_all(&mut self) {
-        while !self.pending.is_empty() {
-            let failures = settle_head(&mut self.pending).await;
-            self.after_settle(failures).await;
         }
     }
 
@@ -196,231 +225,176 @@ impl Worker {
         }
     }
 
-    /// Decodes, dispatches and sends the results of one input record.
-    fn handle(&mut self, message: &OwnedMessage) {
-        self.stats.events_in.inc();
-        let value = message.payload().unwrap_or_default();
-        let headers: Vec<(&str, &[u8])> = message
-            .headers()
-            .map(|h| {
-                h.iter()
-                    .filter_map(|h| h.value.map(|v| (h.key, v)))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let meta = RecordMeta {
-            headers: &headers,
-            timestamp: message.timestamp().to_millis(),
-        };
-        let mut source = Source {
-            topic: message.topic(),
-            partition: message.partition(),
-            offset: Some(message.offset()),
-            key: message.key(),
-            value,
+    /// Decodes, dispatches and queues the results of one input record.
+    async fn handle(&mut self, message: OwnedMessage) {
+        self.context.stats.events_in.inc();
+        let offset = message.offset();
+        let span = debug_span!("record", offset, event_id = tracing::field::Empty);
+        let mut input = Input {
+            topic: self.topic.clone(),
+            partition: self.partition,
+            offset: Some(offset),
+            key: message.key().map(<[u8]>::to_vec),
+            value: message.payload().unwrap_or_default().to_vec(),
             event_id: None,
         };
-        let span = debug_span!(
-            "record",
-            offset = message.offset(),
-            event_id = tracing::field::Empty
-        );
-        let _entered = span.enter();
-        let mut out = Vec::new();
-        let decoded = if message.payload().is_none() {
-            Err("record has no value (a tombstone)".to_owned())
-        } else {
-            event::decode_record(value, meta).map_err(|e| e.to_string())
+        let decoded = match message.payload() {
+            None => Err("record has no value (a tombstone)".to_owned()),
+            Some(value) => {
+                let headers: Vec<(&str, &[u8])> = message
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .filter_map(|h| h.value.map(|v| (h.key, v)))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let meta = RecordMeta {
+                    headers: &headers,
+                    timestamp: message.timestamp().to_millis(),
+                };
+                event::decode_record(value, meta).map_err(|e| e.to_string())
+            }
         };
+        let mut out = Vec::new();
         match decoded {
             Err(reason) => {
-                warn!(offset = message.offset(), error = %reason, "Undecodable record dead-lettered.");
+                let _entered = span.enter();
+                warn!(error = %reason, "Undecodable record dead-lettered.");
                 let failure = Failure {
-                    stage: "decode",
+                    stage: Stage::Decode,
                     plugin: None,
                     kind: None,
                     message: &reason,
                 };
-                out.push(records::dead_letter(
-                    &self.targets.dead_letters,
-                    &source,
-                    &failure,
-                ));
+                out.push(self.dead_letter(&input, &failure));
             }
             Ok(event) => {
                 span.record("event_id", event.id.as_str());
-                source.event_id = Some(&event.id);
-                for outcome in self.dispatcher.dispatch(&event, wall_now()) {
-                    collect(outcome, &source, "plugin", &self.targets, &mut out);
+                input.event_id = Some(event.id.clone());
+                let now = self.context.clock.now();
+                let outcomes = self.dispatcher.dispatch(&event, now).instrument(span).await;
+                for outcome in outcomes {
+                    self.collect(&outcome, &input, Stage::Plugin, &mut out);
                 }
             }
         }
-        self.send(Some(message.offset()), out);
+        self.deliveries.push(Entry::new(Some(offset), input, out));
     }
 
-    /// Fires every timer that is due now.
-    fn fire_timers(&mut self) {
-        let now = wall_now();
-        while let Some(firing) = self.dispatcher.fire_next(now) {
-            self.stats.timers_fired.inc();
+    /// Fires up to [`TIMER_BATCH`] timers that are due now.
+    async fn fire_timers(&mut self) {
+        let now = self.context.clock.now();
+        for _ in 0..TIMER_BATCH {
+            if !self
+                .deliveries
+                .has_room(self.context.max_in_flight, self.context.max_in_flight_bytes)
+            {
+                return;
+            }
+            let Some(firing) = self.dispatcher.fire_next(now).await else {
+                return;
+            };
+            self.context.stats.timers_fired.inc();
             let value = serde_json::json!({
                 "plugin": firing.outcome.plugin.name,
                 "timer": firing.timer.key,
-                "due": crate::offline::rfc3339(firing.timer.due),
+                "due": rfc3339(firing.timer.due),
             })
             .to_string();
-            let source = Source {
-                topic: &self.topic,
+            let input = Input {
+                topic: self.topic.clone(),
                 partition: self.partition,
                 offset: None,
-                key: Some(firing.timer.key.as_bytes()),
-                value: value.as_bytes(),
+                key: Some(firing.timer.key.clone().into_bytes()),
+                value: value.into_bytes(),
                 event_id: None,
             };
             let mut out = Vec::new();
-            // The fired timer is gone unless the handler set it again.
-            let rearmed = matches!(&firing.outcome.result,
-                Ok(e) if e.changes.timers.contains_key(&firing.timer.key));
-            if !rearmed {
-                let plugin = &firing.outcome.plugin.name;
-                let key = changelog::key(&self.topic, plugin, true, &firing.timer.key);
-                out.push(self.targets.changelog_record(key, None));
-            }
-            collect(firing.outcome, &source, "timer", &self.targets, &mut out);
-            self.send(None, out);
+            self.collect(&firing.outcome, &input, Stage::Timer, &mut out);
+            self.deliveries.push(Entry::new(None, input, out));
         }
+        // A full batch: let the runtime run something else first.
+        tokio::task::yield_now().await;
     }
 
-    /// Hands records to the producer and queues them as one pending entry.
-    fn send(&mut self, offset: Option<i64>, records: Vec<OutRecord>) {
-        let sends = records
-            .into_iter()
-            .map(|record| {
-                let state = SendState::enqueue(&self.producer, &record);
-                Send { record, state }
-            })
-            .collect();
-        self.pending.push_back(Pending { offset, sends });
-    }
-
-    /// Pops the head if it is fully acknowledged and stores its offset;
-    /// otherwise re-sends what failed.
-    async fn after_settle(&mut self, failures: Vec<(usize, String)>) {
-        if failures.is_empty() {
-            let Some(head) = self.pending.pop_front() else {
-                return;
-            };
-            for send in &head.sends {
-                let counter = if send.record.topic == self.targets.dead_letters {
-                    &self.stats.dead_letters
-                } else if send.record.topic == self.targets.changelog {
-                    &self.stats.changelog_records
-                } else {
-                    &self.stats.outputs
-                };
-                counter.inc();
-            }
-            if let Some(offset) = head.offset {
-                match self
-                    .consumer
-                    .store_offset(&self.topic, self.partition, offset)
-                {
-                    Ok(()) => {
-                        self.stats.offsets_stored.inc();
-                    }
-                    Err(err) => {
-                        warn!(offset, error = %err, "Could not store offset (partition no longer assigned?).")
-                    }
+    /// Turns one plugin call's outcome into records: its emits or a dead
+    /// letter, and the state changes now in effect.
+    fn collect(
+        &self,
+        outcome: &Outcome,
+        input: &Input,
+        stage: Stage,
+        out: &mut Vec<(OutRecord, Role)>,
+    ) {
+        let plugin = &outcome.plugin;
+        let source = input.source();
+        match &outcome.result {
+            Ok(emits) => {
+                for emit in emits {
+                    out.push((
+                        records::output(emit, plugin, &source),
+                        Role::Output {
+                            plugin: plugin.name.clone(),
+                        },
+                    ));
                 }
             }
-            return;
+            Err(err) => {
+                let message = err.to_string();
+                let failure = Failure {
+                    stage,
+                    plugin: Some(&plugin.name),
+                    kind: Some(err.kind()),
+                    message: &message,
+                };
+                out.push(self.dead_letter(input, &failure));
+            }
         }
-        tokio::time::sleep(RESEND_BACKOFF).await;
-        let Some(head) = self.pending.front_mut() else {
+        for (key, value) in changelog::records(&self.topic, &plugin.name, &outcome.changes) {
+            out.push((
+                OutRecord {
+                    topic: self.context.changelog.clone(),
+                    partition: Some(self.partition),
+                    key: Some(key),
+                    value,
+                    headers: Vec::new(),
+                },
+                Role::Changelog,
+            ));
+        }
+    }
+
+    fn dead_letter(&self, input: &Input, failure: &Failure<'_>) -> (OutRecord, Role) {
+        let record = records::dead_letter(
+            &self.context.dead_letters,
+            &input.source(),
+            failure,
+            self.context.max_record_bytes,
+        );
+        let role = Role::DeadLetter {
+            original_size: input.value.len(),
+            minimal: false,
+        };
+        (record, role)
+    }
+
+    /// Stores the offset of a fully acknowledged input record.
+    fn store_offset(&self, offset: Option<i64>) {
+        let Some(offset) = offset else {
             return;
         };
-        for (index, error) in failures {
-            if let Some(send) = head.sends.get_mut(index) {
-                warn!(topic = %send.record.topic, error = %error, "Delivery failed; re-sending. The input offset does not advance until it succeeds.");
-                self.stats.resends.inc();
-                send.state = SendState::enqueue(&self.producer, &send.record);
+        match self
+            .context
+            .consumer
+            .store_offset(&self.topic, self.partition, offset)
+        {
+            Ok(()) => {
+                self.context.stats.offsets_stored.inc();
+            }
+            Err(err) => {
+                warn!(offset, error = %err, "Could not store offset (partition no longer assigned?).");
             }
         }
     }
-}
-
-/// Where a partition's records go besides plugin outputs.
-pub(super) struct Targets {
-    pub(super) dead_letters: String,
-    pub(super) changelog: String,
-    pub(super) input_topic: String,
-    pub(super) partition: i32,
-}
-
-impl Targets {
-    /// A changelog record, in the partition numbered like the input's.
-    fn changelog_record(&self, key: Vec<u8>, value: Option<Vec<u8>>) -> OutRecord {
-        OutRecord {
-            topic: self.changelog.clone(),
-            partition: Some(self.partition),
-            key: Some(key),
-            value,
-            headers: Vec::new(),
-        }
-    }
-}
-
-/// Turns one plugin call's outcome into records: its emits, or a dead letter.
-fn collect(
-    outcome: Outcome,
-    source: &Source<'_>,
-    stage: &'static str,
-    targets: &Targets,
-    out: &mut Vec<OutRecord>,
-) {
-    let dlq = targets.dead_letters.as_str();
-    match outcome.result {
-        Ok(effects) => {
-            for emit in &effects.emits {
-                out.push(records::output(emit, &outcome.plugin, source));
-            }
-            let plugin = outcome.plugin.name.as_str();
-            for (key, value) in changelog::records(&targets.input_topic, plugin, &effects.changes) {
-                out.push(targets.changelog_record(key, value));
-            }
-        }
-        Err(err) => {
-            let message = err.to_string();
-            let failure = Failure {
-                stage,
-                plugin: Some(&outcome.plugin.name),
-                kind: Some(err.kind()),
-                message: &message,
-            };
-            out.push(records::dead_letter(dlq, source, &failure));
-        }
-    }
-}
-
-/// Waits for every delivery of the head entry. Outcomes are recorded as
-/// they arrive, so this is safe to cancel and call again. Returns the
-/// indices that failed, with the reason.
-async fn settle_head(pending: &mut VecDeque<Pending>) -> Vec<(usize, String)> {
-    let Some(head) = pending.front_mut() else {
-        return Vec::new();
-    };
-    let mut failures = Vec::new();
-    for (index, send) in head.sends.iter_mut().enumerate() {
-        if let SendState::InFlight(delivery) = &mut send.state {
-            send.state = match delivery.await {
-                Ok(Ok(_)) => SendState::Acked,
-                Ok(Err((err, _))) => SendState::Failed(err.to_string()),
-                Err(_canceled) => SendState::Failed("the producer dropped the delivery".into()),
-            };
-        }
-        if let SendState::Failed(reason) = &send.state {
-            failures.push((index, reason.clone()));
-        }
-    }
-    failures
 }

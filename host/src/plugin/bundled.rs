@@ -2,6 +2,7 @@
 //! analytics — with their default manifests. `demo` runs them directly and
 //! `plugins install DIR` writes them out for operators to start from.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -41,13 +42,13 @@ pub const ALL: &[Bundled] = &[
 
 /// Loads the bundled plugins with their default manifests, without touching
 /// the filesystem.
-pub fn load(sandbox: &Arc<Sandbox>) -> Result<LoadReport, LoadError> {
+pub async fn load(sandbox: &Arc<Sandbox>) -> Result<LoadReport, LoadError> {
     let mut report = LoadReport::default();
     for plugin in ALL {
         let manifest_file = PathBuf::from(format!("<bundled>/{}.toml", plugin.name));
-        let manifest = Manifest::parse(plugin.manifest).map_err(|e| LoadError::Manifest {
+        let manifest = Manifest::parse(plugin.manifest).map_err(|message| LoadError::Manifest {
             file: manifest_file.clone(),
-            message: e.to_string(),
+            message,
         })?;
         let file = PathBuf::from(format!("<bundled>/{}.wasm", plugin.name));
         let loaded = super::from_parts(
@@ -57,7 +58,8 @@ pub fn load(sandbox: &Arc<Sandbox>) -> Result<LoadReport, LoadError> {
             plugin.wasm,
             manifest,
             &manifest_file,
-        )?;
+        )
+        .await?;
         report.plugins.push(Arc::new(loaded));
     }
     Ok(report)
@@ -78,6 +80,10 @@ pub fn install(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
         let wasm = dir.join(format!("{}.wasm", plugin.name));
         let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
         std::io::Write::write_all(&mut tmp, plugin.wasm)?;
+        // Temporary files are created 0600; a daemon running as another
+        // user (systemd DynamicUser, a Kubernetes runAsUser) must read it.
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644))?;
         tmp.persist(&wasm).map_err(|e| e.error)?;
         written.push(wasm);
     }

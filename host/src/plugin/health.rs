@@ -6,6 +6,14 @@
 //! call is a trial: success lifts the quarantine, failure suspends the
 //! plugin again for twice as long (up to `max_backoff`). Health belongs to
 //! one loaded version, so a replaced plugin starts with a clean record.
+//!
+//! Only the plugin's own failures count (traps, deadlines, memory, quotas,
+//! instantiation — see [`CallError::is_plugin_fault`]); a plugin rejecting
+//! its input does not. A timer storm — `on-timer` re-arming timers for
+//! (nearly) now more than `storm_after` times within a minute — quarantines
+//! the plugin at once.
+//!
+//! [`CallError::is_plugin_fault`]: crate::sandbox::CallError::is_plugin_fault
 
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
@@ -21,7 +29,13 @@ pub struct QuarantinePolicy {
     pub backoff: Duration,
     /// The longest back-off.
     pub max_backoff: Duration,
+    /// Throttled timer re-arms within [`STORM_WINDOW`] that quarantine the
+    /// plugin; 0 never does.
+    pub storm_after: u32,
 }
+
+/// The window in which throttled re-arms are counted towards a storm.
+pub const STORM_WINDOW: Duration = Duration::from_secs(60);
 
 impl QuarantinePolicy {
     /// Never quarantine (the offline bench and benchmarks).
@@ -29,6 +43,7 @@ impl QuarantinePolicy {
         after: 0,
         backoff: Duration::ZERO,
         max_backoff: Duration::ZERO,
+        storm_after: 0,
     };
 }
 
@@ -38,6 +53,7 @@ impl Default for QuarantinePolicy {
             after: 5,
             backoff: Duration::from_secs(10),
             max_backoff: Duration::from_secs(600),
+            storm_after: 100,
         }
     }
 }
@@ -73,6 +89,13 @@ pub struct Health(Mutex<State>);
 struct State {
     snapshot: HealthSnapshot,
     backoff: Duration,
+    /// Throttled re-arms in the current storm window, and when it began.
+    rearms: u32,
+    rearm_window: Timestamp,
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// What a recorded outcome changed.
@@ -131,13 +154,45 @@ impl Health {
         if policy.after == 0 || snapshot.consecutive_failures < policy.after {
             return Transition::None;
         }
+        Self::suspend(&mut state, policy, now)
+    }
+
+    /// Counts `count` timer re-arms throttled at `now`; past the policy's
+    /// storm bound within [`STORM_WINDOW`] the plugin is quarantined with
+    /// the reason recorded. A trial call after a quarantine that re-arms
+    /// like this again is a failed trial.
+    pub fn throttled(&self, policy: &QuarantinePolicy, now: Timestamp, count: u32) -> Transition {
+        let mut state = self.state();
+        if policy.storm_after == 0 {
+            return Transition::None;
+        }
+        if now.saturating_sub(state.rearm_window) >= millis(STORM_WINDOW) {
+            state.rearm_window = now;
+            state.rearms = 0;
+        }
+        state.rearms = state.rearms.saturating_add(count);
+        let trial = state.snapshot.retry_at.is_some();
+        if !trial && state.rearms < policy.storm_after {
+            return Transition::None;
+        }
+        state.snapshot.last_error = Some(format!(
+            "timer storm: on-timer re-armed timers for immediate firing {} times within {}s",
+            state.rearms,
+            STORM_WINDOW.as_secs()
+        ));
+        state.rearms = 0;
+        state.snapshot.consecutive_failures = state.snapshot.consecutive_failures.saturating_add(1);
+        Self::suspend(&mut state, policy, now)
+    }
+
+    fn suspend(state: &mut State, policy: &QuarantinePolicy, now: Timestamp) -> Transition {
         let backoff = if state.backoff.is_zero() {
             policy.backoff
         } else {
             (state.backoff * 2).min(policy.max_backoff)
         };
         state.backoff = backoff;
-        let retry_at = now.saturating_add(i64::try_from(backoff.as_millis()).unwrap_or(i64::MAX));
+        let retry_at = now.saturating_add(millis(backoff));
         state.snapshot.retry_at = Some(retry_at);
         state.snapshot.quarantines += 1;
         Transition::Quarantined(Suspended {
@@ -160,7 +215,38 @@ mod tests {
         after: 3,
         backoff: Duration::from_secs(1),
         max_backoff: Duration::from_secs(3),
+        storm_after: 10,
     };
+
+    #[test]
+    fn a_timer_storm_quarantines_at_once() {
+        let health = Health::default();
+        // Spread over more than a window: no storm.
+        for minute in 0..5 {
+            assert_eq!(
+                health.throttled(&POLICY, minute * 60_000, 9),
+                Transition::None
+            );
+        }
+        let mut outcome = Transition::None;
+        for second in 0..10 {
+            outcome = health.throttled(&POLICY, 400_000 + second * 1000, 1);
+        }
+        assert!(matches!(outcome, Transition::Quarantined(_)), "{outcome:?}");
+        let snapshot = health.snapshot();
+        assert!(
+            snapshot
+                .last_error
+                .unwrap()
+                .starts_with("timer storm: on-timer re-armed")
+        );
+        assert!(health.admit(409_000).is_err());
+        // The trial storms again: back off twice as long.
+        let Transition::Quarantined(again) = health.throttled(&POLICY, 410_000, 1) else {
+            panic!("a storming trial fails");
+        };
+        assert_eq!(again.retry_at, 412_000);
+    }
 
     #[test]
     fn quarantines_after_a_run_of_failures_and_backs_off() {

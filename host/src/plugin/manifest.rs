@@ -8,9 +8,16 @@
 //! [outputs]                           # logical output -> Kafka topic
 //! reminders = "reminders"
 //!
-//! [limits]
+//! [limits]                            # unset: [sandbox.default_limits]
 //! memory = "32MiB"                    # linear memory per instance
-//! call_timeout = "50ms"               # wall time per call
+//! call_timeout = "50ms"               # wall time per call, waits included
+//! emits_per_call = 1000               # per-call quotas
+//! emit_bytes_per_call = "4MiB"
+//! state_bytes_per_call = "4MiB"
+//! timers_per_call = 1000
+//! state_bytes = "64MiB"               # per-partition quotas
+//! state_keys = 1000000
+//! timers = 100000
 //!
 //! [config]                            # read by the plugin with `config(key)`
 //! snapshot_interval = "60s"
@@ -24,11 +31,10 @@
 //! Unknown keys are errors, so a typo is caught before the plugin runs.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::sandbox::{LimitSettings, WasiGrants};
 use crate::world::EventKind;
 
 /// Settings for one plugin; every field is optional.
@@ -48,9 +54,9 @@ pub struct Manifest {
     /// fails the call.
     #[serde(default)]
     pub outputs: BTreeMap<String, String>,
-    /// Resource limits; unset ones take the daemon's defaults.
+    /// Memory, time and quotas; unset ones take the daemon's defaults.
     #[serde(default)]
-    pub limits: Limits,
+    pub limits: LimitSettings,
     /// Values the plugin reads through `config(key)`.
     #[serde(default)]
     pub config: toml::Table,
@@ -66,7 +72,7 @@ impl Default for Manifest {
             version: None,
             events: None,
             outputs: BTreeMap::new(),
-            limits: Limits::default(),
+            limits: LimitSettings::default(),
             config: toml::Table::new(),
             wasi: WasiGrants::default(),
         }
@@ -75,48 +81,6 @@ impl Default for Manifest {
 
 fn default_true() -> bool {
     true
-}
-
-/// Per-plugin resource limits.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct Limits {
-    /// Maximum linear memory of one instance, e.g. `"32MiB"` or a byte count.
-    #[serde(default, deserialize_with = "de_bytes")]
-    pub memory: Option<u64>,
-    /// Maximum wall time of one call, e.g. `"50ms"`.
-    #[serde(default, with = "humantime_serde_opt")]
-    pub call_timeout: Option<Duration>,
-}
-
-/// Ambient capabilities. Everything is denied unless listed.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct WasiGrants {
-    /// Names of host environment variables the plugin may read.
-    #[serde(default)]
-    pub env: Vec<String>,
-    /// Give the plugin the real wall and monotonic clocks. Without this,
-    /// WASI clocks report the host's per-call `now`, so plugins stay
-    /// deterministic under `plugins test`.
-    #[serde(default)]
-    pub ambient_clock: bool,
-    /// Host directories the plugin may open.
-    #[serde(default)]
-    pub dirs: Vec<DirGrant>,
-}
-
-/// A host directory made visible to the plugin.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct DirGrant {
-    /// The directory on the host.
-    pub host: PathBuf,
-    /// Where the plugin sees it.
-    pub guest: String,
-    /// Whether the plugin may write to it.
-    #[serde(default)]
-    pub writable: bool,
 }
 
 /// An event kind as written in `events = [...]`.
@@ -139,9 +103,11 @@ impl<'de> Deserialize<'de> for EventKindName {
 }
 
 impl Manifest {
-    /// Parses a manifest from TOML text.
-    pub fn parse(text: &str) -> Result<Self, toml::de::Error> {
-        toml::from_str(text)
+    /// Parses a manifest from TOML text. The error names the line and the
+    /// key but never quotes the text (a manifest may be a symlink to any
+    /// file on the host).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| describe_error(&e, text))
     }
 
     /// Whether events of `kind` go to the plugin.
@@ -167,74 +133,25 @@ impl Manifest {
     }
 }
 
-/// Parses `"32MiB"`, `"512KiB"`, `"1GB"` or a plain byte count.
-pub fn parse_bytes(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("\"{text}\" is not a size (expected e.g. \"32MiB\")"))?;
-    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" => 1_000,
-        "kib" => 1 << 10,
-        "m" | "mb" => 1_000_000,
-        "mib" => 1 << 20,
-        "g" | "gb" => 1_000_000_000,
-        "gib" => 1 << 30,
-        other => {
-            return Err(format!(
-                "\"{other}\" is not a size unit (expected KiB, MiB or GiB)"
-            ));
+/// A TOML error as `line L, column C: message`, without the snippet of
+/// the file `toml` would show.
+pub(crate) fn describe_error(err: &toml::de::Error, text: &str) -> String {
+    let message = crate::text::quote_bounded(err.message().trim(), 300);
+    match err.span() {
+        Some(span) => {
+            let before = &text.as_bytes()[..span.start.min(text.len())];
+            let line = before.iter().filter(|b| **b == b'\n').count() + 1;
+            let column = before.iter().rev().take_while(|b| **b != b'\n').count() + 1;
+            format!("line {line}, column {column}: {message}")
         }
-    };
-    number
-        .checked_mul(scale)
-        .ok_or_else(|| format!("\"{text}\" is too large"))
-}
-
-fn de_bytes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Size {
-        Bytes(u64),
-        Text(String),
-    }
-    match Option::<Size>::deserialize(d)? {
-        None => Ok(None),
-        Some(Size::Bytes(n)) => Ok(Some(n)),
-        Some(Size::Text(t)) => parse_bytes(&t).map(Some).map_err(serde::de::Error::custom),
-    }
-}
-
-/// `Option<Duration>` as a humantime string (`"50ms"`, `"2s"`).
-pub(crate) mod humantime_serde_opt {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer};
-
-    /// Deserializes an optional humantime duration.
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<Option<Duration>, D::Error> {
-        Option::<String>::deserialize(d)?
-            .map(|s| {
-                humantime::parse_duration(&s).map_err(|e| {
-                    serde::de::Error::custom(format!(
-                        "\"{s}\" is not a duration (e.g. \"50ms\"): {e}"
-                    ))
-                })
-            })
-            .transpose()
+        None => message,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::units::{ByteSize, HumanDuration};
 
     #[test]
     fn full_manifest() {
@@ -257,8 +174,8 @@ mod tests {
         assert!(m.subscribes(EventKind::Created));
         assert!(!m.subscribes(EventKind::Updated));
         assert_eq!(m.outputs["reminders"], "team-reminders");
-        assert_eq!(m.limits.memory, Some(32 << 20));
-        assert_eq!(m.limits.call_timeout, Some(Duration::from_millis(50)));
+        assert_eq!(m.limits.memory, Some(ByteSize::mib(32)));
+        assert_eq!(m.limits.call_timeout, Some(HumanDuration::millis(50)));
         assert_eq!(m.config_strings()["interval"], "60s");
         assert_eq!(m.config_strings()["max"], "3");
     }
@@ -289,10 +206,10 @@ mod tests {
     }
 
     #[test]
-    fn sizes() {
-        assert_eq!(parse_bytes("1024"), Ok(1024));
-        assert_eq!(parse_bytes("4 KiB"), Ok(4096));
-        assert_eq!(parse_bytes("1GB"), Ok(1_000_000_000));
-        assert!(parse_bytes("12 parsecs").is_err());
+    fn errors_never_quote_the_file() {
+        let passwd = "root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1::/usr/sbin:/usr/sbin/nologin\n";
+        let err = Manifest::parse(passwd).unwrap_err();
+        assert!(err.starts_with("line 1, column "), "{err}");
+        assert!(!err.contains("root") && !err.contains("bash"), "{err}");
     }
 }

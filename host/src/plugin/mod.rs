@@ -7,6 +7,7 @@
 //! the live set, re-reading the directory when a [`watcher`] sees it change.
 
 pub mod bundled;
+pub mod files;
 pub mod health;
 pub mod manifest;
 pub mod registry;
@@ -21,7 +22,11 @@ use self::health::Health;
 use self::manifest::Manifest;
 pub use self::registry::{PluginSet, PluginStatus, Registry};
 use crate::sandbox::{CallError, HostState, Instance, PluginSpec, Sandbox, ValidateError};
+use crate::units::ByteSize;
 use crate::world::{EventKind, PluginPre};
+
+/// The largest manifest accepted.
+const MAX_MANIFEST_BYTES: ByteSize = ByteSize::mib(1);
 
 /// A validated plugin, ready to instantiate.
 pub struct Plugin {
@@ -63,8 +68,8 @@ impl Plugin {
     }
 
     /// Creates a warm instance in the plugin's sandbox.
-    pub fn instantiate(&self) -> Result<Instance, CallError> {
-        self.sandbox.instantiate(&self.pre, self.spec.clone())
+    pub async fn instantiate(&self) -> Result<Instance, CallError> {
+        self.sandbox.instantiate(&self.pre, self.spec.clone()).await
     }
 
     /// A short form of the content hash for logs and listings.
@@ -76,7 +81,8 @@ impl Plugin {
 /// Why a plugin file was not loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    /// The file could not be read.
+    /// The file could not be read (or is not a regular file of a
+    /// bounded size).
     #[error("{}: cannot read: {source}", file.display())]
     Io {
         /// The file.
@@ -134,21 +140,31 @@ pub struct LoadReport {
 /// Loads every `*.wasm` in `dir` (not recursive, hidden files ignored, as
 /// the daemon does). Only an unreadable directory is an error; bad plugin
 /// files are collected in the report.
-pub fn load_dir(sandbox: &Arc<Sandbox>, dir: &Path) -> std::io::Result<LoadReport> {
+pub async fn load_dir(sandbox: &Arc<Sandbox>, dir: &Path) -> std::io::Result<LoadReport> {
     let mut report = LoadReport::default();
-    for name in plugin_names(dir)? {
+    let names = blocking({
+        let dir = dir.to_owned();
+        move || plugin_names(&dir)
+    })
+    .await?;
+    for name in names {
         let file = dir.join(format!("{name}.wasm"));
-        if !file.exists() {
-            report.errors.push(orphan_manifest(&file));
-            continue;
-        }
-        match load_file(sandbox, &file) {
+        match load_file(sandbox, &file).await {
             Ok(Some(plugin)) => report.plugins.push(Arc::new(plugin)),
             Ok(None) => report.disabled.push(name),
             Err(err) => report.errors.push(err),
         }
     }
     Ok(report)
+}
+
+/// Runs blocking file work off the async threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(std::io::Error::other)?
 }
 
 /// The plugin names in `dir`, sorted: stems of `*.wasm` and `*.toml`,
@@ -191,9 +207,20 @@ fn plugin_name(file: &Path) -> String {
 }
 
 /// Loads one `NAME.wasm` and its optional `NAME.toml`. `Ok(None)` means the
-/// manifest disables it.
-pub fn load_file(sandbox: &Arc<Sandbox>, file: &Path) -> Result<Option<Plugin>, LoadError> {
-    PluginFiles::read(file)?.load(sandbox)
+/// manifest disables it; a missing `.wasm` beside a manifest is an orphan.
+pub async fn load_file(sandbox: &Arc<Sandbox>, file: &Path) -> Result<Option<Plugin>, LoadError> {
+    let max = sandbox.config().max_component_bytes;
+    let path = file.to_owned();
+    let files = tokio::task::spawn_blocking(move || PluginFiles::read(&path, max))
+        .await
+        .map_err(|e| LoadError::Io {
+            file: file.to_owned(),
+            source: std::io::Error::other(e),
+        })??;
+    match files {
+        Some(files) => files.load(sandbox).await,
+        None => Err(orphan_manifest(file)),
+    }
 }
 
 /// A plugin's files as read from disk, before validation.
@@ -212,8 +239,10 @@ pub struct PluginFiles {
 }
 
 impl PluginFiles {
-    /// Reads `NAME.wasm` and, if present, `NAME.toml`.
-    pub fn read(file: &Path) -> Result<Self, LoadError> {
+    /// Reads `NAME.wasm` (at most `max_wasm` bytes) and, if present,
+    /// `NAME.toml` — regular files only (see [`files`]). `Ok(None)` when
+    /// there is no `NAME.wasm`.
+    pub fn read(file: &Path, max_wasm: ByteSize) -> Result<Option<Self>, LoadError> {
         let name = plugin_name(file);
         if name.is_empty()
             || !name
@@ -224,8 +253,18 @@ impl PluginFiles {
                 file: file.to_owned(),
             });
         }
+        let wasm = match files::read_bounded(file, max_wasm) {
+            Ok(wasm) => wasm,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(LoadError::Io {
+                    file: file.to_owned(),
+                    source,
+                });
+            }
+        };
         let manifest_file = file.with_extension("toml");
-        let manifest = match std::fs::read_to_string(&manifest_file) {
+        let manifest = match files::read_text_bounded(&manifest_file, MAX_MANIFEST_BYTES) {
             Ok(text) => Some(text),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(source) => {
@@ -235,17 +274,13 @@ impl PluginFiles {
                 });
             }
         };
-        let wasm = std::fs::read(file).map_err(|source| LoadError::Io {
-            file: file.to_owned(),
-            source,
-        })?;
-        Ok(Self {
+        Ok(Some(Self {
             name,
             wasm_file: file.to_owned(),
             wasm,
             manifest_file,
             manifest,
-        })
+        }))
     }
 
     /// Identifies this exact pair of files: the SHA-256 of the component
@@ -259,13 +294,13 @@ impl PluginFiles {
         )
     }
 
-    /// Validates and compiles the plugin. `Ok(None)` means the manifest
-    /// disables it.
-    pub fn load(self, sandbox: &Arc<Sandbox>) -> Result<Option<Plugin>, LoadError> {
+    /// Validates, compiles and test-starts the plugin. `Ok(None)` means the
+    /// manifest disables it.
+    pub async fn load(self, sandbox: &Arc<Sandbox>) -> Result<Option<Plugin>, LoadError> {
         let manifest = match &self.manifest {
-            Some(text) => Manifest::parse(text).map_err(|e| LoadError::Manifest {
+            Some(text) => Manifest::parse(text).map_err(|message| LoadError::Manifest {
                 file: self.manifest_file.clone(),
-                message: e.to_string().trim_end().to_owned(),
+                message,
             })?,
             None => Manifest::default(),
         };
@@ -276,21 +311,25 @@ impl PluginFiles {
             sandbox,
             self.name,
             self.wasm_file,
-            &self.wasm,
+            self.wasm,
             manifest,
             &self.manifest_file,
         )
+        .await
         .map(Some)
     }
 }
 
 /// Builds a plugin from its bytes and manifest (used for files and for the
-/// bundled plugins).
-pub fn from_parts(
+/// bundled plugins): resolves its limits, compiles and validates the
+/// component (off the async threads), and starts one instance under its
+/// limits, so a plugin that cannot start is rejected now rather than
+/// failing every call later.
+pub async fn from_parts(
     sandbox: &Arc<Sandbox>,
     name: String,
     file: PathBuf,
-    bytes: &[u8],
+    bytes: impl AsRef<[u8]> + Send + 'static,
     manifest: Manifest,
     manifest_file: &Path,
 ) -> Result<Plugin, LoadError> {
@@ -298,46 +337,43 @@ pub fn from_parts(
         file: manifest_file.to_owned(),
         message,
     })?;
-    let pre = sandbox
-        .prepare(bytes)
-        .map_err(|source| LoadError::Invalid {
-            file: file.clone(),
-            source,
-        })?;
+    let invalid = |source| LoadError::Invalid {
+        file: file.clone(),
+        source,
+    };
+    let compiler = sandbox.clone();
+    let (pre, hash) = tokio::task::spawn_blocking(move || {
+        let bytes = bytes.as_ref();
+        let hash = Sandbox::content_hash(bytes);
+        compiler.prepare(bytes).map(|pre| (pre, hash))
+    })
+    .await
+    .map_err(|e| invalid(ValidateError::Start(e.to_string())))?
+    .map_err(invalid)?;
     let wasi_imports = sandbox.wasi_imports(&pre);
-    Ok(Plugin {
-        hash: Sandbox::content_hash(bytes),
+    let plugin = Plugin {
+        hash,
         name,
-        file,
+        file: file.clone(),
         manifest,
         spec: Arc::new(spec),
         pre,
         wasi_imports,
         health: Health::default(),
         sandbox: sandbox.clone(),
-    })
+    };
+    plugin
+        .instantiate()
+        .await
+        .map_err(|e| invalid(ValidateError::Start(e.to_string())))?;
+    Ok(plugin)
 }
 
 /// Applies the daemon's defaults and maxima to a manifest.
 fn resolve_spec(sandbox: &Sandbox, name: &str, manifest: &Manifest) -> Result<PluginSpec, String> {
     let config = sandbox.config();
-    let memory_limit = manifest
-        .limits
-        .memory
-        .unwrap_or(config.default_memory_limit);
-    if memory_limit > config.max_memory_limit {
-        return Err(format!(
-            "limits.memory: {memory_limit} bytes exceeds the daemon's maximum of {} bytes",
-            config.max_memory_limit
-        ));
-    }
-    let call_timeout = manifest
-        .limits
-        .call_timeout
-        .unwrap_or(config.default_call_timeout);
-    if call_timeout.is_zero() {
-        return Err("limits.call_timeout: must be more than zero".into());
-    }
+    let limits = config.default_limits.merge(&manifest.limits);
+    limits.check(&config.max_limits, "limits")?;
     for (output, topic) in &manifest.outputs {
         if topic.trim().is_empty() {
             return Err(format!("outputs.{output}: the topic name is empty"));
@@ -355,9 +391,10 @@ fn resolve_spec(sandbox: &Sandbox, name: &str, manifest: &Manifest) -> Result<Pl
         name: name.to_owned(),
         outputs: manifest.outputs.clone(),
         config: manifest.config_strings(),
-        memory_limit,
-        call_timeout,
+        limits,
         wasi: manifest.wasi.clone(),
+        max_record_bytes: config.max_record_bytes,
+        log: sandbox.plugin_log(name),
     })
 }
 

@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::{LoadError, Plugin, PluginFiles};
+use crate::clock::{Clock, rfc3339};
 use crate::sandbox::Sandbox;
 use crate::telemetry::PluginMetrics;
 use crate::world::Timestamp;
@@ -117,7 +118,8 @@ pub struct Registry {
     feed: watch::Sender<Arc<PluginSet>>,
     entries: Mutex<BTreeMap<String, Entry>>,
     /// Serialises scans (compiling happens outside `entries`' lock).
-    scanning: Mutex<()>,
+    scanning: tokio::sync::Mutex<()>,
+    clock: Clock,
 }
 
 impl std::fmt::Debug for Registry {
@@ -133,19 +135,15 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-fn now() -> Timestamp {
-    jiff::Timestamp::now().as_millisecond()
-}
-
 impl Registry {
     /// A registry that never changes (the bundled plugins, tests).
-    pub fn fixed(plugins: Vec<Arc<Plugin>>, metrics: Arc<PluginMetrics>) -> Self {
+    pub fn fixed(plugins: Vec<Arc<Plugin>>, metrics: Arc<PluginMetrics>, clock: Clock) -> Self {
         let entries = plugins
             .iter()
             .map(|plugin| {
                 let mut entry = Entry::new(plugin.file.clone());
                 entry.plugin = Some(plugin.clone());
-                entry.loaded_at = Some(now());
+                entry.loaded_at = Some(clock.now());
                 (plugin.name.clone(), entry)
             })
             .collect();
@@ -158,16 +156,18 @@ impl Registry {
                 plugins,
             })),
             entries: Mutex::new(entries),
-            scanning: Mutex::new(()),
+            scanning: tokio::sync::Mutex::new(()),
+            clock,
         }
     }
 
     /// Loads the plugins in `dir`; [`rescan`](Self::rescan) picks up later
     /// changes. Only an unreadable directory is an error.
-    pub fn open(
+    pub async fn open(
         sandbox: Arc<Sandbox>,
         dir: PathBuf,
         metrics: Arc<PluginMetrics>,
+        clock: Clock,
     ) -> std::io::Result<(Self, ScanReport)> {
         let registry = Self {
             sandbox: Some(sandbox),
@@ -175,9 +175,10 @@ impl Registry {
             metrics,
             feed: watch::Sender::new(Arc::default()),
             entries: Mutex::default(),
-            scanning: Mutex::new(()),
+            scanning: tokio::sync::Mutex::new(()),
+            clock,
         };
-        let report = registry.scan(true)?;
+        let report = registry.scan(true).await?;
         Ok((registry, report))
     }
 
@@ -222,34 +223,39 @@ impl Registry {
                     file: entry.file.clone(),
                     version: plugin.and_then(|p| p.manifest.version.clone()),
                     hash: plugin.map(|p| p.hash.clone()),
-                    loaded_at: entry.loaded_at.map(crate::offline::rfc3339),
+                    loaded_at: entry.loaded_at.map(rfc3339),
                     reloads: entry.reloads,
                     last_error,
                     consecutive_failures: health.consecutive_failures,
-                    retry_at: health.retry_at.map(crate::offline::rfc3339),
+                    retry_at: health.retry_at.map(rfc3339),
                 }
             })
             .collect()
     }
 
     /// Re-reads the directory and applies what changed: new and replaced
-    /// plugins are compiled (blocking; call it off the async runtime),
-    /// removed ones dropped. Publishes a new set if the plugins serving
-    /// changed.
-    pub fn rescan(&self) -> std::io::Result<ScanReport> {
-        self.scan(false)
+    /// plugins are read and compiled off the async threads, removed ones
+    /// dropped. Publishes a new set if the plugins serving changed.
+    pub async fn rescan(&self) -> std::io::Result<ScanReport> {
+        self.scan(false).await
     }
 
-    fn scan(&self, initial: bool) -> std::io::Result<ScanReport> {
+    async fn scan(&self, initial: bool) -> std::io::Result<ScanReport> {
         let (Some(dir), Some(sandbox)) = (&self.dir, &self.sandbox) else {
             return Ok(ScanReport::default());
         };
-        let _scanning = lock(&self.scanning);
-        let names = super::plugin_names(dir)?;
+        let _scanning = self.scanning.lock().await;
+        let names = super::blocking({
+            let dir = dir.clone();
+            move || super::plugin_names(&dir)
+        })
+        .await?;
         let mut report = ScanReport::default();
         let mut changed = false;
         for name in &names {
-            changed |= self.scan_one(sandbox, dir, name, initial, &mut report);
+            changed |= self
+                .scan_one(sandbox, dir, name, initial, &mut report)
+                .await;
         }
         let gone: Vec<String> = lock(&self.entries)
             .keys()
@@ -275,7 +281,7 @@ impl Registry {
 
     /// Brings one name up to date; returns whether the plugin serving
     /// changed.
-    fn scan_one(
+    async fn scan_one(
         &self,
         sandbox: &Arc<Sandbox>,
         dir: &Path,
@@ -289,30 +295,42 @@ impl Registry {
                 self.metrics.reload(name, result);
             }
         };
-        if !wasm_file.exists() {
-            let mut entries = lock(&self.entries);
-            let entry = entries
-                .entry(name.to_owned())
-                .or_insert_with(|| Entry::new(wasm_file.clone()));
-            let error = super::orphan_manifest(&wasm_file);
-            let first_seen = entry.last_error.is_none() || entry.plugin.is_some();
-            entry.last_error = Some(error.to_string());
-            entry.fingerprint = None;
-            entry.disabled = false;
-            if let Some(old) = entry.plugin.take() {
-                info!(plugin = %name, hash = %old.short_hash(), "Plugin removed (its .wasm is gone).");
-                count("removed");
-                report.removed.push(name.to_owned());
-                return true;
+        let max = sandbox.config().max_component_bytes;
+        let read = {
+            let file = wasm_file.clone();
+            tokio::task::spawn_blocking(move || PluginFiles::read(&file, max)).await
+        };
+        let files = match read {
+            Ok(Ok(Some(files))) => Ok(files),
+            Ok(Err(err)) => Err(err),
+            Err(join) => Err(LoadError::Io {
+                file: wasm_file.clone(),
+                source: std::io::Error::other(join),
+            }),
+            Ok(Ok(None)) => {
+                let mut entries = lock(&self.entries);
+                let entry = entries
+                    .entry(name.to_owned())
+                    .or_insert_with(|| Entry::new(wasm_file.clone()));
+                let error = super::orphan_manifest(&wasm_file);
+                let first_seen = entry.last_error.is_none() || entry.plugin.is_some();
+                entry.last_error = Some(error.to_string());
+                entry.fingerprint = None;
+                entry.disabled = false;
+                if let Some(old) = entry.plugin.take() {
+                    info!(plugin = %name, hash = %old.short_hash(), "Plugin removed (its .wasm is gone).");
+                    count("removed");
+                    report.removed.push(name.to_owned());
+                    return true;
+                }
+                if first_seen {
+                    warn!(plugin = %name, %error, "Plugin rejected; the others keep running.");
+                    count("rejected");
+                    report.rejected.push(error);
+                }
+                return false;
             }
-            if first_seen {
-                warn!(plugin = %name, %error, "Plugin rejected; the others keep running.");
-                count("rejected");
-                report.rejected.push(error);
-            }
-            return false;
-        }
-        let files = PluginFiles::read(&wasm_file);
+        };
         let fingerprint = files.as_ref().ok().map(PluginFiles::fingerprint);
         {
             let mut entries = lock(&self.entries);
@@ -324,7 +342,10 @@ impl Registry {
             }
         }
         // Compile without holding the lock, so `/plugins` stays responsive.
-        let loaded = files.and_then(|files| files.load(sandbox));
+        let loaded = match files {
+            Ok(files) => files.load(sandbox).await,
+            Err(err) => Err(err),
+        };
         let mut entries = lock(&self.entries);
         let Some(entry) = entries.get_mut(name) else {
             return false;
@@ -345,7 +366,7 @@ impl Registry {
                 entry.plugin = Some(plugin);
                 entry.disabled = false;
                 entry.last_error = None;
-                entry.loaded_at = Some(now());
+                entry.loaded_at = Some(self.clock.now());
                 report.loaded.push(name.to_owned());
                 true
             }
@@ -392,11 +413,11 @@ impl Registry {
 mod tests {
     use super::*;
 
-    #[test]
-    fn fixed_registry_publishes_once() {
-        let registry = Registry::fixed(Vec::new(), Arc::default());
+    #[tokio::test]
+    async fn fixed_registry_publishes_once() {
+        let registry = Registry::fixed(Vec::new(), Arc::default(), Clock::System);
         assert_eq!(registry.current().generation, 0);
-        assert!(registry.rescan().unwrap().is_empty());
+        assert!(registry.rescan().await.unwrap().is_empty());
         assert!(registry.statuses().is_empty());
     }
 }

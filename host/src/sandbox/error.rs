@@ -3,6 +3,8 @@
 
 use std::fmt;
 
+use super::limits::QuotaExceeded;
+
 /// Why a call trapped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TrapKind {
@@ -44,12 +46,13 @@ impl fmt::Display for TrapKind {
 /// A failed plugin call. The call's effects were discarded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CallError {
-    /// The handler returned `err(plugin-error)`.
+    /// The handler returned `err(plugin-error)`: the plugin rejected its
+    /// input. Not held against the plugin.
     #[error("plugin returned error [{code}]: {message}")]
     Plugin {
-        /// The plugin's error code.
+        /// The plugin's error code (bounded).
         code: String,
-        /// The plugin's message.
+        /// The plugin's message (bounded, control characters escaped).
         message: String,
     },
     /// The call trapped; the instance that ran it is discarded.
@@ -60,6 +63,10 @@ pub enum CallError {
         /// Details, including a guest panic message when there is one.
         message: String,
     },
+    /// The call went past one of the plugin's quotas; the instance that
+    /// ran it is discarded.
+    #[error("quota: {0}")]
+    Quota(#[from] QuotaExceeded),
     /// No instance could be created for the call.
     #[error("instantiation failed: {0}")]
     Instantiate(String),
@@ -80,8 +87,21 @@ impl CallError {
         match self {
             Self::Plugin { .. } => "plugin-error",
             Self::Trap { kind, .. } => kind.as_str(),
+            Self::Quota(_) => "quota",
             Self::Instantiate(_) => "instantiate",
             Self::Quarantined { .. } => "quarantined",
+        }
+    }
+
+    /// Whether the failure is the plugin's own — a trap, a deadline, memory,
+    /// a quota, a failed instantiation — and so counts towards quarantine.
+    /// A plugin rejecting its input (`plugin-error`) and a denial (which
+    /// input can provoke, e.g. an over-long key) do not.
+    pub fn is_plugin_fault(&self) -> bool {
+        match self {
+            Self::Trap { kind, .. } => *kind != TrapKind::Denied,
+            Self::Quota(_) | Self::Instantiate(_) => true,
+            Self::Plugin { .. } | Self::Quarantined { .. } => false,
         }
     }
 }

@@ -5,28 +5,36 @@
 //! Nothing a call does touches durable state directly: reads see the
 //! partition's [`PluginState`] overlaid with the call's own writes, and all
 //! writes go to [`Effects`], which the caller applies only when the call
-//! returns `ok`.
+//! returns `ok`. Every import that takes data from the guest is held to the
+//! plugin's per-call quotas, so a call cannot pile up more than its limits
+//! allow however long it runs.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::Instant;
 
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::error::Denied;
+use super::grants::WasiGrants;
+use super::limits::{Limits, QuotaExceeded};
+use super::log::PluginLog;
 use crate::state::{PluginState, StateChanges, Timer};
+use crate::units::ByteSize;
 use crate::world::todo::plugin::{host, output, state, timers, types};
 use crate::world::{LogLevel, Timestamp};
 
 /// Keys longer than this are refused.
-const MAX_KEY_BYTES: usize = 1024;
-/// State values and timer payloads larger than this are refused.
+pub const MAX_KEY_BYTES: usize = 1024;
+/// State values and timer payloads larger than this are refused (and
+/// smaller ones too when the producer's `message.max.bytes` is smaller:
+/// every state change becomes a changelog record).
 const MAX_VALUE_BYTES: usize = 1 << 20;
-/// Emits per call beyond this are refused.
-const MAX_EMITS_PER_CALL: usize = 10_000;
+/// What headers and framing add to a produced record, at most.
+pub const RECORD_OVERHEAD_BYTES: usize = 2048;
 /// How much of a plugin's stdout/stderr is kept for error messages.
 const OUTPUT_TAIL_BYTES: usize = 4096;
 
@@ -40,12 +48,25 @@ pub struct PluginSpec {
     pub outputs: BTreeMap<String, String>,
     /// Values for the `config` import.
     pub config: BTreeMap<String, String>,
-    /// Maximum linear memory per instance, in bytes.
-    pub memory_limit: u64,
-    /// Maximum wall time per call.
-    pub call_timeout: Duration,
+    /// Memory, time and quotas.
+    pub limits: Limits,
     /// Ambient capabilities.
-    pub wasi: crate::plugin::manifest::WasiGrants,
+    pub wasi: WasiGrants,
+    /// The largest record the producer sends (`message.max.bytes`): an
+    /// emit or state change that would not fit fails the call.
+    pub max_record_bytes: usize,
+    /// Where the plugin's log lines go.
+    pub log: Arc<PluginLog>,
+}
+
+impl PluginSpec {
+    /// The largest state value or timer payload, in bytes.
+    fn max_value_bytes(&self) -> usize {
+        MAX_VALUE_BYTES.min(
+            self.max_record_bytes
+                .saturating_sub(RECORD_OVERHEAD_BYTES + MAX_KEY_BYTES),
+        )
+    }
 }
 
 /// One record a plugin emitted.
@@ -70,15 +91,26 @@ pub struct Effects {
     pub changes: StateChanges,
 }
 
+/// What the current call has used of its per-call quotas.
+#[derive(Debug, Default)]
+pub(super) struct CallUsage {
+    emit_bytes: u64,
+    state_bytes: u64,
+    timers: u64,
+}
+
 /// Store data of one plugin instance.
 pub struct HostState {
     pub(super) spec: Arc<PluginSpec>,
     /// The host's time for the current call; also what WASI clocks report
     /// unless the plugin was granted ambient clocks.
     pub(super) now: Arc<AtomicI64>,
+    /// When the current call must end (wall time).
+    pub(super) deadline: Instant,
     /// The partition's state, moved in for the duration of a call.
     pub(super) state: PluginState,
     pub(super) effects: Effects,
+    pub(super) usage: CallUsage,
     pub(super) limiter: MemoryLimiter,
     pub(super) output: CapturedOutput,
     wasi: WasiCtx,
@@ -92,12 +124,14 @@ impl HostState {
         output: CapturedOutput,
         wasi: WasiCtx,
     ) -> Self {
-        let limiter = MemoryLimiter::new(spec.memory_limit);
+        let limiter = MemoryLimiter::new(spec.limits.memory);
         Self {
+            deadline: Instant::now() + spec.limits.timeout(),
             spec,
             now,
             state: PluginState::default(),
             effects: Effects::default(),
+            usage: CallUsage::default(),
             limiter,
             output,
             wasi,
@@ -105,8 +139,46 @@ impl HostState {
         }
     }
 
+    /// Starts a call: a clean effects buffer and usage, the clock at `now`,
+    /// the deadline from the limits.
+    pub(super) fn begin(&mut self, now: Timestamp) {
+        self.now.store(now, Ordering::Relaxed);
+        self.deadline = Instant::now() + self.spec.limits.timeout();
+        self.limiter.refused = None;
+        self.effects = Effects::default();
+        self.usage = CallUsage::default();
+    }
+
     fn now(&self) -> Timestamp {
         self.now.load(Ordering::Relaxed)
+    }
+
+    /// Counts `bytes` of state written against the per-call quota.
+    fn write_state(&mut self, bytes: usize) -> wasmtime::Result<()> {
+        self.usage.state_bytes = self.usage.state_bytes.saturating_add(bytes as u64);
+        let limit = self.spec.limits.state_bytes_per_call;
+        if self.usage.state_bytes > limit.bytes() {
+            return Err(QuotaExceeded::new(
+                "limits.state_bytes_per_call",
+                format_args!("{} bytes of state written", self.usage.state_bytes),
+                limit,
+            )
+            .into());
+        }
+        Ok(())
+    }
+
+    fn check_value(&self, what: &str, len: usize) -> wasmtime::Result<()> {
+        let max = self.spec.max_value_bytes();
+        if len > max {
+            return Err(QuotaExceeded::new(
+                "the largest state value",
+                format_args!("{what} of {len} bytes"),
+                ByteSize(max as u64),
+            )
+            .into());
+        }
+        Ok(())
     }
 }
 
@@ -121,25 +193,11 @@ fn check_key(what: &str, key: &str) -> wasmtime::Result<()> {
     Ok(())
 }
 
-fn check_value(what: &str, len: usize) -> wasmtime::Result<()> {
-    if len > MAX_VALUE_BYTES {
-        return Err(Denied(format!("{what} of {len} bytes exceeds {MAX_VALUE_BYTES}")).into());
-    }
-    Ok(())
-}
-
 impl types::Host for HostState {}
 
 impl host::Host for HostState {
     fn log(&mut self, level: LogLevel, message: String) -> wasmtime::Result<()> {
-        let plugin = self.spec.name.as_str();
-        match level {
-            LogLevel::Trace => tracing::trace!(plugin, "{message}"),
-            LogLevel::Debug => tracing::debug!(plugin, "{message}"),
-            LogLevel::Info => tracing::info!(plugin, "{message}"),
-            LogLevel::Warn => tracing::warn!(plugin, "{message}"),
-            LogLevel::Error => tracing::error!(plugin, "{message}"),
-        }
+        self.spec.log.line(level, &message);
         Ok(())
     }
 
@@ -162,13 +220,15 @@ impl state::Host for HostState {
 
     fn set(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<()> {
         check_key("state", &key)?;
-        check_value("state value", value.len())?;
+        self.check_value("state value", value.len())?;
+        self.write_state(key.len() + value.len())?;
         self.effects.changes.values.insert(key, Some(value));
         Ok(())
     }
 
     fn delete(&mut self, key: String) -> wasmtime::Result<()> {
         check_key("state", &key)?;
+        self.write_state(key.len())?;
         self.effects.changes.values.insert(key, None);
         Ok(())
     }
@@ -177,7 +237,18 @@ impl state::Host for HostState {
 impl timers::Host for HostState {
     fn set(&mut self, key: String, due: Timestamp, payload: Vec<u8>) -> wasmtime::Result<()> {
         check_key("timer", &key)?;
-        check_value("timer payload", payload.len())?;
+        self.check_value("timer payload", payload.len())?;
+        self.usage.timers += 1;
+        let limit = self.spec.limits.timers_per_call;
+        if self.usage.timers > limit.0 {
+            return Err(QuotaExceeded::new(
+                "limits.timers_per_call",
+                format_args!("{} timers set", self.usage.timers),
+                limit,
+            )
+            .into());
+        }
+        self.write_state(key.len() + payload.len() + 8)?;
         self.effects
             .changes
             .timers
@@ -187,6 +258,7 @@ impl timers::Host for HostState {
 
     fn cancel(&mut self, key: String) -> wasmtime::Result<()> {
         check_key("timer", &key)?;
+        self.write_state(key.len())?;
         self.effects.changes.timers.insert(key, None);
         Ok(())
     }
@@ -204,7 +276,8 @@ impl output::Host for HostState {
         let Some(topic) = self.spec.outputs.get(&name) else {
             let granted: Vec<_> = self.spec.outputs.keys().map(String::as_str).collect();
             return Err(Denied(format!(
-                "emit to output \"{name}\", which the manifest does not map (mapped: {})",
+                "emit to output \"{}\", which the manifest does not map (mapped: {})",
+                crate::text::quote_bounded(&name, 64),
                 if granted.is_empty() {
                     "none".to_owned()
                 } else {
@@ -213,10 +286,33 @@ impl output::Host for HostState {
             ))
             .into());
         };
-        if self.effects.emits.len() >= MAX_EMITS_PER_CALL {
-            return Err(Denied(format!("more than {MAX_EMITS_PER_CALL} emits in one call")).into());
+        let limits = &self.spec.limits;
+        if self.effects.emits.len() as u64 >= limits.emits_per_call.0 {
+            return Err(QuotaExceeded::new(
+                "limits.emits_per_call",
+                format_args!("{} emits", self.effects.emits.len() + 1),
+                limits.emits_per_call,
+            )
+            .into());
         }
-        check_value("emitted value", value.len())?;
+        let size = key.as_ref().map_or(0, String::len) + value.len();
+        if size + RECORD_OVERHEAD_BYTES > self.spec.max_record_bytes {
+            return Err(QuotaExceeded::new(
+                "the producer's message.max.bytes",
+                format_args!("an emitted record of {size} bytes (+ headers)"),
+                self.spec.max_record_bytes,
+            )
+            .into());
+        }
+        self.usage.emit_bytes = self.usage.emit_bytes.saturating_add(size as u64);
+        if self.usage.emit_bytes > limits.emit_bytes_per_call.bytes() {
+            return Err(QuotaExceeded::new(
+                "limits.emit_bytes_per_call",
+                format_args!("{} bytes emitted", self.usage.emit_bytes),
+                limits.emit_bytes_per_call,
+            )
+            .into());
+        }
         self.effects.emits.push(Emit {
             output: name,
             topic: topic.clone(),
@@ -236,21 +332,23 @@ impl WasiView for HostState {
     }
 }
 
-/// Enforces the plugin's memory limit and remembers whether it had to
-/// refuse, so the resulting trap can be classified as a memory trap.
+/// Enforces the plugin's memory limit and remembers what it refused, so
+/// the resulting trap can be classified as a memory trap and a limit below
+/// a component's minimum named.
 pub(super) struct MemoryLimiter {
     limit: usize,
-    /// Set when a growth was refused during the current call.
-    pub(super) refused: bool,
+    /// The size asked for when a growth was refused during the current
+    /// call or instantiation.
+    pub(super) refused: Option<usize>,
     /// The largest linear memory this instance has had.
     pub(super) peak: usize,
 }
 
 impl MemoryLimiter {
-    fn new(limit: u64) -> Self {
+    fn new(limit: ByteSize) -> Self {
         Self {
-            limit: usize::try_from(limit).unwrap_or(usize::MAX),
-            refused: false,
+            limit: limit.as_usize(),
+            refused: None,
             peak: 0,
         }
     }
@@ -264,7 +362,7 @@ impl ResourceLimiter for MemoryLimiter {
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         if desired > self.limit {
-            self.refused = true;
+            self.refused = Some(desired);
             return Ok(false);
         }
         self.peak = self.peak.max(desired);
@@ -281,32 +379,69 @@ impl ResourceLimiter for MemoryLimiter {
     }
 }
 
-/// The plugin's stdout and stderr: forwarded to the log line by line, with
-/// the last few KiB kept so a panic message can go into the error.
-#[derive(Clone, Default)]
+/// The plugin's stdout and stderr: forwarded to the log line by line
+/// (through the plugin's [`PluginLog`], so cut, escaped and rate-limited),
+/// with the last few KiB kept so a panic message can go into the error.
+#[derive(Clone)]
 pub(super) struct CapturedOutput {
     inner: Arc<Mutex<OutputBuffer>>,
+    log: Arc<PluginLog>,
 }
 
 #[derive(Default)]
 struct OutputBuffer {
+    /// The line being written, up to the log's line limit.
+    line: Vec<u8>,
     /// Bytes of the current call, trimmed to [`OUTPUT_TAIL_BYTES`].
     tail: Vec<u8>,
 }
 
 impl CapturedOutput {
+    pub(super) fn new(log: Arc<PluginLog>) -> Self {
+        Self {
+            inner: Arc::default(),
+            log,
+        }
+    }
+
+    fn buffer(&self) -> std::sync::MutexGuard<'_, OutputBuffer> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn write(&self, bytes: &[u8]) {
-        let mut buf = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut buf = self.buffer();
         buf.tail.extend_from_slice(bytes);
         if buf.tail.len() > OUTPUT_TAIL_BYTES {
             let excess = buf.tail.len() - OUTPUT_TAIL_BYTES;
             buf.tail.drain(..excess);
         }
+        let max_line = self.log.max_line();
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let (chunk, newline) = match rest.iter().position(|b| *b == b'\n') {
+                Some(at) => (&rest[..at], true),
+                None => (rest, false),
+            };
+            let room = max_line.saturating_sub(buf.line.len());
+            buf.line.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            if newline {
+                self.log.output(&String::from_utf8_lossy(&buf.line));
+                buf.line.clear();
+                rest = &rest[chunk.len() + 1..];
+            } else {
+                rest = &[];
+            }
+        }
     }
 
-    /// Takes what the plugin wrote since the last call.
+    /// Ends a call: logs a last unterminated line and takes what the plugin
+    /// wrote during the call (its tail).
     pub(super) fn take(&self) -> String {
-        let mut buf = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut buf = self.buffer();
+        if !buf.line.is_empty() {
+            self.log.output(&String::from_utf8_lossy(&buf.line));
+            buf.line.clear();
+        }
         let text = String::from_utf8_lossy(&buf.tail).into_owned();
         buf.tail.clear();
         text

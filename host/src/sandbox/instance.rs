@@ -1,24 +1,36 @@
 //! A warm plugin instance: one wasmtime store reused across calls.
 //!
 //! Each call runs with the partition's state moved into the store, a fixed
-//! `now`, an epoch deadline and a clean effects buffer. A call that traps
-//! leaves the instance unusable ([`Instance::is_reusable`] turns false) and
-//! the caller replaces it; nothing in a trapped store is ever run again.
+//! `now`, a wall-clock deadline and a clean effects buffer. Calls are
+//! async: the guest yields to the runtime at every epoch tick, so a busy
+//! plugin never holds a runtime thread for long, and the epoch callback
+//! traps it once its deadline has passed. A guest waiting in a WASI
+//! pollable (a sleep, `subscribe-duration`, `poll`) is not running, so the
+//! call's future is also raced against the deadline and dropped when it
+//! passes — either way the call ends as `deadline` on time.
+//!
+//! A call that traps leaves the instance unusable ([`Instance::is_reusable`]
+//! turns false) and the caller replaces it; nothing in a trapped store is
+//! ever run again.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use wasmtime::{Engine, Store, Trap};
+use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder};
 
 use super::SandboxConfig;
 use super::error::{CallError, Denied, TrapKind};
 use super::host::{CapturedOutput, Effects, HostState, PluginSpec};
+use super::limits::QuotaExceeded;
 use crate::state::PluginState;
-use crate::world::{
-    FiredTimer, Plugin as PluginWorld, PluginError, PluginPre, TaskEvent, Timestamp,
-};
+use crate::text;
+use crate::units::{ByteSize, format_duration};
+use crate::world::{FiredTimer, Plugin as PluginWorld, PluginPre, TaskEvent, Timestamp};
+
+/// The longest error code kept from a plugin.
+const MAX_CODE_BYTES: usize = 64;
 
 /// A live instance of one plugin.
 pub struct Instance {
@@ -26,30 +38,49 @@ pub struct Instance {
     bindings: PluginWorld,
     calls: u64,
     max_calls: u64,
-    epoch_tick: Duration,
     trapped: bool,
 }
 
+/// Which export a call runs.
+enum Export<'a> {
+    Event(&'a TaskEvent),
+    Timer(&'a FiredTimer),
+}
+
 impl Instance {
-    pub(super) fn new(
+    pub(super) async fn new(
         engine: &Engine,
         pre: &PluginPre<HostState>,
         spec: Arc<PluginSpec>,
         config: &SandboxConfig,
     ) -> Result<Self, CallError> {
         let now = Arc::new(AtomicI64::new(0));
-        let output = CapturedOutput::default();
+        let output = CapturedOutput::new(spec.log.clone());
         let wasi =
             wasi_ctx(&spec, &now, &output).map_err(|e| CallError::Instantiate(format!("{e:#}")))?;
         let mut store = Store::new(engine, HostState::new(spec, now, output, wasi));
         store.limiter(|state| &mut state.limiter);
-        // Instantiation runs start functions; give it a deadline too.
-        store.set_epoch_deadline(ticks(store.data().spec.call_timeout, config.epoch_tick));
-        let bindings = match pre.instantiate(&mut store) {
-            Ok(bindings) => bindings,
-            Err(err) => {
-                let (kind, message) = classify(&err, &mut store);
-                return Err(CallError::Instantiate(format!("{kind}: {message}")));
+        // Yield to the runtime at every tick; trap once the deadline passed.
+        store.epoch_deadline_callback(|store| {
+            if Instant::now() >= store.data().deadline {
+                Ok(UpdateDeadline::Interrupt)
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+        store.set_epoch_deadline(1);
+        // Instantiation runs start functions; it gets a call's deadline too.
+        let deadline = store.data().deadline;
+        let started =
+            tokio::time::timeout_at(deadline.into(), pre.instantiate_async(&mut store)).await;
+        let bindings = match started {
+            Ok(Ok(bindings)) => bindings,
+            Ok(Err(err)) => return Err(instantiate_error(&err, &mut store)),
+            Err(_elapsed) => {
+                return Err(CallError::Instantiate(format!(
+                    "deadline: starting the component took longer than the call time limit of {}",
+                    format_duration(store.data().spec.limits.timeout())
+                )));
             }
         };
         Ok(Self {
@@ -57,7 +88,6 @@ impl Instance {
             bindings,
             calls: 0,
             max_calls: config.max_calls_per_instance,
-            epoch_tick: config.epoch_tick,
             trapped: false,
         })
     }
@@ -74,34 +104,30 @@ impl Instance {
     }
 
     /// Calls `on-event`.
-    pub fn on_event(
+    pub async fn on_event(
         &mut self,
         event: &TaskEvent,
         now: Timestamp,
         state: &mut PluginState,
     ) -> Result<Effects, CallError> {
-        self.call(now, state, |bindings, store| {
-            bindings.call_on_event(store, event)
-        })
+        self.call(now, state, Export::Event(event)).await
     }
 
     /// Calls `on-timer`.
-    pub fn on_timer(
+    pub async fn on_timer(
         &mut self,
         timer: &FiredTimer,
         now: Timestamp,
         state: &mut PluginState,
     ) -> Result<Effects, CallError> {
-        self.call(now, state, |bindings, store| {
-            bindings.call_on_timer(store, timer)
-        })
+        self.call(now, state, Export::Timer(timer)).await
     }
 
-    fn call(
+    async fn call(
         &mut self,
         now: Timestamp,
         state: &mut PluginState,
-        f: impl FnOnce(&PluginWorld, &mut Store<HostState>) -> wasmtime::Result<Result<(), PluginError>>,
+        export: Export<'_>,
     ) -> Result<Effects, CallError> {
         if self.trapped {
             return Err(CallError::Trap {
@@ -111,75 +137,101 @@ impl Instance {
         }
         self.calls += 1;
         let data = self.store.data_mut();
-        data.now.store(now, Ordering::Relaxed);
-        data.limiter.refused = false;
-        data.effects = Effects::default();
+        data.begin(now);
         std::mem::swap(&mut data.state, state);
-        let deadline = ticks(data.spec.call_timeout, self.epoch_tick);
-        self.store.set_epoch_deadline(deadline);
+        let deadline = data.deadline;
+        self.store.set_epoch_deadline(1);
 
-        let result = f(&self.bindings, &mut self.store);
+        let (bindings, store) = (&self.bindings, &mut self.store);
+        let call = async {
+            match export {
+                Export::Event(event) => bindings.call_on_event(&mut *store, event).await,
+                Export::Timer(timer) => bindings.call_on_timer(&mut *store, timer).await,
+            }
+        };
+        // The epoch callback stops a running guest; this stops one that
+        // waits in a host call (dropping the call unwinds the guest).
+        let result = tokio::time::timeout_at(deadline.into(), call).await;
 
         std::mem::swap(&mut self.store.data_mut().state, state);
         let output = self.store.data().output.take();
-        if !output.is_empty() {
-            let plugin = self.store.data().spec.name.as_str();
-            for line in output.lines().filter(|l| !l.trim().is_empty()) {
-                tracing::info!(plugin, output = line, "Plugin wrote to stdout/stderr.");
-            }
-        }
         let effects = std::mem::take(&mut self.store.data_mut().effects);
         match result {
-            Ok(Ok(())) => Ok(effects),
-            Ok(Err(err)) => Err(CallError::Plugin {
-                code: err.code,
-                message: err.message,
+            Ok(Ok(Ok(()))) => Ok(effects),
+            Ok(Ok(Err(err))) => Err(CallError::Plugin {
+                code: text::quote_bounded(&err.code, MAX_CODE_BYTES),
+                message: text::message(&err.message),
             }),
-            Err(err) => {
+            Ok(Err(err)) => {
                 self.trapped = true;
-                let (kind, mut message) = classify(&err, &mut self.store);
-                if kind == TrapKind::Panic
+                let mut failure = classify(&err, &mut self.store);
+                if let CallError::Trap {
+                    kind: TrapKind::Panic,
+                    message,
+                } = &mut failure
                     && let Some(panic) = panic_message(&output)
                 {
-                    message = format!("{panic} ({message})");
+                    *message = text::message(&format!("{panic} ({message})"));
                 }
-                Err(CallError::Trap { kind, message })
+                Err(failure)
+            }
+            Err(_elapsed) => {
+                self.trapped = true;
+                Err(deadline_error(self.store.data().spec.limits.timeout()))
             }
         }
     }
 }
 
-/// Epoch ticks for a timeout, rounded up, at least one.
-fn ticks(timeout: Duration, tick: Duration) -> u64 {
-    let tick = tick.as_nanos().max(1);
-    u64::try_from(timeout.as_nanos().div_ceil(tick))
-        .unwrap_or(u64::MAX)
-        .max(1)
+fn deadline_error(timeout: Duration) -> CallError {
+    CallError::Trap {
+        kind: TrapKind::Deadline,
+        message: format!(
+            "call exceeded its time limit of {}",
+            format_duration(timeout)
+        ),
+    }
 }
 
-/// Sorts a trap into a [`TrapKind`] with a one-line message.
-fn classify(err: &wasmtime::Error, store: &mut Store<HostState>) -> (TrapKind, String) {
-    if let Some(denied) = err.downcast_ref::<Denied>() {
-        return (TrapKind::Denied, denied.0.clone());
+/// Why an instance could not be created, naming a memory limit below what
+/// the component needs to start.
+fn instantiate_error(err: &wasmtime::Error, store: &mut Store<HostState>) -> CallError {
+    let data = store.data();
+    if let Some(asked) = data.limiter.refused {
+        return CallError::Instantiate(format!(
+            "memory limit {} is below the component's minimum: it needs at least {} to start",
+            data.spec.limits.memory,
+            ByteSize(asked as u64)
+        ));
     }
-    let memory_refused = store.data().limiter.refused;
+    let failure = classify(err, store);
+    CallError::Instantiate(match failure {
+        CallError::Trap { kind, message } => format!("{kind}: {message}"),
+        other => other.to_string(),
+    })
+}
+
+/// Sorts a failed call into its [`CallError`] with a one-line message.
+fn classify(err: &wasmtime::Error, store: &mut Store<HostState>) -> CallError {
+    if let Some(quota) = err.downcast_ref::<QuotaExceeded>() {
+        return CallError::Quota(quota.clone());
+    }
+    let trap = |kind, message| CallError::Trap { kind, message };
+    if let Some(denied) = err.downcast_ref::<Denied>() {
+        return trap(TrapKind::Denied, denied.0.clone());
+    }
+    let data = store.data();
+    let memory_refused = data.limiter.refused.is_some();
     let kind = match err.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) => {
-            let timeout = store.data().spec.call_timeout;
-            return (
-                TrapKind::Deadline,
-                format!(
-                    "call exceeded its time limit of {}",
-                    humantime::format_duration(timeout)
-                ),
-            );
-        }
+        Some(Trap::Interrupt) => return deadline_error(data.spec.limits.timeout()),
         Some(Trap::StackOverflow) => TrapKind::StackOverflow,
         Some(_) if memory_refused => {
-            let limit = store.data().spec.memory_limit;
-            return (
+            return trap(
                 TrapKind::Memory,
-                format!("memory limit of {} bytes reached ({err})", limit),
+                format!(
+                    "memory limit of {} reached ({err})",
+                    data.spec.limits.memory
+                ),
             );
         }
         Some(Trap::UnreachableCodeReached) => TrapKind::Panic,
@@ -197,9 +249,9 @@ fn classify(err: &wasmtime::Error, store: &mut Store<HostState>) -> (TrapKind, S
             )
         }
         Some(trap) => trap.to_string(),
-        None => format!("{err:#}"),
+        None => text::message(&format!("{err:#}")),
     };
-    (kind, message)
+    trap(kind, message)
 }
 
 /// The Rust panic message from a guest's stderr, if there is one.
@@ -272,14 +324,6 @@ impl HostMonotonicClock for HostClock {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ticks_round_up() {
-        let ms = Duration::from_millis;
-        assert_eq!(ticks(ms(100), ms(1)), 100);
-        assert_eq!(ticks(ms(5), ms(2)), 3);
-        assert_eq!(ticks(Duration::ZERO, ms(1)), 1);
-    }
 
     #[test]
     fn panic_messages_are_extracted() {

@@ -3,16 +3,21 @@
 //! and warm plugin instances with per-call limits.
 //!
 //! Limits: a pooling allocator sized by [`SandboxConfig::max_instances`];
-//! epoch interruption for a per-call deadline (a background thread ticks the
-//! epoch); a [`wasmtime::ResourceLimiter`] for per-instance memory; wasm
+//! async calls with epoch interruption for a per-call wall-clock deadline
+//! (a background thread ticks the epoch; guests yield at every tick); a
+//! [`wasmtime::ResourceLimiter`] for per-instance memory; per-call and
+//! per-partition [quotas](limits); a rate-limited, escaped [log](log); wasm
 //! stack overflow is a trap. WASI is linked but holds nothing: no files, no
 //! environment, no network, stdio captured to the log and clocks reading the
-//! host's per-call `now` — unless a manifest grants more.
+//! host's per-call `now` — unless a manifest [grants](grants) more.
 
 mod cache;
 mod error;
+pub mod grants;
 mod host;
 mod instance;
+pub mod limits;
+pub mod log;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -28,8 +33,13 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 
 pub use self::cache::ComponentCache;
 pub use self::error::{CallError, TrapKind};
-pub use self::host::{Effects, Emit, HostState, PluginSpec};
+pub use self::grants::WasiGrants;
+pub use self::host::{Effects, Emit, HostState, MAX_KEY_BYTES, PluginSpec, RECORD_OVERHEAD_BYTES};
 pub use self::instance::Instance;
+pub use self::limits::{LimitSettings, Limits, QuotaExceeded};
+pub use self::log::{LogPolicy, PluginLog};
+use crate::telemetry::PluginMetrics;
+use crate::units::ByteSize;
 use crate::world::{Plugin as PluginWorld, PluginPre};
 
 /// The WIT package plugins target; imports from it are provided.
@@ -40,13 +50,18 @@ const WORLD_PACKAGE: &str = "todo:plugin/";
 pub struct SandboxConfig {
     /// Where compiled components are cached; `None` disables the cache.
     pub cache_dir: Option<PathBuf>,
-    /// Memory limit for plugins whose manifest sets none.
-    pub default_memory_limit: u64,
-    /// The largest memory limit a manifest may ask for (also the pool's
-    /// slot size).
-    pub max_memory_limit: u64,
-    /// Call timeout for plugins whose manifest sets none.
-    pub default_call_timeout: Duration,
+    /// Limits for what a manifest leaves out.
+    pub default_limits: Limits,
+    /// The most a manifest may ask for (`max_limits.memory` is also the
+    /// pool's slot size).
+    pub max_limits: Limits,
+    /// The largest `.wasm` file accepted.
+    pub max_component_bytes: ByteSize,
+    /// The largest record the producer sends (its `message.max.bytes`);
+    /// emits and state values are held to it.
+    pub max_record_bytes: usize,
+    /// How much each plugin may log.
+    pub log: LogPolicy,
     /// Instances the pooling allocator can hold at once (across plugins and
     /// workers).
     pub max_instances: u32,
@@ -61,9 +76,11 @@ impl Default for SandboxConfig {
     fn default() -> Self {
         Self {
             cache_dir: None,
-            default_memory_limit: 64 << 20,
-            max_memory_limit: 512 << 20,
-            default_call_timeout: Duration::from_millis(200),
+            default_limits: Limits::DEFAULT,
+            max_limits: Limits::MAX,
+            max_component_bytes: ByteSize::mib(64),
+            max_record_bytes: 1_000_000,
+            log: LogPolicy::default(),
             max_instances: 128,
             max_calls_per_instance: 100_000,
             epoch_tick: Duration::from_millis(1),
@@ -93,6 +110,10 @@ pub enum ValidateError {
     /// The component does not fit the `todo:plugin` world.
     #[error("does not implement the todo:plugin world: {0:#}")]
     WrongWorld(wasmtime::Error),
+    /// The component cannot start under its limits (e.g. a memory limit
+    /// below what it needs).
+    #[error("cannot start under its limits: {0}")]
+    Start(String),
 }
 
 /// The engine, linker and cache shared by every plugin in the process.
@@ -101,20 +122,31 @@ pub struct Sandbox {
     linker: Linker<HostState>,
     cache: Option<ComponentCache>,
     config: SandboxConfig,
+    metrics: Arc<PluginMetrics>,
     ticker: Option<EpochTicker>,
 }
 
 impl Sandbox {
+    /// A sandbox whose plugin metrics nobody reads (tests, tools).
+    pub fn new(config: SandboxConfig) -> wasmtime::Result<Self> {
+        Self::with_metrics(config, Arc::default())
+    }
+
     /// Builds the engine (pooling allocator, epoch interruption), the linker
     /// with the plugin imports and WASI, and starts the epoch ticker.
-    pub fn new(config: SandboxConfig) -> wasmtime::Result<Self> {
+    /// Per-plugin counters the sandbox keeps (log lines dropped) go to
+    /// `metrics`.
+    pub fn with_metrics(
+        config: SandboxConfig,
+        metrics: Arc<PluginMetrics>,
+    ) -> wasmtime::Result<Self> {
         let mut pool = PoolingAllocationConfig::default();
         let max_instances = config.max_instances.max(1);
         pool.total_component_instances(max_instances)
             .total_core_instances(max_instances.saturating_mul(4))
             .total_memories(max_instances.saturating_mul(2))
             .total_tables(max_instances.saturating_mul(4))
-            .max_memory_size(usize::try_from(config.max_memory_limit).unwrap_or(usize::MAX));
+            .max_memory_size(config.max_limits.memory.as_usize());
         let mut wasm = Config::new();
         wasm.wasm_component_model(true)
             .epoch_interruption(true)
@@ -123,7 +155,7 @@ impl Sandbox {
 
         let mut linker = Linker::new(&engine);
         PluginWorld::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |state| state)?;
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
 
         let cache = config
             .cache_dir
@@ -135,8 +167,18 @@ impl Sandbox {
             linker,
             cache,
             config,
+            metrics,
             ticker,
         })
+    }
+
+    /// The log of plugin `name`, rate-limited under the sandbox's policy.
+    pub fn plugin_log(&self, name: &str) -> Arc<PluginLog> {
+        Arc::new(PluginLog::new(
+            name,
+            self.config.log,
+            self.metrics.log_dropped(name),
+        ))
     }
 
     /// The sandbox settings.
@@ -202,12 +244,12 @@ impl Sandbox {
     }
 
     /// Creates a warm instance of a prepared plugin.
-    pub fn instantiate(
+    pub async fn instantiate(
         &self,
         pre: &PluginPre<HostState>,
         spec: Arc<PluginSpec>,
     ) -> Result<Instance, CallError> {
-        Instance::new(&self.engine, pre, spec, &self.config)
+        Instance::new(&self.engine, pre, spec, &self.config).await
     }
 }
 

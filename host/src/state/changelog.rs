@@ -41,14 +41,32 @@ pub enum Change {
 #[error("changelog record {0}")]
 pub struct CorruptRecord(&'static str);
 
+/// What a changelog record holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    /// A state value.
+    Value,
+    /// A timer.
+    Timer,
+}
+
+impl EntryKind {
+    fn tag(self) -> u8 {
+        match self {
+            Self::Value => b'v',
+            Self::Timer => b't',
+        }
+    }
+}
+
 /// The key of a state value or timer.
-pub fn key(input_topic: &str, plugin: &str, timer: bool, key: &str) -> Vec<u8> {
+pub fn key(input_topic: &str, plugin: &str, kind: EntryKind, key: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(input_topic.len() + plugin.len() + key.len() + 5);
     out.extend_from_slice(input_topic.as_bytes());
     out.push(SEP);
     out.extend_from_slice(plugin.as_bytes());
     out.push(SEP);
-    out.push(if timer { b't' } else { b'v' });
+    out.push(kind.tag());
     out.push(SEP);
     out.extend_from_slice(key.as_bytes());
     out
@@ -71,10 +89,10 @@ pub fn records(
     let values = changes
         .values
         .iter()
-        .map(|(k, v)| (key(input_topic, plugin, false, k), v.clone()));
+        .map(|(k, v)| (key(input_topic, plugin, EntryKind::Value, k), v.clone()));
     let timers = changes.timers.iter().map(|(k, t)| {
         (
-            key(input_topic, plugin, true, k),
+            key(input_topic, plugin, EntryKind::Timer, k),
             t.as_ref().map(timer_value),
         )
     });
@@ -191,7 +209,7 @@ mod tests {
         // The timer fires later: a tombstone.
         restorer.apply(
             "task-events",
-            &key("task-events", "reminders", true, "t1"),
+            &key("task-events", "reminders", EntryKind::Timer, "t1"),
             None,
         );
         assert_eq!(restorer.applied, 4);

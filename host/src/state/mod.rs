@@ -48,6 +48,25 @@ impl StateChanges {
     }
 }
 
+/// How much a plugin holds in one partition, for its quotas.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    /// Bytes of keys, values and timers (key, payload and due time).
+    pub bytes: usize,
+    /// Stored values.
+    pub keys: usize,
+    /// Pending timers.
+    pub timers: usize,
+}
+
+fn value_size(key: &str, value: &[u8]) -> usize {
+    key.len() + value.len()
+}
+
+fn timer_size(key: &str, timer: &Timer) -> usize {
+    key.len() + timer.payload.len() + 8
+}
+
 /// Key/value state and timers of one plugin in one partition.
 #[derive(Debug, Default, Clone)]
 pub struct PluginState {
@@ -55,6 +74,8 @@ pub struct PluginState {
     timers: HashMap<String, Timer>,
     /// Timers ordered by due time, then key, for firing.
     due: BTreeSet<(Timestamp, String)>,
+    /// Bytes held, kept up to date by [`apply`](Self::apply).
+    bytes: usize,
 }
 
 impl PluginState {
@@ -83,21 +104,56 @@ impl PluginState {
         self.timers.len()
     }
 
+    /// What the state holds now.
+    pub fn usage(&self) -> Usage {
+        Usage {
+            bytes: self.bytes,
+            keys: self.values.len(),
+            timers: self.timers.len(),
+        }
+    }
+
+    /// What the state would hold after `changes`, without applying them.
+    pub fn usage_after(&self, changes: &StateChanges) -> Usage {
+        let mut usage = self.usage();
+        for (key, value) in &changes.values {
+            if let Some(old) = self.values.get(key) {
+                usage.bytes -= value_size(key, old);
+                usage.keys -= 1;
+            }
+            if let Some(new) = value {
+                usage.bytes += value_size(key, new);
+                usage.keys += 1;
+            }
+        }
+        for (key, timer) in &changes.timers {
+            if let Some(old) = self.timers.get(key) {
+                usage.bytes -= timer_size(key, old);
+                usage.timers -= 1;
+            }
+            if let Some(new) = timer {
+                usage.bytes += timer_size(key, new);
+                usage.timers += 1;
+            }
+        }
+        usage
+    }
+
     /// Applies the changes of one successful call.
     pub fn apply(&mut self, changes: StateChanges) {
         for (key, value) in changes.values {
-            match value {
-                Some(value) => {
-                    self.values.insert(key, value);
-                }
-                None => {
-                    self.values.remove(&key);
-                }
+            if let Some(old) = self.values.remove(&key) {
+                self.bytes -= value_size(&key, &old);
+            }
+            if let Some(value) = value {
+                self.bytes += value_size(&key, &value);
+                self.values.insert(key, value);
             }
         }
         for (key, timer) in changes.timers {
             self.remove_timer(&key);
             if let Some(timer) = timer {
+                self.bytes += timer_size(&key, &timer);
                 self.due.insert((timer.due, key.clone()));
                 self.timers.insert(key, timer);
             }
@@ -117,11 +173,13 @@ impl PluginState {
         }
         let (_, key) = self.due.pop_first()?;
         let timer = self.timers.remove(&key)?;
+        self.bytes -= timer_size(&key, &timer);
         Some((key, timer))
     }
 
     fn remove_timer(&mut self, key: &str) {
         if let Some(old) = self.timers.remove(key) {
+            self.bytes -= timer_size(key, &old);
             self.due.remove(&(old.due, key.to_owned()));
         }
     }
@@ -181,6 +239,35 @@ mod tests {
         changes.prune_unchanged(&state);
         assert_eq!(changes.values.keys().collect::<Vec<_>>(), ["new"]);
         assert_eq!(changes.timers.keys().collect::<Vec<_>>(), ["moved"]);
+    }
+
+    #[test]
+    fn usage_is_tracked_and_projected() {
+        let mut state = PluginState::default();
+        let mut changes = StateChanges::default();
+        changes.values.insert("ab".into(), Some(b"xyz".to_vec()));
+        changes.timers.insert("t".into(), timer(5));
+        let projected = state.usage_after(&changes);
+        state.apply(changes);
+        assert_eq!(projected, state.usage());
+        assert_eq!(
+            state.usage(),
+            Usage {
+                bytes: 5 + 9,
+                keys: 1,
+                timers: 1
+            }
+        );
+        let mut changes = StateChanges::default();
+        changes.values.insert("ab".into(), Some(b"x".to_vec()));
+        changes.values.insert("cd".into(), None);
+        changes.timers.insert("t".into(), None);
+        let projected = state.usage_after(&changes);
+        state.apply(changes);
+        assert_eq!(projected, state.usage());
+        assert_eq!(state.usage().bytes, 3);
+        state.pop_due(i64::MAX);
+        assert_eq!(state.usage().bytes, 3);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use prometheus_client::registry::Registry;
 
 pub use self::pipeline::PipelineMetrics;
 pub use self::plugins::{PluginMetrics, SlotMetrics};
-pub use self::readiness::{Readiness, RestoreGuard};
+pub use self::readiness::{NotReady, PartitionStatus, Readiness, RestoreGuard};
 
 /// The prefix of every metric name.
 pub const PREFIX: &str = "todo_eventd";

@@ -31,6 +31,13 @@ struct CommitLabels {
     result: &'static str,
 }
 
+/// Labels of a failed delivery.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeliveryLabels {
+    /// `retriable` or `permanent`.
+    class: &'static str,
+}
+
 /// Counters of what the pipeline did. Every field is a shared handle;
 /// cloning one shares the count.
 #[derive(Debug)]
@@ -51,6 +58,14 @@ pub struct PipelineMetrics {
     pub changelog_records: Counter,
     /// Changelog records applied while restoring assigned partitions.
     pub restored_records: Counter,
+    /// Restore attempts that failed (each is retried).
+    pub restore_failures: Counter,
+    /// Input records dead-lettered because an output of theirs could not
+    /// be produced (a permanent produce error).
+    pub undeliverable: Counter,
+    /// Consumer errors reported by librdkafka.
+    pub consumer_errors: Counter,
+    delivery_failures: Family<DeliveryLabels, Counter>,
     rebalances: Family<RebalanceLabels, Counter>,
     commits: Family<CommitLabels, Counter>,
     commit_duration: Histogram,
@@ -68,6 +83,10 @@ impl Default for PipelineMetrics {
             resends: Counter::default(),
             changelog_records: Counter::default(),
             restored_records: Counter::default(),
+            restore_failures: Counter::default(),
+            undeliverable: Counter::default(),
+            consumer_errors: Counter::default(),
+            delivery_failures: Family::default(),
             rebalances: Family::default(),
             commits: Family::default(),
             // 1 ms .. ~16 s
@@ -98,6 +117,14 @@ impl PipelineMetrics {
         self.commit_duration.observe(took.as_secs_f64());
         self.commits
             .get_or_create(&CommitLabels { result: "ok" })
+            .inc();
+    }
+
+    /// Counts a failed delivery by class: `"retriable"` (re-sent after a
+    /// back-off) or `"permanent"` (dead-lettered or reported).
+    pub fn delivery_failed(&self, class: &'static str) {
+        self.delivery_failures
+            .get_or_create(&DeliveryLabels { class })
             .inc();
     }
 
@@ -171,10 +198,30 @@ impl PipelineMetrics {
                 "Changelog records applied while restoring state",
                 &self.restored_records,
             ),
+            (
+                "restore_failures",
+                "Failed attempts to restore a partition's state (each retried; the partition waits)",
+                &self.restore_failures,
+            ),
+            (
+                "undeliverable",
+                "Input records dead-lettered because an output could not be produced (permanent error)",
+                &self.undeliverable,
+            ),
+            (
+                "consumer_errors",
+                "Errors the consumer reported (broker connections, fetches)",
+                &self.consumer_errors,
+            ),
         ];
         for (name, help, counter) in counters {
             registry.register(name, help, counter.clone());
         }
+        registry.register(
+            "delivery_failures",
+            "Failed deliveries by class (retriable: re-sent after a back-off; permanent: dead-lettered or the partition stalls)",
+            self.delivery_failures.clone(),
+        );
         registry.register(
             "rebalances",
             "Consumer-group rebalances that assigned or revoked partitions",

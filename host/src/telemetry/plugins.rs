@@ -12,6 +12,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::world::Handler;
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PluginLabels {
     plugin: String,
@@ -51,6 +53,8 @@ pub struct PluginMetrics {
     quarantines: Family<PluginLabels, Counter>,
     skipped: Family<PluginLabels, Counter>,
     reloads: Family<ReloadLabels, Counter>,
+    log_dropped: Family<PluginLabels, Counter>,
+    timers_throttled: Family<PluginLabels, Counter>,
 }
 
 impl Default for PluginMetrics {
@@ -64,6 +68,8 @@ impl Default for PluginMetrics {
             quarantines: Family::default(),
             skipped: Family::default(),
             reloads: Family::default(),
+            log_dropped: Family::default(),
+            timers_throttled: Family::default(),
         }
     }
 }
@@ -75,22 +81,28 @@ pub struct SlotMetrics {
     timer_calls: Counter,
     duration: Histogram,
     memory_high_water: Gauge,
+    timers_throttled: Counter,
 }
 
 impl SlotMetrics {
-    /// Records one call of `on-event` (`timer == false`) or `on-timer`,
-    /// how long it took and the instance's memory peak so far.
-    pub fn call(&self, timer: bool, took: Duration, memory_peak: usize) {
-        if timer {
-            self.timer_calls.inc();
-        } else {
-            self.event_calls.inc();
-        }
+    /// Records one call of `handler`, how long it took and the instance's
+    /// memory peak so far.
+    pub fn call(&self, handler: Handler, took: Duration, memory_peak: usize) {
+        match handler {
+            Handler::OnEvent => self.event_calls.inc(),
+            Handler::OnTimer => self.timer_calls.inc(),
+        };
         self.duration.observe(took.as_secs_f64());
         let peak = i64::try_from(memory_peak).unwrap_or(i64::MAX);
         self.memory_high_water
             .inner()
             .fetch_max(peak, Ordering::Relaxed);
+    }
+
+    /// Counts timers an `on-timer` call re-armed for (nearly) now, whose
+    /// firing was pushed back to the minimum re-arm delay.
+    pub fn timers_throttled(&self, count: u64) {
+        self.timers_throttled.inc_by(count);
     }
 }
 
@@ -100,16 +112,24 @@ impl PluginMetrics {
         let labels = PluginLabels {
             plugin: plugin.to_owned(),
         };
-        let call = |handler| CallLabels {
+        let call = |handler: Handler| CallLabels {
             plugin: plugin.to_owned(),
-            handler,
+            handler: handler.as_str(),
         };
         SlotMetrics {
-            event_calls: self.calls.get_or_create_owned(&call("on-event")),
-            timer_calls: self.calls.get_or_create_owned(&call("on-timer")),
+            event_calls: self.calls.get_or_create_owned(&call(Handler::OnEvent)),
+            timer_calls: self.calls.get_or_create_owned(&call(Handler::OnTimer)),
             duration: self.duration.get_or_create_owned(&labels),
             memory_high_water: self.memory_high_water.get_or_create_owned(&labels),
+            timers_throttled: self.timers_throttled.get_or_create_owned(&labels),
         }
+    }
+
+    /// The counter of `plugin`'s log lines dropped over the rate limit.
+    pub fn log_dropped(&self, plugin: &str) -> Counter {
+        self.log_dropped.get_or_create_owned(&PluginLabels {
+            plugin: plugin.to_owned(),
+        })
     }
 
     /// Counts a failed call by its kind (`deadline`, `memory`, `panic`, …).
@@ -165,7 +185,7 @@ impl PluginMetrics {
         );
         registry.register(
             "plugin_errors",
-            "Failed plugin calls by kind (plugin-error, deadline, memory, stack-overflow, panic, denied, trap, instantiate)",
+            "Failed plugin calls by kind (plugin-error, deadline, memory, quota, stack-overflow, panic, denied, trap, instantiate)",
             self.errors.clone(),
         );
         registry.register(
@@ -192,6 +212,16 @@ impl PluginMetrics {
             "plugin_skipped",
             "Events and timers not handed to the plugin because it was quarantined",
             self.skipped.clone(),
+        );
+        registry.register(
+            "plugin_log_dropped",
+            "Plugin log lines dropped over the per-plugin rate limit",
+            self.log_dropped.clone(),
+        );
+        registry.register(
+            "plugin_timers_throttled",
+            "Timers re-armed by on-timer for (nearly) now, delayed to the minimum re-arm delay",
+            self.timers_throttled.clone(),
         );
         registry.register(
             "plugin_reloads",

@@ -1,13 +1,60 @@
-//! Readiness: a member is ready once the group has given it an assignment
-//! and every assigned partition has restored its plugin state; it stops
-//! being ready while partitions restore after a rebalance, and for good once
-//! shutdown begins.
+//! Readiness: a member is ready once the group has given it an assignment,
+//! every assigned partition has restored its plugin state, it can reach a
+//! broker and no partition is stalled. It stops being ready while
+//! partitions restore after a rebalance, while no broker answers, while a
+//! partition cannot deliver, and for good once shutdown begins.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+
+/// Why a member is not ready.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotReady {
+    /// Shutdown has begun.
+    ShuttingDown,
+    /// The consumer group has not assigned anything yet.
+    WaitingForAssignment,
+    /// No broker connection is up (from librdkafka's statistics).
+    BrokerUnreachable,
+    /// Partitions still restoring their plugin state.
+    Restoring(i64),
+    /// A partition cannot make progress.
+    Stalled {
+        /// `topic/partition`.
+        partition: String,
+        /// What is failing.
+        reason: String,
+    },
+}
+
+impl fmt::Display for NotReady {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::ShuttingDown => f.write_str("shutting down"),
+            Self::WaitingForAssignment => {
+                f.write_str("waiting for a partition assignment from the consumer group")
+            }
+            Self::BrokerUnreachable => f.write_str("no connection to any broker"),
+            Self::Restoring(n) => write!(f, "restoring plugin state for {n} partition(s)"),
+            Self::Stalled { partition, reason } => {
+                write!(f, "partition {partition} stalled: {reason}")
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PartitionLabels {
+    topic: String,
+    partition: i32,
+}
 
 /// The pipeline's readiness, updated by the consumer and the partition
 /// workers.
@@ -15,9 +62,12 @@ use prometheus_client::registry::Registry;
 pub struct Readiness {
     joined: AtomicBool,
     stopping: AtomicBool,
+    broker_down: AtomicBool,
     restoring: Gauge,
     assigned: Gauge,
     ready: Gauge,
+    stalled: Mutex<BTreeMap<(String, i32), String>>,
+    stalled_gauge: Family<PartitionLabels, Gauge>,
 }
 
 impl Readiness {
@@ -41,6 +91,21 @@ impl Readiness {
         RestoreGuard(self.clone())
     }
 
+    /// Records whether any broker connection is up.
+    pub fn broker_reachable(&self, up: bool) {
+        self.broker_down.store(!up, Ordering::Release);
+        self.refresh();
+    }
+
+    /// The handle a partition worker reports stalls through; dropping it
+    /// clears the partition's stall.
+    pub fn partition(self: &Arc<Self>, topic: &str, partition: i32) -> PartitionStatus {
+        PartitionStatus {
+            readiness: self.clone(),
+            key: (topic.to_owned(), partition),
+        }
+    }
+
     /// Shutdown has begun: not ready any more.
     pub fn stopping(&self) {
         self.stopping.store(true, Ordering::Release);
@@ -48,16 +113,25 @@ impl Readiness {
     }
 
     /// `Ok` when ready, otherwise why not.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), NotReady> {
         if self.stopping.load(Ordering::Acquire) {
-            return Err("shutting down".into());
+            return Err(NotReady::ShuttingDown);
         }
         if !self.joined.load(Ordering::Acquire) {
-            return Err("waiting for a partition assignment from the consumer group".into());
+            return Err(NotReady::WaitingForAssignment);
+        }
+        if self.broker_down.load(Ordering::Acquire) {
+            return Err(NotReady::BrokerUnreachable);
+        }
+        if let Some(((topic, partition), reason)) = self.stalls().iter().next() {
+            return Err(NotReady::Stalled {
+                partition: format!("{topic}/{partition}"),
+                reason: reason.clone(),
+            });
         }
         match self.restoring.get() {
             0 => Ok(()),
-            n => Err(format!("restoring plugin state for {n} partition(s)")),
+            n => Err(NotReady::Restoring(n)),
         }
     }
 
@@ -66,14 +140,40 @@ impl Readiness {
         self.check().is_ok()
     }
 
+    fn stalls(&self) -> std::sync::MutexGuard<'_, BTreeMap<(String, i32), String>> {
+        self.stalled.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn refresh(&self) {
         self.ready.set(i64::from(self.is_ready()));
+    }
+
+    fn set_stalled(&self, key: &(String, i32), reason: Option<String>) {
+        let labels = PartitionLabels {
+            topic: key.0.clone(),
+            partition: key.1,
+        };
+        {
+            let mut stalls = self.stalls();
+            match reason {
+                Some(reason) => {
+                    stalls.insert(key.clone(), reason);
+                    self.stalled_gauge.get_or_create(&labels).set(1);
+                }
+                None => {
+                    if stalls.remove(key).is_some() {
+                        self.stalled_gauge.get_or_create(&labels).set(0);
+                    }
+                }
+            }
+        }
+        self.refresh();
     }
 
     pub(super) fn register(&self, registry: &mut Registry) {
         registry.register(
             "ready",
-            "1 once partitions are assigned and their state restored",
+            "1 once partitions are assigned and restored, a broker is reachable and no partition is stalled",
             self.ready.clone(),
         );
         registry.register(
@@ -85,6 +185,11 @@ impl Readiness {
             "restoring_partitions",
             "Assigned partitions still restoring plugin state",
             self.restoring.clone(),
+        );
+        registry.register(
+            "partition_stalled",
+            "1 while the partition cannot make progress (deliveries failing; see the log and /readyz)",
+            self.stalled_gauge.clone(),
         );
     }
 }
@@ -98,5 +203,59 @@ impl Drop for RestoreGuard {
     fn drop(&mut self) {
         self.0.restoring.dec();
         self.0.refresh();
+    }
+}
+
+/// One partition's stall reports.
+#[derive(Debug)]
+pub struct PartitionStatus {
+    readiness: Arc<Readiness>,
+    key: (String, i32),
+}
+
+impl PartitionStatus {
+    /// The partition cannot make progress, because of `reason`.
+    pub fn stalled(&self, reason: impl Into<String>) {
+        self.readiness.set_stalled(&self.key, Some(reason.into()));
+    }
+
+    /// The partition makes progress again.
+    pub fn recovered(&self) {
+        self.readiness.set_stalled(&self.key, None);
+    }
+}
+
+impl Drop for PartitionStatus {
+    fn drop(&mut self) {
+        self.recovered();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_in_order_of_precedence() {
+        let readiness = Arc::new(Readiness::default());
+        assert_eq!(readiness.check(), Err(NotReady::WaitingForAssignment));
+        readiness.assigned(2);
+        assert_eq!(readiness.check(), Ok(()));
+        let status = readiness.partition("task-events", 1);
+        status.stalled("cannot produce to dlq: authorization failed");
+        assert_eq!(
+            readiness.check().unwrap_err().to_string(),
+            "partition task-events/1 stalled: cannot produce to dlq: authorization failed"
+        );
+        readiness.broker_reachable(false);
+        assert_eq!(readiness.check(), Err(NotReady::BrokerUnreachable));
+        readiness.broker_reachable(true);
+        drop(status);
+        let restoring = readiness.restoring();
+        assert_eq!(readiness.check(), Err(NotReady::Restoring(1)));
+        drop(restoring);
+        assert!(readiness.is_ready());
+        readiness.stopping();
+        assert_eq!(readiness.check(), Err(NotReady::ShuttingDown));
     }
 }

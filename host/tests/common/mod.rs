@@ -51,8 +51,8 @@ pub fn mode(mode: &str) -> String {
 }
 
 /// Loads every plugin in `dir`, failing the test on any load error.
-pub fn load(sandbox: &Arc<Sandbox>, dir: &Path) -> Vec<Arc<Plugin>> {
-    let report = plugin::load_dir(sandbox, dir).unwrap();
+pub async fn load(sandbox: &Arc<Sandbox>, dir: &Path) -> Vec<Arc<Plugin>> {
+    let report = plugin::load_dir(sandbox, dir).await.unwrap();
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     report.plugins
 }
@@ -187,4 +187,15 @@ pub fn sample(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option
                     .all(|(k, v)| s.labels.get(*k).is_some_and(|have| have == v))
         })
         .map(|s| s.value)
+}
+
+/// Logs to the test's output when RUST_LOG is set (for debugging a test:
+/// `RUST_LOG=todo_eventd=debug cargo test NAME -- --nocapture`).
+pub fn init_tracing() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
 }

@@ -12,11 +12,28 @@
 //! - `fail`: write state, set a timer, emit, then return an error (none of
 //!   which may be applied);
 //! - `timer`: set a timer 1 minute after the event, emit on fire;
-//! - `flaky`: return an error from the first `fail_calls` calls of an
-//!   instance, then behave like `echo` (a plugin that fails for a while,
-//!   then recovers).
-
-use std::sync::atomic::{AtomicU64, Ordering};
+//! - `flaky`: trap (panic) while the host's clock is before `fail_until`
+//!   (ms), then behave like `echo` (a plugin that fails for a while, then
+//!   recovers);
+//! - `reject`: return a `bad-input` error for every event (a plugin
+//!   rejecting its input, which must not quarantine it).
+//!
+//! Attacks on the host, for the containment tests (sizes from `[config]`):
+//! - `sleep`: sleep `sleep_ms` (default: a day) through WASI's monotonic
+//!   clock (subscribe-duration + poll);
+//! - `host-loop`: call host imports in a loop forever;
+//! - `rearm`: set a timer for now on every event and re-arm it for now
+//!   every time it fires;
+//! - `state-flood`: write `count` (50) state values of `size` (1 MiB);
+//! - `emit-flood`: emit `count` (3000) records of `size` (1 MiB);
+//! - `timer-flood`: set `count` (800 000) timers;
+//! - `log-flood`: log `count` (1000) lines of `size` (1 MB), and print as
+//!   many to stdout;
+//! - `log-forge`: log a line with a newline, a fake daemon log line and
+//!   ANSI escapes;
+//! - `big-error`: return an error whose message is `size` (30 MB) long;
+//! - `state-churn`: write `count` distinct keys of `size` bytes per event
+//!   (the per-partition quotas must stop it).
 
 use todo_plugin_sdk::{
     FiredTimer, Guest, PluginError, TaskEvent, error, host, output, state, timers,
@@ -45,24 +62,87 @@ fn mode() -> String {
     host::config("mode").unwrap_or_else(|| "noop".into())
 }
 
+/// A number from `[config]`, or `default`.
+fn number(key: &str, default: u64) -> u64 {
+    host::config(key)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The attacks on the host; `None` for a mode that is not one.
+fn attack(mode: &str, event: &TaskEvent) -> Option<Result<(), PluginError>> {
+    let size = |default| usize::try_from(number("size", default)).unwrap_or(usize::MAX);
+    match mode {
+        "sleep" => {
+            std::thread::sleep(std::time::Duration::from_millis(number(
+                "sleep_ms", 86_400_000,
+            )));
+        }
+        "host-loop" => loop {
+            std::hint::black_box(state::get("anything"));
+            std::hint::black_box(host::now());
+        },
+        "rearm" => timers::set("storm", host::now(), b""),
+        "state-flood" => {
+            let value = vec![7u8; size(1 << 20)];
+            for i in 0..number("count", 50) {
+                state::set(&format!("{}-{i}", event.id), &value);
+            }
+        }
+        "state-churn" => {
+            let value = vec![7u8; size(1024)];
+            for i in 0..number("count", 100) {
+                state::set(&format!("{}-{i}", event.id), &value);
+            }
+        }
+        "emit-flood" => {
+            let value = "x".repeat(size(1 << 20));
+            for _ in 0..number("count", 3000) {
+                output::emit("out", None, &value);
+            }
+        }
+        "timer-flood" => {
+            for i in 0..number("count", 800_000) {
+                timers::set(&format!("t{i}"), event.occurred_at + 60_000, b"");
+            }
+        }
+        "log-flood" => {
+            let line = "y".repeat(size(1_000_000));
+            for _ in 0..number("count", 1000) {
+                host::log(host::LogLevel::Info, &line);
+                println!("{line}");
+            }
+        }
+        "log-forge" => host::log(
+            host::LogLevel::Warn,
+            "innocent\n2026-01-01T00:00:00.000000Z  INFO todo_eventd::daemon: Forged line.\u{1b}[31m red",
+        ),
+        "big-error" => return Some(Err(error("bad-input", "e".repeat(size(30_000_000))))),
+        _ => return None,
+    }
+    Some(Ok(()))
+}
+
 impl Guest for TestPlugin {
     fn on_event(event: TaskEvent) -> Result<(), PluginError> {
-        match mode().as_str() {
+        let mode = mode();
+        if let Some(result) = attack(&mode, &event) {
+            return result;
+        }
+        match mode.as_str() {
             "noop" => Ok(()),
+            "reject" => Err(error(
+                "bad-input",
+                format!("task {} is not acceptable", event.task.id),
+            )),
             "echo" => {
                 echo(&event);
                 Ok(())
             }
             "flaky" => {
-                static CALLS: AtomicU64 = AtomicU64::new(0);
-                let fail_calls = host::config("fail_calls")
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .unwrap_or(0);
-                if CALLS.fetch_add(1, Ordering::Relaxed) < fail_calls {
-                    return Err(error(
-                        "flaky",
-                        format!("not ready to handle event {} yet", event.id),
-                    ));
+                let fail_until = number("fail_until", 0);
+                if u64::try_from(host::now()).unwrap_or(0) < fail_until {
+                    panic!("not ready to handle event {} before {fail_until}", event.id);
                 }
                 echo(&event);
                 Ok(())
@@ -122,6 +202,10 @@ impl Guest for TestPlugin {
     }
 
     fn on_timer(timer: FiredTimer) -> Result<(), PluginError> {
+        if mode() == "rearm" {
+            timers::set(&timer.key, host::now(), b"");
+            return Ok(());
+        }
         let value = serde_json::json!({
             "timer": timer.key,
             "due": timer.due,

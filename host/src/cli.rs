@@ -1,0 +1,438 @@
+//! The command line: arguments (clap), logging, and what each command does
+//! with the library. `main.rs` only parses and calls [`run`].
+
+use std::io::{BufReader, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{Config, Override};
+use crate::plugin::{self, LoadReport, Plugin, bundled};
+use crate::sandbox::Sandbox;
+use crate::telemetry::Telemetry;
+use crate::world::Timestamp;
+use crate::{daemon, demo, kafka, offline};
+
+/// How long the runtime waits for blocking work (a compile, a restore
+/// read) when the process exits.
+const EXIT_GRACE: Duration = Duration::from_secs(5);
+
+/// Consumes todo-app events from Kafka and dispatches each one to sandboxed
+/// WebAssembly plugins.
+#[derive(Debug, Parser)]
+#[command(name = "todo-eventd", version, about)]
+pub struct Cli {
+    /// Directory for compiled-component cache files (a second start does not
+    /// recompile). Defaults to $XDG_CACHE_HOME/todo-eventd or
+    /// ~/.cache/todo-eventd.
+    #[arg(long, global = true, env = "TODO_EVENTD_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+
+    /// Do not cache compiled components on disk.
+    #[arg(long, global = true)]
+    no_cache: bool,
+
+    /// Log format: `text` for people, `json` (one object per line) for log
+    /// shippers. The level comes from RUST_LOG (default: `info` for `run`,
+    /// `warn` otherwise).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "TODO_EVENTD_LOG_FORMAT",
+        default_value = "text"
+    )]
+    log_format: LogFormat,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines; coloured only on a terminal without NO_COLOR.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon: consume task events, dispatch them to the plugins,
+    /// produce their results. Without brokers, starts an embedded broker.
+    Run(RunArgs),
+    /// Run the whole pipeline on an embedded broker with a sample stream and
+    /// print what lands on each output topic, then exit.
+    Demo,
+    /// Send NDJSON events (one per line) to a topic, keyed by user id.
+    Produce {
+        /// Bootstrap servers.
+        #[arg(long, env = "TODO_EVENTD_BROKERS")]
+        brokers: String,
+        /// Destination topic.
+        #[arg(long, default_value = "task-events")]
+        topic: String,
+        /// NDJSON file; `-` or nothing for stdin.
+        file: Option<PathBuf>,
+    },
+    /// Work with plugin files.
+    #[command(subcommand)]
+    Plugins(PluginsCommand),
+}
+
+/// Flags of `run`. Each overrides the environment
+/// (`TODO_EVENTD_<SECTION>_<KEY>`), which overrides the config file.
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// TOML configuration file.
+    #[arg(long, env = "TODO_EVENTD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Bootstrap servers (`host:port[,host:port]`); sets `kafka.brokers`.
+    #[arg(long)]
+    brokers: Option<String>,
+    /// Plugins directory; sets `plugins.dir`.
+    #[arg(long)]
+    plugins: Option<PathBuf>,
+    /// Consumer group id; sets `kafka.group_id`.
+    #[arg(long)]
+    group: Option<String>,
+    /// Input topics, comma-separated; sets `kafka.input_topics`.
+    #[arg(long, value_delimiter = ',')]
+    input_topics: Option<Vec<String>>,
+    /// Dead-letter topic; sets `kafka.dead_letter_topic`.
+    #[arg(long)]
+    dead_letter_topic: Option<String>,
+    /// Admin endpoint address (`/metrics`, `/healthz`, `/readyz`,
+    /// `/plugins`); sets `admin.addr`. Port 0 picks a free port.
+    #[arg(long)]
+    admin_addr: Option<std::net::SocketAddr>,
+    /// Any configuration key, e.g. `--set plugins.quarantine_after=3` or
+    /// `--set kafka.properties.security.protocol=SASL_SSL`. Repeatable.
+    /// Every key can also come from the environment as
+    /// `TODO_EVENTD_<SECTION>_<KEY>` (librdkafka properties as
+    /// `TODO_EVENTD_KAFKA_PROPERTY_<NAME>`, `_` for `.`); flags win.
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = Override::from_flag)]
+    overrides: Vec<Override>,
+}
+
+impl RunArgs {
+    /// The config file (or defaults) with the environment and flags
+    /// applied, validated.
+    fn config(&self) -> Result<Config> {
+        let mut overrides = Override::from_env(std::env::vars());
+        overrides.extend(self.overrides.iter().cloned());
+        let mut config = Config::load(self.config.as_deref(), &overrides)?;
+        if let Some(addr) = self.admin_addr {
+            config.admin.addr = addr;
+            config.admin.enabled = true;
+        }
+        if let Some(brokers) = &self.brokers {
+            config.kafka.brokers = Some(brokers.clone());
+        }
+        if let Some(dir) = &self.plugins {
+            config.plugins.dir = Some(dir.clone());
+        }
+        if let Some(group) = &self.group {
+            config.kafka.group_id = group.clone();
+        }
+        if let Some(topics) = &self.input_topics {
+            config.kafka.input_topics = topics.clone();
+        }
+        if let Some(topic) = &self.dead_letter_topic {
+            config.kafka.dead_letter_topic = topic.clone();
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum PluginsCommand {
+    /// Validate every plugin in a directory — compile it and start it under
+    /// its limits — and show what each may do: one block per plugin; exit
+    /// status 1 if any is invalid.
+    Check {
+        /// The plugins directory.
+        dir: PathBuf,
+    },
+    /// Feed NDJSON events through the plugins with in-memory state and a
+    /// virtual clock; print one JSON line per emit or dead-letter.
+    Test {
+        /// The plugins directory; default: the bundled plugins with their
+        /// default manifests.
+        #[arg(long)]
+        plugins: Option<PathBuf>,
+        /// NDJSON file of input events (`-` for stdin).
+        #[arg(long)]
+        events: PathBuf,
+        /// Where the virtual clock starts (RFC 3339); default: the first
+        /// event's timestamp.
+        #[arg(long, value_parser = parse_rfc3339)]
+        now: Option<Timestamp>,
+        /// How far to advance the clock after the last event, firing due
+        /// timers in order (e.g. `72h`, `30m`).
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+        advance: Duration,
+    },
+    /// Write the bundled plugins (reminders, recurrence, analytics) and their
+    /// default manifests into a directory. Existing manifests are kept.
+    Install {
+        /// The plugins directory to write to.
+        dir: PathBuf,
+    },
+}
+
+fn parse_rfc3339(text: &str) -> Result<Timestamp, String> {
+    text.parse::<jiff::Timestamp>()
+        .map(jiff::Timestamp::as_millisecond)
+        .map_err(|e| format!("not an RFC 3339 time: {e}"))
+}
+
+impl Cli {
+    /// Sets up logging for this command: RUST_LOG if set, else `info` for
+    /// `run` and `warn` for the rest; ANSI colours only when stderr is a
+    /// terminal and NO_COLOR is not set.
+    pub fn init_logging(&self) {
+        let default = match self.command {
+            Command::Run(_) => "info",
+            _ => "warn",
+        };
+        let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+        let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+        let builder = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr);
+        match self.log_format {
+            LogFormat::Text => builder.with_ansi(ansi).init(),
+            LogFormat::Json => builder.json().with_ansi(false).init(),
+        }
+    }
+}
+
+/// Runs the command; the exit code says whether it succeeded.
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let result = runtime.block_on(execute(cli));
+    // Blocking work (a compile, a restore read) must not hold the exit up.
+    runtime.shutdown_timeout(EXIT_GRACE);
+    result
+}
+
+async fn execute(cli: Cli) -> Result<ExitCode> {
+    let explicit_cache = cli.cache_dir.is_some() || cli.no_cache;
+    let cache_dir = if cli.no_cache {
+        None
+    } else {
+        cli.cache_dir.or_else(default_cache_dir)
+    };
+    let components = cache_dir.map(|d| d.join("components"));
+    let telemetry = Telemetry::default();
+    let sandbox = || daemon::sandbox(&Config::default(), components.clone(), &telemetry);
+    match cli.command {
+        Command::Run(args) => {
+            let mut config = args.config()?;
+            if explicit_cache {
+                // The flag (or its variable) beats `sandbox.cache_dir`.
+                config.sandbox.cache_dir.clone_from(&components);
+            }
+            let sandbox = daemon::sandbox(&config, components.clone(), &telemetry)?;
+            let plugins = daemon::plugins(&sandbox, &config, &telemetry).await?;
+            let metrics = telemetry.pipeline.clone();
+            daemon::run(config, plugins, telemetry, shutdown_signal()).await?;
+            eprintln!("{}", metrics.summary());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo => {
+            let plugins = demo::plugins(&sandbox()?).await?;
+            demo::run(Config::default(), plugins, std::io::stdout().lock()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Produce {
+            brokers,
+            topic,
+            file,
+        } => {
+            let producer = kafka::producer(&brokers, &Config::default().kafka)?;
+            let count = match file.as_deref() {
+                None => kafka::produce_lines(&producer, &topic, std::io::stdin().lock()).await,
+                Some(path) if path == Path::new("-") => {
+                    kafka::produce_lines(&producer, &topic, std::io::stdin().lock()).await
+                }
+                Some(path) => {
+                    let file = std::fs::File::open(path)
+                        .with_context(|| format!("opening {}", path.display()))?;
+                    kafka::produce_lines(&producer, &topic, BufReader::new(file)).await
+                }
+            }?;
+            eprintln!("produced {count} records to {topic} on {brokers}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Plugins(PluginsCommand::Check { dir }) => check(&sandbox()?, &dir).await,
+        Command::Plugins(PluginsCommand::Test {
+            plugins,
+            events,
+            now,
+            advance,
+        }) => test(&sandbox()?, plugins.as_deref(), &events, now, advance).await,
+        Command::Plugins(PluginsCommand::Install { dir }) => {
+            let written = bundled::install(&dir)
+                .with_context(|| format!("installing bundled plugins into {}", dir.display()))?;
+            let mut stdout = std::io::stdout().lock();
+            for file in written {
+                writeln!(stdout, "wrote {}", file.display())?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = ctrl_c.await;
+        }
+    }
+    tracing::info!("Shutdown signal received.");
+}
+
+fn default_cache_dir() -> Option<PathBuf> {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .map(|d| d.join("todo-eventd"))
+}
+
+async fn load(sandbox: &Arc<Sandbox>, dir: &Path) -> Result<LoadReport> {
+    plugin::load_dir(sandbox, dir)
+        .await
+        .with_context(|| format!("reading plugins directory {}", dir.display()))
+}
+
+async fn check(sandbox: &Arc<Sandbox>, dir: &Path) -> Result<ExitCode> {
+    let report = load(sandbox, dir).await?;
+    let mut stdout = std::io::stdout().lock();
+    for plugin in &report.plugins {
+        write!(stdout, "{}", describe(plugin))?;
+    }
+    for name in &report.disabled {
+        writeln!(
+            stdout,
+            "disabled {name:<16} (enabled = false in its manifest)"
+        )?;
+    }
+    for err in &report.errors {
+        writeln!(stdout, "invalid  {err}")?;
+    }
+    if report.plugins.is_empty() && report.errors.is_empty() && report.disabled.is_empty() {
+        bail!("no plugins (*.wasm) in {}", dir.display());
+    }
+    Ok(if report.errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// What `plugins check` shows of a valid plugin: the summary line, then
+/// its grants and limits, indented.
+pub fn describe(plugin: &Plugin) -> String {
+    let manifest = &plugin.manifest;
+    let events: Vec<&str> = match &manifest.events {
+        Some(kinds) => kinds.iter().map(|k| k.0.name()).collect(),
+        None => vec!["all"],
+    };
+    let outputs: Vec<String> = manifest
+        .outputs
+        .iter()
+        .map(|(name, topic)| format!("{name}->{topic}"))
+        .collect();
+    let mut text = format!(
+        "ok       {:<16} version={} sha256={} events={} outputs={}\n",
+        plugin.name,
+        manifest.version.as_deref().unwrap_or("-"),
+        plugin.short_hash(),
+        events.join(","),
+        if outputs.is_empty() {
+            "none".into()
+        } else {
+            outputs.join(",")
+        },
+    );
+    if outputs.is_empty() {
+        text.push_str("         warning: no [outputs] mapped, so every emit will fail\n");
+    }
+    for grant in manifest.wasi.describe() {
+        text.push_str(&format!("         grant  {grant}\n"));
+    }
+    if !plugin.wasi_imports.is_empty() {
+        text.push_str(&format!(
+            "         imports {} WASI interfaces (empty unless granted above)\n",
+            plugin.wasi_imports.len()
+        ));
+    }
+    let limits: Vec<String> = plugin
+        .spec
+        .limits
+        .entries()
+        .into_iter()
+        .map(|(key, value)| format!("{key}={value}"))
+        .collect();
+    text.push_str(&format!("         limits {}\n", limits.join(" ")));
+    text
+}
+
+async fn test(
+    sandbox: &Arc<Sandbox>,
+    dir: Option<&Path>,
+    events: &Path,
+    now: Option<Timestamp>,
+    advance: Duration,
+) -> Result<ExitCode> {
+    let report = match dir {
+        Some(dir) => load(sandbox, dir).await?,
+        None => bundled::load(sandbox)
+            .await
+            .context("loading the bundled plugins")?,
+    };
+    for err in &report.errors {
+        eprintln!("warning: skipping invalid plugin: {err}");
+    }
+    if report.plugins.is_empty() {
+        bail!("no valid plugins to run");
+    }
+    let options = offline::Options {
+        start: now,
+        advance,
+    };
+    let stdout = std::io::stdout().lock();
+    let summary = if events == Path::new("-") {
+        offline::run(&report.plugins, std::io::stdin().lock(), &options, stdout).await
+    } else {
+        let file = std::fs::File::open(events)
+            .with_context(|| format!("opening events file {}", events.display()))?;
+        offline::run(&report.plugins, BufReader::new(file), &options, stdout).await
+    }
+    .context("running events through the plugins")?;
+    eprintln!(
+        "{} events, {} emits, {} dead-letters, {} timers fired",
+        summary.events, summary.emits, summary.dead_letters, summary.timers_fired
+    );
+    Ok(ExitCode::SUCCESS)
+}
