@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{
-    Sample, TEST_PLUGIN, event, http_get, mode, parse_metrics, plugin_dir, reader, sample, sandbox,
-    value, with_custom_section,
+    Sample, TEST_PLUGIN, event, eventually, http_get, mode, parse_metrics, plugin_dir, reader,
+    sample, sandbox, value, with_custom_section,
 };
 use rdkafka::Message;
 use rdkafka::message::OwnedMessage;
@@ -107,15 +107,6 @@ async fn read(
 
 fn header(message: &OwnedMessage, name: &str) -> String {
     kafka::header(message, name).unwrap_or_default()
-}
-
-/// Polls `condition` every 50 ms for up to 30 s.
-async fn eventually(what: &str, condition: impl Fn() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !condition() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

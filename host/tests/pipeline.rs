@@ -6,153 +6,15 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{TEST_PLUGIN, event, load, mode, plugin_dir, reader, sandbox, value};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::OwnedMessage;
+use common::harness::{CHANGELOG, Harness, distinct_events, echo_plugins, header};
+use common::{TEST_PLUGIN, event, eventually, load, mode, plugin_dir, reader, sandbox, value};
+use rdkafka::Message;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
-use rdkafka::{Message, Offset, TopicPartitionList};
-use todo_eventd::config::Config;
-use todo_eventd::kafka::{self, EmbeddedBroker};
+use todo_eventd::clock::Clock;
 use todo_eventd::pipeline::Pipeline;
-use todo_eventd::plugin::Plugin;
-use todo_eventd::telemetry::PipelineMetrics;
-
-const PARTITIONS: i32 = 3;
-const CHANGELOG: &str = "todo-eventd.plugin-state";
-
-struct Harness {
-    broker: EmbeddedBroker,
-    brokers: String,
-    config: Config,
-}
-
-impl Harness {
-    fn new(topics: &[&str]) -> Self {
-        common::init_tracing();
-        let broker = EmbeddedBroker::start().unwrap();
-        let brokers = broker.bootstrap_servers();
-        for topic in topics {
-            broker.create_topic(topic, PARTITIONS).unwrap();
-        }
-        let mut config = Config::default();
-        config.kafka.brokers = Some(brokers.clone());
-        config.pipeline.shutdown_timeout = Duration::from_secs(20);
-        Self {
-            broker,
-            brokers,
-            config,
-        }
-    }
-
-    async fn produce(&self, lines: &[String]) {
-        let producer = kafka::producer(&self.brokers, &self.config.kafka).unwrap();
-        let sent = kafka::produce_lines(&producer, "task-events", lines.join("\n").as_bytes())
-            .await
-            .unwrap();
-        assert_eq!(sent, lines.len() as u64);
-    }
-
-    /// Runs the pipeline until `until` says the outputs seen so far are
-    /// enough (or 60 s pass), then shuts it down and returns the outputs.
-    async fn run_until(
-        &self,
-        plugins: Vec<Arc<Plugin>>,
-        topics: &[&str],
-        until: impl Fn(&[OwnedMessage]) -> bool,
-        during: impl AsyncFnOnce(),
-    ) -> (Vec<OwnedMessage>, Arc<PipelineMetrics>) {
-        let pipeline = Pipeline::new(self.config.clone(), plugins);
-        let reader = reader(&self.brokers, topics);
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let run = pipeline.run(&self.brokers, async {
-            let _ = stopped.await;
-        });
-        let watch = async {
-            during().await;
-            let mut seen = Vec::new();
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-            while !until(&seen) {
-                match tokio::time::timeout_at(deadline, reader.recv()).await {
-                    Ok(message) => seen.push(message.unwrap().detach()),
-                    Err(_) => break,
-                }
-            }
-            let _ = stop.send(());
-            seen
-        };
-        let (ran, seen) = tokio::join!(run, watch);
-        ran.unwrap();
-        (seen, pipeline.telemetry.pipeline)
-    }
-
-    /// The group's committed offset per input partition.
-    fn committed(&self) -> BTreeMap<i32, i64> {
-        let consumer: BaseConsumer = kafka::client_config(
-            &self.brokers,
-            &self.config.kafka,
-            &[("group.id", self.config.kafka.group_id.as_str())],
-        )
-        .create()
-        .unwrap();
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..PARTITIONS {
-            tpl.add_partition("task-events", p);
-        }
-        let committed = consumer
-            .committed_offsets(tpl, Duration::from_secs(10))
-            .unwrap();
-        committed
-            .elements()
-            .iter()
-            .map(|e| {
-                let offset = match e.offset() {
-                    Offset::Offset(o) => o,
-                    _ => 0,
-                };
-                (e.partition(), offset)
-            })
-            .collect()
-    }
-
-    /// How many records each input partition holds.
-    fn end_offsets(&self) -> BTreeMap<i32, i64> {
-        let consumer: BaseConsumer = kafka::client_config(&self.brokers, &self.config.kafka, &[])
-            .create()
-            .unwrap();
-        (0..PARTITIONS)
-            .map(|p| {
-                let (_, high) = consumer
-                    .fetch_watermarks("task-events", p, Duration::from_secs(10))
-                    .unwrap();
-                (p, high)
-            })
-            .collect()
-    }
-}
-
-fn header(message: &OwnedMessage, name: &str) -> Option<String> {
-    kafka::header(message, name)
-}
-
-/// How many different input events the echo outputs cover.
-fn distinct_events(seen: &[OwnedMessage]) -> usize {
-    let ids: std::collections::BTreeSet<String> = seen
-        .iter()
-        .map(|m| value(m)["event"].as_str().unwrap().to_owned())
-        .collect();
-    ids.len()
-}
-
-/// The echo test plugin, emitting each event's id to `out-topic`.
-async fn echo_plugins() -> Vec<Arc<Plugin>> {
-    let echo = mode("echo");
-    let dir = plugin_dir(&[("echo", TEST_PLUGIN, Some(&echo))]);
-    load(&sandbox(), dir.path()).await
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn outputs_and_dead_letters_land_with_keys_and_headers() {
@@ -178,7 +40,7 @@ async fn outputs_and_dead_letters_land_with_keys_and_headers() {
             plugins,
             &["out-topic", "task-events.dlq"],
             |seen| seen.len() >= 5,
-            async || {},
+            async |_| {},
         )
         .await;
     assert_eq!(seen.len(), 5, "{seen:#?}");
@@ -267,7 +129,7 @@ async fn order_is_kept_per_key() {
             plugins,
             &["out-topic"],
             |seen| seen.len() >= 400,
-            async || {},
+            async |_| {},
         )
         .await;
     assert_eq!(seen.len(), 400);
@@ -328,7 +190,7 @@ async fn failing_produces_hold_offsets_until_delivered() {
             plugins,
             &["out-topic"],
             |seen| distinct_events(seen) >= 30,
-            async || {
+            async |_| {
                 // Every produce request fails for a while…
                 cluster.request_errors(
                     RDKafkaApiKey::Produce,
@@ -374,11 +236,19 @@ async fn a_second_member_takes_half_and_nothing_is_lost() {
     let second = Pipeline::new(harness.config.clone(), plugins.clone());
     let (stop_second, second_stopped) = tokio::sync::oneshot::channel::<()>();
     let joined = async {
-        // Join once the first member is busy, forcing a cooperative
-        // rebalance that revokes some of its partitions mid-stream.
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        // Join once the first member has committed progress, forcing a
+        // cooperative rebalance that revokes some of its partitions
+        // mid-stream; send the rest once the second member is ready, so
+        // both have records to handle.
+        eventually("the first member commits", || {
+            harness.committed().values().sum::<i64>() > 0
+        })
+        .await;
         let produce_tail = async {
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            eventually("the second member is ready", || {
+                second.telemetry.readiness.is_ready()
+            })
+            .await;
             harness.produce(tail).await;
         };
         let (ran, ()) = tokio::join!(
@@ -395,7 +265,7 @@ async fn a_second_member_takes_half_and_nothing_is_lost() {
                 plugins,
                 &["out-topic"],
                 |seen| distinct_events(seen) >= 600,
-                async || {},
+                async |_| {},
             )
             .await;
         let _ = stop_second.send(());
@@ -412,7 +282,7 @@ async fn a_second_member_takes_half_and_nothing_is_lost() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn state_and_timers_survive_a_restart() {
-    let harness = Harness::new(&[
+    let mut harness = Harness::new(&[
         "task-events",
         "task-events.dlq",
         "reminders",
@@ -422,6 +292,9 @@ async fn state_and_timers_survive_a_restart() {
     let sandbox = sandbox();
     let plugins = todo_eventd::demo::plugins(&sandbox).await.unwrap();
     let now = jiff::Timestamp::now().as_millisecond();
+    // Event time stands still unless the test moves it.
+    let (clock, _) = Clock::manual(now);
+    harness.clock = clock;
     let at = |s: i64| todo_eventd::clock::rfc3339(now + s * 1000);
     let created = |task: &str, remind: Option<i64>| {
         let mut data = serde_json::json!({"title": format!("task {task}"), "due_at": at(3600)});
@@ -443,7 +316,7 @@ async fn state_and_timers_survive_a_restart() {
             plugins.clone(),
             &[CHANGELOG],
             |seen| seen.len() >= 4,
-            async || {},
+            async |_| {},
         )
         .await;
     assert!(changes.len() >= 4);
@@ -455,7 +328,10 @@ async fn state_and_timers_survive_a_restart() {
     );
 
     // Second instance, same group: restores, fires the reminder once at its
-    // time, and the analytics counters continue from the first instance's.
+    // time (the test moves the clock past it), and the analytics counters
+    // continue from the first instance's.
+    let (clock, hand) = Clock::manual(now);
+    harness.clock = clock;
     let completed =
         serde_json::json!({"event_id": "done-2", "event_type": "completed", "user_id": "ada",
         "task_id": "2", "timestamp": at(1), "task_data": {"title": "task 2"}})
@@ -472,7 +348,14 @@ async fn state_and_timers_survive_a_restart() {
                     .any(|m| value(m)["created"] == 2 && value(m)["completed"] == 1);
                 reminders >= 1 && continued
             },
-            async || harness.produce(&[completed]).await,
+            async |pipeline| {
+                harness.produce(&[completed]).await;
+                eventually("the completion is handled", || {
+                    pipeline.telemetry.pipeline.events_in.get() >= 1
+                })
+                .await;
+                hand.advance_to(now + 11_000);
+            },
         )
         .await;
     assert!(second.restored_records.get() >= 4, "{}", second.summary());

@@ -45,6 +45,18 @@ const STALL_AFTER: Duration = Duration::from_secs(5);
 /// failing deliveries.
 const LOG_EVERY: Duration = Duration::from_secs(30);
 
+/// Counts a failed attempt and schedules the next one, 100 ms after the
+/// first failure, doubling up to 30 s.
+fn back_off(send: &mut Send) {
+    send.attempts += 1;
+    let backoff = FIRST_BACKOFF
+        .saturating_mul(1 << send.attempts.saturating_sub(1).min(16))
+        .min(MAX_BACKOFF);
+    send.state = SendState::Unsent {
+        retry_at: Instant::now() + backoff,
+    };
+}
+
 /// The input an entry came from, kept so it can be dead-lettered if one of
 /// its outputs turns out to be undeliverable.
 #[derive(Debug, Clone)]
@@ -332,14 +344,10 @@ impl Context {
                 };
             }
             Role::DeadLetter { minimal: true, .. } | Role::Changelog => {
-                send.attempts += 1;
-                send.state = SendState::Unsent {
-                    retry_at: Instant::now() + MAX_BACKOFF,
-                };
+                back_off(send);
                 let reason = format!(
-                    "cannot produce to {} (permanent error, retried every {}s): {err}",
-                    send.record.topic,
-                    MAX_BACKOFF.as_secs()
+                    "cannot produce to {} (a permanent error; retrying after {} attempts): {err}",
+                    send.record.topic, send.attempts
                 );
                 self.stall(&reason);
             }
@@ -349,16 +357,10 @@ impl Context {
     /// A retriable failure: back off, count, and report a stall if it goes
     /// on.
     fn retry_later(&mut self, send: &mut Send, err: &KafkaError) {
-        send.attempts += 1;
         self.stats.delivery_failed("retriable");
         self.stats.resends.inc();
-        let backoff = FIRST_BACKOFF
-            .saturating_mul(1 << send.attempts.saturating_sub(1).min(16))
-            .min(MAX_BACKOFF);
+        back_off(send);
         let now = Instant::now();
-        send.state = SendState::Unsent {
-            retry_at: now + backoff,
-        };
         let first = self.failing_since.is_none();
         let since = *self.failing_since.get_or_insert(now);
         let reason = format!(
