@@ -94,6 +94,11 @@ impl ConsumerContext for PipelineContext {
                     warn!(error = %err, "Taking an assignment failed.");
                     return;
                 }
+                // A partition paused when it was last revoked (or by
+                // intake) stays paused in librdkafka until resumed.
+                if let Err(err) = consumer.resume(partitions) {
+                    debug!(error = %err, "Resuming assigned partitions.");
+                }
                 info!(partitions = partitions.count(), "Partitions assigned.");
                 self.telemetry.pipeline.rebalance("assign");
                 self.telemetry.readiness.assigned(partitions.count());

@@ -34,6 +34,9 @@
 //! - `big-error`: return an error whose message is `size` (30 MB) long;
 //! - `state-churn`: write `count` distinct keys of `size` bytes per event
 //!   (the per-partition quotas must stop it).
+//!
+//! With `only_user` set, every mode applies to that user's events only;
+//! other events are ignored.
 
 use todo_plugin_sdk::{
     FiredTimer, Guest, PluginError, TaskEvent, error, host, output, state, timers,
@@ -125,6 +128,9 @@ fn attack(mode: &str, event: &TaskEvent) -> Option<Result<(), PluginError>> {
 
 impl Guest for TestPlugin {
     fn on_event(event: TaskEvent) -> Result<(), PluginError> {
+        if host::config("only_user").is_some_and(|user| user != event.task.user_id) {
+            return Ok(());
+        }
         let mode = mode();
         if let Some(result) = attack(&mode, &event) {
             return result;
