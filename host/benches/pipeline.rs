@@ -113,25 +113,25 @@ async fn passthrough(brokers: &str, config: &Config, topic: &str, total: usize) 
 const TEST_PLUGIN: &[u8] = include_bytes!(env!("GUEST_TEST_PLUGIN_WASM"));
 
 /// Three stateless no-op plugins (the test plugin in `noop` mode).
-fn noop_plugins(sandbox: &Arc<Sandbox>) -> Vec<Arc<todo_eventd::plugin::Plugin>> {
-    (1..=3)
-        .map(|i| {
-            let manifest =
-                todo_eventd::plugin::manifest::Manifest::parse("[config]\nmode = \"noop\"\n")
-                    .unwrap();
-            let name = format!("noop{i}");
-            let file = std::path::PathBuf::from(format!("{name}.wasm"));
-            let plugin = todo_eventd::plugin::from_parts(
-                sandbox,
-                name,
-                file,
-                TEST_PLUGIN,
-                manifest,
-                std::path::Path::new("-"),
-            );
-            Arc::new(plugin.unwrap())
-        })
-        .collect()
+async fn noop_plugins(sandbox: &Arc<Sandbox>) -> Vec<Arc<todo_eventd::plugin::Plugin>> {
+    let mut plugins = Vec::new();
+    for i in 1..=3 {
+        let manifest =
+            todo_eventd::plugin::manifest::Manifest::parse("[config]\nmode = \"noop\"\n").unwrap();
+        let name = format!("noop{i}");
+        let file = std::path::PathBuf::from(format!("{name}.wasm"));
+        let plugin = todo_eventd::plugin::from_parts(
+            sandbox,
+            name,
+            file,
+            TEST_PLUGIN,
+            manifest,
+            std::path::Path::new("-"),
+        )
+        .await;
+        plugins.push(Arc::new(plugin.unwrap()));
+    }
+    plugins
 }
 
 async fn through_plugins(
@@ -233,12 +233,12 @@ fn main() {
             (
                 "three no-op plugins (no state)",
                 "bench-noop",
-                noop_plugins(&sandbox),
+                noop_plugins(&sandbox).await,
             ),
             (
                 "three bundled plugins (state)",
                 "bench-bundled",
-                bundled::load(&sandbox).unwrap().plugins,
+                bundled::load(&sandbox).await.unwrap().plugins,
             ),
         ];
         for (label, group, plugins) in runs {

@@ -12,6 +12,7 @@ mod common;
 use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use todo_eventd::clock::Clock;
 use todo_eventd::dispatch::Dispatcher;
 use todo_eventd::plugin::{Registry, bundled};
 use todo_eventd::sandbox::{Sandbox, SandboxConfig};
@@ -35,16 +36,22 @@ fn bench_reload(c: &mut Criterion) {
     std::fs::write(dir.path().join("echo.wasm"), common::TEST_PLUGIN).unwrap();
     std::fs::write(dir.path().join("echo.toml"), common::mode("echo")).unwrap();
     let telemetry = Telemetry::default();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
 
     // Four plugins, nothing changed: read and hash every file.
-    let (registry, _) = Registry::open(
-        sandbox(None),
-        dir.path().to_owned(),
-        telemetry.plugins.clone(),
-    )
-    .unwrap();
+    let (registry, _) = rt
+        .block_on(Registry::open(
+            sandbox(None),
+            dir.path().to_owned(),
+            telemetry.plugins.clone(),
+            Clock::System,
+        ))
+        .unwrap();
     group.bench_function("unchanged", |b| {
-        b.iter(|| assert!(registry.rescan().unwrap().is_empty()));
+        b.iter(|| assert!(rt.block_on(registry.rescan()).unwrap().is_empty()));
     });
 
     // A new version each time, no cache: validate + compile + swap.
@@ -54,19 +61,21 @@ fn bench_reload(c: &mut Criterion) {
             version += 1;
             let bytes = common::with_custom_section(common::TEST_PLUGIN, &version.to_string());
             std::fs::write(dir.path().join("echo.wasm"), bytes).unwrap();
-            assert_eq!(registry.rescan().unwrap().loaded, ["echo"]);
+            assert_eq!(rt.block_on(registry.rescan()).unwrap().loaded, ["echo"]);
         });
     });
 
     // Two versions alternating with a warm compiled-component cache (a
     // restart, or a roll-back to a version seen before).
     let cache = tempfile::tempdir().unwrap();
-    let (registry, _) = Registry::open(
-        sandbox(Some(cache.path().to_owned())),
-        dir.path().to_owned(),
-        telemetry.plugins.clone(),
-    )
-    .unwrap();
+    let (registry, _) = rt
+        .block_on(Registry::open(
+            sandbox(Some(cache.path().to_owned())),
+            dir.path().to_owned(),
+            telemetry.plugins.clone(),
+            Clock::System,
+        ))
+        .unwrap();
     let versions = [
         common::with_custom_section(common::TEST_PLUGIN, "a"),
         common::with_custom_section(common::TEST_PLUGIN, "b"),
@@ -76,7 +85,7 @@ fn bench_reload(c: &mut Criterion) {
         b.iter(|| {
             next = 1 - next;
             std::fs::write(dir.path().join("echo.wasm"), &versions[next]).unwrap();
-            assert_eq!(registry.rescan().unwrap().loaded, ["echo"]);
+            assert_eq!(rt.block_on(registry.rescan()).unwrap().loaded, ["echo"]);
         });
     });
     group.finish();
@@ -86,7 +95,7 @@ fn bench_reload(c: &mut Criterion) {
     let mut dispatcher = Dispatcher::with(&plugins, Default::default(), telemetry.plugins.clone());
     let event = common::created("t1", 1_769_414_400_000);
     for _ in 0..100 {
-        dispatcher.dispatch(&event, 1_769_414_400_000);
+        rt.block_on(dispatcher.dispatch(&event, 1_769_414_400_000));
     }
     c.bench_function("metrics/encode", |b| {
         b.iter(|| telemetry.encode().len());

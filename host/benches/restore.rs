@@ -54,7 +54,7 @@ fn main() {
                 value: Some(value.to_vec()),
                 headers: Vec::new(),
             };
-            pending.push(record.enqueue(&producer).unwrap());
+            pending.push(record.enqueue(&producer).await.unwrap());
             if pending.len() >= 10_000 {
                 for d in pending.drain(..) {
                     d.await.unwrap().unwrap();
@@ -69,7 +69,9 @@ fn main() {
         let client = kafka::client_config(&brokers, &config.kafka, &[]);
         let started = Instant::now();
         let restorer = tokio::task::spawn_blocking(move || {
-            restore_partition(&client, &topic, 0, "task-events", Duration::from_secs(600)).unwrap()
+            let cancel = std::sync::atomic::AtomicBool::new(false);
+            restore_partition(&client, &topic, 0, "task-events", Duration::from_secs(600), &cancel)
+                .unwrap()
         })
         .await
         .unwrap();

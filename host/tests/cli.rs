@@ -176,3 +176,99 @@ fn plugins_check_lists_plugins_and_fails_on_an_invalid_one() {
         "the others still load"
     );
 }
+
+#[test]
+fn plugins_check_shows_grants_and_limits_and_refuses_a_plugin_that_cannot_start() {
+    let cache = tempfile::tempdir().unwrap();
+    let test_plugin = std::fs::read(env!("GUEST_TEST_PLUGIN_WASM")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("granted.wasm"), &test_plugin).unwrap();
+    std::fs::write(
+        dir.path().join("granted.toml"),
+        format!(
+            "[wasi]\nenv = [\"TZ\"]\ndirs = [{{ host = \"{}\", guest = \"/data\", writable = true }}]\n",
+            data.path().display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("cramped.wasm"), &test_plugin).unwrap();
+    std::fs::write(
+        dir.path().join("cramped.toml"),
+        "[limits]\nmemory = \"1MiB\"\n",
+    )
+    .unwrap();
+    let out = todo_eventd(
+        &["plugins", "check", dir.path().to_str().unwrap()],
+        cache.path(),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    for want in [
+        "warning: no [outputs] mapped, so every emit will fail",
+        "grant  env: TZ",
+        "(read-write)",
+        "grant  network: none",
+        "limits memory=64MiB call_timeout=200ms emits_per_call=1000",
+    ] {
+        assert!(stdout.contains(want), "{want}\n{stdout}");
+    }
+    let cramped = stdout.lines().find(|l| l.contains("cramped.wasm")).unwrap();
+    assert!(
+        cramped.starts_with("invalid")
+            && cramped.contains("memory limit 1MiB is below the component's minimum"),
+        "{cramped}"
+    );
+}
+
+#[test]
+fn plugins_test_goes_on_past_a_bad_line_and_a_plugin_that_never_returns() {
+    let cache = tempfile::tempdir().unwrap();
+    let test_plugin = std::fs::read(env!("GUEST_TEST_PLUGIN_WASM")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("sleeper.wasm"), &test_plugin).unwrap();
+    std::fs::write(
+        dir.path().join("sleeper.toml"),
+        "[limits]\ncall_timeout = \"200ms\"\n[config]\nmode = \"sleep\"\n",
+    )
+    .unwrap();
+    let events = dir.path().join("events.ndjson");
+    let good = |id: &str| {
+        format!(
+            "{{\"event_id\":\"{id}\",\"event_type\":\"created\",\"user_id\":\"u\",\"task_id\":\"t\",\"timestamp\":\"2026-01-26T08:00:00Z\"}}\n"
+        )
+    };
+    let mut bytes = good("first").into_bytes();
+    bytes.extend_from_slice(b"{\"event_id\":\"\xff\xfe\"}\n");
+    bytes.extend_from_slice(good("third").as_bytes());
+    std::fs::write(&events, bytes).unwrap();
+    let started = std::time::Instant::now();
+    let out = todo_eventd(
+        &[
+            "plugins",
+            "test",
+            "--plugins",
+            dir.path().to_str().unwrap(),
+            "--events",
+            events.to_str().unwrap(),
+        ],
+        cache.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    let lines: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3, "{lines:#?}");
+    assert_eq!(lines[0]["error"], "deadline");
+    assert_eq!(lines[1]["stage"], "decode");
+    assert_eq!(lines[1]["line"], 2);
+    assert_eq!(lines[2]["error"], "deadline");
+    assert_eq!(lines[2]["line"], 3);
+}

@@ -122,6 +122,31 @@ impl Process {
         addr.split_whitespace().next().unwrap().parse().unwrap()
     }
 
+    /// The embedded broker's address, from the line the daemon prints.
+    pub fn embedded_broker(&self) -> String {
+        let needle = "embedded broker listening on ";
+        assert!(
+            self.wait_for_log(needle, Duration::from_secs(60)),
+            "no embedded broker:\n{}",
+            self.log_text()
+        );
+        let log = self.log_text();
+        let line = log.lines().find(|l| l.contains(needle)).unwrap();
+        line.split(needle).nth(1).unwrap().trim().to_owned()
+    }
+
+    /// Resident memory of the process, in MiB.
+    pub fn rss_mib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kib| kib.parse::<u64>().ok())
+            .map_or(0, |kib| kib / 1024)
+    }
+
     /// Waits until the log contains `needle`.
     pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
@@ -191,9 +216,21 @@ impl Broker {
 /// Starts `todo-eventd run` against `brokers` with extra args; its stderr
 /// (the log) goes to a file in `dir`.
 pub fn daemon(bin: &Path, brokers: &str, dir: &Path, name: &str, args: &[&str]) -> Process {
+    let mut all = vec!["--brokers", brokers];
+    all.extend_from_slice(args);
+    spawn_daemon(bin, dir, name, &all)
+}
+
+/// Starts `todo-eventd run` with no brokers configured: on its own
+/// embedded broker (see [`Process::embedded_broker`]).
+pub fn daemon_embedded(bin: &Path, dir: &Path, name: &str, args: &[&str]) -> Process {
+    spawn_daemon(bin, dir, name, args)
+}
+
+fn spawn_daemon(bin: &Path, dir: &Path, name: &str, args: &[&str]) -> Process {
     let log = dir.join(format!("{name}.log"));
     let child = Command::new(bin)
-        .args(["run", "--brokers", brokers, "--admin-addr", "127.0.0.1:0"])
+        .args(["run", "--admin-addr", "127.0.0.1:0"])
         .args(args)
         .env("RUST_LOG", "info,todo_eventd=debug")
         .env("NO_COLOR", "1")
