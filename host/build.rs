@@ -6,12 +6,20 @@
 //! target directory (so it does not contend for the outer build's lock).
 //! Paths are handed to the crate as `GUEST_<NAME>_WASM` environment
 //! variables.
+//!
+//! rustup installs the targets of `rust-toolchain.toml` only when it
+//! installs the toolchain itself, so a machine that already had the pinned
+//! toolchain may lack `wasm32-wasip2`: the build adds it through rustup
+//! (with a warning), or fails with the one-line fix as its last line.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Guest crates, by package name.
 const GUESTS: &[&str] = &["reminders", "recurrence", "analytics", "test-plugin"];
+
+/// The target the guests are compiled to.
+const TARGET: &str = "wasm32-wasip2";
 
 fn main() {
     let manifest_dir = PathBuf::from(env("CARGO_MANIFEST_DIR"));
@@ -26,6 +34,7 @@ fn main() {
         root.join("Cargo.lock").display()
     );
 
+    ensure_target();
     let target_dir = root.join("target").join("guests");
     let mut cargo = Command::new(env("CARGO"));
     cargo
@@ -69,6 +78,42 @@ fn main() {
         assert!(file.exists(), "guest build produced no {}", file.display());
         let var = format!("GUEST_{}_WASM", guest.to_uppercase().replace('-', "_"));
         println!("cargo:rustc-env={var}={}", file.display());
+    }
+}
+
+/// Makes sure the active toolchain has the guest target's standard library.
+fn ensure_target() {
+    let rustc = env("RUSTC");
+    let sysroot = Command::new(&rustc)
+        .args(["--print", "sysroot"])
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map(|out| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
+    let installed = |sysroot: &Path| sysroot.join("lib/rustlib").join(TARGET).is_dir();
+    if sysroot.as_deref().is_some_and(installed) {
+        return;
+    }
+    let toolchain = std::env::var("RUSTUP_TOOLCHAIN").ok();
+    let mut rustup = Command::new("rustup");
+    rustup.args(["target", "add", TARGET]);
+    if let Some(toolchain) = &toolchain {
+        rustup.args(["--toolchain", toolchain]);
+    }
+    println!(
+        "cargo:warning=the {TARGET} target is missing; adding it with `rustup target add {TARGET}`"
+    );
+    let added = rustup.status().is_ok_and(|status| status.success());
+    if !added || !sysroot.as_deref().is_some_and(installed) {
+        let fix = match &toolchain {
+            Some(toolchain) => format!("rustup target add {TARGET} --toolchain {toolchain}"),
+            None => format!("rustup target add {TARGET}"),
+        };
+        eprintln!(
+            "error: the guest plugins are compiled for {TARGET}, which this toolchain lacks, and `rustup target add` did not add it."
+        );
+        eprintln!("fix: {fix}");
+        std::process::exit(1);
     }
 }
 

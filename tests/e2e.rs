@@ -248,11 +248,23 @@ async fn two_daemons_share_partitions_and_a_kill_9_loses_nothing() {
             .collect::<Vec<_>>()
             .join("\n")
     };
+    let missing: Vec<String> = lines
+        .iter()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["event_id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .filter(|id| !ids.contains(id))
+        .collect();
     assert_eq!(
         ids.len(),
         total,
-        "every input event's output arrived (duplicates allowed); second daemon's log:\n{}",
-        tail(second.log_text())
+        "every input event's output arrived (duplicates allowed); missing {missing:?}\nsecond daemon's log:\n{}\nthird daemon's log:\n{}\nfirst daemon's log:\n{}",
+        tail(second.log_text()),
+        tail(third.log_text()),
+        tail(first.log_text()),
     );
 
     // The group split the partitions: the first member handed some to the

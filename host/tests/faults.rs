@@ -449,7 +449,7 @@ async fn the_pipeline_rides_out_a_broker_outage() {
             plugins,
             &["out-topic"],
             |seen| {
-                let ids: BTreeSet<&str> = seen.iter().map(|m| header_event(m)).collect();
+                let ids: BTreeSet<&str> = seen.iter().map(header_event).collect();
                 ids.len() >= 200
             },
             async |pipeline| {
@@ -470,7 +470,7 @@ async fn the_pipeline_rides_out_a_broker_outage() {
             },
         )
         .await;
-    let ids: BTreeSet<&str> = seen.iter().map(|m| header_event(m)).collect();
+    let ids: BTreeSet<&str> = seen.iter().map(header_event).collect();
     assert_eq!(ids.len(), 200, "{}", stats.summary());
     assert_eq!(harness.committed(), harness.end_offsets());
 }

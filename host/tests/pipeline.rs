@@ -389,3 +389,39 @@ async fn state_and_timers_survive_a_restart() {
     }
     assert_eq!(count, 1, "no duplicate reminder");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tiny_queues_pause_and_resume_partitions_without_losing_a_record() {
+    let mut harness = Harness::new(&["task-events", "task-events.dlq", "out-topic", CHANGELOG]);
+    harness.config.pipeline.queue_capacity = 1;
+    harness.config.pipeline.max_in_flight = 1;
+    if let Ok(debug) = std::env::var("RDKAFKA_DEBUG") {
+        harness
+            .config
+            .kafka
+            .properties
+            .insert("debug".into(), debug);
+    }
+    let plugins = echo_plugins().await;
+    let lines: Vec<String> = (0..500)
+        .map(|i| {
+            event(
+                &format!("ev-{i:04}"),
+                &format!("u{}", i % 7),
+                &format!("t{i}"),
+                "created",
+            )
+        })
+        .collect();
+    harness.produce(&lines).await;
+    let (seen, stats) = harness
+        .run_until(
+            plugins,
+            &["out-topic"],
+            |seen| distinct_events(seen) >= 500,
+            async |_| {},
+        )
+        .await;
+    assert_eq!(distinct_events(&seen), 500, "{}", stats.summary());
+    assert_eq!(harness.committed(), harness.end_offsets());
+}

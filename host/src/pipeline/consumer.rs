@@ -1,25 +1,27 @@
 //! The consumer side of the pipeline: group membership and intake.
 //!
-//! Rebalances never block the poll loop. On an assignment the callback
-//! takes the partitions at once and tells the run loop, which starts their
-//! workers. On a revocation the callback only hands the partitions to the
-//! run loop: their workers drain in the background while the consumer
-//! keeps polling its other partitions, and only then are the offsets
-//! committed and the partitions given back (librdkafka waits for that
-//! `incremental_unassign`; the cooperative protocol lets the rest of the
-//! group carry on meanwhile).
+//! Rebalances never block the poll loop: the callback only hands the
+//! partitions to the run loop (librdkafka waits for the application's
+//! `incremental_assign`/`incremental_unassign`, and the cooperative protocol
+//! lets the rest of the group carry on meanwhile). On an assignment the run
+//! loop gives each partition its own queue (`split_partition_queue`) and its
+//! worker, then takes the partitions. On a revocation their workers drain
+//! in the background while the consumer keeps serving its other partitions,
+//! and only then are the offsets committed and the partitions given back.
 //!
-//! Intake never waits on a worker either: a record for a partition whose
-//! queue is full is held back and the partition paused; it resumes when
-//! its worker has taken what was held. One slow partition therefore
-//! delays only itself.
+//! Each worker reads its own partition's queue when it has room, so a slow
+//! partition holds up only itself: librdkafka stops prefetching a partition
+//! whose queue is full. The main queue then carries only group events,
+//! statistics and errors; a record that still arrives there (fetched before
+//! its partition was split) is handed to the worker, held back if the
+//! worker is busy — never awaited in the loop.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
+use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
 use rdkafka::consumer::{
     BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer,
 };
@@ -40,11 +42,14 @@ pub(crate) type PipelineConsumer = StreamConsumer<PipelineContext>;
 /// An input partition: topic and number.
 pub(super) type Partition = (String, i32);
 
+/// The partition queue a worker reads.
+pub(super) type PartitionQueue = StreamPartitionQueue<PipelineContext>;
+
 /// What the group did, for the run loop.
 #[derive(Debug)]
 pub(super) enum GroupEvent {
-    /// These partitions are ours now.
-    Assigned(Vec<Partition>),
+    /// These partitions are ours once the run loop takes them.
+    Assigned(TopicPartitionList),
     /// These partitions must be drained and given back.
     Revoked(TopicPartitionList),
 }
@@ -86,28 +91,15 @@ impl ConsumerContext for PipelineContext {
     ) {
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                let taken = match consumer.rebalance_protocol() {
-                    RebalanceProtocol::Cooperative => consumer.incremental_assign(partitions),
-                    _ => consumer.assign(partitions),
-                };
-                if let Err(err) = taken {
-                    warn!(error = %err, "Taking an assignment failed.");
-                    return;
+                if let Err(send) = self.events.send(GroupEvent::Assigned(partitions.clone())) {
+                    // The pipeline has stopped (the consumer is closing).
+                    let GroupEvent::Assigned(partitions) = send.0 else {
+                        return;
+                    };
+                    if let Err(err) = take(consumer, &partitions) {
+                        warn!(error = %err, "Taking an assignment while closing.");
+                    }
                 }
-                // A partition paused when it was last revoked (or by
-                // intake) stays paused in librdkafka until resumed.
-                if let Err(err) = consumer.resume(partitions) {
-                    debug!(error = %err, "Resuming assigned partitions.");
-                }
-                info!(partitions = partitions.count(), "Partitions assigned.");
-                self.telemetry.pipeline.rebalance("assign");
-                self.telemetry.readiness.assigned(partitions.count());
-                let list = partitions
-                    .elements()
-                    .iter()
-                    .map(|e| (e.topic().to_owned(), e.partition()))
-                    .collect();
-                let _ = self.events.send(GroupEvent::Assigned(list));
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 info!(
@@ -137,6 +129,19 @@ impl ConsumerContext for PipelineContext {
     }
 }
 
+/// Takes assigned partitions (after their queues were split off), resumed
+/// in case they were paused when last revoked.
+pub(super) fn take<C: Consumer<PipelineContext> + ?Sized>(
+    consumer: &C,
+    partitions: &TopicPartitionList,
+) -> KafkaResult<()> {
+    match consumer.rebalance_protocol() {
+        RebalanceProtocol::Cooperative => consumer.incremental_assign(partitions)?,
+        _ => consumer.assign(partitions)?,
+    }
+    consumer.resume(partitions)
+}
+
 /// Hands revoked partitions back to the group.
 pub(super) fn give_back<C: Consumer<PipelineContext> + ?Sized>(
     consumer: &C,
@@ -155,18 +160,23 @@ pub(super) struct WorkerHandle {
     pub(super) task: JoinHandle<()>,
 }
 
-type Permit = (Partition, Option<mpsc::OwnedPermit<OwnedMessage>>);
-
-/// Routes records to partition workers, pausing partitions whose worker
-/// is behind.
+/// Routes records that arrive on the main queue — fetched before their
+/// partition was split off — to the partition's worker, holding them back
+/// while the worker's queue is full.
 #[derive(Default)]
 pub(super) struct Intake {
     workers: HashMap<Partition, WorkerHandle>,
-    /// Records held back for paused partitions, oldest first.
+    /// Revoked partitions whose workers are settling; their records are
+    /// left for whoever gets the partition next.
+    draining: HashSet<Partition>,
+    /// Records held back for busy workers, oldest first.
     held: HashMap<Partition, VecDeque<OwnedMessage>>,
-    /// For each paused partition: room in its worker's queue.
+    /// For each partition with records held back: room in its worker's
+    /// queue.
     room: FuturesUnordered<BoxFuture<'static, Permit>>,
 }
+
+type Permit = (Partition, Option<mpsc::OwnedPermit<OwnedMessage>>);
 
 impl Intake {
     /// Whether a worker runs for `partition`.
@@ -176,15 +186,22 @@ impl Intake {
 
     /// Adds the worker of a newly assigned partition.
     pub(super) fn insert(&mut self, partition: Partition, worker: WorkerHandle) {
+        self.draining.remove(&partition);
         self.workers.insert(partition, worker);
     }
 
     /// Takes the worker of `partition` out (revocation), dropping what was
-    /// held back for it (it will be fetched again by whoever gets the
-    /// partition, from the committed offset).
+    /// held back for it (whoever gets the partition next reads it again,
+    /// from the committed offset).
     pub(super) fn remove(&mut self, partition: &Partition) -> Option<WorkerHandle> {
         self.held.remove(partition);
+        self.draining.insert(partition.clone());
         self.workers.remove(partition)
+    }
+
+    /// A revoked partition has been handed back.
+    pub(super) fn handed_back(&mut self, partition: &Partition) {
+        self.draining.remove(partition);
     }
 
     /// Takes every worker out (shutdown).
@@ -193,23 +210,22 @@ impl Intake {
         self.workers.drain().map(|(_, worker)| worker).collect()
     }
 
-    /// Hands a record to its partition's worker, or holds it back and
-    /// pauses the partition if the worker's queue is full.
-    pub(super) fn route(&mut self, consumer: &Arc<PipelineConsumer>, message: OwnedMessage) {
+    /// Hands a record from the main queue to its partition's worker, or
+    /// holds it back while the worker's queue is full.
+    pub(super) fn route(&mut self, message: OwnedMessage) {
         let partition = (message.topic().to_owned(), message.partition());
         if let Some(held) = self.held.get_mut(&partition) {
             held.push_back(message);
             return;
         }
         let Some(worker) = self.workers.get(&partition) else {
-            // Revoked and draining: whoever gets it next reads it again.
-            debug!(topic = %partition.0, partition = partition.1, "Record for a partition being handed back; skipped.");
+            // Not ours (any more): whoever gets the partition reads it.
+            debug!(topic = %partition.0, partition = partition.1, "Record for a partition not assigned here; left for its owner.");
             return;
         };
         match worker.records.try_send(message) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(message)) => {
-                set_paused(consumer, &partition, true);
                 self.room
                     .push(wait_for_room(partition.clone(), worker.records.clone()));
                 self.held.insert(partition, VecDeque::from([message]));
@@ -228,9 +244,8 @@ impl Intake {
         self.room.next().await
     }
 
-    /// Moves one held-back record into the room a worker made; resumes the
-    /// partition once nothing is held back.
-    pub(super) fn fill(&mut self, consumer: &Arc<PipelineConsumer>, (partition, permit): Permit) {
+    /// Moves one held-back record into the room a worker made.
+    pub(super) fn fill(&mut self, (partition, permit): Permit) {
         let Some(held) = self.held.get_mut(&partition) else {
             return;
         };
@@ -246,7 +261,6 @@ impl Intake {
             }
         }
         self.held.remove(&partition);
-        set_paused(consumer, &partition, false);
     }
 }
 
@@ -255,17 +269,4 @@ fn wait_for_room(
     sender: mpsc::Sender<OwnedMessage>,
 ) -> BoxFuture<'static, Permit> {
     Box::pin(async move { (partition, sender.reserve_owned().await.ok()) })
-}
-
-fn set_paused(consumer: &PipelineConsumer, (topic, partition): &Partition, paused: bool) {
-    let mut list = TopicPartitionList::new();
-    list.add_partition(topic, *partition);
-    let result = if paused {
-        consumer.pause(&list)
-    } else {
-        consumer.resume(&list)
-    };
-    if let Err(err) = result {
-        warn!(%topic, partition, paused, error = %err, "Pausing or resuming a partition failed.");
-    }
 }

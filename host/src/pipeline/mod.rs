@@ -39,7 +39,9 @@ use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 pub(crate) use self::consumer::PipelineConsumer;
-use self::consumer::{GroupEvent, Intake, Partition, PipelineContext, WorkerHandle};
+use self::consumer::{
+    GroupEvent, Intake, Partition, PartitionQueue, PipelineContext, WorkerHandle,
+};
 pub use self::records::{Failure, Source, Stage, dead_letter, output};
 pub use self::restore::restore_partition;
 use self::worker::{Worker, WorkerContext};
@@ -149,12 +151,7 @@ impl Pipeline {
                 () = &mut shutdown => break,
                 Some(event) = events.recv() => match event {
                     GroupEvent::Assigned(partitions) => {
-                        for partition in partitions {
-                            if !intake.has(&partition) {
-                                let worker = self.spawn_worker(&partition, &context);
-                                intake.insert(partition, worker);
-                            }
-                        }
+                        self.assign(&consumer, &mut intake, &partitions, &context);
                     }
                     GroupEvent::Revoked(partitions) => {
                         draining.push(self.revoke(&mut intake, partitions));
@@ -162,11 +159,15 @@ impl Pipeline {
                 },
                 Some(partitions) = draining.next() => {
                     self.telemetry.readiness.revoked(partitions.count());
-                    hand_back(&consumer, &self.telemetry, partitions).await;
+                    for e in partitions.elements() {
+                        intake.handed_back(&(e.topic().to_owned(), e.partition()));
+                    }
+                    // Committing waits on the coordinator: not in this loop.
+                    tokio::spawn(hand_back(consumer.clone(), self.telemetry.clone(), partitions));
                 }
-                Some(room) = intake.next_room() => intake.fill(&consumer, room),
+                Some(room) = intake.next_room() => intake.fill(room),
                 message = consumer.recv() => match message {
-                    Ok(message) => intake.route(&consumer, message.detach()),
+                    Ok(message) => intake.route(message.detach()),
                     Err(err) => {
                         self.telemetry.pipeline.consumer_errors.inc();
                         if errors_logged.is_none_or(|at| at.elapsed() >= CONSUMER_ERROR_LOG_EVERY) {
@@ -189,13 +190,30 @@ impl Pipeline {
         }
         settle_workers(workers, deadline).await;
         while let Ok(Some(_)) = tokio::time::timeout_at(deadline, draining.next()).await {}
-        // From here on the closing consumer hands its partitions back
-        // itself (the rebalance callback finds nobody listening).
+        // The last commit: a group rebalancing (another member leaving,
+        // say) refuses it until the rebalance completes, which needs us to
+        // answer — so keep answering, without new workers, until it goes
+        // through or the shutdown deadline passes.
+        while let Err(err) = commit_now(&consumer, &self.telemetry).await {
+            if tokio::time::Instant::now() >= deadline {
+                warn!(error = %err, "Last commit failed; uncommitted records will be redelivered.");
+                break;
+            }
+            let serve = async {
+                loop {
+                    tokio::select! {
+                        Some(event) = events.recv() => answer(&consumer, event),
+                        _ = consumer.recv() => {}
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(Duration::from_millis(200), serve).await;
+        }
+        // From here on the closing consumer answers the group itself (the
+        // rebalance callback finds nobody listening).
         drop(events);
         let WorkerContext { producer, .. } = context;
-        let telemetry = self.telemetry.clone();
         let closed = tokio::task::spawn_blocking(move || {
-            commit(&consumer, &telemetry);
             let flushed = producer.flush(Duration::from_secs(5));
             // Leaving the group waits for librdkafka: off the async threads.
             drop(consumer);
@@ -226,6 +244,9 @@ impl Pipeline {
             ("auto.offset.reset", "earliest"),
             ("partition.assignment.strategy", "cooperative-sticky"),
             ("session.timeout.ms", "10000"),
+            // Records prefetched per partition (librdkafka's default is
+            // 64 MiB): a partition's queue fills while its worker is busy.
+            ("queued.max.messages.kbytes", "16384"),
         ];
         let context = PipelineContext {
             events,
@@ -243,10 +264,37 @@ impl Pipeline {
         Ok(consumer)
     }
 
-    /// Starts the worker of a newly assigned partition.
+    /// Gives newly assigned partitions their queues and workers, then takes
+    /// them (so no record of theirs reaches the main queue first).
+    fn assign(
+        &self,
+        consumer: &Arc<PipelineConsumer>,
+        intake: &mut Intake,
+        partitions: &TopicPartitionList,
+        context: &WorkerContext,
+    ) {
+        for e in partitions.elements() {
+            let partition = (e.topic().to_owned(), e.partition());
+            if intake.has(&partition) {
+                continue;
+            }
+            let queue = consumer.split_partition_queue(&partition.0, partition.1);
+            let worker = self.spawn_worker(&partition, queue, context);
+            intake.insert(partition, worker);
+        }
+        match consumer::take(consumer.as_ref(), partitions) {
+            Ok(()) => info!(partitions = partitions.count(), "Partitions assigned."),
+            Err(err) => warn!(error = %err, "Taking an assignment failed."),
+        }
+        self.telemetry.pipeline.rebalance("assign");
+        self.telemetry.readiness.assigned(partitions.count());
+    }
+
+    /// Starts the worker of a newly assigned partition, reading `queue`.
     fn spawn_worker(
         &self,
         (topic, partition): &Partition,
+        queue: Option<PartitionQueue>,
         context: &WorkerContext,
     ) -> WorkerHandle {
         let (records, rx) = mpsc::channel(self.config.pipeline.queue_capacity);
@@ -266,7 +314,7 @@ impl Pipeline {
             context.clone(),
         );
         let restoring = self.telemetry.readiness.restoring();
-        let task = tokio::spawn(worker.run(rx, stopped, restoring));
+        let task = tokio::spawn(worker.run(queue, rx, stopped, restoring));
         WorkerHandle {
             records,
             stop,
@@ -331,11 +379,10 @@ async fn settle_workers(workers: Vec<WorkerHandle>, deadline: tokio::time::Insta
 /// Commits what the drained partitions stored and hands them back to the
 /// group (off the async threads: both wait on librdkafka).
 async fn hand_back(
-    consumer: &Arc<PipelineConsumer>,
-    telemetry: &Telemetry,
+    consumer: Arc<PipelineConsumer>,
+    telemetry: Telemetry,
     partitions: TopicPartitionList,
 ) {
-    let (consumer, telemetry) = (consumer.clone(), telemetry.clone());
     let handed = tokio::task::spawn_blocking(move || {
         commit(&consumer, &telemetry);
         consumer::give_back(consumer.as_ref(), &partitions)
@@ -373,13 +420,46 @@ async fn commit_periodically(
 /// Commits the stored offsets now. Nothing new to commit is not an error.
 /// Blocking.
 fn commit(consumer: &PipelineConsumer, telemetry: &Telemetry) {
+    if let Err(err) = try_commit(consumer, telemetry) {
+        warn!(error = %err, "Committing offsets failed; they will be committed with the next commit.");
+    }
+}
+
+fn try_commit(consumer: &PipelineConsumer, telemetry: &Telemetry) -> Result<(), KafkaError> {
     let started = Instant::now();
     match consumer.commit_consumer_state(CommitMode::Sync) {
-        Ok(()) => telemetry.pipeline.committed(started.elapsed()),
-        Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+        Ok(()) => {
+            telemetry.pipeline.committed(started.elapsed());
+            Ok(())
+        }
+        Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => Ok(()),
         Err(err) => {
             telemetry.pipeline.commit_failed();
-            warn!(error = %err, "Committing offsets failed; they will be committed with the next commit.");
+            Err(err)
         }
+    }
+}
+
+/// [`try_commit`] off the async threads.
+async fn commit_now(
+    consumer: &Arc<PipelineConsumer>,
+    telemetry: &Telemetry,
+) -> Result<(), KafkaError> {
+    let (consumer, telemetry) = (consumer.clone(), telemetry.clone());
+    tokio::task::spawn_blocking(move || try_commit(&consumer, &telemetry))
+        .await
+        .unwrap_or(Err(KafkaError::Canceled))
+}
+
+/// Answers a rebalance while shutting down: take what is assigned (no
+/// worker will read it) and give back what is revoked, so the group can
+/// settle.
+fn answer(consumer: &PipelineConsumer, event: GroupEvent) {
+    let answered = match event {
+        GroupEvent::Assigned(partitions) => consumer::take(consumer, &partitions),
+        GroupEvent::Revoked(partitions) => consumer::give_back(consumer, &partitions),
+    };
+    if let Err(err) = answered {
+        warn!(error = %err, "Answering a rebalance while shutting down.");
     }
 }

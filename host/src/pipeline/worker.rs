@@ -16,11 +16,13 @@ use std::time::Duration;
 
 use rdkafka::Message;
 use rdkafka::consumer::Consumer;
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, OwnedMessage};
 use tokio::sync::{mpsc, watch};
 use tracing::{Instrument, debug, debug_span, info, info_span, warn};
 
 use super::PipelineConsumer;
+use super::consumer::PartitionQueue;
 use super::delivery::{Deliveries, Entry, Input, Role, Targets};
 use super::records::{self, Failure, OutRecord, Stage};
 use crate::clock::{Clock, rfc3339};
@@ -37,6 +39,14 @@ pub(super) const TIMER_BATCH: usize = 64;
 const FIRST_RESTORE_BACKOFF: Duration = Duration::from_secs(1);
 /// The longest wait between two restore attempts.
 const MAX_RESTORE_BACKOFF: Duration = Duration::from_secs(30);
+
+/// The next record of the partition's own queue (never, without one).
+async fn recv(queue: Option<&PartitionQueue>) -> Result<OwnedMessage, KafkaError> {
+    match queue {
+        Some(queue) => queue.recv().await.map(|m| m.detach()),
+        None => std::future::pending().await,
+    }
+}
 
 /// What every worker of a pipeline shares.
 #[derive(Clone)]
@@ -99,6 +109,7 @@ impl Worker {
     /// waits for that.
     pub(super) async fn run(
         mut self,
+        queue: Option<PartitionQueue>,
         mut records: mpsc::Receiver<OwnedMessage>,
         mut stop: watch::Receiver<bool>,
         restoring: RestoreGuard,
@@ -130,9 +141,18 @@ impl Worker {
                     () = clock.sleep_until(next_due.unwrap_or(i64::MAX)), if room && next_due.is_some() => {
                         self.fire_timers().await;
                     }
+                    // Records that came through the main queue first: they
+                    // are older than the partition queue's.
                     record = records.recv(), if room => match record {
                         Some(record) => self.handle(record).await,
                         None => break,
+                    },
+                    record = recv(queue.as_ref()), if room => match record {
+                        Ok(record) => self.handle(record).await,
+                        Err(err) => {
+                            self.context.stats.consumer_errors.inc();
+                            warn!(error = %err, "Error reading the partition.");
+                        }
                     },
                 }
             }

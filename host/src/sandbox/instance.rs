@@ -13,8 +13,11 @@
 //! turns false) and the caller replaces it; nothing in a trapped store is
 //! ever run again.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use wasmtime::{Engine, Store, Trap, UpdateDeadline};
@@ -71,12 +74,11 @@ impl Instance {
         store.set_epoch_deadline(1);
         // Instantiation runs start functions; it gets a call's deadline too.
         let deadline = store.data().deadline;
-        let started =
-            tokio::time::timeout_at(deadline.into(), pre.instantiate_async(&mut store)).await;
+        let started = within(deadline, pre.instantiate_async(&mut store)).await;
         let bindings = match started {
-            Ok(Ok(bindings)) => bindings,
-            Ok(Err(err)) => return Err(instantiate_error(&err, &mut store)),
-            Err(_elapsed) => {
+            Some(Ok(bindings)) => bindings,
+            Some(Err(err)) => return Err(instantiate_error(&err, &mut store)),
+            None => {
                 return Err(CallError::Instantiate(format!(
                     "deadline: starting the component took longer than the call time limit of {}",
                     format_duration(store.data().spec.limits.timeout())
@@ -151,18 +153,18 @@ impl Instance {
         };
         // The epoch callback stops a running guest; this stops one that
         // waits in a host call (dropping the call unwinds the guest).
-        let result = tokio::time::timeout_at(deadline.into(), call).await;
+        let result = within(deadline, call).await;
 
         std::mem::swap(&mut self.store.data_mut().state, state);
         let output = self.store.data().output.take();
         let effects = std::mem::take(&mut self.store.data_mut().effects);
         match result {
-            Ok(Ok(Ok(()))) => Ok(effects),
-            Ok(Ok(Err(err))) => Err(CallError::Plugin {
+            Some(Ok(Ok(()))) => Ok(effects),
+            Some(Ok(Err(err))) => Err(CallError::Plugin {
                 code: text::quote_bounded(&err.code, MAX_CODE_BYTES),
                 message: text::message(&err.message),
             }),
-            Ok(Err(err)) => {
+            Some(Err(err)) => {
                 self.trapped = true;
                 let mut failure = classify(&err, &mut self.store);
                 if let CallError::Trap {
@@ -175,12 +177,29 @@ impl Instance {
                 }
                 Err(failure)
             }
-            Err(_elapsed) => {
+            None => {
                 self.trapped = true;
                 Err(deadline_error(self.store.data().spec.limits.timeout()))
             }
         }
     }
+}
+
+/// Runs `call` until `deadline`: its output, or `None` once the deadline
+/// has passed (the call is dropped). The timer is armed only once the call
+/// has to wait — most calls finish in one poll and cost no timer.
+async fn within<F: Future>(deadline: Instant, call: F) -> Option<F::Output> {
+    let mut call = std::pin::pin!(call);
+    let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(output) = call.as_mut().poll(cx) {
+            return Poll::Ready(Some(output));
+        }
+        let timer =
+            timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline.into())));
+        timer.as_mut().poll(cx).map(|()| None)
+    })
+    .await
 }
 
 fn deadline_error(timeout: Duration) -> CallError {
