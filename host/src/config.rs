@@ -80,8 +80,8 @@ const SECTIONS: [&str; 5] = ["kafka", "plugins", "sandbox", "pipeline", "admin"]
 /// `sandbox.default_limits.memory`.
 const TABLES: [&str; 2] = ["default_limits", "max_limits"];
 
-/// `[kafka]`.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+/// `[kafka]`. Its `Debug` shows secret-looking property values as `***`.
+#[derive(Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct KafkaConfig {
     /// Bootstrap servers, comma-separated. Absent: start an embedded
@@ -107,9 +107,85 @@ pub struct KafkaConfig {
     pub replication_factor: i32,
     /// Extra librdkafka properties for every client (SASL, TLS, tuning).
     pub properties: BTreeMap<String, String>,
+    /// librdkafka properties read from files when the configuration is
+    /// loaded — the way to pass secrets (`"sasl.password" =
+    /// "/run/secrets/kafka-password"`); a trailing newline is dropped.
+    pub property_files: BTreeMap<String, PathBuf>,
+}
+
+/// The largest secret file read.
+const MAX_SECRET_FILE_BYTES: u64 = 64 << 10;
+
+/// Whether a property's name looks like it holds a secret (a password, a
+/// secret, a token, a key, credentials, an auth config), misspellings such
+/// as `sasl.passwrod` included. Its value is never shown.
+pub fn is_secret_name(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    ["pass", "secret", "token", "key", "cred", "auth"]
+        .iter()
+        .any(|word| name.contains(word))
+}
+
+impl std::fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let properties: BTreeMap<&str, &str> = self
+            .properties
+            .iter()
+            .map(|(k, v)| {
+                let shown = if is_secret_name(k) { "***" } else { v.as_str() };
+                (k.as_str(), shown)
+            })
+            .collect();
+        f.debug_struct("KafkaConfig")
+            .field("brokers", &self.brokers)
+            .field("group_id", &self.group_id)
+            .field("input_topics", &self.input_topics)
+            .field("dead_letter_topic", &self.dead_letter_topic)
+            .field("changelog_topic", &self.changelog_topic)
+            .field("create_topics", &self.create_topics)
+            .field("partitions", &self.partitions)
+            .field("replication_factor", &self.replication_factor)
+            .field("properties", &properties)
+            .field("property_files", &self.property_files)
+            .finish()
+    }
 }
 
 impl KafkaConfig {
+    /// `text` with the value of every secret-looking property replaced by
+    /// `***`: for errors that quote what librdkafka was given.
+    pub fn redact(&self, text: &str) -> String {
+        let mut text = text.to_owned();
+        for (name, value) in &self.properties {
+            if is_secret_name(name) && !value.is_empty() {
+                text = text.replace(value.as_str(), "***");
+            }
+        }
+        text
+    }
+
+    /// Reads `property_files` into `properties`; the error names the key
+    /// and the file, never the contents.
+    fn read_property_files(&mut self) -> Result<(), ConfigError> {
+        for (name, file) in &self.property_files {
+            let invalid = |reason: String| ConfigError::Invalid {
+                field: "kafka.property_files",
+                reason: format!("{name}: {}: {reason}", file.display()),
+            };
+            let size = std::fs::metadata(file)
+                .map_err(|e| invalid(e.to_string()))?
+                .len();
+            if size > MAX_SECRET_FILE_BYTES {
+                return Err(invalid(format!("{size} bytes is too large for a property")));
+            }
+            let text = std::fs::read_to_string(file).map_err(|e| invalid(e.to_string()))?;
+            let value = text.strip_suffix('\n').unwrap_or(&text);
+            let value = value.strip_suffix('\r').unwrap_or(value);
+            self.properties.insert(name.clone(), value.to_owned());
+        }
+        Ok(())
+    }
+
     /// The changelog topic, explicit or derived from the group id.
     pub fn changelog_topic(&self) -> String {
         self.changelog_topic
@@ -130,6 +206,7 @@ impl Default for KafkaConfig {
             partitions: 3,
             replication_factor: 1,
             properties: BTreeMap::new(),
+            property_files: BTreeMap::new(),
         }
     }
 }
@@ -372,7 +449,9 @@ impl Override {
             .into_iter()
             .filter_map(|(name, value)| {
                 let rest = name.strip_prefix("TODO_EVENTD_")?.to_ascii_lowercase();
-                let key = if let Some(property) = rest.strip_prefix("kafka_property_") {
+                let key = if let Some(property) = rest.strip_prefix("kafka_property_file_") {
+                    format!("kafka.property_files.{}", property.replace('_', "."))
+                } else if let Some(property) = rest.strip_prefix("kafka_property_") {
                     format!("kafka.properties.{}", property.replace('_', "."))
                 } else {
                     let (section, key) = SECTIONS
@@ -467,16 +546,23 @@ impl Config {
             let error = |message: String| ConfigError::Override {
                 origin: o.origin.clone(),
                 key: o.key.clone(),
-                message,
+                // Never echo a secret-looking value, even misplaced.
+                message: if is_secret_name(&o.key) && !o.value.is_empty() {
+                    message.replace(o.value.as_str(), "***")
+                } else {
+                    message
+                },
             };
             o.apply(&mut table).map_err(error)?;
             // Check after each one, so the error names the override at fault.
             parse(&table).map_err(|e| error(e.to_string().trim_end().to_owned()))?;
         }
-        parse(&table).map_err(|e| ConfigError::Parse {
+        let mut config = parse(&table).map_err(|e| ConfigError::Parse {
             file: file.map(ToOwned::to_owned).unwrap_or_default(),
             message: e.to_string().trim_end().to_owned(),
-        })
+        })?;
+        config.kafka.read_property_files()?;
+        Ok(config)
     }
 
     /// The sandbox settings this configuration asks for, caching compiled
@@ -655,6 +741,53 @@ mod tests {
         assert_eq!(config.plugins.quarantine_after, 3);
         assert_eq!(config.sandbox.limits().0.memory, ByteSize::mib(16));
         assert_eq!(config.admin.addr.port(), 9000);
+    }
+
+    #[test]
+    fn secrets_come_from_files_and_are_never_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("password");
+        std::fs::write(&file, "TOPSECRET-0\n").unwrap();
+        let overrides = Override::from_env([
+            (
+                "TODO_EVENTD_KAFKA_PROPERTY_FILE_SASL_PASSWORD".to_owned(),
+                file.display().to_string(),
+            ),
+            (
+                "TODO_EVENTD_KAFKA_PROPERTY_SSL_KEY_PASSWORD".to_owned(),
+                "TOPSECRET-2".to_owned(),
+            ),
+        ]);
+        let mut overrides = overrides;
+        overrides.push(Override::from_flag("kafka.properties.sasl.passwrod=TOPSECRET-1").unwrap());
+        let config = Config::load(None, &overrides).unwrap();
+        assert_eq!(config.kafka.properties["sasl.password"], "TOPSECRET-0");
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("TOPSECRET"), "{shown}");
+        assert!(shown.contains("\"sasl.passwrod\": \"***\""), "{shown}");
+        assert_eq!(
+            config
+                .kafka
+                .redact("bad value TOPSECRET-1 or TOPSECRET-2 for x"),
+            "bad value *** or *** for x"
+        );
+        let missing = Override::from_env([(
+            "TODO_EVENTD_KAFKA_PROPERTY_FILE_SASL_PASSWORD".to_owned(),
+            "/nonexistent/secret".to_owned(),
+        )]);
+        let err = Config::load(None, &missing).unwrap_err().to_string();
+        assert!(
+            err.starts_with("kafka.property_files: sasl.password: /nonexistent/secret: "),
+            "{err}"
+        );
+        // A secret-looking key given a value of the wrong type.
+        let err = Config::load(
+            None,
+            &[Override::from_flag("kafka.group_id_token=TOPSECRET-3").unwrap()],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(!err.contains("TOPSECRET"), "{err}");
     }
 
     #[test]

@@ -45,6 +45,23 @@ fn failed(context: impl Into<String>) -> impl FnOnce(KafkaError) -> Error {
     move |source| Error::Kafka { context, source }
 }
 
+/// `err` with the values of secret-looking properties hidden: librdkafka
+/// quotes the value of a property it rejects.
+pub fn redact(err: KafkaError, kafka: &KafkaConfig) -> KafkaError {
+    match err {
+        KafkaError::ClientConfig(res, description, key, value) => {
+            let value = if crate::config::is_secret_name(&key) {
+                "***".to_owned()
+            } else {
+                kafka.redact(&value)
+            };
+            KafkaError::ClientConfig(res, kafka.redact(&description), key, value)
+        }
+        KafkaError::ClientCreation(message) => KafkaError::ClientCreation(kafka.redact(&message)),
+        other => other,
+    }
+}
+
 /// Settings for a client: brokers, our `defaults` for this kind of client,
 /// then the operator's extra properties (SASL, TLS, tuning), which win.
 pub fn client_config(
@@ -80,16 +97,19 @@ pub fn max_record_bytes(kafka: &KafkaConfig) -> usize {
 /// A producer for outputs and dead letters: acknowledged by all in-sync
 /// replicas, retried by librdkafka for up to 30 s before a delivery fails,
 /// with its queue bounded to 64 MiB (librdkafka's default is 1 GiB) so a
-/// slow broker pushes back instead of growing the heap.
+/// slow broker pushes back instead of growing the heap, and batches
+/// compressed with lz4 (`compression.type`, which operators may change).
 pub fn producer(brokers: &str, kafka: &KafkaConfig) -> Result<FutureProducer> {
     let defaults = [
         ("acks", "all"),
         ("linger.ms", "5"),
         ("message.timeout.ms", "30000"),
         ("queue.buffering.max.kbytes", "65536"),
+        ("compression.type", "lz4"),
     ];
     client_config(brokers, kafka, &defaults)
         .create()
+        .map_err(|e| redact(e, kafka))
         .map_err(failed(format!("creating a producer for {brokers}")))
 }
 
@@ -136,6 +156,7 @@ pub async fn ensure_topics(
 ) -> Result<()> {
     let admin: AdminClient<DefaultClientContext> = client_config(brokers, kafka, &[])
         .create()
+        .map_err(|e| redact(e, kafka))
         .map_err(failed(format!("creating an admin client for {brokers}")))?;
     let new: Vec<NewTopic<'_>> = topics
         .iter()
@@ -178,6 +199,7 @@ pub async fn ensure_topics(
 pub fn check_changelog_partitions(brokers: &str, kafka: &KafkaConfig) -> Result<()> {
     let consumer: BaseConsumer = client_config(brokers, kafka, &[])
         .create()
+        .map_err(|e| redact(e, kafka))
         .map_err(failed(format!("connecting to {brokers}")))?;
     let changelog = kafka.changelog_topic();
     let count = |topic: &str| -> Result<usize> {
@@ -382,4 +404,31 @@ pub fn header(message: &impl Message, name: &str) -> Option<String> {
         .find(|h| h.key == name)
         .and_then(|h| h.value)
         .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_errors_never_show_a_secret() {
+        // A misspelt (unknown) property, and a rejected value equal to the
+        // password: librdkafka quotes both values in its errors.
+        for (name, value) in [
+            ("sasl.passwrod", "TOPSECRET-1"),
+            ("security.protocol", "TOPSECRET-2"),
+        ] {
+            let mut kafka = KafkaConfig::default();
+            kafka.properties.insert(name.into(), value.into());
+            kafka
+                .properties
+                .insert("sasl.password".into(), "TOPSECRET-2".into());
+            let err = producer("127.0.0.1:1", &kafka)
+                .err()
+                .unwrap_or_else(|| panic!("{name} is rejected"))
+                .to_string();
+            assert!(err.contains(name), "{err}");
+            assert!(!err.contains("TOPSECRET"), "{name}: {err}");
+        }
+    }
 }

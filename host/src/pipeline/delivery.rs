@@ -94,6 +94,8 @@ pub(super) enum Role {
     Changelog,
     /// A dead letter; `minimal` once cut down after a permanent failure.
     DeadLetter {
+        /// Where the failure it reports happened.
+        stage: Stage,
         /// Bytes of the input it carries.
         original_size: usize,
         /// Whether this is already the last-resort form.
@@ -321,6 +323,7 @@ impl Context {
                     self.targets.max_record_bytes,
                 );
                 send.role = Role::DeadLetter {
+                    stage: Stage::Deliver,
                     original_size: input.value.len(),
                     minimal: false,
                 };
@@ -329,13 +332,15 @@ impl Context {
                 };
             }
             Role::DeadLetter {
+                stage,
                 original_size,
                 minimal: false,
             } => {
                 warn!(topic = %send.record.topic, error = %err, "Dead letter cannot be produced; sending a minimal one.");
-                let original_size = *original_size;
+                let (stage, original_size) = (*stage, *original_size);
                 send.record = records::minimal_dead_letter(&send.record, original_size);
                 send.role = Role::DeadLetter {
+                    stage,
                     original_size,
                     minimal: true,
                 };
@@ -397,12 +402,15 @@ impl Context {
     /// The head is acknowledged: count it, clear any stall.
     fn settled(&mut self, entry: &Entry) {
         for send in &entry.sends {
-            let counter = match send.role {
-                Role::Output { .. } => &self.stats.outputs,
-                Role::Changelog => &self.stats.changelog_records,
-                Role::DeadLetter { .. } => &self.stats.dead_letters,
-            };
-            counter.inc();
+            match send.role {
+                Role::Output { .. } => {
+                    self.stats.outputs.inc();
+                }
+                Role::Changelog => {
+                    self.stats.changelog_records.inc();
+                }
+                Role::DeadLetter { stage, .. } => self.stats.dead_lettered(stage.as_str()),
+            }
         }
         self.failing_since = None;
         if self.stalled {

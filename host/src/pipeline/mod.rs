@@ -254,7 +254,7 @@ impl Pipeline {
         };
         let failed = |source| Error::Consume {
             topics: topics.to_owned(),
-            source,
+            source: kafka::redact(source, &self.config.kafka),
         };
         let consumer: PipelineConsumer = kafka::client_config(brokers, kafka, &defaults)
             .create_with_context(context)

@@ -393,6 +393,7 @@ impl Worker {
             self.context.max_record_bytes,
         );
         let role = Role::DeadLetter {
+            stage: failure.stage,
             original_size: input.value.len(),
             minimal: false,
         };

@@ -31,6 +31,13 @@ struct CommitLabels {
     result: &'static str,
 }
 
+/// Labels of a dead letter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StageLabels {
+    /// `decode`, `plugin`, `timer` or `deliver`.
+    stage: &'static str,
+}
+
 /// Labels of a failed delivery.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DeliveryLabels {
@@ -66,6 +73,7 @@ pub struct PipelineMetrics {
     /// Consumer errors reported by librdkafka.
     pub consumer_errors: Counter,
     delivery_failures: Family<DeliveryLabels, Counter>,
+    dead_letter_stages: Family<StageLabels, Counter>,
     rebalances: Family<RebalanceLabels, Counter>,
     commits: Family<CommitLabels, Counter>,
     commit_duration: Histogram,
@@ -87,6 +95,7 @@ impl Default for PipelineMetrics {
             undeliverable: Counter::default(),
             consumer_errors: Counter::default(),
             delivery_failures: Family::default(),
+            dead_letter_stages: Family::default(),
             rebalances: Family::default(),
             commits: Family::default(),
             // 1 ms .. ~16 s
@@ -117,6 +126,14 @@ impl PipelineMetrics {
         self.commit_duration.observe(took.as_secs_f64());
         self.commits
             .get_or_create(&CommitLabels { result: "ok" })
+            .inc();
+    }
+
+    /// Counts an acknowledged dead letter, by the stage it reports.
+    pub fn dead_lettered(&self, stage: &'static str) {
+        self.dead_letters.inc();
+        self.dead_letter_stages
+            .get_or_create(&StageLabels { stage })
             .inc();
     }
 
@@ -217,6 +234,11 @@ impl PipelineMetrics {
         for (name, help, counter) in counters {
             registry.register(name, help, counter.clone());
         }
+        registry.register(
+            "dead_letters_by_stage",
+            "Dead letters acknowledged, by stage (decode, plugin, timer, deliver)",
+            self.dead_letter_stages.clone(),
+        );
         registry.register(
             "delivery_failures",
             "Failed deliveries by class (retriable: re-sent after a back-off; permanent: dead-lettered or the partition stalls)",
