@@ -261,7 +261,9 @@ async fn execute(cli: Cli) -> Result<ExitCode> {
             topic,
             file,
         } => {
-            let producer = kafka::producer(&brokers, &Config::default().kafka)?;
+            // TLS and SASL settings from the environment, as `run` reads them.
+            let config = Config::load(None, &Override::from_env(std::env::vars()))?;
+            let producer = kafka::producer(&brokers, &config.kafka)?;
             let count = match file.as_deref() {
                 None => kafka::produce_lines(&producer, &topic, std::io::stdin().lock()).await,
                 Some(path) if path == Path::new("-") => {

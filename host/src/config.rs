@@ -822,9 +822,13 @@ mod tests {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         for file in [
             "deploy/config.example.toml",
+            "deploy/config.mtls.example.toml",
             "deploy/kubernetes/todo-eventd.toml",
         ] {
-            let config = Config::from_file(&root.join(file)).unwrap();
+            // Parsed as written (the secret files they name exist only
+            // where they are deployed).
+            let text = std::fs::read_to_string(root.join(file)).unwrap();
+            let config: Config = toml::from_str(&text).unwrap_or_else(|e| panic!("{file}: {e}"));
             config.validate().unwrap_or_else(|e| panic!("{file}: {e}"));
         }
     }

@@ -6,6 +6,7 @@
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use tracing::{info, warn};
@@ -97,6 +98,12 @@ pub async fn run(
     let embedded;
     let brokers = match &config.kafka.brokers {
         Some(brokers) => {
+            let (brokers_, kafka) = (brokers.clone(), config.kafka.clone());
+            tokio::task::spawn_blocking(move || {
+                kafka::probe(&brokers_, &kafka, Duration::from_secs(30))
+            })
+            .await
+            .context("connecting to the brokers")??;
             if config.kafka.create_topics {
                 let compacted = BTreeSet::from([config.kafka.changelog_topic()]);
                 kafka::ensure_topics(brokers, &config.kafka, &topics, &compacted)

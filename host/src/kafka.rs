@@ -13,7 +13,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{DefaultProducerContext, DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::producer::{
+    DefaultProducerContext, DeliveryFuture, FutureProducer, FutureRecord, Producer,
+};
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::config::KafkaConfig;
@@ -191,6 +193,25 @@ pub async fn ensure_topics(
         }
     }
     Ok(())
+}
+
+/// Connects to the brokers and reads the cluster's metadata, so a broker
+/// that cannot be reached, a TLS or SASL mistake shows up at start-up, with
+/// librdkafka's own account of it in the log as it happens (a producer's
+/// events are served by its polling thread). Blocking: call it off the
+/// async threads.
+pub fn probe(brokers: &str, kafka: &KafkaConfig, timeout: Duration) -> Result<()> {
+    let producer = producer(brokers, kafka)?;
+    producer
+        .client()
+        .fetch_metadata(None, timeout)
+        .map(|_| ())
+        .map_err(|source| Error::Kafka {
+            context: format!(
+                "reaching the brokers at {brokers} (see the librdkafka lines above for TLS or SASL failures)"
+            ),
+            source: redact(source, kafka),
+        })
 }
 
 /// Checks that the changelog has a partition for every input partition

@@ -272,3 +272,52 @@ fn plugins_test_goes_on_past_a_bad_line_and_a_plugin_that_never_returns() {
     assert_eq!(lines[2]["error"], "deadline");
     assert_eq!(lines[2]["line"], 3);
 }
+
+#[test]
+fn logs_can_be_json_and_a_plugin_cannot_forge_a_line() {
+    let cache = tempfile::tempdir().unwrap();
+    let test_plugin = std::fs::read(env!("GUEST_TEST_PLUGIN_WASM")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("forger.wasm"), &test_plugin).unwrap();
+    std::fs::write(
+        dir.path().join("forger.toml"),
+        "[config]\nmode = \"log-forge\"\n",
+    )
+    .unwrap();
+    let events = dir.path().join("events.ndjson");
+    std::fs::write(
+        &events,
+        "{\"event_id\":\"e1\",\"event_type\":\"created\",\"user_id\":\"u\",\"task_id\":\"t\",\"timestamp\":\"2026-01-26T08:00:00Z\"}\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_todo-eventd"))
+        .args(["--log-format", "json", "plugins", "test", "--plugins"])
+        .arg(dir.path())
+        .arg("--events")
+        .arg(&events)
+        .env("TODO_EVENTD_CACHE_DIR", cache.path())
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let mut lines = stderr.lines().collect::<Vec<_>>();
+    let summary = lines.pop().unwrap();
+    assert_eq!(summary, "1 events, 0 emits, 0 dead-letters, 0 timers fired");
+    let logs: Vec<Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    assert_eq!(logs.len(), 1, "one line, not a forged second one: {stderr}");
+    let message = logs[0]["fields"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("innocent\\n2026-01-01T00:00:00.000000Z  INFO todo_eventd::daemon: Forged line.\\u{1b}[31m"),
+        "{message}"
+    );
+    assert_eq!(logs[0]["fields"]["plugin"], "forger");
+    assert!(!stderr.contains('\u{1b}'));
+}

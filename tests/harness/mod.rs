@@ -4,6 +4,8 @@
 
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod tls;
+
 use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -249,13 +251,27 @@ pub async fn read_until(
     timeout: Duration,
     enough: impl Fn(&[OwnedMessage]) -> bool,
 ) -> Vec<OwnedMessage> {
-    let consumer: StreamConsumer = ClientConfig::new()
+    read_until_with(brokers, &[], topics, timeout, enough).await
+}
+
+/// [`read_until`] with extra client `properties` (TLS, SASL).
+pub async fn read_until_with(
+    brokers: &str,
+    properties: &[(&str, &str)],
+    topics: &[&str],
+    timeout: Duration,
+    enough: impl Fn(&[OwnedMessage]) -> bool,
+) -> Vec<OwnedMessage> {
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", brokers)
         .set("group.id", format!("e2e-reader-{}", free_port()))
         .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
+        .set("enable.auto.commit", "false");
+    for (key, value) in properties {
+        config.set(*key, *value);
+    }
+    let consumer: StreamConsumer = config.create().unwrap();
     consumer.subscribe(topics).unwrap();
     let mut seen = Vec::new();
     let deadline = tokio::time::Instant::now() + timeout;
