@@ -103,11 +103,6 @@ async fn each_hostile_plugin_fails_with_its_class_and_the_good_one_carries_on() 
         let value: serde_json::Value = serde_json::from_str(&emits[0].value).unwrap();
         assert_eq!(value["count"], round, "echo state carried across rounds");
         assert_eq!(emits[0].topic, "out-topic");
-        // Nothing the failing plugins did was kept.
-        for (name, _) in &cases {
-            let outcome = by_name(name);
-            assert!(outcome.changes.is_empty(), "{name} changes");
-        }
     }
 }
 

@@ -235,17 +235,20 @@ impl Deliveries {
             let mut retry_at: Option<Instant> = None;
             let mut waiting = None;
             for (index, send) in head.sends.iter_mut().enumerate() {
+                if matches!(send.state, SendState::Unsent { retry_at: at } if at <= now) {
+                    self.ctx.offer(send, &head.input);
+                }
+                // Judged after the offer, which may have failed on the
+                // spot (a full queue, a record the producer refuses): such
+                // a send is still owed, never taken as settled.
                 match &send.state {
-                    SendState::Unsent { retry_at: at } if *at <= now => {
-                        self.ctx.offer(send, &head.input);
-                    }
                     SendState::Unsent { retry_at: at } => {
                         retry_at = Some(retry_at.map_or(*at, |r| r.min(*at)));
                     }
-                    SendState::InFlight(_) | SendState::Acked => {}
-                }
-                if waiting.is_none() && matches!(send.state, SendState::InFlight(_)) {
-                    waiting = Some(index);
+                    SendState::InFlight(_) => {
+                        waiting.get_or_insert(index);
+                    }
+                    SendState::Acked => {}
                 }
             }
             if let Some(index) = waiting {
@@ -419,5 +422,84 @@ impl Context {
             self.status.recovered();
             tracing::info!("Partition delivers again.");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use rdkafka::ClientConfig;
+
+    use super::*;
+    use crate::telemetry::{NotReady, Readiness};
+
+    /// A producer that refuses every record over 1000 bytes on the spot
+    /// (no broker needed: the check is local).
+    fn strict_producer() -> FutureProducer {
+        ClientConfig::new()
+            .set("bootstrap.servers", "127.0.0.1:9")
+            .set("message.max.bytes", "1000")
+            .create()
+            .expect("producer")
+    }
+
+    fn input(value: Vec<u8>) -> Input {
+        Input {
+            topic: "task-events".into(),
+            partition: 0,
+            offset: Some(7),
+            key: Some(b"u1".to_vec()),
+            value,
+            event_id: Some("ev-big".into()),
+        }
+    }
+
+    /// An output, its dead letter and even the minimal dead letter are
+    /// all refused before reaching any broker: the entry must stay owed
+    /// (and the partition stalled), never be taken as delivered — which
+    /// would store its offset and lose the record without a trace.
+    #[tokio::test(start_paused = true)]
+    async fn a_record_refused_on_the_spot_is_never_taken_as_delivered() {
+        let readiness = Arc::new(Readiness::default());
+        readiness.assigned(1);
+        let stats = Arc::new(PipelineMetrics::default());
+        let mut deliveries = Deliveries::new(
+            strict_producer(),
+            Targets {
+                dead_letters: "task-events.dlq".into(),
+                max_record_bytes: 1 << 20,
+            },
+            stats.clone(),
+            readiness.partition("task-events", 0),
+        );
+        let big = vec![b'x'; 4096];
+        let output = OutRecord {
+            topic: "out-topic".into(),
+            partition: None,
+            key: None,
+            value: Some(big.clone()),
+            headers: Vec::new(),
+        };
+        let role = Role::Output {
+            plugin: "echo".into(),
+        };
+        deliveries.push(Entry::new(Some(7), input(big), [(output, role)]));
+
+        // Ten minutes of (paused, auto-advancing) time: the retries back
+        // off to the longest interval and go on.
+        let settled =
+            tokio::time::timeout(Duration::from_secs(600), deliveries.settle_head()).await;
+        assert!(
+            settled.is_err(),
+            "settled without an acknowledgement: {settled:?}"
+        );
+        assert!(!deliveries.is_empty());
+        assert!(
+            matches!(readiness.check(), Err(NotReady::Stalled { .. })),
+            "the partition is reported stalled: {:?}",
+            readiness.check()
+        );
+        assert_eq!(stats.undeliverable.get(), 1);
     }
 }

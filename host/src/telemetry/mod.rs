@@ -46,3 +46,45 @@ impl Telemetry {
         text
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every series the shipped dashboard and alert rules query exists.
+    #[test]
+    fn deploy_files_query_series_that_exist() {
+        let text = Telemetry::default().encode();
+        let known: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        for file in [
+            "deploy/grafana/todo-eventd-dashboard.json",
+            "deploy/prometheus/todo-eventd.rules.yml",
+        ] {
+            let body = std::fs::read_to_string(root.join(file)).unwrap_or_default();
+            let mut rest = body.as_str();
+            let mut found = 0;
+            while let Some(at) = rest.find("todo_eventd_") {
+                let name: String = rest[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                rest = &rest[at + name.len()..];
+                let base = ["_total", "_bucket", "_count", "_sum"]
+                    .iter()
+                    .find_map(|suffix| name.strip_suffix(suffix))
+                    .unwrap_or(&name);
+                assert!(
+                    known.contains(&base) || known.contains(&name.as_str()),
+                    "{file}: {name} is not a series the daemon exports"
+                );
+                found += 1;
+            }
+            assert!(found > 5, "{file}: {found} series");
+        }
+    }
+}
