@@ -16,7 +16,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Guest crates, by package name.
-const GUESTS: &[&str] = &["reminders", "recurrence", "analytics", "test-plugin"];
+const GUESTS: &[&str] = &[
+    "reminders",
+    "recurrence",
+    "analytics",
+    "audit",
+    "test-plugin",
+];
 
 /// The target the guests are compiled to.
 const TARGET: &str = "wasm32-wasip2";

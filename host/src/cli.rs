@@ -15,8 +15,9 @@ use crate::config::{Config, Override};
 use crate::plugin::{self, LoadReport, Plugin, bundled};
 use crate::sandbox::Sandbox;
 use crate::telemetry::Telemetry;
+use crate::units::ByteSize;
 use crate::world::Timestamp;
-use crate::{daemon, demo, kafka, offline};
+use crate::{daemon, demo, kafka, kit, offline};
 
 /// How long the runtime waits for blocking work (a compile, a restore
 /// read) when the process exits.
@@ -179,12 +180,41 @@ enum PluginsCommand {
         /// timers in order (e.g. `72h`, `30m`).
         #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
         advance: Duration,
+        /// Print per-plugin calls, p50/p99/max call time and peak memory
+        /// to stderr, to size `[limits]`.
+        #[arg(long)]
+        stats: bool,
     },
-    /// Write the bundled plugins (reminders, recurrence, analytics) and their
-    /// default manifests into a directory. Existing manifests are kept.
+    /// Write the bundled plugins (reminders, recurrence, analytics, audit)
+    /// and their default manifests into a directory. Existing manifests are
+    /// kept.
     Install {
         /// The plugins directory to write to.
         dir: PathBuf,
+    },
+    /// Create a plugin project, PARENT/NAME: a handler that emits one record
+    /// per event to its output `out`, the manifest mapping it, sample events
+    /// and a README. It builds outside this repository.
+    New {
+        /// The plugin's name (lower-case letters, digits, '-', '_').
+        name: String,
+        /// The language.
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: kit::Lang,
+        /// Where to create the project directory.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Build a plugin project into NAME.wasm + NAME.toml: cargo for the
+    /// wasm32-wasip2 target (added with rustup if missing), or
+    /// componentize-py (installed on first use) for Python.
+    Build {
+        /// The project directory.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// Where to write the plugin files; default: DIR/dist.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 
@@ -229,10 +259,11 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
 
 async fn execute(cli: Cli) -> Result<ExitCode> {
     let explicit_cache = cli.cache_dir.is_some() || cli.no_cache;
+    let cache_root = cli.cache_dir.or_else(default_cache_dir);
     let cache_dir = if cli.no_cache {
         None
     } else {
-        cli.cache_dir.or_else(default_cache_dir)
+        cache_root.clone()
     };
     let components = cache_dir.map(|d| d.join("components"));
     let telemetry = Telemetry::default();
@@ -284,7 +315,41 @@ async fn execute(cli: Cli) -> Result<ExitCode> {
             events,
             now,
             advance,
-        }) => test(&sandbox()?, plugins.as_deref(), &events, now, advance).await,
+            stats,
+        }) => {
+            let options = offline::Options {
+                start: now,
+                advance,
+            };
+            test(&sandbox()?, plugins.as_deref(), &events, &options, stats).await
+        }
+        Command::Plugins(PluginsCommand::New { name, lang, dir }) => {
+            let (project, files) = kit::new_project(&name, lang, &dir)?;
+            let mut stdout = std::io::stdout().lock();
+            for file in files {
+                writeln!(stdout, "wrote {}", file.display())?;
+            }
+            writeln!(
+                stdout,
+                "\nnext: cd {} && todo-eventd plugins build && todo-eventd plugins test --plugins dist --events events.ndjson --stats",
+                project.display()
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Plugins(PluginsCommand::Build { dir, out }) => {
+            // Tools installed on first use live beside the component cache
+            // (like the test suite's broker).
+            let tools = cache_root.unwrap_or_else(|| std::env::temp_dir().join("todo-eventd"));
+            let built =
+                tokio::task::spawn_blocking(move || kit::build(&dir, out.as_deref(), &tools))
+                    .await
+                    .context("the build task failed")??;
+            let mut stdout = std::io::stdout().lock();
+            writeln!(stdout, "built {}", built.name)?;
+            writeln!(stdout, "wrote {}", built.wasm.display())?;
+            writeln!(stdout, "wrote {}", built.manifest.display())?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Plugins(PluginsCommand::Install { dir }) => {
             let written = bundled::install(&dir)
                 .with_context(|| format!("installing bundled plugins into {}", dir.display()))?;
@@ -366,9 +431,10 @@ pub fn describe(plugin: &Plugin) -> String {
         .map(|(name, topic)| format!("{name}->{topic}"))
         .collect();
     let mut text = format!(
-        "ok       {:<16} version={} sha256={} events={} outputs={}\n",
+        "ok       {:<16} version={} wit=todo:plugin@{} sha256={} events={} outputs={}\n",
         plugin.name,
         manifest.version.as_deref().unwrap_or("-"),
+        plugin.wit_version(),
         plugin.short_hash(),
         events.join(","),
         if outputs.is_empty() {
@@ -389,6 +455,16 @@ pub fn describe(plugin: &Plugin) -> String {
             plugin.wasi_imports.len()
         ));
     }
+    let limit = plugin.spec.limits.memory;
+    text.push_str(&format!(
+        "         starts in {} of memory (limit {limit})\n",
+        ByteSize(plugin.start_memory as u64)
+    ));
+    if plugin.start_memory as u64 > limit.bytes() / 4 * 3 {
+        text.push_str(
+            "         warning: starting takes over 3/4 of limits.memory, so every call gets a fresh instance; raise limits.memory\n",
+        );
+    }
     let limits: Vec<String> = plugin
         .spec
         .limits
@@ -404,8 +480,8 @@ async fn test(
     sandbox: &Arc<Sandbox>,
     dir: Option<&Path>,
     events: &Path,
-    now: Option<Timestamp>,
-    advance: Duration,
+    options: &offline::Options,
+    stats: bool,
 ) -> Result<ExitCode> {
     let report = match dir {
         Some(dir) => load(sandbox, dir).await?,
@@ -419,22 +495,21 @@ async fn test(
     if report.plugins.is_empty() {
         bail!("no valid plugins to run");
     }
-    let options = offline::Options {
-        start: now,
-        advance,
-    };
     let stdout = std::io::stdout().lock();
     let summary = if events == Path::new("-") {
-        offline::run(&report.plugins, std::io::stdin().lock(), &options, stdout).await
+        offline::run(&report.plugins, std::io::stdin().lock(), options, stdout).await
     } else {
         let file = std::fs::File::open(events)
             .with_context(|| format!("opening events file {}", events.display()))?;
-        offline::run(&report.plugins, BufReader::new(file), &options, stdout).await
+        offline::run(&report.plugins, BufReader::new(file), options, stdout).await
     }
     .context("running events through the plugins")?;
     eprintln!(
         "{} events, {} emits, {} dead-letters, {} timers fired",
         summary.events, summary.emits, summary.dead_letters, summary.timers_fired
     );
+    if stats {
+        eprint!("{}", summary.stats_table());
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -137,6 +137,7 @@ pub async fn run(
                     "reminders" => seen.reminders += 1,
                     "recurrence" => seen.occurrences += 1,
                     "analytics" => seen.snapshots += 1,
+                    "audit" => seen.audits += 1,
                     _ => {}
                 }
                 writeln!(
@@ -177,6 +178,7 @@ struct Seen {
     reminders: u32,
     occurrences: u32,
     snapshots: u32,
+    audits: u32,
     dead_letters: u32,
 }
 
@@ -185,6 +187,7 @@ impl Seen {
         self.reminders >= 1
             && self.occurrences >= 1
             && self.snapshots >= 2
+            && self.audits >= 1
             && self.dead_letters >= 2
     }
 }

@@ -25,7 +25,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tracing::{Instrument, debug_span, info, warn};
+use tracing::{Instrument, debug, debug_span, info, warn};
 
 use crate::clock::rfc3339;
 use crate::plugin::Plugin;
@@ -44,14 +44,27 @@ pub struct DispatchPolicy {
     /// The soonest a timer set during `on-timer` may fire, from the call's
     /// `now`.
     pub min_timer_rearm: Duration,
+    /// Whether retries of a `retryable` error wait out their back-off.
+    pub retry_wait: RetryWait,
+}
+
+/// How a retry of a `retryable` call waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryWait {
+    /// Sleep the plugin's `limits.retry_backoff`, doubling per attempt.
+    Backoff,
+    /// Retry at once (offline runs, where the clock is virtual).
+    Immediate,
 }
 
 impl DispatchPolicy {
-    /// Never quarantine, re-arm as the plugin asks (the offline bench,
-    /// where the clock only moves with the events).
+    /// Never quarantine, re-arm as the plugin asks, retry without waiting
+    /// (the offline bench and `plugins test`, where the clock only moves
+    /// with the events).
     pub const OFFLINE: Self = Self {
         quarantine: QuarantinePolicy::NEVER,
         min_timer_rearm: Duration::from_millis(1),
+        retry_wait: RetryWait::Immediate,
     };
 }
 
@@ -60,6 +73,7 @@ impl Default for DispatchPolicy {
         Self {
             quarantine: QuarantinePolicy::default(),
             min_timer_rearm: Duration::from_secs(1),
+            retry_wait: RetryWait::Backoff,
         }
     }
 }
@@ -75,6 +89,10 @@ pub struct Outcome {
     /// persist whatever the result (a fired timer's removal is here even
     /// when its handler failed).
     pub changes: StateChanges,
+    /// Wall time of the call, retries included.
+    pub took: Duration,
+    /// The largest linear memory the plugin's instance has used so far.
+    pub memory_peak: usize,
 }
 
 /// A timer that fired.
@@ -89,6 +107,8 @@ pub struct Firing {
 struct Slot {
     plugin: Arc<Plugin>,
     instance: Option<Instance>,
+    /// The largest memory an instance of this slot has used.
+    memory_peak: usize,
     state: PluginState,
     metrics: SlotMetrics,
 }
@@ -165,12 +185,14 @@ impl Dispatcher {
                 Some(slot) => Slot {
                     plugin: plugin.clone(),
                     instance: None,
+                    memory_peak: 0,
                     state: slot.state,
                     metrics: slot.metrics,
                 },
                 None => Slot {
                     plugin: plugin.clone(),
                     instance: None,
+                    memory_peak: 0,
                     state: self.parked.remove(&plugin.name).unwrap_or_default(),
                     metrics: self.metrics.slot(&plugin.name),
                 },
@@ -280,6 +302,7 @@ impl Slot {
         metrics: &PluginMetrics,
     ) -> Outcome {
         let plugin = self.plugin.clone();
+        let started = Instant::now();
         let result = match plugin.health.admit(now) {
             Err(suspended) => {
                 metrics.skipped(&plugin.name);
@@ -295,7 +318,9 @@ impl Slot {
                     hash = %plugin.short_hash(),
                     handler = call.handler().as_str()
                 );
-                self.run(now, call).instrument(span).await
+                self.run_with_retries(now, call, policy)
+                    .instrument(span)
+                    .await
             }
         };
         let mut stormed = false;
@@ -317,6 +342,45 @@ impl Slot {
             plugin,
             result,
             changes,
+            took: started.elapsed(),
+            memory_peak: self.memory_peak,
+        }
+    }
+
+    /// Runs the call, and again while it fails with a `retryable` error,
+    /// up to `limits.retries` more times with exponential back-off. The
+    /// partition waits meanwhile, so per-key order is kept; a call still
+    /// failing after the last retry is dead-lettered like `bad-input`.
+    async fn run_with_retries(
+        &mut self,
+        now: Timestamp,
+        call: Call<'_>,
+        policy: &DispatchPolicy,
+    ) -> Result<Effects, CallError> {
+        let limits = self.plugin.spec.limits;
+        let mut backoff = limits.retry_backoff.0;
+        let mut attempt = 0_u64;
+        loop {
+            let result = self.run(now, call).await;
+            match &result {
+                Err(err) if err.is_retryable() && attempt < limits.retries.0 => {
+                    attempt += 1;
+                    self.metrics.retried();
+                    debug!(
+                        plugin = %self.plugin.name,
+                        attempt,
+                        of = limits.retries.0,
+                        backoff = %format_duration(backoff),
+                        error = %err,
+                        "Plugin asked for a retry."
+                    );
+                    if policy.retry_wait == RetryWait::Backoff {
+                        tokio::time::sleep(backoff).await;
+                    }
+                    backoff = backoff.saturating_mul(2);
+                }
+                _ => return result,
+            }
         }
     }
 
@@ -331,6 +395,7 @@ impl Slot {
             Call::Event(event) => instance.on_event(event, now, &mut self.state).await,
             Call::Timer(timer) => instance.on_timer(timer, now, &mut self.state).await,
         };
+        self.memory_peak = self.memory_peak.max(instance.memory_peak());
         self.metrics
             .call(call.handler(), started.elapsed(), instance.memory_peak());
         if !instance.is_reusable() {
@@ -410,8 +475,17 @@ impl Slot {
         metrics: &PluginMetrics,
     ) {
         let name = &self.plugin.name;
+        // A handler that returned (with `ok`, or an error that is not the
+        // plugin's fault) is healthy.
+        let returned = match result {
+            Ok(_) => true,
+            Err(err @ CallError::Plugin { .. }) => !err.is_plugin_fault(),
+            Err(_) => false,
+        };
         let err = match result {
-            Ok(_) | Err(CallError::Plugin { .. }) => {
+            Err(CallError::Quarantined { .. }) => return,
+            Err(err) if !returned => err,
+            _ => {
                 if self.plugin.health.succeeded() == Transition::Released {
                     info!(plugin = %name, "Plugin call succeeded; quarantine lifted.");
                     metrics.set_quarantined(name, false);
@@ -422,8 +496,6 @@ impl Slot {
                 }
                 return;
             }
-            Err(CallError::Quarantined { .. }) => return,
-            Err(err) => err,
         };
         metrics.error(name, err.kind());
         warn!(plugin = %name, kind = err.kind(), error = %err, "Plugin call failed.");

@@ -25,6 +25,7 @@ pub mod demo;
 pub mod dispatch;
 pub mod event;
 pub mod kafka;
+pub mod kit;
 pub mod offline;
 pub mod pipeline;
 pub mod plugin;

@@ -9,6 +9,7 @@
 //! Input lines are bytes: a line that is not JSON (or not UTF-8) is a
 //! dead letter with its line number, and the run goes on.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +20,7 @@ use crate::clock::rfc3339;
 use crate::dispatch::{Dispatcher, Outcome};
 use crate::event;
 use crate::plugin::Plugin;
+use crate::units::ByteSize;
 use crate::world::Timestamp;
 
 /// Guard against a plugin that re-arms a timer at the current time forever.
@@ -44,6 +46,54 @@ pub struct Summary {
     pub dead_letters: u64,
     /// Timers fired.
     pub timers_fired: u64,
+    /// Calls, time and memory per plugin.
+    pub plugins: BTreeMap<String, PluginStats>,
+}
+
+/// What one plugin used during a run, to size its `[limits]`.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PluginStats {
+    /// Wall time of every call (retries included), in call order.
+    pub calls: Vec<Duration>,
+    /// Calls that failed.
+    pub failed: u64,
+    /// The largest linear memory an instance used.
+    pub memory_peak: usize,
+}
+
+impl PluginStats {
+    /// The `q` quantile (0..=1) of call times, nearest rank.
+    pub fn quantile(&self, q: f64) -> Duration {
+        let mut sorted = self.calls.clone();
+        sorted.sort_unstable();
+        let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len().max(1));
+        sorted.get(rank - 1).copied().unwrap_or_default()
+    }
+}
+
+impl Summary {
+    /// A table of per-plugin calls, call times and peak memory, with the
+    /// limits each plugin runs under beside them.
+    pub fn stats_table(&self) -> String {
+        let mut text = format!(
+            "{:<16} {:>7} {:>7} {:>10} {:>10} {:>10} {:>10}\n",
+            "plugin", "calls", "failed", "p50", "p99", "max", "memory"
+        );
+        for (name, stats) in &self.plugins {
+            let max = stats.calls.iter().max().copied().unwrap_or_default();
+            text.push_str(&format!(
+                "{:<16} {:>7} {:>7} {:>10} {:>10} {:>10} {:>10}\n",
+                name,
+                stats.calls.len(),
+                stats.failed,
+                format!("{:.2?}", stats.quantile(0.5)),
+                format!("{:.2?}", stats.quantile(0.99)),
+                format!("{max:.2?}"),
+                ByteSize(stats.memory_peak as u64).to_string(),
+            ));
+        }
+        text
+    }
 }
 
 /// Why a run stopped early.
@@ -145,6 +195,10 @@ impl Bench {
         out: &mut impl Write,
     ) -> Result<(), Error> {
         let plugin = outcome.plugin.name.as_str();
+        let stats = self.summary.plugins.entry(plugin.to_owned()).or_default();
+        stats.calls.push(outcome.took);
+        stats.failed += u64::from(outcome.result.is_err());
+        stats.memory_peak = stats.memory_peak.max(outcome.memory_peak);
         match outcome.result {
             Ok(emits) => {
                 for emit in emits {

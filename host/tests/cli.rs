@@ -100,12 +100,23 @@ fn plugins_test_on_the_sample_events_shows_every_plugin_working() {
     // Analytics snapshots are throttled (a minute after a change), keyed by user.
     let snapshots = emits("analytics");
     assert!(!snapshots.is_empty());
-    let last_u3 = snapshots.iter().rev().find(|s| s["key"] == "u-3").unwrap();
-    assert_eq!(last_u3["value"]["created"], 2);
+    let u3: Vec<_> = snapshots.iter().filter(|s| s["key"] == "u-3").collect();
+    let last_u3 = u3
+        .iter()
+        .find(|s| s["at"] == "2026-01-26T18:06:00Z")
+        .unwrap();
+    // Task 45 is first seen deleted: it existed, so it counts as created.
+    assert_eq!(last_u3["value"]["created"], 3);
     assert_eq!(last_u3["value"]["completed"], 1);
     assert_eq!(last_u3["value"]["deleted"], 1);
-    assert_eq!(last_u3["value"]["completion_rate"], 0.5);
-    assert_eq!(last_u3["at"], "2026-01-26T18:06:00Z");
+    assert_eq!(last_u3["value"]["completion_rate"], 0.333);
+    assert_eq!(last_u3["value"]["open"], 1);
+    // The dentist task (due 13:30Z on the 29th) is counted overdue when
+    // its due time passes, in a snapshot a minute later.
+    let overdue = u3.last().unwrap();
+    assert_eq!(overdue["at"], "2026-01-29T13:31:00Z");
+    assert_eq!(overdue["value"]["overdue"], 1);
+    assert_eq!(overdue["value"]["by_priority"]["urgent"]["overdue"], 1);
 
     // Bad lines are dead-lettered with the line number and a clear reason.
     let dead: Vec<_> = lines
@@ -147,7 +158,7 @@ fn plugins_check_lists_plugins_and_fails_on_an_invalid_one() {
     let out = todo_eventd(&["plugins", "check", dir], cache.path());
     assert!(out.status.success());
     let stdout = String::from_utf8(out.stdout).unwrap();
-    for name in ["analytics", "recurrence", "reminders"] {
+    for name in ["analytics", "audit", "recurrence", "reminders"] {
         assert!(
             stdout
                 .lines()
@@ -172,7 +183,7 @@ fn plugins_check_lists_plugins_and_fails_on_an_invalid_one() {
     );
     assert_eq!(
         stdout.lines().filter(|l| l.starts_with("ok")).count(),
-        3,
+        4,
         "the others still load"
     );
 }

@@ -235,6 +235,7 @@ async fn a_timer_storm_is_throttled_then_quarantined() {
             ..QuarantinePolicy::default()
         },
         min_timer_rearm: Duration::from_secs(1),
+        ..DispatchPolicy::default()
     };
     let mut dispatcher = Dispatcher::with(&plugins, policy, metrics.clone());
     let event = created("t1", 0);
@@ -400,7 +401,7 @@ async fn effects_of_a_failed_call_are_discarded() {
     assert_eq!(err.kind(), "plugin-error");
     assert_eq!(
         err.to_string(),
-        "plugin returned error [refused]: event ev-t1-1000 is not welcome"
+        "plugin returned bad-input error [refused]: event ev-t1-1000 is not welcome"
     );
     let state = dispatcher.state("failing").unwrap();
     assert!(state.is_empty(), "state write discarded");

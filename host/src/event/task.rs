@@ -76,14 +76,22 @@ pub(crate) fn decode(rows: &Layers<'_>, envelope: &EnvelopeIds, kind: EventKind)
     };
 
     let due = instant(&["duedate", "dueat", "due", "duetime", "deadline"])?;
-    let remind_at = match instant(&[
+    let remind_at = match rows.get(&[
         "remindat",
         "remindertime",
         "remindtime",
         "reminderat",
         "reminder",
-    ])? {
-        Some(at) => Some(at),
+    ]) {
+        // A time; or, if it is not one, an offset before the due time
+        // (`"reminder": "PT1H"`, `"reminder": 30`).
+        Some(found) => match time::instant(&found, &tz) {
+            Ok(at) => Some(at),
+            Err(not_a_time) => match time::offset(&found) {
+                Ok(_) => Some(offset_before_due(&found, due)?),
+                Err(_) => return Err(not_a_time),
+            },
+        },
         None => remind_from_offset(rows, due)?,
     };
     let completed = match rows.get(&["completed", "iscompleted", "done", "isdone"]) {
@@ -164,13 +172,18 @@ fn remind_from_offset(rows: &Layers<'_>, due: Option<Timestamp>) -> Result<Optio
     ]) else {
         return Ok(None);
     };
-    let offset = time::offset(&found)?;
+    offset_before_due(&found, due).map(Some)
+}
+
+/// The instant an offset field (`"1h"`, `PT30M`, minutes) puts before `due`.
+fn offset_before_due(found: &Found<'_>, due: Option<Timestamp>) -> Result<Timestamp> {
+    let offset = time::offset(found)?;
     let Some(due) = due else {
         return Err(found.error("a reminder offset needs a due date, and the task has none"));
     };
     let offset_ms = i64::try_from(offset.as_millis())
         .map_err(|_| found.error(format!("{} is too large", describe(found.value))))?;
-    Ok(Some(due.saturating_sub(offset_ms)))
+    Ok(due.saturating_sub(offset_ms))
 }
 
 fn optional_string(rows: &Layers<'_>, names: &[&str]) -> Result<Option<String>> {

@@ -153,3 +153,35 @@ fn event_type_spellings() {
         assert_eq!(parse_kind(text), None, "{text}");
     }
 }
+
+/// Regression: `"reminder": "PT1H"` (a duration under a remind-time field
+/// name) was dead-lettered as "not an RFC 3339 time".
+#[test]
+fn a_duration_under_a_remind_time_name_is_an_offset_before_due() {
+    let event = |reminder: &str| {
+        format!(
+            r#"{{"event_type":"created","task_id":1,"user_id":"u","timestamp":"2026-01-01T00:00:00Z","task_data":{{"due_at":"2026-01-02T10:00:00Z","reminder":{reminder}}}}}"#
+        )
+    };
+    let due = "2026-01-02T10:00:00Z"
+        .parse::<jiff::Timestamp>()
+        .unwrap()
+        .as_millisecond();
+    // (A bare number under a time name stays an epoch time.)
+    for (reminder, before_ms) in [("\"PT1H\"", 3_600_000), ("\"30m\"", 1_800_000)] {
+        let decoded = decode(event(reminder).as_bytes()).unwrap();
+        assert_eq!(decoded.task.remind_at, Some(due - before_ms), "{reminder}");
+    }
+    // A time is still a time.
+    let decoded = decode(event("\"2026-01-02T09:00:00Z\"").as_bytes()).unwrap();
+    assert_eq!(decoded.task.remind_at, Some(due - 3_600_000));
+    // Neither a time nor an offset: the time error, naming the field.
+    let err = decode(event("\"soonish\"").as_bytes())
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("task_data.reminder:"), "{err}");
+    // An offset without a due date says so.
+    let body = br#"{"event_type":"created","task_id":1,"user_id":"u","timestamp":"2026-01-01T00:00:00Z","task_data":{"reminder":"PT1H"}}"#;
+    let err = decode(body).unwrap_err().to_string();
+    assert!(err.contains("needs a due date"), "{err}");
+}

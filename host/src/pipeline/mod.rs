@@ -47,7 +47,7 @@ pub use self::restore::restore_partition;
 use self::worker::{Worker, WorkerContext};
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::dispatch::{DispatchPolicy, Dispatcher};
+use crate::dispatch::{DispatchPolicy, Dispatcher, RetryWait};
 use crate::kafka;
 use crate::plugin::health::QuarantinePolicy;
 use crate::plugin::{Plugin, Registry};
@@ -355,6 +355,7 @@ impl Pipeline {
                 storm_after: p.timer_storm_quarantine_after,
             },
             min_timer_rearm: p.min_timer_rearm,
+            retry_wait: RetryWait::Backoff,
         }
     }
 }

@@ -1,5 +1,5 @@
-//! The plugins that ship inside the binary — reminders, recurrence and
-//! analytics — with their default manifests. `demo` runs them directly and
+//! The plugins that ship inside the binary — reminders, recurrence,
+//! analytics and audit — with their default manifests. `demo` runs them directly and
 //! `plugins install DIR` writes them out for operators to start from.
 
 use std::os::unix::fs::PermissionsExt;
@@ -37,6 +37,11 @@ pub const ALL: &[Bundled] = &[
         name: "analytics",
         wasm: include_bytes!(env!("GUEST_ANALYTICS_WASM")),
         manifest: include_str!("../../../plugins/analytics/analytics.toml"),
+    },
+    Bundled {
+        name: "audit",
+        wasm: include_bytes!(env!("GUEST_AUDIT_WASM")),
+        manifest: include_str!("../../../plugins/audit/audit.toml"),
     },
 ];
 

@@ -23,7 +23,7 @@ use self::manifest::Manifest;
 pub use self::registry::{PluginSet, PluginStatus, Registry};
 use crate::sandbox::{CallError, HostState, Instance, PluginSpec, Sandbox, ValidateError};
 use crate::units::ByteSize;
-use crate::world::{EventKind, PluginPre};
+use crate::world::{EventKind, GuestPre, WitVersion};
 
 /// The largest manifest accepted.
 const MAX_MANIFEST_BYTES: ByteSize = ByteSize::mib(1);
@@ -41,9 +41,11 @@ pub struct Plugin {
     /// The settings the sandbox enforces.
     pub spec: Arc<PluginSpec>,
     /// The pre-linked component.
-    pub pre: PluginPre<HostState>,
+    pub pre: GuestPre<HostState>,
     /// WASI interfaces the component imports (all empty unless granted).
     pub wasi_imports: BTreeSet<String>,
+    /// Linear memory a fresh instance uses once started (and `init` ran).
+    pub start_memory: usize,
     /// This version's failure record (quarantine).
     pub health: Health,
     /// The sandbox it was compiled for (instances must come from the same
@@ -70,6 +72,11 @@ impl Plugin {
     /// Creates a warm instance in the plugin's sandbox.
     pub async fn instantiate(&self) -> Result<Instance, CallError> {
         self.sandbox.instantiate(&self.pre, self.spec.clone()).await
+    }
+
+    /// The `todo:plugin` version the component was built against.
+    pub fn wit_version(&self) -> WitVersion {
+        self.pre.version()
     }
 
     /// A short form of the content hash for logs and listings.
@@ -351,7 +358,7 @@ pub async fn from_parts(
     .map_err(|e| invalid(ValidateError::Start(e.to_string())))?
     .map_err(invalid)?;
     let wasi_imports = sandbox.wasi_imports(&pre);
-    let plugin = Plugin {
+    let mut plugin = Plugin {
         hash,
         name,
         file: file.clone(),
@@ -359,13 +366,15 @@ pub async fn from_parts(
         spec: Arc::new(spec),
         pre,
         wasi_imports,
+        start_memory: 0,
         health: Health::default(),
         sandbox: sandbox.clone(),
     };
-    plugin
+    let instance = plugin
         .instantiate()
         .await
         .map_err(|e| invalid(ValidateError::Start(e.to_string())))?;
+    plugin.start_memory = instance.memory_peak();
     Ok(plugin)
 }
 

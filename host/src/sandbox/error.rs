@@ -4,6 +4,7 @@
 use std::fmt;
 
 use super::limits::QuotaExceeded;
+use crate::world::ErrorKind;
 
 /// Why a call trapped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -46,10 +47,12 @@ impl fmt::Display for TrapKind {
 /// A failed plugin call. The call's effects were discarded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CallError {
-    /// The handler returned `err(plugin-error)`: the plugin rejected its
-    /// input. Not held against the plugin.
-    #[error("plugin returned error [{code}]: {message}")]
+    /// The handler returned `err(plugin-error)`. A `bad-input` or
+    /// `retryable` error is not held against the plugin; `internal` is.
+    #[error("plugin returned {} error [{code}]: {message}", kind.as_str())]
     Plugin {
+        /// What the plugin says went wrong (0.1.0 plugins: `bad-input`).
+        kind: ErrorKind,
         /// The plugin's error code (bounded).
         code: String,
         /// The plugin's message (bounded, control characters escaped).
@@ -85,6 +88,10 @@ impl CallError {
     /// A stable short name of the failure class, for metrics and headers.
     pub fn kind(&self) -> &'static str {
         match self {
+            Self::Plugin {
+                kind: ErrorKind::Internal,
+                ..
+            } => "plugin-internal",
             Self::Plugin { .. } => "plugin-error",
             Self::Trap { kind, .. } => kind.as_str(),
             Self::Quota(_) => "quota",
@@ -94,15 +101,28 @@ impl CallError {
     }
 
     /// Whether the failure is the plugin's own — a trap, a deadline, memory,
-    /// a quota, a failed instantiation — and so counts towards quarantine.
-    /// A plugin rejecting its input (`plugin-error`) and a denial (which
-    /// input can provoke, e.g. an over-long key) do not.
+    /// a quota, a failed instantiation, an `internal` error — and so counts
+    /// towards quarantine. A plugin rejecting its input (`bad-input`), a
+    /// transient failure (`retryable`) and a denial (which input can
+    /// provoke, e.g. an over-long key) do not.
     pub fn is_plugin_fault(&self) -> bool {
         match self {
             Self::Trap { kind, .. } => *kind != TrapKind::Denied,
             Self::Quota(_) | Self::Instantiate(_) => true,
-            Self::Plugin { .. } | Self::Quarantined { .. } => false,
+            Self::Plugin { kind, .. } => *kind == ErrorKind::Internal,
+            Self::Quarantined { .. } => false,
         }
+    }
+
+    /// Whether the plugin asked for the call to be tried again.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Self::Plugin {
+                kind: ErrorKind::Retryable,
+                ..
+            }
+        )
     }
 }
 

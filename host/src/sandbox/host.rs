@@ -323,6 +323,77 @@ impl output::Host for HostState {
     }
 }
 
+/// The `todo:plugin@0.1.0` imports: the same functions as 0.2.0, so each
+/// one forwards to its 0.2.0 twin.
+mod legacy {
+    use super::HostState;
+    use crate::world::todo::plugin::{host, output, state, timers};
+    use crate::world::v0_1::todo::plugin as old;
+    use crate::world::{LogLevel, Timestamp};
+
+    impl old::types::Host for HostState {}
+
+    impl old::host::Host for HostState {
+        fn log(&mut self, level: old::host::LogLevel, message: String) -> wasmtime::Result<()> {
+            let level = match level {
+                old::host::LogLevel::Trace => LogLevel::Trace,
+                old::host::LogLevel::Debug => LogLevel::Debug,
+                old::host::LogLevel::Info => LogLevel::Info,
+                old::host::LogLevel::Warn => LogLevel::Warn,
+                old::host::LogLevel::Error => LogLevel::Error,
+            };
+            host::Host::log(self, level, message)
+        }
+
+        fn now(&mut self) -> wasmtime::Result<Timestamp> {
+            host::Host::now(self)
+        }
+
+        fn config(&mut self, key: String) -> wasmtime::Result<Option<String>> {
+            host::Host::config(self, key)
+        }
+    }
+
+    impl old::state::Host for HostState {
+        fn get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
+            state::Host::get(self, key)
+        }
+
+        fn set(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<()> {
+            state::Host::set(self, key, value)
+        }
+
+        fn delete(&mut self, key: String) -> wasmtime::Result<()> {
+            state::Host::delete(self, key)
+        }
+    }
+
+    impl old::timers::Host for HostState {
+        fn set(&mut self, key: String, due: Timestamp, payload: Vec<u8>) -> wasmtime::Result<()> {
+            timers::Host::set(self, key, due, payload)
+        }
+
+        fn cancel(&mut self, key: String) -> wasmtime::Result<()> {
+            timers::Host::cancel(self, key)
+        }
+
+        fn get(&mut self, key: String) -> wasmtime::Result<Option<Timestamp>> {
+            timers::Host::get(self, key)
+        }
+    }
+
+    impl old::output::Host for HostState {
+        fn emit(
+            &mut self,
+            name: String,
+            key: Option<String>,
+            value: String,
+        ) -> wasmtime::Result<()> {
+            output::Host::emit(self, name, key, value)
+        }
+    }
+}
+
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView {
@@ -345,6 +416,13 @@ pub(super) struct MemoryLimiter {
 }
 
 impl MemoryLimiter {
+    /// Whether memory has grown past three quarters of the limit: linear
+    /// memory never shrinks, so an instance that leaks (some guest runtimes
+    /// do, per call) is replaced before it runs out mid-call.
+    pub(super) fn nearly_full(&self) -> bool {
+        self.peak > self.limit / 4 * 3
+    }
+
     fn new(limit: ByteSize) -> Self {
         Self {
             limit: limit.as_usize(),

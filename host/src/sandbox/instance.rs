@@ -11,7 +11,10 @@
 //!
 //! A call that traps leaves the instance unusable ([`Instance::is_reusable`]
 //! turns false) and the caller replaces it; nothing in a trapped store is
-//! ever run again.
+//! ever run again. So does a call budget spent, or memory grown past three
+//! quarters of the limit (guest runtimes that leak per call — e.g.
+//! componentize-py 0.25's `bytes` arguments — are recycled before they run
+//! out).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -30,7 +33,7 @@ use super::limits::QuotaExceeded;
 use crate::state::PluginState;
 use crate::text;
 use crate::units::{ByteSize, format_duration};
-use crate::world::{FiredTimer, Plugin as PluginWorld, PluginPre, TaskEvent, Timestamp};
+use crate::world::{FiredTimer, Guest, GuestPre, TaskEvent, Timestamp};
 
 /// The longest error code kept from a plugin.
 const MAX_CODE_BYTES: usize = 64;
@@ -38,7 +41,7 @@ const MAX_CODE_BYTES: usize = 64;
 /// A live instance of one plugin.
 pub struct Instance {
     store: Store<HostState>,
-    bindings: PluginWorld,
+    bindings: Guest,
     calls: u64,
     max_calls: u64,
     trapped: bool,
@@ -53,7 +56,7 @@ enum Export<'a> {
 impl Instance {
     pub(super) async fn new(
         engine: &Engine,
-        pre: &PluginPre<HostState>,
+        pre: &GuestPre<HostState>,
         spec: Arc<PluginSpec>,
         config: &SandboxConfig,
     ) -> Result<Self, CallError> {
@@ -78,13 +81,32 @@ impl Instance {
         let bindings = match started {
             Some(Ok(bindings)) => bindings,
             Some(Err(err)) => return Err(instantiate_error(&err, &mut store)),
-            None => {
+            None => return Err(start_deadline(&store, "starting the component")),
+        };
+        // `init` runs once per instance, under the same deadline.
+        let settings: Vec<(String, String)> = store
+            .data()
+            .spec
+            .config
+            .iter()
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect();
+        let initialised = within(deadline, bindings.call_init(&mut store, &settings)).await;
+        match initialised {
+            Some(Ok(Ok(()))) => {}
+            Some(Ok(Err(err))) => {
                 return Err(CallError::Instantiate(format!(
-                    "deadline: starting the component took longer than the call time limit of {}",
-                    format_duration(store.data().spec.limits.timeout())
+                    "init rejected the configuration: {} [{}]: {}",
+                    err.kind.as_str(),
+                    text::quote_bounded(&err.code, MAX_CODE_BYTES),
+                    text::message(&err.message)
                 )));
             }
-        };
+            Some(Err(err)) => return Err(instantiate_error(&err, &mut store)),
+            None => return Err(start_deadline(&store, "init")),
+        }
+        // Nothing `init` did through the imports is applied.
+        drop(std::mem::take(&mut store.data_mut().effects));
         Ok(Self {
             store,
             bindings,
@@ -94,10 +116,12 @@ impl Instance {
         })
     }
 
-    /// Whether the instance may serve another call: it has not trapped and
-    /// has not reached its call budget.
+    /// Whether the instance may serve another call: it has not trapped,
+    /// has not reached its call budget, and has not grown past three
+    /// quarters of its memory limit (a leaking guest is recycled before it
+    /// fails a call).
     pub fn is_reusable(&self) -> bool {
-        !self.trapped && self.calls < self.max_calls
+        !self.trapped && self.calls < self.max_calls && !self.store.data().limiter.nearly_full()
     }
 
     /// The largest linear memory this instance has used, in bytes.
@@ -161,6 +185,7 @@ impl Instance {
         match result {
             Some(Ok(Ok(()))) => Ok(effects),
             Some(Ok(Err(err))) => Err(CallError::Plugin {
+                kind: err.kind,
                 code: text::quote_bounded(&err.code, MAX_CODE_BYTES),
                 message: text::message(&err.message),
             }),
@@ -200,6 +225,14 @@ async fn within<F: Future>(deadline: Instant, call: F) -> Option<F::Output> {
         timer.as_mut().poll(cx).map(|()| None)
     })
     .await
+}
+
+/// A new instance that did not get ready within a call's time limit.
+fn start_deadline(store: &Store<HostState>, what: &str) -> CallError {
+    CallError::Instantiate(format!(
+        "deadline: {what} took longer than the call time limit of {}",
+        format_duration(store.data().spec.limits.timeout())
+    ))
 }
 
 fn deadline_error(timeout: Duration) -> CallError {

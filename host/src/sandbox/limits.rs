@@ -103,6 +103,11 @@ limits! {
     state_keys: Count = Count(1_000_000), max Count(10_000_000), min Count(1);
     /// Pending timers the plugin may hold per partition.
     timers: Count = Count(100_000), max Count(10_000_000), min Count(1);
+    /// How many times a call that returns a `retryable` error is tried
+    /// again (in place, so order is kept) before the event is dead-lettered.
+    retries: Count = Count(5), max Count(20), min Count(0);
+    /// The wait before the first retry; it doubles with every attempt.
+    retry_backoff: HumanDuration = HumanDuration::millis(100), max HumanDuration::secs(10), min HumanDuration::millis(1);
 }
 
 impl Default for Limits {

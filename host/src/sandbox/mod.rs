@@ -40,10 +40,7 @@ pub use self::limits::{LimitSettings, Limits, QuotaExceeded};
 pub use self::log::{LogPolicy, PluginLog};
 use crate::telemetry::PluginMetrics;
 use crate::units::ByteSize;
-use crate::world::{Plugin as PluginWorld, PluginPre};
-
-/// The WIT package plugins target; imports from it are provided.
-const WORLD_PACKAGE: &str = "todo:plugin/";
+use crate::world::{GuestPre, Plugin as PluginWorld, WitVersion, v0_1};
 
 /// Sandbox-wide settings.
 #[derive(Debug, Clone)]
@@ -110,6 +107,9 @@ pub enum ValidateError {
     /// The component does not fit the `todo:plugin` world.
     #[error("does not implement the todo:plugin world: {0:#}")]
     WrongWorld(wasmtime::Error),
+    /// The component imports interfaces of two `todo:plugin` versions.
+    #[error("imports both todo:plugin@{0} and todo:plugin@{1}; build it against one version")]
+    MixedVersions(WitVersion, WitVersion),
     /// The component cannot start under its limits (e.g. a memory limit
     /// below what it needs).
     #[error("cannot start under its limits: {0}")]
@@ -155,6 +155,7 @@ impl Sandbox {
 
         let mut linker = Linker::new(&engine);
         PluginWorld::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |state| state)?;
+        v0_1::Plugin::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |state| state)?;
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
 
         let cache = config
@@ -192,25 +193,42 @@ impl Sandbox {
     }
 
     /// Compiles (or loads from cache) and validates a component against the
-    /// `todo:plugin` world, returning what is needed to instantiate it.
-    pub fn prepare(&self, bytes: &[u8]) -> Result<PluginPre<HostState>, ValidateError> {
+    /// version of the `todo:plugin` world it imports, returning what is
+    /// needed to instantiate it.
+    pub fn prepare(&self, bytes: &[u8]) -> Result<GuestPre<HostState>, ValidateError> {
         match bytes.get(..8) {
             Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => return Err(ValidateError::CoreModule),
             Some([0, b'a', b's', b'm', _, _, 1, 0]) => {}
             _ => return Err(ValidateError::NotWasm),
         }
         let component = self.compile(bytes)?;
+        let mut version = None;
         for (name, item) in component.component_type().imports(&self.engine) {
-            let provided = name.starts_with(WORLD_PACKAGE) || name.starts_with("wasi:");
+            let ours = WitVersion::of_import(name);
+            let provided = ours.is_some() || name.starts_with("wasi:");
             if !provided || !matches!(item.ty, ComponentItem::ComponentInstance(_)) {
                 return Err(ValidateError::UnknownImport(name.to_owned()));
+            }
+            match (version, ours) {
+                (Some(seen), Some(this)) if seen != this => {
+                    return Err(ValidateError::MixedVersions(seen, this));
+                }
+                (None, Some(this)) => version = Some(this),
+                _ => {}
             }
         }
         let pre = self
             .linker
             .instantiate_pre(&component)
             .map_err(ValidateError::WrongWorld)?;
-        PluginPre::new(pre).map_err(ValidateError::WrongWorld)
+        match version {
+            Some(version) => GuestPre::new(version, pre).map_err(ValidateError::WrongWorld),
+            // A component that imports nothing of ours: whichever world its
+            // exports fit, newest first.
+            None => GuestPre::new(WitVersion::V0_2, pre.clone())
+                .or_else(|_| GuestPre::new(WitVersion::V0_1, pre))
+                .map_err(ValidateError::WrongWorld),
+        }
     }
 
     fn compile(&self, bytes: &[u8]) -> Result<Component, ValidateError> {
@@ -233,7 +251,7 @@ impl Sandbox {
     }
 
     /// The WASI interfaces a component imports (for `plugins check`).
-    pub fn wasi_imports(&self, pre: &PluginPre<HostState>) -> BTreeSet<String> {
+    pub fn wasi_imports(&self, pre: &GuestPre<HostState>) -> BTreeSet<String> {
         pre.instance_pre()
             .component()
             .component_type()
@@ -246,7 +264,7 @@ impl Sandbox {
     /// Creates a warm instance of a prepared plugin.
     pub async fn instantiate(
         &self,
-        pre: &PluginPre<HostState>,
+        pre: &GuestPre<HostState>,
         spec: Arc<PluginSpec>,
     ) -> Result<Instance, CallError> {
         Instance::new(&self.engine, pre, spec, &self.config).await

@@ -54,7 +54,27 @@ mod tests {
     /// Every series the shipped dashboard and alert rules query exists.
     #[test]
     fn deploy_files_query_series_that_exist() {
-        let text = Telemetry::default().encode();
+        let telemetry = Telemetry::default();
+        // Labelled series show up once they have a value.
+        let partition = telemetry.readiness.partition("t", 0);
+        partition.stalled("test");
+        let pipeline = &telemetry.pipeline;
+        pipeline.rebalance("assign");
+        pipeline.committed(std::time::Duration::from_millis(1));
+        pipeline.dead_lettered("decode");
+        pipeline.delivery_failed("retriable");
+        pipeline.set_consumer_lag(&[(("t".to_owned(), 0), 1)].into_iter().collect());
+        let plugins = &telemetry.plugins;
+        let slot = plugins.slot("p");
+        slot.call(crate::world::Handler::OnEvent, std::time::Duration::ZERO, 0);
+        slot.timers_throttled(1);
+        slot.retried();
+        plugins.log_dropped("p").inc();
+        plugins.error("p", "deadline");
+        plugins.set_quarantined("p", true);
+        plugins.skipped("p");
+        plugins.reload("p", "loaded");
+        let text = telemetry.encode();
         let known: Vec<&str> = text
             .lines()
             .filter_map(|l| l.strip_prefix("# TYPE "))

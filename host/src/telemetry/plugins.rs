@@ -55,6 +55,7 @@ pub struct PluginMetrics {
     reloads: Family<ReloadLabels, Counter>,
     log_dropped: Family<PluginLabels, Counter>,
     timers_throttled: Family<PluginLabels, Counter>,
+    retries: Family<PluginLabels, Counter>,
 }
 
 impl Default for PluginMetrics {
@@ -70,6 +71,7 @@ impl Default for PluginMetrics {
             reloads: Family::default(),
             log_dropped: Family::default(),
             timers_throttled: Family::default(),
+            retries: Family::default(),
         }
     }
 }
@@ -82,6 +84,7 @@ pub struct SlotMetrics {
     duration: Histogram,
     memory_high_water: Gauge,
     timers_throttled: Counter,
+    retries: Counter,
 }
 
 impl SlotMetrics {
@@ -97,6 +100,11 @@ impl SlotMetrics {
         self.memory_high_water
             .inner()
             .fetch_max(peak, Ordering::Relaxed);
+    }
+
+    /// Counts a call tried again after a `retryable` error.
+    pub fn retried(&self) {
+        self.retries.inc();
     }
 
     /// Counts timers an `on-timer` call re-armed for (nearly) now, whose
@@ -122,6 +130,7 @@ impl PluginMetrics {
             duration: self.duration.get_or_create_owned(&labels),
             memory_high_water: self.memory_high_water.get_or_create_owned(&labels),
             timers_throttled: self.timers_throttled.get_or_create_owned(&labels),
+            retries: self.retries.get_or_create_owned(&labels),
         }
     }
 
@@ -222,6 +231,11 @@ impl PluginMetrics {
             "plugin_timers_throttled",
             "Timers re-armed by on-timer for (nearly) now, delayed to the minimum re-arm delay",
             self.timers_throttled.clone(),
+        );
+        registry.register(
+            "plugin_retries",
+            "Calls tried again because the plugin returned a retryable error",
+            self.retries.clone(),
         );
         registry.register(
             "plugin_reloads",

@@ -6,20 +6,27 @@
 //! `snapshot_interval` ahead (config, default 60s); every change until it
 //! fires folds into the same snapshot.
 //!
-//! Counting is idempotent per task: each task's lifecycle is tracked in
-//! state, so a duplicate `created` or `completed` event is not counted twice.
+//! State stays small and bounded: the per-user value holds counters only;
+//! each task has its own record (so a duplicate `created` or `completed`
+//! is not counted twice) and one timer — at its due time while it is open
+//! (to count it overdue), else `record_ttl_days` (config, default 30) after
+//! it was completed or deleted, when its record is forgotten.
 
 mod stats;
 
+use serde::{Deserialize, Serialize};
 use todo_plugin_sdk::{
-    EventKind, FiredTimer, Guest, PluginError, TaskEvent, error, host, json_state, output, timers,
+    Config, Error, FiredTimer, Plugin, Result, TaskEvent, emit_json, host, json_state, json_timers,
+    timers,
 };
 
-use crate::stats::{TaskRecord, UserStats};
+use crate::stats::{Status, TaskRecord, UserStats};
 
 struct AnalyticsPlugin;
 
-const DEFAULT_INTERVAL_MS: i64 = 60_000;
+const DEFAULT_INTERVAL: &str = "60s";
+const DEFAULT_RECORD_TTL_DAYS: u32 = 30;
+const DAY_MS: i64 = 86_400_000;
 
 fn user_key(user: &str) -> String {
     format!("user:{user}")
@@ -29,94 +36,141 @@ fn task_key(task: &str) -> String {
     format!("task:{task}")
 }
 
-fn snapshot_interval() -> Result<i64, PluginError> {
-    let Some(text) = host::config("snapshot_interval") else {
-        return Ok(DEFAULT_INTERVAL_MS);
-    };
-    parse_interval(&text).ok_or_else(|| {
-        error(
+/// What a task's timer is for.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum TaskTimer {
+    /// The task falls due: count it overdue if still open.
+    Due { user: String, task: String },
+    /// Forget the record of a finished task.
+    Forget { task: String },
+}
+
+fn snapshot_interval_ms() -> Result<i64> {
+    let text = host::config("snapshot_interval").unwrap_or_else(|| DEFAULT_INTERVAL.to_owned());
+    let interval = humantime::parse_duration(&text).map_err(|e| {
+        Error::bad_input(
             "bad-config",
-            format!("snapshot_interval {text:?} is not a duration like \"60s\", \"5m\" or \"1h\""),
+            format!(
+                "config.snapshot_interval = {text:?} is not a duration like \"60s\" or \"5m\": {e}"
+            ),
         )
-    })
+    })?;
+    match i64::try_from(interval.as_millis()) {
+        Ok(ms) if ms > 0 => Ok(ms),
+        _ => Err(Error::bad_input(
+            "bad-config",
+            format!("config.snapshot_interval = {text:?} must be between 1ms and centuries"),
+        )),
+    }
 }
 
-/// `"90s"`, `"5m"`, `"1h"` or plain seconds, in milliseconds.
-fn parse_interval(text: &str) -> Option<i64> {
-    let text = text.trim();
-    let (number, unit) = text.split_at(
-        text.find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(text.len()),
-    );
-    let n: i64 = number.parse().ok()?;
-    let scale = match unit.trim() {
-        "" | "s" => 1_000,
-        "ms" => 1,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        _ => return None,
-    };
-    Some(n * scale).filter(|ms| *ms > 0)
+fn record_ttl_ms() -> i64 {
+    let days = host::config("record_ttl_days")
+        .and_then(|v| v.parse::<u32>().ok())
+        .unwrap_or(DEFAULT_RECORD_TTL_DAYS);
+    i64::from(days) * DAY_MS
 }
 
-impl Guest for AnalyticsPlugin {
-    fn on_event(event: TaskEvent) -> Result<(), PluginError> {
+/// Arms the user's snapshot timer, unless one is pending.
+fn snapshot_soon(user_id: &str) -> Result {
+    let timer = format!("snapshot:{user_id}");
+    if timers::get(&timer).is_none() {
+        timers::set(
+            &timer,
+            host::now() + snapshot_interval_ms()?,
+            user_id.as_bytes(),
+        );
+    }
+    Ok(())
+}
+
+impl Plugin for AnalyticsPlugin {
+    fn init(config: &Config) -> Result {
+        snapshot_interval_ms()?;
+        config.positive("record_ttl_days")?;
+        Ok(())
+    }
+
+    fn on_event(event: TaskEvent) -> Result {
         let task = &event.task;
         let user = user_key(&task.user_id);
         let mut stats: UserStats = json_state::get(&user)?.unwrap_or_default();
         let record_key = task_key(&task.id);
         let record: Option<TaskRecord> = json_state::get(&record_key)?;
-        let at = event.occurred_at;
-
-        let changed = match event.kind {
-            EventKind::Created => stats.created(record.as_ref(), task, at),
-            EventKind::Updated => stats.updated(record.as_ref(), task, at),
-            EventKind::Completed => stats.completed(record.as_ref(), task, at),
-            EventKind::Deleted => stats.deleted(record.as_ref(), task),
-        };
-        let Some(new_record) = changed else {
+        let now = host::now();
+        let Some(change) = stats.apply(event.kind, record.as_ref(), task, event.occurred_at, now)
+        else {
             return Ok(());
         };
-        // Deleted tasks keep a small record too, so a duplicate delete is
-        // recognised.
-        json_state::set(&record_key, &new_record)?;
-        json_state::set(&user, &stats)?;
-        let timer = format!("snapshot:{}", task.user_id);
-        if timers::get(&timer).is_none() {
-            let interval = snapshot_interval()?;
-            timers::set(&timer, host::now() + interval, task.user_id.as_bytes());
+        let timer = match (change.record.status, change.watch_due) {
+            (Status::Open, Some(due)) => Some((
+                due,
+                TaskTimer::Due {
+                    user: task.user_id.clone(),
+                    task: task.id.clone(),
+                },
+            )),
+            (Status::Open, None) => None,
+            (Status::Completed | Status::Deleted, _) => Some((
+                now.saturating_add(record_ttl_ms()),
+                TaskTimer::Forget {
+                    task: task.id.clone(),
+                },
+            )),
+        };
+        match timer {
+            Some((due, payload)) => json_timers::set(&record_key, due, &payload)?,
+            None => timers::cancel(&record_key),
         }
-        Ok(())
+        json_state::set(&record_key, &change.record)?;
+        json_state::set(&user, &stats)?;
+        snapshot_soon(&task.user_id)
     }
 
-    fn on_timer(timer: FiredTimer) -> Result<(), PluginError> {
-        let user_id = String::from_utf8(timer.payload).map_err(|_| {
-            error(
-                "corrupt-timer",
-                format!("timer {} has a non-UTF-8 user id", timer.key),
-            )
-        })?;
-        let Some(stats) = json_state::get::<UserStats>(&user_key(&user_id))? else {
-            return Ok(());
-        };
-        let snapshot = stats.snapshot(&user_id, host::now());
-        output::emit("analytics", Some(&user_id), &snapshot.to_string());
-        Ok(())
+    fn on_timer(timer: FiredTimer) -> Result {
+        if timer.key.starts_with("snapshot:") {
+            let user_id = String::from_utf8(timer.payload).map_err(|_| {
+                Error::internal(
+                    "corrupt-timer",
+                    format!("timer {} has a non-UTF-8 user id", timer.key),
+                )
+            })?;
+            let Some(stats) = json_state::get::<UserStats>(&user_key(&user_id))? else {
+                return Ok(());
+            };
+            return emit_json(
+                "analytics",
+                Some(&user_id),
+                &stats.snapshot(&user_id, host::now()),
+            );
+        }
+        match timer.payload_json::<TaskTimer>()? {
+            TaskTimer::Forget { task } => {
+                let key = task_key(&task);
+                let record: Option<TaskRecord> = json_state::get(&key)?;
+                if record.is_some_and(|r| r.status != Status::Open) {
+                    json_state::delete(&key);
+                }
+                Ok(())
+            }
+            TaskTimer::Due { user, task } => {
+                let (user_key, task_key) = (user_key(&user), task_key(&task));
+                let (Some(mut stats), Some(record)) = (
+                    json_state::get::<UserStats>(&user_key)?,
+                    json_state::get::<TaskRecord>(&task_key)?,
+                ) else {
+                    return Ok(());
+                };
+                let Some(record) = stats.due_passed(&record, timer.due) else {
+                    return Ok(());
+                };
+                json_state::set(&task_key, &record)?;
+                json_state::set(&user_key, &stats)?;
+                snapshot_soon(&user)
+            }
+        }
     }
 }
 
 todo_plugin_sdk::export!(AnalyticsPlugin);
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn intervals() {
-        assert_eq!(parse_interval("60s"), Some(60_000));
-        assert_eq!(parse_interval("5m"), Some(300_000));
-        assert_eq!(parse_interval("30"), Some(30_000));
-        assert_eq!(parse_interval("0s"), None);
-        assert_eq!(parse_interval("soon"), None);
-    }
-}

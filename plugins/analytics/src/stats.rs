@@ -1,10 +1,18 @@
-//! Per-user counters and the per-task records that keep them idempotent.
+//! Per-user counters, and the per-task records that keep them idempotent
+//! and let a task move between priorities, tags and states.
+//!
+//! The per-user value holds counters only, so it stays small however many
+//! tasks a user has; what is known of each task lives in its own record.
+//! Every change is "the task leaves its old record, enters its new one":
+//! open and overdue counts follow a task whose priority or tags change, and
+//! a task first seen through an update, completion or deletion is counted
+//! as created (it existed), so rates never exceed 1.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use todo_plugin_sdk::{Task, Timestamp, rfc3339};
+use todo_plugin_sdk::{EventKind, Task, Timestamp, rfc3339};
 
 /// Where a task is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -16,28 +24,30 @@ pub enum Status {
 }
 
 /// What the plugin remembers about one task.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskRecord {
     pub status: Status,
     pub created_at: Option<Timestamp>,
     pub priority: Option<String>,
     pub tags: Vec<String>,
+    /// The due time, while open.
+    #[serde(default)]
+    pub due: Option<Timestamp>,
+    /// Whether the task is counted as overdue.
+    #[serde(default)]
+    pub overdue: bool,
 }
 
 /// Counts for one priority or tag.
-#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counts {
     created: u64,
     completed: u64,
     deleted: u64,
-}
-
-/// An open task, for the open and overdue figures.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct OpenTask {
-    due: Option<Timestamp>,
-    priority: Option<String>,
-    tags: Vec<String>,
+    #[serde(default)]
+    open: u64,
+    #[serde(default)]
+    overdue: u64,
 }
 
 /// Everything counted for one user.
@@ -47,24 +57,24 @@ pub struct UserStats {
     completed: u64,
     deleted: u64,
     reopened: u64,
+    #[serde(default)]
+    open: u64,
+    #[serde(default)]
+    overdue: u64,
     completion_ms_total: i64,
     completion_samples: u64,
     by_priority: BTreeMap<String, Counts>,
     by_tag: BTreeMap<String, Counts>,
-    open: BTreeMap<String, OpenTask>,
     last_event_at: Option<Timestamp>,
 }
 
-/// The priority and tags a task was counted under: as first recorded,
-/// else as the event says.
-fn labels(known: Option<&TaskRecord>, task: &Task) -> (Option<String>, Vec<String>) {
-    match known {
-        Some(r) => (
-            r.priority.clone().or_else(|| priority_name(task)),
-            r.tags.clone(),
-        ),
-        None => (priority_name(task), task.tags.clone()),
-    }
+/// What an event did to a task.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Change {
+    /// The task's new record.
+    pub record: TaskRecord,
+    /// Whether the task is due and not yet counted overdue: arm a timer.
+    pub watch_due: Option<Timestamp>,
 }
 
 fn priority_name(task: &Task) -> Option<String> {
@@ -72,168 +82,155 @@ fn priority_name(task: &Task) -> Option<String> {
 }
 
 impl UserStats {
-    fn bump(&mut self, priority: Option<&str>, tags: &[String], f: impl Fn(&mut Counts)) {
-        if let Some(p) = priority {
-            f(self.by_priority.entry(p.to_owned()).or_default());
+    /// Applies `f` to the counts of every label of `record`.
+    fn each(&mut self, record: &TaskRecord, f: impl Fn(&mut Counts)) {
+        if let Some(p) = &record.priority {
+            f(self.by_priority.entry(p.clone()).or_default());
         }
-        for tag in tags {
+        for tag in &record.tags {
             f(self.by_tag.entry(tag.clone()).or_default());
         }
     }
 
-    fn open_task(&mut self, task: &Task) {
-        self.open.insert(
-            task.id.clone(),
-            OpenTask {
-                due: task.due,
-                priority: priority_name(task),
-                tags: task.tags.clone(),
-            },
-        );
+    /// Takes a task's open and overdue counts off.
+    fn leave(&mut self, old: &TaskRecord) {
+        if old.status != Status::Open {
+            return;
+        }
+        self.open = self.open.saturating_sub(1);
+        self.each(old, |c| c.open = c.open.saturating_sub(1));
+        if old.overdue {
+            self.overdue = self.overdue.saturating_sub(1);
+            self.each(old, |c| c.overdue = c.overdue.saturating_sub(1));
+        }
     }
 
-    fn record(task: &Task, status: Status, created_at: Option<Timestamp>) -> TaskRecord {
-        TaskRecord {
+    /// Puts a task's open and overdue counts on.
+    fn enter(&mut self, new: &TaskRecord) {
+        if new.status != Status::Open {
+            return;
+        }
+        self.open += 1;
+        self.each(new, |c| c.open += 1);
+        if new.overdue {
+            self.overdue += 1;
+            self.each(new, |c| c.overdue += 1);
+        }
+    }
+
+    /// Applies an event of `kind` about `task` at `at` (the clock at
+    /// `now`) to the user's counters, given what was known of the task.
+    /// `None` if it changes nothing (a duplicate, or news of a deleted
+    /// task).
+    pub fn apply(
+        &mut self,
+        kind: EventKind,
+        known: Option<&TaskRecord>,
+        task: &Task,
+        at: Timestamp,
+        now: Timestamp,
+    ) -> Option<Change> {
+        let old_status = known.map(|r| r.status);
+        let status = match (kind, old_status) {
+            (_, Some(Status::Deleted)) => return None,
+            (EventKind::Created, Some(_)) => return None,
+            (EventKind::Completed, Some(Status::Completed)) => return None,
+            (EventKind::Deleted, _) => Status::Deleted,
+            (EventKind::Completed, _) => Status::Completed,
+            (EventKind::Created | EventKind::Updated, _) if task.completed => Status::Completed,
+            (EventKind::Created | EventKind::Updated, _) => Status::Open,
+        };
+        let created_at = known
+            .and_then(|r| r.created_at)
+            .or(task.created_at)
+            .or((kind == EventKind::Created).then_some(at));
+        let due = task.due.filter(|_| status == Status::Open);
+        // A deleted task keeps the labels it was counted under.
+        let (priority, tags) = match (status, known) {
+            (Status::Deleted, Some(r)) => (r.priority.clone(), r.tags.clone()),
+            _ => (priority_name(task), task.tags.clone()),
+        };
+        let record = TaskRecord {
             status,
             created_at,
-            priority: priority_name(task),
-            tags: task.tags.clone(),
-        }
-    }
-
-    /// A new task. `None` if it is already known (a duplicate).
-    pub fn created(
-        &mut self,
-        known: Option<&TaskRecord>,
-        task: &Task,
-        at: Timestamp,
-    ) -> Option<TaskRecord> {
-        if known.is_some() {
-            return None;
-        }
-        self.last_event_at = Some(at);
-        self.created += 1;
-        self.bump(priority_name(task).as_deref(), &task.tags, |c| {
-            c.created += 1
-        });
-        let created_at = task.created_at.or(Some(at));
-        if task.completed {
-            return self.completed(
-                Some(&Self::record(task, Status::Open, created_at)),
-                task,
-                at,
-            );
-        }
-        self.open_task(task);
-        Some(Self::record(task, Status::Open, created_at))
-    }
-
-    /// A change; may complete or reopen the task.
-    pub fn updated(
-        &mut self,
-        known: Option<&TaskRecord>,
-        task: &Task,
-        at: Timestamp,
-    ) -> Option<TaskRecord> {
-        match known.map(|r| r.status) {
-            Some(Status::Deleted) => None,
-            Some(Status::Open) | None if task.completed => {
-                let record = known
-                    .cloned()
-                    .unwrap_or_else(|| Self::record(task, Status::Open, task.created_at));
-                self.completed(Some(&record), task, at)
-            }
-            Some(Status::Completed) if !task.completed => {
-                self.last_event_at = Some(at);
-                self.reopened += 1;
-                self.open_task(task);
-                let created_at = known.and_then(|r| r.created_at);
-                Some(Self::record(task, Status::Open, created_at))
-            }
-            Some(Status::Completed) => None,
-            // Still open (or first seen through an update): refresh what
-            // the open/overdue figures use.
-            Some(Status::Open) | None => {
-                self.last_event_at = Some(at);
-                self.open_task(task);
-                let created_at = known.and_then(|r| r.created_at).or(task.created_at);
-                Some(Self::record(task, Status::Open, created_at))
-            }
-        }
-    }
-
-    /// A completion. `None` if already completed or deleted.
-    pub fn completed(
-        &mut self,
-        known: Option<&TaskRecord>,
-        task: &Task,
-        at: Timestamp,
-    ) -> Option<TaskRecord> {
-        if matches!(
-            known.map(|r| r.status),
-            Some(Status::Completed | Status::Deleted)
-        ) {
-            return None;
-        }
-        self.last_event_at = Some(at);
-        self.completed += 1;
-        let (priority, tags) = labels(known, task);
-        self.bump(priority.as_deref(), &tags, |c| c.completed += 1);
-        let created_at = known.and_then(|r| r.created_at).or(task.created_at);
-        let done_at = task.completed_at.unwrap_or(at);
-        if let Some(created) = created_at.filter(|c| *c <= done_at) {
-            self.completion_ms_total += done_at - created;
-            self.completion_samples += 1;
-        }
-        self.open.remove(&task.id);
-        Some(TaskRecord {
-            status: Status::Completed,
-            created_at,
             priority,
             tags,
-        })
-    }
-
-    /// A deletion. `None` if already deleted.
-    pub fn deleted(&mut self, known: Option<&TaskRecord>, task: &Task) -> Option<TaskRecord> {
-        if matches!(known.map(|r| r.status), Some(Status::Deleted)) {
+            due,
+            overdue: due.is_some_and(|due| due < now),
+        };
+        if known == Some(&record) {
             return None;
         }
-        self.deleted += 1;
-        let (priority, tags) = labels(known, task);
-        self.bump(priority.as_deref(), &tags, |c| c.deleted += 1);
-        self.open.remove(&task.id);
-        Some(TaskRecord {
-            status: Status::Deleted,
-            created_at: known.and_then(|r| r.created_at),
-            priority,
-            tags,
-        })
+        self.last_event_at = Some(self.last_event_at.map_or(at, |last| last.max(at)));
+        match known {
+            Some(old) => self.leave(old),
+            None => {
+                self.created += 1;
+                self.each(&record, |c| c.created += 1);
+            }
+        }
+        match (old_status, status) {
+            (Some(Status::Completed), Status::Open) => self.reopened += 1,
+            (old, Status::Completed) if old != Some(Status::Completed) => {
+                self.completed += 1;
+                self.each(&record, |c| c.completed += 1);
+                let done_at = task.completed_at.unwrap_or(at);
+                if let Some(created) = created_at.filter(|c| *c <= done_at) {
+                    self.completion_ms_total += done_at - created;
+                    self.completion_samples += 1;
+                }
+            }
+            (_, Status::Deleted) => {
+                self.deleted += 1;
+                self.each(&record, |c| c.deleted += 1);
+            }
+            _ => {}
+        }
+        self.enter(&record);
+        let watch_due = due.filter(|_| !record.overdue);
+        Some(Change { record, watch_due })
+    }
+
+    /// The task's due time `due` has passed: count it overdue if it is
+    /// still open and due then. Returns the updated record, if any.
+    pub fn due_passed(&mut self, known: &TaskRecord, due: Timestamp) -> Option<TaskRecord> {
+        if known.status != Status::Open || known.overdue || known.due != Some(due) {
+            return None;
+        }
+        let mut record = known.clone();
+        record.overdue = true;
+        self.overdue += 1;
+        self.each(&record, |c| c.overdue += 1);
+        Some(record)
     }
 
     /// The snapshot emitted for the user at `now`.
     pub fn snapshot(&self, user_id: &str, now: Timestamp) -> Value {
-        let overdue = |t: &OpenTask| t.due.is_some_and(|due| due < now);
-        let mut by_priority = serde_json::Map::new();
-        for (name, counts) in &self.by_priority {
-            let open: Vec<_> = self
-                .open
-                .values()
-                .filter(|t| t.priority.as_deref() == Some(name))
-                .collect();
-            by_priority.insert(name.clone(), json!({
-                "created": counts.created, "completed": counts.completed, "deleted": counts.deleted,
-                "open": open.len(), "overdue": open.iter().filter(|t| overdue(t)).count(),
-            }));
-        }
-        let mut by_tag = serde_json::Map::new();
-        for (name, counts) in &self.by_tag {
-            let open = self.open.values().filter(|t| t.tags.contains(name)).count();
-            by_tag.insert(name.clone(), json!({
-                "created": counts.created, "completed": counts.completed, "deleted": counts.deleted, "open": open,
-            }));
-        }
-        let rate = (self.created > 0).then(|| self.completed as f64 / self.created as f64);
+        let by_priority: serde_json::Map<String, Value> = self
+            .by_priority
+            .iter()
+            .map(|(name, c)| {
+                let counts = json!({
+                    "created": c.created, "completed": c.completed, "deleted": c.deleted,
+                    "open": c.open, "overdue": c.overdue,
+                });
+                (name.clone(), counts)
+            })
+            .collect();
+        let by_tag: serde_json::Map<String, Value> = self
+            .by_tag
+            .iter()
+            .map(|(name, c)| {
+                let counts = json!({
+                    "created": c.created, "completed": c.completed, "deleted": c.deleted,
+                    "open": c.open,
+                });
+                (name.clone(), counts)
+            })
+            .collect();
+        // Completed tasks net of reopenings, over tasks seen: at most 1.
+        let done = self.completed.saturating_sub(self.reopened);
+        let rate = (self.created > 0).then(|| done as f64 / self.created as f64);
         let mean = (self.completion_samples > 0)
             .then(|| self.completion_ms_total as f64 / self.completion_samples as f64 / 1000.0);
         json!({
@@ -243,8 +240,8 @@ impl UserStats {
             "completed": self.completed,
             "deleted": self.deleted,
             "reopened": self.reopened,
-            "open": self.open.len(),
-            "overdue": self.open.values().filter(|t| overdue(t)).count(),
+            "open": self.open,
+            "overdue": self.overdue,
             "completion_rate": rate.map(|r| (r * 1000.0).round() / 1000.0),
             "mean_time_to_complete_seconds": mean.map(f64::round),
             "by_priority": by_priority,
@@ -281,22 +278,30 @@ mod tests {
         }
     }
 
+    /// Feeds one event, keeping records like the plugin does.
+    fn feed(
+        stats: &mut UserStats,
+        records: &mut BTreeMap<String, TaskRecord>,
+        kind: EventKind,
+        task: &Task,
+        at: Timestamp,
+    ) -> Option<Change> {
+        let change = stats.apply(kind, records.get(&task.id), task, at, at)?;
+        records.insert(task.id.clone(), change.record.clone());
+        Some(change)
+    }
+
     #[test]
     fn counts_are_idempotent_and_rates_add_up() {
-        let mut stats = UserStats::default();
+        let (mut stats, mut records) = (UserStats::default(), BTreeMap::new());
         let a = task("a", Some(1_000));
         let b = task("b", Some(100_000));
-        let ra = stats.created(None, &a, 0).unwrap();
-        assert!(
-            stats.created(Some(&ra), &a, 0).is_none(),
-            "duplicate create"
-        );
-        let rb = stats.created(None, &b, 0).unwrap();
-        let ra = stats.completed(Some(&ra), &a, 60_000).unwrap();
-        assert!(
-            stats.completed(Some(&ra), &a, 60_000).is_none(),
-            "duplicate completion"
-        );
+        assert!(feed(&mut stats, &mut records, EventKind::Created, &a, 0).is_some());
+        assert!(feed(&mut stats, &mut records, EventKind::Created, &a, 0).is_none());
+        let change = feed(&mut stats, &mut records, EventKind::Created, &b, 0).unwrap();
+        assert_eq!(change.watch_due, Some(100_000));
+        feed(&mut stats, &mut records, EventKind::Completed, &a, 60_000).unwrap();
+        assert!(feed(&mut stats, &mut records, EventKind::Completed, &a, 60_000).is_none());
         let snap = stats.snapshot("u", 50_000);
         assert_eq!(snap["created"], 2);
         assert_eq!(snap["completed"], 1);
@@ -305,22 +310,28 @@ mod tests {
         assert_eq!(snap["completion_rate"], 0.5);
         assert_eq!(snap["mean_time_to_complete_seconds"], 60.0);
         assert_eq!(snap["by_priority"]["high"]["completed"], 1);
+        let rb = stats.due_passed(&records["b"], 100_000).unwrap();
+        records.insert("b".into(), rb);
         assert_eq!(stats.snapshot("u", 200_000)["overdue"], 1);
-        stats.deleted(Some(&rb), &b).unwrap();
-        assert_eq!(stats.snapshot("u", 200_000)["open"], 0);
+        feed(&mut stats, &mut records, EventKind::Deleted, &b, 300_000).unwrap();
+        let snap = stats.snapshot("u", 300_000);
+        assert_eq!(
+            (snap["open"].as_u64(), snap["overdue"].as_u64()),
+            (Some(0), Some(0))
+        );
     }
 
     #[test]
     fn updates_complete_and_reopen() {
-        let mut stats = UserStats::default();
+        let (mut stats, mut records) = (UserStats::default(), BTreeMap::new());
         let mut t = task("t", None);
-        let r = stats.created(None, &t, 0).unwrap();
+        feed(&mut stats, &mut records, EventKind::Created, &t, 0).unwrap();
         t.completed = true;
-        let r = stats.updated(Some(&r), &t, 10).unwrap();
-        assert_eq!(r.status, Status::Completed);
+        let change = feed(&mut stats, &mut records, EventKind::Updated, &t, 10).unwrap();
+        assert_eq!(change.record.status, Status::Completed);
         t.completed = false;
-        let r = stats.updated(Some(&r), &t, 20).unwrap();
-        assert_eq!(r.status, Status::Open);
+        let change = feed(&mut stats, &mut records, EventKind::Updated, &t, 20).unwrap();
+        assert_eq!(change.record.status, Status::Open);
         let snap = stats.snapshot("u", 30);
         assert_eq!(
             (
@@ -330,5 +341,51 @@ mod tests {
             ),
             (Some(1), Some(1), Some(1))
         );
+    }
+
+    /// Regression: completions of tasks never seen created gave
+    /// `created: 1, completed: 4, completion_rate: 4.0`.
+    #[test]
+    fn completions_of_unseen_tasks_count_as_seen() {
+        let (mut stats, mut records) = (UserStats::default(), BTreeMap::new());
+        feed(
+            &mut stats,
+            &mut records,
+            EventKind::Created,
+            &task("new", None),
+            0,
+        )
+        .unwrap();
+        for id in ["old-1", "old-2", "old-3", "old-4"] {
+            let mut t = task(id, None);
+            t.completed = true;
+            feed(&mut stats, &mut records, EventKind::Completed, &t, 10).unwrap();
+        }
+        let snap = stats.snapshot("u", 20);
+        assert_eq!(snap["created"], 5);
+        assert_eq!(snap["completed"], 4);
+        assert_eq!(snap["completion_rate"], 0.8);
+        assert_eq!(snap["open"], 1);
+    }
+
+    /// Regression: a task whose priority changed from low to high vanished
+    /// from `by_priority` (low showed `open: 0`, no `high` entry).
+    #[test]
+    fn a_priority_change_moves_the_open_count() {
+        let (mut stats, mut records) = (UserStats::default(), BTreeMap::new());
+        let mut t = task("t", Some(5));
+        t.priority = Some(Priority::Low);
+        feed(&mut stats, &mut records, EventKind::Created, &t, 0).unwrap();
+        let due = stats.due_passed(&records["t"], 5).unwrap();
+        records.insert("t".into(), due);
+        t.priority = Some(Priority::High);
+        feed(&mut stats, &mut records, EventKind::Updated, &t, 10).unwrap();
+        let snap = stats.snapshot("u", 20);
+        assert_eq!(snap["by_priority"]["low"]["open"], 0);
+        assert_eq!(snap["by_priority"]["low"]["overdue"], 0);
+        assert_eq!(snap["by_priority"]["high"]["open"], 1);
+        assert_eq!(snap["by_priority"]["high"]["overdue"], 1);
+        assert_eq!(snap["open"], 1);
+        assert_eq!(snap["overdue"], 1);
     }
 }

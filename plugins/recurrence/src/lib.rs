@@ -10,14 +10,16 @@
 //! - `until` / `max-occurrences` (and RRULE `UNTIL`/`COUNT`) end the series.
 //! - The new task's id is derived from the series id and the occurrence
 //!   number, so a replayed completion produces the same task, and the plugin
-//!   remembers which completions it already answered.
+//!   remembers which completions it already answered — until the task is
+//!   deleted, or for `answered_ttl_days` (config, default 30; a timer per
+//!   answer), after which a replay would re-emit the same task id.
 
 mod schedule;
 
 use serde_json::json;
 use todo_plugin_sdk::{
-    EventKind, FiredTimer, Guest, PluginError, Recurrence, TaskEvent, error, host, json_state,
-    output, rfc3339,
+    Config, Error, EventKind, FiredTimer, Plugin, Recurrence, Result, TaskEvent, debug, emit_json,
+    host, info, json_state, rfc3339, timers, warn,
 };
 
 struct RecurrencePlugin;
@@ -25,9 +27,44 @@ struct RecurrencePlugin;
 /// The logical output new occurrences go to (mapped to the input topic).
 const OUTPUT: &str = "tasks";
 
-impl Guest for RecurrencePlugin {
-    fn on_event(event: TaskEvent) -> Result<(), PluginError> {
+/// Days an answered completion is remembered, unless configured.
+const DEFAULT_ANSWERED_TTL_DAYS: u32 = 30;
+const DAY_MS: i64 = 86_400_000;
+
+fn answered_key(task_id: &str) -> String {
+    format!("answered:{task_id}")
+}
+
+/// Remembers that the completion of `task_id` was answered with `answer`,
+/// and arranges to forget it after the TTL (the timer key is the state key).
+fn remember(task_id: &str, answer: &str) -> Result {
+    let key = answered_key(task_id);
+    json_state::set(&key, answer)?;
+    let days = host::config("answered_ttl_days")
+        .and_then(|v| v.parse::<u32>().ok())
+        .unwrap_or(DEFAULT_ANSWERED_TTL_DAYS);
+    timers::set(
+        &key,
+        host::now().saturating_add(i64::from(days) * DAY_MS),
+        &[],
+    );
+    Ok(())
+}
+
+impl Plugin for RecurrencePlugin {
+    fn init(config: &Config) -> Result {
+        config.positive("answered_ttl_days")?;
+        Ok(())
+    }
+
+    fn on_event(event: TaskEvent) -> Result {
         let task = &event.task;
+        if event.kind == EventKind::Deleted {
+            let key = answered_key(&task.id);
+            json_state::delete(&key);
+            timers::cancel(&key);
+            return Ok(());
+        }
         let completed_now = match event.kind {
             EventKind::Completed => true,
             EventKind::Updated => {
@@ -38,28 +75,21 @@ impl Guest for RecurrencePlugin {
         let Some(recurrence) = task.recurrence.as_ref().filter(|_| completed_now) else {
             return Ok(());
         };
-        let answered_key = format!("answered:{}", task.id);
-        if json_state::get::<String>(&answered_key)?.is_some() {
-            host::log(
-                host::LogLevel::Debug,
-                &format!("completion of task {} already answered", task.id),
-            );
+        if json_state::get::<String>(&answered_key(&task.id))?.is_some() {
+            debug!("completion of task {} already answered", task.id);
             return Ok(());
         }
         let Some(due) = task.due.or(task.completed_at) else {
-            host::log(
-                host::LogLevel::Warn,
-                &format!(
-                    "recurring task {} has no due date; no next occurrence",
-                    task.id
-                ),
+            warn!(
+                "recurring task {} has no due date; no next occurrence",
+                task.id
             );
             return Ok(());
         };
         let occurrence = task.occurrence.unwrap_or(1);
         let start = task.series_start.unwrap_or(due);
         let tz = schedule::time_zone(task.time_zone.as_deref())
-            .map_err(|e| error("bad-time-zone", e))?;
+            .map_err(|e| Error::bad_input("bad-time-zone", e))?;
         let next = match recurrence {
             Recurrence::Simple(simple) => {
                 if simple.max_occurrences.is_some_and(|max| occurrence >= max) {
@@ -70,16 +100,12 @@ impl Guest for RecurrencePlugin {
                 }
             }
             Recurrence::Rrule(rule) => schedule::next_rrule(rule, start, due, tz)
-                .map_err(|e| error("bad-rrule", format!("task {}: {e}", task.id)))?,
+                .map_err(|e| Error::bad_input("bad-rrule", format!("task {}: {e}", task.id)))?,
         };
         let series = task.series_id.clone().unwrap_or_else(|| task.id.clone());
         let Some(next) = next else {
-            host::log(
-                host::LogLevel::Info,
-                &format!("series {series} ended after occurrence {occurrence}"),
-            );
-            json_state::set(&answered_key, &"ended".to_owned())?;
-            return Ok(());
+            info!("series {series} ended after occurrence {occurrence}");
+            return remember(&task.id, "ended");
         };
         let next_occurrence = occurrence + 1;
         let new_id = format!("{series}-r{next_occurrence}");
@@ -120,11 +146,13 @@ impl Guest for RecurrencePlugin {
                 "previous_task_id": task.id,
             }
         });
-        output::emit(OUTPUT, Some(&task.user_id), &value.to_string());
-        json_state::set(&answered_key, &new_id)
+        emit_json(OUTPUT, Some(&task.user_id), &value)?;
+        remember(&task.id, &new_id)
     }
 
-    fn on_timer(_timer: FiredTimer) -> Result<(), PluginError> {
+    /// An answered completion's TTL ran out: forget it.
+    fn on_timer(timer: FiredTimer) -> Result {
+        json_state::delete(&timer.key);
         Ok(())
     }
 }

@@ -1,18 +1,22 @@
-//! Everything a Rust plugin for todo-eventd needs: the `todo:plugin` world's
-//! bindings (generated once, here), the [`export!`] macro, and small helpers
-//! for JSON state and RFC 3339 times.
+//! Everything a Rust plugin for todo-eventd needs: the `todo:plugin@0.2.0`
+//! world's bindings (generated once, here), a [`Plugin`] trait whose
+//! handlers all have defaults, an [`Error`] that `?` converts any error
+//! into, log macros, JSON helpers for state, emits and timer payloads, and
+//! serde-ready [snapshots](snapshot) of tasks and events.
 //!
 //! ```text
-//! use todo_plugin_sdk::{Guest, TaskEvent, FiredTimer, PluginError};
+//! use todo_plugin_sdk::{Plugin, Result, TaskEvent, emit_json, info};
 //!
-//! struct MyPlugin;
+//! struct Hello;
 //!
-//! impl Guest for MyPlugin {
-//!     fn on_event(event: TaskEvent) -> Result<(), PluginError> { Ok(()) }
-//!     fn on_timer(timer: FiredTimer) -> Result<(), PluginError> { Ok(()) }
+//! impl Plugin for Hello {
+//!     fn on_event(event: TaskEvent) -> Result {
+//!         info!("task {} {}", event.task.id, event.kind.name());
+//!         emit_json("out", Some(&event.task.id), &serde_json::json!({ "seen": event.id }))
+//!     }
 //! }
 //!
-//! todo_plugin_sdk::export!(MyPlugin);
+//! todo_plugin_sdk::export!(Hello);
 //! ```
 
 // The generated glue is wit-bindgen's; its `unsafe` is the ABI boundary.
@@ -20,7 +24,7 @@
 #[allow(unsafe_code, missing_docs, unused_qualifications, clippy::all)]
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "../../wit",
+        path: "wit",
         world: "plugin",
         pub_export_macro: true,
         default_bindings_module: "::todo_plugin_sdk::bindings",
@@ -31,18 +35,137 @@ pub mod bindings {
 // The generated code names this crate by its path, from inside it too.
 extern crate self as todo_plugin_sdk;
 
-pub use bindings::Guest;
+mod error;
+pub mod json;
+mod log;
+pub mod snapshot;
+mod time;
+
 pub use bindings::todo::plugin::types::{
-    EventKind, FiredTimer, Frequency, PluginError, Priority, Recurrence, SimpleRecurrence, Task,
-    TaskEvent, Timestamp,
+    ErrorKind, EventKind, FiredTimer, Frequency, PluginError, Priority, Recurrence,
+    SimpleRecurrence, Task, TaskEvent, Timestamp,
 };
 pub use bindings::todo::plugin::{host, output, state, timers};
 #[doc(hidden)]
 pub use wit_bindgen;
 
-/// Exports a type implementing [`Guest`] as the plugin's entry points:
+pub use self::error::{Error, Result};
+pub use self::json::{emit_json, json_state, json_timers};
+pub use self::snapshot::{EventSnapshot, TaskSnapshot};
+pub use self::time::rfc3339;
+
+/// A plugin's handlers. Every one has a default that does nothing, so a
+/// plugin implements only what it needs; all are associated functions
+/// because instances are recycled at any time (keep data in `state`).
+pub trait Plugin {
+    /// Called once per instance before any handler, with the manifest's
+    /// `[config]`. An error rejects the plugin at load.
+    fn init(config: &Config) -> Result {
+        let _ = config;
+        Ok(())
+    }
+
+    /// Handles one event of a kind the plugin subscribes to.
+    fn on_event(event: TaskEvent) -> Result {
+        let _ = event;
+        Ok(())
+    }
+
+    /// Handles a timer the plugin set that has come due.
+    fn on_timer(timer: FiredTimer) -> Result {
+        let _ = timer;
+        Ok(())
+    }
+}
+
+/// The `[config]` table of the plugin's manifest, as `init` receives it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Config(Vec<(String, String)>);
+
+impl Config {
+    /// Wraps the `(key, value)` pairs the host passes.
+    pub fn new(entries: Vec<(String, String)>) -> Self {
+        Self(entries)
+    }
+
+    /// The value under `key` (numbers and booleans as their TOML text).
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The value under `key` parsed as `T`, or `None` when it is not set;
+    /// a value that does not parse is a `bad-input` error naming the key.
+    pub fn parse<T>(&self, key: &str) -> Result<Option<T>>
+    where
+        T: std::str::FromStr,
+        T::Err: std::fmt::Display,
+    {
+        self.get(key)
+            .map(|value| {
+                value.parse().map_err(|e| {
+                    Error::bad_input("bad-config", format!("config.{key} = {value:?}: {e}"))
+                })
+            })
+            .transpose()
+    }
+
+    /// The value under `key` as a whole number of at least 1, or `None`
+    /// when it is not set; anything else is a `bad-input` error naming the
+    /// key.
+    pub fn positive(&self, key: &str) -> Result<Option<u32>> {
+        match self.parse::<u32>(key)? {
+            Some(0) => Err(Error::bad_input(
+                "bad-config",
+                format!("config.{key} must be at least 1"),
+            )),
+            value => Ok(value),
+        }
+    }
+
+    /// Every `(key, value)` pair.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+}
+
+/// Exports a type implementing [`Plugin`] as the component's entry points:
 /// `todo_plugin_sdk::export!(MyPlugin);`.
-pub use bindings::export;
+#[macro_export]
+macro_rules! export {
+    ($plugin:ty) => {
+        const _: () = {
+            struct Exports;
+
+            impl $crate::bindings::Guest for Exports {
+                fn init(
+                    config: ::std::vec::Vec<(::std::string::String, ::std::string::String)>,
+                ) -> ::core::result::Result<(), $crate::PluginError> {
+                    <$plugin as $crate::Plugin>::init(&$crate::Config::new(config))
+                        .map_err(::core::convert::Into::into)
+                }
+
+                fn on_event(
+                    event: $crate::TaskEvent,
+                ) -> ::core::result::Result<(), $crate::PluginError> {
+                    <$plugin as $crate::Plugin>::on_event(event)
+                        .map_err(::core::convert::Into::into)
+                }
+
+                fn on_timer(
+                    timer: $crate::FiredTimer,
+                ) -> ::core::result::Result<(), $crate::PluginError> {
+                    <$plugin as $crate::Plugin>::on_timer(timer)
+                        .map_err(::core::convert::Into::into)
+                }
+            }
+
+    $crate::bindings::export!(Exports with_types_in $crate::bindings);
+        };
+    };
+}
 
 impl Priority {
     /// The lower-case name producers use: `low`, `medium`, `high`, `urgent`.
@@ -77,83 +200,5 @@ impl Frequency {
             Frequency::Monthly => "monthly",
             Frequency::Yearly => "yearly",
         }
-    }
-}
-
-/// Builds a [`PluginError`].
-pub fn error(code: &str, message: impl Into<String>) -> PluginError {
-    PluginError {
-        code: code.to_owned(),
-        message: message.into(),
-    }
-}
-
-/// JSON values in the plugin's state.
-pub mod json_state {
-    use serde::Serialize;
-    use serde::de::DeserializeOwned;
-
-    use super::{PluginError, error, state};
-
-    /// Reads and decodes the value under `key`.
-    pub fn get<T: DeserializeOwned>(key: &str) -> Result<Option<T>, PluginError> {
-        state::get(key)
-            .map(|bytes| {
-                serde_json::from_slice(&bytes)
-                    .map_err(|e| error("corrupt-state", format!("state key {key}: {e}")))
-            })
-            .transpose()
-    }
-
-    /// Encodes and stores `value` under `key`.
-    pub fn set<T: Serialize>(key: &str, value: &T) -> Result<(), PluginError> {
-        let bytes = serde_json::to_vec(value)
-            .map_err(|e| error("encode", format!("state key {key}: {e}")))?;
-        state::set(key, &bytes);
-        Ok(())
-    }
-}
-
-/// Formats a timestamp (ms since the epoch) as RFC 3339 UTC, e.g.
-/// `2026-01-22T10:00:00Z` (milliseconds are shown only when non-zero).
-pub fn rfc3339(ms: Timestamp) -> String {
-    let secs = ms.div_euclid(1000);
-    let millis = ms.rem_euclid(1000);
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    let (hh, mm, ss) = (rem / 3600, rem % 3600 / 60, rem % 60);
-    if millis == 0 {
-        format!("{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}Z")
-    } else {
-        format!("{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}.{millis:03}Z")
-    }
-}
-
-/// Days since 1970-01-01 to a proleptic Gregorian (year, month, day);
-/// Howard Hinnant's `civil_from_days`.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn formats_rfc3339() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(1_769_076_000_000), "2026-01-22T10:00:00Z");
-        assert_eq!(rfc3339(1_709_164_800_123), "2024-02-29T00:00:00.123Z");
-        assert_eq!(rfc3339(-1000), "1969-12-31T23:59:59Z");
     }
 }

@@ -16,7 +16,14 @@
 //!   (ms), then behave like `echo` (a plugin that fails for a while, then
 //!   recovers);
 //! - `reject`: return a `bad-input` error for every event (a plugin
-//!   rejecting its input, which must not quarantine it).
+//!   rejecting its input, which must not quarantine it);
+//! - `internal`: return an `internal` error for every event (a bug, which
+//!   counts toward quarantine);
+//! - `retry`: return a `retryable` error for the first `fail_times` (3)
+//!   calls with each event, then behave like `echo` (the attempts are
+//!   counted in the instance, which retries reuse).
+//!
+//! With `init = "fail"`, `init` rejects the configuration.
 //!
 //! Attacks on the host, for the containment tests (sizes from `[config]`):
 //! - `sleep`: sleep `sleep_ms` (default: a day) through WASI's monotonic
@@ -38,9 +45,17 @@
 //! With `only_user` set, every mode applies to that user's events only;
 //! other events are ignored.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+
 use todo_plugin_sdk::{
-    FiredTimer, Guest, PluginError, TaskEvent, error, host, output, state, timers,
+    Config, Error, FiredTimer, Plugin, Result, TaskEvent, host, output, state, timers,
 };
+
+thread_local! {
+    /// Calls per event id, for `retry` (instances live across retries).
+    static ATTEMPTS: RefCell<HashMap<String, u64>> = RefCell::new(HashMap::new());
+}
 
 struct TestPlugin;
 
@@ -73,7 +88,7 @@ fn number(key: &str, default: u64) -> u64 {
 }
 
 /// The attacks on the host; `None` for a mode that is not one.
-fn attack(mode: &str, event: &TaskEvent) -> Option<Result<(), PluginError>> {
+fn attack(mode: &str, event: &TaskEvent) -> Option<Result> {
     let size = |default| usize::try_from(number("size", default)).unwrap_or(usize::MAX);
     match mode {
         "sleep" => {
@@ -124,14 +139,29 @@ fn attack(mode: &str, event: &TaskEvent) -> Option<Result<(), PluginError>> {
             host::LogLevel::Warn,
             "innocent\n2026-01-01T00:00:00.000000Z  INFO todo_eventd::daemon: Forged line.\u{1b}[31m red",
         ),
-        "big-error" => return Some(Err(error("bad-input", "e".repeat(size(30_000_000))))),
+        "big-error" => {
+            return Some(Err(Error::bad_input(
+                "bad-input",
+                "e".repeat(size(30_000_000)),
+            )));
+        }
         _ => return None,
     }
     Some(Ok(()))
 }
 
-impl Guest for TestPlugin {
-    fn on_event(event: TaskEvent) -> Result<(), PluginError> {
+impl Plugin for TestPlugin {
+    fn init(config: &Config) -> Result {
+        match config.get("init") {
+            Some("fail") => Err(Error::bad_input(
+                "bad-config",
+                "config.init = \"fail\" asks init to fail",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn on_event(event: TaskEvent) -> Result {
         if host::config("only_user").is_some_and(|user| user != event.task.user_id) {
             return Ok(());
         }
@@ -141,10 +171,30 @@ impl Guest for TestPlugin {
         }
         match mode.as_str() {
             "noop" => Ok(()),
-            "reject" => Err(error(
+            "reject" => Err(Error::bad_input(
                 "bad-input",
                 format!("task {} is not acceptable", event.task.id),
             )),
+            "internal" => Err(Error::internal(
+                "broken",
+                format!("invariant broken at event {}", event.id),
+            )),
+            "retry" => {
+                let attempt = ATTEMPTS.with(|a| {
+                    let mut a = a.borrow_mut();
+                    let n = a.entry(event.id.clone()).or_default();
+                    *n += 1;
+                    *n
+                });
+                if attempt <= number("fail_times", 3) {
+                    return Err(Error::retryable(
+                        "busy",
+                        format!("attempt {attempt} at event {}", event.id),
+                    ));
+                }
+                echo(&event);
+                Ok(())
+            }
             "echo" => {
                 echo(&event);
                 Ok(())
@@ -183,7 +233,7 @@ impl Guest for TestPlugin {
                     }
                 }
                 let stop = u64::MAX - event.occurred_at.unsigned_abs();
-                Err(error("unreachable", depth(0, stop).to_string()))
+                Err(Error::internal("unreachable", depth(0, stop).to_string()))
             }
             "panic" => panic!("boom on event {}", event.id),
             "bad-emit" => {
@@ -194,7 +244,7 @@ impl Guest for TestPlugin {
                 state::set("poison", b"1");
                 timers::set("poison", event.occurred_at + 1, b"");
                 output::emit("out", None, "{\"poison\":true}");
-                Err(error(
+                Err(Error::bad_input(
                     "refused",
                     format!("event {} is not welcome", event.id),
                 ))
@@ -207,11 +257,14 @@ impl Guest for TestPlugin {
                 );
                 Ok(())
             }
-            other => Err(error("bad-config", format!("unknown mode {other}"))),
+            other => Err(Error::bad_input(
+                "bad-config",
+                format!("unknown mode {other}"),
+            )),
         }
     }
 
-    fn on_timer(timer: FiredTimer) -> Result<(), PluginError> {
+    fn on_timer(timer: FiredTimer) -> Result {
         if mode() == "rearm" {
             timers::set(&timer.key, host::now(), b"");
             return Ok(());

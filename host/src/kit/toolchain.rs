@@ -1,0 +1,267 @@
+//! `plugins build`: a project directory in, `NAME.wasm` + `NAME.toml` out.
+//!
+//! The project's manifest is its one `*.toml` besides `Cargo.toml` and
+//! `pyproject.toml`; its stem names the plugin. A `Cargo.toml` makes it a
+//! Rust project, an `app.py` a Python one.
+
+use std::ffi::OsStr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::{KitError, WIT};
+
+/// The componentize-py release Python plugins are built with.
+pub const COMPONENTIZE_PY_VERSION: &str = "0.25.1";
+
+/// The Rust target plugins are compiled to.
+const TARGET: &str = "wasm32-wasip2";
+
+/// The helper module Python projects import.
+const PYTHON_HELPER: &str = include_str!("../../templates/python/todo_plugin.py");
+
+/// What a build wrote.
+#[derive(Debug)]
+pub struct Built {
+    /// The plugin's name.
+    pub name: String,
+    /// `OUT/NAME.wasm`.
+    pub wasm: PathBuf,
+    /// `OUT/NAME.toml`.
+    pub manifest: PathBuf,
+}
+
+/// Builds the project in `dir` into `out` (default `dir/dist`). `tools`
+/// is where tools installed on first use live (componentize-py's
+/// virtualenv).
+pub fn build(dir: &Path, out: Option<&Path>, tools: &Path) -> Result<Built, KitError> {
+    let not_a_project = |message: String| KitError::NotAProject {
+        dir: dir.to_owned(),
+        message,
+    };
+    let manifest = find_manifest(dir)?;
+    let name = manifest
+        .file_stem()
+        .and_then(OsStr::to_str)
+        .ok_or_else(|| not_a_project("the manifest's name is not UTF-8".into()))?
+        .to_owned();
+    let out = out.map_or_else(|| dir.join("dist"), Path::to_owned);
+    std::fs::create_dir_all(&out).map_err(KitError::io(&out))?;
+    let wasm = out.join(format!("{name}.wasm"));
+    let staged = out.join(format!(".{name}.wasm.part"));
+    if dir.join("Cargo.toml").is_file() {
+        let built = build_rust(dir)?;
+        std::fs::copy(&built, &staged).map_err(KitError::io(&staged))?;
+    } else if dir.join("app.py").is_file() {
+        build_python(dir, &staged, tools)?;
+    } else {
+        return Err(not_a_project(
+            "neither Cargo.toml (Rust) nor app.py (Python) found; create a project with `todo-eventd plugins new`".into(),
+        ));
+    }
+    // Readable by a daemon running as another user.
+    std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o644))
+        .map_err(KitError::io(&staged))?;
+    std::fs::rename(&staged, &wasm).map_err(KitError::io(&wasm))?;
+    let copied = out.join(format!("{name}.toml"));
+    if copied != manifest {
+        std::fs::copy(&manifest, &copied).map_err(KitError::io(&copied))?;
+    }
+    Ok(Built {
+        name,
+        wasm,
+        manifest: copied,
+    })
+}
+
+/// The project's plugin manifest.
+fn find_manifest(dir: &Path) -> Result<PathBuf, KitError> {
+    let entries = std::fs::read_dir(dir).map_err(KitError::io(dir))?;
+    let mut found = Vec::new();
+    for entry in entries {
+        let path = entry.map_err(KitError::io(dir))?.path();
+        let file = path.file_name().and_then(OsStr::to_str).unwrap_or_default();
+        if file.ends_with(".toml")
+            && !matches!(file, "Cargo.toml" | "pyproject.toml")
+            && path.is_file()
+        {
+            found.push(path);
+        }
+    }
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 => Err(KitError::NotAProject {
+            dir: dir.to_owned(),
+            message: "no plugin manifest (NAME.toml) found".into(),
+        }),
+        _ => Err(KitError::NotAProject {
+            dir: dir.to_owned(),
+            message: format!(
+                "more than one manifest ({}); keep one NAME.toml",
+                found
+                    .iter()
+                    .filter_map(|p| p.file_name()?.to_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }),
+    }
+}
+
+/// Runs `command`, failing with its name and exit status.
+fn run(tool: &'static str, command: &mut Command) -> Result<(), KitError> {
+    let status = command.status().map_err(|e| KitError::Tool {
+        tool,
+        message: format!("cannot run it: {e}"),
+    })?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(KitError::Tool {
+            tool,
+            message: format!("failed ({status}); see its output above"),
+        })
+    }
+}
+
+/// Compiles a Rust project for `wasm32-wasip2`; returns the component.
+fn build_rust(dir: &Path) -> Result<PathBuf, KitError> {
+    let cargo_toml = dir.join("Cargo.toml");
+    let text = std::fs::read_to_string(&cargo_toml).map_err(KitError::io(&cargo_toml))?;
+    let package = toml::from_str::<toml::Table>(&text)
+        .ok()
+        .and_then(|t| t.get("package")?.get("name")?.as_str().map(str::to_owned))
+        .ok_or_else(|| KitError::NotAProject {
+            dir: dir.to_owned(),
+            message: "Cargo.toml has no [package] name".into(),
+        })?;
+    ensure_rust_target(dir)?;
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| dir.join("target"));
+    let target_dir = if target_dir.is_relative() {
+        dir.join(target_dir)
+    } else {
+        target_dir
+    };
+    run(
+        "cargo",
+        Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+            .current_dir(dir)
+            .args(["build", "--release", "--target", TARGET, "--target-dir"])
+            .arg(&target_dir)
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .env_remove("CARGO_BUILD_TARGET"),
+    )?;
+    let wasm = target_dir
+        .join(TARGET)
+        .join("release")
+        .join(format!("{}.wasm", package.replace('-', "_")));
+    if wasm.is_file() {
+        Ok(wasm)
+    } else {
+        Err(KitError::Tool {
+            tool: "cargo",
+            message: format!(
+                "built, but {} is missing: is the crate a `cdylib`?",
+                wasm.display()
+            ),
+        })
+    }
+}
+
+/// Adds the `wasm32-wasip2` target with rustup when the toolchain `dir`
+/// builds with lacks it.
+fn ensure_rust_target(dir: &Path) -> Result<(), KitError> {
+    let sysroot = Command::new("rustc")
+        .current_dir(dir)
+        .args(["--print", "sysroot"])
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map(|out| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
+    let installed = |root: &Option<PathBuf>| {
+        root.as_ref()
+            .is_some_and(|r| r.join("lib/rustlib").join(TARGET).is_dir())
+    };
+    if installed(&sysroot) {
+        return Ok(());
+    }
+    tracing::warn!("The {TARGET} target is missing; adding it with rustup.");
+    run(
+        "rustup",
+        Command::new("rustup")
+            .current_dir(dir)
+            .args(["target", "add", TARGET]),
+    )
+    .map_err(|_| KitError::Tool {
+        tool: "rustup",
+        message: format!("could not add the {TARGET} target; run `rustup target add {TARGET}`"),
+    })
+}
+
+/// Builds a Python project with componentize-py into `out`.
+fn build_python(dir: &Path, out: &Path, tools: &Path) -> Result<(), KitError> {
+    let componentize = componentize_py(tools)?;
+    let scratch = tempfile::tempdir().map_err(KitError::io(std::env::temp_dir()))?;
+    let wit = scratch.path().join("wit");
+    std::fs::create_dir_all(&wit).map_err(KitError::io(&wit))?;
+    std::fs::write(wit.join("plugin.wit"), WIT).map_err(KitError::io(&wit))?;
+    // The project's own helper module wins; the shipped one fills in.
+    let helpers = scratch.path().join("lib");
+    std::fs::create_dir_all(&helpers).map_err(KitError::io(&helpers))?;
+    std::fs::write(helpers.join("todo_plugin.py"), PYTHON_HELPER)
+        .map_err(KitError::io(&helpers))?;
+    run(
+        "componentize-py",
+        Command::new(&componentize)
+            .arg("-d")
+            .arg(&wit)
+            .args(["-w", "plugin", "componentize", "app", "-p"])
+            .arg(dir)
+            .arg("-p")
+            .arg(&helpers)
+            .arg("-o")
+            .arg(out),
+    )
+}
+
+/// componentize-py at the pinned version, installed into a virtualenv
+/// under `tools` on first use.
+fn componentize_py(tools: &Path) -> Result<PathBuf, KitError> {
+    let venv = tools.join(format!("componentize-py-{COMPONENTIZE_PY_VERSION}"));
+    let bin = venv.join("bin").join("componentize-py");
+    if bin.is_file() {
+        return Ok(bin);
+    }
+    std::fs::create_dir_all(tools).map_err(KitError::io(tools))?;
+    eprintln!(
+        "installing componentize-py {COMPONENTIZE_PY_VERSION} into {} (first use)",
+        venv.display()
+    );
+    let python = std::env::var_os("PYTHON").unwrap_or_else(|| "python3".into());
+    run(
+        "python3 -m venv",
+        Command::new(&python).args(["-m", "venv"]).arg(&venv),
+    )
+    .map_err(|e| KitError::Tool {
+        tool: "python3",
+        message: format!("{e}; Python plugins need python3 (3.10 or later) with venv"),
+    })?;
+    let installed = run(
+        "pip",
+        Command::new(venv.join("bin").join("pip")).args([
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            &format!("componentize-py=={COMPONENTIZE_PY_VERSION}"),
+        ]),
+    );
+    if let Err(err) = installed {
+        // A half-made virtualenv must not pass for an installed one.
+        let _ = std::fs::remove_dir_all(&venv);
+        return Err(err);
+    }
+    Ok(bin)
+}

@@ -1,0 +1,145 @@
+//! The bundled plugins keep their state bounded: what they remember of a
+//! task is deleted with the task, or expires through a timer (the TTLs in
+//! their manifests' `[config]`), and analytics' per-user value holds
+//! counters only, however many tasks the user has.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::sandbox;
+use serde_json::json;
+use todo_eventd::dispatch::Dispatcher;
+use todo_eventd::plugin::bundled;
+use todo_eventd::world::{TaskEvent, Timestamp};
+
+const DAY: i64 = 86_400_000;
+const T0: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
+
+fn event(id: &str, kind: &str, task: &str, at: Timestamp, data: serde_json::Value) -> TaskEvent {
+    let mut json = json!({
+        "event_id": id,
+        "event_type": kind,
+        "user_id": "u-1",
+        "task_id": task,
+        "timestamp": jiff::Timestamp::from_millisecond(at).unwrap().to_string(),
+    });
+    json["task_data"] = data;
+    todo_eventd::event::decode(json.to_string().as_bytes()).unwrap()
+}
+
+fn time(at: Timestamp) -> String {
+    jiff::Timestamp::from_millisecond(at).unwrap().to_string()
+}
+
+async fn dispatcher() -> Dispatcher {
+    let report = bundled::load(&sandbox()).await.unwrap();
+    Dispatcher::new(&report.plugins)
+}
+
+/// Sends `event` through every plugin, asserting each call succeeded.
+async fn send(dispatcher: &mut Dispatcher, event: &TaskEvent) {
+    for outcome in dispatcher.dispatch(event, event.occurred_at).await {
+        assert!(
+            outcome.result.is_ok(),
+            "{}: {:?}",
+            outcome.plugin.name,
+            outcome.result
+        );
+    }
+}
+
+/// Fires every timer due by `until`, asserting each call succeeded.
+async fn fire_until(dispatcher: &mut Dispatcher, until: Timestamp) {
+    while let Some(due) = dispatcher.next_due().filter(|due| *due <= until) {
+        let firing = dispatcher.fire_next(due).await.unwrap();
+        assert!(firing.outcome.result.is_ok(), "{:?}", firing.outcome.result);
+    }
+}
+
+fn keys(dispatcher: &Dispatcher, plugin: &str) -> (usize, usize) {
+    let state = dispatcher.state(plugin).unwrap();
+    (state.len(), state.timer_count())
+}
+
+#[tokio::test]
+async fn what_is_remembered_of_a_task_goes_with_the_task() {
+    let mut d = dispatcher().await;
+    let recurring = json!({
+        "title": "Water plants", "completed": false,
+        "due_at": time(T0 + DAY), "remind_at": time(T0 + DAY - 3_600_000),
+        "is_recurring": true, "recurrence_rule": "daily",
+    });
+    send(&mut d, &event("e1", "created", "t1", T0, recurring.clone())).await;
+    let mut done = recurring;
+    done["completed"] = json!(true);
+    send(&mut d, &event("e2", "completed", "t1", T0 + 1_000, done)).await;
+    for plugin in ["reminders", "recurrence", "analytics", "audit"] {
+        assert_ne!(keys(&d, plugin).0, 0, "{plugin} remembers the task");
+    }
+    send(&mut d, &event("e3", "deleted", "t1", T0 + 2_000, json!({}))).await;
+    assert_eq!(keys(&d, "reminders"), (0, 0), "memo and timer deleted");
+    assert_eq!(
+        keys(&d, "recurrence"),
+        (0, 0),
+        "answer and its timer deleted"
+    );
+    assert_eq!(keys(&d, "audit"), (0, 0), "snapshot deleted");
+    // Analytics keeps the user's counters, and the deleted task's record
+    // only until its TTL.
+    assert_eq!(keys(&d, "analytics").0, 2);
+    fire_until(&mut d, T0 + 31 * DAY).await;
+    assert_eq!(
+        keys(&d, "analytics"),
+        (1, 0),
+        "only the user's counters remain"
+    );
+}
+
+#[tokio::test]
+async fn memos_and_answers_expire_when_nothing_happens_to_a_task() {
+    let mut d = dispatcher().await;
+    let data = json!({"title": "Call mum", "completed": false, "due_at": time(T0 + DAY),
+        "is_recurring": true, "recurrence_rule": "weekly"});
+    send(&mut d, &event("e1", "created", "t2", T0, data.clone())).await;
+    let mut done = data;
+    done["completed"] = json!(true);
+    send(&mut d, &event("e2", "completed", "t2", T0 + 1_000, done)).await;
+    assert_eq!(keys(&d, "reminders"), (1, 1), "a memo and its expiry");
+    assert_eq!(keys(&d, "recurrence"), (1, 1), "an answer and its expiry");
+    fire_until(&mut d, T0 + 29 * DAY).await;
+    assert_eq!(keys(&d, "reminders"), (1, 1), "kept within the TTL");
+    fire_until(&mut d, T0 + 31 * DAY).await;
+    assert_eq!(keys(&d, "reminders"), (0, 0));
+    assert_eq!(keys(&d, "recurrence"), (0, 0));
+}
+
+#[tokio::test]
+async fn analytics_keeps_a_small_value_per_user_however_many_tasks() {
+    let mut d = dispatcher().await;
+    let user_value = |d: &Dispatcher| d.state("analytics").unwrap().get("user:u-1").unwrap().len();
+    let mut sizes = Vec::new();
+    for i in 0..300 {
+        let data = json!({"title": "x", "completed": false, "priority": "high", "tags": ["a"],
+            "due_at": time(T0 + DAY)});
+        send(
+            &mut d,
+            &event(&format!("e{i}"), "created", &format!("t{i}"), T0 + i, data),
+        )
+        .await;
+        if i == 9 || i == 299 {
+            sizes.push(user_value(&d));
+        }
+    }
+    // Only the counters' digits grow (10 tasks → 300 tasks).
+    assert!(
+        sizes[1] - sizes[0] < 32,
+        "the per-user value grew with tasks: {sizes:?}"
+    );
+    assert!(sizes[1] < 1024, "{} bytes", sizes[1]);
+    // The tasks fall due: counted overdue by their timers.
+    fire_until(&mut d, T0 + DAY + 60_000).await;
+    let value: serde_json::Value =
+        serde_json::from_slice(d.state("analytics").unwrap().get("user:u-1").unwrap()).unwrap();
+    assert_eq!(value["overdue"], 300);
+}

@@ -1,0 +1,175 @@
+//! The plugin interface from the author's side: components built against
+//! `todo:plugin@0.1.0` keep loading and running; 0.2.0's `init` rejects a
+//! bad configuration at load; its error kinds decide what happens to an
+//! event — `bad-input` is dead-lettered at once, `retryable` is retried in
+//! place with back-off and then dead-lettered, `internal` counts toward
+//! quarantine.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{TEST_PLUGIN, created, load, mode, plugin_dir, sandbox};
+use todo_eventd::dispatch::{DispatchPolicy, Dispatcher};
+use todo_eventd::plugin::{self, health::QuarantinePolicy};
+use todo_eventd::sandbox::CallError;
+use todo_eventd::telemetry::PluginMetrics;
+use todo_eventd::world::{ErrorKind, WitVersion};
+
+/// The test plugin as built against `todo:plugin@0.1.0` (before 0.2.0
+/// existed), kept as a binary so the old interface stays covered.
+const TEST_PLUGIN_0_1: &[u8] = include_bytes!("fixtures/plugins/test-plugin-0.1.0.wasm");
+
+fn plugin_error_kind(err: &CallError) -> Option<ErrorKind> {
+    match err {
+        CallError::Plugin { kind, .. } => Some(*kind),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn a_component_built_against_0_1_0_loads_and_emits() {
+    let reject = mode("reject");
+    let dir = plugin_dir(&[
+        ("echo-0-1", TEST_PLUGIN_0_1, Some(&mode("echo"))),
+        ("reject-0-1", TEST_PLUGIN_0_1, Some(&reject)),
+        ("echo-0-2", TEST_PLUGIN, Some(&mode("echo"))),
+    ]);
+    let plugins = load(&sandbox(), dir.path()).await;
+    let version = |name: &str| {
+        plugins
+            .iter()
+            .find(|p| p.name == name)
+            .unwrap()
+            .wit_version()
+    };
+    assert_eq!(version("echo-0-1"), WitVersion::V0_1);
+    assert_eq!(version("echo-0-2"), WitVersion::V0_2);
+
+    let mut dispatcher = Dispatcher::new(&plugins);
+    let outcomes = dispatcher.dispatch(&created("t1", 1_000), 1_000).await;
+    let emits = |name: &str| {
+        let outcome = outcomes.iter().find(|o| o.plugin.name == name).unwrap();
+        outcome.result.as_ref().unwrap().clone()
+    };
+    // The same event reaches both versions, field for field.
+    let (old, new) = (emits("echo-0-1"), emits("echo-0-2"));
+    assert_eq!(old.len(), 1);
+    assert_eq!(old[0].value, new[0].value);
+    assert_eq!(old[0].key.as_deref(), Some("t1"));
+    // A 0.1.0 error has no kind: it is the plugin rejecting its input.
+    let rejected = outcomes
+        .iter()
+        .find(|o| o.plugin.name == "reject-0-1")
+        .unwrap();
+    let err = rejected.result.as_ref().unwrap_err();
+    assert_eq!(plugin_error_kind(err), Some(ErrorKind::BadInput), "{err}");
+    assert!(!err.is_plugin_fault());
+}
+
+#[tokio::test]
+async fn init_rejects_a_bad_configuration_at_load() {
+    let manifest = format!("{}init = \"fail\"\n", mode("echo"));
+    let dir = plugin_dir(&[
+        ("picky", TEST_PLUGIN, Some(&manifest)),
+        ("fine", TEST_PLUGIN, Some(&mode("echo"))),
+    ]);
+    let report = plugin::load_dir(&sandbox(), dir.path()).await.unwrap();
+    assert_eq!(report.plugins.len(), 1, "the other plugin still loads");
+    let err = report.errors[0].to_string();
+    assert!(
+        err.contains("picky.wasm")
+            && err.contains("init rejected the configuration: bad-input [bad-config]"),
+        "{err}"
+    );
+}
+
+/// A manifest with `limits.retry_backoff = "10ms"`.
+fn with_backoff(manifest: &str) -> String {
+    manifest.replace("[limits]\n", "[limits]\nretry_backoff = \"10ms\"\n")
+}
+
+fn policy(quarantine_after: u32) -> DispatchPolicy {
+    DispatchPolicy {
+        quarantine: QuarantinePolicy {
+            after: quarantine_after,
+            ..QuarantinePolicy::default()
+        },
+        ..DispatchPolicy::default()
+    }
+}
+
+#[tokio::test]
+async fn a_retryable_error_is_retried_in_place_with_backoff_then_dead_lettered() {
+    // Fails 3 times per event, then succeeds: within the 5 retries.
+    let flaky = with_backoff(&format!("{}fail_times = 3\n", mode("retry")));
+    // Fails 100 times: the retries run out.
+    let down = with_backoff(&format!("{}fail_times = 100\n", mode("retry")));
+    let dir = plugin_dir(&[
+        ("flaky", TEST_PLUGIN, Some(&flaky)),
+        ("down", TEST_PLUGIN, Some(&down)),
+    ]);
+    let plugins = load(&sandbox(), dir.path()).await;
+    let metrics = Arc::new(PluginMetrics::default());
+    let mut dispatcher = Dispatcher::with(&plugins, policy(1), metrics.clone());
+
+    let started = std::time::Instant::now();
+    let outcomes = dispatcher.dispatch(&created("t1", 1_000), 1_000).await;
+    let waited = started.elapsed();
+    let by_name = |name: &str| outcomes.iter().find(|o| o.plugin.name == name).unwrap();
+
+    let flaky = by_name("flaky").result.as_ref().unwrap();
+    assert_eq!(flaky.len(), 1, "the fourth attempt succeeded and emitted");
+    let err = by_name("down").result.as_ref().unwrap_err();
+    assert_eq!(plugin_error_kind(err), Some(ErrorKind::Retryable), "{err}");
+    // The last of 1 + 5 attempts is the one reported.
+    assert!(err.to_string().contains("attempt 6 at event"), "{err}");
+    // Back-off (a lower bound: sleeps never end early): 10+20+40 ms for
+    // flaky, then 10+20+…+160 ms for down.
+    assert!(waited >= Duration::from_millis(70 + 310), "{waited:?}");
+    // Transient failures are not the plugin's fault: no quarantine even
+    // with quarantine after one failure.
+    assert!(by_name("down").plugin.health.retry_at().is_none());
+    let text = todo_eventd::telemetry::Telemetry {
+        plugins: metrics,
+        ..Default::default()
+    }
+    .encode();
+    assert!(
+        text.contains("todo_eventd_plugin_retries_total{plugin=\"down\"} 5"),
+        "{text}"
+    );
+    assert!(text.contains("todo_eventd_plugin_retries_total{plugin=\"flaky\"} 3"));
+}
+
+#[tokio::test]
+async fn an_internal_error_counts_toward_quarantine_and_bad_input_does_not() {
+    let dir = plugin_dir(&[
+        ("buggy", TEST_PLUGIN, Some(&mode("internal"))),
+        ("strict", TEST_PLUGIN, Some(&mode("reject"))),
+    ]);
+    let plugins = load(&sandbox(), dir.path()).await;
+    let mut dispatcher = Dispatcher::with(&plugins, policy(2), Arc::default());
+    for at in [1_000, 2_000] {
+        for outcome in dispatcher.dispatch(&created("t1", at), at).await {
+            assert!(outcome.result.is_err());
+        }
+    }
+    let quarantined = |name: &str| {
+        plugins
+            .iter()
+            .find(|p| p.name == name)
+            .unwrap()
+            .health
+            .retry_at()
+            .is_some()
+    };
+    assert!(quarantined("buggy"), "two internal errors in a row");
+    assert!(!quarantined("strict"), "rejecting input is no fault");
+    let outcomes = dispatcher.dispatch(&created("t1", 3_000), 3_000).await;
+    let buggy = outcomes.iter().find(|o| o.plugin.name == "buggy").unwrap();
+    assert!(matches!(buggy.result, Err(CallError::Quarantined { .. })));
+}
