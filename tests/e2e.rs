@@ -143,11 +143,6 @@ async fn sample_stream_in_expected_records_out() {
         "graceful shutdown failed:\n{}",
         daemon.log_text()
     );
-    assert!(
-        daemon.log_text().contains("Pipeline stopped"),
-        "{}",
-        daemon.log_text()
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -410,11 +405,12 @@ async fn reminders_scheduled_before_a_kill_9_fire_after_a_restart() {
         &args,
     );
     assert_each_reminder_once(&broker, total, &second).await;
-    assert!(
-        second.log_text().contains("Restored plugin state"),
-        "{}",
-        second.log_text()
-    );
+    // The reminders came from restored timers: the replacement read the
+    // changelog (its metrics say how much).
+    let (_, metrics) = common::http_get(second.admin_addr(), "/metrics");
+    let samples = common::parse_metrics(&metrics);
+    let restored = common::sample(&samples, "todo_eventd_restored_records_total", &[]);
+    assert!(restored.is_some_and(|n| n > 0.0), "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -472,24 +468,29 @@ async fn an_operator_drops_in_a_plugin_and_watches_it() {
     std::fs::write(plugins.join("echo.toml"), manifest).unwrap();
     std::fs::write(plugins.join(".echo.wasm"), TEST_PLUGIN).unwrap();
     std::fs::rename(plugins.join(".echo.wasm"), plugins.join("echo.wasm")).unwrap();
-    assert!(
-        daemon.wait_for_log(
-            "Created the output topics of a new plugin",
-            Duration::from_secs(60)
-        ),
-        "{}",
-        daemon.log_text()
+    // The watcher loads it and creates its output topic (a sync point, not
+    // the assertion); /plugins lists it as active.
+    daemon.wait_for_log(
+        "Created the output topics of a new plugin",
+        Duration::from_secs(60),
     );
-    let (status, body) = get("/plugins").await.unwrap();
-    assert_eq!(status, 200);
-    let listed: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let echo = listed
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "echo")
-        .unwrap_or_else(|| panic!("{body}"));
-    assert_eq!(echo["status"], "active", "{echo}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let echo = loop {
+        let (status, body) = get("/plugins").await.unwrap();
+        assert_eq!(status, 200);
+        let listed: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let echo = listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "echo" && p["status"] == "active")
+            .cloned();
+        if let Some(echo) = echo {
+            break echo;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     assert_eq!(echo["version"], "1.0.0");
 
     produce(

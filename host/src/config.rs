@@ -151,7 +151,20 @@ impl std::fmt::Debug for KafkaConfig {
     }
 }
 
+/// librdkafka's default `message.max.bytes`.
+const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
+
 impl KafkaConfig {
+    /// The largest record the producer sends: the operator's
+    /// `message.max.bytes` property, or librdkafka's default. Emits, state
+    /// values and dead letters are sized to fit it.
+    pub fn max_record_bytes(&self) -> usize {
+        self.properties
+            .get("message.max.bytes")
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(DEFAULT_MESSAGE_MAX_BYTES)
+    }
+
     /// `text` with the value of every secret-looking property replaced by
     /// `***`: for errors that quote what librdkafka was given.
     pub fn redact(&self, text: &str) -> String {
@@ -575,7 +588,7 @@ impl Config {
             default_limits,
             max_limits,
             max_component_bytes: section.max_component_size,
-            max_record_bytes: crate::kafka::max_record_bytes(&self.kafka),
+            max_record_bytes: self.kafka.max_record_bytes(),
             log: LogPolicy {
                 lines_per_second: u32::try_from(section.log_lines_per_second.0).unwrap_or(u32::MAX),
                 burst: u32::try_from(section.log_burst.0).unwrap_or(u32::MAX),

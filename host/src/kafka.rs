@@ -82,20 +82,6 @@ pub fn client_config(
     config
 }
 
-/// librdkafka's default `message.max.bytes`.
-const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
-
-/// The largest record the producer sends: the operator's
-/// `message.max.bytes` property, or librdkafka's default. Emits, state
-/// values and dead letters are sized to fit it.
-pub fn max_record_bytes(kafka: &KafkaConfig) -> usize {
-    kafka
-        .properties
-        .get("message.max.bytes")
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(DEFAULT_MESSAGE_MAX_BYTES)
-}
-
 /// A producer for outputs and dead letters: acknowledged by all in-sync
 /// replicas, retried by librdkafka for up to 30 s before a delivery fails,
 /// with its queue bounded to 64 MiB (librdkafka's default is 1 GiB) so a

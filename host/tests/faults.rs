@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use common::harness::{CHANGELOG, Harness, echo_plugins, header};
 use common::{
-    TEST_PLUGIN, event, eventually, http_get, load, mode, plugin_dir, reader, sandbox, value,
+    TEST_PLUGIN, created_events, event, eventually, http_get, load, mode, plugin_dir, reader,
+    sandbox, value,
 };
 use rdkafka::Message;
 use rdkafka::message::OwnedMessage;
@@ -511,16 +512,7 @@ async fn the_admin_endpoint_answers_while_every_plugin_burns_its_deadline() {
     let busy = mode("loop").replace("call_timeout = \"50ms\"", "call_timeout = \"2s\"");
     let dir = plugin_dir(&[("busy", TEST_PLUGIN, Some(&busy))]);
     let plugins = load(&sandbox(), dir.path()).await;
-    let lines: Vec<String> = (0..30)
-        .map(|i| {
-            event(
-                &format!("ev-{i}"),
-                &format!("u{i}"),
-                &format!("t{i}"),
-                "created",
-            )
-        })
-        .collect();
+    let lines: Vec<String> = created_events(30);
     harness.produce(&lines).await;
     let pipeline = Pipeline::new(harness.config.clone(), plugins);
     let listener = admin::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();

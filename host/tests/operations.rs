@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{
-    Sample, TEST_PLUGIN, event, eventually, http_get, mode, parse_metrics, plugin_dir, reader,
-    sample, sandbox, value, with_custom_section,
+    Sample, TEST_PLUGIN, created_events, event, eventually, http_get, mode, parse_metrics,
+    plugin_dir, reader, sample, sandbox, value, with_custom_section,
 };
 use rdkafka::Message;
 use rdkafka::message::OwnedMessage;
@@ -109,21 +109,27 @@ fn header(message: &OwnedMessage, name: &str) -> String {
     kafka::header(message, name).unwrap_or_default()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_plugin_replaced_under_load_handles_every_event_exactly_once() {
-    let cluster = Cluster::start();
-    let dir = plugin_dir(&[("echo", TEST_PLUGIN, Some(&mode("echo")))]);
-    let telemetry = Telemetry::default();
-    let (registry, report) = Registry::open(
+/// The plugins directory `dir` opened as a live registry on the system
+/// clock.
+async fn open_registry(dir: &std::path::Path, telemetry: &Telemetry) -> Arc<Registry> {
+    let (registry, _) = Registry::open(
         sandbox(),
-        dir.path().to_owned(),
+        dir.to_owned(),
         telemetry.plugins.clone(),
         Clock::System,
     )
     .await
     .unwrap();
-    assert_eq!(report.loaded, ["echo"]);
-    let registry = Arc::new(registry);
+    Arc::new(registry)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_plugin_replaced_under_load_handles_every_event_exactly_once() {
+    let cluster = Cluster::start();
+    let dir = plugin_dir(&[("echo", TEST_PLUGIN, Some(&mode("echo")))]);
+    let telemetry = Telemetry::default();
+    let registry = open_registry(dir.path(), &telemetry).await;
+    assert_eq!(registry.statuses()[0].name, "echo");
     let _watcher = watcher::watch(registry.clone(), Duration::from_millis(100))
         .unwrap()
         .unwrap();
@@ -215,7 +221,7 @@ async fn a_plugin_replaced_under_load_handles_every_event_exactly_once() {
 
     let status = &registry.statuses()[0];
     assert_eq!(
-        (status.status, status.hash.as_deref()),
+        (status.status.as_str(), status.hash.as_deref()),
         ("active", Some(v2.as_str()))
     );
     assert_eq!(status.reloads, 1);
@@ -250,15 +256,7 @@ async fn a_failing_plugin_is_quarantined_then_recovers() {
         ("steady", TEST_PLUGIN, Some(&mode("echo"))),
     ]);
     let telemetry = Telemetry::default();
-    let (registry, _) = Registry::open(
-        sandbox(),
-        dir.path().to_owned(),
-        telemetry.plugins.clone(),
-        Clock::System,
-    )
-    .await
-    .unwrap();
-    let registry = Arc::new(registry);
+    let registry = open_registry(dir.path(), &telemetry).await;
     let pipeline = Pipeline {
         config: cluster.config.clone(),
         plugins: registry.clone(),
@@ -336,7 +334,7 @@ async fn a_failing_plugin_is_quarantined_then_recovers() {
     assert!(flaky_sample("todo_eventd_plugin_skipped_total").unwrap() >= 1.0);
     let statuses = registry.statuses();
     assert_eq!(statuses[0].name, "flaky");
-    assert_eq!(statuses[0].status, "active");
+    assert_eq!(statuses[0].status.as_str(), "active");
     assert_eq!(statuses[0].consecutive_failures, 0);
 }
 
@@ -353,15 +351,7 @@ async fn the_admin_endpoint_reports_readiness_metrics_and_plugins() {
         ("grumpy", TEST_PLUGIN, Some(&mode("panic"))),
     ]);
     let telemetry = Telemetry::default();
-    let (registry, _) = Registry::open(
-        sandbox(),
-        dir.path().to_owned(),
-        telemetry.plugins.clone(),
-        Clock::System,
-    )
-    .await
-    .unwrap();
-    let registry = Arc::new(registry);
+    let registry = open_registry(dir.path(), &telemetry).await;
     let listener = admin::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let admin = Admin {
@@ -381,16 +371,7 @@ async fn the_admin_endpoint_reports_readiness_metrics_and_plugins() {
     );
 
     let total = 30;
-    let lines: Vec<String> = (0..total)
-        .map(|i| {
-            event(
-                &format!("ev-{i}"),
-                &format!("u{i}"),
-                &format!("t{i}"),
-                "created",
-            )
-        })
-        .collect();
+    let lines: Vec<String> = created_events(total);
     cluster.produce(&lines).await;
     let pipeline = Pipeline {
         config: cluster.config.clone(),

@@ -173,7 +173,7 @@ async fn a_fifo_dropped_in_while_running_does_not_block_a_reload() {
     );
     let statuses = registry.statuses();
     assert_eq!(statuses.len(), 2);
-    assert_eq!(statuses[0].status, "active", "echo keeps serving");
+    assert_eq!(statuses[0].status.as_str(), "active", "echo keeps serving");
 }
 
 #[test]

@@ -32,13 +32,39 @@ pub struct PluginSet {
     pub plugins: Vec<Arc<Plugin>>,
 }
 
+/// Where a plugin stands.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// A version is serving.
+    Active,
+    /// A version is loaded but quarantined after failing.
+    Quarantined,
+    /// Nothing is serving: its files were rejected.
+    Rejected,
+    /// Its manifest says `enabled = false`.
+    Disabled,
+}
+
+impl Status {
+    /// The lower-case name `/plugins` shows.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Quarantined => "quarantined",
+            Self::Rejected => "rejected",
+            Self::Disabled => "disabled",
+        }
+    }
+}
+
 /// What `/plugins` shows for one plugin.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct PluginStatus {
     /// The file stem.
     pub name: String,
-    /// `active`, `quarantined`, `rejected` (nothing serving) or `disabled`.
-    pub status: &'static str,
+    /// Where it stands.
+    pub status: Status,
     /// The `.wasm` file.
     pub file: PathBuf,
     /// The manifest's version label of the version serving.
@@ -205,10 +231,10 @@ impl Registry {
                 let plugin = entry.plugin.as_deref();
                 let health = plugin.map(|p| p.health.snapshot()).unwrap_or_default();
                 let status = match plugin {
-                    Some(_) if health.retry_at.is_some() => "quarantined",
-                    Some(_) => "active",
-                    None if entry.disabled => "disabled",
-                    None => "rejected",
+                    Some(_) if health.retry_at.is_some() => Status::Quarantined,
+                    Some(_) => Status::Active,
+                    None if entry.disabled => Status::Disabled,
+                    None => Status::Rejected,
                 };
                 let last_error = entry.last_error.clone().or_else(|| {
                     health

@@ -81,6 +81,21 @@ pub fn event(id: &str, user: &str, task: &str, kind: &str) -> String {
     .to_string()
 }
 
+/// `count` `created` events, each for its own user and task
+/// (`ev-I`, `uI`, `tI`), spreading over the partitions.
+pub fn created_events(count: usize) -> Vec<String> {
+    (0..count)
+        .map(|i| {
+            event(
+                &format!("ev-{i}"),
+                &format!("u{i}"),
+                &format!("t{i}"),
+                "created",
+            )
+        })
+        .collect()
+}
+
 /// A consumer in a group of its own reading `topics` from the start.
 pub fn reader(brokers: &str, topics: &[&str]) -> StreamConsumer {
     static READERS: AtomicU32 = AtomicU32::new(0);

@@ -159,4 +159,76 @@ mod tests {
         );
         assert!(next_rrule("FREQ=NEVER", start, start, tz).is_err());
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        fn zone() -> impl Strategy<Value = Tz> {
+            prop_oneof![
+                Just(Tz::UTC),
+                Just(Tz::Europe__Berlin),
+                Just(Tz::America__New_York),
+                Just(Tz::Australia__Lord_Howe),
+                Just(Tz::Asia__Kathmandu),
+            ]
+        }
+
+        fn frequency() -> impl Strategy<Value = Frequency> {
+            prop_oneof![
+                Just(Frequency::Daily),
+                Just(Frequency::Weekly),
+                Just(Frequency::Monthly),
+                Just(Frequency::Yearly),
+            ]
+        }
+
+        /// 1990 to 2090, on a whole minute.
+        fn start() -> impl Strategy<Value = Timestamp> {
+            (631_152_000_i64..3_786_912_000).prop_map(|s| s / 60 * 60_000)
+        }
+
+        proptest! {
+            /// Each occurrence of a simple pattern is after the one before.
+            #[test]
+            fn simple_occurrences_only_move_forward(
+                start in start(), frequency in frequency(), interval in 1_u32..30,
+                occurrence in 0_u32..60, tz in zone(),
+            ) {
+                let this = next_simple(start, frequency, interval, occurrence, tz);
+                let next = next_simple(start, frequency, interval, occurrence + 1, tz);
+                if let (Some(this), Some(next)) = (this, next) {
+                    prop_assert!(next > this, "{this} then {next}");
+                }
+            }
+
+            /// An RRULE's next occurrence is after the current one and never
+            /// after its UNTIL.
+            #[test]
+            fn rrule_occurrences_move_forward_and_stop_at_until(
+                start in start(), tz in zone(),
+                freq in prop_oneof![Just("DAILY"), Just("WEEKLY"), Just("MONTHLY"), Just("YEARLY")],
+                interval in 1_u32..5, until_days in 1_i64..800, by_day in any::<bool>(),
+            ) {
+                let until = start + until_days * 86_400_000;
+                let until_text = DateTime::<Utc>::from_timestamp_millis(until)
+                    .unwrap()
+                    .format("%Y%m%dT%H%M%SZ");
+                let by_day = if by_day && freq == "WEEKLY" { ";BYDAY=MO,TH" } else { "" };
+                let rule = format!("FREQ={freq};INTERVAL={interval}{by_day};UNTIL={until_text}");
+                let mut due = start;
+                for _ in 0..5 {
+                    match next_rrule(&rule, start, due, tz).map_err(TestCaseError::fail)? {
+                        Some(next) => {
+                            prop_assert!(next > due, "{rule}: {next} after {due}");
+                            prop_assert!(next <= until, "{rule}: {next} past UNTIL {until}");
+                            due = next;
+                        }
+                        None => break,
+                    }
+                }
+            }
+        }
+    }
 }
