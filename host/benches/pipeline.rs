@@ -229,16 +229,25 @@ fn main() {
         );
 
         let sandbox = Arc::new(Sandbox::new(SandboxConfig::default()).unwrap());
+        let bundled = bundled::load(&sandbox).await.unwrap().plugins;
+        // The line compared across commits keeps the original three; the
+        // audit plugin (added later) gets a line of its own.
+        let three: Vec<_> = bundled
+            .iter()
+            .filter(|p| p.name != "audit")
+            .cloned()
+            .collect();
         let runs = [
             (
                 "three no-op plugins (no state)",
                 "bench-noop",
                 noop_plugins(&sandbox).await,
             ),
+            ("three bundled plugins (state)", "bench-bundled", three),
             (
-                "three bundled plugins (state)",
-                "bench-bundled",
-                bundled::load(&sandbox).await.unwrap().plugins,
+                "four bundled plugins (+audit)",
+                "bench-bundled-audit",
+                bundled,
             ),
         ];
         for (label, group, plugins) in runs {

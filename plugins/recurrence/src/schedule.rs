@@ -57,18 +57,15 @@ pub fn next_rrule(
     due: Timestamp,
     tz: Tz,
 ) -> Result<Option<Timestamp>, String> {
-    let start_local = local(start, tz).ok_or("start out of range")?;
-    let dtstart = if tz == Tz::UTC {
-        format!("DTSTART:{}Z", start_local.format("%Y%m%dT%H%M%S"))
-    } else {
-        format!(
-            "DTSTART;TZID={}:{}",
-            tz.name(),
-            start_local.format("%Y%m%dT%H%M%S")
-        )
-    };
-    let set: rrule::RRuleSet = format!("{dtstart}\nRRULE:{rule}")
-        .parse()
+    // DTSTART is given as an instant in the zone, not as local text: a start
+    // in a DST overlap (01:30 on a fall-back night) is ambiguous as text,
+    // and the rrule crate refuses it. Whole seconds, as RFC 5545 has them.
+    let dtstart = DateTime::<Utc>::from_timestamp(start.div_euclid(1000), 0)
+        .ok_or("start out of range")?
+        .with_timezone(&rrule::Tz::Tz(tz));
+    let set = rule
+        .parse::<rrule::RRule<rrule::Unvalidated>>()
+        .and_then(|parsed| parsed.build(dtstart))
         .map_err(|e| format!("invalid RRULE {rule:?}: {e}"))?;
     let after = DateTime::<Utc>::from_timestamp_millis(due)
         .ok_or("due out of range")?
@@ -145,6 +142,15 @@ mod tests {
     }
 
     #[test]
+    fn rrule_starting_in_a_dst_overlap() {
+        // 01:00 on the night New York falls back happens twice.
+        let tz: Tz = "America/New_York".parse().unwrap();
+        let start = 941_346_000_000; // 1999-10-31T05:00:00Z = 01:00 EDT
+        let next = next_rrule("FREQ=DAILY;INTERVAL=1", start, start, tz).unwrap();
+        assert_eq!(next, Some(at(tz, 1999, 11, 1, 1, 0)));
+    }
+
+    #[test]
     fn rrule_count_ends_the_series() {
         let tz = Tz::UTC;
         let start = at(tz, 2026, 1, 1, 9, 0);
@@ -204,7 +210,9 @@ mod tests {
             }
 
             /// An RRULE's next occurrence is after the current one and never
-            /// after its UNTIL.
+            /// after its UNTIL — from any start, DST overlaps included (the
+            /// long run found starts in a fall-back hour rejected as
+            /// ambiguous).
             #[test]
             fn rrule_occurrences_move_forward_and_stop_at_until(
                 start in start(), tz in zone(),

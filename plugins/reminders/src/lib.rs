@@ -16,7 +16,9 @@
 //! State stays bounded: what is remembered of a task is deleted when the
 //! task is deleted, and expires `memo_ttl_days` (config, default 30) after
 //! the task's last event or reminder — the task's one timer is either its
-//! pending reminder or that expiry.
+//! pending reminder or that expiry. The expiry is armed once and, when it
+//! fires, re-armed for the TTL after the latest event if there was one, so
+//! an event does not rewrite the timer.
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -62,6 +64,9 @@ struct Memo {
     last_event_at: Timestamp,
     /// The id of the last reminder emitted.
     sent: Option<String>,
+    /// Whether the task's timer is its expiry (not a pending reminder).
+    #[serde(default)]
+    expiry_armed: bool,
 }
 
 fn memo_key(task_id: &str) -> String {
@@ -75,12 +80,53 @@ fn memo_ttl_ms() -> i64 {
     i64::from(days) * DAY_MS
 }
 
-/// Replaces the task's timer with its memo's expiry.
-fn expire_later(task_id: &str, from: Timestamp) -> Result {
+/// Makes the task's timer its memo's expiry, a TTL from `from`, unless
+/// it already is (the expiry re-arms itself when it fires early).
+fn expire_later(task_id: &str, memo: &mut Memo, from: Timestamp) -> Result {
+    if memo.expiry_armed {
+        return Ok(());
+    }
+    memo.expiry_armed = true;
     let payload = TimerPayload::Expire {
         expire: task_id.to_owned(),
     };
     json_timers::set(task_id, from.saturating_add(memo_ttl_ms()), &payload)
+}
+
+/// The reminder `event` calls for, if any: a remind time in the future,
+/// not after the due time, on a task not completed, not already sent.
+fn reminder_for(event: &TaskEvent, memo: &Memo) -> Option<Pending> {
+    let task = &event.task;
+    let remind_at = task
+        .remind_at
+        .filter(|_| !task.completed && event.kind != EventKind::Completed)?;
+    if remind_at <= host::now() {
+        debug!(
+            "task {}: remind time {} is not in the future",
+            task.id,
+            rfc3339(remind_at)
+        );
+        return None;
+    }
+    if task.due.is_some_and(|due| remind_at > due) {
+        info!(
+            "task {}: remind time is after the due time; no reminder",
+            task.id
+        );
+        return None;
+    }
+    let reminder_id = format!("{}@{}", task.id, rfc3339(remind_at));
+    if memo.sent.as_deref() == Some(reminder_id.as_str()) {
+        return None;
+    }
+    Some(Pending {
+        reminder_id,
+        task_id: task.id.clone(),
+        user_id: task.user_id.clone(),
+        title: task.title.clone(),
+        due: task.due,
+        remind_at,
+    })
 }
 
 impl Plugin for RemindersPlugin {
@@ -106,64 +152,45 @@ impl Plugin for RemindersPlugin {
             return Ok(());
         }
         memo.last_event_at = event.occurred_at;
-        json_state::set(&key, &memo)?;
-        let now = host::now();
-        let remind_at = task
-            .remind_at
-            .filter(|_| !task.completed && event.kind != EventKind::Completed);
-        let Some(remind_at) = remind_at else {
-            return expire_later(&task.id, now);
-        };
-        if remind_at <= now {
-            // Too late to remind; an old timer for this task is stale too.
-            debug!(
-                "task {}: remind time {} is not in the future",
-                task.id,
-                rfc3339(remind_at)
-            );
-            return expire_later(&task.id, now);
+        let timer = reminder_for(&event, &memo);
+        match timer {
+            Some(pending) => {
+                memo.expiry_armed = false;
+                json_timers::set(&task.id, pending.remind_at, &TimerPayload::Remind(pending))?;
+            }
+            None => expire_later(&task.id, &mut memo, host::now())?,
         }
-        if task.due.is_some_and(|due| remind_at > due) {
-            info!(
-                "task {}: remind time is after the due time; no reminder",
-                task.id
-            );
-            return expire_later(&task.id, now);
-        }
-        let reminder_id = format!("{}@{}", task.id, rfc3339(remind_at));
-        if memo.sent.as_deref() == Some(reminder_id.as_str()) {
-            return Ok(());
-        }
-        let pending = Pending {
-            reminder_id,
-            task_id: task.id.clone(),
-            user_id: task.user_id.clone(),
-            title: task.title.clone(),
-            due: task.due,
-            remind_at,
-        };
-        json_timers::set(&task.id, remind_at, &TimerPayload::Remind(pending))
+        json_state::set(&key, &memo)
     }
 
     fn on_timer(timer: FiredTimer) -> Result {
+        let now = host::now();
         let pending = match timer.payload_json::<TimerPayload>()? {
             TimerPayload::Remind(pending) => pending,
             TimerPayload::Expire { expire } => {
-                json_state::delete(&memo_key(&expire));
+                let key = memo_key(&expire);
+                let Some(memo) = json_state::get::<Memo>(&key)? else {
+                    return Ok(());
+                };
+                // Events since it was armed push the expiry back.
+                let expires = memo.last_event_at.saturating_add(memo_ttl_ms());
+                if expires > now {
+                    let payload = TimerPayload::Expire { expire };
+                    return json_timers::set(&timer.key, expires, &payload);
+                }
+                json_state::delete(&key);
                 return Ok(());
             }
         };
-        let now = host::now();
+        let key = memo_key(&pending.task_id);
+        let mut memo: Memo = json_state::get(&key)?.unwrap_or_default();
+        memo.expiry_armed = false;
         if pending.due.is_some_and(|due| now > due) {
             warn!(
                 "task {}: reminder fired after the due time; dropped",
                 pending.task_id
             );
-            return expire_later(&pending.task_id, now);
-        }
-        let key = memo_key(&pending.task_id);
-        let mut memo: Memo = json_state::get(&key)?.unwrap_or_default();
-        if memo.sent.as_deref() != Some(pending.reminder_id.as_str()) {
+        } else if memo.sent.as_deref() != Some(pending.reminder_id.as_str()) {
             let value = json!({
                 "reminder_id": pending.reminder_id,
                 "task_id": pending.task_id,
@@ -175,9 +202,9 @@ impl Plugin for RemindersPlugin {
             });
             emit_json("reminders", Some(&pending.user_id), &value)?;
             memo.sent = Some(pending.reminder_id);
-            json_state::set(&key, &memo)?;
         }
-        expire_later(&pending.task_id, now)
+        expire_later(&pending.task_id, &mut memo, now)?;
+        json_state::set(&key, &memo)
     }
 }
 
