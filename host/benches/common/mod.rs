@@ -1,0 +1,30 @@
+//! What the pipeline benches share: settings from the environment and the
+//! event mix.
+
+/// The environment variable `name` parsed, or `default`.
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A realistic mix (~360 bytes each): mostly creates with reminders, some
+/// updates, completions of weekly recurring tasks and deletes.
+pub fn events(n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            let user = format!("user-{}", i % 5000);
+            let task = format!("task-{i}");
+            let (kind, extra) = match i % 10 {
+                0..=5 => ("created", r#","remind_at":"2030-01-01T08:00:00Z""#),
+                6 | 7 => ("updated", r#","priority":"high""#),
+                8 => ("completed", r#","recurrence":{"pattern":"weekly","interval":1},"completed":true"#),
+                _ => ("deleted", ""),
+            };
+            format!(
+                r#"{{"event_id":"ev-{i}","event_type":"{kind}","user_id":"{user}","task_id":"{task}","timestamp":"2026-01-26T08:00:00Z","task_data":{{"title":"Benchmark task number {i}","description":"Generated","priority":"medium","tags":["bench","load"],"due_at":"2030-01-01T09:00:00Z"{extra}}}}}"#
+            )
+        })
+        .collect()
+}

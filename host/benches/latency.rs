@@ -1,0 +1,313 @@
+//! End-to-end latency at a steady rate: events produced at `BENCH_RATE`
+//! per second for `BENCH_SECONDS` through the four bundled plugins; for
+//! each, the time from handing it to the producer to its audit record
+//! being readable on the `audit` output (so a consumer's fetch wait is
+//! included). Prints p50/p99/p999/max and the rate achieved.
+//!
+//! Then reminder lateness: `BENCH_TIMERS` reminders (default 100 000) are
+//! scheduled over the following 30 s, all pending at once; for each, how
+//! long after its remind time the reminder was readable on `reminders`.
+//!
+//! Run: `cargo bench -p todo-eventd --bench latency`
+//! Options (env): `BENCH_RATE` (default 5000), `BENCH_SECONDS` (default
+//! 20), `BENCH_TIMERS` (default 100000), `BENCH_BROKERS` (an external
+//! broker such as a local tansu; default: the in-process mock cluster),
+//! `BENCH_PARTITIONS` (default 8).
+
+#![allow(missing_docs, clippy::unwrap_used, clippy::print_stdout)]
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::Message;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::FutureRecord;
+use todo_eventd::config::Config;
+use todo_eventd::kafka::{self, EmbeddedBroker};
+use todo_eventd::pipeline::Pipeline;
+use todo_eventd::plugin::bundled;
+use todo_eventd::sandbox::{Sandbox, SandboxConfig};
+
+mod common;
+
+use common::{env_or, events};
+
+/// The `q` quantile of sorted `values`, nearest rank.
+fn quantile(sorted: &[Duration], q: f64) -> Duration {
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+fn main() {
+    let rate: usize = env_or("BENCH_RATE", 5000);
+    let seconds: usize = env_or("BENCH_SECONDS", 20);
+    let partitions: i32 = env_or("BENCH_PARTITIONS", 8);
+    let total = rate * seconds;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut config = Config::default();
+        config.kafka.partitions = partitions;
+        config.kafka.group_id = "bench-latency".into();
+        // librdkafka properties for the pipeline's clients, e.g.
+        // `BENCH_KAFKA=fetch.wait.max.ms=10,linger.ms=1`.
+        for pair in std::env::var("BENCH_KAFKA").unwrap_or_default().split(',') {
+            if let Some((key, value)) = pair.split_once('=') {
+                config.kafka.properties.insert(key.into(), value.into());
+            }
+        }
+        let run = std::process::id();
+        let topics = ["task-events", "task-events.dlq", "reminders", "analytics", "audit"];
+        let changelog = config.kafka.changelog_topic();
+        let mut embedded = None;
+        let brokers = match std::env::var("BENCH_BROKERS") {
+            Ok(brokers) => {
+                let all = topics
+                    .into_iter()
+                    .map(String::from)
+                    .chain([changelog.clone()])
+                    .collect();
+                let compacted = [changelog.clone()].into_iter().collect();
+                kafka::ensure_topics(&brokers, &config.kafka, &all, &compacted)
+                    .await
+                    .unwrap();
+                brokers
+            }
+            Err(_) => {
+                let broker = embedded.insert(EmbeddedBroker::start().unwrap());
+                for topic in topics.into_iter().chain([changelog.as_str()]) {
+                    broker.create_topic(topic, partitions).unwrap();
+                }
+                broker.bootstrap_servers()
+            }
+        };
+        config.kafka.brokers = Some(brokers.clone());
+
+        let sandbox = Arc::new(Sandbox::new(SandboxConfig::default()).unwrap());
+        let plugins = bundled::load(&sandbox).await.unwrap().plugins;
+        let pipeline = Pipeline::new(config.clone(), plugins);
+        let readiness = pipeline.telemetry.readiness.clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let running = tokio::spawn({
+            let brokers = brokers.clone();
+            async move {
+                pipeline
+                    .run(&brokers, async {
+                        let _ = stopped.await;
+                    })
+                    .await
+            }
+        });
+        while !readiness.is_ready() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+
+        let reader: StreamConsumer = kafka::client_config(
+            &brokers,
+            &config.kafka,
+            &[
+                ("group.id", &format!("bench-latency-reader-{run}")),
+                ("auto.offset.reset", "earliest"),
+                ("fetch.wait.max.ms", "5"),
+            ],
+        )
+        .create()
+        .unwrap();
+        reader.subscribe(&["audit"]).unwrap();
+        // Let the reader join before the clock starts.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+
+        let sent: Arc<Mutex<Vec<Option<Instant>>>> = Arc::new(Mutex::new(vec![None; total]));
+        let lines: Vec<String> = events(total)
+            .into_iter()
+            .map(|line| line.replacen("\"event_id\":\"ev-", &format!("\"event_id\":\"lat{run}-"), 1))
+            .collect();
+        let producer = kafka::producer(&brokers, &config.kafka).unwrap();
+        let produce = {
+            let sent = sent.clone();
+            async move {
+                let started = Instant::now();
+                let mut tick = tokio::time::interval(Duration::from_millis(1));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+                let mut next = 0;
+                while next < total {
+                    tick.tick().await;
+                    let due = (started.elapsed().as_secs_f64() * rate as f64) as usize;
+                    while next < total && next < due {
+                        let line = &lines[next];
+                        let value: serde_json::Value = serde_json::from_str(line).unwrap();
+                        let key = value["user_id"].as_str().unwrap_or_default().to_owned();
+                        loop {
+                            let record = FutureRecord::to("task-events").payload(line).key(&key);
+                            if producer.send_result(record).is_ok() {
+                                break;
+                            }
+                            tokio::time::sleep(Duration::from_micros(200)).await;
+                        }
+                        sent.lock().unwrap()[next] = Some(Instant::now());
+                        next += 1;
+                    }
+                }
+                started.elapsed()
+            }
+        };
+        let prefix = format!("lat{run}-");
+        let read = async {
+            let mut latencies = Vec::with_capacity(total);
+            let deadline = Instant::now() + Duration::from_secs(seconds as u64 + 60);
+            while latencies.len() < total && Instant::now() < deadline {
+                let Ok(Ok(message)) =
+                    tokio::time::timeout(Duration::from_secs(1), reader.recv()).await
+                else {
+                    continue;
+                };
+                let now = Instant::now();
+                let value: serde_json::Value =
+                    serde_json::from_slice(message.payload().unwrap_or_default()).unwrap();
+                let Some(index) = value["event_id"]
+                    .as_str()
+                    .and_then(|id| id.strip_prefix(&prefix))
+                    .and_then(|i| i.parse::<usize>().ok())
+                else {
+                    continue;
+                };
+                if let Some(at) = sent.lock().unwrap()[index] {
+                    latencies.push(now - at);
+                }
+            }
+            latencies
+        };
+        let (took, mut latencies) = tokio::join!(produce, read);
+        let lateness = reminder_lateness(&brokers, &config, run).await;
+        let _ = stop.send(());
+        running.await.unwrap().unwrap();
+
+        latencies.sort_unstable();
+        println!(
+            "{total} events at {rate}/s over {partitions} partitions on {}: produced in {took:.2?} ({:.0} events/s), {} audit records read",
+            if embedded.is_some() { "the in-process mock cluster" } else { brokers.as_str() },
+            total as f64 / took.as_secs_f64(),
+            latencies.len()
+        );
+        if latencies.is_empty() {
+            println!("no outputs read");
+            return;
+        }
+        println!(
+            "latency produce -> audit output readable: p50 {:.1?}  p99 {:.1?}  p999 {:.1?}  max {:.1?}",
+            quantile(&latencies, 0.5),
+            quantile(&latencies, 0.99),
+            quantile(&latencies, 0.999),
+            latencies[latencies.len() - 1]
+        );
+        report_lateness(lateness);
+    });
+}
+
+/// Schedules `BENCH_TIMERS` reminders over the next 30 s (all produced
+/// first, so all are pending at once) and returns, per reminder read back,
+/// how late it was readable after its remind time.
+async fn reminder_lateness(brokers: &str, config: &Config, run: u32) -> (usize, Vec<Duration>) {
+    let count: usize = env_or("BENCH_TIMERS", 100_000);
+    let reader: StreamConsumer = kafka::client_config(
+        brokers,
+        &config.kafka,
+        &[
+            ("group.id", &format!("bench-lateness-reader-{run}")),
+            ("auto.offset.reset", "latest"),
+            ("fetch.wait.max.ms", "5"),
+        ],
+    )
+    .create()
+    .unwrap();
+    reader.subscribe(&["reminders"]).unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let now_ms = jiff::Timestamp::now().as_millisecond();
+    // Fires from 20 s ahead (time to produce them all) over 30 s.
+    let first = now_ms + 20_000;
+    let lines: Vec<String> = (0..count)
+        .map(|i| {
+            let remind = first + (i as i64 * 30_000) / count as i64;
+            let at = |ms: i64| jiff::Timestamp::from_millisecond(ms).unwrap().to_string();
+            format!(
+                r#"{{"event_id":"tim{run}-{i}","event_type":"created","user_id":"user-{}","task_id":"tim{run}-{i}","timestamp":"{}","task_data":{{"title":"Reminder {i}","due_at":"{}","remind_at":"{}"}}}}"#,
+                i % 5000,
+                at(now_ms),
+                at(remind + 3_600_000),
+                at(remind)
+            )
+        })
+        .collect();
+    let producer = kafka::producer(brokers, &config.kafka).unwrap();
+    for chunk in lines.chunks(20_000) {
+        kafka::produce_lines(&producer, "task-events", chunk.join("\n").as_bytes())
+            .await
+            .unwrap();
+    }
+    println!(
+        "resident memory with {count} reminders scheduled: {} MiB (the whole bench process: pipeline, state of every task so far, the bench's own buffers{})",
+        rss_mib(),
+        if std::env::var("BENCH_BROKERS").is_ok() {
+            ""
+        } else {
+            ", and the mock cluster's data"
+        }
+    );
+    let prefix = format!("tim{run}-");
+    let mut lateness = Vec::with_capacity(count);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while lateness.len() < count && Instant::now() < deadline {
+        let Ok(Ok(message)) = tokio::time::timeout(Duration::from_secs(1), reader.recv()).await
+        else {
+            continue;
+        };
+        let read_at = jiff::Timestamp::now().as_millisecond();
+        let value: serde_json::Value =
+            serde_json::from_slice(message.payload().unwrap_or_default()).unwrap();
+        if !value["task_id"]
+            .as_str()
+            .is_some_and(|t| t.starts_with(&prefix))
+        {
+            continue;
+        }
+        let Some(remind) = value["remind_at"]
+            .as_str()
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+        else {
+            continue;
+        };
+        let late = read_at - remind.as_millisecond();
+        lateness.push(Duration::from_millis(u64::try_from(late).unwrap_or(0)));
+    }
+    (count, lateness)
+}
+
+/// Resident memory of this process, in MiB.
+fn rss_mib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .map_or(0, |kib| kib / 1024)
+}
+
+fn report_lateness((count, mut lateness): (usize, Vec<Duration>)) {
+    lateness.sort_unstable();
+    println!(
+        "{count} reminders pending at once, {} read back",
+        lateness.len()
+    );
+    if lateness.is_empty() {
+        return;
+    }
+    println!(
+        "reminder lateness (remind time -> readable on reminders): p50 {:.1?}  p99 {:.1?}  p999 {:.1?}  max {:.1?}",
+        quantile(&lateness, 0.5),
+        quantile(&lateness, 0.99),
+        quantile(&lateness, 0.999),
+        lateness[lateness.len() - 1]
+    );
+}
