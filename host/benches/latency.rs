@@ -24,6 +24,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::FutureRecord;
 use todo_eventd::config::Config;
 use todo_eventd::kafka::{self, EmbeddedBroker};
+use todo_eventd::offline::nearest_rank;
 use todo_eventd::pipeline::Pipeline;
 use todo_eventd::plugin::bundled;
 use todo_eventd::sandbox::{Sandbox, SandboxConfig};
@@ -32,10 +33,22 @@ mod common;
 
 use common::{env_or, events};
 
-/// The `q` quantile of sorted `values`, nearest rank.
-fn quantile(sorted: &[Duration], q: f64) -> Duration {
-    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
+/// A consumer in a group of its own reading `topic` from `reset`
+/// (`earliest`/`latest`), fetching with little wait.
+fn reader(brokers: &str, config: &Config, group: &str, reset: &str, topic: &str) -> StreamConsumer {
+    let reader: StreamConsumer = kafka::client_config(
+        brokers,
+        &config.kafka,
+        &[
+            ("group.id", group),
+            ("auto.offset.reset", reset),
+            ("fetch.wait.max.ms", "5"),
+        ],
+    )
+    .create()
+    .unwrap();
+    reader.subscribe(&[topic]).unwrap();
+    reader
 }
 
 fn main() {
@@ -104,25 +117,28 @@ fn main() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
 
-        let reader: StreamConsumer = kafka::client_config(
+        let reader = reader(
             &brokers,
-            &config.kafka,
-            &[
-                ("group.id", &format!("bench-latency-reader-{run}")),
-                ("auto.offset.reset", "earliest"),
-                ("fetch.wait.max.ms", "5"),
-            ],
-        )
-        .create()
-        .unwrap();
-        reader.subscribe(&["audit"]).unwrap();
+            &config,
+            &format!("bench-latency-reader-{run}"),
+            "earliest",
+            "audit",
+        );
         // Let the reader join before the clock starts.
         tokio::time::sleep(Duration::from_secs(3)).await;
 
         let sent: Arc<Mutex<Vec<Option<Instant>>>> = Arc::new(Mutex::new(vec![None; total]));
-        let lines: Vec<String> = events(total)
+        // (key, value) pairs, keyed by user id as producers do, made before
+        // the clock starts so the paced loop only sends.
+        let records: Vec<(String, String)> = events(total)
             .into_iter()
-            .map(|line| line.replacen("\"event_id\":\"ev-", &format!("\"event_id\":\"lat{run}-"), 1))
+            .map(|line| {
+                let value: serde_json::Value = serde_json::from_str(&line).unwrap();
+                let key = value["user_id"].as_str().unwrap_or_default().to_owned();
+                let line =
+                    line.replacen("\"event_id\":\"ev-", &format!("\"event_id\":\"lat{run}-"), 1);
+                (key, line)
+            })
             .collect();
         let producer = kafka::producer(&brokers, &config.kafka).unwrap();
         let produce = {
@@ -136,11 +152,9 @@ fn main() {
                     tick.tick().await;
                     let due = (started.elapsed().as_secs_f64() * rate as f64) as usize;
                     while next < total && next < due {
-                        let line = &lines[next];
-                        let value: serde_json::Value = serde_json::from_str(line).unwrap();
-                        let key = value["user_id"].as_str().unwrap_or_default().to_owned();
+                        let (key, line) = &records[next];
                         loop {
-                            let record = FutureRecord::to("task-events").payload(line).key(&key);
+                            let record = FutureRecord::to("task-events").payload(line).key(key);
                             if producer.send_result(record).is_ok() {
                                 break;
                             }
@@ -197,9 +211,9 @@ fn main() {
         }
         println!(
             "latency produce -> audit output readable: p50 {:.1?}  p99 {:.1?}  p999 {:.1?}  max {:.1?}",
-            quantile(&latencies, 0.5),
-            quantile(&latencies, 0.99),
-            quantile(&latencies, 0.999),
+            nearest_rank(&latencies, 0.5),
+            nearest_rank(&latencies, 0.99),
+            nearest_rank(&latencies, 0.999),
             latencies[latencies.len() - 1]
         );
         report_lateness(lateness);
@@ -211,18 +225,13 @@ fn main() {
 /// how late it was readable after its remind time.
 async fn reminder_lateness(brokers: &str, config: &Config, run: u32) -> (usize, Vec<Duration>) {
     let count: usize = env_or("BENCH_TIMERS", 100_000);
-    let reader: StreamConsumer = kafka::client_config(
+    let reader = reader(
         brokers,
-        &config.kafka,
-        &[
-            ("group.id", &format!("bench-lateness-reader-{run}")),
-            ("auto.offset.reset", "latest"),
-            ("fetch.wait.max.ms", "5"),
-        ],
-    )
-    .create()
-    .unwrap();
-    reader.subscribe(&["reminders"]).unwrap();
+        config,
+        &format!("bench-lateness-reader-{run}"),
+        "latest",
+        "reminders",
+    );
     tokio::time::sleep(Duration::from_secs(3)).await;
     let now_ms = jiff::Timestamp::now().as_millisecond();
     // Fires from 20 s ahead (time to produce them all) over 30 s.
@@ -305,9 +314,9 @@ fn report_lateness((count, mut lateness): (usize, Vec<Duration>)) {
     }
     println!(
         "reminder lateness (remind time -> readable on reminders): p50 {:.1?}  p99 {:.1?}  p999 {:.1?}  max {:.1?}",
-        quantile(&lateness, 0.5),
-        quantile(&lateness, 0.99),
-        quantile(&lateness, 0.999),
+        nearest_rank(&lateness, 0.5),
+        nearest_rank(&lateness, 0.99),
+        nearest_rank(&lateness, 0.999),
         lateness[lateness.len() - 1]
     );
 }

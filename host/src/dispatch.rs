@@ -475,17 +475,12 @@ impl Slot {
         metrics: &PluginMetrics,
     ) {
         let name = &self.plugin.name;
-        // A handler that returned (with `ok`, or an error that is not the
-        // plugin's fault) is healthy.
-        let returned = match result {
-            Ok(_) => true,
-            Err(err @ CallError::Plugin { .. }) => !err.is_plugin_fault(),
-            Err(_) => false,
-        };
         let err = match result {
             Err(CallError::Quarantined { .. }) => return,
-            Err(err) if !returned => err,
-            _ => {
+            // A handler that returned `ok`, or an error that is not its
+            // fault (`bad-input`, `retryable`), is healthy.
+            Err(err @ CallError::Plugin { .. }) if err.is_plugin_fault() => err,
+            Ok(_) | Err(CallError::Plugin { .. }) => {
                 if self.plugin.health.succeeded() == Transition::Released {
                     info!(plugin = %name, "Plugin call succeeded; quarantine lifted.");
                     metrics.set_quarantined(name, false);
@@ -496,6 +491,7 @@ impl Slot {
                 }
                 return;
             }
+            Err(err) => err,
         };
         metrics.error(name, err.kind());
         warn!(plugin = %name, kind = err.kind(), error = %err, "Plugin call failed.");

@@ -61,33 +61,32 @@ pub struct PluginStats {
     pub memory_peak: usize,
 }
 
-impl PluginStats {
-    /// The `q` quantile (0..=1) of call times, nearest rank.
-    pub fn quantile(&self, q: f64) -> Duration {
-        let mut sorted = self.calls.clone();
-        sorted.sort_unstable();
-        let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len().max(1));
-        sorted.get(rank - 1).copied().unwrap_or_default()
-    }
+/// The `q` quantile (0..=1) of `sorted` values, by nearest rank; zero for
+/// none.
+pub fn nearest_rank(sorted: &[Duration], q: f64) -> Duration {
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len().max(1));
+    sorted.get(rank - 1).copied().unwrap_or_default()
 }
 
 impl Summary {
-    /// A table of per-plugin calls, call times and peak memory, with the
-    /// limits each plugin runs under beside them.
+    /// A table of per-plugin calls, failures, call times (p50, p99, max)
+    /// and peak memory.
     pub fn stats_table(&self) -> String {
         let mut text = format!(
             "{:<16} {:>7} {:>7} {:>10} {:>10} {:>10} {:>10}\n",
             "plugin", "calls", "failed", "p50", "p99", "max", "memory"
         );
         for (name, stats) in &self.plugins {
-            let max = stats.calls.iter().max().copied().unwrap_or_default();
+            let mut calls = stats.calls.clone();
+            calls.sort_unstable();
+            let max = calls.last().copied().unwrap_or_default();
             text.push_str(&format!(
                 "{:<16} {:>7} {:>7} {:>10} {:>10} {:>10} {:>10}\n",
                 name,
-                stats.calls.len(),
+                calls.len(),
                 stats.failed,
-                format!("{:.2?}", stats.quantile(0.5)),
-                format!("{:.2?}", stats.quantile(0.99)),
+                format!("{:.2?}", nearest_rank(&calls, 0.5)),
+                format!("{:.2?}", nearest_rank(&calls, 0.99)),
                 format!("{max:.2?}"),
                 ByteSize(stats.memory_peak as u64).to_string(),
             ));
