@@ -100,6 +100,15 @@ impl ManualClock {
     }
 }
 
+/// The wait before retry number `attempt` (1 for the first): `first`,
+/// doubling with each attempt, never more than `max`. Shared by failed
+/// deliveries, failed restores and plugins asking for a retry.
+pub fn backoff(first: Duration, attempt: u32, max: Duration) -> Duration {
+    first
+        .saturating_mul(1 << attempt.saturating_sub(1).min(16))
+        .min(max)
+}
+
 /// RFC 3339 text of a timestamp (`2026-01-22T10:00:00Z`).
 pub fn rfc3339(ms: Timestamp) -> String {
     jiff::Timestamp::from_millisecond(ms).map_or_else(|_| ms.to_string(), |t| t.to_string())
@@ -108,6 +117,17 @@ pub fn rfc3339(ms: Timestamp) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap() {
+        let ms = Duration::from_millis;
+        assert_eq!(backoff(ms(100), 1, ms(30_000)), ms(100));
+        assert_eq!(backoff(ms(100), 3, ms(30_000)), ms(400));
+        assert_eq!(backoff(ms(100), 10, ms(30_000)), ms(30_000));
+        // The most a manifest allows (10 s, 20 retries) stays capped.
+        assert_eq!(backoff(ms(10_000), 20, ms(30_000)), ms(30_000));
+        assert_eq!(backoff(ms(10_000), u32::MAX, ms(30_000)), ms(30_000));
+    }
 
     #[tokio::test]
     async fn a_manual_clock_wakes_sleepers_when_advanced() {

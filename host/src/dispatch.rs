@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{Instrument, debug, debug_span, info, warn};
 
-use crate::clock::rfc3339;
+use crate::clock::{self, rfc3339};
 use crate::plugin::Plugin;
 use crate::plugin::health::{QuarantinePolicy, Transition};
 use crate::sandbox::{CallError, Effects, Emit, Instance, Limits, QuotaExceeded};
@@ -35,6 +35,11 @@ use crate::state::{PluginState, StateChanges, Usage};
 use crate::telemetry::{PluginMetrics, SlotMetrics};
 use crate::units::format_duration;
 use crate::world::{FiredTimer, Handler, TaskEvent, Timestamp};
+
+/// The longest wait between two tries of a `retryable` call: with
+/// `limits.retries` ≤ 20, a partition waits at most 10 minutes for one
+/// event (doubling alone would reach months).
+pub const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(30);
 
 /// How the dispatcher treats failing and busy plugins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -348,7 +353,8 @@ impl Slot {
     }
 
     /// Runs the call, and again while it fails with a `retryable` error,
-    /// up to `limits.retries` more times with exponential back-off. The
+    /// up to `limits.retries` more times with exponential back-off (each
+    /// wait at most [`MAX_RETRY_BACKOFF`]). The
     /// partition waits meanwhile, so per-key order is kept; a call still
     /// failing after the last retry is dead-lettered like `bad-input`.
     async fn run_with_retries(
@@ -358,13 +364,14 @@ impl Slot {
         policy: &DispatchPolicy,
     ) -> Result<Effects, CallError> {
         let limits = self.plugin.spec.limits;
-        let mut backoff = limits.retry_backoff.0;
-        let mut attempt = 0_u64;
+        let mut attempt = 0_u32;
         loop {
             let result = self.run(now, call).await;
             match &result {
-                Err(err) if err.is_retryable() && attempt < limits.retries.0 => {
+                Err(err) if err.is_retryable() && u64::from(attempt) < limits.retries.0 => {
                     attempt += 1;
+                    let backoff =
+                        clock::backoff(limits.retry_backoff.0, attempt, MAX_RETRY_BACKOFF);
                     self.metrics.retried();
                     debug!(
                         plugin = %self.plugin.name,
@@ -377,7 +384,6 @@ impl Slot {
                     if policy.retry_wait == RetryWait::Backoff {
                         tokio::time::sleep(backoff).await;
                     }
-                    backoff = backoff.saturating_mul(2);
                 }
                 _ => return result,
             }

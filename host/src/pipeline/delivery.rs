@@ -31,8 +31,8 @@ use tokio::time::Instant;
 use tracing::{error, warn};
 
 use super::records::{self, Failure, OutRecord, Source, Stage};
-use crate::kafka;
 use crate::telemetry::{PartitionStatus, PipelineMetrics};
+use crate::{clock, kafka};
 
 /// The first back-off after a failed delivery.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -49,9 +49,7 @@ const LOG_EVERY: Duration = Duration::from_secs(30);
 /// first failure, doubling up to 30 s.
 fn back_off(send: &mut Send) {
     send.attempts += 1;
-    let backoff = FIRST_BACKOFF
-        .saturating_mul(1 << send.attempts.saturating_sub(1).min(16))
-        .min(MAX_BACKOFF);
+    let backoff = clock::backoff(FIRST_BACKOFF, send.attempts, MAX_BACKOFF);
     send.state = SendState::Unsent {
         retry_at: Instant::now() + backoff,
     };

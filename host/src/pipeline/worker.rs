@@ -25,7 +25,7 @@ use super::PipelineConsumer;
 use super::consumer::PartitionQueue;
 use super::delivery::{Deliveries, Entry, Input, Role, Targets};
 use super::records::{self, Failure, OutRecord, Stage};
-use crate::clock::{Clock, rfc3339};
+use crate::clock::{self, Clock, rfc3339};
 use crate::dispatch::{Dispatcher, Outcome};
 use crate::event::{self, RecordMeta};
 use crate::plugin::PluginSet;
@@ -215,9 +215,7 @@ impl Worker {
             };
             attempts += 1;
             self.context.stats.restore_failures.inc();
-            let backoff = FIRST_RESTORE_BACKOFF
-                .saturating_mul(1 << (attempts - 1).min(16))
-                .min(MAX_RESTORE_BACKOFF);
+            let backoff = clock::backoff(FIRST_RESTORE_BACKOFF, attempts, MAX_RESTORE_BACKOFF);
             warn!(
                 changelog = %self.context.changelog,
                 attempts,

@@ -106,7 +106,8 @@ limits! {
     /// How many times a call that returns a `retryable` error is tried
     /// again (in place, so order is kept) before the event is dead-lettered.
     retries: Count = Count(5), max Count(20), min Count(0);
-    /// The wait before the first retry; it doubles with every attempt.
+    /// The wait before the first retry; it doubles with every attempt, to
+    /// at most 30 s.
     retry_backoff: HumanDuration = HumanDuration::millis(100), max HumanDuration::secs(10), min HumanDuration::millis(1);
 }
 
