@@ -92,6 +92,25 @@ fn with_backoff(manifest: &str) -> String {
     manifest.replace("[limits]\n", "[limits]\nretry_backoff = \"10ms\"\n")
 }
 
+#[tokio::test]
+async fn an_init_that_never_returns_is_cut_off_and_rejected() {
+    let manifest = format!("{}init = \"sleep\"\n", mode("echo"));
+    let dir = plugin_dir(&[("sleepy", TEST_PLUGIN, Some(&manifest))]);
+    let started = std::time::Instant::now();
+    let report = plugin::load_dir(&sandbox(), dir.path()).await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "init was not cut off"
+    );
+    assert!(report.plugins.is_empty());
+    let err = report.errors[0].to_string();
+    assert!(
+        err.contains("sleepy.wasm")
+            && err.contains("deadline: init took longer than the call time limit of 50ms"),
+        "{err}"
+    );
+}
+
 fn policy(quarantine_after: u32) -> DispatchPolicy {
     DispatchPolicy {
         quarantine: QuarantinePolicy {

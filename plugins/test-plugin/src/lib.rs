@@ -23,7 +23,8 @@
 //!   calls with each event, then behave like `echo` (the attempts are
 //!   counted in the instance, which retries reuse).
 //!
-//! With `init = "fail"`, `init` rejects the configuration.
+//! With `init = "fail"`, `init` rejects the configuration; with
+//! `init = "sleep"`, it sleeps a day (the start-up deadline must end it).
 //!
 //! Attacks on the host, for the containment tests (sizes from `[config]`):
 //! - `sleep`: sleep `sleep_ms` (default: a day) through WASI's monotonic
@@ -157,6 +158,11 @@ impl Plugin for TestPlugin {
                 "bad-config",
                 "config.init = \"fail\" asks init to fail",
             )),
+            // Never returns: the instance's deadline must end it.
+            Some("sleep") => {
+                std::thread::sleep(std::time::Duration::from_secs(86_400));
+                Ok(())
+            }
             _ => Ok(()),
         }
     }
