@@ -315,8 +315,10 @@ async fn schedule_reminders(broker: &Broker, group: &str, total: usize, ahead_s:
         .unwrap();
     let changelog = format!("{group}.plugin-state");
     let is_timer = |m: &rdkafka::message::OwnedMessage| {
+        use todo_eventd::state::changelog::{self, Change};
         m.key()
-            .is_some_and(|k| k.windows(3).any(|w| w == b"\x1ft\x1f"))
+            .and_then(|k| changelog::decode(k, m.payload()).ok())
+            .is_some_and(|e| matches!(e.change, Change::Key { timer: Some(_), .. }))
     };
     let seen = read_until(
         &broker.address,

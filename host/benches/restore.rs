@@ -50,8 +50,8 @@ fn main() {
             let record = OutRecord {
                 topic: topic.clone(),
                 partition: Some(0),
-                key: Some(changelog::key("task-events", "analytics", changelog::EntryKind::Value, &format!("user:{i:08}"))),
-                value: Some(value.to_vec()),
+                key: Some(changelog::key("task-events", "analytics", changelog::EntryKind::Key, &format!("user:{i:08}"))),
+                value: changelog::key_value(Some(value), None),
                 headers: Vec::new(),
             };
             pending.push(record.enqueue(&producer).await.unwrap());
@@ -77,7 +77,7 @@ fn main() {
         .unwrap();
         let elapsed = started.elapsed();
         assert_eq!(restorer.applied as usize, keys);
-        let states = restorer.into_states();
+        let (states, _) = restorer.into_parts();
         assert_eq!(states["analytics"].len(), keys);
         println!(
             "restored {keys} keys in {elapsed:.2?}: {:.0} records/s (includes the final 0.5 s quiet period)",

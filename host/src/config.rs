@@ -361,6 +361,12 @@ pub struct PipelineConfig {
     /// How often stored offsets are committed.
     #[serde(with = "crate::units::duration")]
     pub commit_interval: Duration,
+    /// How long state changes are held to coalesce — only the latest value
+    /// of a key is written — before they go to the changelog. Input offsets
+    /// are stored only once their changes are written; `0s` writes them
+    /// as soon as the previous write is acknowledged.
+    #[serde(with = "crate::units::duration")]
+    pub changelog_flush_interval: Duration,
 }
 
 impl Default for PipelineConfig {
@@ -372,6 +378,7 @@ impl Default for PipelineConfig {
             shutdown_timeout: Duration::from_secs(30),
             restore_timeout: Duration::from_secs(300),
             commit_interval: Duration::from_secs(1),
+            changelog_flush_interval: Duration::from_secs(1),
         }
     }
 }

@@ -390,6 +390,98 @@ async fn state_and_timers_survive_a_restart() {
     assert_eq!(count, 1, "no duplicate reminder");
 }
 
+/// A changelog written by an earlier version (a record per value and per
+/// timer, the reminders timer keyed by the bare task id) is restored, and
+/// the first write of such a key tombstones its older records — so none
+/// can outlive the newer record under compaction — and a restore of the
+/// result holds only the new state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_older_changelog_is_restored_and_its_records_retired() {
+    use todo_eventd::kafka::OutRecord;
+    use todo_eventd::state::Timer;
+    use todo_eventd::state::changelog::{self, EntryKind, Restorer};
+
+    let harness = Harness::new(&["task-events", "task-events.dlq", "reminders", CHANGELOG]);
+    let old_memo = changelog::key("task-events", "reminders", EntryKind::Value, "task:1");
+    let old_timer = changelog::key("task-events", "reminders", EntryKind::Timer, "1");
+    let far = jiff::Timestamp::now().as_millisecond() + 86_400_000;
+    let producer = todo_eventd::kafka::producer(&harness.brokers, &harness.config.kafka).unwrap();
+    // Every partition: the task's user lands on one of them.
+    for partition in 0..common::harness::PARTITIONS {
+        for (key, value) in [
+            (
+                &old_memo,
+                br#"{"last_event_at":0,"sent":null,"expiry_armed":true}"#.to_vec(),
+            ),
+            (
+                &old_timer,
+                changelog::timer_value(&Timer {
+                    due: far,
+                    payload: br#"{"expire":"1"}"#.to_vec(),
+                }),
+            ),
+        ] {
+            let record = OutRecord {
+                topic: CHANGELOG.into(),
+                partition: Some(partition),
+                key: Some(key.clone()),
+                value: Some(value),
+                headers: Vec::new(),
+            };
+            record
+                .enqueue(&producer)
+                .await
+                .unwrap()
+                .await
+                .unwrap()
+                .unwrap();
+        }
+    }
+    harness.produce(&[event("e1", "ada", "1", "updated")]).await;
+
+    let sandbox = sandbox();
+    let reminders: Vec<_> = todo_eventd::demo::plugins(&sandbox)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|p| p.name == "reminders")
+        .collect();
+    let new_memo = changelog::key("task-events", "reminders", EntryKind::Key, "task:1");
+    let retired = |m: &rdkafka::message::OwnedMessage, key: &[u8]| {
+        m.key() == Some(key) && m.payload().is_none()
+    };
+    let done = |seen: &[rdkafka::message::OwnedMessage]| {
+        seen.iter().any(|m| retired(m, &old_memo))
+            && seen.iter().any(|m| retired(m, &old_timer))
+            && seen.iter().any(|m| m.key() == Some(&new_memo[..]))
+    };
+    let (seen, stats) = harness
+        .run_until(reminders, &[CHANGELOG], done, async |_| {})
+        .await;
+    assert!(
+        done(&seen),
+        "the memo rewritten, the older records tombstoned: {}",
+        stats.summary()
+    );
+
+    // The written partition, read as a restore would: the memo under its
+    // key, the old timer gone, nothing older left live.
+    let partition = seen
+        .iter()
+        .find(|m| retired(m, &old_memo))
+        .map(|m| m.partition())
+        .unwrap();
+    let mut restorer = Restorer::default();
+    for m in seen.iter().filter(|m| m.partition() == partition) {
+        restorer.apply("task-events", m.key().unwrap(), m.payload());
+    }
+    let (states, legacy) = restorer.into_parts();
+    assert!(legacy.is_empty(), "{legacy:?}");
+    let state = &states["reminders"];
+    assert!(state.get("task:1").is_some(), "the memo, rewritten");
+    assert!(state.timer("1").is_none(), "the bare-id timer, cancelled");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tiny_queues_pause_and_resume_partitions_without_losing_a_record() {
     let mut harness = Harness::new(&["task-events", "task-events.dlq", "out-topic", CHANGELOG]);

@@ -18,6 +18,11 @@
 //!   and keeps retrying at the longest back-off: nothing is skipped, and
 //!   nothing loops silently while ready.
 //!
+//! State changes do not travel with their entry: they are held in the
+//! partition's [`ChangelogCache`] and written in batches, and an entry's
+//! offset is handed out only once both its own records and the batch
+//! holding its changes are acknowledged.
+//!
 //! Everything here is cancel-safe: progress lives in the send states, so
 //! the worker can race [`Deliveries::settle_head`] against new records.
 
@@ -30,6 +35,7 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer};
 use tokio::time::Instant;
 use tracing::{error, warn};
 
+use super::coalesce::{Change, ChangelogCache};
 use super::records::{self, Failure, OutRecord, Source, Stage};
 use crate::telemetry::{PartitionStatus, PipelineMetrics};
 use crate::{clock, kafka};
@@ -38,6 +44,9 @@ use crate::{clock, kafka};
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// The longest back-off.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Acknowledged inputs waiting for their state changes to be written
+/// beyond which the held changes are written at once.
+const MAX_AWAITING: usize = 1 << 16;
 /// How long deliveries may keep failing before the partition is reported
 /// stalled.
 const STALL_AFTER: Duration = Duration::from_secs(5);
@@ -119,12 +128,57 @@ struct Send {
     attempts: u32,
 }
 
+impl Send {
+    fn new(record: OutRecord, role: Role, now: Instant) -> Self {
+        Self {
+            record,
+            role,
+            state: SendState::Unsent { retry_at: now },
+            attempts: 0,
+        }
+    }
+}
+
+/// `at`, or `send`'s time to be offered again if it is unsent and sooner.
+fn earliest(at: Option<Instant>, send: &Send) -> Option<Instant> {
+    match send.state {
+        SendState::Unsent { retry_at } => Some(at.map_or(retry_at, |at| at.min(retry_at))),
+        _ => at,
+    }
+}
+
+/// Records on their way, acknowledged front to back.
+struct Sends {
+    list: Vec<Send>,
+    /// Every send before this index is acknowledged.
+    cursor: usize,
+    /// When the earliest unsent one is due to be offered (`None`: none).
+    next_offer: Option<Instant>,
+}
+
+impl Sends {
+    fn new(records: impl IntoIterator<Item = (OutRecord, Role)>, now: Instant) -> Self {
+        let list: Vec<Send> = records
+            .into_iter()
+            .map(|(record, role)| Send::new(record, role, now))
+            .collect();
+        let next_offer = (!list.is_empty()).then_some(now);
+        Self {
+            list,
+            cursor: 0,
+            next_offer,
+        }
+    }
+}
+
 /// What one input record (or timer firing) produced.
 pub(super) struct Entry {
     offset: Option<i64>,
     input: Input,
-    sends: Vec<Send>,
+    sends: Sends,
     bytes: usize,
+    /// The changelog generation holding its state changes (0: none).
+    needs: u64,
 }
 
 impl Entry {
@@ -135,42 +189,60 @@ impl Entry {
         input: Input,
         records: impl IntoIterator<Item = (OutRecord, Role)>,
     ) -> Self {
-        let now = Instant::now();
-        let sends: Vec<Send> = records
-            .into_iter()
-            .map(|(record, role)| Send {
-                record,
-                role,
-                state: SendState::Unsent { retry_at: now },
-                attempts: 0,
-            })
-            .collect();
-        let bytes = input.value.len() + sends.iter().map(|s| s.record.size()).sum::<usize>();
+        let sends = Sends::new(records, Instant::now());
+        let bytes = input.value.len() + sends.list.iter().map(|s| s.record.size()).sum::<usize>();
         Self {
             offset,
             input,
             sends,
             bytes,
+            needs: 0,
         }
     }
 }
 
-/// Where dead letters go and how large they may be.
-pub(super) struct Targets {
+/// Where a partition's records go and how much may be pending.
+pub(super) struct Settings {
     pub(super) dead_letters: String,
     pub(super) max_record_bytes: usize,
+    /// The changelog topic; its partition is the input partition's number.
+    pub(super) changelog: String,
+    pub(super) partition: i32,
+    /// How long state changes are held before they are written.
+    pub(super) flush_interval: Duration,
+    /// Entries not yet acknowledged beyond which there is no room.
+    pub(super) max_entries: usize,
+    /// Bytes not yet acknowledged beyond which there is no room.
+    pub(super) max_bytes: usize,
 }
 
-/// The pending entries of one partition, oldest first.
+/// A changelog batch on its way.
+struct Write {
+    generation: u64,
+    sends: Sends,
+}
+
+/// The pending entries of one partition, oldest first, and its held state
+/// changes.
 pub(super) struct Deliveries {
     queue: VecDeque<Entry>,
     bytes: usize,
+    /// Acknowledged entries waiting for their state changes to be written:
+    /// offset (`None` for a timer) and the generation needed.
+    awaiting: VecDeque<(Option<i64>, u64)>,
+    cache: ChangelogCache,
+    write: Option<Write>,
+    /// Write what is held at once (the partition is being handed back).
+    draining: bool,
+    max_entries: usize,
+    max_bytes: usize,
     ctx: Context,
 }
 
 struct Context {
     producer: FutureProducer,
-    targets: Targets,
+    dead_letters: String,
+    max_record_bytes: usize,
     stats: Arc<PipelineMetrics>,
     status: PartitionStatus,
     /// When the head's deliveries started failing, if they are.
@@ -182,16 +254,27 @@ struct Context {
 impl Deliveries {
     pub(super) fn new(
         producer: FutureProducer,
-        targets: Targets,
+        settings: Settings,
         stats: Arc<PipelineMetrics>,
         status: PartitionStatus,
     ) -> Self {
         Self {
             queue: VecDeque::new(),
             bytes: 0,
+            awaiting: VecDeque::new(),
+            cache: ChangelogCache::new(
+                settings.changelog,
+                settings.partition,
+                settings.flush_interval,
+            ),
+            write: None,
+            draining: false,
+            max_entries: settings.max_entries,
+            max_bytes: settings.max_bytes,
             ctx: Context {
                 producer,
-                targets,
+                dead_letters: settings.dead_letters,
+                max_record_bytes: settings.max_record_bytes,
                 stats,
                 status,
                 failing_since: None,
@@ -201,88 +284,165 @@ impl Deliveries {
         }
     }
 
-    /// Whether nothing is pending.
+    /// Whether nothing is pending: no entry, no held or unwritten change.
     pub(super) fn is_empty(&self) -> bool {
         self.queue.is_empty()
+            && self.awaiting.is_empty()
+            && self.write.is_none()
+            && self.cache.is_empty()
     }
 
     /// Whether another entry may be added: fewer than `max_entries`
-    /// pending, holding fewer than `max_bytes`.
-    pub(super) fn has_room(&self, max_entries: usize, max_bytes: usize) -> bool {
-        self.queue.len() < max_entries && self.bytes < max_bytes
+    /// unacknowledged, holding fewer than `max_bytes`.
+    pub(super) fn has_room(&self) -> bool {
+        self.queue.len() < self.max_entries && self.bytes < self.max_bytes
     }
 
-    /// Queues an entry; its records are offered to the producer right
-    /// away when they are at the head, else when they get there (order
-    /// within a partition is kept by the producer, entry after entry).
-    pub(super) fn push(&mut self, mut entry: Entry) {
-        for send in &mut entry.sends {
-            self.ctx.offer(send, &entry.input);
+    /// From now on, write held changes at once (the partition is being
+    /// handed back or the daemon is stopping).
+    pub(super) fn drain(&mut self) {
+        self.draining = true;
+    }
+
+    /// Queues an entry and holds its state changes; its records are
+    /// offered to the producer right away (order within a partition is
+    /// kept by the producer, entry after entry).
+    pub(super) fn push(&mut self, mut entry: Entry, changes: Vec<Change>) {
+        for change in changes {
+            let (generation, replaced) = self.cache.put(change);
+            entry.needs = generation;
+            if replaced {
+                self.ctx.stats.changes_coalesced.inc();
+            }
+        }
+        let sends = &mut entry.sends;
+        sends.next_offer = None;
+        for send in &mut sends.list {
+            self.ctx.offer(send, Some(&entry.input));
+            sends.next_offer = earliest(sends.next_offer, send);
         }
         self.bytes += entry.bytes;
         self.queue.push_back(entry);
     }
 
-    /// Drives the head entry until all of it is acknowledged, then pops it
-    /// and returns its offset (`Some(None)` for a timer's entry). `None`
-    /// when nothing is pending. Cancel-safe.
+    /// Whether the held changes should be written now: their interval has
+    /// passed, or holding more would hold up the partition.
+    fn write_due(&self, now: Instant) -> bool {
+        self.draining
+            || self.cache.due_at().is_some_and(|at| at <= now)
+            || !self.has_room()
+            || self.awaiting.len() >= MAX_AWAITING
+            || self.cache.bytes() >= self.max_bytes / 2
+    }
+
+    /// Drives deliveries until the oldest pending input is acknowledged
+    /// with its state changes written, and returns its offset (`Some(None)`
+    /// for a timer's entry). `None` when nothing is pending. Cancel-safe.
     pub(super) async fn settle_head(&mut self) -> Option<Option<i64>> {
         loop {
-            let head = self.queue.front_mut()?;
+            if let Some(&(offset, needs)) = self.awaiting.front()
+                && self.cache.is_written(needs)
+            {
+                self.awaiting.pop_front();
+                return Some(offset);
+            }
             let now = Instant::now();
-            let mut retry_at: Option<Instant> = None;
-            let mut waiting = None;
-            for (index, send) in head.sends.iter_mut().enumerate() {
-                if matches!(send.state, SendState::Unsent { retry_at: at } if at <= now) {
-                    self.ctx.offer(send, &head.input);
-                }
-                // Judged after the offer, which may have failed on the
-                // spot (a full queue, a record the producer refuses): such
-                // a send is still owed, never taken as settled.
-                match &send.state {
-                    SendState::Unsent { retry_at: at } => {
-                        retry_at = Some(retry_at.map_or(*at, |r| r.min(*at)));
-                    }
-                    SendState::InFlight(_) => {
-                        waiting.get_or_insert(index);
-                    }
-                    SendState::Acked => {}
-                }
+            if self.write.is_none() && !self.cache.is_empty() && self.write_due(now) {
+                let (generation, records) = self.cache.take();
+                let records = records.into_iter().map(|record| (record, Role::Changelog));
+                self.write = Some(Write {
+                    generation,
+                    sends: Sends::new(records, now),
+                });
             }
-            if let Some(index) = waiting {
-                let send = &mut head.sends[index];
-                let SendState::InFlight(delivery) = &mut send.state else {
-                    continue;
-                };
-                let result = match delivery.await {
-                    Ok(Ok(_)) => Ok(()),
-                    Ok(Err((err, _))) => Err(err),
-                    Err(_canceled) => Err(KafkaError::Canceled),
-                };
-                match result {
-                    Ok(()) => send.state = SendState::Acked,
-                    Err(err) => self.ctx.failed(send, &head.input, &err),
+            if let Some(write) = &mut self.write {
+                if self.ctx.step(&mut write.sends, None).await {
+                    let written = write.sends.list.len() as u64;
+                    self.ctx.stats.changelog_records.inc_by(written);
+                    self.cache.written(write.generation);
+                    self.write = None;
+                    self.ctx.delivered();
                 }
                 continue;
             }
-            if let Some(at) = retry_at {
-                tokio::time::sleep_until(at).await;
+            if let Some(head) = self.queue.front_mut() {
+                if self.ctx.step(&mut head.sends, Some(&head.input)).await {
+                    let head = self.queue.pop_front()?;
+                    self.bytes -= head.bytes;
+                    self.ctx.settled(&head);
+                    self.awaiting.push_back((head.offset, head.needs));
+                }
                 continue;
             }
-            // Everything acknowledged.
-            let head = self.queue.pop_front()?;
-            self.bytes -= head.bytes;
-            self.ctx.settled(&head);
-            return Some(head.offset);
+            // Only held changes are left to write: wait until they are due.
+            let at = self.cache.due_at()?;
+            tokio::time::sleep_until(at).await;
         }
     }
 }
 
 impl Context {
+    /// One step towards acknowledging all of `sends` (the records of
+    /// `input`, or a changelog batch): offers those due, then waits for
+    /// the oldest one in flight, or for the next back-off to end. `true`
+    /// once all are acknowledged. Cancel-safe; O(1) per acknowledgement
+    /// while nothing fails.
+    async fn step(&mut self, sends: &mut Sends, input: Option<&Input>) -> bool {
+        let now = Instant::now();
+        if sends.next_offer.is_some_and(|at| at <= now) {
+            sends.next_offer = None;
+            for send in &mut sends.list[sends.cursor..] {
+                if matches!(send.state, SendState::Unsent { retry_at: at } if at <= now) {
+                    self.offer(send, input);
+                }
+                // Judged after the offer, which may have failed on the
+                // spot (a full queue, a record the producer refuses): such
+                // a send is still owed, never taken as settled.
+                sends.next_offer = earliest(sends.next_offer, send);
+            }
+        }
+        while sends
+            .list
+            .get(sends.cursor)
+            .is_some_and(|send| matches!(send.state, SendState::Acked))
+        {
+            sends.cursor += 1;
+        }
+        if sends.cursor == sends.list.len() {
+            return true;
+        }
+        let waiting = sends.list[sends.cursor..]
+            .iter()
+            .position(|send| matches!(send.state, SendState::InFlight(_)));
+        let Some(index) = waiting.map(|i| i + sends.cursor) else {
+            // Everything left is backing off.
+            let at = sends.next_offer.unwrap_or(now + FIRST_BACKOFF);
+            tokio::time::sleep_until(at).await;
+            return false;
+        };
+        let send = &mut sends.list[index];
+        let SendState::InFlight(delivery) = &mut send.state else {
+            return false;
+        };
+        let result = match delivery.await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err((err, _))) => Err(err),
+            Err(_canceled) => Err(KafkaError::Canceled),
+        };
+        match result {
+            Ok(()) => send.state = SendState::Acked,
+            Err(err) => {
+                self.failed(send, input, &err);
+                sends.next_offer = earliest(sends.next_offer, send);
+            }
+        }
+        false
+    }
+
     /// Offers a record to the producer (a full queue is tried again
     /// shortly, without counting as a failure; a local error such as a
     /// record over `message.max.bytes` is a failure like any other).
-    fn offer(&mut self, send: &mut Send, input: &Input) {
+    fn offer(&mut self, send: &mut Send, input: Option<&Input>) {
         if !matches!(send.state, SendState::Unsent { .. }) {
             return;
         }
@@ -297,14 +457,15 @@ impl Context {
         }
     }
 
-    /// Handles a failed delivery of `send`, a record caused by `input`.
-    fn failed(&mut self, send: &mut Send, input: &Input, err: &KafkaError) {
+    /// Handles a failed delivery of `send`, a record caused by `input`
+    /// (`None` for a changelog batch).
+    fn failed(&mut self, send: &mut Send, input: Option<&Input>, err: &KafkaError) {
         if !kafka::is_permanent(err) {
             return self.retry_later(send, err);
         }
         self.stats.delivery_failed("permanent");
-        match &send.role {
-            Role::Output { plugin } => {
+        match (&send.role, input) {
+            (Role::Output { plugin }, Some(input)) => {
                 let message = format!(
                     "an output of plugin {plugin} to {} could not be produced: {err}",
                     send.record.topic
@@ -318,10 +479,10 @@ impl Context {
                     message: &message,
                 };
                 send.record = records::dead_letter(
-                    &self.targets.dead_letters,
+                    &self.dead_letters,
                     &input.source(),
                     &failure,
-                    self.targets.max_record_bytes,
+                    self.max_record_bytes,
                 );
                 send.role = Role::DeadLetter {
                     stage: Stage::Deliver,
@@ -332,11 +493,14 @@ impl Context {
                     retry_at: Instant::now(),
                 };
             }
-            Role::DeadLetter {
-                stage,
-                original_size,
-                minimal: false,
-            } => {
+            (
+                Role::DeadLetter {
+                    stage,
+                    original_size,
+                    minimal: false,
+                },
+                _,
+            ) => {
                 warn!(topic = %send.record.topic, error = %err, "Dead letter cannot be produced; sending a minimal one.");
                 let (stage, original_size) = (*stage, *original_size);
                 send.record = records::minimal_dead_letter(&send.record, original_size);
@@ -349,7 +513,9 @@ impl Context {
                     retry_at: Instant::now(),
                 };
             }
-            Role::DeadLetter { minimal: true, .. } | Role::Changelog => {
+            // A changelog record, a minimal dead letter (or an output
+            // without its input, which no caller makes).
+            _ => {
                 back_off(send);
                 let reason = format!(
                     "cannot produce to {} (a permanent error; retrying after {} attempts): {err}",
@@ -402,7 +568,12 @@ impl Context {
 
     /// The head is acknowledged: count it, clear any stall.
     fn settled(&mut self, entry: &Entry) {
-        for send in &entry.sends {
+        self.count(entry);
+        self.delivered();
+    }
+
+    fn count(&self, entry: &Entry) {
+        for send in &entry.sends.list {
             match send.role {
                 Role::Output { .. } => {
                     self.stats.outputs.inc();
@@ -413,6 +584,10 @@ impl Context {
                 Role::DeadLetter { stage, .. } => self.stats.dead_lettered(stage.as_str()),
             }
         }
+    }
+
+    /// Something was acknowledged after failing: clear any stall.
+    fn delivered(&mut self) {
         self.failing_since = None;
         if self.stalled {
             self.stalled = false;
@@ -430,6 +605,7 @@ mod tests {
     use rdkafka::ClientConfig;
 
     use super::*;
+    use crate::kafka::EmbeddedBroker;
     use crate::telemetry::{NotReady, Readiness};
 
     /// A producer that refuses every record over 1000 bytes on the spot
@@ -440,6 +616,18 @@ mod tests {
             .set("message.max.bytes", "1000")
             .create()
             .expect("producer")
+    }
+
+    fn settings(flush_interval: Duration) -> Settings {
+        Settings {
+            dead_letters: "task-events.dlq".into(),
+            max_record_bytes: 1 << 20,
+            changelog: "state".into(),
+            partition: 0,
+            flush_interval,
+            max_entries: 512,
+            max_bytes: 32 << 20,
+        }
     }
 
     fn input(value: Vec<u8>) -> Input {
@@ -464,10 +652,7 @@ mod tests {
         let stats = Arc::new(PipelineMetrics::default());
         let mut deliveries = Deliveries::new(
             strict_producer(),
-            Targets {
-                dead_letters: "task-events.dlq".into(),
-                max_record_bytes: 1 << 20,
-            },
+            settings(Duration::ZERO),
             stats.clone(),
             readiness.partition("task-events", 0),
         );
@@ -482,7 +667,10 @@ mod tests {
         let role = Role::Output {
             plugin: "echo".into(),
         };
-        deliveries.push(Entry::new(Some(7), input(big), [(output, role)]));
+        deliveries.push(
+            Entry::new(Some(7), input(big), [(output, role)]),
+            Vec::new(),
+        );
 
         // Ten minutes of (paused, auto-advancing) time: the retries back
         // off to the longest interval and go on.
@@ -499,5 +687,83 @@ mod tests {
             readiness.check()
         );
         assert_eq!(stats.undeliverable.get(), 1);
+    }
+
+    fn change(key: &str, value: &str) -> Change {
+        (key.as_bytes().to_vec(), Some(value.as_bytes().to_vec()))
+    }
+
+    /// Deliveries to partition 0 of an embedded broker with topic `state`.
+    fn on_embedded_broker(
+        flush_interval: Duration,
+    ) -> (EmbeddedBroker, Deliveries, Arc<PipelineMetrics>) {
+        let broker = EmbeddedBroker::start().expect("embedded broker");
+        broker.create_topic("state", 1).expect("topic");
+        let producer = ClientConfig::new()
+            .set("bootstrap.servers", broker.bootstrap_servers())
+            .create()
+            .expect("producer");
+        let readiness = Arc::new(Readiness::default());
+        let stats = Arc::new(PipelineMetrics::default());
+        let deliveries = Deliveries::new(
+            producer,
+            settings(flush_interval),
+            stats.clone(),
+            readiness.partition("task-events", 0),
+        );
+        (broker, deliveries, stats)
+    }
+
+    /// Three inputs change key `a` (and one `b`) within the flush
+    /// interval: one record each is written, and no offset is handed out
+    /// before that write is acknowledged.
+    #[tokio::test]
+    async fn changes_of_one_key_within_the_interval_are_written_once() {
+        let (_broker, mut deliveries, stats) = on_embedded_broker(Duration::from_millis(300));
+        let started = Instant::now();
+        for (offset, changes) in [
+            (7, vec![change("a", "1")]),
+            (8, vec![change("a", "2"), change("b", "x")]),
+            (9, vec![change("a", "3")]),
+        ] {
+            deliveries.push(Entry::new(Some(offset), input(Vec::new()), []), changes);
+        }
+        let mut offsets = Vec::new();
+        while let Some(offset) =
+            tokio::time::timeout(Duration::from_secs(30), deliveries.settle_head())
+                .await
+                .expect("settles")
+        {
+            if offsets.is_empty() {
+                assert_eq!(
+                    stats.changelog_records.get(),
+                    2,
+                    "the first offset comes after the write"
+                );
+                assert!(started.elapsed() >= Duration::from_millis(300));
+            }
+            offsets.push(offset);
+        }
+        assert_eq!(offsets, [Some(7), Some(8), Some(9)]);
+        assert_eq!(stats.changelog_records.get(), 2);
+        assert_eq!(stats.changes_coalesced.get(), 2);
+        assert!(deliveries.is_empty());
+    }
+
+    /// A partition being handed back writes what it holds at once, however
+    /// long the interval.
+    #[tokio::test]
+    async fn draining_writes_held_changes_at_once() {
+        let (_broker, mut deliveries, stats) = on_embedded_broker(Duration::from_secs(3600));
+        deliveries.push(
+            Entry::new(Some(1), input(Vec::new()), []),
+            vec![change("k", "v")],
+        );
+        deliveries.drain();
+        let settled = tokio::time::timeout(Duration::from_secs(30), deliveries.settle_head())
+            .await
+            .expect("written without waiting out the interval");
+        assert_eq!(settled, Some(Some(1)));
+        assert_eq!(stats.changelog_records.get(), 1);
     }
 }

@@ -18,6 +18,7 @@
 //! Workers take new plugin sets from the [`Registry`] between records, so a
 //! hot reload never splits an event between two versions of a plugin.
 
+mod coalesce;
 mod consumer;
 mod delivery;
 mod records;
@@ -131,6 +132,7 @@ impl Pipeline {
             restore_timeout: self.config.pipeline.restore_timeout,
             max_in_flight: self.config.pipeline.max_in_flight,
             max_in_flight_bytes: self.config.pipeline.max_in_flight_bytes.as_usize(),
+            changelog_flush_interval: self.config.pipeline.changelog_flush_interval,
             clock: self.clock.clone(),
             stats: self.telemetry.pipeline.clone(),
         };

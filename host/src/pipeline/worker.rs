@@ -9,7 +9,10 @@
 //! new plugin set, settles acknowledgements and fires timers — at most
 //! [`TIMER_BATCH`] before it looks at anything else. Intake pauses while
 //! `max_in_flight` entries or `max_in_flight_bytes` are unacknowledged.
+//! State changes are held and coalesced before they are written
+//! ([`super::coalesce`]); an offset is stored once they are.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -22,13 +25,15 @@ use tokio::sync::{mpsc, watch};
 use tracing::{Instrument, debug, debug_span, info, info_span, warn};
 
 use super::PipelineConsumer;
+use super::coalesce::Change;
 use super::consumer::PartitionQueue;
-use super::delivery::{Deliveries, Entry, Input, Role, Targets};
+use super::delivery::{Deliveries, Entry, Input, Role, Settings};
 use super::records::{self, Failure, OutRecord, Stage};
 use crate::clock::{self, Clock, rfc3339};
 use crate::dispatch::{Dispatcher, Outcome};
 use crate::event::{self, RecordMeta};
 use crate::plugin::PluginSet;
+use crate::state::PluginState;
 use crate::state::changelog;
 use crate::telemetry::{PartitionStatus, PipelineMetrics, RestoreGuard};
 
@@ -61,6 +66,7 @@ pub(super) struct WorkerContext {
     pub(super) restore_timeout: Duration,
     pub(super) max_in_flight: usize,
     pub(super) max_in_flight_bytes: usize,
+    pub(super) changelog_flush_interval: Duration,
     pub(super) clock: Clock,
     pub(super) stats: Arc<PipelineMetrics>,
 }
@@ -72,6 +78,9 @@ pub(super) struct Worker {
     /// New plugin sets, applied between records.
     plugins: watch::Receiver<Arc<PluginSet>>,
     deliveries: Deliveries,
+    /// Live records of an older changelog format in this partition, by
+    /// changelog key: tombstoned when their key is first written.
+    legacy: HashSet<Vec<u8>>,
     context: WorkerContext,
 }
 
@@ -86,9 +95,14 @@ impl Worker {
     ) -> Self {
         let deliveries = Deliveries::new(
             context.producer.clone(),
-            Targets {
+            Settings {
                 dead_letters: context.dead_letters.clone(),
                 max_record_bytes: context.max_record_bytes,
+                changelog: context.changelog.clone(),
+                partition,
+                flush_interval: context.changelog_flush_interval,
+                max_entries: context.max_in_flight,
+                max_bytes: context.max_in_flight_bytes,
             },
             context.stats.clone(),
             status,
@@ -99,6 +113,7 @@ impl Worker {
             dispatcher,
             plugins,
             deliveries,
+            legacy: HashSet::new(),
             context,
         }
     }
@@ -122,10 +137,7 @@ impl Worker {
             drop(restoring);
             let mut plugins_open = true;
             loop {
-                let room = self.deliveries.has_room(
-                    self.context.max_in_flight,
-                    self.context.max_in_flight_bytes,
-                );
+                let room = self.deliveries.has_room();
                 let next_due = self.dispatcher.next_due();
                 let clock = self.context.clock.clone();
                 tokio::select! {
@@ -157,6 +169,7 @@ impl Worker {
                 }
             }
             debug!("Settling pending deliveries.");
+            self.deliveries.drain();
             while let Some(offset) = self.deliveries.settle_head().await {
                 self.store_offset(offset);
             }
@@ -199,7 +212,9 @@ impl Worker {
             let error = match restored {
                 Ok(Ok(restorer)) => {
                     let (applied, skipped) = (restorer.applied, restorer.skipped);
-                    self.dispatcher.restore(restorer.into_states());
+                    let (states, legacy) = restorer.into_parts();
+                    self.dispatcher.restore(states);
+                    self.legacy = legacy;
                     self.context.stats.restored_records.inc_by(applied);
                     info!(
                         records = applied,
@@ -274,7 +289,7 @@ impl Worker {
                 event::decode_record(value, meta).map_err(|e| e.to_string())
             }
         };
-        let mut out = Vec::new();
+        let (mut out, mut changes) = (Vec::new(), Vec::new());
         match decoded {
             Err(reason) => {
                 let _entered = span.enter();
@@ -293,21 +308,19 @@ impl Worker {
                 let now = self.context.clock.now();
                 let outcomes = self.dispatcher.dispatch(&event, now).instrument(span).await;
                 for outcome in outcomes {
-                    self.collect(&outcome, &input, Stage::Plugin, &mut out);
+                    self.collect(&outcome, &input, Stage::Plugin, &mut out, &mut changes);
                 }
             }
         }
-        self.deliveries.push(Entry::new(Some(offset), input, out));
+        self.deliveries
+            .push(Entry::new(Some(offset), input, out), changes);
     }
 
     /// Fires up to [`TIMER_BATCH`] timers that are due now.
     async fn fire_timers(&mut self) {
         let now = self.context.clock.now();
         for _ in 0..TIMER_BATCH {
-            if !self
-                .deliveries
-                .has_room(self.context.max_in_flight, self.context.max_in_flight_bytes)
-            {
+            if !self.deliveries.has_room() {
                 return;
             }
             let Some(firing) = self.dispatcher.fire_next(now).await else {
@@ -328,22 +341,30 @@ impl Worker {
                 value: value.into_bytes(),
                 event_id: None,
             };
-            let mut out = Vec::new();
-            self.collect(&firing.outcome, &input, Stage::Timer, &mut out);
-            self.deliveries.push(Entry::new(None, input, out));
+            let (mut out, mut changes) = (Vec::new(), Vec::new());
+            self.collect(
+                &firing.outcome,
+                &input,
+                Stage::Timer,
+                &mut out,
+                &mut changes,
+            );
+            self.deliveries.push(Entry::new(None, input, out), changes);
         }
         // A full batch: let the runtime run something else first.
         tokio::task::yield_now().await;
     }
 
     /// Turns one plugin call's outcome into records: its emits or a dead
-    /// letter, and the state changes now in effect.
+    /// letter into `out`, and the state changes now in effect into
+    /// `changes` (as changelog keys and values).
     fn collect(
-        &self,
+        &mut self,
         outcome: &Outcome,
         input: &Input,
         stage: Stage,
         out: &mut Vec<(OutRecord, Role)>,
+        changes: &mut Vec<Change>,
     ) {
         let plugin = &outcome.plugin;
         let source = input.source();
@@ -369,17 +390,32 @@ impl Worker {
                 out.push(self.dead_letter(input, &failure));
             }
         }
-        for (key, value) in changelog::records(&self.topic, &plugin.name, &outcome.changes) {
-            out.push((
-                OutRecord {
-                    topic: self.context.changelog.clone(),
-                    partition: Some(self.partition),
-                    key: Some(key),
-                    value,
-                    headers: Vec::new(),
-                },
-                Role::Changelog,
-            ));
+        if outcome.changes.is_empty() {
+            return;
+        }
+        let empty = PluginState::default();
+        // The dispatcher holds the state of every plugin it returns an
+        // outcome for (loaded or parked).
+        let state = self.dispatcher.state(&plugin.name).unwrap_or(&empty);
+        changes.extend(changelog::records(
+            &self.topic,
+            &plugin.name,
+            &outcome.changes,
+            state,
+        ));
+        if !self.legacy.is_empty() {
+            let names = outcome
+                .changes
+                .values
+                .keys()
+                .chain(outcome.changes.timers.keys());
+            for name in names {
+                for key in changelog::legacy_keys(&self.topic, &plugin.name, name) {
+                    if self.legacy.remove(&key) {
+                        changes.push((key, None));
+                    }
+                }
+            }
         }
     }
 

@@ -2,13 +2,22 @@
 //! topic, in the partition numbered like the input partition it belongs to,
 //! so a partition's state can be rebuilt wherever the partition goes.
 //!
-//! Key: `INPUT_TOPIC \x1f PLUGIN \x1f KIND \x1f KEY`, where KIND is `v` for a
-//! state value and `t` for a timer. Value: the state bytes, or for a timer
-//! the due time (8 bytes, big-endian ms) followed by the payload. A delete, a
-//! cancelled timer and a fired timer are tombstones (no value), which
-//! compaction eventually removes.
+//! Key: `INPUT_TOPIC \x1f PLUGIN \x1f KIND \x1f KEY`. One record holds
+//! everything stored under one key name (KIND `e`): its state value and its
+//! timer, so a plugin that keeps a task's record and its timer under the
+//! same name costs one record per change, not two. Value: a flags byte
+//! (`1`: a value follows, `2`: a timer follows), then the timer — due time
+//! (8 bytes, big-endian ms), payload length (4 bytes, big-endian), payload
+//! — then the value's bytes. A key with neither is a tombstone (no value),
+//! which compaction eventually removes.
+//!
+//! Changelogs written before hold one record per value (KIND `v`, the
+//! state bytes) and per timer (KIND `t`, due time then payload); they are
+//! still read, and the [`Restorer`] reports which of them are live so the
+//! first write of such a key also tombstones them (else one could outlive
+//! the newer record's tombstone under compaction and come back).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use super::{PluginState, StateChanges, Timer};
 
@@ -30,9 +39,18 @@ pub struct Entry<'a> {
 /// A state or timer change; `None` inside means deleted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
-    /// A state value set (`Some`) or deleted.
+    /// Everything under the key: its value and its timer, each set
+    /// (`Some`) or absent.
+    Key {
+        /// The state value.
+        value: Option<Vec<u8>>,
+        /// The timer.
+        timer: Option<Timer>,
+    },
+    /// A state value set (`Some`) or deleted (an older changelog's record).
     Value(Option<Vec<u8>>),
-    /// A timer set (`Some`) or cancelled/fired.
+    /// A timer set (`Some`) or cancelled/fired (an older changelog's
+    /// record).
     Timer(Option<Timer>),
 }
 
@@ -44,20 +62,26 @@ pub struct CorruptRecord(&'static str);
 /// What a changelog record holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EntryKind {
-    /// A state value.
+    /// A key's value and timer.
+    Key,
+    /// A state value (older changelogs).
     Value,
-    /// A timer.
+    /// A timer (older changelogs).
     Timer,
 }
 
 impl EntryKind {
     fn tag(self) -> u8 {
         match self {
+            Self::Key => b'e',
             Self::Value => b'v',
             Self::Timer => b't',
         }
     }
 }
+
+const HAS_VALUE: u8 = 1;
+const HAS_TIMER: u8 = 2;
 
 /// The key of a state value or timer.
 pub fn key(input_topic: &str, plugin: &str, kind: EntryKind, key: &str) -> Vec<u8> {
@@ -72,7 +96,7 @@ pub fn key(input_topic: &str, plugin: &str, kind: EntryKind, key: &str) -> Vec<u
     out
 }
 
-/// The value of a timer record.
+/// The value of an older changelog's timer record.
 pub fn timer_value(timer: &Timer) -> Vec<u8> {
     let mut out = Vec::with_capacity(8 + timer.payload.len());
     out.extend_from_slice(&timer.due.to_be_bytes());
@@ -80,23 +104,91 @@ pub fn timer_value(timer: &Timer) -> Vec<u8> {
     out
 }
 
-/// Every changelog record (key, value-or-tombstone) for one call's changes.
+/// The value of a key's record: what is stored under it (`None`, a
+/// tombstone, when nothing is).
+pub fn key_value(value: Option<&[u8]>, timer: Option<&Timer>) -> Option<Vec<u8>> {
+    if value.is_none() && timer.is_none() {
+        return None;
+    }
+    let timer_len = timer.map_or(0, |t| 12 + t.payload.len());
+    let mut out = Vec::with_capacity(1 + timer_len + value.map_or(0, <[u8]>::len));
+    let mut flags = 0;
+    if value.is_some() {
+        flags |= HAS_VALUE;
+    }
+    if timer.is_some() {
+        flags |= HAS_TIMER;
+    }
+    out.push(flags);
+    if let Some(timer) = timer {
+        out.extend_from_slice(&timer.due.to_be_bytes());
+        // A payload is bounded far below 4 GiB (`message.max.bytes`).
+        let len = u32::try_from(timer.payload.len()).unwrap_or(u32::MAX);
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(&timer.payload);
+    }
+    if let Some(value) = value {
+        out.extend_from_slice(value);
+    }
+    Some(out)
+}
+
+fn decode_key_value(bytes: &[u8]) -> Result<Change, CorruptRecord> {
+    let (&flags, mut rest) = bytes.split_first().ok_or(CorruptRecord("value is empty"))?;
+    if flags & !(HAS_VALUE | HAS_TIMER) != 0 {
+        return Err(CorruptRecord("value has unknown flags"));
+    }
+    let timer = if flags & HAS_TIMER != 0 {
+        let (due, after) = rest
+            .split_first_chunk::<8>()
+            .ok_or(CorruptRecord("timer is shorter than 8 bytes"))?;
+        let (len, after) = after
+            .split_first_chunk::<4>()
+            .ok_or(CorruptRecord("timer has no payload length"))?;
+        let len = u32::from_be_bytes(*len) as usize;
+        if after.len() < len {
+            return Err(CorruptRecord("timer payload is cut short"));
+        }
+        let (payload, after) = after.split_at(len);
+        rest = after;
+        Some(Timer {
+            due: i64::from_be_bytes(*due),
+            payload: payload.to_vec(),
+        })
+    } else {
+        None
+    };
+    let value = (flags & HAS_VALUE != 0).then(|| rest.to_vec());
+    if value.is_none() && !rest.is_empty() {
+        return Err(CorruptRecord("value has trailing bytes"));
+    }
+    Ok(Change::Key { value, timer })
+}
+
+/// The changelog records (key, value-or-tombstone) for one call's changes:
+/// one per key name the call changed, holding what `state` — the plugin's
+/// state with the changes applied — now stores under that name.
 pub fn records(
     input_topic: &str,
     plugin: &str,
     changes: &StateChanges,
+    state: &PluginState,
 ) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
-    let values = changes
+    let names: BTreeSet<&str> = changes
         .values
-        .iter()
-        .map(|(k, v)| (key(input_topic, plugin, EntryKind::Value, k), v.clone()));
-    let timers = changes.timers.iter().map(|(k, t)| {
-        (
-            key(input_topic, plugin, EntryKind::Timer, k),
-            t.as_ref().map(timer_value),
-        )
-    });
-    values.chain(timers).collect()
+        .keys()
+        .chain(changes.timers.keys())
+        .map(String::as_str)
+        .collect();
+    names
+        .into_iter()
+        .map(|name| {
+            (
+                key(input_topic, plugin, EntryKind::Key, name),
+                key_value(state.get(name), state.timer(name)),
+            )
+        })
+        .collect()
 }
 
 /// Decodes a changelog record.
@@ -109,6 +201,13 @@ pub fn decode<'a>(key: &'a [u8], value: Option<&[u8]>) -> Result<Entry<'a>, Corr
         return Err(CorruptRecord("key has fewer than four parts"));
     };
     let change = match kind {
+        "e" => match value {
+            Some(value) => decode_key_value(value)?,
+            None => Change::Key {
+                value: None,
+                timer: None,
+            },
+        },
         "v" => Change::Value(value.map(<[u8]>::to_vec)),
         "t" => Change::Timer(
             value
@@ -138,6 +237,9 @@ pub fn decode<'a>(key: &'a [u8], value: Option<&[u8]>) -> Result<Entry<'a>, Corr
 #[derive(Debug, Default)]
 pub struct Restorer {
     states: HashMap<String, PluginState>,
+    /// Live records of an older changelog's kinds, by changelog key, and
+    /// whether a newer record of their key has superseded them.
+    legacy: HashMap<Vec<u8>, bool>,
     /// Records applied.
     pub applied: u64,
     /// Records skipped (another input topic, or unreadable).
@@ -162,66 +264,173 @@ impl Restorer {
         let state = self.states.entry(entry.plugin.to_owned()).or_default();
         let mut changes = StateChanges::default();
         match entry.change {
+            Change::Key { value, timer } => {
+                if !self.legacy.is_empty() {
+                    for old in legacy_keys(input_topic, entry.plugin, entry.key) {
+                        if let Some(superseded) = self.legacy.get_mut(&old) {
+                            *superseded = true;
+                        }
+                    }
+                }
+                changes.values.insert(entry.key.to_owned(), value);
+                changes.timers.insert(entry.key.to_owned(), timer);
+            }
             Change::Value(v) => {
-                changes.values.insert(entry.key.to_owned(), v);
+                if retire(&mut self.legacy, key, v.is_some()) {
+                    changes.values.insert(entry.key.to_owned(), v);
+                }
             }
             Change::Timer(t) => {
-                changes.timers.insert(entry.key.to_owned(), t);
+                if retire(&mut self.legacy, key, t.is_some()) {
+                    changes.timers.insert(entry.key.to_owned(), t);
+                }
             }
         }
         state.apply(changes);
         self.applied += 1;
     }
 
-    /// The rebuilt states, by plugin name.
-    pub fn into_states(self) -> HashMap<String, PluginState> {
-        self.states
+    /// The rebuilt states, by plugin name, and the changelog keys of the
+    /// older changelog's records still live (see [`legacy_keys`]).
+    pub fn into_parts(self) -> (HashMap<String, PluginState>, HashSet<Vec<u8>>) {
+        (self.states, self.legacy.into_keys().collect())
     }
+}
+
+/// Tracks an older changelog's record (`live`: set, else a tombstone);
+/// returns whether it still applies to the state. A tombstone written to
+/// retire a record its key's newer record superseded does not: the newer
+/// record (which may come before it: one batch has no order) holds the
+/// state.
+fn retire(legacy: &mut HashMap<Vec<u8>, bool>, key: &[u8], live: bool) -> bool {
+    if live {
+        legacy.insert(key.to_vec(), false);
+        return true;
+    }
+    legacy.remove(key) != Some(true)
+}
+
+/// The older changelog's keys a record for `name` supersedes: its value's
+/// and its timer's.
+pub fn legacy_keys(input_topic: &str, plugin: &str, name: &str) -> [Vec<u8>; 2] {
+    [
+        key(input_topic, plugin, EntryKind::Value, name),
+        key(input_topic, plugin, EntryKind::Timer, name),
+    ]
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn timer(due: i64, payload: &[u8]) -> Timer {
+        Timer {
+            due,
+            payload: payload.to_vec(),
+        }
+    }
+
+    fn restore(records: &[(Vec<u8>, Option<Vec<u8>>)]) -> Restorer {
+        let mut restorer = Restorer::default();
+        for (key, value) in records {
+            restorer.apply("task-events", key, value.as_deref());
+        }
+        restorer
+    }
+
     #[test]
-    fn records_round_trip_and_later_ones_win() {
+    fn a_key_with_a_value_and_a_timer_is_one_record_and_round_trips() {
+        let mut state = PluginState::default();
         let mut changes = StateChanges::default();
         changes
             .values
-            .insert("k\u{1f}odd".into(), Some(b"v1".to_vec()));
-        changes.values.insert("gone".into(), None);
+            .insert("task:1\u{1f}odd".into(), Some(b"memo".to_vec()));
         changes.timers.insert(
-            "t1".into(),
-            Some(Timer {
-                due: 1_769_414_400_000,
-                payload: b"p".to_vec(),
-            }),
+            "task:1\u{1f}odd".into(),
+            Some(timer(1_769_414_400_000, b"p")),
         );
-        let records = records("task-events", "reminders", &changes);
-        assert_eq!(records.len(), 3);
+        changes
+            .timers
+            .insert("only-timer".into(), Some(timer(5, b"")));
+        changes.values.insert("gone".into(), None);
+        state.apply(changes.clone());
 
-        let mut restorer = Restorer::default();
-        for (key, value) in &records {
-            restorer.apply("task-events", key, value.as_deref());
-        }
+        let records = records("task-events", "reminders", &changes, &state);
+        assert_eq!(records.len(), 3, "one record per key name: {records:?}");
+        let gone = key("task-events", "reminders", EntryKind::Key, "gone");
+        assert!(
+            records.iter().any(|(k, v)| *k == gone && v.is_none()),
+            "a key holding nothing is a tombstone"
+        );
+
+        let mut restorer = restore(&records);
         // A record of another input topic is not ours.
         restorer.apply("other", &records[0].0, records[0].1.as_deref());
-        // The timer fires later: a tombstone.
-        restorer.apply(
-            "task-events",
-            &key("task-events", "reminders", EntryKind::Timer, "t1"),
-            None,
-        );
-        assert_eq!(restorer.applied, 4);
-        assert_eq!(restorer.skipped, 1);
-        let states = restorer.into_states();
-        let state = &states["reminders"];
+        assert_eq!((restorer.applied, restorer.skipped), (3, 1));
+        let (states, legacy) = restorer.into_parts();
+        let restored = &states["reminders"];
+        assert_eq!(restored.get("task:1\u{1f}odd"), Some(&b"memo"[..]));
         assert_eq!(
-            state.get("k\u{1f}odd"),
-            Some(&b"v1"[..]),
-            "separator inside the key survives"
+            restored.timer("task:1\u{1f}odd"),
+            Some(&timer(1_769_414_400_000, b"p"))
         );
+        assert_eq!(restored.timer("only-timer"), Some(&timer(5, b"")));
+        assert_eq!(restored.get("only-timer"), None);
+        assert_eq!(restored.len(), 1);
+        assert!(legacy.is_empty());
+    }
+
+    #[test]
+    fn an_older_changelog_is_read_and_its_live_records_reported() {
+        let value = key("task-events", "reminders", EntryKind::Value, "task:1");
+        let old_timer = key("task-events", "reminders", EntryKind::Timer, "task:1");
+        let other = key("task-events", "reminders", EntryKind::Value, "task:2");
+        let newer = key("task-events", "reminders", EntryKind::Key, "task:1");
+        let restorer = restore(&[
+            (value.clone(), Some(b"old".to_vec())),
+            (old_timer.clone(), Some(timer_value(&timer(9, b"t")))),
+            (other.clone(), Some(b"x".to_vec())),
+            (other, None),
+            // The newer record wins over both older ones.
+            (newer.clone(), key_value(Some(b"new"), None)),
+        ]);
+        let (states, legacy) = restorer.into_parts();
+        let state = &states["reminders"];
+        assert_eq!(state.get("task:1"), Some(&b"new"[..]));
         assert_eq!(state.timer_count(), 0);
+        assert_eq!(state.get("task:2"), None);
+        assert_eq!(
+            legacy,
+            HashSet::from([value.clone(), old_timer.clone()]),
+            "the live older records, to be tombstoned"
+        );
+        assert_eq!(
+            legacy_keys("task-events", "reminders", "task:1"),
+            [value.clone(), old_timer.clone()]
+        );
+
+        // Retired in one batch with the newer record, in either order: the
+        // tombstones retire the older records and leave the state alone.
+        let newer_record = (newer, key_value(Some(b"new"), None));
+        let tombstones = [(value.clone(), None), (old_timer.clone(), None)];
+        for batch in [
+            [
+                newer_record.clone(),
+                tombstones[0].clone(),
+                tombstones[1].clone(),
+            ],
+            [tombstones[0].clone(), tombstones[1].clone(), newer_record],
+        ] {
+            let mut records = vec![
+                (value.clone(), Some(b"old".to_vec())),
+                (old_timer.clone(), Some(timer_value(&timer(9, b"t")))),
+            ];
+            records.extend(batch);
+            let (states, legacy) = restore(&records).into_parts();
+            assert_eq!(states["reminders"].get("task:1"), Some(&b"new"[..]));
+            assert_eq!(states["reminders"].timer_count(), 0);
+            assert!(legacy.is_empty());
+        }
     }
 
     #[test]
@@ -238,5 +447,21 @@ mod tests {
             decode(b"a\x1fb\x1fx\x1fk", None).unwrap_err(),
             CorruptRecord("key has an unknown kind")
         );
+        for (value, reason) in [
+            (&b""[..], "value is empty"),
+            (b"\x04", "value has unknown flags"),
+            (b"\x02\0\0", "timer is shorter than 8 bytes"),
+            (b"\x02\0\0\0\0\0\0\0\x01\0\0", "timer has no payload length"),
+            (
+                b"\x02\0\0\0\0\0\0\0\x01\0\0\0\x05ab",
+                "timer payload is cut short",
+            ),
+            (b"\x00junk", "value has trailing bytes"),
+        ] {
+            assert_eq!(
+                decode(b"a\x1fb\x1fe\x1fk", Some(value)).unwrap_err(),
+                CorruptRecord(reason)
+            );
+        }
     }
 }

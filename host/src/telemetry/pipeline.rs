@@ -63,6 +63,11 @@ pub struct PipelineMetrics {
     pub resends: Counter,
     /// State changes written to the changelog (acknowledged).
     pub changelog_records: Counter,
+    /// State changes never written because a later change of the same key
+    /// replaced them while held ([`PipelineConfig::changelog_flush_interval`]).
+    ///
+    /// [`PipelineConfig::changelog_flush_interval`]: crate::config::PipelineConfig::changelog_flush_interval
+    pub changes_coalesced: Counter,
     /// Changelog records applied while restoring assigned partitions.
     pub restored_records: Counter,
     /// Restore attempts that failed (each is retried).
@@ -90,6 +95,7 @@ impl Default for PipelineMetrics {
             offsets_stored: Counter::default(),
             resends: Counter::default(),
             changelog_records: Counter::default(),
+            changes_coalesced: Counter::default(),
             restored_records: Counter::default(),
             restore_failures: Counter::default(),
             undeliverable: Counter::default(),
@@ -209,6 +215,11 @@ impl PipelineMetrics {
                 "changelog_records",
                 "Plugin state changes written to the changelog",
                 &self.changelog_records,
+            ),
+            (
+                "state_changes_coalesced",
+                "State changes replaced by a later change of the same key before being written",
+                &self.changes_coalesced,
             ),
             (
                 "restored_records",

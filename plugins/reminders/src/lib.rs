@@ -90,7 +90,11 @@ fn expire_later(task_id: &str, memo: &mut Memo, from: Timestamp) -> Result {
     let payload = TimerPayload::Expire {
         expire: task_id.to_owned(),
     };
-    json_timers::set(task_id, from.saturating_add(memo_ttl_ms()), &payload)
+    json_timers::set(
+        &memo_key(task_id),
+        from.saturating_add(memo_ttl_ms()),
+        &payload,
+    )
 }
 
 /// The reminder `event` calls for, if any: a remind time in the future,
@@ -146,8 +150,14 @@ impl Plugin for RemindersPlugin {
             );
             return Ok(());
         }
-        if event.kind == EventKind::Deleted {
+        // Earlier versions keyed the task's timer by the bare task id; it
+        // now shares the memo's key (one changelog record for both).
+        if timers::get(&task.id).is_some() {
             timers::cancel(&task.id);
+            memo.expiry_armed = false;
+        }
+        if event.kind == EventKind::Deleted {
+            timers::cancel(&key);
             json_state::delete(&key);
             return Ok(());
         }
@@ -156,7 +166,7 @@ impl Plugin for RemindersPlugin {
         match timer {
             Some(pending) => {
                 memo.expiry_armed = false;
-                json_timers::set(&task.id, pending.remind_at, &TimerPayload::Remind(pending))?;
+                json_timers::set(&key, pending.remind_at, &TimerPayload::Remind(pending))?;
             }
             None => expire_later(&task.id, &mut memo, host::now())?,
         }
