@@ -102,6 +102,7 @@ fn main() {
         let plugins = bundled::load(&sandbox).await.unwrap().plugins;
         let pipeline = Pipeline::new(config.clone(), plugins);
         let readiness = pipeline.telemetry.readiness.clone();
+        let stats = pipeline.telemetry.pipeline.clone();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let running = tokio::spawn({
             let brokers = brokers.clone();
@@ -217,6 +218,7 @@ fn main() {
             latencies[latencies.len() - 1]
         );
         report_lateness(lateness);
+        println!("pipeline: {}", stats.summary());
     });
 }
 

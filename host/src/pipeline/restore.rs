@@ -14,7 +14,7 @@ use crate::state::changelog::Restorer;
 /// the high watermark seen at the start, before the restore counts as
 /// complete. Brokers disagree on watermarks of multi-record batches (tansu
 /// 0.6.0 reports one offset per batch), so the watermark alone is not trusted.
-const QUIET: Duration = Duration::from_millis(500);
+pub const RESTORE_QUIET: Duration = Duration::from_millis(500);
 
 /// Reads changelog partition `partition` from the beginning to its end as of
 /// now, keeping the records that belong to `input_topic`. Gives up with
@@ -37,6 +37,11 @@ pub fn restore_partition(
         // (tansu 0.6.0) report a last stable offset that would hide all but
         // the first record of a batch from a read_committed reader.
         .set("isolation.level", "read_uncommitted")
+        // Larger fetches, answered as soon as they can be: a restore reads
+        // a partition from the beginning as fast as the broker serves it.
+        .set("max.partition.fetch.bytes", "16777216")
+        .set("fetch.max.bytes", "67108864")
+        .set("fetch.wait.max.ms", "10")
         .create()?;
     let mut restorer = Restorer::default();
     let (low, high) =
@@ -48,7 +53,9 @@ pub fn restore_partition(
     assignment.add_partition_offset(changelog, partition, Offset::Beginning)?;
     consumer.assign(&assignment)?;
     let deadline = Instant::now() + timeout;
-    let mut last_record = Instant::now();
+    // Since when no record has arrived (reset by every record, without
+    // reading the clock per record).
+    let mut quiet_since: Option<Instant> = None;
     loop {
         if cancel.load(Ordering::Relaxed) {
             return Err(KafkaError::Canceled);
@@ -60,7 +67,7 @@ pub fn restore_partition(
                     message.key().unwrap_or_default(),
                     message.payload(),
                 );
-                last_record = Instant::now();
+                quiet_since = None;
             }
             Some(Err(err)) => return Err(err),
             None => {
@@ -72,7 +79,8 @@ pub fn restore_partition(
                     .elements_for_topic(changelog)
                     .iter()
                     .any(|e| matches!(e.offset(), Offset::Offset(o) if o >= high));
-                if at_end && last_record.elapsed() >= QUIET {
+                let quiet = *quiet_since.get_or_insert_with(Instant::now);
+                if at_end && quiet.elapsed() >= RESTORE_QUIET {
                     break;
                 }
                 if Instant::now() > deadline {

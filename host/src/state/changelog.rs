@@ -261,32 +261,38 @@ impl Restorer {
                 return;
             }
         };
-        let state = self.states.entry(entry.plugin.to_owned()).or_default();
-        let mut changes = StateChanges::default();
+        if let Change::Key { .. } = entry.change
+            && !self.legacy.is_empty()
+        {
+            for old in legacy_keys(input_topic, entry.plugin, entry.key) {
+                if let Some(superseded) = self.legacy.get_mut(&old) {
+                    *superseded = true;
+                }
+            }
+        }
+        let state = match self.states.get_mut(entry.plugin) {
+            Some(state) => state,
+            None => self.states.entry(entry.plugin.to_owned()).or_default(),
+        };
+        let name = entry.key.to_owned();
         match entry.change {
             Change::Key { value, timer } => {
-                if !self.legacy.is_empty() {
-                    for old in legacy_keys(input_topic, entry.plugin, entry.key) {
-                        if let Some(superseded) = self.legacy.get_mut(&old) {
-                            *superseded = true;
-                        }
-                    }
+                if timer.is_some() || state.timer(&name).is_some() {
+                    state.set_timer(name.clone(), timer);
                 }
-                changes.values.insert(entry.key.to_owned(), value);
-                changes.timers.insert(entry.key.to_owned(), timer);
+                state.set_value(name, value);
             }
             Change::Value(v) => {
                 if retire(&mut self.legacy, key, v.is_some()) {
-                    changes.values.insert(entry.key.to_owned(), v);
+                    state.set_value(name, v);
                 }
             }
             Change::Timer(t) => {
                 if retire(&mut self.legacy, key, t.is_some()) {
-                    changes.timers.insert(entry.key.to_owned(), t);
+                    state.set_timer(name, t);
                 }
             }
         }
-        state.apply(changes);
         self.applied += 1;
     }
 

@@ -142,21 +142,41 @@ impl PluginState {
     /// Applies the changes of one successful call.
     pub fn apply(&mut self, changes: StateChanges) {
         for (key, value) in changes.values {
-            if let Some(old) = self.values.remove(&key) {
-                self.bytes -= value_size(&key, &old);
-            }
-            if let Some(value) = value {
-                self.bytes += value_size(&key, &value);
-                self.values.insert(key, value);
-            }
+            self.set_value(key, value);
         }
         for (key, timer) in changes.timers {
-            self.remove_timer(&key);
-            if let Some(timer) = timer {
-                self.bytes += timer_size(&key, &timer);
-                self.due.insert((timer.due, key.clone()));
-                self.timers.insert(key, timer);
+            self.set_timer(key, timer);
+        }
+    }
+
+    /// Sets (`Some`) or deletes the value under `key`.
+    pub fn set_value(&mut self, key: String, value: Option<Vec<u8>>) {
+        match value {
+            Some(value) => match self.values.get_mut(&key) {
+                Some(slot) => {
+                    self.bytes = self.bytes - slot.len() + value.len();
+                    *slot = value;
+                }
+                None => {
+                    self.bytes += value_size(&key, &value);
+                    self.values.insert(key, value);
+                }
+            },
+            None => {
+                if let Some(old) = self.values.remove(&key) {
+                    self.bytes -= value_size(&key, &old);
+                }
             }
+        }
+    }
+
+    /// Sets (`Some`) or cancels the timer under `key`.
+    pub fn set_timer(&mut self, key: String, timer: Option<Timer>) {
+        self.remove_timer(&key);
+        if let Some(timer) = timer {
+            self.bytes += timer_size(&key, &timer);
+            self.due.insert((timer.due, key.clone()));
+            self.timers.insert(key, timer);
         }
     }
 

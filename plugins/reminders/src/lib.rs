@@ -67,6 +67,20 @@ struct Memo {
     /// Whether the task's timer is its expiry (not a pending reminder).
     #[serde(default)]
     expiry_armed: bool,
+    /// Whether the task's timer is under the memo's key. Memos written by
+    /// earlier versions lack it: their timer is under the bare task id.
+    #[serde(default, rename = "tk")]
+    timer_at_key: bool,
+}
+
+impl Memo {
+    /// The memo of a task seen for the first time.
+    fn fresh() -> Self {
+        Self {
+            timer_at_key: true,
+            ..Self::default()
+        }
+    }
 }
 
 fn memo_key(task_id: &str) -> String {
@@ -142,7 +156,7 @@ impl Plugin for RemindersPlugin {
     fn on_event(event: TaskEvent) -> Result {
         let task = &event.task;
         let key = memo_key(&task.id);
-        let mut memo: Memo = json_state::get(&key)?.unwrap_or_default();
+        let mut memo: Memo = json_state::get(&key)?.unwrap_or_else(Memo::fresh);
         if event.occurred_at < memo.last_event_at {
             debug!(
                 "task {}: ignoring event {} older than one already applied",
@@ -151,10 +165,14 @@ impl Plugin for RemindersPlugin {
             return Ok(());
         }
         // Earlier versions keyed the task's timer by the bare task id; it
-        // now shares the memo's key (one changelog record for both).
-        if timers::get(&task.id).is_some() {
-            timers::cancel(&task.id);
-            memo.expiry_armed = false;
+        // now shares the memo's key (one changelog record for both). Only
+        // an older memo can have such a timer (a new task's memo is new).
+        if !memo.timer_at_key {
+            memo.timer_at_key = true;
+            if timers::get(&task.id).is_some() {
+                timers::cancel(&task.id);
+                memo.expiry_armed = false;
+            }
         }
         if event.kind == EventKind::Deleted {
             timers::cancel(&key);
@@ -193,7 +211,7 @@ impl Plugin for RemindersPlugin {
             }
         };
         let key = memo_key(&pending.task_id);
-        let mut memo: Memo = json_state::get(&key)?.unwrap_or_default();
+        let mut memo: Memo = json_state::get(&key)?.unwrap_or_else(Memo::fresh);
         memo.expiry_armed = false;
         if pending.due.is_some_and(|due| now > due) {
             warn!(
