@@ -17,32 +17,85 @@ use serde_json::{Map, Value};
 
 use super::DecodeError;
 
-/// Objects with more keys than this are indexed; smaller ones are scanned
-/// (cheaper than hashing).
+/// Objects with more keys than this are indexed in a hash map; smaller ones
+/// are scanned over their keys' normalised spellings (cheaper than hashing).
 const INDEX_ABOVE: usize = 16;
 
+/// The longest normalised key kept inline for a scan; longer keys (which no
+/// field name is) are compared the slow way.
+const INLINE_KEY: usize = 24;
+
 type Index<'a> = HashMap<String, (&'a str, &'a Value)>;
+
+/// A non-null entry of a small object with its key's normalised spelling.
+struct Entry<'a> {
+    /// The normalised key, if it fits inline: its bytes and length.
+    norm: Option<([u8; INLINE_KEY], u8)>,
+    key: &'a str,
+    value: &'a Value,
+}
+
+impl Entry<'_> {
+    fn matches(&self, name: &str) -> bool {
+        match &self.norm {
+            Some((bytes, len)) => &bytes[..usize::from(*len)] == name.as_bytes(),
+            None => normalised_eq(self.key, name),
+        }
+    }
+}
+
+/// A key's normalised spelling inline, or `None` if it is too long.
+fn normalise_inline(key: &str) -> Option<([u8; INLINE_KEY], u8)> {
+    let mut bytes = [0; INLINE_KEY];
+    let mut len = 0;
+    for b in key.bytes().filter(|b| *b != b'_' && *b != b'-') {
+        *bytes.get_mut(len)? = b.to_ascii_lowercase();
+        len += 1;
+    }
+    Some((bytes, u8::try_from(len).ok()?))
+}
+
+/// How an object's keys are searched.
+enum Keys<'a> {
+    /// Small objects: the non-null entries, scanned in order.
+    Scan(Vec<Entry<'a>>),
+    /// Large objects: normalised key → the first non-null entry.
+    Index(Index<'a>),
+}
 
 /// A JSON object together with the dotted path that leads to it.
 #[derive(Clone)]
 pub(crate) struct Obj<'a> {
     pub(crate) path: &'a str,
-    pub(crate) map: &'a Map<String, Value>,
-    /// Normalised key → the first non-null entry, for large objects.
-    index: Option<Rc<Index<'a>>>,
+    /// Its keys, normalised once.
+    keys: Rc<Keys<'a>>,
 }
 
 impl<'a> Obj<'a> {
     /// The object `map` found at `path`.
     pub(crate) fn new(path: &'a str, map: &'a Map<String, Value>) -> Self {
-        let index = (map.len() > INDEX_ABOVE).then(|| {
+        let entries = map.iter().filter(|(_, v)| !v.is_null());
+        let keys = if map.len() > INDEX_ABOVE {
             let mut index = Index::with_capacity(map.len());
-            for (key, value) in map.iter().filter(|(_, v)| !v.is_null()) {
+            for (key, value) in entries {
                 index.entry(normalise(key)).or_insert((key.as_str(), value));
             }
-            Rc::new(index)
-        });
-        Self { path, map, index }
+            Keys::Index(index)
+        } else {
+            Keys::Scan(
+                entries
+                    .map(|(key, value)| Entry {
+                        norm: normalise_inline(key),
+                        key,
+                        value,
+                    })
+                    .collect(),
+            )
+        };
+        Self {
+            path,
+            keys: Rc::new(keys),
+        }
     }
 }
 
@@ -148,15 +201,15 @@ pub(crate) fn lookup<'a>(obj: &Obj<'a>, names: &[&str]) -> Option<Found<'a>> {
         key,
         value,
     };
-    match &obj.index {
-        Some(index) => names
+    match obj.keys.as_ref() {
+        Keys::Index(index) => names
             .iter()
             .find_map(|name| index.get(*name).copied().map(found)),
-        None => names.iter().find_map(|name| {
-            obj.map
+        Keys::Scan(entries) => names.iter().find_map(|name| {
+            entries
                 .iter()
-                .find(|(k, v)| !v.is_null() && normalised_eq(k, name))
-                .map(|(key, value)| found((key.as_str(), value)))
+                .find(|e| e.matches(name))
+                .map(|e| found((e.key, e.value)))
         }),
     }
 }
@@ -236,6 +289,18 @@ mod tests {
     }
 
     #[test]
+    fn long_keys_are_matched_the_slow_way() {
+        let long = "a_very_long_key_that_does_not_fit_inline_at_all";
+        let map: Map<String, Value> =
+            serde_json::from_str(&format!(r#"{{"{long}":1,"Due_Date":"d"}}"#)).unwrap();
+        let obj = Obj::new("", &map);
+        let name = normalise(long);
+        assert!(name.len() > INLINE_KEY);
+        assert_eq!(lookup(&obj, &[name.as_str()]).unwrap().key, long);
+        assert_eq!(lookup(&obj, &["duedate"]).unwrap().key, "Due_Date");
+    }
+
+    #[test]
     fn layers_search_in_order_and_report_paths() {
         let inner: Map<String, Value> = serde_json::from_str(r#"{"dueDate":"x"}"#).unwrap();
         let outer: Map<String, Value> =
@@ -256,7 +321,7 @@ mod tests {
         map.insert("due_date".into(), Value::from("d"));
         map.insert("TITLE".into(), Value::from("t"));
         let obj = Obj::new("", &map);
-        assert!(obj.index.is_some());
+        assert!(matches!(obj.keys.as_ref(), Keys::Index(_)));
         let found = lookup(&obj, &["nothing", "duedate"]).unwrap();
         assert_eq!((found.key, found.value), ("due_date", &Value::from("d")));
         assert_eq!(lookup(&obj, &["title"]).unwrap().key, "TITLE");
