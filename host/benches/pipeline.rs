@@ -6,10 +6,12 @@
 //! Run: `cargo bench -p todo-eventd --bench pipeline`
 //! Options (env): `BENCH_EVENTS` (default 100000), `BENCH_BROKERS` (an
 //! external broker such as a local tansu; default: the in-process mock
-//! cluster), `BENCH_PARTITIONS` (default 8).
+//! cluster), `BENCH_PARTITIONS` (default 8), `BENCH_FLUSH_MS` (the
+//! pipeline's `changelog_flush_interval`; default its default, 1 s).
 //!
 //! Rates are measured from the first record consumed to the last input
-//! offset stored, so group-join time does not count.
+//! offset stored, so group-join time does not count — but the last held
+//! state changes do: up to one flush interval at the end of a run.
 
 #![allow(missing_docs, clippy::unwrap_used, clippy::print_stdout)]
 
@@ -159,6 +161,10 @@ fn main() {
     runtime.block_on(async {
         let mut config = Config::default();
         config.kafka.partitions = partitions;
+        if let Ok(ms) = std::env::var("BENCH_FLUSH_MS") {
+            config.pipeline.changelog_flush_interval =
+                Duration::from_millis(ms.parse().expect("BENCH_FLUSH_MS: milliseconds"));
+        }
         // Per run, each pipeline's group gets its own changelog below.
         let topics = [
             "task-events",
@@ -189,13 +195,14 @@ fn main() {
         let lines = events(total);
         let bytes: usize = lines.iter().map(String::len).sum();
         println!(
-            "{total} events (mean {} bytes) over {partitions} partitions on {}",
+            "{total} events (mean {} bytes) over {partitions} partitions on {}, changelog flush interval {:?}",
             bytes / total,
             if std::env::var("BENCH_BROKERS").is_ok() {
                 brokers.as_str()
             } else {
                 "the in-process mock cluster"
-            }
+            },
+            config.pipeline.changelog_flush_interval,
         );
         preload(&brokers, &config, "task-events", &lines).await;
 
