@@ -113,8 +113,6 @@ fn main() {
         .arg(format!("127.0.0.1:{port}"))
         .arg("--plugins")
         .arg(&plugins)
-        // Created above (the mock cluster has no CreateTopics).
-        .args(["--set", "kafka.create_topics=false"])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()

@@ -17,7 +17,7 @@ use crate::sandbox::Sandbox;
 use crate::telemetry::Telemetry;
 use crate::units::ByteSize;
 use crate::world::Timestamp;
-use crate::{daemon, demo, kafka, kit, offline};
+use crate::{broker, daemon, demo, kafka, kit, offline};
 
 /// How long the runtime waits for blocking work (a compile, a restore
 /// read) when the process exits.
@@ -71,6 +71,14 @@ enum Command {
     /// Run the whole pipeline on an embedded broker with a sample stream and
     /// print what lands on each output topic, then exit.
     Demo,
+    /// Run the embedded Kafka-protocol broker on its own, for local
+    /// development: prints its address (HOST:PORT) as the first line,
+    /// creates the default topics, runs until SIGINT or SIGTERM.
+    Broker {
+        /// Partitions of each topic it creates.
+        #[arg(long, default_value_t = 3)]
+        partitions: i32,
+    },
     /// Send NDJSON events (one per line) to a topic, keyed by user id.
     Produce {
         /// Bootstrap servers.
@@ -226,11 +234,11 @@ fn parse_rfc3339(text: &str) -> Result<Timestamp, String> {
 
 impl Cli {
     /// Sets up logging for this command: RUST_LOG if set, else `info` for
-    /// `run` and `warn` for the rest; ANSI colours only when stderr is a
+    /// `run` and `broker` and `warn` for the rest; ANSI colours only when stderr is a
     /// terminal and NO_COLOR is not set.
     pub fn init_logging(&self) {
         let default = match self.command {
-            Command::Run(_) => "info",
+            Command::Run(_) | Command::Broker { .. } => "info",
             _ => "warn",
         };
         let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
@@ -285,6 +293,11 @@ async fn execute(cli: Cli) -> Result<ExitCode> {
         Command::Demo => {
             let plugins = demo::plugins(&sandbox()?).await?;
             demo::run(Config::default(), plugins, std::io::stdout().lock()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Broker { partitions } => {
+            let config = Config::load(None, &Override::from_env(std::env::vars()))?;
+            broker::serve(&config, partitions, std::io::stdout(), shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Produce {

@@ -16,6 +16,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::kafka::{self, EmbeddedBroker};
 use crate::pipeline::Pipeline;
+use crate::plugin::manifest::Manifest;
 use crate::plugin::{Plugin, PluginSet, Registry, bundled, watcher};
 use crate::sandbox::Sandbox;
 use crate::telemetry::Telemetry;
@@ -76,11 +77,21 @@ pub async fn plugins(
 
 /// Every topic the daemon reads or writes.
 pub fn topics(config: &Config, plugins: &[Arc<Plugin>]) -> BTreeSet<String> {
+    let manifests: Vec<&Manifest> = plugins.iter().map(|p| &p.manifest).collect();
+    topics_for(config, manifests)
+}
+
+/// The topics a daemon under `config` uses with plugins of these
+/// manifests: inputs, dead letters, changelog and the plugins' outputs.
+pub fn topics_for<'a>(
+    config: &Config,
+    manifests: impl IntoIterator<Item = &'a Manifest>,
+) -> BTreeSet<String> {
     let mut topics: BTreeSet<String> = config.kafka.input_topics.iter().cloned().collect();
     topics.insert(config.kafka.dead_letter_topic.clone());
     topics.insert(config.kafka.changelog_topic());
-    for plugin in plugins {
-        topics.extend(plugin.manifest.outputs.values().cloned());
+    for manifest in manifests {
+        topics.extend(manifest.outputs.values().cloned());
     }
     topics
 }

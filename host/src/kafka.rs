@@ -103,10 +103,16 @@ pub fn producer(brokers: &str, kafka: &KafkaConfig) -> Result<FutureProducer> {
 
 /// An in-process Kafka-protocol broker (librdkafka's mock cluster) for
 /// trying the daemon without a Kafka installation. It listens on a
-/// localhost port that other clients can use too.
+/// localhost port that other clients can use too. It keeps everything in
+/// memory, at most [`EMBEDDED_RETENTION`] per partition, and has no
+/// CreateTopics: topics are made with [`EmbeddedBroker::create_topic`].
 pub struct EmbeddedBroker {
     cluster: MockCluster<'static, DefaultProducerContext>,
 }
+
+/// What the embedded broker keeps per partition before it drops the oldest
+/// records: a count and a size (librdkafka's mock cluster's fixed limits).
+pub const EMBEDDED_RETENTION: (u64, u64) = (100_000, 5 << 20);
 
 impl EmbeddedBroker {
     /// Starts a one-broker cluster.
@@ -142,12 +148,27 @@ pub async fn ensure_topics(
     topics: &BTreeSet<String>,
     compacted: &BTreeSet<String>,
 ) -> Result<()> {
+    // Only ask for what is missing: a broker without CreateTopics (the
+    // embedded one, `todo-eventd broker`) then works once its topics exist.
+    let existing = {
+        let (brokers, kafka) = (brokers.to_owned(), kafka.clone());
+        tokio::task::spawn_blocking(move || existing_topics(&brokers, &kafka))
+            .await
+            .map_err(|_| Error::Kafka {
+                context: "listing topics".to_owned(),
+                source: KafkaError::Canceled,
+            })??
+    };
+    let missing: Vec<&String> = topics.iter().filter(|t| !existing.contains(*t)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
     let admin: AdminClient<DefaultClientContext> = client_config(brokers, kafka, &[])
         .create()
         .map_err(|e| redact(e, kafka))
         .map_err(failed(format!("creating an admin client for {brokers}")))?;
-    let new: Vec<NewTopic<'_>> = topics
-        .iter()
+    let new: Vec<NewTopic<'_>> = missing
+        .into_iter()
         .map(|t| {
             let topic = NewTopic::new(
                 t,
@@ -179,6 +200,24 @@ pub async fn ensure_topics(
         }
     }
     Ok(())
+}
+
+/// The topics the cluster has (with at least one partition). Blocking:
+/// call it off the async threads.
+pub fn existing_topics(brokers: &str, kafka: &KafkaConfig) -> Result<BTreeSet<String>> {
+    let consumer: BaseConsumer = client_config(brokers, kafka, &[])
+        .create()
+        .map_err(|e| redact(e, kafka))
+        .map_err(failed(format!("connecting to {brokers}")))?;
+    let metadata = consumer
+        .fetch_metadata(None, Duration::from_secs(30))
+        .map_err(failed(format!("listing the topics of {brokers}")))?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+        .map(|t| t.name().to_owned())
+        .collect())
 }
 
 /// Connects to the brokers and reads the cluster's metadata, so a broker

@@ -17,6 +17,7 @@
 //!   from untrusted input.
 
 pub mod admin;
+pub mod broker;
 pub mod cli;
 pub mod clock;
 pub mod config;
