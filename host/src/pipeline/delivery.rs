@@ -232,11 +232,42 @@ pub(super) struct Deliveries {
     awaiting: VecDeque<(Option<i64>, u64)>,
     cache: ChangelogCache,
     write: Option<Write>,
+    /// Tombstones for an older changelog's records, each held until the
+    /// generation holding its key's newer record is written (so the newer
+    /// record is durable, and earlier in the log, before the older one
+    /// goes). No offset waits for them.
+    retiring: VecDeque<(u64, Vec<u8>)>,
     /// Write what is held at once (the partition is being handed back).
     draining: bool,
     max_entries: usize,
     max_bytes: usize,
     ctx: Context,
+}
+
+/// What a delivery belongs to, for failure tracking: a success of one
+/// does not clear the other's stall.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lane {
+    /// Entries: outputs and dead letters.
+    Entries,
+    /// Changelog batches.
+    Changelog,
+}
+
+impl Lane {
+    fn of(role: &Role) -> Self {
+        match role {
+            Role::Changelog => Self::Changelog,
+            Role::Output { .. } | Role::DeadLetter { .. } => Self::Entries,
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Self::Entries => 0,
+            Self::Changelog => 1,
+        }
+    }
 }
 
 struct Context {
@@ -245,9 +276,10 @@ struct Context {
     max_record_bytes: usize,
     stats: Arc<PipelineMetrics>,
     status: PartitionStatus,
-    /// When the head's deliveries started failing, if they are.
-    failing_since: Option<Instant>,
-    stalled: bool,
+    /// Per lane: when its deliveries started failing, if they are.
+    failing_since: [Option<Instant>; 2],
+    /// Per lane: whether it has the partition reported stalled.
+    stalled: [bool; 2],
     logged_at: Option<Instant>,
 }
 
@@ -268,6 +300,7 @@ impl Deliveries {
                 settings.flush_interval,
             ),
             write: None,
+            retiring: VecDeque::new(),
             draining: false,
             max_entries: settings.max_entries,
             max_bytes: settings.max_bytes,
@@ -277,8 +310,8 @@ impl Deliveries {
                 max_record_bytes: settings.max_record_bytes,
                 stats,
                 status,
-                failing_since: None,
-                stalled: false,
+                failing_since: [None; 2],
+                stalled: [false; 2],
                 logged_at: None,
             },
         }
@@ -290,6 +323,7 @@ impl Deliveries {
             && self.awaiting.is_empty()
             && self.write.is_none()
             && self.cache.is_empty()
+            && self.retiring.is_empty()
     }
 
     /// Whether another entry may be added: fewer than `max_entries`
@@ -307,13 +341,19 @@ impl Deliveries {
     /// Queues an entry and holds its state changes; its records are
     /// offered to the producer right away (order within a partition is
     /// kept by the producer, entry after entry).
-    pub(super) fn push(&mut self, mut entry: Entry, changes: Vec<Change>) {
+    ///
+    /// `retire` are keys of an older changelog's records that `changes`
+    /// supersede: they are tombstoned once `changes` are written.
+    pub(super) fn push(&mut self, mut entry: Entry, changes: Vec<Change>, retire: Vec<Vec<u8>>) {
         for change in changes {
             let (generation, replaced) = self.cache.put(change);
             entry.needs = generation;
             if replaced {
                 self.ctx.stats.changes_coalesced.inc();
             }
+        }
+        for key in retire {
+            self.retiring.push_back((entry.needs, key));
         }
         let sends = &mut entry.sends;
         sends.next_offer = None;
@@ -323,6 +363,18 @@ impl Deliveries {
         }
         self.bytes += entry.bytes;
         self.queue.push_back(entry);
+    }
+
+    /// Holds the tombstones whose newer records are now written.
+    fn retire_written(&mut self) {
+        while let Some((generation, _)) = self.retiring.front() {
+            if !self.cache.is_written(*generation) {
+                break;
+            }
+            if let Some((_, key)) = self.retiring.pop_front() {
+                self.cache.put((key, None));
+            }
+        }
     }
 
     /// Whether the held changes should be written now: their interval has
@@ -361,12 +413,24 @@ impl Deliveries {
                     self.ctx.stats.changelog_records.inc_by(written);
                     self.cache.written(write.generation);
                     self.write = None;
-                    self.ctx.delivered();
+                    self.ctx.delivered(Lane::Changelog);
+                    self.retire_written();
                 }
                 continue;
             }
             if let Some(head) = self.queue.front_mut() {
-                if self.ctx.step(&mut head.sends, Some(&head.input)).await {
+                // Held changes fall due while the head waits (an
+                // acknowledgement, a back-off): look again then.
+                let due = self.cache.due_at();
+                let step = self.ctx.step(&mut head.sends, Some(&head.input));
+                let settled = match due {
+                    Some(at) => tokio::select! {
+                        settled = step => settled,
+                        () = tokio::time::sleep_until(at) => false,
+                    },
+                    None => step.await,
+                };
+                if settled {
                     let head = self.queue.pop_front()?;
                     self.bytes -= head.bytes;
                     self.ctx.settled(&head);
@@ -521,7 +585,7 @@ impl Context {
                     "cannot produce to {} (a permanent error; retrying after {} attempts): {err}",
                     send.record.topic, send.attempts
                 );
-                self.stall(&reason);
+                self.stall(Lane::of(&send.role), &reason);
             }
         }
     }
@@ -533,8 +597,10 @@ impl Context {
         self.stats.resends.inc();
         back_off(send);
         let now = Instant::now();
-        let first = self.failing_since.is_none();
-        let since = *self.failing_since.get_or_insert(now);
+        let lane = Lane::of(&send.role);
+        let failing = &mut self.failing_since[lane.index()];
+        let first = failing.is_none();
+        let since = *failing.get_or_insert(now);
         let reason = format!(
             "delivery to {} failing for {}s ({} attempts): {err}",
             send.record.topic,
@@ -542,7 +608,7 @@ impl Context {
             send.attempts
         );
         if now.duration_since(since) >= STALL_AFTER {
-            self.stall(&reason);
+            self.stall(lane, &reason);
         } else if first {
             warn!(topic = %send.record.topic, error = %err, "Delivery failed; retrying. The input offset does not advance until it succeeds.");
         }
@@ -550,9 +616,9 @@ impl Context {
 
     /// Reports the partition stalled (readiness, metric) and logs it at a
     /// bounded rate.
-    fn stall(&mut self, reason: &str) {
+    fn stall(&mut self, lane: Lane, reason: &str) {
         self.status.stalled(reason);
-        self.stalled = true;
+        self.stalled[lane.index()] = true;
         let now = Instant::now();
         if self
             .logged_at
@@ -566,10 +632,10 @@ impl Context {
         }
     }
 
-    /// The head is acknowledged: count it, clear any stall.
+    /// The head is acknowledged: count it, clear its lane's stall.
     fn settled(&mut self, entry: &Entry) {
         self.count(entry);
-        self.delivered();
+        self.delivered(Lane::Entries);
     }
 
     fn count(&self, entry: &Entry) {
@@ -586,14 +652,18 @@ impl Context {
         }
     }
 
-    /// Something was acknowledged after failing: clear any stall.
-    fn delivered(&mut self) {
-        self.failing_since = None;
-        if self.stalled {
-            self.stalled = false;
-            self.logged_at = None;
-            self.status.recovered();
-            tracing::info!("Partition delivers again.");
+    /// Everything of `lane` pending was acknowledged: clear its failure,
+    /// and the partition's stall once no lane is stalled.
+    fn delivered(&mut self, lane: Lane) {
+        self.failing_since[lane.index()] = None;
+        let stalled = &mut self.stalled[lane.index()];
+        if *stalled {
+            *stalled = false;
+            if !self.stalled.contains(&true) {
+                self.logged_at = None;
+                self.status.recovered();
+                tracing::info!("Partition delivers again.");
+            }
         }
     }
 }
@@ -670,6 +740,7 @@ mod tests {
         deliveries.push(
             Entry::new(Some(7), input(big), [(output, role)]),
             Vec::new(),
+            Vec::new(),
         );
 
         // Ten minutes of (paused, auto-advancing) time: the retries back
@@ -726,7 +797,11 @@ mod tests {
             (8, vec![change("a", "2"), change("b", "x")]),
             (9, vec![change("a", "3")]),
         ] {
-            deliveries.push(Entry::new(Some(offset), input(Vec::new()), []), changes);
+            deliveries.push(
+                Entry::new(Some(offset), input(Vec::new()), []),
+                changes,
+                Vec::new(),
+            );
         }
         let mut offsets = Vec::new();
         while let Some(offset) =
@@ -758,6 +833,7 @@ mod tests {
         deliveries.push(
             Entry::new(Some(1), input(Vec::new()), []),
             vec![change("k", "v")],
+            Vec::new(),
         );
         deliveries.drain();
         let settled = tokio::time::timeout(Duration::from_secs(30), deliveries.settle_head())
@@ -765,5 +841,63 @@ mod tests {
             .expect("written without waiting out the interval");
         assert_eq!(settled, Some(Some(1)));
         assert_eq!(stats.changelog_records.get(), 1);
+    }
+
+    /// A partition stalled by an entry that cannot be delivered stays
+    /// stalled when a changelog batch is written meanwhile: one lane's
+    /// success does not clear the other's stall.
+    #[tokio::test]
+    async fn a_changelog_write_does_not_clear_a_stall_of_the_entries() {
+        let broker = EmbeddedBroker::start().expect("embedded broker");
+        broker.create_topic("state", 1).expect("topic");
+        // Refuses the big output (and its dead letters) on the spot; the
+        // small changelog record goes through.
+        let producer = ClientConfig::new()
+            .set("bootstrap.servers", broker.bootstrap_servers())
+            .set("message.max.bytes", "1000")
+            .create()
+            .expect("producer");
+        let readiness = Arc::new(Readiness::default());
+        readiness.assigned(1);
+        let stats = Arc::new(PipelineMetrics::default());
+        let mut deliveries = Deliveries::new(
+            producer,
+            settings(Duration::ZERO),
+            stats.clone(),
+            readiness.partition("task-events", 0),
+        );
+        let big = vec![b'x'; 4096];
+        let output = OutRecord {
+            topic: "out-topic".into(),
+            partition: None,
+            key: None,
+            value: Some(big.clone()),
+            headers: Vec::new(),
+        };
+        let role = Role::Output {
+            plugin: "echo".into(),
+        };
+        deliveries.push(
+            Entry::new(Some(7), input(big), [(output, role)]),
+            Vec::new(),
+            Vec::new(),
+        );
+        let settled = tokio::time::timeout(Duration::from_secs(1), deliveries.settle_head()).await;
+        assert!(settled.is_err(), "{settled:?}");
+        assert!(matches!(readiness.check(), Err(NotReady::Stalled { .. })));
+
+        deliveries.push(
+            Entry::new(Some(8), input(Vec::new()), []),
+            vec![change("k", "v")],
+            Vec::new(),
+        );
+        let settled = tokio::time::timeout(Duration::from_secs(3), deliveries.settle_head()).await;
+        assert!(settled.is_err(), "{settled:?}");
+        assert_eq!(stats.changelog_records.get(), 1, "the batch was written");
+        assert!(
+            matches!(readiness.check(), Err(NotReady::Stalled { .. })),
+            "still stalled: {:?}",
+            readiness.check()
+        );
     }
 }

@@ -53,6 +53,18 @@ async fn recv(queue: Option<&PartitionQueue>) -> Result<OwnedMessage, KafkaError
     }
 }
 
+/// What handling one record (or firing one timer) produced.
+#[derive(Default)]
+struct Produced {
+    /// Outputs and dead letters.
+    out: Vec<(OutRecord, Role)>,
+    /// State changes, as changelog records.
+    changes: Vec<Change>,
+    /// Keys of an older changelog's records to tombstone once `changes`
+    /// are written.
+    retire: Vec<Vec<u8>>,
+}
+
 /// What every worker of a pipeline shares.
 #[derive(Clone)]
 pub(super) struct WorkerContext {
@@ -289,7 +301,7 @@ impl Worker {
                 event::decode_record(value, meta).map_err(|e| e.to_string())
             }
         };
-        let (mut out, mut changes) = (Vec::new(), Vec::new());
+        let mut produced = Produced::default();
         match decoded {
             Err(reason) => {
                 let _entered = span.enter();
@@ -300,7 +312,7 @@ impl Worker {
                     kind: None,
                     message: &reason,
                 };
-                out.push(self.dead_letter(&input, &failure));
+                produced.out.push(self.dead_letter(&input, &failure));
             }
             Ok(event) => {
                 span.record("event_id", event.id.as_str());
@@ -308,12 +320,17 @@ impl Worker {
                 let now = self.context.clock.now();
                 let outcomes = self.dispatcher.dispatch(&event, now).instrument(span).await;
                 for outcome in outcomes {
-                    self.collect(&outcome, &input, Stage::Plugin, &mut out, &mut changes);
+                    self.collect(&outcome, &input, Stage::Plugin, &mut produced);
                 }
             }
         }
+        let Produced {
+            out,
+            changes,
+            retire,
+        } = produced;
         self.deliveries
-            .push(Entry::new(Some(offset), input, out), changes);
+            .push(Entry::new(Some(offset), input, out), changes, retire);
     }
 
     /// Fires up to [`TIMER_BATCH`] timers that are due now.
@@ -341,31 +358,25 @@ impl Worker {
                 value: value.into_bytes(),
                 event_id: None,
             };
-            let (mut out, mut changes) = (Vec::new(), Vec::new());
-            self.collect(
-                &firing.outcome,
-                &input,
-                Stage::Timer,
-                &mut out,
-                &mut changes,
-            );
-            self.deliveries.push(Entry::new(None, input, out), changes);
+            let mut produced = Produced::default();
+            self.collect(&firing.outcome, &input, Stage::Timer, &mut produced);
+            let Produced {
+                out,
+                changes,
+                retire,
+            } = produced;
+            self.deliveries
+                .push(Entry::new(None, input, out), changes, retire);
         }
         // A full batch: let the runtime run something else first.
         tokio::task::yield_now().await;
     }
 
     /// Turns one plugin call's outcome into records: its emits or a dead
-    /// letter into `out`, and the state changes now in effect into
-    /// `changes` (as changelog keys and values).
-    fn collect(
-        &mut self,
-        outcome: &Outcome,
-        input: &Input,
-        stage: Stage,
-        out: &mut Vec<(OutRecord, Role)>,
-        changes: &mut Vec<Change>,
-    ) {
+    /// letter, the state changes now in effect (as changelog keys and
+    /// values), and the older changelog records they supersede.
+    fn collect(&mut self, outcome: &Outcome, input: &Input, stage: Stage, produced: &mut Produced) {
+        let out = &mut produced.out;
         let plugin = &outcome.plugin;
         let source = input.source();
         match &outcome.result {
@@ -397,7 +408,7 @@ impl Worker {
         // The dispatcher holds the state of every plugin it returns an
         // outcome for (loaded or parked).
         let state = self.dispatcher.state(&plugin.name).unwrap_or(&empty);
-        changes.extend(changelog::records(
+        produced.changes.extend(changelog::records(
             &self.topic,
             &plugin.name,
             &outcome.changes,
@@ -412,7 +423,7 @@ impl Worker {
             for name in names {
                 for key in changelog::legacy_keys(&self.topic, &plugin.name, name) {
                     if self.legacy.remove(&key) {
-                        changes.push((key, None));
+                        produced.retire.push(key);
                     }
                 }
             }

@@ -304,16 +304,17 @@ impl Restorer {
 }
 
 /// Tracks an older changelog's record (`live`: set, else a tombstone);
-/// returns whether it still applies to the state. A tombstone written to
-/// retire a record its key's newer record superseded does not: the newer
-/// record (which may come before it: one batch has no order) holds the
-/// state.
+/// returns whether it applies to the state. A tombstone applies only to a
+/// record it retires that no newer record superseded: one written to retire
+/// a superseded record (after the newer record) must leave the newer
+/// record's state alone — also when compaction has already removed the
+/// record it retired.
 fn retire(legacy: &mut HashMap<Vec<u8>, bool>, key: &[u8], live: bool) -> bool {
     if live {
         legacy.insert(key.to_vec(), false);
         return true;
     }
-    legacy.remove(key) != Some(true)
+    legacy.remove(key) == Some(false)
 }
 
 /// The older changelog's keys a record for `name` supersedes: its value's
@@ -415,28 +416,37 @@ mod tests {
             [value.clone(), old_timer.clone()]
         );
 
-        // Retired in one batch with the newer record, in either order: the
-        // tombstones retire the older records and leave the state alone.
+        // The newer record, then (once it is written) the tombstones that
+        // retire the older ones: the state is the newer record's — also
+        // after compaction removed the older records, leaving tombstones
+        // whose records are gone.
+        let old = [
+            (value.clone(), Some(b"old".to_vec())),
+            (old_timer.clone(), Some(timer_value(&timer(9, b"t")))),
+        ];
         let newer_record = (newer, key_value(Some(b"new"), None));
-        let tombstones = [(value.clone(), None), (old_timer.clone(), None)];
-        for batch in [
-            [
-                newer_record.clone(),
-                tombstones[0].clone(),
-                tombstones[1].clone(),
-            ],
-            [tombstones[0].clone(), tombstones[1].clone(), newer_record],
-        ] {
-            let mut records = vec![
-                (value.clone(), Some(b"old".to_vec())),
-                (old_timer.clone(), Some(timer_value(&timer(9, b"t")))),
-            ];
-            records.extend(batch);
+        let tombstones = [(value, None), (old_timer, None)];
+        let written: Vec<_> = old
+            .iter()
+            .cloned()
+            .chain([newer_record.clone()])
+            .chain(tombstones.iter().cloned())
+            .collect();
+        let compacted: Vec<_> = [newer_record]
+            .into_iter()
+            .chain(tombstones.iter().cloned())
+            .collect();
+        for records in [written, compacted] {
             let (states, legacy) = restore(&records).into_parts();
             assert_eq!(states["reminders"].get("task:1"), Some(&b"new"[..]));
             assert_eq!(states["reminders"].timer_count(), 0);
             assert!(legacy.is_empty());
         }
+
+        // An older version's own delete still deletes.
+        let (states, legacy) = restore(&[old[0].clone(), tombstones[0].clone()]).into_parts();
+        assert_eq!(states["reminders"].get("task:1"), None);
+        assert!(legacy.is_empty());
     }
 
     #[test]
