@@ -31,7 +31,7 @@ use todo_eventd::sandbox::{Sandbox, SandboxConfig};
 
 mod common;
 
-use common::{env_or, events};
+use common::{env_or, events, status_kib};
 
 /// A consumer in a group of its own reading `topic` from `reset`
 /// (`earliest`/`latest`), fetching with little wait.
@@ -259,7 +259,7 @@ async fn reminder_lateness(brokers: &str, config: &Config, run: u32) -> (usize, 
     }
     println!(
         "resident memory with {count} reminders scheduled: {} MiB (the whole bench process: pipeline, state of every task so far, the bench's own buffers{})",
-        rss_mib(),
+        status_kib("self", "VmRSS:") / 1024,
         if std::env::var("BENCH_BROKERS").is_ok() {
             ""
         } else {
@@ -293,16 +293,6 @@ async fn reminder_lateness(brokers: &str, config: &Config, run: u32) -> (usize, 
         lateness.push(Duration::from_millis(u64::try_from(late).unwrap_or(0)));
     }
     (count, lateness)
-}
-
-/// Resident memory of this process, in MiB.
-fn rss_mib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        .map_or(0, |kib| kib / 1024)
 }
 
 fn report_lateness((count, mut lateness): (usize, Vec<Duration>)) {

@@ -21,27 +21,11 @@ use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{env_or, events};
+use common::{env_or, events, status_kib};
 use todo_eventd::config::Config;
 use todo_eventd::kafka::{self, EmbeddedBroker};
 
 const BIN: &str = env!("CARGO_BIN_EXE_todo-eventd");
-
-/// A line of `/proc/PID/status` in KiB (`VmRSS`, `VmHWM`).
-fn status_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(field)?
-                .trim()
-                .strip_suffix("kB")?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0)
-}
 
 /// The value of an unlabelled metric from the admin endpoint.
 fn metric(port: u16, name: &str) -> Option<f64> {
@@ -117,13 +101,13 @@ fn main() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    let pid = daemon.id();
+    let pid = daemon.id().to_string();
     let started = Instant::now();
     while metric(port, "todo_eventd_ready") != Some(1.0) {
         assert!(started.elapsed() < Duration::from_secs(60), "daemon ready");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let idle = status_kib(pid, "VmRSS:");
+    let idle = status_kib(&pid, "VmRSS:");
 
     let lines = events(total).join("\n");
     let producer = kafka::producer(&brokers, &config.kafka).unwrap();
@@ -137,7 +121,7 @@ fn main() {
     let loaded = Instant::now();
     let mut peak = idle;
     loop {
-        peak = peak.max(status_kib(pid, "VmRSS:"));
+        peak = peak.max(status_kib(&pid, "VmRSS:"));
         let stored = metric(port, "todo_eventd_offsets_stored_total").unwrap_or(0.0);
         if stored as usize >= total {
             break;
@@ -150,10 +134,10 @@ fn main() {
     }
     let handled = loaded.elapsed();
     std::thread::sleep(Duration::from_secs(2));
-    let after = status_kib(pid, "VmRSS:");
-    let hwm = status_kib(pid, "VmHWM:");
+    let after = status_kib(&pid, "VmRSS:");
+    let hwm = status_kib(&pid, "VmHWM:");
     let changelog = metric(port, "todo_eventd_changelog_records_total").unwrap_or(0.0);
-    let _ = Command::new("kill").arg(pid.to_string()).status();
+    let _ = Command::new("kill").arg(&pid).status();
     let _ = daemon.wait();
 
     let mib = |kib: u64| kib as f64 / 1024.0;

@@ -234,8 +234,8 @@ fn parse_rfc3339(text: &str) -> Result<Timestamp, String> {
 
 impl Cli {
     /// Sets up logging for this command: RUST_LOG if set, else `info` for
-    /// `run` and `broker` and `warn` for the rest; ANSI colours only when stderr is a
-    /// terminal and NO_COLOR is not set.
+    /// `run` and `broker`, `warn` for the rest; ANSI colours only when
+    /// stderr is a terminal and NO_COLOR is not set.
     pub fn init_logging(&self) {
         let default = match self.command {
             Command::Run(_) | Command::Broker { .. } => "info",

@@ -202,13 +202,18 @@ pub async fn ensure_topics(
     Ok(())
 }
 
+/// A client for reading the cluster's metadata.
+fn metadata_client(brokers: &str, kafka: &KafkaConfig) -> Result<BaseConsumer> {
+    client_config(brokers, kafka, &[])
+        .create()
+        .map_err(|e| redact(e, kafka))
+        .map_err(failed(format!("connecting to {brokers}")))
+}
+
 /// The topics the cluster has (with at least one partition). Blocking:
 /// call it off the async threads.
 pub fn existing_topics(brokers: &str, kafka: &KafkaConfig) -> Result<BTreeSet<String>> {
-    let consumer: BaseConsumer = client_config(brokers, kafka, &[])
-        .create()
-        .map_err(|e| redact(e, kafka))
-        .map_err(failed(format!("connecting to {brokers}")))?;
+    let consumer = metadata_client(brokers, kafka)?;
     let metadata = consumer
         .fetch_metadata(None, Duration::from_secs(30))
         .map_err(failed(format!("listing the topics of {brokers}")))?;
@@ -243,10 +248,7 @@ pub fn probe(brokers: &str, kafka: &KafkaConfig, timeout: Duration) -> Result<()
 /// (state of input partition N lives in changelog partition N). Blocking:
 /// call it off the async threads.
 pub fn check_changelog_partitions(brokers: &str, kafka: &KafkaConfig) -> Result<()> {
-    let consumer: BaseConsumer = client_config(brokers, kafka, &[])
-        .create()
-        .map_err(|e| redact(e, kafka))
-        .map_err(failed(format!("connecting to {brokers}")))?;
+    let consumer = metadata_client(brokers, kafka)?;
     let changelog = kafka.changelog_topic();
     let count = |topic: &str| -> Result<usize> {
         let metadata = consumer

@@ -1,5 +1,5 @@
-//! What the pipeline benches share: settings from the environment and the
-//! event mix.
+//! What the pipeline benches share: settings from the environment, the
+//! event mix and a process's memory figures.
 
 /// The environment variable `name` parsed, or `default`.
 pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -27,4 +27,16 @@ pub fn events(n: usize) -> Vec<String> {
             )
         })
         .collect()
+}
+
+/// A `/proc/PID/status` figure in KiB (`field` such as `VmRSS:` or
+/// `VmHWM:`; `pid` a number or `self`); 0 if it cannot be read.
+#[allow(dead_code, reason = "read by the memory and latency benches only")]
+pub fn status_kib(pid: &str, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
 }

@@ -355,12 +355,8 @@ impl Deliveries {
         for key in retire {
             self.retiring.push_back((entry.needs, key));
         }
-        let sends = &mut entry.sends;
-        sends.next_offer = None;
-        for send in &mut sends.list {
-            self.ctx.offer(send, Some(&entry.input));
-            sends.next_offer = earliest(sends.next_offer, send);
-        }
+        self.ctx
+            .offer_due(&mut entry.sends, Some(&entry.input), Instant::now());
         self.bytes += entry.bytes;
         self.queue.push_back(entry);
     }
@@ -453,18 +449,7 @@ impl Context {
     /// while nothing fails.
     async fn step(&mut self, sends: &mut Sends, input: Option<&Input>) -> bool {
         let now = Instant::now();
-        if sends.next_offer.is_some_and(|at| at <= now) {
-            sends.next_offer = None;
-            for send in &mut sends.list[sends.cursor..] {
-                if matches!(send.state, SendState::Unsent { retry_at: at } if at <= now) {
-                    self.offer(send, input);
-                }
-                // Judged after the offer, which may have failed on the
-                // spot (a full queue, a record the producer refuses): such
-                // a send is still owed, never taken as settled.
-                sends.next_offer = earliest(sends.next_offer, send);
-            }
-        }
+        self.offer_due(sends, input, now);
         while sends
             .list
             .get(sends.cursor)
@@ -501,6 +486,24 @@ impl Context {
             }
         }
         false
+    }
+
+    /// Offers the unacknowledged sends whose time has come, if any has,
+    /// and notes when the next unsent one is due.
+    fn offer_due(&mut self, sends: &mut Sends, input: Option<&Input>, now: Instant) {
+        if sends.next_offer.is_none_or(|at| at > now) {
+            return;
+        }
+        sends.next_offer = None;
+        for send in &mut sends.list[sends.cursor..] {
+            if matches!(send.state, SendState::Unsent { retry_at: at } if at <= now) {
+                self.offer(send, input);
+            }
+            // Judged after the offer, which may have failed on the spot (a
+            // full queue, a record the producer refuses): such a send is
+            // still owed, never taken as settled.
+            sends.next_offer = earliest(sends.next_offer, send);
+        }
     }
 
     /// Offers a record to the producer (a full queue is tried again
@@ -700,6 +703,41 @@ mod tests {
         }
     }
 
+    /// Deliveries of partition 0 (assigned) through `producer`, with the
+    /// partition's readiness and the counters.
+    fn through(
+        producer: FutureProducer,
+        flush_interval: Duration,
+    ) -> (Deliveries, Arc<Readiness>, Arc<PipelineMetrics>) {
+        let readiness = Arc::new(Readiness::default());
+        readiness.assigned(1);
+        let stats = Arc::new(PipelineMetrics::default());
+        let deliveries = Deliveries::new(
+            producer,
+            settings(flush_interval),
+            stats.clone(),
+            readiness.partition("task-events", 0),
+        );
+        (deliveries, readiness, stats)
+    }
+
+    /// Offset 7: a 4 KiB input whose one output is as large (over the
+    /// 1000 bytes the tests' producers allow).
+    fn oversized_entry() -> Entry {
+        let big = vec![b'x'; 4096];
+        let output = OutRecord {
+            topic: "out-topic".into(),
+            partition: None,
+            key: None,
+            value: Some(big.clone()),
+            headers: Vec::new(),
+        };
+        let role = Role::Output {
+            plugin: "echo".into(),
+        };
+        Entry::new(Some(7), input(big), [(output, role)])
+    }
+
     fn input(value: Vec<u8>) -> Input {
         Input {
             topic: "task-events".into(),
@@ -717,31 +755,8 @@ mod tests {
     /// would store its offset and lose the record without a trace.
     #[tokio::test(start_paused = true)]
     async fn a_record_refused_on_the_spot_is_never_taken_as_delivered() {
-        let readiness = Arc::new(Readiness::default());
-        readiness.assigned(1);
-        let stats = Arc::new(PipelineMetrics::default());
-        let mut deliveries = Deliveries::new(
-            strict_producer(),
-            settings(Duration::ZERO),
-            stats.clone(),
-            readiness.partition("task-events", 0),
-        );
-        let big = vec![b'x'; 4096];
-        let output = OutRecord {
-            topic: "out-topic".into(),
-            partition: None,
-            key: None,
-            value: Some(big.clone()),
-            headers: Vec::new(),
-        };
-        let role = Role::Output {
-            plugin: "echo".into(),
-        };
-        deliveries.push(
-            Entry::new(Some(7), input(big), [(output, role)]),
-            Vec::new(),
-            Vec::new(),
-        );
+        let (mut deliveries, readiness, stats) = through(strict_producer(), Duration::ZERO);
+        deliveries.push(oversized_entry(), Vec::new(), Vec::new());
 
         // Ten minutes of (paused, auto-advancing) time: the retries back
         // off to the longest interval and go on.
@@ -764,25 +779,27 @@ mod tests {
         (key.as_bytes().to_vec(), Some(value.as_bytes().to_vec()))
     }
 
-    /// Deliveries to partition 0 of an embedded broker with topic `state`.
+    /// Deliveries to partition 0 of an embedded broker with topic `state`,
+    /// through a producer with `properties`.
     fn on_embedded_broker(
         flush_interval: Duration,
-    ) -> (EmbeddedBroker, Deliveries, Arc<PipelineMetrics>) {
+        properties: &[(&str, &str)],
+    ) -> (
+        EmbeddedBroker,
+        Deliveries,
+        Arc<Readiness>,
+        Arc<PipelineMetrics>,
+    ) {
         let broker = EmbeddedBroker::start().expect("embedded broker");
         broker.create_topic("state", 1).expect("topic");
-        let producer = ClientConfig::new()
-            .set("bootstrap.servers", broker.bootstrap_servers())
-            .create()
-            .expect("producer");
-        let readiness = Arc::new(Readiness::default());
-        let stats = Arc::new(PipelineMetrics::default());
-        let deliveries = Deliveries::new(
-            producer,
-            settings(flush_interval),
-            stats.clone(),
-            readiness.partition("task-events", 0),
-        );
-        (broker, deliveries, stats)
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", broker.bootstrap_servers());
+        for (key, value) in properties {
+            config.set(*key, *value);
+        }
+        let producer = config.create().expect("producer");
+        let (deliveries, readiness, stats) = through(producer, flush_interval);
+        (broker, deliveries, readiness, stats)
     }
 
     /// Three inputs change key `a` (and one `b`) within the flush
@@ -790,7 +807,8 @@ mod tests {
     /// before that write is acknowledged.
     #[tokio::test]
     async fn changes_of_one_key_within_the_interval_are_written_once() {
-        let (_broker, mut deliveries, stats) = on_embedded_broker(Duration::from_millis(300));
+        let (_broker, mut deliveries, _, stats) =
+            on_embedded_broker(Duration::from_millis(300), &[]);
         let started = Instant::now();
         for (offset, changes) in [
             (7, vec![change("a", "1")]),
@@ -829,7 +847,8 @@ mod tests {
     /// long the interval.
     #[tokio::test]
     async fn draining_writes_held_changes_at_once() {
-        let (_broker, mut deliveries, stats) = on_embedded_broker(Duration::from_secs(3600));
+        let (_broker, mut deliveries, _, stats) =
+            on_embedded_broker(Duration::from_secs(3600), &[]);
         deliveries.push(
             Entry::new(Some(1), input(Vec::new()), []),
             vec![change("k", "v")],
@@ -848,40 +867,11 @@ mod tests {
     /// success does not clear the other's stall.
     #[tokio::test]
     async fn a_changelog_write_does_not_clear_a_stall_of_the_entries() {
-        let broker = EmbeddedBroker::start().expect("embedded broker");
-        broker.create_topic("state", 1).expect("topic");
         // Refuses the big output (and its dead letters) on the spot; the
         // small changelog record goes through.
-        let producer = ClientConfig::new()
-            .set("bootstrap.servers", broker.bootstrap_servers())
-            .set("message.max.bytes", "1000")
-            .create()
-            .expect("producer");
-        let readiness = Arc::new(Readiness::default());
-        readiness.assigned(1);
-        let stats = Arc::new(PipelineMetrics::default());
-        let mut deliveries = Deliveries::new(
-            producer,
-            settings(Duration::ZERO),
-            stats.clone(),
-            readiness.partition("task-events", 0),
-        );
-        let big = vec![b'x'; 4096];
-        let output = OutRecord {
-            topic: "out-topic".into(),
-            partition: None,
-            key: None,
-            value: Some(big.clone()),
-            headers: Vec::new(),
-        };
-        let role = Role::Output {
-            plugin: "echo".into(),
-        };
-        deliveries.push(
-            Entry::new(Some(7), input(big), [(output, role)]),
-            Vec::new(),
-            Vec::new(),
-        );
+        let (_broker, mut deliveries, readiness, stats) =
+            on_embedded_broker(Duration::ZERO, &[("message.max.bytes", "1000")]);
+        deliveries.push(oversized_entry(), Vec::new(), Vec::new());
         let settled = tokio::time::timeout(Duration::from_secs(1), deliveries.settle_head()).await;
         assert!(settled.is_err(), "{settled:?}");
         assert!(matches!(readiness.check(), Err(NotReady::Stalled { .. })));

@@ -324,13 +324,7 @@ impl Worker {
                 }
             }
         }
-        let Produced {
-            out,
-            changes,
-            retire,
-        } = produced;
-        self.deliveries
-            .push(Entry::new(Some(offset), input, out), changes, retire);
+        self.queue(Some(offset), input, produced);
     }
 
     /// Fires up to [`TIMER_BATCH`] timers that are due now.
@@ -360,16 +354,22 @@ impl Worker {
             };
             let mut produced = Produced::default();
             self.collect(&firing.outcome, &input, Stage::Timer, &mut produced);
-            let Produced {
-                out,
-                changes,
-                retire,
-            } = produced;
-            self.deliveries
-                .push(Entry::new(None, input, out), changes, retire);
+            self.queue(None, input, produced);
         }
         // A full batch: let the runtime run something else first.
         tokio::task::yield_now().await;
+    }
+
+    /// Hands what `input` (at `offset`; `None` for a timer) produced to the
+    /// deliveries.
+    fn queue(&mut self, offset: Option<i64>, input: Input, produced: Produced) {
+        let Produced {
+            out,
+            changes,
+            retire,
+        } = produced;
+        self.deliveries
+            .push(Entry::new(offset, input, out), changes, retire);
     }
 
     /// Turns one plugin call's outcome into records: its emits or a dead
@@ -414,20 +414,12 @@ impl Worker {
             &outcome.changes,
             state,
         ));
-        if !self.legacy.is_empty() {
-            let names = outcome
-                .changes
-                .values
-                .keys()
-                .chain(outcome.changes.timers.keys());
-            for name in names {
-                for key in changelog::legacy_keys(&self.topic, &plugin.name, name) {
-                    if self.legacy.remove(&key) {
-                        produced.retire.push(key);
-                    }
-                }
-            }
-        }
+        produced.retire.extend(changelog::superseded(
+            &self.topic,
+            &plugin.name,
+            &outcome.changes,
+            &mut self.legacy,
+        ));
     }
 
     fn dead_letter(&self, input: &Input, failure: &Failure<'_>) -> (OutRecord, Role) {

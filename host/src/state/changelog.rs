@@ -174,13 +174,7 @@ pub fn records(
     changes: &StateChanges,
     state: &PluginState,
 ) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
-    let names: BTreeSet<&str> = changes
-        .values
-        .keys()
-        .chain(changes.timers.keys())
-        .map(String::as_str)
-        .collect();
-    names
+    names(changes)
         .into_iter()
         .map(|name| {
             (
@@ -188,6 +182,36 @@ pub fn records(
                 key_value(state.get(name), state.timer(name)),
             )
         })
+        .collect()
+}
+
+/// The key names a call changed, value or timer, each once.
+fn names(changes: &StateChanges) -> BTreeSet<&str> {
+    changes
+        .values
+        .keys()
+        .chain(changes.timers.keys())
+        .map(String::as_str)
+        .collect()
+}
+
+/// Takes out of `legacy` (the older changelog's live records, as
+/// [`Restorer::into_parts`] reports them) those that the records of one
+/// call's changes supersede, and returns their keys, to be tombstoned once
+/// those records are written.
+pub fn superseded(
+    input_topic: &str,
+    plugin: &str,
+    changes: &StateChanges,
+    legacy: &mut HashSet<Vec<u8>>,
+) -> Vec<Vec<u8>> {
+    if legacy.is_empty() {
+        return Vec::new();
+    }
+    names(changes)
+        .into_iter()
+        .flat_map(|name| legacy_keys(input_topic, plugin, name))
+        .filter(|key| legacy.remove(key))
         .collect()
 }
 
