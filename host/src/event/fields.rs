@@ -6,6 +6,10 @@
 //! then `payload`, then the envelope). Every value found carries the path it
 //! came from, so an error can name the field exactly as the producer wrote it.
 //!
+//! A key that repeats counts once, with its last value, and of two keys
+//! spelled differently that normalise alike the one that sorts first wins
+//! (as when the decoder read serde_json's sorted map).
+//!
 //! An object with many keys is indexed by normalised key once, so the cost
 //! of decoding stays linear in the size of the record however many unknown
 //! keys a producer (or an attacker) puts in it.
@@ -13,52 +17,96 @@
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use serde_json::{Map, Value};
-
 use super::DecodeError;
+use super::json::{Json, Members};
 
 /// Objects with more keys than this are indexed in a hash map; smaller ones
-/// are scanned over their keys' normalised spellings (cheaper than hashing).
+/// are scanned, comparing the hashes of their keys' normalised spellings.
 const INDEX_ABOVE: usize = 16;
 
-/// The longest normalised key kept inline for a scan; longer keys (which no
-/// field name is) are compared the slow way.
-const INLINE_KEY: usize = 24;
+type Index<'a> = HashMap<String, (&'a str, &'a Json<'a>)>;
 
-type Index<'a> = HashMap<String, (&'a str, &'a Value)>;
-
-/// A non-null entry of a small object with its key's normalised spelling.
-struct Entry<'a> {
-    /// The normalised key, if it fits inline: its bytes and length.
-    norm: Option<([u8; INLINE_KEY], u8)>,
-    key: &'a str,
-    value: &'a Value,
+/// A field name as the decoder asks for it, in its normalised spelling (see
+/// [`normalise`]), with that spelling's hash computed at compile time. Write
+/// lists of them with [`names!`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Name {
+    text: &'static str,
+    hash: u64,
 }
 
-impl Entry<'_> {
-    fn matches(&self, name: &str) -> bool {
-        match &self.norm {
-            Some((bytes, len)) => &bytes[..usize::from(*len)] == name.as_bytes(),
-            None => normalised_eq(self.key, name),
+impl Name {
+    /// The name `text`; a compile-time error unless it is normalised.
+    pub(crate) const fn new(text: &'static str) -> Self {
+        let bytes = text.as_bytes();
+        let mut i = 0;
+        while i < bytes.len() {
+            let b = bytes[i];
+            assert!(
+                b != b'_' && b != b'-' && !b.is_ascii_uppercase(),
+                "a field name is written normalised: lower case, no `_` or `-`"
+            );
+            i += 1;
+        }
+        Self {
+            text,
+            hash: fnv1a(bytes),
         }
     }
 }
 
-/// A key's normalised spelling inline, or `None` if it is too long.
-fn normalise_inline(key: &str) -> Option<([u8; INLINE_KEY], u8)> {
-    let mut bytes = [0; INLINE_KEY];
-    let mut len = 0;
-    for b in key.bytes().filter(|b| *b != b'_' && *b != b'-') {
-        *bytes.get_mut(len)? = b.to_ascii_lowercase();
-        len += 1;
+/// A `&'static [Name]` built at compile time: `names!["duedate", "due"]`.
+macro_rules! names {
+    ($($name:literal),+ $(,)?) => {
+        const { &[$($crate::event::fields::Name::new($name)),+] }
+    };
+}
+pub(crate) use names;
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+/// FNV-1a over `bytes` (a normalised name's).
+const fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut hash = FNV_OFFSET;
+    let mut i = 0;
+    while i < bytes.len() {
+        hash = (hash ^ bytes[i] as u64).wrapping_mul(FNV_PRIME);
+        i += 1;
     }
-    Some((bytes, u8::try_from(len).ok()?))
+    hash
+}
+
+/// The hash of `key`'s normalised spelling, without building it.
+fn normalised_hash(key: &str) -> u64 {
+    key.bytes()
+        .filter(|b| *b != b'_' && *b != b'-')
+        .fold(FNV_OFFSET, |hash, b| {
+            (hash ^ u64::from(b.to_ascii_lowercase())).wrapping_mul(FNV_PRIME)
+        })
+}
+
+/// One of 128 bits for a hash: a lookup of a name whose bit no entry set
+/// needs no scan.
+fn hash_bit(hash: u64) -> u128 {
+    1 << (hash >> 57)
+}
+
+/// A non-null entry of a small object with its normalised key's hash.
+struct Entry<'a> {
+    hash: u64,
+    key: &'a str,
+    value: &'a Json<'a>,
 }
 
 /// How an object's keys are searched.
 enum Keys<'a> {
-    /// Small objects: the non-null entries, scanned in order.
-    Scan(Vec<Entry<'a>>),
+    /// Small objects: the non-null entries, scanned in order, and a bit per
+    /// entry's hash (see [`hash_bit`]) so most absent names skip the scan.
+    Scan {
+        present: u128,
+        entries: Vec<Entry<'a>>,
+    },
     /// Large objects: normalised key → the first non-null entry.
     Index(Index<'a>),
 }
@@ -72,25 +120,35 @@ pub(crate) struct Obj<'a> {
 }
 
 impl<'a> Obj<'a> {
-    /// The object `map` found at `path`.
-    pub(crate) fn new(path: &'a str, map: &'a Map<String, Value>) -> Self {
-        let entries = map.iter().filter(|(_, v)| !v.is_null());
-        let keys = if map.len() > INDEX_ABOVE {
-            let mut index = Index::with_capacity(map.len());
+    /// The object with `members` found at `path`.
+    pub(crate) fn new(path: &'a str, members: &'a Members<'a>) -> Self {
+        // Sorted by key (stably, so a repeated key's last value is last),
+        // then one entry per key: the order and the answers of a sorted map.
+        let mut sorted: Vec<(&'a str, &'a Json<'a>)> =
+            members.iter().map(|(k, v)| (k.as_ref(), v)).collect();
+        sorted.sort_by(|a, b| a.0.cmp(b.0));
+        let last_of_each = sorted
+            .iter()
+            .enumerate()
+            .filter(|(i, (key, _))| sorted.get(i + 1).is_none_or(|next| next.0 != *key))
+            .map(|(_, entry)| *entry);
+        let entries = last_of_each.filter(|(_, v)| !v.is_null());
+        let keys = if sorted.len() > INDEX_ABOVE {
+            let mut index = Index::with_capacity(sorted.len());
             for (key, value) in entries {
-                index.entry(normalise(key)).or_insert((key.as_str(), value));
+                index.entry(normalise(key)).or_insert((key, value));
             }
             Keys::Index(index)
         } else {
-            Keys::Scan(
-                entries
-                    .map(|(key, value)| Entry {
-                        norm: normalise_inline(key),
-                        key,
-                        value,
-                    })
-                    .collect(),
-            )
+            let entries: Vec<Entry<'a>> = entries
+                .map(|(key, value)| Entry {
+                    hash: normalised_hash(key),
+                    key,
+                    value,
+                })
+                .collect();
+            let present = entries.iter().fold(0, |bits, e| bits | hash_bit(e.hash));
+            Keys::Scan { present, entries }
         };
         Self {
             path,
@@ -104,7 +162,7 @@ impl<'a> Obj<'a> {
 pub(crate) struct Found<'a> {
     pub(crate) path: &'a str,
     pub(crate) key: &'a str,
-    pub(crate) value: &'a Value,
+    pub(crate) value: &'a Json<'a>,
 }
 
 impl Found<'_> {
@@ -122,8 +180,8 @@ impl Found<'_> {
     /// text (ids are often numeric).
     pub(crate) fn string_or_number(&self) -> Result<String, DecodeError> {
         match self.value {
-            Value::String(s) => Ok(s.clone()),
-            Value::Number(n) => Ok(n.to_string()),
+            Json::String(s) => Ok(s.as_ref().to_owned()),
+            Json::Number(n) => Ok(n.to_string()),
             other => Err(self.error(format!(
                 "expected a string or number, found {}",
                 kind(other)
@@ -134,7 +192,7 @@ impl Found<'_> {
     /// The value as a string.
     pub(crate) fn string(&self) -> Result<String, DecodeError> {
         match self.value {
-            Value::String(s) => Ok(s.clone()),
+            Json::String(s) => Ok(s.as_ref().to_owned()),
             other => Err(self.error(format!("expected a string, found {}", kind(other)))),
         }
     }
@@ -142,11 +200,11 @@ impl Found<'_> {
     /// The value as a boolean; `"true"`/`"false"` and `0`/`1` are accepted.
     pub(crate) fn bool(&self) -> Result<bool, DecodeError> {
         match self.value {
-            Value::Bool(b) => Ok(*b),
-            Value::String(s) if s.eq_ignore_ascii_case("true") => Ok(true),
-            Value::String(s) if s.eq_ignore_ascii_case("false") => Ok(false),
-            Value::Number(n) if n.as_u64() == Some(1) => Ok(true),
-            Value::Number(n) if n.as_u64() == Some(0) => Ok(false),
+            Json::Bool(b) => Ok(*b),
+            Json::String(s) if s.eq_ignore_ascii_case("true") => Ok(true),
+            Json::String(s) if s.eq_ignore_ascii_case("false") => Ok(false),
+            Json::Number(n) if n.as_u64() == Some(1) => Ok(true),
+            Json::Number(n) if n.as_u64() == Some(0) => Ok(false),
             other => Err(self.error(format!("expected true or false, found {}", describe(other)))),
         }
     }
@@ -155,8 +213,8 @@ impl Found<'_> {
     /// accepted.
     pub(crate) fn positive_u32(&self) -> Result<u32, DecodeError> {
         let n = match self.value {
-            Value::Number(n) => n.as_u64(),
-            Value::String(s) => s.trim().parse::<u64>().ok(),
+            Json::Number(n) => n.as_u64(),
+            Json::String(s) => s.trim().parse::<u64>().ok(),
             _ => None,
         };
         match n.and_then(|n| u32::try_from(n).ok()) {
@@ -182,9 +240,9 @@ impl<'a> Layers<'a> {
         }
     }
 
-    /// The first non-null value under any of `names` (normalised spellings,
-    /// see [`normalise`]), searching the layers in order.
-    pub(crate) fn get(&self, names: &[&str]) -> Option<Found<'a>> {
+    /// The first non-null value under any of `names`, searching the layers
+    /// in order.
+    pub(crate) fn get(&self, names: &[Name]) -> Option<Found<'a>> {
         self.objs.iter().find_map(|obj| lookup(obj, names))
     }
 
@@ -195,8 +253,8 @@ impl<'a> Layers<'a> {
 }
 
 /// Looks up the first non-null value under any of `names` in one object.
-pub(crate) fn lookup<'a>(obj: &Obj<'a>, names: &[&str]) -> Option<Found<'a>> {
-    let found = |(key, value): (&'a str, &'a Value)| Found {
+pub(crate) fn lookup<'a>(obj: &Obj<'a>, names: &[Name]) -> Option<Found<'a>> {
+    let found = |(key, value): (&'a str, &'a Json<'a>)| Found {
         path: obj.path,
         key,
         value,
@@ -204,13 +262,16 @@ pub(crate) fn lookup<'a>(obj: &Obj<'a>, names: &[&str]) -> Option<Found<'a>> {
     match obj.keys.as_ref() {
         Keys::Index(index) => names
             .iter()
-            .find_map(|name| index.get(*name).copied().map(found)),
-        Keys::Scan(entries) => names.iter().find_map(|name| {
-            entries
-                .iter()
-                .find(|e| e.matches(name))
-                .map(|e| found((e.key, e.value)))
-        }),
+            .find_map(|name| index.get(name.text).copied().map(found)),
+        Keys::Scan { present, entries } => names
+            .iter()
+            .filter(|name| present & hash_bit(name.hash) != 0)
+            .find_map(|name| {
+                entries
+                    .iter()
+                    .find(|e| e.hash == name.hash && normalised_eq(e.key, name.text))
+                    .map(|e| found((e.key, e.value)))
+            }),
     }
 }
 
@@ -250,14 +311,14 @@ pub(crate) fn join(path: &str, key: &str) -> String {
 }
 
 /// The JSON type of a value, for messages ("found an array").
-pub(crate) fn kind(value: &Value) -> &'static str {
+pub(crate) fn kind(value: &Json<'_>) -> &'static str {
     match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
+        Json::Null => "null",
+        Json::Bool(_) => "a boolean",
+        Json::Number(_) => "a number",
+        Json::String(_) => "a string",
+        Json::Array(_) => "an array",
+        Json::Object(_) => "an object",
     }
 }
 
@@ -267,10 +328,12 @@ const QUOTE_BYTES: usize = 64;
 /// A short rendering of a value for messages: scalars verbatim (strings
 /// cut to a few dozen bytes, control characters escaped), containers by
 /// their type.
-pub(crate) fn describe(value: &Value) -> String {
+pub(crate) fn describe(value: &Json<'_>) -> String {
     match value {
-        Value::String(s) => format!("\"{}\"", crate::text::quote_bounded(s, QUOTE_BYTES)),
-        Value::Number(_) | Value::Bool(_) | Value::Null => value.to_string(),
+        Json::String(s) => format!("\"{}\"", crate::text::quote_bounded(s, QUOTE_BYTES)),
+        Json::Number(n) => n.to_string(),
+        Json::Bool(b) => b.to_string(),
+        Json::Null => "null".to_owned(),
         other => kind(other).to_owned(),
     }
 }
@@ -288,43 +351,67 @@ mod tests {
         assert!(!normalised_eq("due", "duedate"));
     }
 
+    /// The members of the object `text` holds.
+    fn members(text: &str) -> Members<'_> {
+        match Json::parse(text.as_bytes()).unwrap() {
+            Json::Object(members) => members,
+            other => panic!("not an object: {other:?}"),
+        }
+    }
+
     #[test]
-    fn long_keys_are_matched_the_slow_way() {
-        let long = "a_very_long_key_that_does_not_fit_inline_at_all";
-        let map: Map<String, Value> =
-            serde_json::from_str(&format!(r#"{{"{long}":1,"Due_Date":"d"}}"#)).unwrap();
-        let obj = Obj::new("", &map);
-        let name = normalise(long);
-        assert!(name.len() > INLINE_KEY);
-        assert_eq!(lookup(&obj, &[name.as_str()]).unwrap().key, long);
-        assert_eq!(lookup(&obj, &["duedate"]).unwrap().key, "Due_Date");
+    fn a_keys_hash_is_its_normalised_names() {
+        for key in ["due_date", "dueDate", "DueDate", "due-date", "DUE_DATE"] {
+            assert_eq!(normalised_hash(key), Name::new("duedate").hash, "{key}");
+        }
+        assert_ne!(normalised_hash("due_dates"), Name::new("duedate").hash);
     }
 
     #[test]
     fn layers_search_in_order_and_report_paths() {
-        let inner: Map<String, Value> = serde_json::from_str(r#"{"dueDate":"x"}"#).unwrap();
-        let outer: Map<String, Value> =
-            serde_json::from_str(r#"{"due_date":"y","title":null}"#).unwrap();
+        let inner = members(r#"{"dueDate":"x"}"#);
+        let outer = members(r#"{"due_date":"y","title":null}"#);
         let layers = Layers::new([Obj::new("payload.newState", &inner), Obj::new("", &outer)]);
-        let found = layers.get(&["duedate"]).unwrap();
+        let found = layers.get(names!["duedate"]).unwrap();
         assert_eq!(found.field(), "payload.newState.dueDate");
-        assert!(layers.get(&["title"]).is_none(), "null counts as absent");
+        assert!(
+            layers.get(names!["title"]).is_none(),
+            "null counts as absent"
+        );
+    }
+
+    #[test]
+    fn a_repeated_key_counts_with_its_last_value() {
+        let map = members(r#"{"title":"first","title":"last","due":"x","due":null}"#);
+        let obj = Obj::new("", &map);
+        assert_eq!(
+            lookup(&obj, names!["title"]).unwrap().value.as_str(),
+            Some("last")
+        );
+        assert!(
+            lookup(&obj, names!["due"]).is_none(),
+            "the last value is null"
+        );
+        // Two spellings of one field: the one that sorts first, wherever
+        // it stands in the record.
+        let map = members(r#"{"due_date":"snake","dueDate":"camel"}"#);
+        let found = lookup(&Obj::new("", &map), names!["duedate"]).unwrap();
+        assert_eq!(found.key, "dueDate");
     }
 
     #[test]
     fn large_objects_are_indexed_with_the_same_answers() {
-        let mut map = Map::new();
+        let mut text = String::from("{");
         for i in 0..1000 {
-            map.insert(format!("unknown_{i}"), Value::from(i));
+            text.push_str(&format!(r#""unknown_{i}":{i},"#));
         }
-        map.insert("Due-Date".into(), Value::Null);
-        map.insert("due_date".into(), Value::from("d"));
-        map.insert("TITLE".into(), Value::from("t"));
+        text.push_str(r#""Due-Date":null,"due_date":"d","TITLE":"t","title":"x","title":null}"#);
+        let map = members(&text);
         let obj = Obj::new("", &map);
         assert!(matches!(obj.keys.as_ref(), Keys::Index(_)));
-        let found = lookup(&obj, &["nothing", "duedate"]).unwrap();
-        assert_eq!((found.key, found.value), ("due_date", &Value::from("d")));
-        assert_eq!(lookup(&obj, &["title"]).unwrap().key, "TITLE");
-        assert!(lookup(&obj, &["absent"]).is_none());
+        let found = lookup(&obj, names!["nothing", "duedate"]).unwrap();
+        assert_eq!((found.key, found.value.as_str()), ("due_date", Some("d")));
+        assert_eq!(lookup(&obj, names!["title"]).unwrap().key, "TITLE");
+        assert!(lookup(&obj, names!["absent"]).is_none());
     }
 }

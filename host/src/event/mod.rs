@@ -14,15 +14,18 @@
 //! dead-letter topic.
 
 mod fields;
+mod json;
 mod recurrence;
 mod task;
 mod time;
 
+use std::borrow::Cow;
+
 use base64::Engine as _;
-use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use self::fields::{Layers, Obj, describe, kind, lookup};
+use self::fields::{Layers, Name, Obj, describe, kind, lookup, names};
+use self::json::{Json, Members};
 use crate::world::{EventKind, TaskEvent, Timestamp};
 
 /// Why a record could not be decoded.
@@ -75,9 +78,8 @@ pub fn decode(value: &[u8]) -> Result<TaskEvent> {
 
 /// Decodes one record value with its Kafka headers and timestamp.
 pub fn decode_record(value: &[u8], meta: RecordMeta<'_>) -> Result<TaskEvent> {
-    let root: Value =
-        serde_json::from_slice(value).map_err(|e| DecodeError::Json(e.to_string()))?;
-    let Value::Object(root) = root else {
+    let root = Json::parse(value).map_err(|e| DecodeError::Json(e.to_string()))?;
+    let Json::Object(root) = root else {
         return Err(DecodeError::field(
             "<record>",
             format!("expected a JSON object, found {}", kind(&root)),
@@ -85,12 +87,12 @@ pub fn decode_record(value: &[u8], meta: RecordMeta<'_>) -> Result<TaskEvent> {
     };
     let binary_ce = cloud_event_headers(meta.headers);
     let binary = binary_ce.is_some();
-    if binary || root.contains_key("specversion") {
+    if binary || root.iter().any(|(key, _)| key == "specversion") {
         let ce = match binary_ce {
             Some(headers) => headers,
             None => CloudEvent::structured(&root)?,
         };
-        let body = match &ce.data {
+        let body: &Members<'_> = match &ce.data {
             Some(data) => data,
             None if binary => &root,
             None => {
@@ -122,31 +124,37 @@ pub fn decode_record(value: &[u8], meta: RecordMeta<'_>) -> Result<TaskEvent> {
 }
 
 /// The CloudEvents attributes we use.
-struct CloudEvent {
+struct CloudEvent<'a> {
     id: String,
     source: Option<String>,
     kind: Option<String>,
     time: Option<Timestamp>,
-    data: Option<Map<String, Value>>,
+    /// The event: an object in the record, or one parsed from a string or
+    /// `data_base64`.
+    data: Option<Cow<'a, Members<'a>>>,
     data_path: &'static str,
 }
 
-impl CloudEvent {
-    fn structured(root: &Map<String, Value>) -> Result<Self> {
+impl<'a> CloudEvent<'a> {
+    fn structured(root: &'a Members<'a>) -> Result<Self> {
         let top = Obj::new("", root);
-        let id = lookup(&top, &["id"])
+        let id = lookup(&top, names!["id"])
             .ok_or_else(|| DecodeError::field("id", "missing (CloudEvents require an id)"))?
             .string_or_number()?;
-        let source = lookup(&top, &["source"]).map(|f| f.string()).transpose()?;
-        let ce_type = lookup(&top, &["type"]).map(|f| f.string()).transpose()?;
-        let time = lookup(&top, &["time"])
+        let source = lookup(&top, names!["source"])
+            .map(|f| f.string())
+            .transpose()?;
+        let ce_type = lookup(&top, names!["type"])
+            .map(|f| f.string())
+            .transpose()?;
+        let time = lookup(&top, names!["time"])
             .map(|f| time::instant(&f, &jiff::tz::TimeZone::UTC))
             .transpose()?;
-        let (data, data_path) = if let Some(found) = lookup(&top, &["data"]) {
+        let (data, data_path) = if let Some(found) = lookup(&top, names!["data"]) {
             let data = match found.value {
-                Value::Object(map) => map.clone(),
+                Json::Object(map) => Cow::Borrowed(map),
                 // Some publishers put the JSON event in a string.
-                Value::String(s) => parse_object(s.as_bytes(), "data")?,
+                Json::String(s) => Cow::Owned(parse_object(s.as_bytes(), "data")?),
                 other => {
                     return Err(
                         found.error(format!("expected a JSON object, found {}", kind(other)))
@@ -154,12 +162,15 @@ impl CloudEvent {
                 }
             };
             (Some(data), "data")
-        } else if let Some(found) = lookup(&top, &["database64"]) {
+        } else if let Some(found) = lookup(&top, names!["database64"]) {
             let text = found.string()?;
             let bytes = base64::engine::general_purpose::STANDARD
                 .decode(text.trim())
                 .map_err(|e| found.error(format!("not valid base64: {e}")))?;
-            (Some(parse_object(&bytes, "data_base64")?), "data_base64")
+            (
+                Some(Cow::Owned(parse_object(&bytes, "data_base64")?)),
+                "data_base64",
+            )
         } else {
             (None, "data")
         };
@@ -176,7 +187,7 @@ impl CloudEvent {
 
 /// CloudEvents binary mode: attributes in `ce_*` headers, the body is the
 /// event itself.
-fn cloud_event_headers(headers: &[(&str, &[u8])]) -> Option<CloudEvent> {
+fn cloud_event_headers<'a>(headers: &[(&str, &[u8])]) -> Option<CloudEvent<'a>> {
     let header = |name: &str| {
         headers
             .iter()
@@ -197,9 +208,10 @@ fn cloud_event_headers(headers: &[(&str, &[u8])]) -> Option<CloudEvent> {
     })
 }
 
-fn parse_object(bytes: &[u8], field: &str) -> Result<Map<String, Value>> {
-    match serde_json::from_slice(bytes) {
-        Ok(Value::Object(map)) => Ok(map),
+/// The object a string or `data_base64` holds, owning its text.
+fn parse_object(bytes: &[u8], field: &str) -> Result<Members<'static>> {
+    match Json::parse(bytes) {
+        Ok(Json::Object(map)) => Ok(json::members_into_owned(map)),
         Ok(other) => Err(DecodeError::field(
             field,
             format!("expected a JSON object, found {}", kind(&other)),
@@ -211,7 +223,7 @@ fn parse_object(bytes: &[u8], field: &str) -> Result<Map<String, Value>> {
 /// An event envelope (snake_case or camelCase), possibly inside a CloudEvent.
 struct Envelope<'a> {
     path: &'a str,
-    map: &'a Map<String, Value>,
+    map: &'a Members<'a>,
     /// Event id from an outer CloudEvent, which takes precedence.
     id: Option<String>,
     source: Option<String>,
@@ -228,11 +240,11 @@ impl Envelope<'_> {
 
         // The task body: `task_data`, `payload`, `data` or `task`; a flat
         // event carries the task fields beside the envelope's.
-        let body_found = lookup(&top, &["taskdata", "payload", "data", "task"]);
+        let body_found = lookup(&top, names!["taskdata", "payload", "data", "task"]);
         let body_path = body_found.map(|f| f.field());
         let body = match (body_found, body_path.as_deref()) {
             (Some(found), Some(path)) => match found.value {
-                Value::Object(map) => Obj::new(path, map),
+                Json::Object(map) => Obj::new(path, map),
                 other => {
                     return Err(found.error(format!("expected an object, found {}", kind(other))));
                 }
@@ -240,17 +252,17 @@ impl Envelope<'_> {
             _ => top.clone(),
         };
         // camelCase updates carry the database rows before and after.
-        let row = |names: &[&str]| -> Result<Option<(String, &Map<String, Value>)>> {
+        let row = |names: &[Name]| -> Result<Option<(String, &Members<'_>)>> {
             let Some(found) = lookup(&body, names) else {
                 return Ok(None);
             };
             match found.value {
-                Value::Object(map) => Ok(Some((found.field(), map))),
+                Json::Object(map) => Ok(Some((found.field(), map))),
                 other => Err(found.error(format!("expected an object, found {}", kind(other)))),
             }
         };
-        let new_row = row(&["newstate", "after", "current"])?;
-        let old_row = row(&["previousstate", "oldstate", "before", "previous"])?;
+        let new_row = row(names!["newstate", "after", "current"])?;
+        let old_row = row(names!["previousstate", "oldstate", "before", "previous"])?;
 
         let envelope = task::EnvelopeIds::read(&top, &body)?;
         let mut rows = Vec::with_capacity(2);
@@ -269,7 +281,7 @@ impl Envelope<'_> {
 
         let id = match self.id {
             Some(id) => id,
-            None => match lookup(&top, &["eventid"]) {
+            None => match lookup(&top, names!["eventid"]) {
                 Some(found) => found.string_or_number()?,
                 // No id at all: derive one from the bytes, so a redelivery of
                 // the same record gets the same id.
@@ -279,9 +291,12 @@ impl Envelope<'_> {
         let id = task::check_id(id, "event_id")?;
         let source = match self.source {
             Some(source) => Some(source),
-            None => lookup(&top, &["source"]).map(|f| f.string()).transpose()?,
+            None => lookup(&top, names!["source"])
+                .map(|f| f.string())
+                .transpose()?,
         };
-        let occurred_at = match lookup(&top, &["timestamp", "time", "occurredat", "eventtime"]) {
+        let occurred_at = match lookup(&top, names!["timestamp", "time", "occurredat", "eventtime"])
+        {
             Some(found) => time::instant(&found, &jiff::tz::TimeZone::UTC)?,
             None => task
                 .updated_at
@@ -306,7 +321,7 @@ impl Envelope<'_> {
     }
 
     fn kind(&self, top: &Obj<'_>) -> Result<EventKind> {
-        if let Some(found) = lookup(top, &["eventtype", "type", "event", "action"]) {
+        if let Some(found) = lookup(top, names!["eventtype", "type", "event", "action"]) {
             let text = found.string()?;
             return parse_kind(&text).ok_or_else(|| {
                 found.error(format!(

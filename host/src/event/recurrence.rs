@@ -10,12 +10,11 @@
 //! - flat database columns: `recurrence_pattern`, `recurrence_interval`,
 //!   `recurrence_end_date`, `max_occurrences`.
 
-use jiff::tz::TimeZone;
-use serde_json::Value;
-
-use super::fields::{Found, Layers, Obj, describe, join, kind, lookup};
+use super::fields::{Found, Layers, Obj, describe, join, kind, lookup, names};
+use super::json::Json;
 use super::{DecodeError, time};
 use crate::world::{Frequency, Recurrence, SimpleRecurrence};
+use jiff::tz::TimeZone;
 
 /// RRULE parts we accept (RFC 5545 §3.3.10).
 const RRULE_PARTS: &[&str] = &[
@@ -44,16 +43,16 @@ pub(crate) fn decode(
     tz: &TimeZone,
 ) -> Result<Option<Recurrence>, DecodeError> {
     let flag = layers
-        .get(&["isrecurring", "recurring"])
+        .get(names!["isrecurring", "recurring"])
         .map(|f| f.bool())
         .transpose()?;
     if flag == Some(false) {
         return Ok(None);
     }
-    let decoded = if let Some(found) = layers.get(&["recurrence"]) {
+    let decoded = if let Some(found) = layers.get(names!["recurrence"]) {
         match found.value {
-            Value::Object(map) => Some(from_object(&Obj::new(&found.field(), map), tz)?),
-            Value::String(_) => Some(from_string(&found, None, None)?),
+            Json::Object(map) => Some(from_object(&Obj::new(&found.field(), map), tz)?),
+            Json::String(_) => Some(from_string(&found, None, None)?),
             other => {
                 return Err(found.error(format!(
                     "expected an object or a string, found {}",
@@ -61,12 +60,12 @@ pub(crate) fn decode(
                 )));
             }
         }
-    } else if let Some(found) = layers.get(&["recurrencerule", "rrule"]) {
+    } else if let Some(found) = layers.get(names!["recurrencerule", "rrule"]) {
         Some(from_string(&found, None, None)?)
-    } else if let Some(found) = layers.get(&["recurrencepattern", "recurrencetype"]) {
-        let interval = layers.get(&["recurrenceinterval"]);
-        let until = layers.get(&["recurrenceenddate", "recurrenceuntil"]);
-        let max = layers.get(&["maxoccurrences", "recurrencecount"]);
+    } else if let Some(found) = layers.get(names!["recurrencepattern", "recurrencetype"]) {
+        let interval = layers.get(names!["recurrenceinterval"]);
+        let until = layers.get(names!["recurrenceenddate", "recurrenceuntil"]);
+        let max = layers.get(names!["maxoccurrences", "recurrencecount"]);
         Some(from_string(&found, interval, max).and_then(|r| with_tz(r, until, tz))?)
     } else {
         None
@@ -81,18 +80,18 @@ pub(crate) fn decode(
 }
 
 fn from_object(obj: &Obj<'_>, tz: &TimeZone) -> Result<Recurrence, DecodeError> {
-    if let Some(rule) = lookup(obj, &["rrule", "rule"]) {
+    if let Some(rule) = lookup(obj, names!["rrule", "rule"]) {
         return from_string(&rule, None, None);
     }
-    let pattern = lookup(obj, &["pattern", "frequency", "freq", "type"]).ok_or_else(|| {
+    let pattern = lookup(obj, names!["pattern", "frequency", "freq", "type"]).ok_or_else(|| {
         DecodeError::field(
             join(obj.path, "pattern"),
             "missing (expected daily, weekly, monthly, yearly or an rrule)",
         )
     })?;
-    let interval = lookup(obj, &["interval", "every"]);
-    let until = lookup(obj, &["enddate", "until", "end"]);
-    let max = lookup(obj, &["maxoccurrences", "count", "occurrences"]);
+    let interval = lookup(obj, names!["interval", "every"]);
+    let until = lookup(obj, names!["enddate", "until", "end"]);
+    let max = lookup(obj, names!["maxoccurrences", "count", "occurrences"]);
     from_string(&pattern, interval, max).and_then(|r| with_tz(r, until, tz))
 }
 
@@ -190,10 +189,13 @@ fn validate_rrule(rule: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::{Map, json};
+    use crate::event::json::tree;
+    use serde_json::json;
 
-    fn decode_json(value: Value) -> Result<Option<Recurrence>, DecodeError> {
-        let map: Map<String, Value> = serde_json::from_value(value).unwrap();
+    fn decode_json(value: &serde_json::Value) -> Result<Option<Recurrence>, DecodeError> {
+        let Json::Object(map) = tree(value) else {
+            panic!("not an object")
+        };
         let layers = Layers::new([Obj::new("task_data", &map)]);
         decode(&layers, &TimeZone::UTC)
     }
@@ -210,14 +212,14 @@ mod tests {
     #[test]
     fn nested_object_with_nulls() {
         let r = decode_json(
-            json!({"recurrence": {"pattern": "weekly", "interval": 1, "end_date": null, "max_occurrences": null}}),
+            &json!({"recurrence": {"pattern": "weekly", "interval": 1, "end_date": null, "max_occurrences": null}}),
         );
         assert_eq!(r.unwrap(), Some(simple(Frequency::Weekly, 1)));
     }
 
     #[test]
     fn flat_database_columns() {
-        let r = decode_json(json!({
+        let r = decode_json(&json!({
             "is_recurring": true, "recurrence_pattern": "monthly", "recurrence_interval": 3,
             "recurrence_end_date": "2026-12-31T00:00:00", "max_occurrences": 5
         }))
@@ -236,15 +238,15 @@ mod tests {
     #[test]
     fn rule_strings() {
         assert_eq!(
-            decode_json(json!({"is_recurring": true, "recurrence_rule": "daily"})).unwrap(),
+            decode_json(&json!({"is_recurring": true, "recurrence_rule": "daily"})).unwrap(),
             Some(simple(Frequency::Daily, 1))
         );
         assert_eq!(
-            decode_json(json!({"rrule": "RRULE:FREQ=WEEKLY;BYDAY=MO,WE"})).unwrap(),
+            decode_json(&json!({"rrule": "RRULE:FREQ=WEEKLY;BYDAY=MO,WE"})).unwrap(),
             Some(Recurrence::Rrule("FREQ=WEEKLY;BYDAY=MO,WE".into()))
         );
         assert_eq!(
-            decode_json(json!({"recurrence": "biweekly"})).unwrap(),
+            decode_json(&json!({"recurrence": "biweekly"})).unwrap(),
             Some(simple(Frequency::Weekly, 2))
         );
     }
@@ -252,10 +254,10 @@ mod tests {
     #[test]
     fn off_switch_wins() {
         assert_eq!(
-            decode_json(json!({"is_recurring": false, "recurrence_rule": "daily"})).unwrap(),
+            decode_json(&json!({"is_recurring": false, "recurrence_rule": "daily"})).unwrap(),
             None
         );
-        assert_eq!(decode_json(json!({"title": "x"})).unwrap(), None);
+        assert_eq!(decode_json(&json!({"title": "x"})).unwrap(), None);
     }
 
     #[test]
@@ -287,7 +289,7 @@ mod tests {
             ),
         ];
         for (input, want) in cases {
-            let err = decode_json(input).unwrap_err().to_string();
+            let err = decode_json(&input).unwrap_err().to_string();
             assert!(err.starts_with(want), "{err}\n  wanted: {want}");
         }
     }

@@ -1,12 +1,11 @@
 //! The task body: from a `task_data`/`payload`/`newState` row to a WIT
 //! [`Task`].
 
-use jiff::tz::TimeZone;
-use serde_json::Value;
-
-use super::fields::{Found, Layers, Obj, describe, join, kind, lookup};
+use super::fields::{Found, Layers, Name, Obj, describe, join, kind, lookup, names};
+use super::json::Json;
 use super::{DecodeError, Result, recurrence, time};
 use crate::world::{EventKind, Priority, Task, Timestamp};
+use jiff::tz::TimeZone;
 
 /// The ids an envelope declares for its subject, which take precedence over
 /// the ids inside the task row.
@@ -19,10 +18,10 @@ pub(crate) struct EnvelopeIds {
 
 impl EnvelopeIds {
     pub(crate) fn read(top: &Obj<'_>, body: &Obj<'_>) -> Result<Self> {
-        let task_id = lookup(top, &["taskid"])
+        let task_id = lookup(top, names!["taskid"])
             .map(|f| f.string_or_number())
             .transpose()?;
-        let user_id = lookup(top, &["userid"])
+        let user_id = lookup(top, names!["userid"])
             .map(|f| f.string_or_number())
             .transpose()?;
         Ok(Self {
@@ -38,7 +37,7 @@ pub(crate) fn decode(rows: &Layers<'_>, envelope: &EnvelopeIds, kind: EventKind)
     let id = match &envelope.task_id {
         Some(id) => id.clone(),
         None => rows
-            .get(&["taskid", "id"])
+            .get(names!["taskid", "id"])
             .map(|f| f.string_or_number())
             .transpose()?
             .ok_or_else(|| {
@@ -57,26 +56,26 @@ pub(crate) fn decode(rows: &Layers<'_>, envelope: &EnvelopeIds, kind: EventKind)
     let user_id = match &envelope.user_id {
         Some(user) => user.clone(),
         None => rows
-            .get(&["userid", "owner", "ownerid"])
+            .get(names!["userid", "owner", "ownerid"])
             .map(|f| f.string_or_number())
             .transpose()?
             .ok_or_else(|| DecodeError::field("user_id", "missing (expected user_id or userId)"))?,
     };
     let user_id = check_id(user_id, "user_id")?;
 
-    let (time_zone, tz) = match rows.get(&["timezone", "tz", "tzid"]) {
+    let (time_zone, tz) = match rows.get(names!["timezone", "tz", "tzid"]) {
         Some(found) => {
             let (name, tz) = time::time_zone(&found)?;
             (Some(name), tz)
         }
         None => (None, TimeZone::UTC),
     };
-    let instant = |names: &[&str]| -> Result<Option<Timestamp>> {
+    let instant = |names: &[Name]| -> Result<Option<Timestamp>> {
         rows.get(names).map(|f| time::instant(&f, &tz)).transpose()
     };
 
-    let due = instant(&["duedate", "dueat", "due", "duetime", "deadline"])?;
-    let remind_at = match rows.get(&[
+    let due = instant(names!["duedate", "dueat", "due", "duetime", "deadline"])?;
+    let remind_at = match rows.get(names![
         "remindat",
         "remindertime",
         "remindtime",
@@ -94,10 +93,10 @@ pub(crate) fn decode(rows: &Layers<'_>, envelope: &EnvelopeIds, kind: EventKind)
         },
         None => remind_from_offset(rows, due)?,
     };
-    let completed = match rows.get(&["completed", "iscompleted", "done", "isdone"]) {
+    let completed = match rows.get(names!["completed", "iscompleted", "done", "isdone"]) {
         Some(found) => found.bool()?,
         None => rows
-            .get(&["status"])
+            .get(names!["status"])
             .and_then(|f| f.value.as_str())
             .is_some_and(|s| matches!(s.to_ascii_lowercase().as_str(), "done" | "completed")),
     } || kind == EventKind::Completed;
@@ -105,12 +104,15 @@ pub(crate) fn decode(rows: &Layers<'_>, envelope: &EnvelopeIds, kind: EventKind)
     Ok(Task {
         id,
         user_id,
-        title: optional_string(rows, &["title", "name", "summary"])?,
-        description: optional_string(rows, &["description", "notes", "details"])?,
+        title: optional_string(rows, names!["title", "name", "summary"])?,
+        description: optional_string(rows, names!["description", "notes", "details"])?,
         completed,
-        priority: rows.get(&["priority"]).map(|f| priority(&f)).transpose()?,
+        priority: rows
+            .get(names!["priority"])
+            .map(|f| priority(&f))
+            .transpose()?,
         tags: rows
-            .get(&["tags", "labels"])
+            .get(names!["tags", "labels"])
             .map(|f| tags(&f))
             .transpose()?
             .unwrap_or_default(),
@@ -118,7 +120,7 @@ pub(crate) fn decode(rows: &Layers<'_>, envelope: &EnvelopeIds, kind: EventKind)
         remind_at,
         recurrence: recurrence::decode(rows, &tz)?,
         series_id: rows
-            .get(&[
+            .get(names![
                 "seriesid",
                 "parenttaskid",
                 "recurrenceparentid",
@@ -127,14 +129,14 @@ pub(crate) fn decode(rows: &Layers<'_>, envelope: &EnvelopeIds, kind: EventKind)
             .map(|f| check_id(f.string_or_number()?, &f.field()))
             .transpose()?,
         occurrence: rows
-            .get(&["occurrence", "occurrencenumber", "occurrenceindex"])
+            .get(names!["occurrence", "occurrencenumber", "occurrenceindex"])
             .map(|f| f.positive_u32())
             .transpose()?,
-        series_start: instant(&["seriesstart", "recurrencestart", "dtstart"])?,
+        series_start: instant(names!["seriesstart", "recurrencestart", "dtstart"])?,
         time_zone,
-        created_at: instant(&["createdat", "created"])?,
-        updated_at: instant(&["updatedat", "modifiedat", "updated"])?,
-        completed_at: instant(&["completedat", "doneat"])?,
+        created_at: instant(names!["createdat", "created"])?,
+        updated_at: instant(names!["updatedat", "modifiedat", "updated"])?,
+        completed_at: instant(names!["completedat", "doneat"])?,
     })
 }
 
@@ -162,7 +164,7 @@ pub(crate) fn check_id(value: String, field: &str) -> Result<String> {
 
 /// A reminder given as "this long before the due time".
 fn remind_from_offset(rows: &Layers<'_>, due: Option<Timestamp>) -> Result<Option<Timestamp>> {
-    let Some(found) = rows.get(&[
+    let Some(found) = rows.get(names![
         "reminderoffsetminutes",
         "reminderminutesbefore",
         "remindbeforeminutes",
@@ -186,13 +188,13 @@ fn offset_before_due(found: &Found<'_>, due: Option<Timestamp>) -> Result<Timest
     Ok(due.saturating_sub(offset_ms))
 }
 
-fn optional_string(rows: &Layers<'_>, names: &[&str]) -> Result<Option<String>> {
+fn optional_string(rows: &Layers<'_>, names: &[Name]) -> Result<Option<String>> {
     rows.get(names).map(|f| f.string_or_number()).transpose()
 }
 
 fn priority(found: &Found<'_>) -> Result<Priority> {
     let text = match found.value {
-        Value::String(s) => s.trim().to_ascii_lowercase(),
+        Json::String(s) => s.trim().to_ascii_lowercase(),
         other => {
             return Err(found.error(format!("expected a priority name, found {}", kind(other))));
         }
@@ -219,14 +221,14 @@ fn tags(found: &Found<'_>) -> Result<Vec<String>> {
             .collect::<Vec<_>>()
     };
     match found.value {
-        Value::String(s) => Ok(split(s)),
-        Value::Array(items) => items
+        Json::String(s) => Ok(split(s)),
+        Json::Array(items) => items
             .iter()
             .enumerate()
             .filter_map(|(i, item)| match item {
-                Value::String(s) if s.trim().is_empty() => None,
-                Value::String(s) => Some(Ok(s.trim().to_owned())),
-                Value::Number(n) => Some(Ok(n.to_string())),
+                Json::String(s) if s.trim().is_empty() => None,
+                Json::String(s) => Some(Ok(s.trim().to_owned())),
+                Json::Number(n) => Some(Ok(n.to_string())),
                 other => Some(Err(DecodeError::field(
                     format!("{}[{i}]", found.field()),
                     format!("expected a string tag, found {}", kind(other)),

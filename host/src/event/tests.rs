@@ -50,7 +50,8 @@ fn fixtures_decode_to_their_expectations() {
         match result {
             Ok(event) => match std::fs::read_to_string(&expected_event) {
                 Ok(want) => {
-                    let want: Value = serde_json::from_str(&want).expect("expected json");
+                    let want: serde_json::Value =
+                        serde_json::from_str(&want).expect("expected json");
                     let got = serde_json::to_value(&event).expect("serialize");
                     if got != want {
                         failures.push(format!("{name}: decoded to\n{got:#}\nwanted\n{want:#}"));
