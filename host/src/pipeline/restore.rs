@@ -12,9 +12,12 @@ use crate::state::changelog::Restorer;
 
 /// How long the changelog must stay quiet, once the position has passed
 /// the high watermark seen at the start, before the restore counts as
-/// complete. Brokers disagree on watermarks of multi-record batches (tansu
-/// 0.6.0 reports one offset per batch), so the watermark alone is not trusted.
-pub const RESTORE_QUIET: Duration = Duration::from_millis(500);
+/// complete without the broker saying the end is reached. The watermark
+/// listed at the start is a lower bound only: tansu 0.6.0 lists the first
+/// offset of the newest batch. The end a restore trusts is the one a fetch
+/// answer reports (librdkafka's partition EOF), which is exact there too;
+/// the quiet is the fallback for a broker that never says so.
+const RESTORE_QUIET: Duration = Duration::from_millis(500);
 
 /// Reads changelog partition `partition` from the beginning to its end as of
 /// now, keeping the records that belong to `input_topic`. Gives up with
@@ -32,7 +35,8 @@ pub fn restore_partition(
         .clone()
         .set("group.id", "todo-eventd-restore")
         .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
+        // The end of the partition as the broker's fetch answer reports it.
+        .set("enable.partition.eof", "true")
         // The changelog is written without transactions; and some brokers
         // (tansu 0.6.0) report a last stable offset that would hide all but
         // the first record of a batch from a read_committed reader.
@@ -42,6 +46,9 @@ pub fn restore_partition(
         .set("max.partition.fetch.bytes", "16777216")
         .set("fetch.max.bytes", "67108864")
         .set("fetch.wait.max.ms", "10")
+        // When 100 000 records wait unread (librdkafka's queue threshold),
+        // fetch again 10 ms later rather than after the default second.
+        .set("fetch.queue.backoff.ms", "10")
         .create()?;
     let mut restorer = Restorer::default();
     let (low, high) =
@@ -69,16 +76,18 @@ pub fn restore_partition(
                 );
                 quiet_since = None;
             }
+            // Every record before the end is delivered before this is.
+            Some(Err(KafkaError::PartitionEOF(_))) => {
+                if passed(&consumer, changelog, high)? {
+                    break;
+                }
+            }
             Some(Err(err)) => return Err(err),
             None => {
                 // Done once the position has passed the end seen at the
                 // start and nothing more has arrived for a moment. (Not
                 // "offset + 1 == high": compaction leaves gaps.)
-                let position = consumer.position()?;
-                let at_end = position
-                    .elements_for_topic(changelog)
-                    .iter()
-                    .any(|e| matches!(e.offset(), Offset::Offset(o) if o >= high));
+                let at_end = passed(&consumer, changelog, high)?;
                 let quiet = *quiet_since.get_or_insert_with(Instant::now);
                 if at_end && quiet.elapsed() >= RESTORE_QUIET {
                     break;
@@ -90,4 +99,13 @@ pub fn restore_partition(
         }
     }
     Ok(restorer)
+}
+
+/// Whether the consumer's position on `changelog` is at or past `offset`.
+fn passed(consumer: &BaseConsumer, changelog: &str, offset: i64) -> Result<bool, KafkaError> {
+    let position = consumer.position()?;
+    Ok(position
+        .elements_for_topic(changelog)
+        .iter()
+        .any(|e| matches!(e.offset(), Offset::Offset(o) if o >= offset)))
 }
