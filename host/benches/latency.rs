@@ -2,7 +2,10 @@
 //! per second for `BENCH_SECONDS` through the four bundled plugins; for
 //! each, the time from handing it to the producer to its audit record
 //! being readable on the `audit` output (so a consumer's fetch wait is
-//! included). Prints p50/p99/p999/max and the rate achieved.
+//! included). Prints p50/p99/p999/max and the rate achieved, beside the
+//! floor the broker sets: the same records at the same rate produced to a
+//! topic and read straight back (one hop, measured before the pipeline
+//! starts; the pipeline's path is two).
 //!
 //! Then reminder lateness: `BENCH_TIMERS` reminders (default 100 000) are
 //! scheduled over the following 30 s, all pending at once; for each, how
@@ -12,7 +15,8 @@
 //! Options (env): `BENCH_RATE` (default 5000), `BENCH_SECONDS` (default
 //! 20), `BENCH_TIMERS` (default 100000), `BENCH_BROKERS` (an external
 //! broker such as a local tansu; default: the in-process mock cluster),
-//! `BENCH_PARTITIONS` (default 8).
+//! `BENCH_PARTITIONS` (default 8), `BENCH_FLUSH_MS` (the pipeline's
+//! `changelog_flush_interval`; default its default, 1 s).
 
 #![allow(missing_docs, clippy::unwrap_used, clippy::print_stdout)]
 
@@ -21,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::producer::FutureRecord;
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use todo_eventd::config::Config;
 use todo_eventd::kafka::{self, EmbeddedBroker};
 use todo_eventd::offline::nearest_rank;
@@ -64,6 +68,10 @@ fn main() {
         let mut config = Config::default();
         config.kafka.partitions = partitions;
         config.kafka.group_id = "bench-latency".into();
+        if let Ok(ms) = std::env::var("BENCH_FLUSH_MS") {
+            config.pipeline.changelog_flush_interval =
+                Duration::from_millis(ms.parse().expect("BENCH_FLUSH_MS: milliseconds"));
+        }
         // librdkafka properties for the pipeline's clients, e.g.
         // `BENCH_KAFKA=fetch.wait.max.ms=10,linger.ms=1`.
         for pair in std::env::var("BENCH_KAFKA").unwrap_or_default().split(',') {
@@ -72,7 +80,15 @@ fn main() {
             }
         }
         let run = std::process::id();
-        let topics = ["task-events", "task-events.dlq", "reminders", "analytics", "audit"];
+        let topics = [
+            "task-events",
+            "task-events.dlq",
+            "reminders",
+            "analytics",
+            "audit",
+            BASELINE_TOPIC,
+            FORWARDED_TOPIC,
+        ];
         let changelog = config.kafka.changelog_topic();
         let mut embedded = None;
         let brokers = match std::env::var("BENCH_BROKERS") {
@@ -97,6 +113,10 @@ fn main() {
             }
         };
         config.kafka.brokers = Some(brokers.clone());
+
+        // The floor the broker sets, before the pipeline runs.
+        let one_hop = floor(&brokers, &config, run, false, rate, seconds).await;
+        let two_hops = floor(&brokers, &config, run, true, rate, seconds).await;
 
         let sandbox = Arc::new(Sandbox::new(SandboxConfig::default()).unwrap());
         let plugins = bundled::load(&sandbox).await.unwrap().plugins;
@@ -128,73 +148,17 @@ fn main() {
         // Let the reader join before the clock starts.
         tokio::time::sleep(Duration::from_secs(3)).await;
 
-        let sent: Arc<Mutex<Vec<Option<Instant>>>> = Arc::new(Mutex::new(vec![None; total]));
-        // (key, value) pairs, keyed by user id as producers do, made before
-        // the clock starts so the paced loop only sends.
-        let records: Vec<(String, String)> = events(total)
-            .into_iter()
-            .map(|line| {
-                let value: serde_json::Value = serde_json::from_str(&line).unwrap();
-                let key = value["user_id"].as_str().unwrap_or_default().to_owned();
-                let line =
-                    line.replacen("\"event_id\":\"ev-", &format!("\"event_id\":\"lat{run}-"), 1);
-                (key, line)
-            })
-            .collect();
         let producer = kafka::producer(&brokers, &config.kafka).unwrap();
-        let produce = {
-            let sent = sent.clone();
-            async move {
-                let started = Instant::now();
-                let mut tick = tokio::time::interval(Duration::from_millis(1));
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-                let mut next = 0;
-                while next < total {
-                    tick.tick().await;
-                    let due = (started.elapsed().as_secs_f64() * rate as f64) as usize;
-                    while next < total && next < due {
-                        let (key, line) = &records[next];
-                        loop {
-                            let record = FutureRecord::to("task-events").payload(line).key(key);
-                            if producer.send_result(record).is_ok() {
-                                break;
-                            }
-                            tokio::time::sleep(Duration::from_micros(200)).await;
-                        }
-                        sent.lock().unwrap()[next] = Some(Instant::now());
-                        next += 1;
-                    }
-                }
-                started.elapsed()
-            }
-        };
         let prefix = format!("lat{run}-");
-        let read = async {
-            let mut latencies = Vec::with_capacity(total);
-            let deadline = Instant::now() + Duration::from_secs(seconds as u64 + 60);
-            while latencies.len() < total && Instant::now() < deadline {
-                let Ok(Ok(message)) =
-                    tokio::time::timeout(Duration::from_secs(1), reader.recv()).await
-                else {
-                    continue;
-                };
-                let now = Instant::now();
-                let value: serde_json::Value =
-                    serde_json::from_slice(message.payload().unwrap_or_default()).unwrap();
-                let Some(index) = value["event_id"]
-                    .as_str()
-                    .and_then(|id| id.strip_prefix(&prefix))
-                    .and_then(|i| i.parse::<usize>().ok())
-                else {
-                    continue;
-                };
-                if let Some(at) = sent.lock().unwrap()[index] {
-                    latencies.push(now - at);
-                }
-            }
-            latencies
-        };
-        let (took, mut latencies) = tokio::join!(produce, read);
+        let (took, mut latencies) = paced(
+            &producer,
+            "task-events",
+            &reader,
+            (&records(total, &prefix), &prefix),
+            rate,
+            seconds,
+        )
+        .await;
         let lateness = reminder_lateness(&brokers, &config, run).await;
         let _ = stop.send(());
         running.await.unwrap().unwrap();
@@ -210,16 +174,190 @@ fn main() {
             println!("no outputs read");
             return;
         }
-        println!(
-            "latency produce -> audit output readable: p50 {:.1?}  p99 {:.1?}  p999 {:.1?}  max {:.1?}",
-            nearest_rank(&latencies, 0.5),
-            nearest_rank(&latencies, 0.99),
-            nearest_rank(&latencies, 0.999),
-            latencies[latencies.len() - 1]
-        );
+        report("latency produce -> audit output readable", &latencies);
+        for (what, latencies) in [
+            ("the broker alone, one hop (produce -> readable)", &one_hop),
+            ("two hops through a forwarder (the pipeline's path)", &two_hops),
+        ] {
+            if !latencies.is_empty() {
+                report(what, latencies);
+            }
+        }
         report_lateness(lateness);
         println!("pipeline: {}", stats.summary());
     });
+}
+
+/// The topics of the broker-only floor: records are produced to the first;
+/// for two hops a forwarder copies them to the second.
+const BASELINE_TOPIC: &str = "latency-baseline";
+const FORWARDED_TOPIC: &str = "latency-baseline-forwarded";
+
+/// The latency the broker alone sets at this rate, sorted: the bench's
+/// records produced to [`BASELINE_TOPIC`] and read back there, or, with
+/// `forwarded`, copied to [`FORWARDED_TOPIC`] by a consumer and producer set
+/// up as the pipeline's (fetch wait, producer settings) and read back there.
+async fn floor(
+    brokers: &str,
+    config: &Config,
+    run: u32,
+    forwarded: bool,
+    rate: usize,
+    seconds: usize,
+) -> Vec<Duration> {
+    let hops = if forwarded { 2 } else { 1 };
+    let group = |role: &str| format!("bench-latency-floor{hops}-{role}-{run}");
+    let read_from = if forwarded {
+        FORWARDED_TOPIC
+    } else {
+        BASELINE_TOPIC
+    };
+    let reader = reader(brokers, config, &group("reader"), "earliest", read_from);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let forwarder = forwarded.then(|| {
+        let consumer: StreamConsumer = kafka::client_config(
+            brokers,
+            &config.kafka,
+            &[
+                ("group.id", group("forwarder").as_str()),
+                ("auto.offset.reset", "latest"),
+                ("fetch.wait.max.ms", "10"),
+            ],
+        )
+        .create()
+        .unwrap();
+        consumer.subscribe(&[BASELINE_TOPIC]).unwrap();
+        let producer = kafka::producer(brokers, &config.kafka).unwrap();
+        tokio::spawn(async move {
+            let mut stopped = std::pin::pin!(stopped);
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => break,
+                    message = consumer.recv() => {
+                        let message = message.unwrap();
+                        let mut record = FutureRecord::to(FORWARDED_TOPIC)
+                            .payload(message.payload().unwrap_or_default());
+                        if let Some(key) = message.key() {
+                            record = record.key(key);
+                        }
+                        // Delivered in the background, as the pipeline's
+                        // outputs are.
+                        drop(producer.send_result(record).map_err(|(e, _)| e).unwrap());
+                    }
+                }
+            }
+        })
+    });
+    // Let the readers join before the clock starts.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let producer = kafka::producer(brokers, &config.kafka).unwrap();
+    let prefix = format!("floor{hops}-{run}-");
+    let records = records(rate * seconds, &prefix);
+    let (_, mut latencies) = paced(
+        &producer,
+        BASELINE_TOPIC,
+        &reader,
+        (&records, &prefix),
+        rate,
+        seconds,
+    )
+    .await;
+    let _ = stop.send(());
+    if let Some(forwarder) = forwarder {
+        forwarder.await.unwrap();
+    }
+    latencies.sort_unstable();
+    latencies
+}
+
+/// `total` records of the bench mix as (key, value) pairs, keyed by user id
+/// as producers do, their event ids `{prefix}{index}`; made before a clock
+/// starts so a paced loop only sends.
+fn records(total: usize, prefix: &str) -> Vec<(String, String)> {
+    events(total)
+        .into_iter()
+        .map(|line| {
+            let value: serde_json::Value = serde_json::from_str(&line).unwrap();
+            let key = value["user_id"].as_str().unwrap_or_default().to_owned();
+            let line = line.replacen("\"event_id\":\"ev-", &format!("\"event_id\":\"{prefix}"), 1);
+            (key, line)
+        })
+        .collect()
+}
+
+/// Sends `records` to `topic` at `rate` per second while `reader` reads
+/// records carrying their event ids (`{prefix}{index}`); returns how long sending took and, per record
+/// read back, the time from its send to its being readable.
+async fn paced(
+    producer: &FutureProducer,
+    topic: &str,
+    reader: &StreamConsumer,
+    (records, prefix): (&[(String, String)], &str),
+    rate: usize,
+    seconds: usize,
+) -> (Duration, Vec<Duration>) {
+    let total = records.len();
+    let sent: Mutex<Vec<Option<Instant>>> = Mutex::new(vec![None; total]);
+    let produce = async {
+        let started = Instant::now();
+        let mut tick = tokio::time::interval(Duration::from_millis(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let mut next = 0;
+        while next < total {
+            tick.tick().await;
+            let due = (started.elapsed().as_secs_f64() * rate as f64) as usize;
+            while next < total && next < due {
+                let (key, line) = &records[next];
+                loop {
+                    let record = FutureRecord::to(topic).payload(line).key(key);
+                    if producer.send_result(record).is_ok() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_micros(200)).await;
+                }
+                sent.lock().unwrap()[next] = Some(Instant::now());
+                next += 1;
+            }
+        }
+        started.elapsed()
+    };
+    let read = async {
+        let mut latencies = Vec::with_capacity(total);
+        let deadline = Instant::now() + Duration::from_secs(seconds as u64 + 60);
+        while latencies.len() < total && Instant::now() < deadline {
+            let Ok(Ok(message)) = tokio::time::timeout(Duration::from_secs(1), reader.recv()).await
+            else {
+                continue;
+            };
+            let now = Instant::now();
+            let value: serde_json::Value =
+                serde_json::from_slice(message.payload().unwrap_or_default()).unwrap();
+            let Some(index) = value["event_id"]
+                .as_str()
+                .and_then(|id| id.strip_prefix(prefix))
+                .and_then(|i| i.parse::<usize>().ok())
+            else {
+                continue;
+            };
+            if let Some(at) = sent.lock().unwrap()[index] {
+                latencies.push(now - at);
+            }
+        }
+        latencies
+    };
+    tokio::join!(produce, read)
+}
+
+/// Prints the percentiles of sorted `latencies` under `what`.
+fn report(what: &str, latencies: &[Duration]) {
+    println!(
+        "{what}, {} read: p50 {:.1?}  p99 {:.1?}  p999 {:.1?}  max {:.1?}",
+        latencies.len(),
+        nearest_rank(latencies, 0.5),
+        nearest_rank(latencies, 0.99),
+        nearest_rank(latencies, 0.999),
+        latencies[latencies.len() - 1]
+    );
 }
 
 /// Schedules `BENCH_TIMERS` reminders over the next 30 s (all produced
