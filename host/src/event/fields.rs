@@ -122,31 +122,39 @@ pub(crate) struct Obj<'a> {
 impl<'a> Obj<'a> {
     /// The object with `members` found at `path`.
     pub(crate) fn new(path: &'a str, members: &'a Members<'a>) -> Self {
-        // Sorted by key (stably, so a repeated key's last value is last),
-        // then one entry per key: the order and the answers of a sorted map.
-        let mut sorted: Vec<(&'a str, &'a Json<'a>)> =
-            members.iter().map(|(k, v)| (k.as_ref(), v)).collect();
-        sorted.sort_by(|a, b| a.0.cmp(b.0));
-        let last_of_each = sorted
-            .iter()
-            .enumerate()
-            .filter(|(i, (key, _))| sorted.get(i + 1).is_none_or(|next| next.0 != *key))
-            .map(|(_, entry)| *entry);
-        let entries = last_of_each.filter(|(_, v)| !v.is_null());
-        let keys = if sorted.len() > INDEX_ABOVE {
-            let mut index = Index::with_capacity(sorted.len());
-            for (key, value) in entries {
+        let keys = if members.len() > INDEX_ABOVE {
+            let mut index = Index::with_capacity(members.len());
+            for (key, value) in canonical(members) {
                 index.entry(normalise(key)).or_insert((key, value));
             }
             Keys::Index(index)
         } else {
-            let entries: Vec<Entry<'a>> = entries
+            let mut entries: Vec<Entry<'a>> = members
+                .iter()
                 .map(|(key, value)| Entry {
                     hash: normalised_hash(key),
                     key,
                     value,
                 })
                 .collect();
+            // Where no two keys normalise alike (nearly always), each name
+            // matches one entry at most and the order does not matter.
+            let clash = entries
+                .iter()
+                .enumerate()
+                .any(|(i, a)| entries[i + 1..].iter().any(|b| b.hash == a.hash));
+            if clash {
+                entries = canonical(members)
+                    .into_iter()
+                    .map(|(key, value)| Entry {
+                        hash: normalised_hash(key),
+                        key,
+                        value,
+                    })
+                    .collect();
+            } else {
+                entries.retain(|e| !e.value.is_null());
+            }
             let present = entries.iter().fold(0, |bits, e| bits | hash_bit(e.hash));
             Keys::Scan { present, entries }
         };
@@ -155,6 +163,23 @@ impl<'a> Obj<'a> {
             keys: Rc::new(keys),
         }
     }
+}
+
+/// The non-null members in the order and with the answers of a sorted map:
+/// sorted by key (stably, so a repeated key's last value is last), one per
+/// key.
+fn canonical<'a>(members: &'a Members<'a>) -> Vec<(&'a str, &'a Json<'a>)> {
+    let mut sorted: Vec<(&'a str, &'a Json<'a>)> =
+        members.iter().map(|(k, v)| (k.as_ref(), v)).collect();
+    sorted.sort_by(|a, b| a.0.cmp(b.0));
+    let mut kept = Vec::with_capacity(sorted.len());
+    for (i, entry) in sorted.iter().enumerate() {
+        let last_of_key = sorted.get(i + 1).is_none_or(|next| next.0 != entry.0);
+        if last_of_key && !entry.1.is_null() {
+            kept.push(*entry);
+        }
+    }
+    kept
 }
 
 /// A value found by a lookup, with its full path for error messages.
@@ -413,5 +438,56 @@ mod tests {
         assert_eq!((found.key, found.value.as_str()), ("due_date", Some("d")));
         assert_eq!(lookup(&obj, names!["title"]).unwrap().key, "TITLE");
         assert!(lookup(&obj, names!["absent"]).is_none());
+    }
+
+    /// The answer a `serde_json::Map` (sorted, a repeated key's last value)
+    /// gives: the first non-null entry in key order matching `name`.
+    fn sorted_map_answer(text: &str, name: &str) -> Option<(String, String)> {
+        let map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(text).unwrap();
+        map.iter()
+            .find(|(key, value)| !value.is_null() && normalised_eq(key, name))
+            .map(|(key, value)| (key.clone(), value.to_string()))
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn lookups_answer_as_the_sorted_map_did(
+            members in proptest::collection::vec(
+                (
+                    proptest::sample::select(vec![
+                        "due_date", "dueDate", "DUE-DATE", "Due_Date", "title", "Title",
+                        "TITLE", "t_itle", "other", "x",
+                    ]),
+                    proptest::option::of(0_u8..4),
+                ),
+                0..40,
+            )
+        ) {
+            let body: Vec<String> = members
+                .iter()
+                .map(|(key, value)| match value {
+                    Some(v) => format!(r#""{key}":{v}"#),
+                    None => format!(r#""{key}":null"#),
+                })
+                .collect();
+            let text = format!("{{{}}}", body.join(","));
+            let tree = self::members(&text);
+            let obj = Obj::new("", &tree);
+            for (name, names) in [
+                ("duedate", names!["duedate"]),
+                ("title", names!["title"]),
+                ("other", names!["other"]),
+                ("x", names!["x"]),
+            ] {
+                let ours = lookup(&obj, names).map(|found| {
+                    let value = match found.value {
+                        Json::Number(n) => n.to_string(),
+                        other => format!("{other:?}"),
+                    };
+                    (found.key.to_owned(), value)
+                });
+                proptest::prop_assert_eq!(ours, sorted_map_answer(&text, name), "{}", text);
+            }
+        }
     }
 }
