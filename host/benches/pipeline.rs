@@ -7,7 +7,9 @@
 //! Options (env): `BENCH_EVENTS` (default 100000), `BENCH_BROKERS` (an
 //! external broker such as a local tansu; default: the in-process mock
 //! cluster), `BENCH_PARTITIONS` (default 8), `BENCH_FLUSH_MS` (the
-//! pipeline's `changelog_flush_interval`; default its default, 1 s).
+//! pipeline's `changelog_flush_interval`; default its default, 1 s),
+//! `BENCH_PERF_MAP` (set: write the plugins' perf map, `sandbox.perf_map`,
+//! so `perf report` names the functions inside them).
 //!
 //! Rates are measured from the first record consumed to the last input
 //! offset stored, so group-join time does not count — but the last held
@@ -213,7 +215,13 @@ fn main() {
             "raw passthrough"
         );
 
-        let sandbox = Arc::new(Sandbox::new(SandboxConfig::default()).unwrap());
+        let sandbox = Arc::new(
+            Sandbox::new(SandboxConfig {
+                perf_map: std::env::var_os("BENCH_PERF_MAP").is_some(),
+                ..SandboxConfig::default()
+            })
+            .unwrap(),
+        );
         let bundled = bundled::load(&sandbox).await.unwrap().plugins;
         // The line compared across commits keeps the original three; the
         // audit plugin (added later) gets a line of its own.

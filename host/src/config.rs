@@ -310,6 +310,8 @@ pub struct SandboxSection {
     pub log_burst: Count,
     /// The longest plugin log line kept; the rest is cut.
     pub log_line_max: ByteSize,
+    /// Write a perf map of the compiled plugins (for profiling with `perf`).
+    pub perf_map: bool,
 }
 
 impl Default for SandboxSection {
@@ -324,6 +326,7 @@ impl Default for SandboxSection {
             log_lines_per_second: Count(u64::from(log.lines_per_second)),
             log_burst: Count(u64::from(log.burst)),
             log_line_max: log.max_line,
+            perf_map: false,
         }
     }
 }
@@ -601,6 +604,7 @@ impl Config {
                 burst: u32::try_from(section.log_burst.0).unwrap_or(u32::MAX),
                 max_line: section.log_line_max,
             },
+            perf_map: section.perf_map,
             ..SandboxConfig::default()
         };
         if let Some(max) = section.max_instances {

@@ -192,3 +192,28 @@ async fn an_internal_error_counts_toward_quarantine_and_bad_input_does_not() {
     let buggy = outcomes.iter().find(|o| o.plugin.name == "buggy").unwrap();
     assert!(matches!(buggy.result, Err(CallError::Quarantined { .. })));
 }
+
+/// `sandbox.perf_map`: compiling a plugin writes the perf map `perf report`
+/// reads, naming the plugin's functions.
+#[tokio::test]
+async fn a_perf_map_names_the_plugins_functions() {
+    use todo_eventd::sandbox::{Sandbox, SandboxConfig};
+    let sandbox = Arc::new(
+        Sandbox::new(SandboxConfig {
+            max_instances: 4,
+            perf_map: true,
+            ..SandboxConfig::default()
+        })
+        .unwrap(),
+    );
+    let dir = plugin_dir(&[("noop", TEST_PLUGIN, Some(&mode("noop")))]);
+    assert_eq!(load(&sandbox, dir.path()).await.len(), 1);
+    let path = format!("/tmp/perf-{}.map", std::process::id());
+    let map = std::fs::read_to_string(&path).unwrap();
+    let _ = std::fs::remove_file(&path);
+    assert!(
+        map.lines().any(|line| line.ends_with("cabi_realloc")),
+        "no plugin function in the perf map:\n{}",
+        map.lines().take(20).collect::<Vec<_>>().join("\n")
+    );
+}

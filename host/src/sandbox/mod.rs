@@ -67,6 +67,9 @@ pub struct SandboxConfig {
     pub max_calls_per_instance: u64,
     /// How often the epoch advances; the granularity of call deadlines.
     pub epoch_tick: Duration,
+    /// Write `/tmp/perf-PID.map` naming the compiled plugins' functions, so
+    /// `perf report` shows where a plugin spends its time.
+    pub perf_map: bool,
 }
 
 impl Default for SandboxConfig {
@@ -81,6 +84,7 @@ impl Default for SandboxConfig {
             max_instances: 128,
             max_calls_per_instance: 100_000,
             epoch_tick: Duration::from_millis(1),
+            perf_map: false,
         }
     }
 }
@@ -151,6 +155,9 @@ impl Sandbox {
         wasm.wasm_component_model(true)
             .epoch_interruption(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        if config.perf_map {
+            wasm.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&wasm)?;
 
         let mut linker = Linker::new(&engine);
