@@ -139,7 +139,9 @@ async fn analytics_keeps_a_small_value_per_user_however_many_tasks() {
     assert!(sizes[1] < 1024, "{} bytes", sizes[1]);
     // The tasks fall due: counted overdue by their timers.
     fire_until(&mut d, T0 + DAY + 60_000).await;
-    let value: serde_json::Value =
-        serde_json::from_slice(d.state("analytics").unwrap().get("user:u-1").unwrap()).unwrap();
+    // The SDK's compact encoding: a 0x00 byte, then MessagePack.
+    let stored = d.state("analytics").unwrap().get("user:u-1").unwrap();
+    assert_eq!(stored[0], 0, "stored compact, not as JSON");
+    let value: serde_json::Value = rmp_serde::from_slice(&stored[1..]).unwrap();
     assert_eq!(value["overdue"], 300);
 }

@@ -57,6 +57,10 @@ const RUST: &[(&str, &str)] = &[
         "sdk/src/time.rs",
         include_str!("../../../plugins/sdk/src/time.rs"),
     ),
+    (
+        "sdk/src/typed.rs",
+        include_str!("../../../plugins/sdk/src/typed.rs"),
+    ),
 ];
 
 /// `(path in the project, template)` for a Python project.
@@ -171,5 +175,18 @@ mod tests {
         assert!(!manifest.contains("{{"), "{manifest}");
         let err = new_project("hello", Lang::Rust, parent.path()).unwrap_err();
         assert!(matches!(err, KitError::Exists(_)), "{err}");
+    }
+
+    #[test]
+    fn a_rust_project_gets_every_file_of_the_sdk() {
+        let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/sdk/src");
+        for file in std::fs::read_dir(&sdk).unwrap() {
+            let name = file.unwrap().file_name();
+            let path = format!("sdk/src/{}", name.to_string_lossy());
+            assert!(
+                RUST.iter().any(|(copied, _)| *copied == path),
+                "{path} is not copied into new projects"
+            );
+        }
     }
 }

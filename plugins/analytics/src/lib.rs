@@ -16,8 +16,8 @@ mod stats;
 
 use serde::{Deserialize, Serialize};
 use todo_plugin_sdk::{
-    Config, Error, FiredTimer, Plugin, Result, TaskEvent, emit_json, host, json_state, json_timers,
-    timers,
+    Config, Error, FiredTimer, Plugin, Result, TaskEvent, emit_json, host, timers, typed_state,
+    typed_timers,
 };
 
 use crate::stats::{Status, TaskRecord, UserStats};
@@ -95,9 +95,9 @@ impl Plugin for AnalyticsPlugin {
     fn on_event(event: TaskEvent) -> Result {
         let task = &event.task;
         let user = user_key(&task.user_id);
-        let mut stats: UserStats = json_state::get(&user)?.unwrap_or_default();
+        let mut stats: UserStats = typed_state::get(&user)?.unwrap_or_default();
         let record_key = task_key(&task.id);
-        let record: Option<TaskRecord> = json_state::get(&record_key)?;
+        let record: Option<TaskRecord> = typed_state::get(&record_key)?;
         let now = host::now();
         let Some(change) = stats.apply(event.kind, record.as_ref(), task, event.occurred_at, now)
         else {
@@ -120,11 +120,11 @@ impl Plugin for AnalyticsPlugin {
             )),
         };
         match timer {
-            Some((due, payload)) => json_timers::set(&record_key, due, &payload)?,
+            Some((due, payload)) => typed_timers::set(&record_key, due, &payload)?,
             None => timers::cancel(&record_key),
         }
-        json_state::set(&record_key, &change.record)?;
-        json_state::set(&user, &stats)?;
+        typed_state::set(&record_key, &change.record)?;
+        typed_state::set(&user, &stats)?;
         snapshot_soon(&task.user_id)
     }
 
@@ -136,7 +136,7 @@ impl Plugin for AnalyticsPlugin {
                     format!("timer {} has a non-UTF-8 user id", timer.key),
                 )
             })?;
-            let Some(stats) = json_state::get::<UserStats>(&user_key(&user_id))? else {
+            let Some(stats) = typed_state::get::<UserStats>(&user_key(&user_id))? else {
                 return Ok(());
             };
             return emit_json(
@@ -145,28 +145,28 @@ impl Plugin for AnalyticsPlugin {
                 &stats.snapshot(&user_id, host::now()),
             );
         }
-        match timer.payload_json::<TaskTimer>()? {
+        match timer.payload_typed::<TaskTimer>()? {
             TaskTimer::Forget { task } => {
                 let key = task_key(&task);
-                let record: Option<TaskRecord> = json_state::get(&key)?;
+                let record: Option<TaskRecord> = typed_state::get(&key)?;
                 if record.is_some_and(|r| r.status != Status::Open) {
-                    json_state::delete(&key);
+                    typed_state::delete(&key);
                 }
                 Ok(())
             }
             TaskTimer::Due { user, task } => {
                 let (user_key, task_key) = (user_key(&user), task_key(&task));
                 let (Some(mut stats), Some(record)) = (
-                    json_state::get::<UserStats>(&user_key)?,
-                    json_state::get::<TaskRecord>(&task_key)?,
+                    typed_state::get::<UserStats>(&user_key)?,
+                    typed_state::get::<TaskRecord>(&task_key)?,
                 ) else {
                     return Ok(());
                 };
                 let Some(record) = stats.due_passed(&record, timer.due) else {
                     return Ok(());
                 };
-                json_state::set(&task_key, &record)?;
-                json_state::set(&user_key, &stats)?;
+                typed_state::set(&task_key, &record)?;
+                typed_state::set(&user_key, &stats)?;
                 snapshot_soon(&user)
             }
         }

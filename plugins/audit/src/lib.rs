@@ -14,8 +14,8 @@
 
 use serde::Serialize;
 use todo_plugin_sdk::{
-    Error, EventKind, Plugin, Result, TaskEvent, TaskSnapshot, emit_json, json_state, rfc3339,
-    state,
+    Error, EventKind, Plugin, Result, TaskEvent, TaskSnapshot, emit_json, rfc3339, state,
+    typed_state,
 };
 
 struct AuditPlugin;
@@ -45,13 +45,13 @@ impl Plugin for AuditPlugin {
                 ),
             ));
         }
-        let before = match json_state::get::<TaskSnapshot>(&key)? {
+        let before = match typed_state::get::<TaskSnapshot>(&key)? {
             Some(seen) => Some(seen),
             None => event.previous.as_ref().map(TaskSnapshot::from),
         };
         let after = (event.kind != EventKind::Deleted).then(|| task.snapshot());
         match &after {
-            Some(snapshot) => json_state::set(&key, snapshot)?,
+            Some(snapshot) => typed_state::set(&key, snapshot)?,
             None => state::delete(&key),
         }
         let record = AuditRecord {

@@ -19,7 +19,7 @@ mod schedule;
 use serde_json::json;
 use todo_plugin_sdk::{
     Config, Error, EventKind, FiredTimer, Plugin, Recurrence, Result, TaskEvent, debug, emit_json,
-    host, info, json_state, rfc3339, timers, warn,
+    host, info, rfc3339, timers, typed_state, warn,
 };
 
 struct RecurrencePlugin;
@@ -39,7 +39,7 @@ fn answered_key(task_id: &str) -> String {
 /// and arranges to forget it after the TTL (the timer key is the state key).
 fn remember(task_id: &str, answer: &str) -> Result {
     let key = answered_key(task_id);
-    json_state::set(&key, answer)?;
+    typed_state::set(&key, answer)?;
     let days = host::config("answered_ttl_days")
         .and_then(|v| v.parse::<u32>().ok())
         .unwrap_or(DEFAULT_ANSWERED_TTL_DAYS);
@@ -61,7 +61,7 @@ impl Plugin for RecurrencePlugin {
         let task = &event.task;
         if event.kind == EventKind::Deleted {
             let key = answered_key(&task.id);
-            json_state::delete(&key);
+            typed_state::delete(&key);
             timers::cancel(&key);
             return Ok(());
         }
@@ -75,7 +75,7 @@ impl Plugin for RecurrencePlugin {
         let Some(recurrence) = task.recurrence.as_ref().filter(|_| completed_now) else {
             return Ok(());
         };
-        if json_state::get::<String>(&answered_key(&task.id))?.is_some() {
+        if typed_state::get::<String>(&answered_key(&task.id))?.is_some() {
             debug!("completion of task {} already answered", task.id);
             return Ok(());
         }
@@ -152,7 +152,7 @@ impl Plugin for RecurrencePlugin {
 
     /// An answered completion's TTL ran out: forget it.
     fn on_timer(timer: FiredTimer) -> Result {
-        json_state::delete(&timer.key);
+        typed_state::delete(&timer.key);
         Ok(())
     }
 }

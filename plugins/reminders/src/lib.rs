@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use todo_plugin_sdk::{
     Config, EventKind, FiredTimer, Plugin, Result, TaskEvent, Timestamp, debug, emit_json, host,
-    info, json_state, json_timers, rfc3339, timers, warn,
+    info, rfc3339, timers, typed_state, typed_timers, warn,
 };
 
 struct RemindersPlugin;
@@ -104,7 +104,7 @@ fn expire_later(task_id: &str, memo: &mut Memo, from: Timestamp) -> Result {
     let payload = TimerPayload::Expire {
         expire: task_id.to_owned(),
     };
-    json_timers::set(
+    typed_timers::set(
         &memo_key(task_id),
         from.saturating_add(memo_ttl_ms()),
         &payload,
@@ -156,7 +156,7 @@ impl Plugin for RemindersPlugin {
     fn on_event(event: TaskEvent) -> Result {
         let task = &event.task;
         let key = memo_key(&task.id);
-        let mut memo: Memo = json_state::get(&key)?.unwrap_or_else(Memo::fresh);
+        let mut memo: Memo = typed_state::get(&key)?.unwrap_or_else(Memo::fresh);
         if event.occurred_at < memo.last_event_at {
             debug!(
                 "task {}: ignoring event {} older than one already applied",
@@ -176,7 +176,7 @@ impl Plugin for RemindersPlugin {
         }
         if event.kind == EventKind::Deleted {
             timers::cancel(&key);
-            json_state::delete(&key);
+            typed_state::delete(&key);
             return Ok(());
         }
         memo.last_event_at = event.occurred_at;
@@ -184,34 +184,34 @@ impl Plugin for RemindersPlugin {
         match timer {
             Some(pending) => {
                 memo.expiry_armed = false;
-                json_timers::set(&key, pending.remind_at, &TimerPayload::Remind(pending))?;
+                typed_timers::set(&key, pending.remind_at, &TimerPayload::Remind(pending))?;
             }
             None => expire_later(&task.id, &mut memo, host::now())?,
         }
-        json_state::set(&key, &memo)
+        typed_state::set(&key, &memo)
     }
 
     fn on_timer(timer: FiredTimer) -> Result {
         let now = host::now();
-        let pending = match timer.payload_json::<TimerPayload>()? {
+        let pending = match timer.payload_typed::<TimerPayload>()? {
             TimerPayload::Remind(pending) => pending,
             TimerPayload::Expire { expire } => {
                 let key = memo_key(&expire);
-                let Some(memo) = json_state::get::<Memo>(&key)? else {
+                let Some(memo) = typed_state::get::<Memo>(&key)? else {
                     return Ok(());
                 };
                 // Events since it was armed push the expiry back.
                 let expires = memo.last_event_at.saturating_add(memo_ttl_ms());
                 if expires > now {
                     let payload = TimerPayload::Expire { expire };
-                    return json_timers::set(&timer.key, expires, &payload);
+                    return typed_timers::set(&timer.key, expires, &payload);
                 }
-                json_state::delete(&key);
+                typed_state::delete(&key);
                 return Ok(());
             }
         };
         let key = memo_key(&pending.task_id);
-        let mut memo: Memo = json_state::get(&key)?.unwrap_or_else(Memo::fresh);
+        let mut memo: Memo = typed_state::get(&key)?.unwrap_or_else(Memo::fresh);
         memo.expiry_armed = false;
         if pending.due.is_some_and(|due| now > due) {
             warn!(
@@ -232,7 +232,7 @@ impl Plugin for RemindersPlugin {
             memo.sent = Some(pending.reminder_id);
         }
         expire_later(&pending.task_id, &mut memo, now)?;
-        json_state::set(&key, &memo)
+        typed_state::set(&key, &memo)
     }
 }
 

@@ -1,8 +1,9 @@
 //! Everything a Rust plugin for todo-eventd needs: the `todo:plugin@0.2.0`
 //! world's bindings (generated once, here), a [`Plugin`] trait whose
 //! handlers all have defaults, an [`Error`] that `?` converts any error
-//! into, log macros, JSON helpers for state, emits and timer payloads, and
-//! serde-ready [snapshots](snapshot) of tasks and events.
+//! into, log macros, serde helpers for state and timer payloads (compact,
+//! [`typed_state`], or JSON, [`json_state`]) and JSON emits, and serde-ready
+//! [snapshots](snapshot) of tasks and events.
 //!
 //! ```text
 //! use todo_plugin_sdk::{Plugin, Result, TaskEvent, emit_json, info};
@@ -40,6 +41,7 @@ pub mod json;
 mod log;
 pub mod snapshot;
 mod time;
+pub mod typed;
 
 pub use bindings::todo::plugin::types::{
     ErrorKind, EventKind, FiredTimer, Frequency, PluginError, Priority, Recurrence,
@@ -53,6 +55,7 @@ pub use self::error::{Error, Result};
 pub use self::json::{emit_json, json_state, json_timers};
 pub use self::snapshot::{EventSnapshot, TaskSnapshot};
 pub use self::time::rfc3339;
+pub use self::typed::{typed_state, typed_timers};
 
 /// A plugin's handlers. Every one has a default that does nothing, so a
 /// plugin implements only what it needs; all are associated functions
