@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::Message;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::StreamConsumer;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use todo_eventd::config::Config;
 use todo_eventd::kafka::{self, EmbeddedBroker};
@@ -35,24 +35,21 @@ use todo_eventd::sandbox::{Sandbox, SandboxConfig};
 
 mod common;
 
-use common::{env_or, events, status_kib};
+use common::{consumer, env_or, events, status_kib};
 
 /// A consumer in a group of its own reading `topic` from `reset`
 /// (`earliest`/`latest`), fetching with little wait.
 fn reader(brokers: &str, config: &Config, group: &str, reset: &str, topic: &str) -> StreamConsumer {
-    let reader: StreamConsumer = kafka::client_config(
+    consumer(
         brokers,
-        &config.kafka,
+        config,
         &[
             ("group.id", group),
             ("auto.offset.reset", reset),
             ("fetch.wait.max.ms", "5"),
         ],
+        topic,
     )
-    .create()
-    .unwrap();
-    reader.subscribe(&[topic]).unwrap();
-    reader
 }
 
 fn main() {
@@ -215,18 +212,16 @@ async fn floor(
     let reader = reader(brokers, config, &group("reader"), "earliest", read_from);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let forwarder = forwarded.then(|| {
-        let consumer: StreamConsumer = kafka::client_config(
+        let consumer = consumer(
             brokers,
-            &config.kafka,
+            config,
             &[
                 ("group.id", group("forwarder").as_str()),
                 ("auto.offset.reset", "latest"),
                 ("fetch.wait.max.ms", "10"),
             ],
-        )
-        .create()
-        .unwrap();
-        consumer.subscribe(&[BASELINE_TOPIC]).unwrap();
+            BASELINE_TOPIC,
+        );
         let producer = kafka::producer(brokers, &config.kafka).unwrap();
         tokio::spawn(async move {
             let mut stopped = std::pin::pin!(stopped);

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::Message;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::producer::FutureRecord;
 use todo_eventd::config::Config;
 use todo_eventd::kafka::{self, EmbeddedBroker};
@@ -32,7 +32,7 @@ use todo_eventd::sandbox::{Sandbox, SandboxConfig};
 
 mod common;
 
-use common::{env_or, events};
+use common::{consumer, env_or, events};
 
 async fn preload(brokers: &str, config: &Config, topic: &str, lines: &[String]) {
     let producer = kafka::producer(brokers, &config.kafka).unwrap();
@@ -47,19 +47,17 @@ async fn preload(brokers: &str, config: &Config, topic: &str, lines: &[String]) 
 /// partition with a bounded window, like the pipeline but without decoding
 /// or plugins.
 async fn passthrough(brokers: &str, config: &Config, topic: &str, total: usize) -> Duration {
-    let consumer: StreamConsumer = kafka::client_config(
+    let consumer = consumer(
         brokers,
-        &config.kafka,
+        config,
         &[
             ("group.id", "bench-passthrough"),
             ("enable.auto.commit", "true"),
             ("enable.auto.offset.store", "false"),
             ("auto.offset.reset", "earliest"),
         ],
-    )
-    .create()
-    .unwrap();
-    consumer.subscribe(&[topic]).unwrap();
+        topic,
+    );
     let producer = kafka::producer(brokers, &config.kafka).unwrap();
     let mut window = VecDeque::new();
     let mut started = None;

@@ -1,5 +1,9 @@
 //! What the pipeline benches share: settings from the environment, the
-//! event mix and a process's memory figures.
+//! event mix, a consumer, and a process's memory figures.
+
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use todo_eventd::config::Config;
+use todo_eventd::kafka;
 
 /// The environment variable `name` parsed, or `default`.
 pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -39,4 +43,20 @@ pub fn status_kib(pid: &str, field: &str) -> u64 {
         .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
+}
+
+/// A consumer of `topic` with the daemon's client settings (`config.kafka`)
+/// and `properties` (its group, where to start, …).
+#[allow(dead_code, reason = "the memory bench reads no topic")]
+pub fn consumer(
+    brokers: &str,
+    config: &Config,
+    properties: &[(&str, &str)],
+    topic: &str,
+) -> StreamConsumer {
+    let consumer: StreamConsumer = kafka::client_config(brokers, &config.kafka, properties)
+        .create()
+        .expect("a consumer");
+    consumer.subscribe(&[topic]).expect("subscribed");
+    consumer
 }
