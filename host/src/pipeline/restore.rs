@@ -19,6 +19,16 @@ use crate::state::changelog::Restorer;
 /// the quiet is the fallback for a broker that never says so.
 const RESTORE_QUIET: Duration = Duration::from_millis(500);
 
+/// How long the changelog must stay quiet after the broker said the end is
+/// reached: librdkafka drops the records of the fetch answer that says so,
+/// so a broker whose fetch watermark lagged its records would have them
+/// fetched again within this (two fetch waits). A record after the end
+/// falls back to [`RESTORE_QUIET`].
+const EOF_QUIET: Duration = Duration::from_millis(20);
+
+/// How long one poll waits for a record.
+const POLL: Duration = Duration::from_millis(10);
+
 /// Reads changelog partition `partition` from the beginning to its end as of
 /// now, keeping the records that belong to `input_topic`. Gives up with
 /// `Canceled` after `timeout` or as soon as `cancel` is set. Blocking: run
@@ -63,11 +73,14 @@ pub fn restore_partition(
     // Since when no record has arrived (reset by every record, without
     // reading the clock per record).
     let mut quiet_since: Option<Instant> = None;
+    // How long the quiet must last: short once the broker said the end was
+    // reached at or past the start's end.
+    let mut quiet_needed = RESTORE_QUIET;
     loop {
         if cancel.load(Ordering::Relaxed) {
             return Err(KafkaError::Canceled);
         }
-        match consumer.poll(Duration::from_millis(100)) {
+        match consumer.poll(POLL) {
             Some(Ok(message)) => {
                 restorer.apply(
                     input_topic,
@@ -75,11 +88,13 @@ pub fn restore_partition(
                     message.payload(),
                 );
                 quiet_since = None;
+                quiet_needed = RESTORE_QUIET;
             }
             // Every record before the end is delivered before this is.
             Some(Err(KafkaError::PartitionEOF(_))) => {
                 if passed(&consumer, changelog, high)? {
-                    break;
+                    quiet_needed = EOF_QUIET;
+                    quiet_since = Some(Instant::now());
                 }
             }
             Some(Err(err)) => return Err(err),
@@ -89,7 +104,7 @@ pub fn restore_partition(
                 // "offset + 1 == high": compaction leaves gaps.)
                 let at_end = passed(&consumer, changelog, high)?;
                 let quiet = *quiet_since.get_or_insert_with(Instant::now);
-                if at_end && quiet.elapsed() >= RESTORE_QUIET {
+                if at_end && quiet.elapsed() >= quiet_needed {
                     break;
                 }
                 if Instant::now() > deadline {

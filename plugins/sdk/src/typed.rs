@@ -12,18 +12,25 @@
 //! [`json_state`]: crate::json_state
 //! [`emit_json`]: crate::emit_json
 
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::Serialize;
 
 use crate::{Error, FiredTimer, Result, Timestamp};
 
 /// The first byte of a compact value.
 const MARK: u8 = 0x00;
 
-/// `value` as stored: [`MARK`], then MessagePack with field names.
+/// `value` as stored: [`MARK`], then MessagePack with field names. Types
+/// that serialize differently for people and machines (addresses, some
+/// durations) take their human-readable form, as in JSON, so a value reads
+/// back the same way through serde's buffering (`untagged`, `flatten`).
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
     let mut bytes = vec![MARK];
-    rmp_serde::encode::write_named(&mut bytes, value)
+    let mut serializer = rmp_serde::Serializer::new(&mut bytes)
+        .with_struct_map()
+        .with_human_readable();
+    value
+        .serialize(&mut serializer)
         .map_err(|e| Error::internal("encode", e.to_string()))?;
     Ok(bytes)
 }
@@ -31,7 +38,11 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
 /// A stored value: compact, or JSON text (written by `json_state`).
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> std::result::Result<T, String> {
     match bytes.split_first() {
-        Some((&MARK, packed)) => rmp_serde::from_slice(packed).map_err(|e| e.to_string()),
+        Some((&MARK, packed)) => {
+            let mut deserializer =
+                rmp_serde::Deserializer::from_read_ref(packed).with_human_readable();
+            T::deserialize(&mut deserializer).map_err(|e| e.to_string())
+        }
         _ => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
     }
 }
@@ -98,6 +109,7 @@ mod tests {
     enum Payload {
         Remind(Pending),
         Expire { expire: String },
+        Peer { peer: std::net::IpAddr },
     }
 
     #[derive(Debug, PartialEq, Serialize, Deserialize)]
@@ -135,6 +147,11 @@ mod tests {
             }),
             Payload::Expire {
                 expire: "t-1".into(),
+            },
+            // Read back through serde's buffering, which asks for the
+            // human-readable form.
+            Payload::Peer {
+                peer: std::net::IpAddr::from([10, 0, 0, 1]),
             },
         ];
         for payload in payloads {
