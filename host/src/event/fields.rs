@@ -92,11 +92,21 @@ fn hash_bit(hash: u64) -> u128 {
     1 << (hash >> 57)
 }
 
-/// A non-null entry of a small object with its normalised key's hash.
+/// An entry of a small object with its normalised key's hash.
 struct Entry<'a> {
     hash: u64,
     key: &'a str,
     value: &'a Json<'a>,
+}
+
+impl<'a> Entry<'a> {
+    fn new(key: &'a str, value: &'a Json<'a>) -> Self {
+        Self {
+            hash: normalised_hash(key),
+            key,
+            value,
+        }
+    }
 }
 
 /// How an object's keys are searched.
@@ -131,11 +141,7 @@ impl<'a> Obj<'a> {
         } else {
             let mut entries: Vec<Entry<'a>> = members
                 .iter()
-                .map(|(key, value)| Entry {
-                    hash: normalised_hash(key),
-                    key,
-                    value,
-                })
+                .map(|(key, value)| Entry::new(key, value))
                 .collect();
             // Where no two keys normalise alike (nearly always), each name
             // matches one entry at most and the order does not matter.
@@ -146,11 +152,7 @@ impl<'a> Obj<'a> {
             if clash {
                 entries = canonical(members)
                     .into_iter()
-                    .map(|(key, value)| Entry {
-                        hash: normalised_hash(key),
-                        key,
-                        value,
-                    })
+                    .map(|(key, value)| Entry::new(key, value))
                     .collect();
             } else {
                 entries.retain(|e| !e.value.is_null());

@@ -36,7 +36,8 @@ impl<'a> Json<'a> {
     }
 
     /// The same value owning all of its text, for a tree parsed from a
-    /// buffer that does not outlive it (a `data_base64` payload).
+    /// buffer that does not outlive it (a CloudEvent's `data` string or
+    /// `data_base64` payload).
     pub(crate) fn into_owned(self) -> Json<'static> {
         match self {
             Self::Null => Json::Null,

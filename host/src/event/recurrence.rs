@@ -10,11 +10,12 @@
 //! - flat database columns: `recurrence_pattern`, `recurrence_interval`,
 //!   `recurrence_end_date`, `max_occurrences`.
 
+use jiff::tz::TimeZone;
+
 use super::fields::{Found, Layers, Obj, describe, join, kind, lookup, names};
 use super::json::Json;
 use super::{DecodeError, time};
 use crate::world::{Frequency, Recurrence, SimpleRecurrence};
-use jiff::tz::TimeZone;
 
 /// RRULE parts we accept (RFC 5545 §3.3.10).
 const RRULE_PARTS: &[&str] = &[

@@ -1,11 +1,12 @@
 //! The task body: from a `task_data`/`payload`/`newState` row to a WIT
 //! [`Task`].
 
+use jiff::tz::TimeZone;
+
 use super::fields::{Found, Layers, Name, Obj, describe, join, kind, lookup, names};
 use super::json::Json;
 use super::{DecodeError, Result, recurrence, time};
 use crate::world::{EventKind, Priority, Task, Timestamp};
-use jiff::tz::TimeZone;
 
 /// The ids an envelope declares for its subject, which take precedence over
 /// the ids inside the task row.

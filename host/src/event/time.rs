@@ -7,13 +7,14 @@
 //! Offsets ("remind me 1h before") may be a number of minutes, a friendly
 //! duration (`30m`, `1h`, `1d`, `1h30m`) or ISO 8601 (`PT1H`).
 
+use jiff::civil::{Date, DateTime};
+use jiff::tz::TimeZone;
+use jiff::{SignedDuration, Span, SpanRelativeTo};
+
 use super::DecodeError;
 use super::fields::{Found, describe};
 use super::json::Json;
 use crate::world::Timestamp;
-use jiff::civil::{Date, DateTime};
-use jiff::tz::TimeZone;
-use jiff::{SignedDuration, Span, SpanRelativeTo};
 
 /// Below this, an epoch number is taken as seconds; at or above it, as
 /// milliseconds (1e11 seconds is the year 5138).

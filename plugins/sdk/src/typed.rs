@@ -12,8 +12,8 @@
 //! [`json_state`]: crate::json_state
 //! [`emit_json`]: crate::emit_json
 
-use serde::de::DeserializeOwned;
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use crate::{Error, FiredTimer, Result, Timestamp};
 
