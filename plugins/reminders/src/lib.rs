@@ -94,9 +94,10 @@ fn memo_ttl_ms() -> i64 {
     i64::from(days) * DAY_MS
 }
 
-/// Makes the task's timer its memo's expiry, a TTL from `from`, unless
-/// it already is (the expiry re-arms itself when it fires early).
-fn expire_later(task_id: &str, memo: &mut Memo, from: Timestamp) -> Result {
+/// Makes the task's timer (under its memo's `key`) its memo's expiry, a
+/// TTL from `from`, unless it already is (the expiry re-arms itself when
+/// it fires early).
+fn expire_later(key: &str, task_id: &str, memo: &mut Memo, from: Timestamp) -> Result {
     if memo.expiry_armed {
         return Ok(());
     }
@@ -104,11 +105,7 @@ fn expire_later(task_id: &str, memo: &mut Memo, from: Timestamp) -> Result {
     let payload = TimerPayload::Expire {
         expire: task_id.to_owned(),
     };
-    typed_timers::set(
-        &memo_key(task_id),
-        from.saturating_add(memo_ttl_ms()),
-        &payload,
-    )
+    typed_timers::set(key, from.saturating_add(memo_ttl_ms()), &payload)
 }
 
 /// The reminder `event` calls for, if any: a remind time in the future,
@@ -186,7 +183,7 @@ impl Plugin for RemindersPlugin {
                 memo.expiry_armed = false;
                 typed_timers::set(&key, pending.remind_at, &TimerPayload::Remind(pending))?;
             }
-            None => expire_later(&task.id, &mut memo, host::now())?,
+            None => expire_later(&key, &task.id, &mut memo, host::now())?,
         }
         typed_state::set(&key, &memo)
     }
@@ -231,7 +228,7 @@ impl Plugin for RemindersPlugin {
             emit_json("reminders", Some(&pending.user_id), &value)?;
             memo.sent = Some(pending.reminder_id);
         }
-        expire_later(&pending.task_id, &mut memo, now)?;
+        expire_later(&key, &pending.task_id, &mut memo, now)?;
         typed_state::set(&key, &memo)
     }
 }
