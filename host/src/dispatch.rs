@@ -308,13 +308,14 @@ impl Slot {
     ) -> Outcome {
         let plugin = self.plugin.clone();
         let started = Instant::now();
-        let result = match plugin.health.admit(now) {
+        let (result, ended) = match plugin.health.admit(now) {
             Err(suspended) => {
                 metrics.skipped(&plugin.name);
-                Err(CallError::Quarantined {
+                let skipped = Err(CallError::Quarantined {
                     failures: suspended.failures,
                     retry_at: rfc3339(suspended.retry_at),
-                })
+                });
+                (skipped, started)
             }
             Ok(()) => {
                 let span = debug_span!(
@@ -323,7 +324,7 @@ impl Slot {
                     hash = %plugin.short_hash(),
                     handler = call.handler().as_str()
                 );
-                self.run_with_retries(now, call, policy)
+                self.run_with_retries(now, call, policy, started)
                     .instrument(span)
                     .await
             }
@@ -347,7 +348,7 @@ impl Slot {
             plugin,
             result,
             changes,
-            took: started.elapsed(),
+            took: ended.duration_since(started),
             memory_peak: self.memory_peak,
         }
     }
@@ -357,16 +358,18 @@ impl Slot {
     /// wait at most [`MAX_RETRY_BACKOFF`]). The
     /// partition waits meanwhile, so per-key order is kept; a call still
     /// failing after the last retry is dead-lettered like `bad-input`.
+    /// Returns the result and when the last try ended.
     async fn run_with_retries(
         &mut self,
         now: Timestamp,
         call: Call<'_>,
         policy: &DispatchPolicy,
-    ) -> Result<Effects, CallError> {
+        mut started: Instant,
+    ) -> (Result<Effects, CallError>, Instant) {
         let limits = self.plugin.spec.limits;
         let mut attempt = 0_u32;
         loop {
-            let result = self.run(now, call).await;
+            let (result, ended) = self.run(now, call, started).await;
             match &result {
                 Err(err) if err.is_retryable() && u64::from(attempt) < limits.retries.0 => {
                     attempt += 1;
@@ -384,30 +387,56 @@ impl Slot {
                     if policy.retry_wait == RetryWait::Backoff {
                         tokio::time::sleep(backoff).await;
                     }
+                    started = Instant::now();
                 }
-                _ => return result,
+                _ => return (result, ended),
             }
         }
     }
 
-    /// Runs the call on a warm instance (created if needed).
-    async fn run(&mut self, now: Timestamp, call: Call<'_>) -> Result<Effects, CallError> {
+    /// Runs the call on a warm instance (created if needed), counting its
+    /// time limit from `started` (or from when a new instance was ready).
+    /// Returns the result and when the call ended: the clock is read once
+    /// here and once by the caller per call.
+    async fn run(
+        &mut self,
+        now: Timestamp,
+        call: Call<'_>,
+        mut started: Instant,
+    ) -> (Result<Effects, CallError>, Instant) {
         let instance = match &mut self.instance {
             Some(instance) if instance.is_reusable() => instance,
-            slot => slot.insert(self.plugin.instantiate().await?),
+            slot => match self.plugin.instantiate().await {
+                Ok(instance) => {
+                    started = Instant::now();
+                    slot.insert(instance)
+                }
+                Err(err) => return (Err(err), Instant::now()),
+            },
         };
-        let started = Instant::now();
         let result = match call {
-            Call::Event(event) => instance.on_event(event, now, &mut self.state).await,
-            Call::Timer(timer) => instance.on_timer(timer, now, &mut self.state).await,
+            Call::Event(event) => {
+                instance
+                    .on_event(event, now, started, &mut self.state)
+                    .await
+            }
+            Call::Timer(timer) => {
+                instance
+                    .on_timer(timer, now, started, &mut self.state)
+                    .await
+            }
         };
+        let ended = Instant::now();
         self.memory_peak = self.memory_peak.max(instance.memory_peak());
-        self.metrics
-            .call(call.handler(), started.elapsed(), instance.memory_peak());
+        self.metrics.call(
+            call.handler(),
+            ended.duration_since(started),
+            instance.memory_peak(),
+        );
         if !instance.is_reusable() {
             self.instance = None;
         }
-        result
+        (result, ended)
     }
 
     /// Applies a successful call's changes: unchanged entries dropped,

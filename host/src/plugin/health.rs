@@ -15,6 +15,7 @@
 //!
 //! [`CallError::is_plugin_fault`]: crate::sandbox::CallError::is_plugin_fault
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
@@ -82,8 +83,23 @@ pub struct HealthSnapshot {
 }
 
 /// One plugin version's failure record, shared by every partition.
-#[derive(Debug, Default)]
-pub struct Health(Mutex<State>);
+#[derive(Debug)]
+pub struct Health {
+    state: Mutex<State>,
+    /// Whether the record is clean: no failure since the last success and
+    /// no quarantine. Then admitting a call and recording a success change
+    /// nothing, and every partition's call skips the lock.
+    clean: AtomicBool,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self {
+            state: Mutex::default(),
+            clean: AtomicBool::new(true),
+        }
+    }
+}
 
 #[derive(Debug, Default)]
 struct State {
@@ -109,13 +125,34 @@ pub enum Transition {
     Released,
 }
 
+impl State {
+    fn is_clean(&self) -> bool {
+        self.snapshot.consecutive_failures == 0 && self.snapshot.retry_at.is_none()
+    }
+}
+
 impl Health {
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Changes the record under the lock, keeping `clean` true to it.
+    fn update<R>(&self, change: impl FnOnce(&mut State) -> R) -> R {
+        let mut state = self.state();
+        let result = change(&mut state);
+        self.clean.store(state.is_clean(), Ordering::Release);
+        result
+    }
+
+    fn is_clean(&self) -> bool {
+        self.clean.load(Ordering::Acquire)
     }
 
     /// `Err` while a quarantine's back-off has not passed at `now`.
     pub fn admit(&self, now: Timestamp) -> Result<(), Suspended> {
+        if self.is_clean() {
+            return Ok(());
+        }
         let state = self.state();
         match state.snapshot.retry_at {
             Some(retry_at) if now < retry_at => Err(Suspended {
@@ -128,33 +165,41 @@ impl Health {
 
     /// When the next trial call is allowed, while quarantined.
     pub fn retry_at(&self) -> Option<Timestamp> {
+        if self.is_clean() {
+            return None;
+        }
         self.state().snapshot.retry_at
     }
 
     /// A successful call: the failure run ends.
     pub fn succeeded(&self) -> Transition {
-        let mut state = self.state();
-        let was_quarantined = state.snapshot.retry_at.take().is_some();
-        state.snapshot.consecutive_failures = 0;
-        state.backoff = Duration::ZERO;
-        if was_quarantined {
-            Transition::Released
-        } else {
-            Transition::None
+        if self.is_clean() {
+            return Transition::None;
         }
+        self.update(|state| {
+            let was_quarantined = state.snapshot.retry_at.take().is_some();
+            state.snapshot.consecutive_failures = 0;
+            state.backoff = Duration::ZERO;
+            if was_quarantined {
+                Transition::Released
+            } else {
+                Transition::None
+            }
+        })
     }
 
     /// A failed call at `now`; quarantines under `policy` when the run of
     /// failures is long enough.
     pub fn failed(&self, policy: &QuarantinePolicy, now: Timestamp, error: &str) -> Transition {
-        let mut state = self.state();
-        let snapshot = &mut state.snapshot;
-        snapshot.consecutive_failures = snapshot.consecutive_failures.saturating_add(1);
-        snapshot.last_error = Some(error.to_owned());
-        if policy.after == 0 || snapshot.consecutive_failures < policy.after {
-            return Transition::None;
-        }
-        Self::suspend(&mut state, policy, now)
+        self.update(|state| {
+            let snapshot = &mut state.snapshot;
+            snapshot.consecutive_failures = snapshot.consecutive_failures.saturating_add(1);
+            snapshot.last_error = Some(error.to_owned());
+            if policy.after == 0 || snapshot.consecutive_failures < policy.after {
+                return Transition::None;
+            }
+            Self::suspend(state, policy, now)
+        })
     }
 
     /// Counts `count` timer re-arms throttled at `now`; past the policy's
@@ -162,27 +207,29 @@ impl Health {
     /// the reason recorded. A trial call after a quarantine that re-arms
     /// like this again is a failed trial.
     pub fn throttled(&self, policy: &QuarantinePolicy, now: Timestamp, count: u32) -> Transition {
-        let mut state = self.state();
         if policy.storm_after == 0 {
             return Transition::None;
         }
-        if now.saturating_sub(state.rearm_window) >= millis(STORM_WINDOW) {
-            state.rearm_window = now;
+        self.update(|state| {
+            if now.saturating_sub(state.rearm_window) >= millis(STORM_WINDOW) {
+                state.rearm_window = now;
+                state.rearms = 0;
+            }
+            state.rearms = state.rearms.saturating_add(count);
+            let trial = state.snapshot.retry_at.is_some();
+            if !trial && state.rearms < policy.storm_after {
+                return Transition::None;
+            }
+            state.snapshot.last_error = Some(format!(
+                "timer storm: on-timer re-armed timers for immediate firing {} times within {}s",
+                state.rearms,
+                STORM_WINDOW.as_secs()
+            ));
             state.rearms = 0;
-        }
-        state.rearms = state.rearms.saturating_add(count);
-        let trial = state.snapshot.retry_at.is_some();
-        if !trial && state.rearms < policy.storm_after {
-            return Transition::None;
-        }
-        state.snapshot.last_error = Some(format!(
-            "timer storm: on-timer re-armed timers for immediate firing {} times within {}s",
-            state.rearms,
-            STORM_WINDOW.as_secs()
-        ));
-        state.rearms = 0;
-        state.snapshot.consecutive_failures = state.snapshot.consecutive_failures.saturating_add(1);
-        Self::suspend(&mut state, policy, now)
+            state.snapshot.consecutive_failures =
+                state.snapshot.consecutive_failures.saturating_add(1);
+            Self::suspend(state, policy, now)
+        })
     }
 
     fn suspend(state: &mut State, policy: &QuarantinePolicy, now: Timestamp) -> Transition {

@@ -139,11 +139,11 @@ impl HostState {
         }
     }
 
-    /// Starts a call: a clean effects buffer and usage, the clock at `now`,
-    /// the deadline from the limits.
-    pub(super) fn begin(&mut self, now: Timestamp) {
+    /// Starts a call that began at `started`: a clean effects buffer and
+    /// usage, the clock at `now`, the deadline from the limits.
+    pub(super) fn begin(&mut self, now: Timestamp, started: Instant) {
         self.now.store(now, Ordering::Relaxed);
-        self.deadline = Instant::now() + self.spec.limits.timeout();
+        self.deadline = started + self.spec.limits.timeout();
         self.limiter.refused = None;
         self.effects = Effects::default();
         self.usage = CallUsage::default();

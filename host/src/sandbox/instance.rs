@@ -129,29 +129,34 @@ impl Instance {
         self.store.data().limiter.peak
     }
 
-    /// Calls `on-event`.
+    /// Calls `on-event`, with the host's clock at `now`. The call's time
+    /// limit counts from `started` (the caller's reading of the clock, so a
+    /// call costs no extra one).
     pub async fn on_event(
         &mut self,
         event: &TaskEvent,
         now: Timestamp,
+        started: Instant,
         state: &mut PluginState,
     ) -> Result<Effects, CallError> {
-        self.call(now, state, Export::Event(event)).await
+        self.call(now, started, state, Export::Event(event)).await
     }
 
-    /// Calls `on-timer`.
+    /// Calls `on-timer`, as [`Instance::on_event`].
     pub async fn on_timer(
         &mut self,
         timer: &FiredTimer,
         now: Timestamp,
+        started: Instant,
         state: &mut PluginState,
     ) -> Result<Effects, CallError> {
-        self.call(now, state, Export::Timer(timer)).await
+        self.call(now, started, state, Export::Timer(timer)).await
     }
 
     async fn call(
         &mut self,
         now: Timestamp,
+        started: Instant,
         state: &mut PluginState,
         export: Export<'_>,
     ) -> Result<Effects, CallError> {
@@ -163,7 +168,7 @@ impl Instance {
         }
         self.calls += 1;
         let data = self.store.data_mut();
-        data.begin(now);
+        data.begin(now, started);
         std::mem::swap(&mut data.state, state);
         let deadline = data.deadline;
         self.store.set_epoch_deadline(1);

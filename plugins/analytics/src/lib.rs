@@ -29,11 +29,11 @@ const DEFAULT_RECORD_TTL_DAYS: u32 = 30;
 const DAY_MS: i64 = 86_400_000;
 
 fn user_key(user: &str) -> String {
-    format!("user:{user}")
+    ["user:", user].concat()
 }
 
 fn task_key(task: &str) -> String {
-    format!("task:{task}")
+    ["task:", task].concat()
 }
 
 /// What a task's timer is for.
@@ -74,7 +74,7 @@ fn record_ttl_ms() -> i64 {
 
 /// Arms the user's snapshot timer, unless one is pending.
 fn snapshot_soon(user_id: &str) -> Result {
-    let timer = format!("snapshot:{user_id}");
+    let timer = ["snapshot:", user_id].concat();
     if timers::get(&timer).is_none() {
         timers::set(
             &timer,

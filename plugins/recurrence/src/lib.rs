@@ -32,7 +32,7 @@ const DEFAULT_ANSWERED_TTL_DAYS: u32 = 30;
 const DAY_MS: i64 = 86_400_000;
 
 fn answered_key(task_id: &str) -> String {
-    format!("answered:{task_id}")
+    ["answered:", task_id].concat()
 }
 
 /// Remembers that the completion of `task_id` was answered with `answer`,

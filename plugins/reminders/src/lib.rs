@@ -84,7 +84,7 @@ impl Memo {
 }
 
 fn memo_key(task_id: &str) -> String {
-    format!("task:{task_id}")
+    ["task:", task_id].concat()
 }
 
 fn memo_ttl_ms() -> i64 {
@@ -130,7 +130,7 @@ fn reminder_for(event: &TaskEvent, memo: &Memo) -> Option<Pending> {
         );
         return None;
     }
-    let reminder_id = format!("{}@{}", task.id, rfc3339(remind_at));
+    let reminder_id = [task.id.as_str(), "@", &rfc3339(remind_at)].concat();
     if memo.sent.as_deref() == Some(reminder_id.as_str()) {
         return None;
     }

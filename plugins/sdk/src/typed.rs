@@ -25,7 +25,10 @@ const MARK: u8 = 0x00;
 /// durations) take their human-readable form, as in JSON, so a value reads
 /// back the same way through serde's buffering (`untagged`, `flatten`).
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
-    let mut bytes = vec![MARK];
+    // Room for a typical record up front: growing from one byte would
+    // reallocate several times per value.
+    let mut bytes = Vec::with_capacity(128);
+    bytes.push(MARK);
     let mut serializer = rmp_serde::Serializer::new(&mut bytes)
         .with_struct_map()
         .with_human_readable();
