@@ -365,9 +365,10 @@ pub struct PipelineConfig {
     #[serde(with = "crate::units::duration")]
     pub commit_interval: Duration,
     /// How long state changes are held to coalesce — only the latest value
-    /// of a key is written — before they go to the changelog. Input offsets
-    /// are stored only once their changes are written; `0s` writes them
-    /// as soon as the previous write is acknowledged.
+    /// of a key is written — before they go to the changelog; a partition
+    /// whose state has not changed for 50 ms writes what it holds sooner.
+    /// Input offsets are stored only once their changes are written; `0s`
+    /// writes them as soon as the previous write is acknowledged.
     #[serde(with = "crate::units::duration")]
     pub changelog_flush_interval: Duration,
 }
