@@ -15,8 +15,9 @@
 //! Options (env): `BENCH_RATE` (default 5000), `BENCH_SECONDS` (default
 //! 20), `BENCH_TIMERS` (default 100000), `BENCH_BROKERS` (an external
 //! broker such as a local tansu; default: the in-process mock cluster),
-//! `BENCH_PARTITIONS` (default 8), `BENCH_FLUSH_MS` (the pipeline's
-//! `changelog_flush_interval`; default its default, 1 s).
+//! `BENCH_PARTITIONS` (default 8), `BENCH_FLUSH_MS` and
+//! `BENCH_FLUSH_IDLE_MS` (the pipeline's `changelog_flush_interval` and
+//! `changelog_flush_idle`; default their defaults, 1 s and 50 ms).
 
 #![allow(missing_docs, clippy::unwrap_used, clippy::print_stdout)]
 
@@ -65,10 +66,7 @@ fn main() {
         let mut config = Config::default();
         config.kafka.partitions = partitions;
         config.kafka.group_id = "bench-latency".into();
-        if let Ok(ms) = std::env::var("BENCH_FLUSH_MS") {
-            config.pipeline.changelog_flush_interval =
-                Duration::from_millis(ms.parse().expect("BENCH_FLUSH_MS: milliseconds"));
-        }
+        common::flush_settings(&mut config);
         // librdkafka properties for the pipeline's clients, e.g.
         // `BENCH_KAFKA=fetch.wait.max.ms=10,linger.ms=1`.
         for pair in std::env::var("BENCH_KAFKA").unwrap_or_default().split(',') {

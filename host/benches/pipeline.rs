@@ -6,15 +6,16 @@
 //! Run: `cargo bench -p todo-eventd --bench pipeline`
 //! Options (env): `BENCH_EVENTS` (default 100000), `BENCH_BROKERS` (an
 //! external broker such as a local tansu; default: the in-process mock
-//! cluster), `BENCH_PARTITIONS` (default 8), `BENCH_FLUSH_MS` (the
-//! pipeline's `changelog_flush_interval`; default its default, 1 s),
+//! cluster), `BENCH_PARTITIONS` (default 8), `BENCH_FLUSH_MS` and
+//! `BENCH_FLUSH_IDLE_MS` (the pipeline's `changelog_flush_interval` and
+//! `changelog_flush_idle`; default their defaults, 1 s and 50 ms),
 //! `BENCH_PERF_MAP` (set: write the plugins' perf map, `sandbox.perf_map`,
 //! so `perf report` names the functions inside them).
 //!
 //! Rates are measured from the first record consumed to the last input
 //! offset stored, so group-join time does not count — but the last held
-//! state changes do (written once the partition's state has been quiet for
-//! 50 ms). Each pipeline run also prints its steady rate, between 10 % and
+//! state changes do (written once the partition's state has been idle for
+//! `changelog_flush_idle`, 50 ms). Each pipeline run also prints its steady rate, between 10 % and
 //! 90 % of the records handled: it leaves out the start, where partitions
 //! begin fetching one after another, and the end.
 
@@ -130,8 +131,8 @@ async fn through_plugins(
         // When 10 % and 90 % of the records had been handled: the steady
         // rate between them leaves out the start (partitions assigned and
         // fetching one after another) and the end (the last held state
-        // changes wait up to one flush interval before the last offsets
-        // are stored).
+        // changes are written once the partition is idle, then the last
+        // offsets are stored).
         let (mut tenth, mut ninetieth) = (None, None);
         loop {
             let seen = stats.events_in.get() as usize;
@@ -162,8 +163,12 @@ async fn through_plugins(
     );
     ran.unwrap();
     println!("  pipeline: {}", stats.summary());
-    let steady_rate = 0.8 * total as f64 / steady.as_secs_f64();
-    println!("  steady (10–90 % of records handled): {steady_rate:.0} events/s");
+    if steady.is_zero() {
+        println!("  steady (10–90 % of records handled): too short to tell");
+    } else {
+        let steady_rate = 0.8 * total as f64 / steady.as_secs_f64();
+        println!("  steady (10–90 % of records handled): {steady_rate:.0} events/s");
+    }
     elapsed
 }
 
@@ -179,10 +184,7 @@ fn main() {
     runtime.block_on(async {
         let mut config = Config::default();
         config.kafka.partitions = partitions;
-        if let Ok(ms) = std::env::var("BENCH_FLUSH_MS") {
-            config.pipeline.changelog_flush_interval =
-                Duration::from_millis(ms.parse().expect("BENCH_FLUSH_MS: milliseconds"));
-        }
+        common::flush_settings(&mut config);
         // Per run, each pipeline's group gets its own changelog below.
         let topics = [
             "task-events",

@@ -365,12 +365,17 @@ pub struct PipelineConfig {
     #[serde(with = "crate::units::duration")]
     pub commit_interval: Duration,
     /// How long state changes are held to coalesce — only the latest value
-    /// of a key is written — before they go to the changelog; a partition
-    /// whose state has not changed for 50 ms writes what it holds sooner.
-    /// Input offsets are stored only once their changes are written; `0s`
-    /// writes them as soon as the previous write is acknowledged.
+    /// of a key is written — before they go to the changelog. Input
+    /// offsets are stored only once their changes are written; `0s` writes
+    /// them as soon as the previous write is acknowledged.
     #[serde(with = "crate::units::duration")]
     pub changelog_flush_interval: Duration,
+    /// A partition whose state has not changed for this long writes what it
+    /// holds without waiting out `changelog_flush_interval` (nothing is left
+    /// to coalesce with; the offsets behind a burst are stored sooner). At
+    /// or above the flush interval, changes are always held for all of it.
+    #[serde(with = "crate::units::duration")]
+    pub changelog_flush_idle: Duration,
 }
 
 impl Default for PipelineConfig {
@@ -383,6 +388,7 @@ impl Default for PipelineConfig {
             restore_timeout: Duration::from_secs(300),
             commit_interval: Duration::from_secs(1),
             changelog_flush_interval: Duration::from_secs(1),
+            changelog_flush_idle: Duration::from_millis(50),
         }
     }
 }

@@ -13,6 +13,27 @@ pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
+/// The changelog flush settings from `BENCH_FLUSH_MS` (the pipeline's
+/// `changelog_flush_interval`) and `BENCH_FLUSH_IDLE_MS`
+/// (`changelog_flush_idle`), where set.
+#[allow(dead_code, reason = "the memory bench keeps the defaults")]
+pub fn flush_settings(config: &mut Config) {
+    let millis = |name: &str| {
+        std::env::var(name).ok().map(|ms| {
+            let ms = ms
+                .parse()
+                .unwrap_or_else(|_| panic!("{name}: milliseconds, not {ms:?}"));
+            std::time::Duration::from_millis(ms)
+        })
+    };
+    if let Some(interval) = millis("BENCH_FLUSH_MS") {
+        config.pipeline.changelog_flush_interval = interval;
+    }
+    if let Some(idle) = millis("BENCH_FLUSH_IDLE_MS") {
+        config.pipeline.changelog_flush_idle = idle;
+    }
+}
+
 /// A realistic mix (~360 bytes each): mostly creates with reminders, some
 /// updates, completions of weekly recurring tasks and deletes.
 pub fn events(n: usize) -> Vec<String> {

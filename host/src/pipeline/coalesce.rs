@@ -2,11 +2,13 @@
 //! as Kafka Streams' record cache does: changes are held for
 //! `pipeline.changelog_flush_interval`, a key changed again while held
 //! keeps only its latest value, and what is held is then written as one
-//! batch. A partition whose state has not changed for [`QUIET`] writes what
-//! it holds without waiting out the interval: nothing is left to coalesce
-//! with, and the inputs behind the changes get their offsets stored
-//! (after a burst, or on a partition with little traffic) within tens of
-//! milliseconds instead of up to the whole interval.
+//! batch. A partition whose state has not changed for
+//! `pipeline.changelog_flush_idle` (50 ms) writes what it holds without
+//! waiting out the interval: nothing is left to coalesce with, and the
+//! inputs behind the changes get their offsets stored (after a burst, or on
+//! a partition with little traffic) within tens of milliseconds instead of
+//! up to the whole interval. The price: a key changed every 50 ms to 1 s is
+//! written once per change, not once per interval.
 //!
 //! Batches are numbered (*generations*). An input record whose call changed
 //! state needs the generation its changes were held in; its offset may be
@@ -25,17 +27,13 @@ use super::records::OutRecord;
 /// A changelog record's key and value (`None`: a tombstone).
 pub(super) type Change = (Vec<u8>, Option<Vec<u8>>);
 
-/// How long without a new change before the held ones are written (or the
-/// flush interval, if shorter).
-pub(super) const QUIET: Duration = Duration::from_millis(50);
-
 /// The changes of one partition not yet written.
 pub(super) struct ChangelogCache {
     topic: String,
     partition: i32,
     interval: Duration,
-    /// [`QUIET`], or the interval if shorter.
-    quiet: Duration,
+    /// How long without a new change before the held ones are written.
+    idle: Duration,
     held: HashMap<Vec<u8>, Option<Vec<u8>>>,
     /// Bytes of the held keys and values.
     bytes: usize,
@@ -51,13 +49,13 @@ pub(super) struct ChangelogCache {
 
 impl ChangelogCache {
     /// An empty cache for changelog partition `partition` of `topic`,
-    /// holding changes for `interval`.
-    pub(super) fn new(topic: String, partition: i32, interval: Duration) -> Self {
+    /// holding changes for `interval`, or until none came for `idle`.
+    pub(super) fn new(topic: String, partition: i32, interval: Duration, idle: Duration) -> Self {
         Self {
             topic,
             partition,
             interval,
-            quiet: QUIET.min(interval),
+            idle,
             held: HashMap::new(),
             bytes: 0,
             since: None,
@@ -100,11 +98,11 @@ impl ChangelogCache {
     }
 
     /// When the held changes are due to be written (`None`: none held):
-    /// the interval after the oldest, or [`QUIET`] after the newest if
+    /// the interval after the oldest, or the idle time after the newest if
     /// that comes first.
     pub(super) fn due_at(&self) -> Option<Instant> {
         let (since, last) = (self.since?, self.last?);
-        Some((since + self.interval).min(last + self.quiet))
+        Some((since + self.interval).min(last + self.idle))
     }
 
     /// Takes what is held as changelog records, with the generation they
@@ -151,9 +149,11 @@ mod tests {
         )
     }
 
+    const IDLE: Duration = Duration::from_millis(50);
+
     #[tokio::test(start_paused = true)]
     async fn a_key_held_twice_is_written_once_with_its_latest_value() {
-        let mut cache = ChangelogCache::new("log".into(), 3, Duration::from_secs(1));
+        let mut cache = ChangelogCache::new("log".into(), 3, Duration::from_secs(1), IDLE);
         assert!(cache.is_empty() && cache.due_at().is_none());
         let started = Instant::now();
         assert_eq!(
@@ -162,14 +162,20 @@ mod tests {
         );
         assert_eq!(
             cache.due_at(),
-            Some(started + QUIET),
-            "due once quiet after the newest change"
+            Some(started + IDLE),
+            "due once idle after the newest change"
         );
-        // Changes keep coming, never QUIET apart: the interval after the
-        // oldest decides.
+        // Changes keep coming, never IDLE apart: due IDLE after the newest
+        // until the interval after the oldest comes first.
         for _ in 0..30 {
-            tokio::time::advance(QUIET - Duration::from_millis(10)).await;
-            cache.put(change("b", Some("x")), Instant::now());
+            tokio::time::advance(IDLE - Duration::from_millis(10)).await;
+            let now = Instant::now();
+            cache.put(change("b", Some("x")), now);
+            let due = cache.due_at();
+            assert_eq!(
+                due,
+                Some((now + IDLE).min(started + Duration::from_secs(1)))
+            );
         }
         assert_eq!(
             cache.put(change("a", Some("22")), Instant::now()),

@@ -133,6 +133,7 @@ impl Pipeline {
             max_in_flight: self.config.pipeline.max_in_flight,
             max_in_flight_bytes: self.config.pipeline.max_in_flight_bytes.as_usize(),
             changelog_flush_interval: self.config.pipeline.changelog_flush_interval,
+            changelog_flush_idle: self.config.pipeline.changelog_flush_idle,
             clock: self.clock.clone(),
             stats: self.telemetry.pipeline.clone(),
         };

@@ -79,6 +79,7 @@ pub(super) struct WorkerContext {
     pub(super) max_in_flight: usize,
     pub(super) max_in_flight_bytes: usize,
     pub(super) changelog_flush_interval: Duration,
+    pub(super) changelog_flush_idle: Duration,
     pub(super) clock: Clock,
     pub(super) stats: Arc<PipelineMetrics>,
 }
@@ -113,6 +114,7 @@ impl Worker {
                 changelog: context.changelog.clone(),
                 partition,
                 flush_interval: context.changelog_flush_interval,
+                flush_idle: context.changelog_flush_idle,
                 max_entries: context.max_in_flight,
                 max_bytes: context.max_in_flight_bytes,
             },
