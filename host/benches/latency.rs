@@ -28,7 +28,7 @@ use rdkafka::Message;
 use rdkafka::consumer::StreamConsumer;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use todo_eventd::config::Config;
-use todo_eventd::kafka::{self, EmbeddedBroker};
+use todo_eventd::kafka;
 use todo_eventd::offline::nearest_rank;
 use todo_eventd::pipeline::Pipeline;
 use todo_eventd::plugin::bundled;
@@ -36,7 +36,7 @@ use todo_eventd::sandbox::{Sandbox, SandboxConfig};
 
 mod common;
 
-use common::{consumer, env_or, events, status_kib};
+use common::{Brokers, consumer, env_or, events, status_kib};
 
 /// A consumer in a group of its own reading `topic` from `reset`
 /// (`earliest`/`latest`), fetching with little wait.
@@ -85,28 +85,12 @@ fn main() {
             FORWARDED_TOPIC,
         ];
         let changelog = config.kafka.changelog_topic();
-        let mut embedded = None;
-        let brokers = match std::env::var("BENCH_BROKERS") {
-            Ok(brokers) => {
-                let all = topics
-                    .into_iter()
-                    .map(String::from)
-                    .chain([changelog.clone()])
-                    .collect();
-                let compacted = [changelog.clone()].into_iter().collect();
-                kafka::ensure_topics(&brokers, &config.kafka, &all, &compacted)
-                    .await
-                    .unwrap();
-                brokers
-            }
-            Err(_) => {
-                let broker = embedded.insert(EmbeddedBroker::start().unwrap());
-                for topic in topics.into_iter().chain([changelog.as_str()]) {
-                    broker.create_topic(topic, partitions).unwrap();
-                }
-                broker.bootstrap_servers()
-            }
-        };
+        let broker = Brokers::from_env();
+        let all: Vec<&str> = topics.into_iter().chain([changelog.as_str()]).collect();
+        broker
+            .create_topics(&config.kafka, &all, &[changelog.as_str()])
+            .await;
+        let brokers = broker.bootstrap.clone();
         config.kafka.brokers = Some(brokers.clone());
 
         // The floor the broker sets, before the pipeline runs.
@@ -161,7 +145,7 @@ fn main() {
         latencies.sort_unstable();
         println!(
             "{total} events at {rate}/s over {partitions} partitions on {}: produced in {took:.2?} ({:.0} events/s), {} audit records read",
-            if embedded.is_some() { "the in-process mock cluster" } else { brokers.as_str() },
+            broker.name(),
             total as f64 / took.as_secs_f64(),
             latencies.len()
         );

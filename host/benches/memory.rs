@@ -16,14 +16,13 @@
 
 mod common;
 
-use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{env_or, events, status_kib};
+use common::{Brokers, env_or, events, status_kib};
 use todo_eventd::config::Config;
-use todo_eventd::kafka::{self, EmbeddedBroker};
+use todo_eventd::kafka;
 
 const BIN: &str = env!("CARGO_BIN_EXE_todo-eventd");
 
@@ -45,39 +44,17 @@ fn main() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let mut config = Config::default();
     config.kafka.partitions = partitions;
-    let topics: BTreeSet<String> = [
+    let topics = [
         "task-events",
         "task-events.dlq",
         "reminders",
         "analytics",
         "audit",
         "todo-eventd.plugin-state",
-    ]
-    .into_iter()
-    .map(String::from)
-    .collect();
-    let embedded;
-    let brokers = match std::env::var("BENCH_BROKERS") {
-        Ok(brokers) => {
-            let compacted = BTreeSet::from(["todo-eventd.plugin-state".to_owned()]);
-            runtime
-                .block_on(kafka::ensure_topics(
-                    &brokers,
-                    &config.kafka,
-                    &topics,
-                    &compacted,
-                ))
-                .unwrap();
-            brokers
-        }
-        Err(_) => {
-            embedded = EmbeddedBroker::start().unwrap();
-            for topic in &topics {
-                embedded.create_topic(topic, partitions).unwrap();
-            }
-            embedded.bootstrap_servers()
-        }
-    };
+    ];
+    let broker = Brokers::from_env();
+    runtime.block_on(broker.create_topics(&config.kafka, &topics, &["todo-eventd.plugin-state"]));
+    let brokers = broker.bootstrap.clone();
 
     let dir = tempfile::tempdir().unwrap();
     let plugins = dir.path().join("plugins");
@@ -143,11 +120,7 @@ fn main() {
     let mib = |kib: u64| kib as f64 / 1024.0;
     println!(
         "{total} events (bench mix: {total} live tasks) over {partitions} partitions on {}, handled in {handled:.2?}",
-        if std::env::var("BENCH_BROKERS").is_ok() {
-            brokers.as_str()
-        } else {
-            "the in-process mock cluster"
-        }
+        broker.name()
     );
     println!(
         "daemon RSS: idle {:.1} MiB, peak {:.1} MiB (VmHWM {:.1} MiB), after the load {:.1} MiB; {changelog} changelog records",

@@ -29,14 +29,14 @@ use rdkafka::Message;
 use rdkafka::consumer::Consumer;
 use rdkafka::producer::FutureRecord;
 use todo_eventd::config::Config;
-use todo_eventd::kafka::{self, EmbeddedBroker};
+use todo_eventd::kafka;
 use todo_eventd::pipeline::Pipeline;
 use todo_eventd::plugin::bundled;
 use todo_eventd::sandbox::{Sandbox, SandboxConfig};
 
 mod common;
 
-use common::{consumer, env_or, events};
+use common::{Brokers, consumer, env_or, events};
 
 async fn preload(brokers: &str, config: &Config, topic: &str, lines: &[String]) {
     let producer = kafka::producer(brokers, &config.kafka).unwrap();
@@ -194,34 +194,16 @@ fn main() {
             "audit",
             "passthrough-out",
         ];
-        let mut embedded = None;
-        let brokers = match std::env::var("BENCH_BROKERS") {
-            Ok(brokers) => {
-                let topics = topics.into_iter().map(String::from).collect();
-                kafka::ensure_topics(&brokers, &config.kafka, &topics, &Default::default())
-                    .await
-                    .unwrap();
-                brokers
-            }
-            Err(_) => {
-                let broker = embedded.insert(EmbeddedBroker::start().unwrap());
-                for topic in topics {
-                    broker.create_topic(topic, partitions).unwrap();
-                }
-                broker.bootstrap_servers()
-            }
-        };
+        let broker = Brokers::from_env();
+        broker.create_topics(&config.kafka, &topics, &[]).await;
+        let brokers = broker.bootstrap.clone();
         config.kafka.brokers = Some(brokers.clone());
         let lines = events(total);
         let bytes: usize = lines.iter().map(String::len).sum();
         println!(
             "{total} events (mean {} bytes) over {partitions} partitions on {}, changelog flush interval {:?}",
             bytes / total,
-            if std::env::var("BENCH_BROKERS").is_ok() {
-                brokers.as_str()
-            } else {
-                "the in-process mock cluster"
-            },
+            broker.name(),
             config.pipeline.changelog_flush_interval,
         );
         preload(&brokers, &config, "task-events", &lines).await;
@@ -265,14 +247,9 @@ fn main() {
             let mut config = config.clone();
             config.kafka.group_id = group.into();
             let changelog = config.kafka.changelog_topic();
-            if let Some(embedded) = &embedded {
-                embedded.create_topic(&changelog, partitions).unwrap();
-            } else {
-                let topics = [changelog].into_iter().collect();
-                kafka::ensure_topics(&brokers, &config.kafka, &topics, &topics)
-                    .await
-                    .unwrap();
-            }
+            broker
+                .create_topics(&config.kafka, &[&changelog], &[&changelog])
+                .await;
             let took = through_plugins(&brokers, config, plugins, total).await;
             let rate = total as f64 / took.as_secs_f64();
             println!(

@@ -1,9 +1,11 @@
 //! What the pipeline benches share: settings from the environment, the
 //! event mix, a consumer, and a process's memory figures.
 
+use std::collections::BTreeSet;
+
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use todo_eventd::config::Config;
-use todo_eventd::kafka;
+use todo_eventd::config::{Config, KafkaConfig};
+use todo_eventd::kafka::{self, EmbeddedBroker};
 
 /// The environment variable `name` parsed, or `default`.
 pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -11,6 +13,66 @@ pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// The broker a bench runs on: the one `BENCH_BROKERS` names (such as a
+/// local tansu), or else an in-process mock cluster started here.
+pub struct Brokers {
+    /// The bootstrap servers.
+    pub bootstrap: String,
+    embedded: Option<EmbeddedBroker>,
+}
+
+impl Brokers {
+    pub fn from_env() -> Self {
+        match std::env::var("BENCH_BROKERS") {
+            Ok(bootstrap) => Self {
+                bootstrap,
+                embedded: None,
+            },
+            Err(_) => {
+                let broker = EmbeddedBroker::start().unwrap();
+                Self {
+                    bootstrap: broker.bootstrap_servers(),
+                    embedded: Some(broker),
+                }
+            }
+        }
+    }
+
+    /// Whether this is the in-process mock cluster.
+    pub fn is_mock(&self) -> bool {
+        self.embedded.is_some()
+    }
+
+    /// How a bench's summary line names it.
+    pub fn name(&self) -> &str {
+        if self.is_mock() {
+            "the in-process mock cluster"
+        } else {
+            &self.bootstrap
+        }
+    }
+
+    /// Creates those of `topics` that are missing, with `kafka.partitions`
+    /// partitions each; on an external broker those in `compacted` are
+    /// compacted.
+    pub async fn create_topics(&self, kafka: &KafkaConfig, topics: &[&str], compacted: &[&str]) {
+        match &self.embedded {
+            Some(broker) => {
+                for topic in topics {
+                    broker.create_topic(topic, kafka.partitions).unwrap();
+                }
+            }
+            None => {
+                let set =
+                    |names: &[&str]| names.iter().map(|&n| n.to_owned()).collect::<BTreeSet<_>>();
+                kafka::ensure_topics(&self.bootstrap, kafka, &set(topics), &set(compacted))
+                    .await
+                    .unwrap();
+            }
+        }
+    }
 }
 
 /// The changelog flush settings from `BENCH_FLUSH_MS` (the pipeline's
