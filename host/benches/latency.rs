@@ -36,7 +36,7 @@ use todo_eventd::sandbox::{Sandbox, SandboxConfig};
 
 mod common;
 
-use common::{Brokers, consumer, env_or, events, status_kib};
+use common::{Brokers, DAEMON_TOPICS, consumer, env_or, events, status_kib};
 
 /// A consumer in a group of its own reading `topic` from `reset`
 /// (`earliest`/`latest`), fetching with little wait.
@@ -75,18 +75,12 @@ fn main() {
             }
         }
         let run = std::process::id();
-        let topics = [
-            "task-events",
-            "task-events.dlq",
-            "reminders",
-            "analytics",
-            "audit",
-            BASELINE_TOPIC,
-            FORWARDED_TOPIC,
-        ];
         let changelog = config.kafka.changelog_topic();
         let broker = Brokers::from_env();
-        let all: Vec<&str> = topics.into_iter().chain([changelog.as_str()]).collect();
+        let all: Vec<&str> = DAEMON_TOPICS
+            .into_iter()
+            .chain([BASELINE_TOPIC, FORWARDED_TOPIC, changelog.as_str()])
+            .collect();
         broker
             .create_topics(&config.kafka, &all, &[changelog.as_str()])
             .await;

@@ -20,7 +20,7 @@ use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Brokers, env_or, events, status_kib};
+use common::{Brokers, DAEMON_TOPICS, env_or, events, status_kib};
 use todo_eventd::config::Config;
 use todo_eventd::kafka;
 
@@ -44,14 +44,10 @@ fn main() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let mut config = Config::default();
     config.kafka.partitions = partitions;
-    let topics = [
-        "task-events",
-        "task-events.dlq",
-        "reminders",
-        "analytics",
-        "audit",
-        "todo-eventd.plugin-state",
-    ];
+    let topics: Vec<&str> = DAEMON_TOPICS
+        .into_iter()
+        .chain(["todo-eventd.plugin-state"])
+        .collect();
     let broker = Brokers::from_env();
     runtime.block_on(broker.create_topics(&config.kafka, &topics, &["todo-eventd.plugin-state"]));
     let brokers = broker.bootstrap.clone();

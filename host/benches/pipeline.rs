@@ -36,7 +36,7 @@ use todo_eventd::sandbox::{Sandbox, SandboxConfig};
 
 mod common;
 
-use common::{Brokers, consumer, env_or, events};
+use common::{Brokers, DAEMON_TOPICS, consumer, env_or, events};
 
 async fn preload(brokers: &str, config: &Config, topic: &str, lines: &[String]) {
     let producer = kafka::producer(brokers, &config.kafka).unwrap();
@@ -187,14 +187,10 @@ fn main() {
         config.kafka.partitions = partitions;
         common::flush_settings(&mut config);
         // Per run, each pipeline's group gets its own changelog below.
-        let topics = [
-            "task-events",
-            "task-events.dlq",
-            "reminders",
-            "analytics",
-            "audit",
-            "passthrough-out",
-        ];
+        let topics: Vec<&str> = DAEMON_TOPICS
+            .into_iter()
+            .chain(["passthrough-out"])
+            .collect();
         let broker = Brokers::from_env();
         broker.create_topics(&config.kafka, &topics, &[]).await;
         let brokers = broker.bootstrap.clone();

@@ -15,6 +15,16 @@ pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
+/// The daemon's topics with the bundled plugins: input, dead letters and
+/// the plugins' outputs.
+pub const DAEMON_TOPICS: [&str; 5] = [
+    "task-events",
+    "task-events.dlq",
+    "reminders",
+    "analytics",
+    "audit",
+];
+
 /// The broker a bench runs on: the one `BENCH_BROKERS` names (such as a
 /// local tansu), or else an in-process mock cluster started here.
 pub struct Brokers {
