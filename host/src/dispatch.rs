@@ -90,10 +90,10 @@ pub struct Outcome {
     pub plugin: Arc<Plugin>,
     /// What it emitted, or why it failed (nothing of the call applied).
     pub result: Result<Vec<Emit>, CallError>,
-    /// The state and timer changes now in effect because of this call — to
-    /// persist whatever the result (a fired timer's removal is here even
-    /// when its handler failed).
-    pub changes: StateChanges,
+    /// The key names (value or timer) whose stored entries this call
+    /// changed, each once, in order — to persist whatever the result (a
+    /// fired timer's removal is here even when its handler failed).
+    pub changed: Vec<String>,
     /// Wall time of the call, retries included.
     pub took: Duration,
     /// The largest linear memory the plugin's instance has used so far.
@@ -264,12 +264,11 @@ impl Dispatcher {
         let mut outcome = slot
             .call(now, Call::Timer(&timer), &self.policy, &self.metrics)
             .await;
-        // The fired timer is gone unless the handler set it again.
-        outcome
-            .changes
-            .timers
-            .entry(timer.key.clone())
-            .or_insert(None);
+        // The fired timer is gone unless the handler set it again: either
+        // way its key changed.
+        if let Err(at) = outcome.changed.binary_search(&timer.key) {
+            outcome.changed.insert(at, timer.key.clone());
+        }
         Some(Firing { timer, outcome })
     }
 }
@@ -330,15 +329,15 @@ impl Slot {
             }
         };
         let mut stormed = false;
-        let (result, changes) = match result {
+        let (result, changed) = match result {
             Ok(effects) => match self.apply(now, call, effects.changes, policy, metrics) {
-                Ok((changes, throttled)) => {
+                Ok((changed, throttled)) => {
                     stormed = throttled;
-                    (Ok(effects.emits), changes)
+                    (Ok(effects.emits), changed)
                 }
-                Err(quota) => (Err(CallError::Quota(quota)), StateChanges::default()),
+                Err(quota) => (Err(CallError::Quota(quota)), Vec::new()),
             },
-            Err(err) => (Err(err), StateChanges::default()),
+            Err(err) => (Err(err), Vec::new()),
         };
         // A call that kept a timer storm going is no sign of health.
         if !stormed {
@@ -347,7 +346,7 @@ impl Slot {
         Outcome {
             plugin,
             result,
-            changes,
+            changed,
             took: ended.duration_since(started),
             memory_peak: self.memory_peak,
         }
@@ -441,8 +440,8 @@ impl Slot {
 
     /// Applies a successful call's changes: unchanged entries dropped,
     /// re-armed timers held to the minimum delay, then checked against the
-    /// per-partition quotas. Returns what was applied, and whether a timer
-    /// had to be held back.
+    /// per-partition quotas. Returns the key names it changed, and whether
+    /// a timer had to be held back.
     fn apply(
         &mut self,
         now: Timestamp,
@@ -450,7 +449,7 @@ impl Slot {
         mut changes: StateChanges,
         policy: &DispatchPolicy,
         metrics: &PluginMetrics,
-    ) -> Result<(StateChanges, bool), QuotaExceeded> {
+    ) -> Result<(Vec<String>, bool), QuotaExceeded> {
         changes.prune_unchanged(&self.state);
         let throttled = matches!(call, Call::Timer(_))
             && self.throttle_rearms(now, &mut changes, policy, metrics);
@@ -459,8 +458,9 @@ impl Slot {
             self.state.usage(),
             self.state.usage_after(&changes),
         )?;
-        self.state.apply(changes.clone());
-        Ok((changes, throttled))
+        let changed = changes.names();
+        self.state.apply(changes);
+        Ok((changed, throttled))
     }
 
     /// Pushes timers set for sooner than `min_timer_rearm` back to it, and

@@ -31,8 +31,15 @@ pub(crate) enum Json<'a> {
 
 impl<'a> Json<'a> {
     /// Parses `bytes` as one JSON value.
+    ///
+    /// The bytes are checked as UTF-8 once, in one pass, rather than string
+    /// by string as serde_json checks a slice; text that is not UTF-8 is
+    /// parsed as a slice, so its error is serde_json's own.
     pub(crate) fn parse(bytes: &'a [u8]) -> Result<Self, serde_json::Error> {
-        serde_json::from_slice(bytes)
+        match std::str::from_utf8(bytes) {
+            Ok(text) => serde_json::from_str(text),
+            Err(_) => serde_json::from_slice(bytes),
+        }
     }
 
     /// The same value owning all of its text, for a tree parsed from a
@@ -225,7 +232,18 @@ mod tests {
 
     #[test]
     fn errors_and_limits_are_serde_jsons() {
-        for bad in [&b"{"[..], b"{\"a\":}", b"[1,]", b"{} x"] {
+        // Text that is not UTF-8 (a bad byte in a string, in a key, after
+        // the value) takes serde_json's slice path and error.
+        for bad in [
+            &b"{"[..],
+            b"{\"a\":}",
+            b"[1,]",
+            b"{} x",
+            b"{\"a\":\"\xff\"}",
+            b"{\"\xc3\":1}",
+            b"{\"a\":\"ok\",} \xff",
+            b"{\"a\":1}\xfe",
+        ] {
             let ours = Json::parse(bad).unwrap_err().to_string();
             let theirs = serde_json::from_slice::<serde_json::Value>(bad)
                 .unwrap_err()

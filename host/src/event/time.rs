@@ -8,7 +8,7 @@
 //! duration (`30m`, `1h`, `1d`, `1h30m`) or ISO 8601 (`PT1H`).
 
 use jiff::civil::{Date, DateTime};
-use jiff::tz::TimeZone;
+use jiff::tz::{Offset, TimeZone};
 use jiff::{SignedDuration, Span, SpanRelativeTo};
 
 use super::DecodeError;
@@ -47,6 +47,74 @@ pub(crate) fn instant(found: &Found<'_>, tz: &TimeZone) -> Result<Timestamp, Dec
 }
 
 fn parse_instant_str(s: &str, tz: &TimeZone) -> Option<Timestamp> {
+    common_instant(s, tz).or_else(|| any_instant(s, tz))
+}
+
+/// The shape nearly every producer writes — `YYYY-MM-DDTHH:MM:SS`, an
+/// optional `.` fraction of up to nine digits, then `Z`, `±HH:MM` or
+/// nothing (a civil time in `tz`) — read without jiff's general parser.
+/// `None` for anything else (including a leap second), which
+/// [`any_instant`] then reads; where this answers, it answers as that does:
+/// the fields go through jiff's checked constructors.
+fn common_instant(s: &str, tz: &TimeZone) -> Option<Timestamp> {
+    let b = s.as_bytes();
+    let number = |at: usize, len: usize| -> Option<i32> {
+        b.get(at..at + len)?.iter().try_fold(0_i32, |n, d| {
+            d.is_ascii_digit().then(|| n * 10 + i32::from(d - b'0'))
+        })
+    };
+    let punctuated = [(4, b'-'), (7, b'-'), (10, b'T'), (13, b':'), (16, b':')]
+        .iter()
+        .all(|&(at, want)| b.get(at) == Some(&want));
+    if !punctuated {
+        return None;
+    }
+    let second = number(17, 2)?;
+    if second >= 60 {
+        return None;
+    }
+    let mut at = 19;
+    let mut nanos = 0_i32;
+    if b.get(at) == Some(&b'.') {
+        let digits = b[at + 1..]
+            .iter()
+            .take_while(|d| d.is_ascii_digit())
+            .count();
+        if !(1..=9).contains(&digits) {
+            return None;
+        }
+        nanos = number(at + 1, digits)? * 10_i32.pow(9 - digits as u32);
+        at += 1 + digits;
+    }
+    let civil = DateTime::new(
+        i16::try_from(number(0, 4)?).ok()?,
+        i8::try_from(number(5, 2)?).ok()?,
+        i8::try_from(number(8, 2)?).ok()?,
+        i8::try_from(number(11, 2)?).ok()?,
+        i8::try_from(number(14, 2)?).ok()?,
+        i8::try_from(second).ok()?,
+        nanos,
+    )
+    .ok()?;
+    let instant = match &b[at..] {
+        [] => tz.to_timestamp(civil),
+        [b'Z' | b'z'] => Offset::UTC.to_timestamp(civil),
+        [sign @ (b'+' | b'-'), _, _, b':', _, _] => {
+            let (hours, minutes) = (number(at + 1, 2)?, number(at + 4, 2)?);
+            if hours > 23 || minutes > 59 {
+                return None;
+            }
+            let seconds = (hours * 3600 + minutes * 60) * if *sign == b'-' { -1 } else { 1 };
+            Offset::from_seconds(seconds).ok()?.to_timestamp(civil)
+        }
+        _ => return None,
+    };
+    instant.ok().map(jiff::Timestamp::as_millisecond)
+}
+
+/// Any instant jiff reads: RFC 3339 and its variants, naive date-times
+/// (`T` or a space), bare dates.
+fn any_instant(s: &str, tz: &TimeZone) -> Option<Timestamp> {
     if may_have_offset(s)
         && let Ok(ts) = s.parse::<jiff::Timestamp>()
     {
@@ -189,6 +257,57 @@ mod tests {
         ];
         for (value, tz, want) in cases {
             assert_eq!(instant(&found(&value), tz).unwrap(), ms(want), "{value:?}");
+        }
+    }
+
+    #[test]
+    fn the_common_shapes_take_the_short_path() {
+        let berlin = TimeZone::get("Europe/Berlin").unwrap();
+        for text in [
+            "2026-01-22T10:00:00Z",
+            "2026-01-22T11:00:00.123456",
+            "2026-01-22T11:00:00.5+01:00",
+            "2026-03-29T02:30:00",
+            "0000-01-01T00:00:00Z",
+        ] {
+            let short = common_instant(text, &berlin);
+            assert!(short.is_some(), "{text}");
+            assert_eq!(short, any_instant(text, &berlin), "{text}");
+        }
+    }
+
+    proptest::proptest! {
+        // About one case in ten is one the short path reads.
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4096))]
+
+        /// Wherever the short path answers, jiff's parser gives the same
+        /// instant: strings built from in- and out-of-range fields, every
+        /// separator and suffix jiff knows and some it does not.
+        #[test]
+        fn the_short_path_answers_as_jiff_does(
+            year in proptest::sample::select(vec![0, 1, 1969, 1970, 2024, 2026, 9999]),
+            month in 0_u32..14,
+            day in 0_u32..33,
+            hour in 0_u32..26,
+            minute in 0_u32..62,
+            second in 0_u32..62,
+            fraction in proptest::sample::select(vec![
+                "", ".", ".1", ".123", ".123456", ".123456789", ".1234567890", ",5",
+            ]),
+            separator in proptest::sample::select(vec!["T", "t", " "]),
+            suffix in proptest::sample::select(vec![
+                "", "Z", "z", "+01:00", "-05:30", "-00:00", "+23:59", "+24:00", "+01:60",
+                "+0100", "+01", "Z[Europe/Paris]", " ", "x",
+            ]),
+            zone in proptest::sample::select(vec!["UTC", "Europe/Berlin", "America/New_York"]),
+        ) {
+            let text = format!(
+                "{year:04}-{month:02}-{day:02}{separator}{hour:02}:{minute:02}:{second:02}{fraction}{suffix}"
+            );
+            let tz = TimeZone::get(zone).unwrap();
+            if let Some(short) = common_instant(&text, &tz) {
+                proptest::prop_assert_eq!(Some(short), any_instant(&text, &tz), "{}", text);
+            }
         }
     }
 

@@ -403,7 +403,7 @@ impl Worker {
                 out.push(self.dead_letter(input, &failure));
             }
         }
-        if outcome.changes.is_empty() {
+        if outcome.changed.is_empty() {
             return;
         }
         let empty = PluginState::default();
@@ -413,13 +413,13 @@ impl Worker {
         produced.changes.extend(changelog::records(
             &self.topic,
             &plugin.name,
-            &outcome.changes,
+            &outcome.changed,
             state,
         ));
         produced.retire.extend(changelog::superseded(
             &self.topic,
             &plugin.name,
-            &outcome.changes,
+            &outcome.changed,
             &mut self.legacy,
         ));
     }

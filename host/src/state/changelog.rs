@@ -17,9 +17,9 @@
 //! first write of such a key also tombstones them (else one could outlive
 //! the newer record's tombstone under compaction and come back).
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 
-use super::{PluginState, StateChanges, Timer};
+use super::{PluginState, Timer};
 
 const SEP: u8 = 0x1f;
 
@@ -166,32 +166,22 @@ fn decode_key_value(bytes: &[u8]) -> Result<Change, CorruptRecord> {
 }
 
 /// The changelog records (key, value-or-tombstone) for one call's changes:
-/// one per key name the call changed, holding what `state` — the plugin's
+/// one per key name the call changed (`names`, each once), holding what `state` — the plugin's
 /// state with the changes applied — now stores under that name.
 pub fn records(
     input_topic: &str,
     plugin: &str,
-    changes: &StateChanges,
+    names: &[String],
     state: &PluginState,
 ) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
-    names(changes)
-        .into_iter()
+    names
+        .iter()
         .map(|name| {
             (
                 key(input_topic, plugin, EntryKind::Key, name),
                 key_value(state.get(name), state.timer(name)),
             )
         })
-        .collect()
-}
-
-/// The key names a call changed, value or timer, each once.
-fn names(changes: &StateChanges) -> BTreeSet<&str> {
-    changes
-        .values
-        .keys()
-        .chain(changes.timers.keys())
-        .map(String::as_str)
         .collect()
 }
 
@@ -202,14 +192,14 @@ fn names(changes: &StateChanges) -> BTreeSet<&str> {
 pub fn superseded(
     input_topic: &str,
     plugin: &str,
-    changes: &StateChanges,
+    names: &[String],
     legacy: &mut HashSet<Vec<u8>>,
 ) -> Vec<Vec<u8>> {
     if legacy.is_empty() {
         return Vec::new();
     }
-    names(changes)
-        .into_iter()
+    names
+        .iter()
         .flat_map(|name| legacy_keys(input_topic, plugin, name))
         .filter(|key| legacy.remove(key))
         .collect()
@@ -353,6 +343,7 @@ pub fn legacy_keys(input_topic: &str, plugin: &str, name: &str) -> [Vec<u8>; 2] 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::StateChanges;
 
     fn timer(due: i64, payload: &[u8]) -> Timer {
         Timer {
@@ -386,7 +377,7 @@ mod tests {
         changes.values.insert("gone".into(), None);
         state.apply(changes.clone());
 
-        let records = records("task-events", "reminders", &changes, &state);
+        let records = records("task-events", "reminders", &changes.names(), &state);
         assert_eq!(records.len(), 3, "one record per key name: {records:?}");
         let gone = key("task-events", "reminders", EntryKind::Key, "gone");
         assert!(

@@ -37,6 +37,20 @@ impl StateChanges {
         self.values.is_empty() && self.timers.is_empty()
     }
 
+    /// The key names the changes touch, value or timer, each once, in
+    /// order.
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .values
+            .keys()
+            .chain(self.timers.keys())
+            .cloned()
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        names
+    }
+
     /// Drops the entries that would leave `state` as it is — a delete of an
     /// absent key, a cancel of an absent timer, a write of the same bytes —
     /// so they cost no changelog record.
