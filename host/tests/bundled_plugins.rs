@@ -115,6 +115,33 @@ async fn memos_and_answers_expire_when_nothing_happens_to_a_task() {
 }
 
 #[tokio::test]
+async fn a_configured_memo_ttl_is_the_one_kept() {
+    let bundled = bundled::ALL.iter().find(|p| p.name == "reminders").unwrap();
+    let manifest = bundled
+        .manifest
+        .replace("memo_ttl_days = 30", "memo_ttl_days = 2");
+    assert_ne!(manifest, bundled.manifest);
+    let manifest = todo_eventd::plugin::manifest::Manifest::parse(&manifest).unwrap();
+    let plugin = todo_eventd::plugin::from_parts(
+        &sandbox(),
+        "reminders".into(),
+        "reminders.wasm".into(),
+        bundled.wasm,
+        manifest,
+        std::path::Path::new("reminders.toml"),
+    )
+    .await
+    .unwrap();
+    let mut d = Dispatcher::new(&[std::sync::Arc::new(plugin)]);
+    let data = json!({"title": "Call mum", "completed": false});
+    send(&mut d, &event("e1", "created", "t3", T0, data)).await;
+    assert_eq!(keys(&d, "reminders"), (1, 1), "a memo and its expiry");
+    assert_eq!(d.next_due(), Some(T0 + 2 * DAY), "two days, as configured");
+    fire_until(&mut d, T0 + 2 * DAY).await;
+    assert_eq!(keys(&d, "reminders"), (0, 0));
+}
+
+#[tokio::test]
 async fn analytics_keeps_a_small_value_per_user_however_many_tasks() {
     let mut d = dispatcher().await;
     let user_value = |d: &Dispatcher| d.state("analytics").unwrap().get("user:u-1").unwrap().len();
@@ -142,6 +169,8 @@ async fn analytics_keeps_a_small_value_per_user_however_many_tasks() {
     // The SDK's compact encoding: a 0x00 byte, then MessagePack.
     let stored = d.state("analytics").unwrap().get("user:u-1").unwrap();
     assert_eq!(stored[0], 0, "stored compact, not as JSON");
+    // The per-user counters are an array (created, completed, deleted,
+    // reopened, open, overdue, …), not a map with field names.
     let value: serde_json::Value = rmp_serde::from_slice(&stored[1..]).unwrap();
-    assert_eq!(value["overdue"], 300);
+    assert_eq!(value[5], 300, "{value}");
 }

@@ -24,7 +24,11 @@ pub enum Status {
 }
 
 /// What the plugin remembers about one task.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Stored, like [`Counts`], as an array of its fields in this order; the
+/// map earlier versions wrote still reads. A field is added at the end
+/// only, with `#[serde(default)]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct TaskRecord {
     pub status: Status,
     pub created_at: Option<Timestamp>,
@@ -38,8 +42,28 @@ pub struct TaskRecord {
     pub overdue: bool,
 }
 
+impl Serialize for TaskRecord {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let Self {
+            status,
+            created_at,
+            priority,
+            tags,
+            due,
+            overdue,
+        } = self;
+        (status, created_at, priority, tags, due, overdue).serialize(serializer)
+    }
+}
+
 /// Counts for one priority or tag.
-#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Stored as an array of the five numbers in this order: a user's value
+/// holds one per priority and tag, and their field names were most of its
+/// bytes and of the time spent reading it. Reading also takes the map with
+/// field names that earlier versions wrote (serde reads a struct from
+/// either). A field is added at the end only, with `#[serde(default)]`.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
 pub struct Counts {
     created: u64,
     completed: u64,
@@ -50,8 +74,26 @@ pub struct Counts {
     overdue: u64,
 }
 
+impl Serialize for Counts {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let Self {
+            created,
+            completed,
+            deleted,
+            open,
+            overdue,
+        } = self;
+        (created, completed, deleted, open, overdue).serialize(serializer)
+    }
+}
+
 /// Everything counted for one user.
-#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+///
+/// Stored, like [`Counts`], as an array of its fields in this order (read
+/// every event, its field names cost more than its numbers); the map
+/// earlier versions wrote still reads. A field is added at the end only,
+/// with `#[serde(default)]`.
+#[derive(Debug, Default, Clone, Deserialize)]
 pub struct UserStats {
     created: u64,
     completed: u64,
@@ -66,6 +108,38 @@ pub struct UserStats {
     by_priority: BTreeMap<String, Counts>,
     by_tag: BTreeMap<String, Counts>,
     last_event_at: Option<Timestamp>,
+}
+
+impl Serialize for UserStats {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let Self {
+            created,
+            completed,
+            deleted,
+            reopened,
+            open,
+            overdue,
+            completion_ms_total,
+            completion_samples,
+            by_priority,
+            by_tag,
+            last_event_at,
+        } = self;
+        (
+            created,
+            completed,
+            deleted,
+            reopened,
+            open,
+            overdue,
+            completion_ms_total,
+            completion_samples,
+            by_priority,
+            by_tag,
+            last_event_at,
+        )
+            .serialize(serializer)
+    }
 }
 
 /// What an event did to a task.
@@ -387,5 +461,136 @@ mod tests {
         assert_eq!(snap["by_priority"]["high"]["overdue"], 1);
         assert_eq!(snap["open"], 1);
         assert_eq!(snap["overdue"], 1);
+    }
+
+    #[test]
+    fn counts_are_stored_as_numbers_and_read_in_every_earlier_form() {
+        use todo_plugin_sdk::typed::{decode, encode};
+
+        /// Counts as earlier versions stored them: a map with field names.
+        #[derive(Serialize)]
+        struct Named {
+            created: u64,
+            completed: u64,
+            deleted: u64,
+            open: u64,
+            overdue: u64,
+        }
+        /// Before `open` and `overdue` were counted.
+        #[derive(Serialize)]
+        struct Oldest {
+            created: u64,
+            completed: u64,
+            deleted: u64,
+        }
+        let counts = Counts {
+            created: 7,
+            completed: 3,
+            deleted: 1,
+            open: 3,
+            overdue: 2,
+        };
+        let compact = encode(&counts).unwrap();
+        assert_eq!(compact, [0x00, 0x95, 7, 3, 1, 3, 2], "an array of five");
+        assert_eq!(decode::<Counts>(&compact).unwrap(), counts);
+        let named = Named {
+            created: 7,
+            completed: 3,
+            deleted: 1,
+            open: 3,
+            overdue: 2,
+        };
+        assert_eq!(decode::<Counts>(&encode(&named).unwrap()).unwrap(), counts);
+        let json = serde_json::to_vec(&named).unwrap();
+        assert_eq!(decode::<Counts>(&json).unwrap(), counts);
+        let oldest = Oldest {
+            created: 7,
+            completed: 3,
+            deleted: 1,
+        };
+        let read = decode::<Counts>(&encode(&oldest).unwrap()).unwrap();
+        assert_eq!((read.created, read.open, read.overdue), (7, 0, 0));
+    }
+
+    #[test]
+    fn a_users_counters_read_back_as_they_were_stored() {
+        use todo_plugin_sdk::typed::{decode, encode};
+
+        let (mut stats, mut records) = (UserStats::default(), BTreeMap::new());
+        let mut t = task("t", Some(5));
+        t.tags = vec!["home".into(), "money".into()];
+        feed(&mut stats, &mut records, EventKind::Created, &t, 0).unwrap();
+        feed(&mut stats, &mut records, EventKind::Completed, &t, 9).unwrap();
+        let read: UserStats = decode(&encode(&stats).unwrap()).unwrap();
+        assert_eq!(read.snapshot("u", 10), stats.snapshot("u", 10));
+        assert_eq!(read.by_tag, stats.by_tag);
+        assert_eq!(read.by_tag.len(), 2);
+        // As earlier versions stored it: every struct a map with names.
+        let named = serde_json::to_value(&stats_as_named(&stats)).unwrap();
+        let read: UserStats = decode(&encode(&named).unwrap()).unwrap();
+        assert_eq!(read.snapshot("u", 10), stats.snapshot("u", 10));
+        let read: UserStats = decode(&serde_json::to_vec(&named).unwrap()).unwrap();
+        assert_eq!(read.snapshot("u", 10), stats.snapshot("u", 10));
+    }
+
+    #[test]
+    fn a_task_record_reads_back_and_in_its_earlier_forms() {
+        use todo_plugin_sdk::typed::{decode, encode};
+
+        let record = TaskRecord {
+            status: Status::Completed,
+            created_at: Some(5),
+            priority: Some("high".into()),
+            tags: vec!["home".into()],
+            due: Some(9),
+            overdue: true,
+        };
+        assert_eq!(
+            decode::<TaskRecord>(&encode(&record).unwrap()).unwrap(),
+            record
+        );
+        let named = json!({
+            "status": "completed", "created_at": 5, "priority": "high", "tags": ["home"],
+            "due": 9, "overdue": true,
+        });
+        for stored in [encode(&named).unwrap(), serde_json::to_vec(&named).unwrap()] {
+            assert_eq!(decode::<TaskRecord>(&stored).unwrap(), record);
+        }
+        // Before `due` and `overdue` were kept.
+        let oldest = json!({
+            "status": "completed", "created_at": 5, "priority": "high", "tags": ["home"],
+        });
+        let read = decode::<TaskRecord>(&encode(&oldest).unwrap()).unwrap();
+        assert_eq!((read.due, read.overdue), (None, false));
+    }
+
+    /// `stats` with field names, as the derived `Serialize` of earlier
+    /// versions wrote it.
+    fn stats_as_named(stats: &UserStats) -> Value {
+        let counts = |map: &BTreeMap<String, Counts>| -> Value {
+            map.iter()
+                .map(|(label, c)| {
+                    let named = json!({
+                        "created": c.created, "completed": c.completed, "deleted": c.deleted,
+                        "open": c.open, "overdue": c.overdue,
+                    });
+                    (label.clone(), named)
+                })
+                .collect::<serde_json::Map<_, _>>()
+                .into()
+        };
+        json!({
+            "created": stats.created,
+            "completed": stats.completed,
+            "deleted": stats.deleted,
+            "reopened": stats.reopened,
+            "open": stats.open,
+            "overdue": stats.overdue,
+            "completion_ms_total": stats.completion_ms_total,
+            "completion_samples": stats.completion_samples,
+            "by_priority": counts(&stats.by_priority),
+            "by_tag": counts(&stats.by_tag),
+            "last_event_at": stats.last_event_at,
+        })
     }
 }

@@ -20,6 +20,8 @@
 //! fires, re-armed for the TTL after the latest event if there was one, so
 //! an event does not rewrite the timer.
 
+use std::cell::Cell;
+
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use todo_plugin_sdk::{
@@ -87,11 +89,14 @@ fn memo_key(task_id: &str) -> String {
     ["task:", task_id].concat()
 }
 
+thread_local! {
+    /// `memo_ttl_days` in ms, read once in `init` (an instance's config
+    /// does not change; a new config comes with new instances).
+    static MEMO_TTL_MS: Cell<i64> = const { Cell::new(DEFAULT_MEMO_TTL_DAYS as i64 * DAY_MS) };
+}
+
 fn memo_ttl_ms() -> i64 {
-    let days = host::config("memo_ttl_days")
-        .and_then(|v| v.parse::<u32>().ok())
-        .unwrap_or(DEFAULT_MEMO_TTL_DAYS);
-    i64::from(days) * DAY_MS
+    MEMO_TTL_MS.get()
 }
 
 /// Makes the task's timer (under its memo's `key`) its memo's expiry, a
@@ -146,7 +151,10 @@ fn reminder_for(event: &TaskEvent, memo: &Memo) -> Option<Pending> {
 
 impl Plugin for RemindersPlugin {
     fn init(config: &Config) -> Result {
-        config.positive("memo_ttl_days")?;
+        let days = config
+            .positive("memo_ttl_days")?
+            .unwrap_or(DEFAULT_MEMO_TTL_DAYS);
+        MEMO_TTL_MS.set(i64::from(days) * DAY_MS);
         Ok(())
     }
 
