@@ -526,7 +526,7 @@ mod tests {
         assert_eq!(read.by_tag, stats.by_tag);
         assert_eq!(read.by_tag.len(), 2);
         // As earlier versions stored it: every struct a map with names.
-        let named = serde_json::to_value(&stats_as_named(&stats)).unwrap();
+        let named = stats_as_named(&stats);
         let read: UserStats = decode(&encode(&named).unwrap()).unwrap();
         assert_eq!(read.snapshot("u", 10), stats.snapshot("u", 10));
         let read: UserStats = decode(&serde_json::to_vec(&named).unwrap()).unwrap();
