@@ -8,8 +8,8 @@
 //! changes nothing; its instance is replaced if it trapped.
 //!
 //! Timers: a timer that fires is removed before its call (so a failing
-//! handler is not retried forever), and the removal is part of the
-//! outcome's changes. An `on-timer` call that re-arms a timer for sooner
+//! handler is not retried forever), and its key is among the outcome's
+//! changed key names. An `on-timer` call that re-arms a timer for sooner
 //! than the minimum re-arm delay has it pushed back to that delay
 //! (counted, and a storm of them quarantines the plugin), so a plugin
 //! cannot make a partition spin.

@@ -487,17 +487,21 @@ mod tests {
             created: 7,
             completed: 3,
             deleted: 1,
-            open: 3,
+            open: 4,
             overdue: 2,
         };
         let compact = encode(&counts).unwrap();
-        assert_eq!(compact, [0x00, 0x95, 7, 3, 1, 3, 2], "an array of five");
+        assert_eq!(
+            compact,
+            [0x00, 0x95, 7, 3, 1, 4, 2],
+            "the five in declaration order"
+        );
         assert_eq!(decode::<Counts>(&compact).unwrap(), counts);
         let named = Named {
             created: 7,
             completed: 3,
             deleted: 1,
-            open: 3,
+            open: 4,
             overdue: 2,
         };
         assert_eq!(decode::<Counts>(&encode(&named).unwrap()).unwrap(), counts);
