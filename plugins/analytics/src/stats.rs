@@ -14,6 +14,21 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use todo_plugin_sdk::{EventKind, Task, Timestamp, rfc3339};
 
+/// A hand-written `Serialize` that writes the struct as an array of the
+/// listed fields, in the order given — which must be the declaration order,
+/// the order the derived `Deserialize` reads an array in. Listing every
+/// field is checked: the destructuring has no `..`.
+macro_rules! serialize_as_array {
+    ($name:ident { $($field:ident),+ $(,)? }) => {
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                let Self { $($field),+ } = self;
+                ($($field,)+).serialize(serializer)
+            }
+        }
+    };
+}
+
 /// Where a task is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -42,19 +57,14 @@ pub struct TaskRecord {
     pub overdue: bool,
 }
 
-impl Serialize for TaskRecord {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let Self {
-            status,
-            created_at,
-            priority,
-            tags,
-            due,
-            overdue,
-        } = self;
-        (status, created_at, priority, tags, due, overdue).serialize(serializer)
-    }
-}
+serialize_as_array!(TaskRecord {
+    status,
+    created_at,
+    priority,
+    tags,
+    due,
+    overdue,
+});
 
 /// Counts for one priority or tag.
 ///
@@ -74,18 +84,13 @@ pub struct Counts {
     overdue: u64,
 }
 
-impl Serialize for Counts {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let Self {
-            created,
-            completed,
-            deleted,
-            open,
-            overdue,
-        } = self;
-        (created, completed, deleted, open, overdue).serialize(serializer)
-    }
-}
+serialize_as_array!(Counts {
+    created,
+    completed,
+    deleted,
+    open,
+    overdue,
+});
 
 /// Everything counted for one user.
 ///
@@ -110,37 +115,19 @@ pub struct UserStats {
     last_event_at: Option<Timestamp>,
 }
 
-impl Serialize for UserStats {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let Self {
-            created,
-            completed,
-            deleted,
-            reopened,
-            open,
-            overdue,
-            completion_ms_total,
-            completion_samples,
-            by_priority,
-            by_tag,
-            last_event_at,
-        } = self;
-        (
-            created,
-            completed,
-            deleted,
-            reopened,
-            open,
-            overdue,
-            completion_ms_total,
-            completion_samples,
-            by_priority,
-            by_tag,
-            last_event_at,
-        )
-            .serialize(serializer)
-    }
-}
+serialize_as_array!(UserStats {
+    created,
+    completed,
+    deleted,
+    reopened,
+    open,
+    overdue,
+    completion_ms_total,
+    completion_samples,
+    by_priority,
+    by_tag,
+    last_event_at,
+});
 
 /// What an event did to a task.
 #[derive(Debug, PartialEq, Eq)]
