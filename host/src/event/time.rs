@@ -8,6 +8,7 @@
 //! duration (`30m`, `1h`, `1d`, `1h30m`) or ISO 8601 (`PT1H`).
 
 use jiff::civil::{Date, DateTime};
+use jiff::fmt::temporal::Pieces;
 use jiff::tz::{Offset, TimeZone};
 use jiff::{SignedDuration, Span, SpanRelativeTo};
 
@@ -115,10 +116,16 @@ fn common_instant(s: &str, tz: &TimeZone) -> Option<Timestamp> {
 /// Any instant jiff reads: RFC 3339 and its variants, naive date-times
 /// (`T` or a space), bare dates.
 fn any_instant(s: &str, tz: &TimeZone) -> Option<Timestamp> {
-    if may_have_offset(s)
-        && let Ok(ts) = s.parse::<jiff::Timestamp>()
-    {
-        return Some(ts.as_millisecond());
+    if may_have_offset(s) {
+        if let Ok(ts) = s.parse::<jiff::Timestamp>() {
+            return Some(ts.as_millisecond());
+        }
+        // It names an offset (or `Z`) yet is no instant jiff can hold (the
+        // offset moves it out of range): read as a civil time, the offset
+        // would be dropped and the instant moved without a word.
+        if Pieces::parse(s).is_ok_and(|pieces| pieces.offset().is_some()) {
+            return None;
+        }
     }
     // A space instead of `T` is common in database dumps.
     let civil = s
@@ -310,6 +317,30 @@ mod tests {
                 proptest::prop_assert_eq!(Some(short), any_instant(&text, &tz), "{}", text);
             }
         }
+    }
+
+    #[test]
+    fn an_offset_that_cannot_be_applied_is_an_error_not_ignored() {
+        // Each names an offset, so reading it as a civil time (in `tz`)
+        // would move the instant by that offset without a word.
+        for text in [
+            "9999-12-30T21:00:00-05:00",
+            "-009999-01-01T03:00:00+05:00",
+            "9999-12-31T23:00:00-01:00",
+        ] {
+            let value = tree(&json!(text));
+            let err = instant(&found(&value), &TimeZone::UTC).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!(r#"task_data.due_date: "{text}" is not an RFC 3339 time"#)
+            );
+        }
+        // The same civil times without an offset are in range.
+        let value = tree(&json!("9999-12-30T21:00:00"));
+        assert_eq!(
+            instant(&found(&value), &TimeZone::UTC).unwrap(),
+            ms("9999-12-30T21:00:00Z")
+        );
     }
 
     #[test]

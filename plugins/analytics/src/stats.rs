@@ -555,6 +555,77 @@ mod tests {
         assert_eq!((read.due, read.overdue), (None, false));
     }
 
+    #[test]
+    fn records_and_users_are_stored_in_declaration_order() {
+        use todo_plugin_sdk::typed::encode;
+
+        // Every field a distinct value, so a reordering shows.
+        let record = TaskRecord {
+            status: Status::Deleted,
+            created_at: Some(5),
+            priority: Some("high".into()),
+            tags: vec!["home".into()],
+            due: Some(9),
+            overdue: true,
+        };
+        let in_order = json!(["deleted", 5, "high", ["home"], 9, true]);
+        assert_eq!(encode(&record).unwrap(), encode(&in_order).unwrap());
+
+        let counts = |n: u64| Counts {
+            created: n,
+            completed: n + 1,
+            deleted: n + 2,
+            open: n + 3,
+            overdue: n + 4,
+        };
+        let stats = UserStats {
+            created: 1,
+            completed: 2,
+            deleted: 3,
+            reopened: 4,
+            open: 5,
+            overdue: 6,
+            completion_ms_total: 7,
+            completion_samples: 8,
+            by_priority: BTreeMap::from([("high".into(), counts(10))]),
+            by_tag: BTreeMap::from([("home".into(), counts(20))]),
+            last_event_at: Some(9),
+        };
+        let in_order = json!([
+            1, 2, 3, 4, 5, 6, 7, 8,
+            {"high": [10, 11, 12, 13, 14]},
+            {"home": [20, 21, 22, 23, 24]},
+            9,
+        ]);
+        assert_eq!(encode(&stats).unwrap(), encode(&in_order).unwrap());
+    }
+
+    #[test]
+    fn a_users_counters_from_before_open_and_overdue_still_read() {
+        use todo_plugin_sdk::typed::{decode, encode};
+
+        let oldest = json!({
+            "created": 3, "completed": 1, "deleted": 1, "reopened": 1,
+            "completion_ms_total": 40, "completion_samples": 1,
+            "by_priority": {"high": {"created": 2, "completed": 1, "deleted": 0}},
+            "by_tag": {},
+            "last_event_at": 50,
+        });
+        for stored in [
+            encode(&oldest).unwrap(),
+            serde_json::to_vec(&oldest).unwrap(),
+        ] {
+            let read = decode::<UserStats>(&stored).unwrap();
+            assert_eq!((read.created, read.reopened), (3, 1));
+            assert_eq!((read.open, read.overdue), (0, 0));
+            assert_eq!(read.completion_ms_total, 40);
+            assert_eq!(read.last_event_at, Some(50));
+            let high = &read.by_priority["high"];
+            assert_eq!((high.created, high.completed, high.open), (2, 1, 0));
+            assert!(read.by_tag.is_empty());
+        }
+    }
+
     /// `stats` with field names, as the derived `Serialize` of earlier
     /// versions wrote it.
     fn stats_as_named(stats: &UserStats) -> Value {
