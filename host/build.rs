@@ -69,7 +69,9 @@ fn main() {
     // Guests ship inside the binary: no debug info, smaller files.
     cargo
         .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
-        .env("CARGO_PROFILE_RELEASE_STRIP", "debuginfo");
+        .env("CARGO_PROFILE_RELEASE_STRIP", "debuginfo")
+        .env("CARGO_PROFILE_RELEASE_LTO", "fat")
+        .env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "1");
     let status = cargo
         .status()
         .expect("run cargo to build the guest plugins");

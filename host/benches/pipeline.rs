@@ -12,6 +12,10 @@
 //! `BENCH_PERF_MAP` (set: write the plugins' perf map, `sandbox.perf_map`,
 //! so `perf report` names the functions inside them).
 //!
+//! Each phase also prints the process's CPU time per event over the same
+//! span as its rate (all threads; on the mock cluster that includes the
+//! broker) and the cores it used.
+//!
 //! Rates are measured from the first record consumed to the last input
 //! offset stored, so group-join time does not count — but the last held
 //! state changes do (written once the partition's state has been idle for
@@ -76,7 +80,7 @@ async fn passthrough(brokers: &str, config: &Config, topic: &str, total: usize) 
             continue;
         }
         let message = consumer.recv().await.unwrap();
-        started.get_or_insert_with(Instant::now);
+        started.get_or_insert_with(|| (Instant::now(), common::cpu_time()));
         let payload = message.payload().unwrap_or_default();
         let key = message.key().unwrap_or_default();
         let delivery = loop {
@@ -90,7 +94,10 @@ async fn passthrough(brokers: &str, config: &Config, topic: &str, total: usize) 
         };
         window.push_back((message.partition(), message.offset(), delivery));
     }
-    started.unwrap().elapsed()
+    let (started, cpu) = started.unwrap();
+    let elapsed = started.elapsed();
+    print_cpu(total, common::cpu_time() - cpu, elapsed);
+    elapsed
 }
 
 const TEST_PLUGIN: &[u8] = include_bytes!(env!("GUEST_TEST_PLUGIN_WASM"));
@@ -137,7 +144,7 @@ async fn through_plugins(
         loop {
             let seen = stats.events_in.get() as usize;
             if seen > 0 {
-                started.get_or_insert_with(Instant::now);
+                started.get_or_insert_with(|| (Instant::now(), common::cpu_time()));
             }
             if seen * 10 >= total {
                 tenth.get_or_insert_with(Instant::now);
@@ -150,12 +157,13 @@ async fn through_plugins(
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        let elapsed = started.unwrap().elapsed();
+        let (started, cpu) = started.unwrap();
+        let (elapsed, cpu) = (started.elapsed(), common::cpu_time() - cpu);
         let _ = stop.send(());
         let steady = ninetieth.unwrap().duration_since(tenth.unwrap());
-        (elapsed, steady)
+        (elapsed, cpu, steady)
     };
-    let (ran, (elapsed, steady)) = tokio::join!(
+    let (ran, (elapsed, cpu, steady)) = tokio::join!(
         pipeline.run(brokers, async {
             let _ = stopped.await;
         }),
@@ -170,7 +178,20 @@ async fn through_plugins(
         let steady_rate = 0.8 * total as f64 / steady.as_secs_f64();
         println!("  steady (10–90 % of records handled): {steady_rate:.0} events/s");
     }
+    print_cpu(total, cpu, elapsed);
     elapsed
+}
+
+/// CPU time taken while `total` events were handled in `wall`, printed
+/// per event: the whole process (every thread: the pipeline or
+/// passthrough, librdkafka's threads and, on the mock cluster, the broker
+/// itself), and how many cores that is.
+fn print_cpu(total: usize, cpu: Duration, wall: Duration) {
+    println!(
+        "  cpu: {:.1} µs per event ({:.2} cores)",
+        cpu.as_secs_f64() * 1e6 / total as f64,
+        cpu.as_secs_f64() / wall.as_secs_f64(),
+    );
 }
 
 fn main() {

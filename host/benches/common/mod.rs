@@ -2,6 +2,7 @@
 //! event mix, a consumer, and a process's memory figures.
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use todo_eventd::config::{Config, KafkaConfig};
@@ -124,6 +125,24 @@ pub fn events(n: usize) -> Vec<String> {
             )
         })
         .collect()
+}
+
+/// The CPU time this process has used so far, user and system, all threads.
+#[allow(dead_code, reason = "read by the pipeline bench only")]
+pub fn cpu_time() -> Duration {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: `getrusage` writes a `rusage` into the pointer it is given,
+    // which points at one; `RUSAGE_SELF` is a valid `who`.
+    #[allow(unsafe_code)]
+    let usage = unsafe {
+        assert_eq!(libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()), 0);
+        usage.assume_init()
+    };
+    let time = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec.unsigned_abs())
+            + Duration::from_micros(t.tv_usec.unsigned_abs())
+    };
+    time(usage.ru_utime) + time(usage.ru_stime)
 }
 
 /// A `/proc/PID/status` figure in KiB (`field` such as `VmRSS:` or
