@@ -66,7 +66,10 @@ fn main() {
     ] {
         cargo.env_remove(var);
     }
-    // Guests ship inside the binary: no debug info, smaller files.
+    // Guests ship inside the binary: no debug info, smaller files. Every
+    // event runs their code: one codegen unit and fat LTO make the bundled
+    // plugins' calls 7–12 % faster and their files 8–15 % smaller
+    // (BENCHMARKS.md, fifth pass).
     cargo
         .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
         .env("CARGO_PROFILE_RELEASE_STRIP", "debuginfo")

@@ -96,7 +96,7 @@ pub fn flush_settings(config: &mut Config) {
             let ms = ms
                 .parse()
                 .unwrap_or_else(|_| panic!("{name}: milliseconds, not {ms:?}"));
-            std::time::Duration::from_millis(ms)
+            Duration::from_millis(ms)
         })
     };
     if let Some(interval) = millis("BENCH_FLUSH_MS") {
