@@ -3,6 +3,13 @@
 //! Entries are keyed by the SHA-256 of the `.wasm` bytes and the engine's
 //! compatibility hash (wasmtime version + compilation settings), and written
 //! atomically (temp file + rename), so a crash never leaves a torn entry.
+//!
+//! Every plugin version an operator deploys and every wasmtime upgrade adds
+//! entries (up to tens of MB each) that nothing reads again, so the cache is
+//! held to [`MAX_CACHE_BYTES`]: after each write, the entries compiled
+//! longest ago are removed until the rest fit. One removed while still in
+//! use costs a recompile at the next start, nothing more; a daemon keeps
+//! what it has loaded (the kernel keeps a mapped file until it is unmapped).
 
 // Deserializing a compiled artifact is `unsafe` in wasmtime: the bytes are
 // executed as native code. We only ever load files this module wrote, named
@@ -16,27 +23,40 @@ use std::path::{Path, PathBuf};
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
+/// The most the cache directory's entries may hold together.
+pub const MAX_CACHE_BYTES: u64 = 1 << 30;
+
+/// The file name ending of an entry.
+const ENTRY_SUFFIX: &str = ".cwasm";
+
 /// A directory of precompiled components.
 #[derive(Debug, Clone)]
 pub struct ComponentCache {
     dir: PathBuf,
     engine_key: String,
+    max_bytes: u64,
 }
 
 impl ComponentCache {
     /// A cache in `dir` for components compiled by `engine`.
     pub fn new(dir: PathBuf, engine: &Engine) -> Self {
+        Self::with_limit(dir, engine, MAX_CACHE_BYTES)
+    }
+
+    /// The same, its entries held to `max_bytes` together.
+    fn with_limit(dir: PathBuf, engine: &Engine, max_bytes: u64) -> Self {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
         Self {
             dir,
             engine_key: format!("{:016x}", hasher.finish()),
+            max_bytes,
         }
     }
 
     fn path(&self, content_hash: &str) -> PathBuf {
         self.dir
-            .join(format!("{content_hash}-{}.cwasm", self.engine_key))
+            .join(format!("{content_hash}-{}{ENTRY_SUFFIX}", self.engine_key))
     }
 
     /// The cached component for `content_hash`, if one is stored and loads.
@@ -57,26 +77,114 @@ impl ComponentCache {
         }
     }
 
-    /// Stores a compiled component. Failure only costs a recompile later,
-    /// so it is logged, not returned.
-    pub fn store(&self, content_hash: &str, component: &Component) {
-        if let Err(err) = self.try_store(content_hash, component) {
-            tracing::warn!(dir = %self.dir.display(), error = %err, "Could not cache compiled component.");
+    /// Stores a compiled component's artifact; whether it was stored.
+    /// Failure only costs a recompile later, so it is logged, not returned.
+    pub fn store(&self, content_hash: &str, artifact: &[u8]) -> bool {
+        match self.try_store(content_hash, artifact) {
+            Ok(()) => {
+                self.prune(&self.path(content_hash));
+                true
+            }
+            Err(err) => {
+                tracing::warn!(dir = %self.dir.display(), error = %err, "Could not cache compiled component.");
+                false
+            }
         }
     }
 
-    fn try_store(&self, content_hash: &str, component: &Component) -> anyhow::Result<()> {
+    fn try_store(&self, content_hash: &str, artifact: &[u8]) -> anyhow::Result<()> {
         std::fs::create_dir_all(&self.dir)?;
-        let bytes = component.serialize()?;
         let mut tmp = tempfile::NamedTempFile::new_in(&self.dir)?;
-        tmp.write_all(&bytes)?;
+        tmp.write_all(artifact)?;
         tmp.as_file().sync_all()?;
         tmp.persist(self.path(content_hash))?;
         Ok(())
     }
 
+    /// Removes the entries compiled longest ago (never `kept`, the one just
+    /// written) until the rest fit in the limit. Best effort: what cannot
+    /// be listed or removed is logged and left.
+    fn prune(&self, kept: &Path) {
+        let Ok(dir) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        let mut entries: Vec<(std::time::SystemTime, u64, PathBuf)> = dir
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().ends_with(ENTRY_SUFFIX))
+            .filter_map(|e| {
+                let meta = e.metadata().ok().filter(std::fs::Metadata::is_file)?;
+                Some((meta.modified().ok()?, meta.len(), e.path()))
+            })
+            .collect();
+        let mut total: u64 = entries.iter().map(|(_, len, _)| len).sum();
+        if total <= self.max_bytes {
+            return;
+        }
+        entries.sort();
+        for (_, len, path) in entries {
+            if total <= self.max_bytes {
+                break;
+            }
+            if path == kept {
+                continue;
+            }
+            match std::fs::remove_file(&path) {
+                Ok(()) => {
+                    total -= len;
+                    tracing::info!(path = %path.display(), bytes = len, "Removed an old compiled component from the cache.");
+                }
+                Err(err) => {
+                    tracing::warn!(path = %path.display(), error = %err, "Could not remove an old compiled component from the cache.");
+                }
+            }
+        }
+    }
+
     /// The cache directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn age(path: &Path, seconds_ago: u64) {
+        let then = std::time::SystemTime::now() - std::time::Duration::from_secs(seconds_ago);
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .and_then(|f| f.set_modified(then))
+            .expect("set the entry's time");
+    }
+
+    #[test]
+    fn the_entries_compiled_longest_ago_go_first_once_over_the_limit() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let engine = Engine::default();
+        let cache = ComponentCache::with_limit(dir.path().to_owned(), &engine, 2_500);
+        // Entries of this engine and of another (an older wasmtime's), and
+        // a file that is not an entry.
+        let stale = dir
+            .path()
+            .join(format!("{}-0123456789abcdef.cwasm", "a".repeat(64)));
+        std::fs::write(&stale, [0; 1_000]).expect("write");
+        age(&stale, 300);
+        assert!(cache.store("b", &[0; 1_000]));
+        age(&cache.path("b"), 200);
+        let other = dir.path().join("notes.txt");
+        std::fs::write(&other, [0; 5_000]).expect("write");
+        assert!(stale.exists(), "2 000 bytes fit");
+
+        assert!(cache.store("c", &[0; 1_000]));
+        assert!(!stale.exists(), "the oldest went");
+        assert!(cache.path("b").exists() && cache.path("c").exists());
+        assert!(other.exists(), "only entries are removed");
+
+        // One entry larger than the limit is still kept: it is in use.
+        assert!(cache.store("d", &[0; 3_000]));
+        assert!(cache.path("d").exists());
+        assert!(!cache.path("b").exists() && !cache.path("c").exists());
     }
 }

@@ -12,6 +12,7 @@
 //! host's per-call `now` — unless a manifest [grants](grants) more.
 
 mod cache;
+mod compile;
 mod error;
 pub mod grants;
 mod host;
@@ -123,6 +124,9 @@ pub enum ValidateError {
 /// The engine, linker and cache shared by every plugin in the process.
 pub struct Sandbox {
     engine: Engine,
+    /// The settings `engine` was built from; components are compiled by an
+    /// engine of their own with them (see [`compile`]).
+    wasm_config: Config,
     linker: Linker<HostState>,
     cache: Option<ComponentCache>,
     config: SandboxConfig,
@@ -172,6 +176,7 @@ impl Sandbox {
         let ticker = Some(EpochTicker::start(engine.clone(), config.epoch_tick)?);
         Ok(Self {
             engine,
+            wasm_config: wasm,
             linker,
             cache,
             config,
@@ -249,12 +254,22 @@ impl Sandbox {
             return Ok(component);
         }
         let started = std::time::Instant::now();
-        let component = Component::new(&self.engine, bytes).map_err(ValidateError::Compile)?;
+        let artifact =
+            compile::precompile(&self.wasm_config, bytes).map_err(ValidateError::Compile)?;
         tracing::debug!(hash = %&hash[..12], elapsed = ?started.elapsed(), "Compiled component.");
-        if let Some(cache) = &self.cache {
-            cache.store(&hash, &component);
-        }
-        Ok(component)
+        let mapped = self.cache.as_ref().and_then(|cache| {
+            cache
+                .store(&hash, &artifact)
+                .then(|| cache.load(&self.engine, &hash))
+                .flatten()
+        });
+        let component = match mapped {
+            Some(component) => Ok(component),
+            None => compile::load(&self.engine, &artifact).map_err(ValidateError::Compile),
+        };
+        drop(artifact);
+        compile::release_freed_memory();
+        component
     }
 
     /// The WASI interfaces a component imports (for `plugins check`).
