@@ -195,6 +195,8 @@ fn print_cpu(total: usize, cpu: Duration, wall: Duration) {
 }
 
 fn main() {
+    // As the daemon's `main` does.
+    todo_eventd::heap::limit_retained_heap();
     // `cargo bench` passes `--bench`; nothing else to parse.
     let total: usize = env_or("BENCH_EVENTS", 100_000);
     let partitions: i32 = env_or("BENCH_PARTITIONS", 8);

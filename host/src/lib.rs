@@ -25,6 +25,7 @@ pub mod daemon;
 pub mod demo;
 pub mod dispatch;
 pub mod event;
+pub mod heap;
 pub mod kafka;
 pub mod kit;
 pub mod offline;

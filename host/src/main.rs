@@ -7,6 +7,7 @@ use clap::Parser;
 use todo_eventd::cli::{self, Cli};
 
 fn main() -> ExitCode {
+    todo_eventd::heap::limit_retained_heap();
     let cli = Cli::parse();
     cli.init_logging();
     match cli::run(cli) {

@@ -9,7 +9,8 @@
 //! when loaded from the cache), and each plugin a hot reload compiled could
 //! add more. So a component is compiled by an engine made for that one job —
 //! the same settings, minus the pooling allocator, which compiled code does
-//! not depend on — and the freed memory is handed back to the kernel. The
+//! not depend on — and the freed memory is handed back to the kernel
+//! ([`crate::heap`]). The
 //! daemon's engine then maps the artifact from the on-disk cache, so only
 //! the pages in use are resident, or, without a cache, loads it from the
 //! bytes.
@@ -38,18 +39,3 @@ pub(super) fn load(engine: &Engine, artifact: &[u8]) -> wasmtime::Result<Compone
     // settings match and fails otherwise.
     unsafe { Component::deserialize(engine, artifact) }
 }
-
-/// Hands the heap memory that is free back to the kernel: call it once
-/// the compile engine and the artifact bytes are dropped.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-pub(super) fn release_freed_memory() {
-    // SAFETY: `malloc_trim` takes no pointers; it only returns free pages
-    // of the allocator's arenas to the kernel, under the allocator's locks.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
-/// Other allocators return freed memory on their own terms.
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-pub(super) fn release_freed_memory() {}

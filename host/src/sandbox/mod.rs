@@ -268,7 +268,7 @@ impl Sandbox {
             None => compile::load(&self.engine, &artifact).map_err(ValidateError::Compile),
         };
         drop(artifact);
-        compile::release_freed_memory();
+        crate::heap::release_freed_memory();
         component
     }
 
