@@ -6,10 +6,11 @@
 //!
 //! Every plugin version an operator deploys and every wasmtime upgrade adds
 //! entries (up to tens of MB each) that nothing reads again, so the cache is
-//! held to [`MAX_CACHE_BYTES`]: after each write, the entries compiled
-//! longest ago are removed until the rest fit. One removed while still in
-//! use costs a recompile at the next start, nothing more; a daemon keeps
-//! what it has loaded (the kernel keeps a mapped file until it is unmapped).
+//! held to [`MAX_CACHE_BYTES`]: after each write, the entries written or
+//! loaded longest ago are removed until the rest fit (a load sets an
+//! entry's modification time). One removed while still in use costs a
+//! recompile at the next start, nothing more; a daemon keeps what it has
+//! loaded (the kernel keeps a mapped file until it is unmapped).
 
 // Deserializing a compiled artifact is `unsafe` in wasmtime: the bytes are
 // executed as native code. We only ever load files this module wrote, named
@@ -68,7 +69,15 @@ impl ComponentCache {
         // SAFETY: see the module comment — the file was written by `store`
         // for exactly this content hash and engine configuration.
         match unsafe { Component::deserialize_file(engine, &path) } {
-            Ok(component) => Some(component),
+            Ok(component) => {
+                // Used now: the last entries [`Self::prune`] would remove.
+                // Best effort (a read-only cache still loads).
+                let _ = std::fs::File::options()
+                    .append(true)
+                    .open(&path)
+                    .and_then(|file| file.set_modified(std::time::SystemTime::now()));
+                Some(component)
+            }
             Err(err) => {
                 tracing::warn!(path = %path.display(), error = %err, "Discarding unreadable cached component.");
                 let _ = std::fs::remove_file(&path);
@@ -101,8 +110,8 @@ impl ComponentCache {
         Ok(())
     }
 
-    /// Removes the entries compiled longest ago (never `kept`, the one just
-    /// written) until the rest fit in the limit. Best effort: what cannot
+    /// Removes the entries written or loaded longest ago (never `kept`, the
+    /// one just written) until the rest fit in the limit. Best effort: what cannot
     /// be listed or removed is logged and left.
     fn prune(&self, kept: &Path) {
         let Ok(dir) = std::fs::read_dir(&self.dir) else {
@@ -182,9 +191,33 @@ mod tests {
         assert!(cache.path("b").exists() && cache.path("c").exists());
         assert!(other.exists(), "only entries are removed");
 
-        // One entry larger than the limit is still kept: it is in use.
+        // One entry larger than the limit is still kept: it was just written.
         assert!(cache.store("d", &[0; 3_000]));
         assert!(cache.path("d").exists());
         assert!(!cache.path("b").exists() && !cache.path("c").exists());
+    }
+
+    #[test]
+    fn an_entry_loaded_lately_outlasts_one_written_later() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let engine = Engine::default();
+        let artifact = Component::new(&engine, "(component)")
+            .and_then(|c| c.serialize())
+            .expect("compile an empty component");
+        let n = artifact.len() as u64;
+        let cache = ComponentCache::with_limit(dir.path().to_owned(), &engine, 2 * n + n / 2);
+        assert!(cache.store("used", &artifact));
+        age(&cache.path("used"), 400);
+        assert!(cache.store("unused", &artifact));
+        age(&cache.path("unused"), 300);
+        assert!(cache.load(&engine, "used").is_some());
+
+        assert!(cache.store("new", &artifact));
+        assert!(cache.path("used").exists(), "loaded a moment ago");
+        assert!(
+            !cache.path("unused").exists(),
+            "written 300 s ago, never loaded"
+        );
+        assert!(cache.path("new").exists());
     }
 }
