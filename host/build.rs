@@ -68,7 +68,7 @@ fn main() {
     }
     // Guests ship inside the binary: no debug info, smaller files. Every
     // event runs their code: one codegen unit and fat LTO make the bundled
-    // plugins' calls 7–12 % faster and their files 8–15 % smaller
+    // plugins' calls up to 12 % faster and their files 6–12 % smaller
     // (BENCHMARKS.md, fifth pass).
     cargo
         .env("CARGO_PROFILE_RELEASE_DEBUG", "false")

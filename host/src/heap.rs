@@ -15,16 +15,22 @@
 const RETAINED_BYTES: libc::c_int = 4 << 20;
 
 /// Fixes glibc's trim and mmap thresholds at [`RETAINED_BYTES`] (it would
-/// otherwise raise them as it goes, up to 64 and 32 MiB). Call once, early.
+/// otherwise raise them as it goes, up to 64 and 32 MiB). Call once, before
+/// any thread starts. A block of 4 MiB or more is then mapped and unmapped
+/// on its own each time (no such block is allocated per event).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[allow(unsafe_code)]
 pub fn limit_retained_heap() {
-    // SAFETY: `mallopt` takes plain integers and changes settings under the
-    // allocator's own lock.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, RETAINED_BYTES);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, RETAINED_BYTES);
-    }
+    // SAFETY: `mallopt` takes plain integers. The settings it writes are
+    // globals read by every thread's allocations, so it is called before
+    // any thread starts (first thing in `main`).
+    let set = unsafe {
+        [
+            libc::mallopt(libc::M_MMAP_THRESHOLD, RETAINED_BYTES),
+            libc::mallopt(libc::M_TRIM_THRESHOLD, RETAINED_BYTES),
+        ]
+    };
+    debug_assert_eq!(set, [1, 1], "glibc refused a threshold");
 }
 
 /// Other allocators keep their own counsel.

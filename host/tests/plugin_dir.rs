@@ -223,6 +223,24 @@ fn compiled_components_are_cached_on_disk() {
     );
 }
 
+#[test]
+fn a_component_the_pool_refuses_is_not_cached() {
+    let cache = tempfile::tempdir().unwrap();
+    let sandbox = Sandbox::new(SandboxConfig {
+        cache_dir: Some(cache.path().to_owned()),
+        max_instances: 4,
+        ..SandboxConfig::default()
+    })
+    .unwrap();
+    // It compiles, but a 4 GiB memory minimum is above any pool slot.
+    let huge = wat_component("(component (core module (memory 65536)))");
+    assert!(sandbox.prepare(&huge).is_err());
+    let entries: Vec<_> = std::fs::read_dir(cache.path())
+        .map(|dir| dir.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(entries.is_empty(), "{entries:?}");
+}
+
 fn wat_component(text: &str) -> Vec<u8> {
     wat::parse_str(text).unwrap()
 }

@@ -6,9 +6,11 @@
 //!
 //! Every plugin version an operator deploys and every wasmtime upgrade adds
 //! entries (up to tens of MB each) that nothing reads again, so the cache is
-//! held to [`MAX_CACHE_BYTES`]: after each write, the entries written or
-//! loaded longest ago are removed until the rest fit (a load sets an
-//! entry's modification time). One removed while still in use costs a
+//! held to about [`MAX_CACHE_BYTES`]: once a new entry has loaded
+//! ([`ComponentCache::adopt`]), the entries written or loaded longest ago are
+//! removed until the rest fit (a load sets an entry's modification time;
+//! another daemon writing to the same directory, or a crash mid-write
+//! leaving a temporary file, can take it past the bound for a while). One removed while still in use costs a
 //! recompile at the next start, nothing more; a daemon keeps what it has
 //! loaded (the kernel keeps a mapped file until it is unmapped).
 
@@ -88,15 +90,35 @@ impl ComponentCache {
 
     /// Stores a compiled component's artifact; whether it was stored.
     /// Failure only costs a recompile later, so it is logged, not returned.
+    /// The entry counts toward the limit once [`Self::adopt`] has loaded it.
     pub fn store(&self, content_hash: &str, artifact: &[u8]) -> bool {
         match self.try_store(content_hash, artifact) {
-            Ok(()) => {
-                self.prune(&self.path(content_hash));
-                true
-            }
+            Ok(()) => true,
             Err(err) => {
                 tracing::warn!(dir = %self.dir.display(), error = %err, "Could not cache compiled component.");
                 false
+            }
+        }
+    }
+
+    /// The component [`Self::store`] just wrote for `content_hash`, mapped
+    /// from its file; then the cache is pruned to its limit, keeping it.
+    /// If it does not load — the engine's instance limits refuse the
+    /// component, or the directory does not allow mapping code — the file is
+    /// removed and the error returned for the caller to judge: a component
+    /// that cannot run never pushes out one that can.
+    pub fn adopt(&self, engine: &Engine, content_hash: &str) -> wasmtime::Result<Component> {
+        let path = self.path(content_hash);
+        // SAFETY: see the module comment — `store` wrote the file for
+        // exactly this content hash and engine configuration.
+        match unsafe { Component::deserialize_file(engine, &path) } {
+            Ok(component) => {
+                self.prune(&path);
+                Ok(component)
+            }
+            Err(err) => {
+                let _ = std::fs::remove_file(&path);
+                Err(err)
             }
         }
     }
@@ -111,8 +133,8 @@ impl ComponentCache {
     }
 
     /// Removes the entries written or loaded longest ago (never `kept`, the
-    /// one just written) until the rest fit in the limit. Best effort: what cannot
-    /// be listed or removed is logged and left.
+    /// one just loaded) until the rest fit in the limit. Best effort: what
+    /// cannot be listed or removed is logged and left.
     fn prune(&self, kept: &Path) {
         let Ok(dir) = std::fs::read_dir(&self.dir) else {
             return;
@@ -142,6 +164,8 @@ impl ComponentCache {
                     total -= len;
                     tracing::info!(path = %path.display(), bytes = len, "Removed an old compiled component from the cache.");
                 }
+                // Another daemon sharing the directory removed it first.
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => total -= len,
                 Err(err) => {
                     tracing::warn!(path = %path.display(), error = %err, "Could not remove an old compiled component from the cache.");
                 }
@@ -168,33 +192,41 @@ mod tests {
             .expect("set the entry's time");
     }
 
+    /// Names sort the other way round from their ages throughout, so a
+    /// prune by name instead of by time would fail these.
     #[test]
     fn the_entries_compiled_longest_ago_go_first_once_over_the_limit() {
         let dir = tempfile::tempdir().expect("temp dir");
         let engine = Engine::default();
         let cache = ComponentCache::with_limit(dir.path().to_owned(), &engine, 2_500);
-        // Entries of this engine and of another (an older wasmtime's), and
-        // a file that is not an entry.
+        // An entry of another engine (an older wasmtime's), one of this
+        // engine, a file that is not an entry and a directory named as one.
         let stale = dir
             .path()
-            .join(format!("{}-0123456789abcdef.cwasm", "a".repeat(64)));
+            .join(format!("{}-0123456789abcdef.cwasm", "z".repeat(64)));
         std::fs::write(&stale, [0; 1_000]).expect("write");
         age(&stale, 300);
-        assert!(cache.store("b", &[0; 1_000]));
-        age(&cache.path("b"), 200);
+        assert!(cache.store("y", &[0; 1_000]));
+        age(&cache.path("y"), 200);
         let other = dir.path().join("notes.txt");
         std::fs::write(&other, [0; 5_000]).expect("write");
-        assert!(stale.exists(), "2 000 bytes fit");
+        let subdir = dir.path().join("w.cwasm");
+        std::fs::create_dir(&subdir).expect("mkdir");
 
-        assert!(cache.store("c", &[0; 1_000]));
+        assert!(cache.store("x", &[0; 1_000]));
+        cache.prune(&cache.path("x"));
         assert!(!stale.exists(), "the oldest went");
-        assert!(cache.path("b").exists() && cache.path("c").exists());
-        assert!(other.exists(), "only entries are removed");
+        assert!(cache.path("y").exists() && cache.path("x").exists());
+        assert!(
+            other.exists() && subdir.exists(),
+            "only entries are removed"
+        );
 
-        // One entry larger than the limit is still kept: it was just written.
-        assert!(cache.store("d", &[0; 3_000]));
-        assert!(cache.path("d").exists());
-        assert!(!cache.path("b").exists() && !cache.path("c").exists());
+        // One entry larger than the limit is still kept: it was just loaded.
+        assert!(cache.store("a", &[0; 3_000]));
+        cache.prune(&cache.path("a"));
+        assert!(cache.path("a").exists());
+        assert!(!cache.path("x").exists() && !cache.path("y").exists());
     }
 
     #[test]
@@ -206,18 +238,31 @@ mod tests {
             .expect("compile an empty component");
         let n = artifact.len() as u64;
         let cache = ComponentCache::with_limit(dir.path().to_owned(), &engine, 2 * n + n / 2);
-        assert!(cache.store("used", &artifact));
-        age(&cache.path("used"), 400);
-        assert!(cache.store("unused", &artifact));
-        age(&cache.path("unused"), 300);
-        assert!(cache.load(&engine, "used").is_some());
+        assert!(cache.store("a-used", &artifact));
+        age(&cache.path("a-used"), 400);
+        assert!(cache.store("z-unused", &artifact));
+        age(&cache.path("z-unused"), 300);
+        assert!(cache.load(&engine, "a-used").is_some());
 
         assert!(cache.store("new", &artifact));
-        assert!(cache.path("used").exists(), "loaded a moment ago");
+        assert!(cache.adopt(&engine, "new").is_ok(), "adopting prunes");
+        assert!(cache.path("a-used").exists(), "loaded a moment ago");
         assert!(
-            !cache.path("unused").exists(),
+            !cache.path("z-unused").exists(),
             "written 300 s ago, never loaded"
         );
         assert!(cache.path("new").exists());
+    }
+
+    #[test]
+    fn an_entry_that_does_not_load_is_not_kept_and_pushes_nothing_out() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let engine = Engine::default();
+        let cache = ComponentCache::with_limit(dir.path().to_owned(), &engine, 1_000);
+        assert!(cache.store("old", &[0; 900]));
+        assert!(cache.store("bad", &[0; 900]));
+        assert!(cache.adopt(&engine, "bad").is_err());
+        assert!(!cache.path("bad").exists());
+        assert!(cache.path("old").exists());
     }
 }

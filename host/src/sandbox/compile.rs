@@ -9,7 +9,8 @@
 //! when loaded from the cache), and each plugin a hot reload compiled could
 //! add more. So a component is compiled by an engine made for that one job —
 //! the same settings, minus the pooling allocator, which compiled code does
-//! not depend on — and the freed memory is handed back to the kernel
+//! not depend on (the pool's limits are checked when the daemon's engine
+//! loads the artifact) — and the freed memory is handed back to the kernel
 //! ([`crate::heap`]). The
 //! daemon's engine then maps the artifact from the on-disk cache, so only
 //! the pages in use are resident, or, without a cache, loads it from the

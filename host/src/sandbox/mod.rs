@@ -257,15 +257,23 @@ impl Sandbox {
         let artifact =
             compile::precompile(&self.wasm_config, bytes).map_err(ValidateError::Compile)?;
         tracing::debug!(hash = %&hash[..12], elapsed = ?started.elapsed(), "Compiled component.");
-        let mapped = self.cache.as_ref().and_then(|cache| {
-            cache
-                .store(&hash, &artifact)
-                .then(|| cache.load(&self.engine, &hash))
-                .flatten()
-        });
-        let component = match mapped {
-            Some(component) => Ok(component),
-            None => compile::load(&self.engine, &artifact).map_err(ValidateError::Compile),
+        let from_bytes = || compile::load(&self.engine, &artifact).map_err(ValidateError::Compile);
+        let component = match &self.cache {
+            Some(cache) if cache.store(&hash, &artifact) => {
+                cache.adopt(&self.engine, &hash).or_else(|mapped| {
+                    let loaded = from_bytes();
+                    if loaded.is_ok() {
+                        tracing::warn!(
+                            dir = %cache.dir().display(),
+                            error = %mapped,
+                            "A compiled component loads from memory but not from the cache directory \
+                             (a noexec mount?); it is compiled again at each start."
+                        );
+                    }
+                    loaded
+                })
+            }
+            _ => from_bytes(),
         };
         drop(artifact);
         crate::heap::release_freed_memory();
