@@ -1,8 +1,10 @@
 //! Instants, offsets and time zones as producers write them.
 //!
-//! Instants may be RFC 3339 (`2026-01-22T10:00:00Z`), naive local date-times
-//! as Python's `isoformat()` writes them (`2026-01-22T11:00:00.123456`, read in
-//! the task's time zone, UTC if it has none), bare dates (midnight) or Unix
+//! Instants may be RFC 3339 (`2026-01-22T10:00:00Z`), RFC 9557 with a
+//! bracketed time zone (`2026-01-22T10:00:00[Europe/Paris]`), naive local
+//! date-times as Python's `isoformat()` writes them
+//! (`2026-01-22T11:00:00.123456`, read in the task's time zone, UTC if it
+//! has none), bare dates (midnight) or Unix
 //! epoch numbers (seconds, or milliseconds when the number is that large).
 //! Offsets ("remind me 1h before") may be a number of minutes, a friendly
 //! duration (`30m`, `1h`, `1d`, `1h30m`) or ISO 8601 (`PT1H`).
@@ -113,8 +115,8 @@ fn common_instant(s: &str, tz: &TimeZone) -> Option<Timestamp> {
     instant.ok().map(jiff::Timestamp::as_millisecond)
 }
 
-/// Any instant jiff reads: RFC 3339 and its variants, naive date-times
-/// (`T` or a space), bare dates.
+/// Any instant jiff reads: RFC 3339 and its variants (with a bracketed
+/// time zone, RFC 9557), naive date-times (`T` or a space), bare dates.
 fn any_instant(s: &str, tz: &TimeZone) -> Option<Timestamp> {
     if may_have_offset(s) {
         if let Ok(ts) = s.parse::<jiff::Timestamp>() {
@@ -127,6 +129,14 @@ fn any_instant(s: &str, tz: &TimeZone) -> Option<Timestamp> {
         if !Pieces::parse(s).is_ok_and(|pieces| pieces.offset().is_none()) {
             return None;
         }
+    }
+    // A time zone named in brackets (`…T10:00:00[Europe/Paris]`) is the one
+    // the civil time is in, not the task's; one that is not known fails.
+    if s.contains('[') && Pieces::parse(s).ok()?.time_zone_annotation().is_some() {
+        return s
+            .parse::<jiff::ZonedDateTime>()
+            .ok()
+            .map(|zoned| zoned.timestamp().as_millisecond());
     }
     // A space instead of `T` is common in database dumps.
     let civil = s
@@ -256,6 +266,21 @@ mod tests {
                 &berlin,
                 "2026-01-22T10:00:00Z",
             ),
+            (
+                tree(&json!("2026-01-22T10:00:00[Europe/Paris]")),
+                &utc,
+                "2026-01-22T09:00:00Z",
+            ),
+            (
+                tree(&json!("2026-07-01T10:00:00[-04:00]")),
+                &berlin,
+                "2026-07-01T14:00:00Z",
+            ),
+            (
+                tree(&json!("2026-01-22T10:00:00[u-ca=iso8601]")),
+                &berlin,
+                "2026-01-22T09:00:00Z",
+            ),
             (tree(&json!(1_769_076_000)), &utc, "2026-01-22T10:00:00Z"),
             (
                 tree(&json!(1_769_076_000_000_i64)),
@@ -337,6 +362,9 @@ mod tests {
                 format!(r#"task_data.due_date: "{text}" is not an RFC 3339 time"#)
             );
         }
+        // A bracketed time zone that is not one is not dropped either.
+        let value = tree(&json!("2026-01-22T10:00:00[Mars/Olympus]"));
+        assert!(instant(&found(&value), &TimeZone::UTC).is_err());
         // The same civil times without an offset are in range.
         let value = tree(&json!("9999-12-30T21:00:00"));
         assert_eq!(
