@@ -10,9 +10,10 @@
 //! ([`ComponentCache::adopt`]), the entries written or loaded longest ago are
 //! removed until the rest fit (a load sets an entry's modification time;
 //! another daemon writing to the same directory, or a crash mid-write
-//! leaving a temporary file, can take it past the bound for a while). One removed while still in use costs a
-//! recompile at the next start, nothing more; a daemon keeps what it has
-//! loaded (the kernel keeps a mapped file until it is unmapped).
+//! leaving a temporary file, can take it past the bound for a while). One
+//! removed while still in use costs a recompile at the next start, nothing
+//! more; a daemon keeps what it has loaded (the kernel keeps a mapped file
+//! until it is unmapped).
 
 // Deserializing a compiled artifact is `unsafe` in wasmtime: the bytes are
 // executed as native code. We only ever load files this module wrote, named
@@ -68,9 +69,7 @@ impl ComponentCache {
         if !path.exists() {
             return None;
         }
-        // SAFETY: see the module comment — the file was written by `store`
-        // for exactly this content hash and engine configuration.
-        match unsafe { Component::deserialize_file(engine, &path) } {
+        match Self::map(engine, &path) {
             Ok(component) => {
                 // Used now: the last entries [`Self::prune`] would remove.
                 // Best effort (a read-only cache still loads).
@@ -109,9 +108,7 @@ impl ComponentCache {
     /// that cannot run never pushes out one that can.
     pub fn adopt(&self, engine: &Engine, content_hash: &str) -> wasmtime::Result<Component> {
         let path = self.path(content_hash);
-        // SAFETY: see the module comment — `store` wrote the file for
-        // exactly this content hash and engine configuration.
-        match unsafe { Component::deserialize_file(engine, &path) } {
+        match Self::map(engine, &path) {
             Ok(component) => {
                 self.prune(&path);
                 Ok(component)
@@ -121,6 +118,13 @@ impl ComponentCache {
                 Err(err)
             }
         }
+    }
+
+    /// The component in the entry at `path`, mapped from the file.
+    fn map(engine: &Engine, path: &Path) -> wasmtime::Result<Component> {
+        // SAFETY: see the module comment — `path` is an entry `store` wrote
+        // for this content hash and engine configuration.
+        unsafe { Component::deserialize_file(engine, path) }
     }
 
     fn try_store(&self, content_hash: &str, artifact: &[u8]) -> anyhow::Result<()> {

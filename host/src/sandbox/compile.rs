@@ -11,10 +11,9 @@
 //! the same settings, minus the pooling allocator, which compiled code does
 //! not depend on (the pool's limits are checked when the daemon's engine
 //! loads the artifact) — and the freed memory is handed back to the kernel
-//! ([`crate::heap`]). The
-//! daemon's engine then maps the artifact from the on-disk cache, so only
-//! the pages in use are resident, or, without a cache, loads it from the
-//! bytes.
+//! ([`crate::heap`]). The daemon's engine then maps the artifact from the
+//! on-disk cache, so only the pages in use are resident, or, without a
+//! cache, loads it from the bytes.
 
 // Loading an artifact is `unsafe` in wasmtime: the bytes are executed as
 // native code. The only bytes loaded here are the ones `precompile_component`
