@@ -118,25 +118,24 @@ fn common_instant(s: &str, tz: &TimeZone) -> Option<Timestamp> {
 /// Any instant jiff reads: RFC 3339 and its variants (with a bracketed
 /// time zone, RFC 9557), naive date-times (`T` or a space), bare dates.
 fn any_instant(s: &str, tz: &TimeZone) -> Option<Timestamp> {
-    if may_have_offset(s) {
-        if let Ok(ts) = s.parse::<jiff::Timestamp>() {
-            return Some(ts.as_millisecond());
-        }
-        // Read as a civil time, an offset would be dropped and the instant
-        // moved without a word: only what is certainly offset-free goes on
-        // (not an offset that moves it out of range, nor one out of range
-        // itself, which jiff's pieces do not read either).
-        if !Pieces::parse(s).is_ok_and(|pieces| pieces.offset().is_none()) {
-            return None;
-        }
+    let offset_named = may_have_offset(s);
+    if offset_named && let Ok(ts) = s.parse::<jiff::Timestamp>() {
+        return Some(ts.as_millisecond());
     }
-    // A time zone named in brackets (`…T10:00:00[Europe/Paris]`) is the one
-    // the civil time is in, not the task's; one that is not known fails.
-    if s.contains('[') && Pieces::parse(s).ok()?.time_zone_annotation().is_some() {
-        return s
-            .parse::<jiff::ZonedDateTime>()
-            .ok()
-            .map(|zoned| zoned.timestamp().as_millisecond());
+    if offset_named || s.contains('[') {
+        // Read as a civil time, an offset would be dropped and the instant
+        // moved without a word: only what jiff's pieces read as offset-free
+        // goes on (not an offset that moves it out of range, nor one out of
+        // range itself, which the pieces do not read either).
+        let pieces = Pieces::parse(s).ok().filter(|p| p.offset().is_none())?;
+        // A time zone named in brackets (`…T10:00:00[Europe/Paris]`) is the
+        // one the civil time is in, not the task's; one not known fails.
+        if pieces.time_zone_annotation().is_some() {
+            return s
+                .parse::<jiff::ZonedDateTime>()
+                .ok()
+                .map(|zoned| zoned.timestamp().as_millisecond());
+        }
     }
     // A space instead of `T` is common in database dumps.
     let civil = s
