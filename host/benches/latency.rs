@@ -54,6 +54,8 @@ fn reader(brokers: &str, config: &Config, group: &str, reset: &str, topic: &str)
 }
 
 fn main() {
+    // As the daemon's `main` does.
+    todo_eventd::heap::limit_retained_heap();
     let rate: usize = env_or("BENCH_RATE", 5000);
     let seconds: usize = env_or("BENCH_SECONDS", 20);
     let partitions: i32 = env_or("BENCH_PARTITIONS", 8);

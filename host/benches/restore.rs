@@ -17,6 +17,8 @@ use todo_eventd::pipeline::restore_partition;
 use todo_eventd::state::changelog;
 
 fn main() {
+    // As the daemon's `main` does.
+    todo_eventd::heap::limit_retained_heap();
     let keys: usize = std::env::var("BENCH_KEYS")
         .ok()
         .and_then(|v| v.parse().ok())
