@@ -68,10 +68,18 @@ fn build_once() {
     });
 }
 
-/// The line of `out` that starts with `label` (after indentation).
-fn line<'a>(out: &'a str, label: &str) -> &'a str {
+/// The lines of `out` that start with `label` (after indentation).
+fn lines<'a>(out: &'a str, label: &str) -> Vec<&'a str> {
     out.lines()
-        .find(|l| l.trim_start().starts_with(label))
+        .filter(|l| l.trim_start().starts_with(label))
+        .collect()
+}
+
+/// The first line of `out` that starts with `label`.
+fn line<'a>(out: &'a str, label: &str) -> &'a str {
+    lines(out, label)
+        .first()
+        .copied()
         .unwrap_or_else(|| panic!("no line starting with {label:?} in:\n{out}"))
 }
 
@@ -99,18 +107,12 @@ fn check_pipeline(out: &str) {
         assert!(number_before(result, "events/s") > 0.0, "{result}");
         assert!(number_before(result, "% of passthrough") > 0.0, "{result}");
     }
-    let cpu: Vec<&str> = out
-        .lines()
-        .filter(|l| l.trim_start().starts_with("cpu:"))
-        .collect();
+    let cpu = lines(out, "cpu:");
     assert_eq!(cpu.len(), 4, "a cpu line per phase:\n{out}");
     for line in cpu {
         assert!(number_before(line, "µs per event") > 0.0, "{line}");
     }
-    let pipelines: Vec<&str> = out
-        .lines()
-        .filter(|l| l.trim_start().starts_with("pipeline:"))
-        .collect();
+    let pipelines = lines(out, "pipeline:");
     assert_eq!(pipelines.len(), 3, "a counters line per pipeline:\n{out}");
     for counters in pipelines {
         // The recurrence plugin's next occurrences come back as input, so
