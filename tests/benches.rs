@@ -35,8 +35,13 @@ fn cargo_bench(name: &str, args: &[&str], env: &[(&str, &str)]) -> String {
         .current_dir(&root)
         .args(["bench", "-p", "todo-eventd", "--bench", name, "--"])
         .args(args);
-    // A broker from the caller's environment would change what runs.
-    command.env_remove("BENCH_BROKERS");
+    // Settings from the caller's environment (a broker, sizes, client
+    // properties) would change what runs.
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("BENCH_") {
+            command.env_remove(key);
+        }
+    }
     for (key, value) in env {
         command.env(key, value);
     }

@@ -5,13 +5,14 @@
 //! so what is tested and measured is what runs. Against glibc's malloc it
 //! takes ≈ 9 % less CPU per event with the bundled plugins (malloc and free
 //! were ≈ 13 % of it; BENCHMARKS.md, sixth pass). As it comes, though,
-//! mimalloc v3 keeps freed pages for a second (its arenas' for ten), asks
-//! for transparent huge pages for its arenas, and keeps a heap per thread:
-//! a daemon that had just compiled its plugins sat at 170–190 MiB idle
-//! where glibc left 37–41. [`limit_retained_heap`] has it hand freed memory
-//! back at once and turns huge pages off for the process;
-//! [`release_freed_memory`] collects every compiling thread's heap. Idle
-//! and peak are then glibc's again.
+//! mimalloc v3 keeps freed memory for a second before it hands it back,
+//! asks for transparent huge pages for its arenas (a huge page goes back
+//! only once all of its 2 MiB are free), and keeps a heap per thread: a
+//! daemon that had just compiled its plugins sat at 170–190 MiB idle where
+//! glibc left 37–41. It is built without the huge-page request (the sys
+//! crate's `no_thp` feature), [`limit_retained_heap`] has it hand freed
+//! memory back at once, and [`release_freed_memory`] collects every
+//! compiling thread's heap: within a few MiB of glibc's figures again.
 //!
 //! C code (librdkafka) still allocates from glibc, which gives each thread
 //! that allocates an arena of its own and by default raises its thresholds
@@ -25,7 +26,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// mimalloc's `mi_option_purge_delay` (`mimalloc.h`, v3; the sys crate
 /// does not name it): how long freed memory is kept before it is handed
-/// back, in ms (1000 by default; arenas ten times that).
+/// back, in ms (1000 by default).
 const MI_OPTION_PURGE_DELAY: mi::mi_option_t = 15;
 
 /// What a glibc arena may keep free at its top, and the size from which a
@@ -36,29 +37,18 @@ const RETAINED_BYTES: libc::c_int = 4 << 20;
 /// Sets both allocators to keep little freed memory. Call once, first thing
 /// in `main`, before any thread starts.
 ///
-/// mimalloc hands freed memory back at once. Transparent huge pages are
-/// turned off for the process (`PR_SET_THP_DISABLE`): mimalloc asks for
-/// them for its arenas, and memory in a huge page goes back only once all
-/// of its 2 MiB are free (the option that would tell mimalloc alone is
-/// read before `main`). glibc's trim and mmap thresholds are fixed at [`RETAINED_BYTES`] (it
+/// mimalloc hands the memory it frees back at once (a thread's own heap
+/// still keeps some pages for reuse until it collects). glibc's trim and mmap thresholds are fixed at [`RETAINED_BYTES`] (it
 /// would otherwise raise them as it goes, up to 64 and 32 MiB); a block of
 /// 4 MiB or more is then mapped and unmapped on its own each time (no such
 /// block is allocated per event).
 #[allow(unsafe_code)]
 pub fn limit_retained_heap() {
-    // SAFETY: `mi_option_set` takes plain integers and writes one of
-    // mimalloc's option slots, which every allocation reads; it is called
-    // before any thread starts.
+    // SAFETY: `mi_option_set` takes plain integers; it is a plain store
+    // into mimalloc's option table, which allocations read, so it is made
+    // before any other thread starts (first thing in `main`).
     unsafe {
         mi::mi_option_set(MI_OPTION_PURGE_DELAY, 0);
-    }
-    #[cfg(target_os = "linux")]
-    {
-        // SAFETY: `prctl` takes plain integers; this one sets a flag of the
-        // process's memory map, consulted when a page is faulted in. Where
-        // it is refused (a seccomp filter), huge pages stay as they were:
-        // more memory resident, nothing else.
-        let _ = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
     }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
@@ -83,8 +73,8 @@ pub fn limit_retained_heap() {
 /// threads collects its own, then this thread does.
 #[allow(unsafe_code)]
 pub fn release_freed_memory() {
-    // SAFETY: `mi_collect` takes no pointers; it frees what the calling
-    // thread's heap holds unused, under mimalloc's own locks.
+    // SAFETY: `mi_collect` takes no pointers; it works on the calling
+    // thread's own heap, handing back the pages it holds unused.
     let collect = || unsafe { mi::mi_collect(true) };
     rayon::broadcast(|_| collect());
     collect();

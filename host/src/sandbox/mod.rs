@@ -254,8 +254,10 @@ impl Sandbox {
             return Ok(component);
         }
         let started = std::time::Instant::now();
-        let artifact =
-            compile::precompile(&self.wasm_config, bytes).map_err(ValidateError::Compile)?;
+        // A compile that fails has freed as much as one that does not.
+        let artifact = compile::precompile(&self.wasm_config, bytes)
+            .inspect_err(|_| crate::heap::release_freed_memory())
+            .map_err(ValidateError::Compile)?;
         tracing::debug!(hash = %&hash[..12], elapsed = ?started.elapsed(), "Compiled component.");
         let from_bytes = || compile::load(&self.engine, &artifact).map_err(ValidateError::Compile);
         let component = match &self.cache {
