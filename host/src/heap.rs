@@ -2,7 +2,9 @@
 //!
 //! Rust's allocations go to mimalloc: it is the global allocator of every
 //! binary that links this library — the daemon, its tests and its benches,
-//! so what is tested and measured is what runs. Against glibc's malloc it
+//! so what is tested and measured runs on the daemon's allocator (the
+//! settings below are the daemon's `main`'s, and the benches' that measure
+//! a pipeline). Against glibc's malloc it
 //! takes ≈ 9 % less CPU per event with the bundled plugins (malloc and free
 //! were ≈ 13 % of it; BENCHMARKS.md, sixth pass). As it comes, though,
 //! mimalloc v3 keeps freed memory for a second before it hands it back,
@@ -38,10 +40,11 @@ const RETAINED_BYTES: libc::c_int = 4 << 20;
 /// in `main`, before any thread starts.
 ///
 /// mimalloc hands the memory it frees back at once (a thread's own heap
-/// still keeps some pages for reuse until it collects). glibc's trim and mmap thresholds are fixed at [`RETAINED_BYTES`] (it
-/// would otherwise raise them as it goes, up to 64 and 32 MiB); a block of
-/// 4 MiB or more is then mapped and unmapped on its own each time (no such
-/// block is allocated per event).
+/// still keeps some pages for reuse until it collects). glibc's trim and
+/// mmap thresholds are fixed at [`RETAINED_BYTES`] (it would otherwise
+/// raise them as it goes, up to 64 and 32 MiB); a block of 4 MiB or more is
+/// then mapped and unmapped on its own each time (no such block is
+/// allocated per event).
 #[allow(unsafe_code)]
 pub fn limit_retained_heap() {
     // SAFETY: `mi_option_set` takes plain integers; it is a plain store

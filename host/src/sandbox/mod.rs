@@ -254,15 +254,26 @@ impl Sandbox {
             return Ok(component);
         }
         let started = std::time::Instant::now();
-        // A compile that fails has freed as much as one that does not.
-        let artifact = compile::precompile(&self.wasm_config, bytes)
-            .inspect_err(|_| crate::heap::release_freed_memory())
-            .map_err(ValidateError::Compile)?;
-        tracing::debug!(hash = %&hash[..12], elapsed = ?started.elapsed(), "Compiled component.");
-        let from_bytes = || compile::load(&self.engine, &artifact).map_err(ValidateError::Compile);
-        let component = match &self.cache {
-            Some(cache) if cache.store(&hash, &artifact) => {
-                cache.adopt(&self.engine, &hash).or_else(|mapped| {
+        let component = compile::precompile(&self.wasm_config, bytes)
+            .map_err(ValidateError::Compile)
+            .and_then(|artifact| {
+                tracing::debug!(hash = %&hash[..12], elapsed = ?started.elapsed(), "Compiled component.");
+                self.load_compiled(&hash, &artifact)
+            });
+        // The compile's buffers and the artifact bytes are dropped by now,
+        // whether it succeeded or not.
+        crate::heap::release_freed_memory();
+        component
+    }
+
+    /// The component a fresh compile made: stored in the cache and mapped
+    /// from there, or loaded from the bytes when there is no cache or the
+    /// entry cannot be stored or mapped.
+    fn load_compiled(&self, hash: &str, artifact: &[u8]) -> Result<Component, ValidateError> {
+        let from_bytes = || compile::load(&self.engine, artifact).map_err(ValidateError::Compile);
+        match &self.cache {
+            Some(cache) if cache.store(hash, artifact) => {
+                cache.adopt(&self.engine, hash).or_else(|mapped| {
                     let loaded = from_bytes();
                     if loaded.is_ok() {
                         tracing::warn!(
@@ -276,10 +287,7 @@ impl Sandbox {
                 })
             }
             _ => from_bytes(),
-        };
-        drop(artifact);
-        crate::heap::release_freed_memory();
-        component
+        }
     }
 
     /// The WASI interfaces a component imports (for `plugins check`).
