@@ -10,48 +10,142 @@
 //! spelled differently that normalise alike the one that sorts first wins
 //! (as when the decoder read serde_json's sorted map).
 //!
-//! An object with many keys is indexed by normalised key once, so the cost
-//! of decoding stays linear in the size of the record however many unknown
-//! keys a producer (or an attacker) puts in it.
+//! Every name the decoder asks for is in one table, [`NAMES`], known at
+//! compile time. When an object is first looked at, each of its keys is
+//! hashed once and matched against that table, filling a slot per name; a
+//! lookup then reads slots, whatever the object's size. So decoding stays
+//! linear in the size of the record however many unknown keys a producer
+//! (or an attacker) puts in it, and an unknown key costs one hash and one
+//! probe.
 
-use std::collections::HashMap;
 use std::rc::Rc;
 
 use super::DecodeError;
 use super::json::{Json, Members};
 
-/// Objects with more keys than this are indexed in a hash map; smaller ones
-/// are scanned, comparing the hashes of their keys' normalised spellings.
-const INDEX_ABOVE: usize = 16;
+/// Every field name the decoder asks for, in its normalised spelling (see
+/// [`normalised_eq`]). A [`Name`] is an index into this table; naming a
+/// field that is not here is a compile-time error.
+const NAMES: &[&str] = &[
+    "action",
+    "after",
+    "before",
+    "completed",
+    "completedat",
+    "count",
+    "created",
+    "createdat",
+    "current",
+    "data",
+    "database64",
+    "deadline",
+    "description",
+    "details",
+    "done",
+    "doneat",
+    "dtstart",
+    "due",
+    "dueat",
+    "duedate",
+    "duetime",
+    "end",
+    "enddate",
+    "event",
+    "eventid",
+    "eventtime",
+    "eventtype",
+    "every",
+    "freq",
+    "frequency",
+    "id",
+    "interval",
+    "iscompleted",
+    "isdone",
+    "isrecurring",
+    "labels",
+    "maxoccurrences",
+    "modifiedat",
+    "name",
+    "newstate",
+    "notes",
+    "occurredat",
+    "occurrence",
+    "occurrenceindex",
+    "occurrencenumber",
+    "occurrences",
+    "oldstate",
+    "owner",
+    "ownerid",
+    "parenttaskid",
+    "pattern",
+    "payload",
+    "previous",
+    "previousstate",
+    "priority",
+    "recurrence",
+    "recurrencecount",
+    "recurrenceenddate",
+    "recurrenceinterval",
+    "recurrenceparentid",
+    "recurrencepattern",
+    "recurrencerule",
+    "recurrencestart",
+    "recurrencetype",
+    "recurrenceuntil",
+    "recurring",
+    "recurringparentid",
+    "remindat",
+    "remindbefore",
+    "remindbeforeminutes",
+    "reminder",
+    "reminderat",
+    "reminderbefore",
+    "reminderminutesbefore",
+    "reminderoffset",
+    "reminderoffsetminutes",
+    "remindertime",
+    "remindtime",
+    "rrule",
+    "rule",
+    "seriesid",
+    "seriesstart",
+    "source",
+    "status",
+    "summary",
+    "tags",
+    "task",
+    "taskdata",
+    "taskid",
+    "time",
+    "timestamp",
+    "timezone",
+    "title",
+    "type",
+    "tz",
+    "tzid",
+    "until",
+    "updated",
+    "updatedat",
+    "userid",
+];
 
-type Index<'a> = HashMap<String, (&'a str, &'a Json<'a>)>;
-
-/// A field name as the decoder asks for it, in its normalised spelling (see
-/// [`normalise`]), with that spelling's hash computed at compile time. Write
+/// A field name as the decoder asks for it: its place in [`NAMES`]. Write
 /// lists of them with [`names!`].
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Name {
-    text: &'static str,
-    hash: u64,
-}
+pub(crate) struct Name(u8);
 
 impl Name {
-    /// The name `text`; a compile-time error unless it is normalised.
+    /// The name `text`; a compile-time error unless [`NAMES`] has it.
     pub(crate) const fn new(text: &'static str) -> Self {
-        let bytes = text.as_bytes();
-        let mut i = 0;
-        while i < bytes.len() {
-            let b = bytes[i];
-            assert!(
-                b != b'_' && b != b'-' && !b.is_ascii_uppercase(),
-                "a field name is written normalised: lower case, no `_` or `-`"
-            );
-            i += 1;
+        let mut id = 0;
+        while id < NAMES.len() {
+            if const_eq(NAMES[id], text) {
+                // NAMES has fewer than 255 entries (`BY_HASH` checks).
+                return Self(id as u8);
+            }
+            id += 1;
         }
-        Self {
-            text,
-            hash: fnv1a(bytes),
-        }
+        panic!("a field name must be listed, normalised, in `NAMES`")
     }
 }
 
@@ -63,122 +157,169 @@ macro_rules! names {
 }
 pub(crate) use names;
 
+const fn const_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 
-/// FNV-1a over `bytes` (a normalised name's).
-const fn fnv1a(bytes: &[u8]) -> u64 {
+/// The FNV-1a hash of `key`'s normalised spelling, without building it.
+const fn normalised_hash(key: &[u8]) -> u64 {
     let mut hash = FNV_OFFSET;
     let mut i = 0;
-    while i < bytes.len() {
-        hash = (hash ^ bytes[i] as u64).wrapping_mul(FNV_PRIME);
+    while i < key.len() {
+        let b = key[i];
+        if b != b'_' && b != b'-' {
+            hash = (hash ^ b.to_ascii_lowercase() as u64).wrapping_mul(FNV_PRIME);
+        }
         i += 1;
     }
     hash
 }
 
-/// The hash of `key`'s normalised spelling, without building it.
-fn normalised_hash(key: &str) -> u64 {
-    key.bytes()
-        .filter(|b| *b != b'_' && *b != b'-')
-        .fold(FNV_OFFSET, |hash, b| {
-            (hash ^ u64::from(b.to_ascii_lowercase())).wrapping_mul(FNV_PRIME)
-        })
-}
+/// Slots in [`BY_HASH`]: a power of two, well over [`NAMES`]' length so
+/// that an unknown key's probe mostly ends at its first slot.
+const TABLE_SLOTS: usize = 512;
+const NO_NAME: u8 = u8::MAX;
 
-/// One of 128 bits for a hash: a lookup of a name whose bit no entry set
-/// needs no scan.
-fn hash_bit(hash: u64) -> u128 {
-    1 << (hash >> 57)
-}
-
-/// An entry of a small object with its normalised key's hash.
-struct Entry<'a> {
-    hash: u64,
-    key: &'a str,
-    value: &'a Json<'a>,
-}
-
-impl<'a> Entry<'a> {
-    fn new(key: &'a str, value: &'a Json<'a>) -> Self {
-        Self {
-            hash: normalised_hash(key),
-            key,
-            value,
+/// Open addressing from a normalised key's hash to its [`Name`], built at
+/// compile time (linear probing from the hash's top bits).
+static BY_HASH: [u8; TABLE_SLOTS] = {
+    assert!(NAMES.len() < NO_NAME as usize, "a Name is a u8");
+    let mut table = [NO_NAME; TABLE_SLOTS];
+    let mut id = 0;
+    while id < NAMES.len() {
+        let name = NAMES[id].as_bytes();
+        let mut i = 0;
+        while i < name.len() {
+            assert!(
+                name[i] != b'_' && name[i] != b'-' && !name[i].is_ascii_uppercase(),
+                "a field name is written normalised: lower case, no `_` or `-`"
+            );
+            i += 1;
         }
+        let mut slot = home_slot(normalised_hash(name));
+        while table[slot] != NO_NAME {
+            assert!(
+                !const_eq(NAMES[table[slot] as usize], NAMES[id]),
+                "a name is listed twice"
+            );
+            slot = (slot + 1) % TABLE_SLOTS;
+        }
+        // id < NO_NAME, asserted above.
+        table[slot] = id as u8;
+        id += 1;
+    }
+    table
+};
+
+const fn home_slot(hash: u64) -> usize {
+    (hash >> (64 - TABLE_SLOTS.trailing_zeros())) as usize
+}
+
+/// The name `key` is a spelling of, if the decoder ever asks for it.
+fn name_of(key: &str) -> Option<Name> {
+    let mut slot = home_slot(normalised_hash(key.as_bytes()));
+    loop {
+        let id = BY_HASH[slot];
+        if id == NO_NAME {
+            return None;
+        }
+        if normalised_eq(key, NAMES[id as usize]) {
+            return Some(Name(id));
+        }
+        slot = (slot + 1) % TABLE_SLOTS;
     }
 }
 
-/// How an object's keys are searched.
-enum Keys<'a> {
-    /// Small objects: the non-null entries, scanned in order, and a bit per
-    /// entry's hash (see [`hash_bit`]) so most absent names skip the scan.
-    Scan {
-        present: u128,
-        entries: Vec<Entry<'a>>,
-    },
-    /// Large objects: normalised key → the first non-null entry.
-    Index(Index<'a>),
-}
+/// No member for a name.
+const EMPTY: u32 = u32::MAX;
 
 /// A JSON object together with the dotted path that leads to it.
 #[derive(Clone)]
 pub(crate) struct Obj<'a> {
     pub(crate) path: &'a str,
-    /// Its keys, normalised once.
-    keys: Rc<Keys<'a>>,
+    members: &'a Members<'a>,
+    /// Per [`Name`], the index of the member that answers for it, or
+    /// [`EMPTY`].
+    slots: Rc<[u32; NAMES.len()]>,
 }
 
 impl<'a> Obj<'a> {
     /// The object with `members` found at `path`.
     pub(crate) fn new(path: &'a str, members: &'a Members<'a>) -> Self {
-        let keys = if members.len() > INDEX_ABOVE {
-            let mut index = Index::with_capacity(members.len());
-            for (key, value) in canonical(members) {
-                index.entry(normalise(key)).or_insert((key, value));
+        let mut slots = [EMPTY; NAMES.len()];
+        let mut seen = [false; NAMES.len()];
+        let mut clash = false;
+        for (index, (key, value)) in members.iter().enumerate() {
+            let Some(name) = name_of(key) else { continue };
+            let id = usize::from(name.0);
+            if seen[id] {
+                // Two members answer for one name (nearly never): the
+                // sorted map's rules pick between them, below.
+                clash = true;
+                break;
             }
-            Keys::Index(index)
-        } else {
-            let mut entries: Vec<Entry<'a>> = members
-                .iter()
-                .map(|(key, value)| Entry::new(key, value))
-                .collect();
-            // Where no two keys normalise alike (nearly always), each name
-            // matches one entry at most and the order does not matter.
-            let clash = entries
-                .iter()
-                .enumerate()
-                .any(|(i, a)| entries[i + 1..].iter().any(|b| b.hash == a.hash));
-            if clash {
-                entries = canonical(members)
-                    .into_iter()
-                    .map(|(key, value)| Entry::new(key, value))
-                    .collect();
-            } else {
-                entries.retain(|e| !e.value.is_null());
+            seen[id] = true;
+            if !value.is_null() {
+                slots[id] = member_index(index);
             }
-            let present = entries.iter().fold(0, |bits, e| bits | hash_bit(e.hash));
-            Keys::Scan { present, entries }
-        };
+        }
+        if clash {
+            slots = [EMPTY; NAMES.len()];
+            for (index, name) in canonical(members) {
+                let slot = &mut slots[usize::from(name.0)];
+                if *slot == EMPTY {
+                    *slot = member_index(index);
+                }
+            }
+        }
         Self {
             path,
-            keys: Rc::new(keys),
+            members,
+            slots: Rc::new(slots),
         }
     }
 }
 
-/// The non-null members in the order and with the answers of a sorted map:
-/// sorted by key (stably, so a repeated key's last value is last), one per
-/// key.
-fn canonical<'a>(members: &'a Members<'a>) -> Vec<(&'a str, &'a Json<'a>)> {
-    let mut sorted: Vec<(&'a str, &'a Json<'a>)> =
-        members.iter().map(|(k, v)| (k.as_ref(), v)).collect();
-    sorted.sort_by(|a, b| a.0.cmp(b.0));
-    let mut kept = Vec::with_capacity(sorted.len());
-    for (i, entry) in sorted.iter().enumerate() {
-        let last_of_key = sorted.get(i + 1).is_none_or(|next| next.0 != entry.0);
-        if last_of_key && !entry.1.is_null() {
-            kept.push(*entry);
+/// A member's index as a slot holds it. A record big enough to hold
+/// `u32::MAX` members is far past any broker's record size limit (each
+/// member takes at least four bytes of JSON).
+fn member_index(index: usize) -> u32 {
+    u32::try_from(index).unwrap_or(EMPTY)
+}
+
+/// The members that answer for a name, with that name, in the order and
+/// with the answers of a sorted map: sorted by key (stably, so a repeated
+/// key's last value is last), one per key, nulls left out. Members the
+/// decoder never asks for are left out first.
+fn canonical(members: &Members<'_>) -> Vec<(usize, Name)> {
+    let mut known: Vec<(usize, Name)> = members
+        .iter()
+        .enumerate()
+        .filter_map(|(index, (key, _))| name_of(key).map(|name| (index, name)))
+        .collect();
+    known.sort_by(|a, b| members[a.0].0.cmp(&members[b.0].0));
+    let mut kept = Vec::with_capacity(known.len());
+    for (i, &(index, name)) in known.iter().enumerate() {
+        let (key, value) = &members[index];
+        let last_of_key = known
+            .get(i + 1)
+            .is_none_or(|next| members[next.0].0 != *key);
+        if last_of_key && !value.is_null() {
+            kept.push((index, name));
         }
     }
     kept
@@ -281,33 +422,18 @@ impl<'a> Layers<'a> {
 
 /// Looks up the first non-null value under any of `names` in one object.
 pub(crate) fn lookup<'a>(obj: &Obj<'a>, names: &[Name]) -> Option<Found<'a>> {
-    let found = |(key, value): (&'a str, &'a Json<'a>)| Found {
-        path: obj.path,
-        key,
-        value,
-    };
-    match obj.keys.as_ref() {
-        Keys::Index(index) => names
-            .iter()
-            .find_map(|name| index.get(name.text).copied().map(found)),
-        Keys::Scan { present, entries } => names
-            .iter()
-            .filter(|name| present & hash_bit(name.hash) != 0)
-            .find_map(|name| {
-                entries
-                    .iter()
-                    .find(|e| e.hash == name.hash && normalised_eq(e.key, name.text))
-                    .map(|e| found((e.key, e.value)))
-            }),
-    }
-}
-
-/// A key as [`normalised_eq`] compares it: lower case, without `_` and `-`.
-fn normalise(key: &str) -> String {
-    key.bytes()
-        .filter(|b| *b != b'_' && *b != b'-')
-        .map(|b| char::from(b.to_ascii_lowercase()))
-        .collect()
+    names.iter().find_map(|name| {
+        let index = obj.slots[usize::from(name.0)];
+        if index == EMPTY {
+            return None;
+        }
+        let (key, value) = obj.members.get(usize::try_from(index).ok()?)?;
+        Some(Found {
+            path: obj.path,
+            key,
+            value,
+        })
+    })
 }
 
 /// Compares a producer's key with a normalised name: case-insensitive, with
@@ -387,11 +513,28 @@ mod tests {
     }
 
     #[test]
-    fn a_keys_hash_is_its_normalised_names() {
+    fn every_spelling_of_a_listed_name_finds_it_and_nothing_else_does() {
         for key in ["due_date", "dueDate", "DueDate", "due-date", "DUE_DATE"] {
-            assert_eq!(normalised_hash(key), Name::new("duedate").hash, "{key}");
+            assert_eq!(
+                name_of(key).map(|n| n.0),
+                Some(Name::new("duedate").0),
+                "{key}"
+            );
         }
-        assert_ne!(normalised_hash("due_dates"), Name::new("duedate").hash);
+        for key in ["due_dates", "du", "", "_", "unknown", "dué"] {
+            assert!(name_of(key).is_none(), "{key}");
+        }
+        for (id, name) in NAMES.iter().enumerate() {
+            let upper = name.to_ascii_uppercase();
+            let split = format!("_{}-", &name[..1]) + &name[1..];
+            for spelling in [*name, upper.as_str(), split.as_str()] {
+                assert_eq!(
+                    name_of(spelling).map(|n| usize::from(n.0)),
+                    Some(id),
+                    "{spelling}"
+                );
+            }
+        }
     }
 
     #[test]
@@ -427,7 +570,7 @@ mod tests {
     }
 
     #[test]
-    fn large_objects_are_indexed_with_the_same_answers() {
+    fn large_objects_give_the_same_answers() {
         let mut text = String::from("{");
         for i in 0..1000 {
             text.push_str(&format!(r#""unknown_{i}":{i},"#));
@@ -435,11 +578,10 @@ mod tests {
         text.push_str(r#""Due-Date":null,"due_date":"d","TITLE":"t","title":"x","title":null}"#);
         let map = members(&text);
         let obj = Obj::new("", &map);
-        assert!(matches!(obj.keys.as_ref(), Keys::Index(_)));
-        let found = lookup(&obj, names!["nothing", "duedate"]).unwrap();
+        let found = lookup(&obj, names!["summary", "duedate"]).unwrap();
         assert_eq!((found.key, found.value.as_str()), ("due_date", Some("d")));
         assert_eq!(lookup(&obj, names!["title"]).unwrap().key, "TITLE");
-        assert!(lookup(&obj, names!["absent"]).is_none());
+        assert!(lookup(&obj, names!["tags"]).is_none());
     }
 
     /// The answer a `serde_json::Map` (sorted, a repeated key's last value)
@@ -458,7 +600,7 @@ mod tests {
                 (
                     proptest::sample::select(vec![
                         "due_date", "dueDate", "DUE-DATE", "Due_Date", "title", "Title",
-                        "TITLE", "t_itle", "other", "x",
+                        "TITLE", "t_itle", "tags", "T-Z", "tz", "unknown",
                     ]),
                     proptest::option::of(0_u8..4),
                 ),
@@ -478,8 +620,8 @@ mod tests {
             for (name, names) in [
                 ("duedate", names!["duedate"]),
                 ("title", names!["title"]),
-                ("other", names!["other"]),
-                ("x", names!["x"]),
+                ("tags", names!["tags"]),
+                ("tz", names!["tz"]),
             ] {
                 let ours = lookup(&obj, names).map(|found| {
                     let value = match found.value {
