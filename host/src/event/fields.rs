@@ -11,12 +11,13 @@
 //! (as when the decoder read serde_json's sorted map).
 //!
 //! Every name the decoder asks for is in one table, [`NAMES`], known at
-//! compile time. When an object is first looked at, each of its keys is
-//! hashed once and matched against that table, filling a slot per name; a
-//! lookup then reads slots, whatever the object's size. So decoding stays
-//! linear in the size of the record however many unknown keys a producer
-//! (or an attacker) puts in it, and an unknown key costs one hash and one
-//! probe.
+//! compile time. When the decoder takes up an object ([`Obj::new`]), each
+//! of its keys is hashed and matched against that table, filling a slot
+//! per name; a lookup then reads slots, whatever the object's size. So
+//! decoding stays linear in the size of the record however many unknown
+//! keys a producer (or an attacker) puts in it: an unknown key costs a hash
+//! and a probe of a few slots. Only an object in which two members answer
+//! for one name is hashed again, to sort those members.
 
 use std::rc::Rc;
 
@@ -131,11 +132,18 @@ const NAMES: &[&str] = &[
 
 /// A field name as the decoder asks for it: its place in [`NAMES`]. Write
 /// lists of them with [`names!`].
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy)]
 pub(crate) struct Name(u8);
 
+impl std::fmt::Debug for Name {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Name({:?})", NAMES[usize::from(self.0)])
+    }
+}
+
 impl Name {
-    /// The name `text`; a compile-time error unless [`NAMES`] has it.
+    /// The name `text`. It panics unless [`NAMES`] has it, which in
+    /// [`names!`] (a `const` block) is a compile-time error.
     pub(crate) const fn new(text: &'static str) -> Self {
         let mut id = 0;
         while id < NAMES.len() {
@@ -198,6 +206,9 @@ const NO_NAME: u8 = u8::MAX;
 /// compile time (linear probing from the hash's top bits).
 static BY_HASH: [u8; TABLE_SLOTS] = {
     assert!(NAMES.len() < NO_NAME as usize, "a Name is a u8");
+    // Probes wrap with `%` and stop at an empty slot: the table needs
+    // room to spare, and `home_slot` takes the hash's top bits.
+    assert!(TABLE_SLOTS.is_power_of_two() && NAMES.len() * 2 <= TABLE_SLOTS);
     let mut table = [NO_NAME; TABLE_SLOTS];
     let mut id = 0;
     while id < NAMES.len() {
@@ -237,7 +248,7 @@ fn name_of(key: &str) -> Option<Name> {
         if id == NO_NAME {
             return None;
         }
-        if normalised_eq(key, NAMES[id as usize]) {
+        if normalised_eq(key, NAMES[usize::from(id)]) {
             return Some(Name(id));
         }
         slot = (slot + 1) % TABLE_SLOTS;
@@ -591,6 +602,39 @@ mod tests {
         map.iter()
             .find(|(key, value)| !value.is_null() && normalised_eq(key, name))
             .map(|(key, value)| (key.clone(), value.to_string()))
+    }
+
+    #[test]
+    fn an_object_of_every_listed_name_answers_as_the_sorted_map_did() {
+        // Each name once, spelled three ways in turn, every fourth one
+        // null, among unknown keys: no name has two members, so the slots
+        // are filled in one pass.
+        let mut body = Vec::new();
+        for (i, name) in NAMES.iter().enumerate() {
+            let key = match i % 3 {
+                0 => name.to_ascii_uppercase(),
+                1 => format!("{}_{}", &name[..1], &name[1..]),
+                _ => (*name).to_owned(),
+            };
+            let value = if i % 4 == 3 {
+                "null".to_owned()
+            } else {
+                i.to_string()
+            };
+            body.push(format!(r#""{key}":{value},"unknown_{i}":{i}"#));
+        }
+        let text = format!("{{{}}}", body.join(","));
+        let tree = members(&text);
+        let obj = Obj::new("", &tree);
+        for name in NAMES {
+            let ours = lookup(&obj, &[Name::new(name)]).map(|found| {
+                let Json::Number(n) = found.value else {
+                    panic!("{name}: {:?}", found.value)
+                };
+                (found.key.to_owned(), n.to_string())
+            });
+            assert_eq!(ours, sorted_map_answer(&text, name), "{name}");
+        }
     }
 
     proptest::proptest! {
