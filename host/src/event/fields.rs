@@ -19,8 +19,6 @@
 //! and a probe of a few slots. Only an object in which two members answer
 //! for one name is hashed again, to sort those members.
 
-use std::rc::Rc;
-
 use super::DecodeError;
 use super::json::{Json, Members};
 
@@ -264,8 +262,9 @@ pub(crate) struct Obj<'a> {
     pub(crate) path: &'a str,
     members: &'a Members<'a>,
     /// Per [`Name`], the index of the member that answers for it, or
-    /// [`EMPTY`].
-    slots: Rc<[u32; NAMES.len()]>,
+    /// [`EMPTY`]. Held inline: an `Obj` lives on the decoder's stack for
+    /// one record, and a copy is a few hundred bytes, not an allocation.
+    slots: [u32; NAMES.len()],
 }
 
 impl<'a> Obj<'a> {
@@ -300,7 +299,7 @@ impl<'a> Obj<'a> {
         Self {
             path,
             members,
-            slots: Rc::new(slots),
+            slots,
         }
     }
 }
