@@ -114,31 +114,86 @@ async fn memos_and_answers_expire_when_nothing_happens_to_a_task() {
     assert_eq!(keys(&d, "recurrence"), (0, 0));
 }
 
-#[tokio::test]
-async fn a_configured_memo_ttl_is_the_one_kept() {
-    let bundled = bundled::ALL.iter().find(|p| p.name == "reminders").unwrap();
-    let manifest = bundled
-        .manifest
-        .replace("memo_ttl_days = 30", "memo_ttl_days = 2");
-    assert_ne!(manifest, bundled.manifest);
+/// The bundled plugin `name` alone, its manifest edited by `edits`
+/// (`from` → `to`, each of which must apply).
+async fn configured(
+    name: &str,
+    edits: &[(&str, &str)],
+) -> Result<Dispatcher, todo_eventd::plugin::LoadError> {
+    let bundled = bundled::ALL.iter().find(|p| p.name == name).unwrap();
+    let mut manifest = bundled.manifest.to_owned();
+    for (from, to) in edits {
+        assert!(manifest.contains(from), "{name}'s manifest has no {from:?}");
+        manifest = manifest.replace(from, to);
+    }
     let manifest = todo_eventd::plugin::manifest::Manifest::parse(&manifest).unwrap();
     let plugin = todo_eventd::plugin::from_parts(
         &sandbox(),
-        "reminders".into(),
-        "reminders.wasm".into(),
+        name.into(),
+        format!("{name}.wasm").into(),
         bundled.wasm,
         manifest,
-        std::path::Path::new("reminders.toml"),
+        std::path::Path::new(&format!("{name}.toml")),
     )
-    .await
-    .unwrap();
-    let mut d = Dispatcher::new(&[std::sync::Arc::new(plugin)]);
+    .await?;
+    Ok(Dispatcher::new(&[std::sync::Arc::new(plugin)]))
+}
+
+#[tokio::test]
+async fn a_configured_memo_ttl_is_the_one_kept() {
+    let mut d = configured("reminders", &[("memo_ttl_days = 30", "memo_ttl_days = 2")])
+        .await
+        .unwrap();
     let data = json!({"title": "Call mum", "completed": false});
     send(&mut d, &event("e1", "created", "t3", T0, data)).await;
     assert_eq!(keys(&d, "reminders"), (1, 1), "a memo and its expiry");
     assert_eq!(d.next_due(), Some(T0 + 2 * DAY), "two days, as configured");
     fire_until(&mut d, T0 + 2 * DAY).await;
     assert_eq!(keys(&d, "reminders"), (0, 0));
+}
+
+#[tokio::test]
+async fn analytics_snapshots_and_forgets_on_its_configured_schedule() {
+    let mut d = configured(
+        "analytics",
+        &[
+            ("snapshot_interval = \"60s\"", "snapshot_interval = \"5s\""),
+            ("record_ttl_days = 30", "record_ttl_days = 3"),
+        ],
+    )
+    .await
+    .unwrap();
+    let data = json!({"title": "Call mum", "completed": false});
+    send(&mut d, &event("e1", "created", "t4", T0, data.clone())).await;
+    assert_eq!(d.next_due(), Some(T0 + 5_000), "the snapshot, 5 s on");
+    fire_until(&mut d, T0 + 5_000).await;
+    let mut done = data;
+    done["completed"] = json!(true);
+    send(&mut d, &event("e2", "completed", "t4", T0 + 6_000, done)).await;
+    fire_until(&mut d, T0 + 11_000).await;
+    assert_eq!(
+        d.next_due(),
+        Some(T0 + 6_000 + 3 * DAY),
+        "the finished task's record is kept three days, as configured"
+    );
+    fire_until(&mut d, T0 + 6_000 + 3 * DAY).await;
+    assert_eq!(keys(&d, "analytics"), (1, 0), "only the user's counters");
+
+    for (interval, says) in [
+        ("\"soon\"", "is not a duration"),
+        ("\"0s\"", "must be between"),
+    ] {
+        let edit = format!("snapshot_interval = {interval}");
+        let Err(err) = configured("analytics", &[("snapshot_interval = \"60s\"", &edit)]).await
+        else {
+            panic!("snapshot_interval = {interval} was accepted");
+        };
+        let err = err.to_string();
+        assert!(
+            err.contains("config.snapshot_interval") && err.contains(says),
+            "{err}"
+        );
+    }
 }
 
 #[tokio::test]

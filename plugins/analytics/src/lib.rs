@@ -14,6 +14,8 @@
 
 mod stats;
 
+use std::cell::Cell;
+
 use serde::{Deserialize, Serialize};
 use todo_plugin_sdk::{
     Config, Error, FiredTimer, Plugin, Result, TaskEvent, emit_json, host, timers, typed_state,
@@ -46,9 +48,10 @@ enum TaskTimer {
     Forget { task: String },
 }
 
-fn snapshot_interval_ms() -> Result<i64> {
-    let text = host::config("snapshot_interval").unwrap_or_else(|| DEFAULT_INTERVAL.to_owned());
-    let interval = humantime::parse_duration(&text).map_err(|e| {
+/// `snapshot_interval` as ms: a duration like "60s", between 1 ms and
+/// centuries.
+fn parse_interval(text: &str) -> Result<i64> {
+    let interval = humantime::parse_duration(text).map_err(|e| {
         Error::bad_input(
             "bad-config",
             format!(
@@ -65,11 +68,12 @@ fn snapshot_interval_ms() -> Result<i64> {
     }
 }
 
-fn record_ttl_ms() -> i64 {
-    let days = host::config("record_ttl_days")
-        .and_then(|v| v.parse::<u32>().ok())
-        .unwrap_or(DEFAULT_RECORD_TTL_DAYS);
-    i64::from(days) * DAY_MS
+thread_local! {
+    /// `snapshot_interval` in ms, read once in `init` (an instance's config
+    /// does not change; a new config comes with new instances).
+    static SNAPSHOT_INTERVAL_MS: Cell<i64> = const { Cell::new(60_000) };
+    /// `record_ttl_days` in ms, read once in `init`.
+    static RECORD_TTL_MS: Cell<i64> = const { Cell::new(DEFAULT_RECORD_TTL_DAYS as i64 * DAY_MS) };
 }
 
 /// Arms the user's snapshot timer, unless one is pending.
@@ -78,7 +82,7 @@ fn snapshot_soon(user_id: &str) -> Result {
     if timers::get(&timer).is_none() {
         timers::set(
             &timer,
-            host::now() + snapshot_interval_ms()?,
+            host::now().saturating_add(SNAPSHOT_INTERVAL_MS.get()),
             user_id.as_bytes(),
         );
     }
@@ -87,8 +91,12 @@ fn snapshot_soon(user_id: &str) -> Result {
 
 impl Plugin for AnalyticsPlugin {
     fn init(config: &Config) -> Result {
-        snapshot_interval_ms()?;
-        config.positive("record_ttl_days")?;
+        let interval = config.get("snapshot_interval").unwrap_or(DEFAULT_INTERVAL);
+        SNAPSHOT_INTERVAL_MS.set(parse_interval(interval)?);
+        let days = config
+            .positive("record_ttl_days")?
+            .unwrap_or(DEFAULT_RECORD_TTL_DAYS);
+        RECORD_TTL_MS.set(i64::from(days) * DAY_MS);
         Ok(())
     }
 
@@ -113,7 +121,7 @@ impl Plugin for AnalyticsPlugin {
             )),
             (Status::Open, None) => None,
             (Status::Completed | Status::Deleted, _) => Some((
-                now.saturating_add(record_ttl_ms()),
+                now.saturating_add(RECORD_TTL_MS.get()),
                 TaskTimer::Forget {
                     task: task.id.clone(),
                 },
