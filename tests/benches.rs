@@ -16,7 +16,7 @@ mod harness;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use harness::Broker;
 
@@ -24,10 +24,24 @@ use harness::Broker;
 /// beside would only slow both down.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
+/// A test's turn at the benches: taken before it starts a broker, so no
+/// broker starts (or idles) while another test's bench has the cores.
+/// A broker a test starts is declared after its turn, so it stops before
+/// the turn passes on.
+struct Turn {
+    _held: MutexGuard<'static, ()>,
+}
+
+fn turn() -> Turn {
+    Turn {
+        _held: ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner()),
+    }
+}
+
 /// `cargo bench -p todo-eventd --bench NAME -- ARGS` from the workspace
-/// root, with `env` set; asserts it succeeds and returns its stdout.
-fn cargo_bench(name: &str, args: &[&str], env: &[(&str, &str)]) -> String {
-    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+/// root, with `env` set, in the caller's turn; asserts it succeeds and
+/// returns its stdout.
+fn cargo_bench(_turn: &Turn, name: &str, args: &[&str], env: &[(&str, &str)]) -> String {
     build_once();
     let mut command = Command::new(cargo());
     command
@@ -134,15 +148,18 @@ fn check_pipeline(out: &str) {
 #[test]
 #[ignore = "builds the release profile; the full suite runs it"]
 fn pipeline_bench_on_the_mock_cluster() {
-    let out = cargo_bench("pipeline", &[], &[("BENCH_EVENTS", "3000")]);
+    let turn = turn();
+    let out = cargo_bench(&turn, "pipeline", &[], &[("BENCH_EVENTS", "3000")]);
     check_pipeline(&out);
 }
 
 #[test]
 #[ignore = "builds the release profile and needs tansu; the full suite runs it"]
 fn pipeline_bench_on_tansu() {
+    let turn = turn();
     let broker = Broker::start();
     let out = cargo_bench(
+        &turn,
         "pipeline",
         &[],
         &[("BENCH_BROKERS", &broker.address), ("BENCH_EVENTS", "3000")],
@@ -154,7 +171,8 @@ fn pipeline_bench_on_tansu() {
 #[test]
 #[ignore = "builds the release profile; the full suite runs it"]
 fn dispatch_and_reload_benches_run_each_case() {
-    let out = cargo_bench("dispatch", &["--test"], &[]);
+    let turn = turn();
+    let out = cargo_bench(&turn, "dispatch", &["--test"], &[]);
     for case in [
         "dispatch_one_event/noop",
         "dispatch_one_event/reminders",
@@ -165,7 +183,7 @@ fn dispatch_and_reload_benches_run_each_case() {
         let tested = format!("Testing {case}\nSuccess");
         assert!(out.contains(&tested), "{case} did not run:\n{out}");
     }
-    let out = cargo_bench("reload", &["--test"], &[]);
+    let out = cargo_bench(&turn, "reload", &["--test"], &[]);
     assert!(out.contains("Success"), "{out}");
     assert!(!out.contains("FAILED"), "{out}");
 }
@@ -173,8 +191,10 @@ fn dispatch_and_reload_benches_run_each_case() {
 #[test]
 #[ignore = "builds the release profile and needs tansu; the full suite runs it"]
 fn latency_bench_reports_percentiles_and_lateness() {
+    let turn = turn();
     let broker = Broker::start();
     let out = cargo_bench(
+        &turn,
         "latency",
         &[],
         &[
@@ -204,9 +224,16 @@ fn restore_bench_on_both_brokers() {
             "{out}"
         );
     };
-    check(&cargo_bench("restore", &[], &[("BENCH_KEYS", "3000")]));
+    let turn = turn();
+    check(&cargo_bench(
+        &turn,
+        "restore",
+        &[],
+        &[("BENCH_KEYS", "3000")],
+    ));
     let broker = Broker::start();
     check(&cargo_bench(
+        &turn,
         "restore",
         &[],
         &[("BENCH_BROKERS", &broker.address), ("BENCH_KEYS", "3000")],
@@ -216,7 +243,8 @@ fn restore_bench_on_both_brokers() {
 #[test]
 #[ignore = "builds the release profile; the full suite runs it"]
 fn memory_bench_reports_the_daemons_rss() {
-    let out = cargo_bench("memory", &[], &[("BENCH_EVENTS", "1000")]);
+    let turn = turn();
+    let out = cargo_bench(&turn, "memory", &[], &[("BENCH_EVENTS", "1000")]);
     let rss = line(&out, "daemon RSS:");
     assert!(number_before(rss, "MiB, peak") > 0.0, "{rss}");
     assert!(rss.contains("changelog records"), "{rss}");
