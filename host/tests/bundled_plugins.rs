@@ -179,18 +179,47 @@ async fn analytics_snapshots_and_forgets_on_its_configured_schedule() {
     fire_until(&mut d, T0 + 6_000 + 3 * DAY).await;
     assert_eq!(keys(&d, "analytics"), (1, 0), "only the user's counters");
 
-    for (interval, says) in [
-        ("\"soon\"", "is not a duration"),
-        ("\"0s\"", "must be between"),
-    ] {
-        let edit = format!("snapshot_interval = {interval}");
-        let Err(err) = configured("analytics", &[("snapshot_interval = \"60s\"", &edit)]).await
-        else {
-            panic!("snapshot_interval = {interval} was accepted");
+    // Without either key: 60 s and 30 days.
+    let mut d = configured(
+        "analytics",
+        &[
+            ("snapshot_interval = \"60s\"", ""),
+            ("record_ttl_days = 30", ""),
+        ],
+    )
+    .await
+    .unwrap();
+    let data = json!({"title": "Call mum", "completed": true});
+    send(&mut d, &event("e3", "completed", "t5", T0, data)).await;
+    assert_eq!(d.next_due(), Some(T0 + 60_000), "the default interval");
+    fire_until(&mut d, T0 + 60_000).await;
+    assert_eq!(d.next_due(), Some(T0 + 30 * DAY), "the default TTL");
+
+    let refused = [
+        (
+            "snapshot_interval = \"60s\"",
+            "snapshot_interval = \"soon\"",
+            "is not a duration",
+        ),
+        (
+            "snapshot_interval = \"60s\"",
+            "snapshot_interval = \"0s\"",
+            "must be between",
+        ),
+        (
+            "record_ttl_days = 30",
+            "record_ttl_days = 0",
+            "must be at least 1",
+        ),
+    ];
+    for (from, to, says) in refused {
+        let Err(err) = configured("analytics", &[(from, to)]).await else {
+            panic!("{to} was accepted");
         };
         let err = err.to_string();
+        let key = to.split(' ').next().unwrap();
         assert!(
-            err.contains("config.snapshot_interval") && err.contains(says),
+            err.contains(&format!("config.{key}")) && err.contains(says),
             "{err}"
         );
     }

@@ -262,8 +262,8 @@ pub(crate) struct Obj<'a> {
     pub(crate) path: &'a str,
     members: &'a Members<'a>,
     /// Per [`Name`], the index of the member that answers for it, or
-    /// [`EMPTY`]. Held inline: an `Obj` lives on the decoder's stack for
-    /// one record, and a copy is a few hundred bytes, not an allocation.
+    /// [`EMPTY`]. Held by value (on the stack or in a [`Layers`]): a copy
+    /// is a few hundred bytes, not an allocation per object.
     slots: [u32; NAMES.len()],
 }
 

@@ -71,7 +71,7 @@ fn parse_interval(text: &str) -> Result<i64> {
 thread_local! {
     /// `snapshot_interval` in ms, read once in `init` (an instance's config
     /// does not change; a new config comes with new instances).
-    static SNAPSHOT_INTERVAL_MS: Cell<i64> = const { Cell::new(60_000) };
+    static SNAPSHOT_INTERVAL_MS: Cell<i64> = const { Cell::new(60_000) }; // DEFAULT_INTERVAL
     /// `record_ttl_days` in ms, read once in `init`.
     static RECORD_TTL_MS: Cell<i64> = const { Cell::new(DEFAULT_RECORD_TTL_DAYS as i64 * DAY_MS) };
 }
