@@ -26,7 +26,8 @@ use crate::stats::{Status, TaskRecord, UserStats};
 
 struct AnalyticsPlugin;
 
-const DEFAULT_INTERVAL: &str = "60s";
+/// `snapshot_interval` unless configured: 60 s.
+const DEFAULT_INTERVAL_MS: i64 = 60_000;
 const DEFAULT_RECORD_TTL_DAYS: u32 = 30;
 const DAY_MS: i64 = 86_400_000;
 
@@ -71,7 +72,7 @@ fn parse_interval(text: &str) -> Result<i64> {
 thread_local! {
     /// `snapshot_interval` in ms, read once in `init` (an instance's config
     /// does not change; a new config comes with new instances).
-    static SNAPSHOT_INTERVAL_MS: Cell<i64> = const { Cell::new(60_000) }; // DEFAULT_INTERVAL
+    static SNAPSHOT_INTERVAL_MS: Cell<i64> = const { Cell::new(DEFAULT_INTERVAL_MS) };
     /// `record_ttl_days` in ms, read once in `init`.
     static RECORD_TTL_MS: Cell<i64> = const { Cell::new(DEFAULT_RECORD_TTL_DAYS as i64 * DAY_MS) };
 }
@@ -91,8 +92,8 @@ fn snapshot_soon(user_id: &str) -> Result {
 
 impl Plugin for AnalyticsPlugin {
     fn init(config: &Config) -> Result {
-        let interval = config.get("snapshot_interval").unwrap_or(DEFAULT_INTERVAL);
-        SNAPSHOT_INTERVAL_MS.set(parse_interval(interval)?);
+        let interval = config.get("snapshot_interval").map(parse_interval);
+        SNAPSHOT_INTERVAL_MS.set(interval.transpose()?.unwrap_or(DEFAULT_INTERVAL_MS));
         let days = config
             .positive("record_ttl_days")?
             .unwrap_or(DEFAULT_RECORD_TTL_DAYS);
