@@ -15,8 +15,10 @@ pub mod watcher;
 
 use std::collections::BTreeSet;
 use std::fmt;
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use self::health::Health;
 use self::manifest::Manifest;
@@ -370,12 +372,55 @@ pub async fn from_parts(
         health: Health::default(),
         sandbox: sandbox.clone(),
     };
-    let instance = plugin
-        .instantiate()
+    let instance = first_start(&plugin.name, || plugin.instantiate())
         .await
-        .map_err(|e| invalid(ValidateError::Start(e.to_string())))?;
+        .map_err(|e| invalid(ValidateError::Start(e)))?;
     plugin.start_memory = instance.memory_peak();
     Ok(plugin)
+}
+
+/// How many times a load tries to start a plugin that keeps running out of
+/// time while it starts.
+const START_ATTEMPTS: u32 = 3;
+
+/// The longest call time limit under which a start that ran out of time is
+/// tried again. A host stall long enough to matter against a longer limit
+/// is not a moment's load, and retrying would hold up the other plugins'
+/// loads (they load one after another) for more than two seconds.
+const LONGEST_RETRIED_LIMIT: Duration = Duration::from_secs(1);
+
+/// Starts a plugin's first instance with `start`. A start cut off by a call
+/// time limit of at most [`LONGEST_RETRIED_LIMIT`]
+/// ([`CallError::StartDeadline`]) is tried again, up to [`START_ATTEMPTS`]
+/// times in all: the limit is wall time, so a host busy for a moment (a
+/// build beside it, a cold cache) can push an honest plugin past it once,
+/// while a plugin that is slow to start is slow every time and is still
+/// rejected. Any other failure is final at once.
+async fn first_start<T, F>(plugin: &str, mut start: impl FnMut() -> F) -> Result<T, String>
+where
+    F: Future<Output = Result<T, CallError>>,
+{
+    let mut attempt = 1;
+    loop {
+        match start().await {
+            Ok(started) => return Ok(started),
+            Err(err @ CallError::StartDeadline { limit, .. })
+                if attempt < START_ATTEMPTS && limit <= LONGEST_RETRIED_LIMIT =>
+            {
+                tracing::warn!(
+                    plugin,
+                    attempt,
+                    error = %err,
+                    "plugin start ran out of time; trying again"
+                );
+                attempt += 1;
+            }
+            Err(err @ CallError::StartDeadline { .. }) if attempt > 1 => {
+                return Err(format!("{err} ({attempt} attempts)"));
+            }
+            Err(err) => return Err(err.to_string()),
+        }
+    }
 }
 
 /// Applies the daemon's defaults and maxima to a manifest.
@@ -426,5 +471,65 @@ mod tests {
         }
         let names = plugin_names(dir.path()).unwrap();
         assert_eq!(names.into_iter().collect::<Vec<_>>(), ["a", "b"]);
+    }
+
+    fn start_deadline() -> CallError {
+        start_deadline_of(Duration::from_millis(100))
+    }
+
+    fn start_deadline_of(limit: Duration) -> CallError {
+        CallError::StartDeadline {
+            what: "init",
+            limit,
+        }
+    }
+
+    /// Runs `first_start` over `results`, one per attempt; returns its
+    /// outcome and how many attempts it made.
+    async fn start_with(results: Vec<Result<u8, CallError>>) -> (Result<u8, String>, usize) {
+        let mut results = results.into_iter();
+        let mut attempts = 0;
+        let outcome = first_start("p", || {
+            attempts += 1;
+            std::future::ready(results.next().expect("no more attempts expected"))
+        })
+        .await;
+        (outcome, attempts)
+    }
+
+    #[tokio::test]
+    async fn a_start_that_ran_out_of_time_once_is_tried_again() {
+        let (outcome, attempts) = start_with(vec![Err(start_deadline()), Ok(7)]).await;
+        assert_eq!((outcome, attempts), (Ok(7), 2));
+    }
+
+    #[tokio::test]
+    async fn a_start_that_always_runs_out_of_time_is_rejected_after_three_attempts() {
+        let (outcome, attempts) = start_with(vec![Err(start_deadline()); 3]).await;
+        assert_eq!(attempts, 3);
+        assert_eq!(
+            outcome.unwrap_err(),
+            "instantiation failed: deadline: init took longer than the call time limit of 100ms \
+             (3 attempts)"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_start_that_ran_out_of_a_long_time_limit_is_not_tried_again() {
+        let (outcome, attempts) =
+            start_with(vec![Err(start_deadline_of(Duration::from_secs(2)))]).await;
+        assert_eq!(attempts, 1);
+        assert_eq!(
+            outcome.unwrap_err(),
+            "instantiation failed: deadline: init took longer than the call time limit of 2s"
+        );
+    }
+
+    #[tokio::test]
+    async fn any_other_start_failure_is_final_at_once() {
+        let failed = CallError::Instantiate("memory limit 1 MiB is below …".into());
+        let (outcome, attempts) = start_with(vec![Err(failed)]).await;
+        assert_eq!(attempts, 1);
+        assert!(outcome.unwrap_err().contains("memory limit"));
     }
 }

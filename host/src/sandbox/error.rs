@@ -2,8 +2,10 @@
 //! slow plugin from a greedy, a buggy or a misbehaving one.
 
 use std::fmt;
+use std::time::Duration;
 
 use super::limits::QuotaExceeded;
+use crate::units::format_duration;
 use crate::world::ErrorKind;
 
 /// Why a call trapped.
@@ -73,6 +75,17 @@ pub enum CallError {
     /// No instance could be created for the call.
     #[error("instantiation failed: {0}")]
     Instantiate(String),
+    /// A new instance did not get ready (its start functions or `init`)
+    /// within a call's time limit. Unlike the other start failures this one
+    /// depends on how busy the host was, so a load retries it before
+    /// rejecting the plugin.
+    #[error("instantiation failed: deadline: {what} took longer than the call time limit of {}", format_duration(*.limit))]
+    StartDeadline {
+        /// What was running: `starting the component` or `init`.
+        what: &'static str,
+        /// The plugin's call time limit.
+        limit: Duration,
+    },
     /// The plugin was not called: it is quarantined after failing too
     /// often in a row.
     #[error("quarantined after {failures} consecutive failures; next try at {retry_at}")]
@@ -95,7 +108,7 @@ impl CallError {
             Self::Plugin { .. } => "plugin-error",
             Self::Trap { kind, .. } => kind.as_str(),
             Self::Quota(_) => "quota",
-            Self::Instantiate(_) => "instantiate",
+            Self::Instantiate(_) | Self::StartDeadline { .. } => "instantiate",
             Self::Quarantined { .. } => "quarantined",
         }
     }
@@ -108,7 +121,7 @@ impl CallError {
     pub fn is_plugin_fault(&self) -> bool {
         match self {
             Self::Trap { kind, .. } => *kind != TrapKind::Denied,
-            Self::Quota(_) | Self::Instantiate(_) => true,
+            Self::Quota(_) | Self::Instantiate(_) | Self::StartDeadline { .. } => true,
             Self::Plugin { kind, .. } => *kind == ErrorKind::Internal,
             Self::Quarantined { .. } => false,
         }

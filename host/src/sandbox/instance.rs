@@ -80,8 +80,8 @@ impl Instance {
         let started = within(deadline, pre.instantiate_async(&mut store)).await;
         let bindings = match started {
             Some(Ok(bindings)) => bindings,
-            Some(Err(err)) => return Err(instantiate_error(&err, &mut store)),
-            None => return Err(start_deadline(&store, "starting the component")),
+            Some(Err(err)) => return Err(instantiate_error(&err, &mut store, STARTING)),
+            None => return Err(start_deadline(&store, STARTING)),
         };
         // `init` runs once per instance, under the same deadline.
         let settings: Vec<(String, String)> = store
@@ -102,8 +102,8 @@ impl Instance {
                     text::message(&err.message)
                 )));
             }
-            Some(Err(err)) => return Err(instantiate_error(&err, &mut store)),
-            None => return Err(start_deadline(&store, "init")),
+            Some(Err(err)) => return Err(instantiate_error(&err, &mut store, INIT)),
+            None => return Err(start_deadline(&store, INIT)),
         }
         // Nothing `init` did through the imports is applied.
         drop(std::mem::take(&mut store.data_mut().effects));
@@ -232,12 +232,17 @@ async fn within<F: Future>(deadline: Instant, call: F) -> Option<F::Output> {
     .await
 }
 
+/// What runs while an instance starts, as [`CallError::StartDeadline`]
+/// names it.
+const STARTING: &str = "starting the component";
+const INIT: &str = "init";
+
 /// A new instance that did not get ready within a call's time limit.
-fn start_deadline(store: &Store<HostState>, what: &str) -> CallError {
-    CallError::Instantiate(format!(
-        "deadline: {what} took longer than the call time limit of {}",
-        format_duration(store.data().spec.limits.timeout())
-    ))
+fn start_deadline(store: &Store<HostState>, what: &'static str) -> CallError {
+    CallError::StartDeadline {
+        what,
+        limit: store.data().spec.limits.timeout(),
+    }
 }
 
 fn deadline_error(timeout: Duration) -> CallError {
@@ -250,9 +255,13 @@ fn deadline_error(timeout: Duration) -> CallError {
     }
 }
 
-/// Why an instance could not be created, naming a memory limit below what
-/// the component needs to start.
-fn instantiate_error(err: &wasmtime::Error, store: &mut Store<HostState>) -> CallError {
+/// Why an instance could not be created while `what` ran, naming a memory
+/// limit below what the component needs to start.
+fn instantiate_error(
+    err: &wasmtime::Error,
+    store: &mut Store<HostState>,
+    what: &'static str,
+) -> CallError {
     let data = store.data();
     if let Some(asked) = data.limiter.refused {
         return CallError::Instantiate(format!(
@@ -262,10 +271,14 @@ fn instantiate_error(err: &wasmtime::Error, store: &mut Store<HostState>) -> Cal
         ));
     }
     let failure = classify(err, store);
-    CallError::Instantiate(match failure {
-        CallError::Trap { kind, message } => format!("{kind}: {message}"),
-        other => other.to_string(),
-    })
+    match failure {
+        CallError::Trap {
+            kind: TrapKind::Deadline,
+            ..
+        } => start_deadline(store, what),
+        CallError::Trap { kind, message } => CallError::Instantiate(format!("{kind}: {message}")),
+        other => CallError::Instantiate(other.to_string()),
+    }
 }
 
 /// Sorts a failed call into its [`CallError`] with a one-line message.

@@ -24,7 +24,8 @@
 //!   counted in the instance, which retries reuse).
 //!
 //! With `init = "fail"`, `init` rejects the configuration; with
-//! `init = "sleep"`, it sleeps a day (the start-up deadline must end it).
+//! `init = "sleep"`, it sleeps a day, and with `init = "spin"` it loops
+//! forever (the start-up deadline must end either).
 //!
 //! Attacks on the host, for the containment tests (sizes from `[config]`):
 //! - `sleep`: sleep `sleep_ms` (default: a day) through WASI's monotonic
@@ -177,6 +178,9 @@ impl Plugin for TestPlugin {
                 std::thread::sleep(std::time::Duration::from_secs(86_400));
                 Ok(())
             }
+            Some("spin") => loop {
+                std::hint::black_box(MODE.get());
+            },
             _ => Ok(()),
         }
     }
