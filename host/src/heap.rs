@@ -13,8 +13,9 @@
 //! daemon that had just compiled its plugins sat at 170–190 MiB idle where
 //! glibc left 37–41. It is built without the huge-page request (the sys
 //! crate's `no_thp` feature), [`limit_retained_heap`] has it hand freed
-//! memory back at once, and [`release_freed_memory`] collects every
-//! compiling thread's heap: within a few MiB of glibc's figures again.
+//! memory back after [`PURGE_DELAY_MS`], and [`release_freed_memory`]
+//! collects every compiling thread's heap at once: within a few MiB of
+//! glibc's figures again.
 //!
 //! C code (librdkafka) still allocates from glibc, which gives each thread
 //! that allocates an arena of its own and by default raises its thresholds
@@ -31,6 +32,19 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// back, in ms (1000 by default).
 const MI_OPTION_PURGE_DELAY: mi::mi_option_t = 15;
 
+/// How long mimalloc keeps memory freed under load before it hands it back.
+///
+/// Under load the same pages are freed and allocated again within
+/// milliseconds. Handed back at once (0), each was decommitted (`madvise`)
+/// and faulted in again, zeroed by the kernel, on its next use: ≈ 6 % of
+/// the bundled pipeline's CPU, with the TLB shootdowns the decommits cost
+/// the other core. 100 ms keeps them through a burst and still hands them
+/// back within a fraction of a second once the load stops: the memory
+/// bench's peak and after-load RSS are the same as with 0, where 1000 ms
+/// (mimalloc's own default) kept 10–20 MiB more (BENCHMARKS.md, ninth
+/// pass).
+pub const PURGE_DELAY_MS: std::ffi::c_long = 100;
+
 /// What a glibc arena may keep free at its top, and the size from which a
 /// block is mapped on its own (returned to the kernel when freed).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -39,8 +53,8 @@ const RETAINED_BYTES: libc::c_int = 4 << 20;
 /// Sets both allocators to keep little freed memory. Call once, first thing
 /// in `main`, before any thread starts.
 ///
-/// mimalloc hands the memory it frees back at once (a thread's own heap
-/// still keeps some pages for reuse until it collects). glibc's trim and
+/// mimalloc hands the memory it frees back after [`PURGE_DELAY_MS`] (a
+/// thread's own heap still keeps some pages for reuse until it collects). glibc's trim and
 /// mmap thresholds are fixed at [`RETAINED_BYTES`] (it would otherwise
 /// raise them as it goes, up to 64 and 32 MiB); a block of 4 MiB or more is
 /// then mapped and unmapped on its own each time (no such block is
@@ -51,7 +65,7 @@ pub fn limit_retained_heap() {
     // into mimalloc's option table, which allocations read, so it is made
     // before any other thread starts (first thing in `main`).
     unsafe {
-        mi::mi_option_set(MI_OPTION_PURGE_DELAY, 0);
+        mi::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS);
     }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
@@ -68,8 +82,8 @@ pub fn limit_retained_heap() {
     }
 }
 
-/// Hands the heap memory that is free back to the kernel: call it once a
-/// compile's buffers are dropped.
+/// Hands the heap memory that is free back to the kernel at once, whatever
+/// [`PURGE_DELAY_MS`] says: call it once a compile's buffers are dropped.
 ///
 /// The compile ran on rayon's global pool (wasmtime's parallel
 /// compilation), and mimalloc keeps a heap per thread: each of the pool's
