@@ -153,6 +153,37 @@ async fn a_configured_memo_ttl_is_the_one_kept() {
 }
 
 #[tokio::test]
+async fn a_configured_answer_ttl_is_the_one_kept() {
+    let mut d = configured(
+        "recurrence",
+        &[("answered_ttl_days = 30", "answered_ttl_days = 2")],
+    )
+    .await
+    .unwrap();
+    let done = json!({"title": "Call mum", "completed": true, "due_at": time(T0),
+        "is_recurring": true, "recurrence_rule": "weekly"});
+    send(&mut d, &event("e1", "completed", "t5", T0, done)).await;
+    assert_eq!(keys(&d, "recurrence"), (1, 1), "an answer and its expiry");
+    assert_eq!(d.next_due(), Some(T0 + 2 * DAY), "two days, as configured");
+    fire_until(&mut d, T0 + 2 * DAY).await;
+    assert_eq!(keys(&d, "recurrence"), (0, 0));
+
+    let refused = configured(
+        "recurrence",
+        &[("answered_ttl_days = 30", "answered_ttl_days = 0")],
+    )
+    .await
+    .err()
+    .expect("a TTL of 0 days is refused");
+    assert!(
+        refused
+            .to_string()
+            .contains("config.answered_ttl_days must be at least 1"),
+        "{refused}"
+    );
+}
+
+#[tokio::test]
 async fn analytics_snapshots_and_forgets_on_its_configured_schedule() {
     let mut d = configured(
         "analytics",

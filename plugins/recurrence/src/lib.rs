@@ -16,7 +16,9 @@
 
 mod schedule;
 
-use serde_json::json;
+use std::cell::Cell;
+
+use serde::Serialize;
 use todo_plugin_sdk::{
     Config, Error, EventKind, FiredTimer, Plugin, Recurrence, Result, TaskEvent, debug, emit_json,
     host, info, rfc3339, timers, typed_state, warn,
@@ -24,12 +26,67 @@ use todo_plugin_sdk::{
 
 struct RecurrencePlugin;
 
+/// The `task.created` event for a next occurrence, in the snake_case shape
+/// producers send. Fields are in alphabetical order, the order the output
+/// had when it was built as a `serde_json` map, so its bytes are unchanged.
+#[derive(Serialize)]
+struct CreatedJson<'a> {
+    event_id: String,
+    event_type: &'static str,
+    source: &'static str,
+    task_data: TaskJson<'a>,
+    task_id: &'a str,
+    timestamp: String,
+    user_id: &'a str,
+}
+
+/// The next occurrence's `task_data`.
+#[derive(Serialize)]
+struct TaskJson<'a> {
+    completed: bool,
+    description: Option<&'a str>,
+    due_date: String,
+    is_recurring: bool,
+    occurrence: u32,
+    previous_task_id: &'a str,
+    priority: Option<&'static str>,
+    recurrence: RecurrenceJson<'a>,
+    remind_at: Option<String>,
+    series_id: &'a str,
+    series_start: String,
+    tags: &'a [String],
+    time_zone: Option<&'a str>,
+    title: Option<&'a str>,
+}
+
+/// The series' pattern, as the completed task had it.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum RecurrenceJson<'a> {
+    Simple {
+        end_date: Option<String>,
+        interval: u32,
+        max_occurrences: Option<u32>,
+        pattern: &'static str,
+    },
+    Rrule {
+        rrule: &'a str,
+    },
+}
+
 /// The logical output new occurrences go to (mapped to the input topic).
 const OUTPUT: &str = "tasks";
 
 /// Days an answered completion is remembered, unless configured.
 const DEFAULT_ANSWERED_TTL_DAYS: u32 = 30;
 const DAY_MS: i64 = 86_400_000;
+
+thread_local! {
+    /// `answered_ttl_days` in ms, read once in `init` (an instance's config
+    /// does not change; a new config comes with new instances).
+    static ANSWERED_TTL_MS: Cell<i64> =
+        const { Cell::new(DEFAULT_ANSWERED_TTL_DAYS as i64 * DAY_MS) };
+}
 
 fn answered_key(task_id: &str) -> String {
     ["answered:", task_id].concat()
@@ -40,20 +97,16 @@ fn answered_key(task_id: &str) -> String {
 fn remember(task_id: &str, answer: &str) -> Result {
     let key = answered_key(task_id);
     typed_state::set(&key, answer)?;
-    let days = host::config("answered_ttl_days")
-        .and_then(|v| v.parse::<u32>().ok())
-        .unwrap_or(DEFAULT_ANSWERED_TTL_DAYS);
-    timers::set(
-        &key,
-        host::now().saturating_add(i64::from(days) * DAY_MS),
-        &[],
-    );
+    timers::set(&key, host::now().saturating_add(ANSWERED_TTL_MS.get()), &[]);
     Ok(())
 }
 
 impl Plugin for RecurrencePlugin {
     fn init(config: &Config) -> Result {
-        config.positive("answered_ttl_days")?;
+        let days = config
+            .positive("answered_ttl_days")?
+            .unwrap_or(DEFAULT_ANSWERED_TTL_DAYS);
+        ANSWERED_TTL_MS.set(i64::from(days) * DAY_MS);
         Ok(())
     }
 
@@ -113,39 +166,38 @@ impl Plugin for RecurrencePlugin {
             .remind_at
             .and_then(|remind| task.due.map(|due| next - (due - remind)));
         let recurrence_json = match recurrence {
-            Recurrence::Simple(s) => json!({
-                "pattern": s.frequency.name(),
-                "interval": s.interval,
-                "end_date": s.until.map(rfc3339),
-                "max_occurrences": s.max_occurrences,
-            }),
-            Recurrence::Rrule(rule) => json!({ "rrule": rule }),
+            Recurrence::Simple(s) => RecurrenceJson::Simple {
+                end_date: s.until.map(rfc3339),
+                interval: s.interval,
+                max_occurrences: s.max_occurrences,
+                pattern: s.frequency.name(),
+            },
+            Recurrence::Rrule(rule) => RecurrenceJson::Rrule { rrule: rule },
         };
-        let now = host::now();
-        let value = json!({
-            "event_id": format!("{new_id}.created"),
-            "event_type": "task.created",
-            "source": "todo-eventd/recurrence",
-            "user_id": task.user_id,
-            "task_id": new_id,
-            "timestamp": rfc3339(now),
-            "task_data": {
-                "title": task.title,
-                "description": task.description,
-                "completed": false,
-                "priority": task.priority.map(|p| p.name()),
-                "tags": task.tags,
-                "due_date": rfc3339(next),
-                "remind_at": remind_at.map(rfc3339),
-                "time_zone": task.time_zone,
-                "is_recurring": true,
-                "recurrence": recurrence_json,
-                "series_id": series,
-                "series_start": rfc3339(start),
-                "occurrence": next_occurrence,
-                "previous_task_id": task.id,
-            }
-        });
+        let value = CreatedJson {
+            event_id: format!("{new_id}.created"),
+            event_type: "task.created",
+            source: "todo-eventd/recurrence",
+            task_data: TaskJson {
+                completed: false,
+                description: task.description.as_deref(),
+                due_date: rfc3339(next),
+                is_recurring: true,
+                occurrence: next_occurrence,
+                previous_task_id: &task.id,
+                priority: task.priority.map(|p| p.name()),
+                recurrence: recurrence_json,
+                remind_at: remind_at.map(rfc3339),
+                series_id: &series,
+                series_start: rfc3339(start),
+                tags: &task.tags,
+                time_zone: task.time_zone.as_deref(),
+                title: task.title.as_deref(),
+            },
+            task_id: &new_id,
+            timestamp: rfc3339(host::now()),
+            user_id: &task.user_id,
+        };
         emit_json(OUTPUT, Some(&task.user_id), &value)?;
         remember(&task.id, &new_id)
     }
@@ -158,3 +210,55 @@ impl Plugin for RecurrencePlugin {
 }
 
 todo_plugin_sdk::export!(RecurrencePlugin);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The typed event serializes to the bytes the `serde_json` map it
+    /// replaced wrote: keys in alphabetical order, absent values as null.
+    #[test]
+    fn the_next_occurrence_is_written_in_the_established_shape() {
+        let tags = ["work".to_owned()];
+        let event = CreatedJson {
+            event_id: "43-r2.created".into(),
+            event_type: "task.created",
+            source: "todo-eventd/recurrence",
+            task_data: TaskJson {
+                completed: false,
+                description: None,
+                due_date: "2026-02-02T09:00:00Z".into(),
+                is_recurring: true,
+                occurrence: 2,
+                previous_task_id: "43",
+                priority: Some("medium"),
+                recurrence: RecurrenceJson::Simple {
+                    end_date: None,
+                    interval: 1,
+                    max_occurrences: None,
+                    pattern: "weekly",
+                },
+                remind_at: None,
+                series_id: "43",
+                series_start: "2026-01-26T09:00:00Z".into(),
+                tags: &tags,
+                time_zone: Some("Europe/Berlin"),
+                title: Some("Team \"standup\""),
+            },
+            task_id: "43-r2",
+            timestamp: "2026-01-26T09:05:00Z".into(),
+            user_id: "u-17",
+        };
+        assert_eq!(
+            serde_json::to_string(&event).unwrap(),
+            r#"{"event_id":"43-r2.created","event_type":"task.created","source":"todo-eventd/recurrence","task_data":{"completed":false,"description":null,"due_date":"2026-02-02T09:00:00Z","is_recurring":true,"occurrence":2,"previous_task_id":"43","priority":"medium","recurrence":{"end_date":null,"interval":1,"max_occurrences":null,"pattern":"weekly"},"remind_at":null,"series_id":"43","series_start":"2026-01-26T09:00:00Z","tags":["work"],"time_zone":"Europe/Berlin","title":"Team \"standup\""},"task_id":"43-r2","timestamp":"2026-01-26T09:05:00Z","user_id":"u-17"}"#
+        );
+        let rrule = RecurrenceJson::Rrule {
+            rrule: "FREQ=WEEKLY;BYDAY=MO",
+        };
+        assert_eq!(
+            serde_json::to_string(&rrule).unwrap(),
+            r#"{"rrule":"FREQ=WEEKLY;BYDAY=MO"}"#
+        );
+    }
+}
