@@ -35,14 +35,15 @@ const MI_OPTION_PURGE_DELAY: mi::mi_option_t = 15;
 /// How long mimalloc keeps memory freed under load before it hands it back.
 ///
 /// Under load the same pages are freed and allocated again within
-/// milliseconds. Handed back at once (0), each was decommitted (`madvise`)
-/// and faulted in again, zeroed by the kernel, on its next use: ≈ 6 % of
-/// the bundled pipeline's CPU, with the TLB shootdowns the decommits cost
-/// the other core. 100 ms keeps them through a burst and still hands them
-/// back within a fraction of a second once the load stops: the memory
-/// bench's peak and after-load RSS are the same as with 0, where 1000 ms
-/// (mimalloc's own default) kept 10–20 MiB more (BENCHMARKS.md, ninth
-/// pass).
+/// milliseconds. Handed back at once (0), each was decommitted (`madvise`,
+/// with a TLB shootdown to the other core) and faulted in again, zeroed by
+/// the kernel, on its next use: together ≈ 9 % of the pipeline bench's CPU
+/// samples. 100 ms keeps them through a burst (a third fewer page faults,
+/// less than half the `madvise` calls, a quarter less system time) and
+/// still hands them back within a fraction of a second once the load
+/// stops: the memory bench's peak and after-load RSS are the same as with
+/// 0, where 1000 ms (mimalloc's own default) kept 10–20 MiB more
+/// (BENCHMARKS.md, ninth pass).
 pub const PURGE_DELAY_MS: std::ffi::c_long = 100;
 
 /// What a glibc arena may keep free at its top, and the size from which a
