@@ -55,11 +55,11 @@ const RETAINED_BYTES: libc::c_int = 4 << 20;
 /// in `main`, before any thread starts.
 ///
 /// mimalloc hands the memory it frees back after [`PURGE_DELAY_MS`] (a
-/// thread's own heap still keeps some pages for reuse until it collects). glibc's trim and
-/// mmap thresholds are fixed at [`RETAINED_BYTES`] (it would otherwise
-/// raise them as it goes, up to 64 and 32 MiB); a block of 4 MiB or more is
-/// then mapped and unmapped on its own each time (no such block is
-/// allocated per event).
+/// thread's own heap still keeps some pages for reuse until it collects).
+/// glibc's trim and mmap thresholds are fixed at [`RETAINED_BYTES`] (it
+/// would otherwise raise them as it goes, up to 64 and 32 MiB); a block of
+/// 4 MiB or more is then mapped and unmapped on its own each time (no such
+/// block is allocated per event).
 #[allow(unsafe_code)]
 pub fn limit_retained_heap() {
     // SAFETY: `mi_option_set` takes plain integers; it is a plain store
