@@ -94,9 +94,10 @@ fn with_backoff(manifest: &str) -> String {
 
 #[tokio::test]
 async fn an_init_that_never_returns_is_cut_off_and_rejected() {
-    // A sleep ends when the call's timer fires, a loop when the epoch
-    // callback traps it; either way the start is tried three times, then
-    // the plugin is rejected.
+    // A sleep ends when the call's timer fires; a loop usually when the
+    // epoch callback traps it (with the old message for that path, this
+    // case failed), else when the timer fires. Either way the start is
+    // tried three times, then the plugin is rejected.
     for init in ["sleep", "spin"] {
         let manifest = format!("{}init = \"{init}\"\n", mode("echo"));
         let dir = plugin_dir(&[("slow", TEST_PLUGIN, Some(&manifest))]);

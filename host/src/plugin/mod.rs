@@ -411,7 +411,7 @@ where
                     plugin,
                     attempt,
                     error = %err,
-                    "plugin start ran out of time; trying again"
+                    "Plugin start ran out of time; trying again."
                 );
                 attempt += 1;
             }

@@ -77,8 +77,8 @@ pub enum CallError {
     Instantiate(String),
     /// A new instance did not get ready (its start functions or `init`)
     /// within a call's time limit. Unlike the other start failures this one
-    /// depends on how busy the host was, so a load retries it before
-    /// rejecting the plugin.
+    /// depends on how busy the host was, so a load retries it (when the
+    /// limit is at most 1 s) before rejecting the plugin.
     #[error("instantiation failed: deadline: {what} took longer than the call time limit of {}", format_duration(*.limit))]
     StartDeadline {
         /// What was running: `starting the component` or `init`.

@@ -232,9 +232,10 @@ async fn within<F: Future>(deadline: Instant, call: F) -> Option<F::Output> {
     .await
 }
 
-/// What runs while an instance starts, as [`CallError::StartDeadline`]
-/// names it.
+/// The component's start functions, as [`CallError::StartDeadline`] names
+/// them.
 const STARTING: &str = "starting the component";
+/// The plugin's `init`, as [`CallError::StartDeadline`] names it.
 const INIT: &str = "init";
 
 /// A new instance that did not get ready within a call's time limit.
