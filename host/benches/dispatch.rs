@@ -153,7 +153,8 @@ fn bench_dispatch(c: &mut Criterion) {
                             dispatcher = Dispatcher::new(std::slice::from_ref(plugin));
                             started = Instant::now();
                         }
-                        let event = &mut events[seen % 4096];
+                        let slot = seen % events.len();
+                        let event = &mut events[slot];
                         rename(event, seen);
                         seen += 1;
                         let outcomes = dispatcher.dispatch(black_box(event), NOW).await;

@@ -42,8 +42,9 @@ const MI_OPTION_PURGE_DELAY: mi::mi_option_t = 15;
 /// less than half the `madvise` calls, a quarter less system time) and
 /// still hands them back once the load stops — at the allocator's next
 /// activity after the delay (a page freed, a collect): the memory bench's
-/// peak and after-load RSS are the same as with 0, where 1000 ms (mimalloc's own default) kept 10–20 MiB more
-/// (BENCHMARKS.md, ninth pass).
+/// peak and after-load RSS are the same as with 0, where 1000 ms
+/// (mimalloc's own default) kept 10–20 MiB more (BENCHMARKS.md, ninth
+/// pass).
 pub const PURGE_DELAY_MS: std::ffi::c_long = 100;
 
 /// What a glibc arena may keep free at its top, and the size from which a

@@ -95,9 +95,9 @@ fn with_backoff(manifest: &str) -> String {
 #[tokio::test]
 async fn an_init_that_never_returns_is_cut_off_and_rejected() {
     // A sleep ends when the call's timer fires; a loop usually when the
-    // epoch callback traps it (with the old message for that path, this
-    // case failed), else when the timer fires. Either way the start is
-    // tried three times, then the plugin is rejected.
+    // epoch callback traps it, else when the timer fires. Either way the
+    // error is the same, and the start is tried three times before the
+    // plugin is rejected.
     for init in ["sleep", "spin"] {
         let manifest = format!("{}init = \"{init}\"\n", mode("echo"));
         let dir = plugin_dir(&[("slow", TEST_PLUGIN, Some(&manifest))]);
