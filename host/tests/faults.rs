@@ -152,6 +152,80 @@ async fn a_poison_record_or_emit_is_dead_lettered_and_the_records_behind_it_are_
     assert_eq!(harness.committed(), harness.end_offsets());
 }
 
+/// A key's state value and timer payload go into one changelog record. A
+/// plugin that keeps each under the largest value, but not both together,
+/// is refused at the call (the event dead-lettered with the reason) rather
+/// than left to stall the partition on a record the producer cannot send.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_key_too_large_for_one_changelog_record_is_refused_at_the_call() {
+    let mut harness = Harness::new(&TOPICS);
+    harness.config.plugins.quarantine_after = 0;
+    harness
+        .config
+        .kafka
+        .properties
+        .insert("message.max.bytes".into(), "100000".into());
+    // A 60 kB value on the first event, a 60 kB timer payload under the
+    // same key on every later one.
+    let hoarder = format!("{}size = 60000\n", mode("big-key"));
+    let dir = plugin_dir(&[
+        ("echo", TEST_PLUGIN, Some(&mode("echo"))),
+        ("hoarder", TEST_PLUGIN, Some(&hoarder)),
+    ]);
+    let sandbox = Arc::new(
+        Sandbox::new(SandboxConfig {
+            max_record_bytes: 100_000,
+            ..SandboxConfig::default()
+        })
+        .unwrap(),
+    );
+    let plugins = load(&sandbox, dir.path()).await;
+    let lines: Vec<String> = (0..3)
+        .map(|i| event(&format!("ev-{i}"), "u1", &format!("t{i}"), "created"))
+        .collect();
+    harness.produce(&lines).await;
+    let hoarded = |seen: &[OwnedMessage]| -> Vec<OwnedMessage> {
+        by_topic(seen, CHANGELOG)
+            .into_iter()
+            .filter(|m| {
+                m.key()
+                    .is_some_and(|k| k.windows(7).any(|w| w == b"hoarder"))
+            })
+            .collect()
+    };
+    let (seen, stats) = harness
+        .run_until(
+            plugins,
+            &["out-topic", "task-events.dlq", CHANGELOG],
+            |seen| {
+                by_topic(seen, "out-topic").len() >= 3
+                    && by_topic(seen, "task-events.dlq").len() >= 2
+                    && !hoarded(seen).is_empty()
+            },
+            async |_| {},
+        )
+        .await;
+    assert_eq!(by_topic(&seen, "out-topic").len(), 3, "{}", stats.summary());
+    let dead = by_topic(&seen, "task-events.dlq");
+    assert_eq!(dead.len(), 2, "{}", stats.summary());
+    for (m, id) in dead.iter().zip(["ev-1", "ev-2"]) {
+        assert_eq!(header(m, "source.event.id").as_deref(), Some(id));
+        assert_eq!(header(m, "error.kind").as_deref(), Some("quota"));
+        assert_eq!(
+            header(m, "error.message").as_deref(),
+            Some(
+                "quota: a key holding 120000 bytes of state value and timer payload together \
+                 exceeds the largest state value (96928 bytes)"
+            )
+        );
+    }
+    // The value alone was written: one record, no timer in it.
+    let hoarded = hoarded(&seen);
+    assert_eq!(hoarded.len(), 1);
+    assert_eq!(hoarded[0].payload().map(<[u8]>::len), Some(1 + 60_000));
+    assert_eq!(harness.committed(), harness.end_offsets());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn when_not_even_a_dead_letter_can_be_written_the_partition_stalls_loudly_then_recovers() {
     let harness = Harness::new(&TOPICS);

@@ -176,6 +176,54 @@ async fn floods_are_stopped_by_quotas_and_memory_stays_bounded() {
     );
 }
 
+/// A key's value and timer payload share one changelog record, so they are
+/// held to the largest value together — set in one call, or the value in
+/// one and the timer in a later one.
+#[tokio::test]
+async fn a_value_and_timer_too_large_together_are_refused() {
+    let sandbox = sandbox();
+    for together in [true, false] {
+        let config = if together { "together = true" } else { "" };
+        let text = manifest("big-key", "call_timeout = \"10s\"", config);
+        let dir = plugin_dir(&[("hoarder", TEST_PLUGIN, Some(&text))]);
+        let plugins = load(&sandbox, dir.path()).await;
+        let mut dispatcher = Dispatcher::new(&plugins);
+        let mut outcomes = Vec::new();
+        for n in 0..3 {
+            let event = created(&format!("t{n}"), 1_000 + n);
+            outcomes.push(
+                dispatcher
+                    .dispatch(&event, event.occurred_at)
+                    .await
+                    .remove(0),
+            );
+        }
+        let refused = if together {
+            &outcomes[..]
+        } else {
+            assert!(outcomes[0].result.is_ok(), "the value alone fits");
+            assert_eq!(outcomes[0].changed, ["big"]);
+            &outcomes[1..]
+        };
+        for outcome in refused {
+            let err = outcome.result.as_ref().unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                "quota: a key holding 1200000 bytes of state value and timer payload together \
+                 exceeds the largest state value (996928 bytes)",
+                "together: {together}"
+            );
+            assert!(outcome.changed.is_empty());
+        }
+        let state = dispatcher.state("hoarder").unwrap();
+        assert_eq!(
+            state.get("big").map(<[u8]>::len),
+            (!together).then_some(600_000)
+        );
+        assert_eq!(state.timer_count(), 0);
+    }
+}
+
 #[tokio::test]
 async fn per_partition_quotas_cap_what_a_plugin_keeps() {
     let text = manifest(

@@ -31,7 +31,9 @@ use crate::world::{LogLevel, Timestamp};
 pub const MAX_KEY_BYTES: usize = 1024;
 /// State values and timer payloads larger than this are refused (and
 /// smaller ones too when the producer's `message.max.bytes` is smaller:
-/// every state change becomes a changelog record).
+/// every state change becomes a changelog record). The bound holds for a
+/// key's value and timer payload together, since one changelog record
+/// holds both.
 const MAX_VALUE_BYTES: usize = 1 << 20;
 /// What headers and framing add to a produced record, at most.
 pub const RECORD_OVERHEAD_BYTES: usize = 2048;
@@ -60,7 +62,8 @@ pub struct PluginSpec {
 }
 
 impl PluginSpec {
-    /// The largest state value or timer payload, in bytes.
+    /// The largest state value or timer payload — or both under one key,
+    /// together — in bytes.
     fn max_value_bytes(&self) -> usize {
         MAX_VALUE_BYTES.min(
             self.max_record_bytes
@@ -180,6 +183,41 @@ impl HostState {
         }
         Ok(())
     }
+
+    /// Checks that `key`'s value and timer payload, as they will be after
+    /// the call with `value_len` or `payload_len` (whichever is being set)
+    /// in place, fit one changelog record together: each fitting alone is
+    /// not enough, and a record the producer refuses would stall the
+    /// partition.
+    fn check_pair(
+        &self,
+        key: &str,
+        value_len: Option<usize>,
+        payload_len: Option<usize>,
+    ) -> wasmtime::Result<()> {
+        let value_len = value_len.unwrap_or_else(|| match self.effects.changes.values.get(key) {
+            Some(pending) => pending.as_ref().map_or(0, Vec::len),
+            None => self.state.get(key).map_or(0, <[u8]>::len),
+        });
+        let payload_len =
+            payload_len.unwrap_or_else(|| match self.effects.changes.timers.get(key) {
+                Some(pending) => pending.as_ref().map_or(0, |t| t.payload.len()),
+                None => self.state.timer(key).map_or(0, |t| t.payload.len()),
+            });
+        let max = self.spec.max_value_bytes();
+        let together = value_len + payload_len;
+        if together > max {
+            return Err(QuotaExceeded::new(
+                "the largest state value",
+                format_args!(
+                    "a key holding {together} bytes of state value and timer payload together"
+                ),
+                ByteSize(max as u64),
+            )
+            .into());
+        }
+        Ok(())
+    }
 }
 
 fn check_key(what: &str, key: &str) -> wasmtime::Result<()> {
@@ -221,6 +259,7 @@ impl state::Host for HostState {
     fn set(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<()> {
         check_key("state", &key)?;
         self.check_value("state value", value.len())?;
+        self.check_pair(&key, Some(value.len()), None)?;
         self.write_state(key.len() + value.len())?;
         self.effects.changes.values.insert(key, Some(value));
         Ok(())
@@ -238,6 +277,7 @@ impl timers::Host for HostState {
     fn set(&mut self, key: String, due: Timestamp, payload: Vec<u8>) -> wasmtime::Result<()> {
         check_key("timer", &key)?;
         self.check_value("timer payload", payload.len())?;
+        self.check_pair(&key, None, Some(payload.len()))?;
         self.usage.timers += 1;
         let limit = self.spec.limits.timers_per_call;
         if self.usage.timers > limit.0 {

@@ -120,6 +120,20 @@ fn attack(mode: &str, event: &TaskEvent) -> Option<Result> {
                 state::set(&format!("{}-{i}", event.id), &value);
             }
         }
+        // A value and a timer payload under one key, each under the
+        // largest value but not both together: in one call (`together`),
+        // or the value first and the timer on the next event.
+        "big-key" => {
+            let bytes = vec![7u8; size(600_000)];
+            let together = host::config("together").is_some();
+            let stored = state::get("big").is_some();
+            if together || !stored {
+                state::set("big", &bytes);
+            }
+            if together || stored {
+                timers::set("big", host::now() + 86_400_000, &bytes);
+            }
+        }
         "state-churn" => {
             let value = vec![7u8; size(1024)];
             for i in 0..number("count", 100) {
