@@ -178,21 +178,24 @@ const fn const_eq(a: &str, b: &str) -> bool {
     true
 }
 
-const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+/// Spreads the bytes' bits over the hash's top bits, which pick the slot.
+const MIX: u64 = 0x9e37_79b9_7f4a_7c15;
 
-/// The FNV-1a hash of `key`'s normalised spelling, without building it.
+/// A hash of `key`'s normalised spelling, without building it. A rotate
+/// and an exclusive or per byte, one multiply at the end: a per-byte
+/// multiply (FNV) made every byte wait three cycles on the one before, and
+/// the table only has to tell about a hundred known names apart.
 const fn normalised_hash(key: &[u8]) -> u64 {
-    let mut hash = FNV_OFFSET;
+    let mut hash = 0u64;
     let mut i = 0;
     while i < key.len() {
         let b = key[i];
         if b != b'_' && b != b'-' {
-            hash = (hash ^ b.to_ascii_lowercase() as u64).wrapping_mul(FNV_PRIME);
+            hash = hash.rotate_left(5) ^ b.to_ascii_lowercase() as u64;
         }
         i += 1;
     }
-    hash
+    hash.wrapping_mul(MIX)
 }
 
 /// Slots in [`BY_HASH`]: a power of two, well over [`NAMES`]' length so
