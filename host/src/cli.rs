@@ -161,6 +161,31 @@ impl RunArgs {
     }
 }
 
+/// The daemon's configuration, for the commands that judge plugins by it.
+#[derive(Debug, clap::Args)]
+struct DaemonConfig {
+    /// The daemon's TOML configuration file, so that plugins are held to
+    /// the limits the daemon applies (`sandbox.default_limits`,
+    /// `sandbox.max_limits`, the producer's `message.max.bytes`). The
+    /// environment's `TODO_EVENTD_<SECTION>_<KEY>` settings apply too, as
+    /// for `run`.
+    #[arg(long, env = "TODO_EVENTD_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+impl DaemonConfig {
+    /// The config file (or defaults) with the environment applied,
+    /// validated.
+    fn load(&self) -> Result<Config> {
+        let config = Config::load(
+            self.config.as_deref(),
+            &Override::from_env(std::env::vars()),
+        )?;
+        config.validate()?;
+        Ok(config)
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum PluginsCommand {
     /// Validate every plugin in a directory — compile it and start it under
@@ -169,6 +194,8 @@ enum PluginsCommand {
     Check {
         /// The plugins directory.
         dir: PathBuf,
+        #[command(flatten)]
+        config: DaemonConfig,
     },
     /// Feed NDJSON events through the plugins with in-memory state and a
     /// virtual clock; print one JSON line per emit or dead-letter.
@@ -192,6 +219,8 @@ enum PluginsCommand {
         /// to stderr, to size `[limits]`.
         #[arg(long)]
         stats: bool,
+        #[command(flatten)]
+        config: DaemonConfig,
     },
     /// Write the bundled plugins (reminders, recurrence, analytics, audit)
     /// and their default manifests into a directory. Existing manifests are
@@ -276,6 +305,15 @@ async fn execute(cli: Cli) -> Result<ExitCode> {
     let components = cache_dir.map(|d| d.join("components"));
     let telemetry = Telemetry::default();
     let sandbox = || daemon::sandbox(&Config::default(), components.clone(), &telemetry);
+    // Where `plugins check` and `plugins test` run plugins: under the
+    // daemon's configuration, the cache chosen as for `run`.
+    let daemon_sandbox = |file: &DaemonConfig| {
+        let mut config = file.load()?;
+        if explicit_cache {
+            config.sandbox.cache_dir.clone_from(&components);
+        }
+        daemon::sandbox(&config, components.clone(), &telemetry)
+    };
     match cli.command {
         Command::Run(args) => {
             let mut config = args.config()?;
@@ -322,19 +360,29 @@ async fn execute(cli: Cli) -> Result<ExitCode> {
             eprintln!("produced {count} records to {topic} on {brokers}");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Plugins(PluginsCommand::Check { dir }) => check(&sandbox()?, &dir).await,
+        Command::Plugins(PluginsCommand::Check { dir, config }) => {
+            check(&daemon_sandbox(&config)?, &dir).await
+        }
         Command::Plugins(PluginsCommand::Test {
             plugins,
             events,
             now,
             advance,
             stats,
+            config,
         }) => {
             let options = offline::Options {
                 start: now,
                 advance,
             };
-            test(&sandbox()?, plugins.as_deref(), &events, &options, stats).await
+            test(
+                &daemon_sandbox(&config)?,
+                plugins.as_deref(),
+                &events,
+                &options,
+                stats,
+            )
+            .await
         }
         Command::Plugins(PluginsCommand::New { name, lang, dir }) => {
             let (project, files) = kit::new_project(&name, lang, &dir)?;

@@ -188,6 +188,93 @@ fn plugins_check_lists_plugins_and_fails_on_an_invalid_one() {
     );
 }
 
+/// `plugins check` and `plugins test` judge plugins by the daemon's
+/// configuration (`--config`, or `TODO_EVENTD_CONFIG` as for `run`): its
+/// default limits fill a manifest's gaps and its maximums refuse a
+/// manifest, as the daemon would.
+#[test]
+fn plugins_check_and_test_hold_plugins_to_the_daemons_configuration() {
+    let cache = tempfile::tempdir().unwrap();
+    let test_plugin = std::fs::read(env!("GUEST_TEST_PLUGIN_WASM")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("plain.wasm"), &test_plugin).unwrap();
+    std::fs::write(dir.path().join("big.wasm"), &test_plugin).unwrap();
+    std::fs::write(
+        dir.path().join("big.toml"),
+        "[limits]\nmemory = \"32MiB\"\n",
+    )
+    .unwrap();
+    let etc = tempfile::tempdir().unwrap();
+    let config = etc.path().join("todo-eventd.toml");
+    std::fs::write(
+        &config,
+        "[sandbox.default_limits]\nmemory = \"16MiB\"\ncall_timeout = \"77ms\"\n\
+         [sandbox.max_limits]\nmemory = \"16MiB\"\n",
+    )
+    .unwrap();
+    let (dir, config) = (dir.path().to_str().unwrap(), config.to_str().unwrap());
+    let limits_of = |stdout: &str, name: &str| -> String {
+        let mut lines = stdout.lines().skip_while(|l| !l.contains(name));
+        lines
+            .find(|l| l.trim_start().starts_with("limits"))
+            .unwrap()
+            .to_owned()
+    };
+
+    // Without the daemon's configuration: the built-in defaults.
+    let out = todo_eventd(&["plugins", "check", dir], cache.path());
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        limits_of(&stdout, "plain").contains("call_timeout=200ms"),
+        "{stdout}"
+    );
+
+    let with_flag = todo_eventd(&["plugins", "check", dir, "--config", config], cache.path());
+    let with_env = Command::new(env!("CARGO_BIN_EXE_todo-eventd"))
+        .args(["plugins", "check", dir])
+        .env("TODO_EVENTD_CACHE_DIR", cache.path())
+        .env("TODO_EVENTD_CONFIG", config)
+        .output()
+        .unwrap();
+    for out in [with_flag, with_env] {
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        assert_eq!(out.status.code(), Some(1), "{stdout}");
+        let plain = limits_of(&stdout, "plain");
+        assert!(plain.contains("memory=16MiB call_timeout=77ms"), "{stdout}");
+        let big = stdout.lines().find(|l| l.contains("big.toml")).unwrap();
+        assert!(
+            big.starts_with("invalid")
+                && big.ends_with(
+                    "limits.memory: 32MiB exceeds the daemon's maximum of 16MiB (sandbox.max_limits.memory)"
+                ),
+            "{big}"
+        );
+    }
+
+    let events = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/events.ndjson");
+    let out = todo_eventd(
+        &[
+            "plugins",
+            "test",
+            "--plugins",
+            dir,
+            "--events",
+            events.to_str().unwrap(),
+            "--config",
+            config,
+        ],
+        cache.path(),
+    );
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning: skipping invalid plugin: ")
+            && stderr.contains("(sandbox.max_limits.memory)"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn plugins_check_shows_grants_and_limits_and_refuses_a_plugin_that_cannot_start() {
     let cache = tempfile::tempdir().unwrap();
