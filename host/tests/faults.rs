@@ -166,11 +166,12 @@ async fn a_key_too_large_for_one_changelog_record_is_refused_at_the_call() {
         .properties
         .insert("message.max.bytes".into(), "100000".into());
     // A 60 kB value on the first event, a 60 kB timer payload under the
-    // same key on every later one.
-    let hoarder = format!("{}size = 60000\n", mode("big-key"));
+    // same key on every later one; time enough for both on a busy machine.
+    let hoarder = "[outputs]\nout = \"out-topic\"\n[limits]\ncall_timeout = \"5s\"\n\
+                   [config]\nmode = \"big-key\"\nsize = 60000\n";
     let dir = plugin_dir(&[
         ("echo", TEST_PLUGIN, Some(&mode("echo"))),
-        ("hoarder", TEST_PLUGIN, Some(&hoarder)),
+        ("hoarder", TEST_PLUGIN, Some(hoarder)),
     ]);
     let sandbox = Arc::new(
         Sandbox::new(SandboxConfig {
@@ -211,10 +212,11 @@ async fn a_key_too_large_for_one_changelog_record_is_refused_at_the_call() {
     for (m, id) in dead.iter().zip(["ev-1", "ev-2"]) {
         assert_eq!(header(m, "source.event.id").as_deref(), Some(id));
         assert_eq!(header(m, "error.kind").as_deref(), Some("quota"));
+        assert_eq!(header(m, "error.plugin").as_deref(), Some("hoarder"));
         assert_eq!(
             header(m, "error.message").as_deref(),
             Some(
-                "quota: a key holding 120000 bytes of state value and timer payload together \
+                "quota: 120000 bytes of state value and timer payload under key \"big\" \
                  exceeds the largest state value (96928 bytes)"
             )
         );

@@ -209,7 +209,7 @@ async fn a_value_and_timer_too_large_together_are_refused() {
             let err = outcome.result.as_ref().unwrap_err();
             assert_eq!(
                 err.to_string(),
-                "quota: a key holding 1200000 bytes of state value and timer payload together \
+                "quota: 1200000 bytes of state value and timer payload under key \"big\" \
                  exceeds the largest state value (996928 bytes)",
                 "together: {together}"
             );

@@ -210,7 +210,8 @@ impl HostState {
             return Err(QuotaExceeded::new(
                 "the largest state value",
                 format_args!(
-                    "a key holding {together} bytes of state value and timer payload together"
+                    "{together} bytes of state value and timer payload under key \"{}\"",
+                    crate::text::quote_bounded(key, 64)
                 ),
                 ByteSize(max as u64),
             )

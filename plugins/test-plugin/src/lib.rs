@@ -42,7 +42,10 @@
 //!   ANSI escapes;
 //! - `big-error`: return an error whose message is `size` (30 MB) long;
 //! - `state-churn`: write `count` distinct keys of `size` bytes per event
-//!   (the per-partition quotas must stop it).
+//!   (the per-partition quotas must stop it);
+//! - `big-key`: keep a value and a timer payload of `size` (600 kB) each
+//!   under one key — the value on the first event and the timer on later
+//!   ones, or both in one call with `together` set.
 //!
 //! With `only_user` set, every mode applies to that user's events only;
 //! other events are ignored.
