@@ -3,6 +3,10 @@
 //!
 //! The per-user value holds counters only, so it stays small however many
 //! tasks a user has; what is known of each task lives in its own record.
+//! Tags are the one label a user chooses freely: at most [`MAX_TAGS`] of
+//! them, each at most [`MAX_TAG_BYTES`] long, get counters of their own;
+//! the rest share one ("other tags"), so no user can grow the value past
+//! the host's size bound (a failure that would count against the plugin).
 //! Every change is "the task leaves its old record, enters its new one":
 //! open and overdue counts follow a task whose priority or tags change, and
 //! a task first seen through an update, completion or deletion is counted
@@ -28,6 +32,15 @@ macro_rules! serialize_as_array {
         }
     };
 }
+
+/// Tags a user's value counts one by one; later ones count as other tags.
+pub const MAX_TAGS: usize = 200;
+/// Longer tags count as other tags.
+pub const MAX_TAG_BYTES: usize = 64;
+/// The key of the shared counters of other tags in `by_tag`: the empty
+/// tag, which the host never hands over (it drops blank tags), so the
+/// stored value's shape is the same as before.
+const OTHER_TAGS: &str = "";
 
 /// Where a task is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -149,8 +162,25 @@ impl UserStats {
             f(self.by_priority.entry(p.clone()).or_default());
         }
         for tag in &record.tags {
-            f(self.by_tag.entry(tag.clone()).or_default());
+            f(self.tag_counts(tag));
         }
+    }
+
+    /// The counts `tag` goes to: its own, if it has them or there is room
+    /// for them, else the other tags'. A tag's place never changes, as
+    /// counters are never removed: one that went to the other tags when
+    /// the map was full stays there, so what a task entered under is what
+    /// it leaves.
+    fn tag_counts(&mut self, tag: &str) -> &mut Counts {
+        let own = self.by_tag.contains_key(tag)
+            || (tag.len() <= MAX_TAG_BYTES && self.tracked_tags() < MAX_TAGS);
+        let key = if own { tag } else { OTHER_TAGS };
+        self.by_tag.entry(key.to_owned()).or_default()
+    }
+
+    /// Tags with counters of their own.
+    fn tracked_tags(&self) -> usize {
+        self.by_tag.len() - usize::from(self.by_tag.contains_key(OTHER_TAGS))
     }
 
     /// Takes a task's open and overdue counts off.
@@ -278,23 +308,24 @@ impl UserStats {
                 (name.clone(), counts)
             })
             .collect();
+        let tag_counts = |c: &Counts| {
+            json!({
+                "created": c.created, "completed": c.completed, "deleted": c.deleted,
+                "open": c.open,
+            })
+        };
         let by_tag: serde_json::Map<String, Value> = self
             .by_tag
             .iter()
-            .map(|(name, c)| {
-                let counts = json!({
-                    "created": c.created, "completed": c.completed, "deleted": c.deleted,
-                    "open": c.open,
-                });
-                (name.clone(), counts)
-            })
+            .filter(|(name, _)| name.as_str() != OTHER_TAGS)
+            .map(|(name, c)| (name.clone(), tag_counts(c)))
             .collect();
         // Completed tasks net of reopenings, over tasks seen: at most 1.
         let done = self.completed.saturating_sub(self.reopened);
         let rate = (self.created > 0).then(|| done as f64 / self.created as f64);
         let mean = (self.completion_samples > 0)
             .then(|| self.completion_ms_total as f64 / self.completion_samples as f64 / 1000.0);
-        json!({
+        let mut snapshot = json!({
             "user_id": user_id,
             "as_of": rfc3339(now),
             "created": self.created,
@@ -308,7 +339,11 @@ impl UserStats {
             "by_priority": by_priority,
             "by_tag": by_tag,
             "last_event_at": self.last_event_at.map(rfc3339),
-        })
+        });
+        if let Some(other) = self.by_tag.get(OTHER_TAGS) {
+            snapshot["other_tags"] = tag_counts(other);
+        }
+        snapshot
     }
 }
 
@@ -350,6 +385,66 @@ mod tests {
         let change = stats.apply(kind, records.get(&task.id), task, at, at)?;
         records.insert(task.id.clone(), change.record.clone());
         Some(change)
+    }
+
+    /// However many tags a user's tasks carry, the user's value holds at
+    /// most [`MAX_TAGS`] counters of their own; the rest (and any long
+    /// tag) share the other tags' counters, which follow a task as its own
+    /// counters would.
+    #[test]
+    fn a_user_with_endless_tags_keeps_a_bounded_value() {
+        let (mut stats, mut records) = (UserStats::default(), BTreeMap::new());
+        let long = "x".repeat(MAX_TAG_BYTES + 1);
+        for i in 0..50 {
+            let mut t = task(&format!("t{i}"), None);
+            t.tags = (0..100).map(|j| format!("tag-{i}-{j}")).collect();
+            if i == 0 {
+                t.tags.push(long.clone());
+            }
+            feed(&mut stats, &mut records, EventKind::Created, &t, i).unwrap();
+        }
+        assert_eq!(
+            stats.by_tag.len(),
+            MAX_TAGS + 1,
+            "own counters and the others'"
+        );
+        let snap = stats.snapshot("u", 100);
+        let by_tag = snap["by_tag"].as_object().unwrap();
+        assert_eq!(by_tag.len(), MAX_TAGS);
+        assert_eq!(by_tag["tag-0-0"]["created"], 1);
+        assert!(!by_tag.contains_key(&long) && !by_tag.contains_key("tag-2-0"));
+        // 1 long tag, then 48 tasks of 100 tags past the first 200.
+        assert_eq!(snap["other_tags"]["created"], 1 + 48 * 100);
+        assert_eq!(snap["other_tags"]["open"], 1 + 48 * 100);
+
+        // A task leaves what it entered: its own counters or the others'.
+        let mut first = task("t0", None);
+        first.tags = records["t0"].tags.clone();
+        first.completed = true;
+        feed(&mut stats, &mut records, EventKind::Completed, &first, 200).unwrap();
+        let mut last = task("t49", None);
+        last.tags = records["t49"].tags.clone();
+        feed(&mut stats, &mut records, EventKind::Deleted, &last, 300).unwrap();
+        let snap = stats.snapshot("u", 400);
+        assert_eq!(snap["by_tag"]["tag-0-0"]["completed"], 1);
+        assert_eq!(snap["by_tag"]["tag-0-0"]["open"], 0);
+        assert_eq!(snap["other_tags"]["completed"], 1, "the long tag");
+        assert_eq!(snap["other_tags"]["deleted"], 100);
+        assert_eq!(snap["other_tags"]["open"], 48 * 100 - 100);
+
+        let bytes = todo_plugin_sdk::typed::encode(&stats).unwrap();
+        assert!(bytes.len() < 64 * 1024, "{} bytes", bytes.len());
+        // A user below the bound has no other tags at all.
+        let mut few = UserStats::default();
+        feed(
+            &mut few,
+            &mut BTreeMap::new(),
+            EventKind::Created,
+            &task("a", None),
+            0,
+        )
+        .unwrap();
+        assert!(few.snapshot("u", 0).get("other_tags").is_none());
     }
 
     #[test]
