@@ -307,8 +307,7 @@ async fn execute(cli: Cli) -> Result<ExitCode> {
     let sandbox = || daemon::sandbox(&Config::default(), components.clone(), &telemetry);
     // Where `plugins check` and `plugins test` run plugins: under the
     // daemon's configuration, the cache chosen as for `run`.
-    let daemon_sandbox = |file: &DaemonConfig| {
-        let mut config = file.load()?;
+    let daemon_sandbox = |mut config: Config| {
         if explicit_cache {
             config.sandbox.cache_dir.clone_from(&components);
         }
@@ -361,7 +360,7 @@ async fn execute(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Plugins(PluginsCommand::Check { dir, config }) => {
-            check(&daemon_sandbox(&config)?, &dir).await
+            check(&daemon_sandbox(config.load()?)?, &dir).await
         }
         Command::Plugins(PluginsCommand::Test {
             plugins,
@@ -371,12 +370,14 @@ async fn execute(cli: Cli) -> Result<ExitCode> {
             stats,
             config,
         }) => {
+            let config = config.load()?;
             let options = offline::Options {
                 start: now,
                 advance,
+                max_event_bytes: config.pipeline.max_event_bytes,
             };
             test(
-                &daemon_sandbox(&config)?,
+                &daemon_sandbox(config)?,
                 plugins.as_deref(),
                 &events,
                 &options,

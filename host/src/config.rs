@@ -353,6 +353,11 @@ pub struct PipelineConfig {
     /// Bytes per partition (inputs and what they produced) not yet
     /// acknowledged; intake pauses beyond this.
     pub max_in_flight_bytes: ByteSize,
+    /// The largest input record value decoded. A larger one is
+    /// dead-lettered (stage `decode`) before any plugin sees it, so that
+    /// one record cannot make a plugin run out of memory or emit past
+    /// `message.max.bytes` — failures that would count against the plugin.
+    pub max_event_bytes: ByteSize,
     /// How long a graceful shutdown (or a revoked partition's drain) may
     /// take before it gives up waiting.
     #[serde(with = "crate::units::duration")]
@@ -384,6 +389,7 @@ impl Default for PipelineConfig {
             queue_capacity: 256,
             max_in_flight: 512,
             max_in_flight_bytes: ByteSize::mib(32),
+            max_event_bytes: ByteSize::kib(512),
             shutdown_timeout: Duration::from_secs(30),
             restore_timeout: Duration::from_secs(300),
             commit_interval: Duration::from_secs(1),
@@ -685,6 +691,9 @@ impl Config {
         if p.max_in_flight_bytes.bytes() < (1 << 20) {
             return invalid("pipeline.max_in_flight_bytes", "must be at least 1MiB");
         }
+        if !(1 << 10..=1 << 30).contains(&p.max_event_bytes.bytes()) {
+            return invalid("pipeline.max_event_bytes", "must be between 1KiB and 1GiB");
+        }
         let plugins = &self.plugins;
         if plugins.quarantine_after > 0 && plugins.quarantine_backoff.is_zero() {
             return invalid("plugins.quarantine_backoff", "must be more than zero");
@@ -879,6 +888,12 @@ mod tests {
         assert_eq!(
             config.validate().unwrap_err().to_string(),
             "kafka.dead_letter_topic: must not be one of the input topics"
+        );
+        let mut config = Config::default();
+        config.pipeline.max_event_bytes = ByteSize(100);
+        assert_eq!(
+            config.validate().unwrap_err().to_string(),
+            "pipeline.max_event_bytes: must be between 1KiB and 1GiB"
         );
     }
 }

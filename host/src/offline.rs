@@ -33,6 +33,9 @@ pub struct Options {
     pub start: Option<Timestamp>,
     /// How far to advance the clock after the last event.
     pub advance: Duration,
+    /// The largest line decoded (`pipeline.max_event_bytes`); a longer one
+    /// is dead-lettered, as the daemon would.
+    pub max_event_bytes: ByteSize,
 }
 
 /// Counts of what a run produced.
@@ -125,7 +128,10 @@ pub async fn run(
         if line.trim_ascii().is_empty() {
             continue;
         }
-        let event = match event::decode(line.trim_ascii()) {
+        let line = line.trim_ascii();
+        let decoded =
+            event::check_size(line, options.max_event_bytes).and_then(|()| event::decode(line));
+        let event = match decoded {
             Ok(event) => event,
             Err(err) => {
                 bench.summary.dead_letters += 1;

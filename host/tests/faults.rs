@@ -297,6 +297,61 @@ fn input_ids(seen: &[OwnedMessage]) -> BTreeSet<String> {
         .collect()
 }
 
+/// A record over `pipeline.max_event_bytes` is dead-lettered at decode,
+/// naming its size and the bound; no plugin sees it (so it cannot make one
+/// run out of memory, time or output room), and the records behind it are
+/// handled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_oversized_record_is_dead_lettered_before_any_plugin_sees_it() {
+    let mut harness = Harness::new(&TOPICS);
+    harness.config.pipeline.max_event_bytes = todo_eventd::units::ByteSize::kib(2);
+    let plugins = echo_plugins().await;
+    let big = serde_json::json!({
+        "event_id": "big", "event_type": "created", "user_id": "u1", "task_id": "t1",
+        "timestamp": "2026-01-26T08:00:00Z", "task_data": {"title": "x".repeat(3000)}
+    })
+    .to_string();
+    let size = big.len();
+    let lines = [
+        event("before", "u1", "t0", "created"),
+        big,
+        event("after", "u1", "t2", "created"),
+    ];
+    harness.produce(&lines).await;
+    let (seen, stats) = harness
+        .run_until(
+            plugins,
+            &["out-topic", "task-events.dlq"],
+            |seen| {
+                by_topic(seen, "out-topic").len() >= 2
+                    && !by_topic(seen, "task-events.dlq").is_empty()
+            },
+            async |_| {},
+        )
+        .await;
+    let outputs: BTreeSet<String> = by_topic(&seen, "out-topic")
+        .iter()
+        .map(|m| value(m)["event"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(outputs, BTreeSet::from(["before".into(), "after".into()]));
+    let dead = by_topic(&seen, "task-events.dlq");
+    assert_eq!(dead.len(), 1, "{}", stats.summary());
+    assert_eq!(header(&dead[0], "error.stage").as_deref(), Some("decode"));
+    assert_eq!(header(&dead[0], "error.plugin"), None);
+    assert_eq!(
+        header(&dead[0], "error.message"),
+        Some(format!(
+            "record of {size} bytes exceeds pipeline.max_event_bytes (2KiB)"
+        ))
+    );
+    assert_eq!(
+        dead[0].payload().map(<[u8]>::len),
+        Some(size),
+        "the original, whole"
+    );
+    assert_eq!(harness.committed(), harness.end_offsets());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_input_quarantines_nobody() {
     let mut harness = Harness::new(&TOPICS);

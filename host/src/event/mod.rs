@@ -26,6 +26,7 @@ use sha2::{Digest, Sha256};
 
 use self::fields::{Layers, Name, Obj, describe, kind, lookup, names};
 use self::json::{Json, Members};
+use crate::units::ByteSize;
 use crate::world::{EventKind, TaskEvent, Timestamp};
 
 /// Why a record could not be decoded.
@@ -41,6 +42,14 @@ pub enum DecodeError {
         field: String,
         /// What is wrong with it.
         reason: String,
+    },
+    /// The record is larger than the pipeline decodes.
+    #[error("record of {size} bytes exceeds pipeline.max_event_bytes ({limit})")]
+    TooLarge {
+        /// The record value's size.
+        size: usize,
+        /// The bound.
+        limit: ByteSize,
     },
 }
 
@@ -69,6 +78,17 @@ pub struct RecordMeta<'a> {
     pub headers: &'a [(&'a str, &'a [u8])],
     /// The Kafka record timestamp, used when the event carries no time.
     pub timestamp: Option<Timestamp>,
+}
+
+/// Refuses a record value larger than `limit`, before it is parsed.
+pub fn check_size(value: &[u8], limit: ByteSize) -> Result<()> {
+    if value.len() as u64 > limit.bytes() {
+        return Err(DecodeError::TooLarge {
+            size: value.len(),
+            limit,
+        });
+    }
+    Ok(())
 }
 
 /// Decodes one record value.

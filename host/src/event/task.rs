@@ -212,8 +212,24 @@ fn priority(found: &Found<'_>) -> Result<Priority> {
     }
 }
 
-/// Tags as a list, or as one comma-separated string; blanks are dropped.
+/// The most tags a task may have: each is a string every plugin receives
+/// and may keep, so a record cannot hand over a hundred thousand.
+const MAX_TAGS: usize = 1000;
+
+/// Tags as a list, or as one comma-separated string; blanks are dropped;
+/// at most [`MAX_TAGS`].
 fn tags(found: &Found<'_>) -> Result<Vec<String>> {
+    let tags = all_tags(found)?;
+    if tags.len() > MAX_TAGS {
+        return Err(found.error(format!(
+            "{} tags, more than the {MAX_TAGS} a task may have",
+            tags.len()
+        )));
+    }
+    Ok(tags)
+}
+
+fn all_tags(found: &Found<'_>) -> Result<Vec<String>> {
     let split = |s: &str| {
         s.split(',')
             .map(str::trim)

@@ -186,3 +186,44 @@ fn a_duration_under_a_remind_time_name_is_an_offset_before_due() {
     let err = decode(body).unwrap_err().to_string();
     assert!(err.contains("needs a due date"), "{err}");
 }
+
+/// What one record may hand every plugin is bounded: its size (checked
+/// before parsing) and its number of tags (named in the error).
+#[test]
+fn a_record_too_large_or_with_too_many_tags_is_refused() {
+    let limit = ByteSize::kib(1);
+    assert_eq!(check_size(&[b' '; 1024], limit), Ok(()));
+    assert_eq!(
+        check_size(&[b' '; 1025], limit).unwrap_err().to_string(),
+        "record of 1025 bytes exceeds pipeline.max_event_bytes (1KiB)"
+    );
+    let event = |tags: &str| {
+        format!(
+            r#"{{"event_type":"created","task_id":1,"user_id":"u","timestamp":"2026-01-01T00:00:00Z","task_data":{{"tags":{tags}}}}}"#
+        )
+    };
+    let list = |n: usize| {
+        let tags: Vec<String> = (0..n).map(|i| format!("\"t{i}\"")).collect();
+        format!("[{}]", tags.join(","))
+    };
+    assert_eq!(
+        decode(event(&list(1000)).as_bytes())
+            .unwrap()
+            .task
+            .tags
+            .len(),
+        1000
+    );
+    assert_eq!(
+        decode(event(&list(1001)).as_bytes())
+            .unwrap_err()
+            .to_string(),
+        "task_data.tags: 1001 tags, more than the 1000 a task may have"
+    );
+    let text: Vec<String> = (0..1500).map(|i| format!("t{i}")).collect();
+    let err = decode(event(&format!("\"{}\"", text.join(","))).as_bytes()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "task_data.tags: 1500 tags, more than the 1000 a task may have"
+    );
+}

@@ -129,6 +129,7 @@ impl Pipeline {
             changelog: kafka.changelog_topic(),
             dead_letters: kafka.dead_letter_topic.clone(),
             max_record_bytes: kafka.max_record_bytes(),
+            max_event_bytes: self.config.pipeline.max_event_bytes,
             restore_timeout: self.config.pipeline.restore_timeout,
             max_in_flight: self.config.pipeline.max_in_flight,
             max_in_flight_bytes: self.config.pipeline.max_in_flight_bytes.as_usize(),

@@ -36,6 +36,7 @@ use crate::plugin::PluginSet;
 use crate::state::PluginState;
 use crate::state::changelog;
 use crate::telemetry::{PartitionStatus, PipelineMetrics, RestoreGuard};
+use crate::units::ByteSize;
 
 /// Timers fired in one go before the worker looks at anything else.
 pub(super) const TIMER_BATCH: usize = 64;
@@ -75,6 +76,8 @@ pub(super) struct WorkerContext {
     pub(super) changelog: String,
     pub(super) dead_letters: String,
     pub(super) max_record_bytes: usize,
+    /// The largest input record value decoded.
+    pub(super) max_event_bytes: ByteSize,
     pub(super) restore_timeout: Duration,
     pub(super) max_in_flight: usize,
     pub(super) max_in_flight_bytes: usize,
@@ -300,7 +303,9 @@ impl Worker {
                     headers: &headers,
                     timestamp: message.timestamp().to_millis(),
                 };
-                event::decode_record(value, meta).map_err(|e| e.to_string())
+                event::check_size(value, self.context.max_event_bytes)
+                    .and_then(|()| event::decode_record(value, meta))
+                    .map_err(|e| e.to_string())
             }
         };
         let mut produced = Produced::default();
