@@ -68,6 +68,9 @@ async fn a_poison_record_or_emit_is_dead_lettered_and_the_records_behind_it_are_
         .kafka
         .properties
         .insert("message.max.bytes".into(), "100000".into());
+    // The 600 kB input is decoded (and refused for its event type), not
+    // refused for its size.
+    harness.config.pipeline.max_event_bytes = todo_eventd::units::ByteSize::mib(1);
     let attacker = format!(
         "{}only_user = \"u2\"\nsize = 99000\ncount = 1\n",
         mode("emit-flood")
