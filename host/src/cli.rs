@@ -166,18 +166,19 @@ impl RunArgs {
 struct DaemonConfig {
     /// The daemon's TOML configuration file, so that plugins are held to
     /// the limits the daemon applies (`sandbox.default_limits`,
-    /// `sandbox.max_limits`, the producer's `message.max.bytes`). The
-    /// environment's `TODO_EVENTD_<SECTION>_<KEY>` settings apply too, as
-    /// for `run`.
+    /// `sandbox.max_limits`, `pipeline.max_event_bytes`, the producer's
+    /// `message.max.bytes`). The environment's `TODO_EVENTD_<SECTION>_<KEY>`
+    /// settings apply too, as for `run`; `kafka.property_files` (secrets)
+    /// are not read.
     #[arg(long, env = "TODO_EVENTD_CONFIG")]
     config: Option<PathBuf>,
 }
 
 impl DaemonConfig {
     /// The config file (or defaults) with the environment applied,
-    /// validated.
+    /// validated; no secret is read.
     fn load(&self) -> Result<Config> {
-        let config = Config::load(
+        let config = Config::load_settings(
             self.config.as_deref(),
             &Override::from_env(std::env::vars()),
         )?;
@@ -306,11 +307,10 @@ async fn execute(cli: Cli) -> Result<ExitCode> {
     let telemetry = Telemetry::default();
     let sandbox = || daemon::sandbox(&Config::default(), components.clone(), &telemetry);
     // Where `plugins check` and `plugins test` run plugins: under the
-    // daemon's configuration, the cache chosen as for `run`.
+    // daemon's configuration, with this user's cache (the daemon's own
+    // `sandbox.cache_dir` is for the service's user).
     let daemon_sandbox = |mut config: Config| {
-        if explicit_cache {
-            config.sandbox.cache_dir.clone_from(&components);
-        }
+        config.sandbox.cache_dir.clone_from(&components);
         daemon::sandbox(&config, components.clone(), &telemetry)
     };
     match cli.command {

@@ -353,10 +353,12 @@ pub struct PipelineConfig {
     /// Bytes per partition (inputs and what they produced) not yet
     /// acknowledged; intake pauses beyond this.
     pub max_in_flight_bytes: ByteSize,
-    /// The largest input record value decoded. A larger one is
-    /// dead-lettered (stage `decode`) before any plugin sees it, so that
-    /// one record cannot make a plugin run out of memory or emit past
+    /// The largest input record decoded (its value and headers). A larger
+    /// one is dead-lettered (stage `decode`) before any plugin sees it, so
+    /// that one record cannot make a plugin run out of memory or emit past
     /// `message.max.bytes` — failures that would count against the plugin.
+    /// The default leaves room for an output holding two copies of a task
+    /// (the audit plugin's before and after) under the default 1 MB.
     pub max_event_bytes: ByteSize,
     /// How long a graceful shutdown (or a revoked partition's drain) may
     /// take before it gives up waiting.
@@ -389,7 +391,7 @@ impl Default for PipelineConfig {
             queue_capacity: 256,
             max_in_flight: 512,
             max_in_flight_bytes: ByteSize::mib(32),
-            max_event_bytes: ByteSize::kib(512),
+            max_event_bytes: ByteSize::kib(256),
             shutdown_timeout: Duration::from_secs(30),
             restore_timeout: Duration::from_secs(300),
             commit_interval: Duration::from_secs(1),
@@ -561,6 +563,15 @@ impl Config {
     /// Reads the file (if any) and applies `overrides` in order; the error
     /// names the file or the override at fault. Not yet validated.
     pub fn load(file: Option<&Path>, overrides: &[Override]) -> Result<Self, ConfigError> {
+        let mut config = Self::load_settings(file, overrides)?;
+        config.kafka.read_property_files()?;
+        Ok(config)
+    }
+
+    /// As [`load`](Self::load), without reading `kafka.property_files`:
+    /// for the commands that judge plugins by the configuration and need no
+    /// secret (which the user running them may not be allowed to read).
+    pub fn load_settings(file: Option<&Path>, overrides: &[Override]) -> Result<Self, ConfigError> {
         let mut table = match file {
             Some(file) => {
                 let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
@@ -593,12 +604,10 @@ impl Config {
             // Check after each one, so the error names the override at fault.
             parse(&table).map_err(|e| error(e.to_string().trim_end().to_owned()))?;
         }
-        let mut config = parse(&table).map_err(|e| ConfigError::Parse {
+        parse(&table).map_err(|e| ConfigError::Parse {
             file: file.map(ToOwned::to_owned).unwrap_or_default(),
             message: e.to_string().trim_end().to_owned(),
-        })?;
-        config.kafka.read_property_files()?;
-        Ok(config)
+        })
     }
 
     /// The sandbox settings this configuration asks for, caching compiled

@@ -129,8 +129,8 @@ pub async fn run(
             continue;
         }
         let line = line.trim_ascii();
-        let decoded =
-            event::check_size(line, options.max_event_bytes).and_then(|()| event::decode(line));
+        let decoded = event::check_size(line.len(), options.max_event_bytes)
+            .and_then(|()| event::decode(line));
         let event = match decoded {
             Ok(event) => event,
             Err(err) => {

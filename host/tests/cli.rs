@@ -9,11 +9,20 @@ use std::process::{Command, Output};
 use serde_json::Value;
 
 fn todo_eventd(args: &[&str], cache: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_todo-eventd"))
-        .args(args)
-        .env("TODO_EVENTD_CACHE_DIR", cache)
-        .output()
-        .unwrap()
+    daemon_command(cache).args(args).output().unwrap()
+}
+
+/// The binary with this test's cache and none of the runner's
+/// `TODO_EVENTD_*` settings (they would change what is checked).
+fn daemon_command(cache: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_todo-eventd"));
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("TODO_EVENTD_") {
+            command.env_remove(name);
+        }
+    }
+    command.env("TODO_EVENTD_CACHE_DIR", cache);
+    command
 }
 
 fn install(cache: &Path) -> tempfile::TempDir {
@@ -209,7 +218,9 @@ fn plugins_check_and_test_hold_plugins_to_the_daemons_configuration() {
     std::fs::write(
         &config,
         "[sandbox.default_limits]\nmemory = \"16MiB\"\ncall_timeout = \"77ms\"\n\
-         [sandbox.max_limits]\nmemory = \"16MiB\"\n",
+         [sandbox.max_limits]\nmemory = \"16MiB\"\n\
+         # A secret only the service may read: judging plugins needs none.\n\
+         [kafka.property_files]\n\"sasl.password\" = \"/nonexistent/kafka-password\"\n",
     )
     .unwrap();
     let (dir, config) = (dir.path().to_str().unwrap(), config.to_str().unwrap());
@@ -231,9 +242,8 @@ fn plugins_check_and_test_hold_plugins_to_the_daemons_configuration() {
     );
 
     let with_flag = todo_eventd(&["plugins", "check", dir, "--config", config], cache.path());
-    let with_env = Command::new(env!("CARGO_BIN_EXE_todo-eventd"))
+    let with_env = daemon_command(cache.path())
         .args(["plugins", "check", dir])
-        .env("TODO_EVENTD_CACHE_DIR", cache.path())
         .env("TODO_EVENTD_CONFIG", config)
         .output()
         .unwrap();

@@ -46,7 +46,7 @@ pub enum DecodeError {
     /// The record is larger than the pipeline decodes.
     #[error("record of {size} bytes exceeds pipeline.max_event_bytes ({limit})")]
     TooLarge {
-        /// The record value's size.
+        /// The record's size (value and headers).
         size: usize,
         /// The bound.
         limit: ByteSize,
@@ -80,13 +80,11 @@ pub struct RecordMeta<'a> {
     pub timestamp: Option<Timestamp>,
 }
 
-/// Refuses a record value larger than `limit`, before it is parsed.
-pub fn check_size(value: &[u8], limit: ByteSize) -> Result<()> {
-    if value.len() as u64 > limit.bytes() {
-        return Err(DecodeError::TooLarge {
-            size: value.len(),
-            limit,
-        });
+/// Refuses a record of `size` bytes (its value and headers) larger than
+/// `limit`, before it is parsed.
+pub fn check_size(size: usize, limit: ByteSize) -> Result<()> {
+    if size as u64 > limit.bytes() {
+        return Err(DecodeError::TooLarge { size, limit });
     }
     Ok(())
 }

@@ -303,7 +303,11 @@ impl Worker {
                     headers: &headers,
                     timestamp: message.timestamp().to_millis(),
                 };
-                event::check_size(value, self.context.max_event_bytes)
+                // Headers count: a binary CloudEvent's become event fields.
+                let size = headers
+                    .iter()
+                    .fold(value.len(), |size, (k, v)| size + k.len() + v.len());
+                event::check_size(size, self.context.max_event_bytes)
                     .and_then(|()| event::decode_record(value, meta))
                     .map_err(|e| e.to_string())
             }
