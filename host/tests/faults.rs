@@ -48,6 +48,24 @@ async fn produce_raw(harness: &Harness, key: &str, value: Vec<u8>) {
     delivery.await.unwrap().unwrap();
 }
 
+/// Limits `harness`'s producer to 100 kB records and returns a sandbox that
+/// holds plugins to the same limit, as the daemon does.
+fn with_small_records(harness: &mut Harness) -> Arc<Sandbox> {
+    const MAX_RECORD_BYTES: usize = 100_000;
+    harness
+        .config
+        .kafka
+        .properties
+        .insert("message.max.bytes".into(), MAX_RECORD_BYTES.to_string());
+    Arc::new(
+        Sandbox::new(SandboxConfig {
+            max_record_bytes: MAX_RECORD_BYTES,
+            ..SandboxConfig::default()
+        })
+        .unwrap(),
+    )
+}
+
 fn by_topic(seen: &[OwnedMessage], topic: &str) -> Vec<OwnedMessage> {
     seen.iter()
         .filter(|m| m.topic() == topic)
@@ -63,11 +81,7 @@ async fn a_poison_record_or_emit_is_dead_lettered_and_the_records_behind_it_are_
     harness.config.plugins.quarantine_after = 0;
     // The producer sends at most 100 kB: a 600 kB input cannot be
     // dead-lettered whole, and a 99 kB emit does not fit either.
-    harness
-        .config
-        .kafka
-        .properties
-        .insert("message.max.bytes".into(), "100000".into());
+    let sandbox = with_small_records(&mut harness);
     // The 600 kB input is decoded (and refused for its event type), not
     // refused for its size.
     harness.config.pipeline.max_event_bytes = todo_eventd::units::ByteSize::mib(1);
@@ -79,14 +93,6 @@ async fn a_poison_record_or_emit_is_dead_lettered_and_the_records_behind_it_are_
         ("echo", TEST_PLUGIN, Some(&mode("echo"))),
         ("poisoner", TEST_PLUGIN, Some(&attacker)),
     ]);
-    // Plugins are held to the same producer limit as the pipeline.
-    let sandbox = Arc::new(
-        Sandbox::new(SandboxConfig {
-            max_record_bytes: 100_000,
-            ..SandboxConfig::default()
-        })
-        .unwrap(),
-    );
     let plugins = load(&sandbox, dir.path()).await;
     let poison = serde_json::json!({
         "event_id": "poison", "event_type": "exploded", "user_id": "u1", "task_id": "t0",
@@ -163,11 +169,7 @@ async fn a_poison_record_or_emit_is_dead_lettered_and_the_records_behind_it_are_
 async fn a_key_too_large_for_one_changelog_record_is_refused_at_the_call() {
     let mut harness = Harness::new(&TOPICS);
     harness.config.plugins.quarantine_after = 0;
-    harness
-        .config
-        .kafka
-        .properties
-        .insert("message.max.bytes".into(), "100000".into());
+    let sandbox = with_small_records(&mut harness);
     // A 60 kB value on the first event, a 60 kB timer payload under the
     // same key on every later one; time enough for both on a busy machine.
     let hoarder = "[outputs]\nout = \"out-topic\"\n[limits]\ncall_timeout = \"5s\"\n\
@@ -176,13 +178,6 @@ async fn a_key_too_large_for_one_changelog_record_is_refused_at_the_call() {
         ("echo", TEST_PLUGIN, Some(&mode("echo"))),
         ("hoarder", TEST_PLUGIN, Some(hoarder)),
     ]);
-    let sandbox = Arc::new(
-        Sandbox::new(SandboxConfig {
-            max_record_bytes: 100_000,
-            ..SandboxConfig::default()
-        })
-        .unwrap(),
-    );
     let plugins = load(&sandbox, dir.path()).await;
     let lines: Vec<String> = (0..3)
         .map(|i| event(&format!("ev-{i}"), "u1", &format!("t{i}"), "created"))

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{TEST_PLUGIN, created, load, mode, plugin_dir, sandbox};
-use todo_eventd::dispatch::{DispatchPolicy, Dispatcher};
+use todo_eventd::dispatch::{DispatchPolicy, Dispatcher, Outcome};
 use todo_eventd::plugin::health::QuarantinePolicy;
 use todo_eventd::sandbox::{CallError, LogPolicy, Sandbox, SandboxConfig, TrapKind};
 use todo_eventd::telemetry::PluginMetrics;
@@ -34,6 +34,22 @@ fn manifest(mode: &str, limits: &str, config: &str) -> String {
     format!(
         "[outputs]\nout = \"out-topic\"\n[limits]\nmemory = \"32MiB\"\n{limits}\n[config]\nmode = \"{mode}\"\n{config}\n"
     )
+}
+
+/// The first plugin's outcomes for `count` created events (tasks `t0`,
+/// `t1`, …), in order.
+async fn first_outcomes(dispatcher: &mut Dispatcher, count: i64) -> Vec<Outcome> {
+    let mut outcomes = Vec::new();
+    for n in 0..count {
+        let event = created(&format!("t{n}"), 1_000 + n);
+        outcomes.push(
+            dispatcher
+                .dispatch(&event, event.occurred_at)
+                .await
+                .remove(0),
+        );
+    }
+    outcomes
 }
 
 /// Resident memory of this process, in MiB.
@@ -188,16 +204,7 @@ async fn a_value_and_timer_too_large_together_are_refused() {
         let dir = plugin_dir(&[("hoarder", TEST_PLUGIN, Some(&text))]);
         let plugins = load(&sandbox, dir.path()).await;
         let mut dispatcher = Dispatcher::new(&plugins);
-        let mut outcomes = Vec::new();
-        for n in 0..3 {
-            let event = created(&format!("t{n}"), 1_000 + n);
-            outcomes.push(
-                dispatcher
-                    .dispatch(&event, event.occurred_at)
-                    .await
-                    .remove(0),
-            );
-        }
+        let outcomes = first_outcomes(&mut dispatcher, 3).await;
         let refused = if together {
             &outcomes[..]
         } else {
@@ -234,16 +241,7 @@ async fn per_partition_quotas_cap_what_a_plugin_keeps() {
     let dir = plugin_dir(&[("hoarder", TEST_PLUGIN, Some(&text))]);
     let plugins = load(&sandbox(), dir.path()).await;
     let mut dispatcher = Dispatcher::new(&plugins);
-    let mut results = Vec::new();
-    for n in 0..4 {
-        let event = created(&format!("t{n}"), 1_000 + n);
-        results.push(
-            dispatcher
-                .dispatch(&event, event.occurred_at)
-                .await
-                .remove(0),
-        );
-    }
+    let results = first_outcomes(&mut dispatcher, 4).await;
     assert!(results[..2].iter().all(|o| o.result.is_ok()));
     let err = results[2].result.as_ref().unwrap_err();
     assert_eq!(
