@@ -76,7 +76,7 @@ pub(super) struct WorkerContext {
     pub(super) changelog: String,
     pub(super) dead_letters: String,
     pub(super) max_record_bytes: usize,
-    /// The largest input record value decoded.
+    /// The largest input record (value and headers) decoded.
     pub(super) max_event_bytes: ByteSize,
     pub(super) restore_timeout: Duration,
     pub(super) max_in_flight: usize,
