@@ -184,26 +184,28 @@ impl HostState {
         Ok(())
     }
 
-    /// Checks that `key`'s value and timer payload, as they will be after
-    /// the call with `value_len` or `payload_len` (whichever is being set)
-    /// in place, fit one changelog record together: each fitting alone is
-    /// not enough, and a record the producer refuses would stall the
-    /// partition.
-    fn check_pair(
-        &self,
-        key: &str,
-        value_len: Option<usize>,
-        payload_len: Option<usize>,
-    ) -> wasmtime::Result<()> {
-        let value_len = value_len.unwrap_or_else(|| match self.effects.changes.values.get(key) {
-            Some(pending) => pending.as_ref().map_or(0, Vec::len),
-            None => self.state.get(key).map_or(0, <[u8]>::len),
-        });
-        let payload_len =
-            payload_len.unwrap_or_else(|| match self.effects.changes.timers.get(key) {
-                Some(pending) => pending.as_ref().map_or(0, |t| t.payload.len()),
-                None => self.state.timer(key).map_or(0, |t| t.payload.len()),
-            });
+    /// The value under `key` as the call sees it: its own writes first,
+    /// then the partition's state.
+    fn value_now(&self, key: &str) -> Option<&[u8]> {
+        match self.effects.changes.values.get(key) {
+            Some(pending) => pending.as_deref(),
+            None => self.state.get(key),
+        }
+    }
+
+    /// The timer under `key` as the call sees it, like [`Self::value_now`].
+    fn timer_now(&self, key: &str) -> Option<&Timer> {
+        match self.effects.changes.timers.get(key) {
+            Some(pending) => pending.as_ref(),
+            None => self.state.timer(key),
+        }
+    }
+
+    /// Checks that a value of `value_len` and a timer payload of
+    /// `payload_len` bytes under `key` fit one changelog record together:
+    /// each fitting alone is not enough, and a record the producer refuses
+    /// would stall the partition.
+    fn check_pair(&self, key: &str, value_len: usize, payload_len: usize) -> wasmtime::Result<()> {
         let max = self.spec.max_value_bytes();
         let together = value_len + payload_len;
         if together > max {
@@ -251,16 +253,14 @@ impl host::Host for HostState {
 
 impl state::Host for HostState {
     fn get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
-        Ok(match self.effects.changes.values.get(&key) {
-            Some(pending) => pending.clone(),
-            None => self.state.get(&key).map(<[u8]>::to_vec),
-        })
+        Ok(self.value_now(&key).map(<[u8]>::to_vec))
     }
 
     fn set(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<()> {
         check_key("state", &key)?;
         self.check_value("state value", value.len())?;
-        self.check_pair(&key, Some(value.len()), None)?;
+        let payload_len = self.timer_now(&key).map_or(0, |t| t.payload.len());
+        self.check_pair(&key, value.len(), payload_len)?;
         self.write_state(key.len() + value.len())?;
         self.effects.changes.values.insert(key, Some(value));
         Ok(())
@@ -278,7 +278,8 @@ impl timers::Host for HostState {
     fn set(&mut self, key: String, due: Timestamp, payload: Vec<u8>) -> wasmtime::Result<()> {
         check_key("timer", &key)?;
         self.check_value("timer payload", payload.len())?;
-        self.check_pair(&key, None, Some(payload.len()))?;
+        let value_len = self.value_now(&key).map_or(0, <[u8]>::len);
+        self.check_pair(&key, value_len, payload.len())?;
         self.usage.timers += 1;
         let limit = self.spec.limits.timers_per_call;
         if self.usage.timers > limit.0 {
@@ -305,10 +306,7 @@ impl timers::Host for HostState {
     }
 
     fn get(&mut self, key: String) -> wasmtime::Result<Option<Timestamp>> {
-        Ok(match self.effects.changes.timers.get(&key) {
-            Some(pending) => pending.as_ref().map(|t| t.due),
-            None => self.state.timer(&key).map(|t| t.due),
-        })
+        Ok(self.timer_now(&key).map(|t| t.due))
     }
 }
 
