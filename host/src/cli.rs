@@ -305,11 +305,10 @@ async fn execute(cli: Cli) -> Result<ExitCode> {
     };
     let components = cache_dir.map(|d| d.join("components"));
     let telemetry = Telemetry::default();
-    let sandbox = || daemon::sandbox(&Config::default(), components.clone(), &telemetry);
-    // Where `plugins check` and `plugins test` run plugins: under the
-    // daemon's configuration, with this user's cache (the daemon's own
+    // Where `demo`, `plugins check` and `plugins test` run plugins: under
+    // `config`, with this user's cache (a daemon configuration's own
     // `sandbox.cache_dir` is for the service's user).
-    let daemon_sandbox = |mut config: Config| {
+    let sandbox = |mut config: Config| {
         config.sandbox.cache_dir.clone_from(&components);
         daemon::sandbox(&config, components.clone(), &telemetry)
     };
@@ -328,7 +327,7 @@ async fn execute(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo => {
-            let plugins = demo::plugins(&sandbox()?).await?;
+            let plugins = demo::plugins(&sandbox(Config::default())?).await?;
             demo::run(Config::default(), plugins, std::io::stdout().lock()).await?;
             Ok(ExitCode::SUCCESS)
         }
@@ -360,7 +359,7 @@ async fn execute(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Plugins(PluginsCommand::Check { dir, config }) => {
-            check(&daemon_sandbox(config.load()?)?, &dir).await
+            check(&sandbox(config.load()?)?, &dir).await
         }
         Command::Plugins(PluginsCommand::Test {
             plugins,
@@ -377,7 +376,7 @@ async fn execute(cli: Cli) -> Result<ExitCode> {
                 max_event_bytes: config.pipeline.max_event_bytes,
             };
             test(
-                &daemon_sandbox(config)?,
+                &sandbox(config)?,
                 plugins.as_deref(),
                 &events,
                 &options,
