@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 
 use crate::clock::rfc3339;
 use crate::dispatch::{Dispatcher, Outcome};
-use crate::event;
+use crate::event::{self, RecordMeta};
 use crate::plugin::Plugin;
 use crate::units::ByteSize;
 use crate::world::Timestamp;
@@ -129,8 +129,7 @@ pub async fn run(
             continue;
         }
         let line = line.trim_ascii();
-        let decoded = event::check_size(line.len(), options.max_event_bytes)
-            .and_then(|()| event::decode(line));
+        let decoded = event::decode_bounded(line, RecordMeta::default(), options.max_event_bytes);
         let event = match decoded {
             Ok(event) => event,
             Err(err) => {

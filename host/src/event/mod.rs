@@ -80,13 +80,25 @@ pub struct RecordMeta<'a> {
     pub timestamp: Option<Timestamp>,
 }
 
-/// Refuses a record of `size` bytes (its value and headers) larger than
-/// `limit`, before it is parsed.
-pub fn check_size(size: usize, limit: ByteSize) -> Result<()> {
+/// Refuses a record of `size` bytes larger than `limit`.
+fn check_size(size: usize, limit: ByteSize) -> Result<()> {
     if size as u64 > limit.bytes() {
         return Err(DecodeError::TooLarge { size, limit });
     }
     Ok(())
+}
+
+/// Decodes one record value with its Kafka headers and timestamp, as
+/// [`decode_record`], after refusing a record larger than `limit`: its
+/// value and headers (a binary CloudEvent's headers become event fields)
+/// are counted before anything is parsed.
+pub fn decode_bounded(value: &[u8], meta: RecordMeta<'_>, limit: ByteSize) -> Result<TaskEvent> {
+    let size = meta
+        .headers
+        .iter()
+        .fold(value.len(), |size, (k, v)| size + k.len() + v.len());
+    check_size(size, limit)?;
+    decode_record(value, meta)
 }
 
 /// Decodes one record value.

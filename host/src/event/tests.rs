@@ -197,6 +197,18 @@ fn a_record_too_large_or_with_too_many_tags_is_refused() {
         check_size(1025, limit).unwrap_err().to_string(),
         "record of 1025 bytes exceeds pipeline.max_event_bytes (1KiB)"
     );
+    // Headers count too: a binary CloudEvent's become event fields.
+    let headers: &[(&str, &[u8])] = &[("ce_source", &[b's'; 16])];
+    let meta = RecordMeta {
+        headers,
+        timestamp: None,
+    };
+    assert_eq!(
+        decode_bounded(&[b' '; 1000], meta, limit)
+            .unwrap_err()
+            .to_string(),
+        "record of 1025 bytes exceeds pipeline.max_event_bytes (1KiB)"
+    );
     let event = |tags: &str| {
         format!(
             r#"{{"event_type":"created","task_id":1,"user_id":"u","timestamp":"2026-01-01T00:00:00Z","task_data":{{"tags":{tags}}}}}"#

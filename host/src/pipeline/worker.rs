@@ -303,12 +303,7 @@ impl Worker {
                     headers: &headers,
                     timestamp: message.timestamp().to_millis(),
                 };
-                // Headers count: a binary CloudEvent's become event fields.
-                let size = headers
-                    .iter()
-                    .fold(value.len(), |size, (k, v)| size + k.len() + v.len());
-                event::check_size(size, self.context.max_event_bytes)
-                    .and_then(|()| event::decode_record(value, meta))
+                event::decode_bounded(value, meta, self.context.max_event_bytes)
                     .map_err(|e| e.to_string())
             }
         };
