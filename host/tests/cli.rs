@@ -3,9 +3,12 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
+use common::{TEST_PLUGIN, plugin_dir};
 use serde_json::Value;
 
 fn todo_eventd(args: &[&str], cache: &Path) -> Output {
@@ -204,15 +207,10 @@ fn plugins_check_lists_plugins_and_fails_on_an_invalid_one() {
 #[test]
 fn plugins_check_and_test_hold_plugins_to_the_daemons_configuration() {
     let cache = tempfile::tempdir().unwrap();
-    let test_plugin = std::fs::read(env!("GUEST_TEST_PLUGIN_WASM")).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("plain.wasm"), &test_plugin).unwrap();
-    std::fs::write(dir.path().join("big.wasm"), &test_plugin).unwrap();
-    std::fs::write(
-        dir.path().join("big.toml"),
-        "[limits]\nmemory = \"32MiB\"\n",
-    )
-    .unwrap();
+    let dir = plugin_dir(&[
+        ("plain", TEST_PLUGIN, None),
+        ("big", TEST_PLUGIN, Some("[limits]\nmemory = \"32MiB\"\n")),
+    ]);
     let etc = tempfile::tempdir().unwrap();
     let config = etc.path().join("todo-eventd.toml");
     std::fs::write(
@@ -288,24 +286,19 @@ fn plugins_check_and_test_hold_plugins_to_the_daemons_configuration() {
 #[test]
 fn plugins_check_shows_grants_and_limits_and_refuses_a_plugin_that_cannot_start() {
     let cache = tempfile::tempdir().unwrap();
-    let test_plugin = std::fs::read(env!("GUEST_TEST_PLUGIN_WASM")).unwrap();
-    let dir = tempfile::tempdir().unwrap();
     let data = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("granted.wasm"), &test_plugin).unwrap();
-    std::fs::write(
-        dir.path().join("granted.toml"),
-        format!(
-            "[wasi]\nenv = [\"TZ\"]\ndirs = [{{ host = \"{}\", guest = \"/data\", writable = true }}]\n",
-            data.path().display()
+    let granted = format!(
+        "[wasi]\nenv = [\"TZ\"]\ndirs = [{{ host = \"{}\", guest = \"/data\", writable = true }}]\n",
+        data.path().display()
+    );
+    let dir = plugin_dir(&[
+        ("granted", TEST_PLUGIN, Some(&granted)),
+        (
+            "cramped",
+            TEST_PLUGIN,
+            Some("[limits]\nmemory = \"1MiB\"\n"),
         ),
-    )
-    .unwrap();
-    std::fs::write(dir.path().join("cramped.wasm"), &test_plugin).unwrap();
-    std::fs::write(
-        dir.path().join("cramped.toml"),
-        "[limits]\nmemory = \"1MiB\"\n",
-    )
-    .unwrap();
+    ]);
     let out = todo_eventd(
         &["plugins", "check", dir.path().to_str().unwrap()],
         cache.path(),
@@ -332,14 +325,11 @@ fn plugins_check_shows_grants_and_limits_and_refuses_a_plugin_that_cannot_start(
 #[test]
 fn plugins_test_goes_on_past_a_bad_line_and_a_plugin_that_never_returns() {
     let cache = tempfile::tempdir().unwrap();
-    let test_plugin = std::fs::read(env!("GUEST_TEST_PLUGIN_WASM")).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("sleeper.wasm"), &test_plugin).unwrap();
-    std::fs::write(
-        dir.path().join("sleeper.toml"),
-        "[limits]\ncall_timeout = \"200ms\"\n[config]\nmode = \"sleep\"\n",
-    )
-    .unwrap();
+    let dir = plugin_dir(&[(
+        "sleeper",
+        TEST_PLUGIN,
+        Some("[limits]\ncall_timeout = \"200ms\"\n[config]\nmode = \"sleep\"\n"),
+    )]);
     let events = dir.path().join("events.ndjson");
     let good = |id: &str| {
         format!(
@@ -384,14 +374,11 @@ fn plugins_test_goes_on_past_a_bad_line_and_a_plugin_that_never_returns() {
 #[test]
 fn logs_can_be_json_and_a_plugin_cannot_forge_a_line() {
     let cache = tempfile::tempdir().unwrap();
-    let test_plugin = std::fs::read(env!("GUEST_TEST_PLUGIN_WASM")).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("forger.wasm"), &test_plugin).unwrap();
-    std::fs::write(
-        dir.path().join("forger.toml"),
-        "[config]\nmode = \"log-forge\"\n",
-    )
-    .unwrap();
+    let dir = plugin_dir(&[(
+        "forger",
+        TEST_PLUGIN,
+        Some("[config]\nmode = \"log-forge\"\n"),
+    )]);
     let events = dir.path().join("events.ndjson");
     std::fs::write(
         &events,
