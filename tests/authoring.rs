@@ -155,7 +155,8 @@ fn the_audit_plugin_and_its_python_twin_agree() {
 
     // The sample events, and events made for the audit trail: a producer's
     // previous state, a delete and re-create, recurrence both ways, text
-    // that needs escaping.
+    // that needs escaping, and a task seen again after its snapshot
+    // expired (`snapshot_ttl_days`, 30: the samples are of 26 January).
     let events = work.path().join("events.ndjson");
     let mut text = std::fs::read_to_string(repo.join("examples/events.ndjson")).unwrap();
     text.push_str(
@@ -165,7 +166,7 @@ fn the_audit_plugin_and_its_python_twin_agree() {
 
     let from_rust = audit_records(&rust, &events);
     let from_python = audit_records(&python, &events);
-    assert_eq!(from_rust.len(), 15, "{from_rust:#?}");
+    assert_eq!(from_rust.len(), 16, "{from_rust:#?}");
     assert_eq!(from_rust, from_python);
 
     let record = |id: &str| {
@@ -193,4 +194,8 @@ fn the_audit_plugin_and_its_python_twin_agree() {
         record("au-6")["after"]["tags"],
         serde_json::json!(["x", "y"])
     );
+    // Seen on 26 January, untouched for over 30 days: forgotten.
+    assert_eq!(record("ev-004")["before"]["title"], "Pay rent");
+    assert_eq!(record("au-8")["before"], Value::Null);
+    assert_eq!(record("au-8")["after"]["priority"], "high");
 }

@@ -1,7 +1,7 @@
 //! The bundled plugins keep their state bounded: what they remember of a
 //! task is deleted with the task, or expires through a timer (the TTLs in
-//! their manifests' `[config]`), and analytics' per-user value holds
-//! counters only, however many tasks the user has.
+//! their manifests' `[config]`; audit's snapshots too), and analytics'
+//! per-user value holds counters only, however many tasks the user has.
 
 #![allow(clippy::unwrap_used)]
 
@@ -107,11 +107,76 @@ async fn memos_and_answers_expire_when_nothing_happens_to_a_task() {
     send(&mut d, &event("e2", "completed", "t2", T0 + 1_000, done)).await;
     assert_eq!(keys(&d, "reminders"), (1, 1), "a memo and its expiry");
     assert_eq!(keys(&d, "recurrence"), (1, 1), "an answer and its expiry");
+    assert_eq!(keys(&d, "audit"), (1, 1), "a snapshot and its expiry");
     fire_until(&mut d, T0 + 29 * DAY).await;
     assert_eq!(keys(&d, "reminders"), (1, 1), "kept within the TTL");
+    assert_eq!(keys(&d, "audit"), (1, 1), "kept within the TTL");
     fire_until(&mut d, T0 + 31 * DAY).await;
     assert_eq!(keys(&d, "reminders"), (0, 0));
     assert_eq!(keys(&d, "recurrence"), (0, 0));
+    assert_eq!(keys(&d, "audit"), (0, 0));
+}
+
+#[tokio::test]
+async fn audit_forgets_a_task_untouched_for_its_configured_ttl() {
+    let mut d = configured(
+        "audit",
+        &[("snapshot_ttl_days = 30", "snapshot_ttl_days = 2")],
+    )
+    .await
+    .unwrap();
+    let data = json!({"title": "Call mum", "completed": false});
+    send(&mut d, &event("e1", "created", "t6", T0, data.clone())).await;
+    assert_eq!(keys(&d, "audit"), (1, 1), "a snapshot and its expiry");
+    assert_eq!(d.next_due(), Some(T0 + 2 * DAY), "two days, as configured");
+    // An event a day later moves the expiry; `before` is the snapshot.
+    let mut renamed = data;
+    renamed["title"] = json!("Call mum back");
+    let outcomes = d
+        .dispatch(
+            &event("e2", "updated", "t6", T0 + DAY, renamed.clone()),
+            T0 + DAY,
+        )
+        .await;
+    let record = audit_record(&outcomes);
+    assert_eq!(record["before"]["title"], "Call mum");
+    assert_eq!(d.next_due(), Some(T0 + 3 * DAY), "moved by the event");
+    fire_until(&mut d, T0 + 3 * DAY).await;
+    assert_eq!(keys(&d, "audit"), (0, 0), "forgotten once expired");
+    // The next event finds nothing, so `before` is null (no previous state
+    // from the producer either), and the task is kept afresh.
+    let at = T0 + 4 * DAY;
+    let outcomes = d
+        .dispatch(&event("e3", "updated", "t6", at, renamed), at)
+        .await;
+    assert_eq!(audit_record(&outcomes)["before"], serde_json::Value::Null);
+    assert_eq!(keys(&d, "audit"), (1, 1));
+
+    let refused = configured(
+        "audit",
+        &[("snapshot_ttl_days = 30", "snapshot_ttl_days = 0")],
+    )
+    .await
+    .err()
+    .expect("a TTL of 0 days is refused");
+    assert!(
+        refused
+            .to_string()
+            .contains("config.snapshot_ttl_days must be at least 1"),
+        "{refused}"
+    );
+}
+
+/// The one audit record among `outcomes`.
+fn audit_record(outcomes: &[todo_eventd::dispatch::Outcome]) -> serde_json::Value {
+    let [outcome] = outcomes else {
+        panic!("one plugin, one outcome: {} outcomes", outcomes.len())
+    };
+    let emits = outcome.result.as_ref().unwrap();
+    let [emit] = emits.as_slice() else {
+        panic!("one record: {} records", emits.len())
+    };
+    serde_json::from_str(&emit.value).unwrap()
 }
 
 /// The bundled plugin `name` alone, its manifest edited by `edits`

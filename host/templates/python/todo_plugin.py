@@ -58,7 +58,8 @@ __all__ = [
     "Plugin", "bad_input", "retryable", "internal",
     "trace", "debug", "info", "warn", "error",
     "state_get_json", "state_set_json", "state_delete",
-    "emit_json", "timer_set_json", "timer_payload_json",
+    "emit_json", "timer_set_json", "timer_set", "timer_cancel",
+    "timer_payload_json", "now", "config_positive",
     "rfc3339", "kind_name", "priority_name", "task_snapshot",
     "ErrorKind", "EventKind", "FiredTimer", "Frequency", "PluginError",
     "Priority", "Task", "TaskEvent",
@@ -182,6 +183,16 @@ def timer_set_json(key: str, due_ms: int, payload) -> None:
     timers.set(key, due_ms, _dumps(payload).encode())
 
 
+def timer_set(key: str, due_ms: int, payload: bytes = b"") -> None:
+    """Set (or move) the timer ``key`` to ``due_ms`` with a raw ``payload``."""
+    timers.set(key, due_ms, payload)
+
+
+def timer_cancel(key: str) -> None:
+    """Cancel the timer ``key``, if one is pending."""
+    timers.cancel(key)
+
+
 def timer_payload_json(timer: FiredTimer):
     """The decoded JSON payload of a fired timer (``None`` if it is empty).
 
@@ -190,6 +201,33 @@ def timer_payload_json(timer: FiredTimer):
     if not timer.payload:
         return None
     return _loads(timer.payload, "corrupt-timer", f"timer {timer.key} payload")
+
+
+# The clock and the configuration.
+
+def now() -> int:
+    """The host's clock, in milliseconds since the epoch (virtual under
+    ``plugins test``)."""
+    return host.now()
+
+
+def config_positive(config: list[tuple[str, str]], key: str, default: int) -> int:
+    """The ``[config]`` value under ``key`` as a whole number of at least 1
+    (at most 4294967295), else ``default`` when it is not set.
+
+    Anything else raises ``bad_input("bad-config", ...)`` naming the key,
+    as the Rust SDK's ``Config::positive`` does.
+    """
+    text = dict(config).get(key)
+    if text is None:
+        return default
+    if not (text.isascii() and text.isdigit()):
+        raise bad_input("bad-config", f"config.{key} = {_dumps(text)}: not a whole number")
+    if int(text) > 0xFFFF_FFFF:
+        raise bad_input("bad-config", f"config.{key} = {_dumps(text)}: larger than 4294967295")
+    if int(text) == 0:
+        raise bad_input("bad-config", f"config.{key} must be at least 1")
+    return int(text)
 
 
 # Names and formatting.

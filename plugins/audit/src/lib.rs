@@ -7,18 +7,35 @@
 //! (`after` is `null` on delete). `before` is the last snapshot this plugin
 //! saw of the task, else the producer's previous state if it sent one, else
 //! `null`. The last snapshot is kept in state per task and deleted with the
-//! task, so a re-created task starts with `before: null`.
+//! task, so a re-created task starts with `before: null`; a task nothing
+//! happens to for `snapshot_ttl_days` (config, default 30) is forgotten
+//! too, by a timer under the snapshot's key, so the state holds the tasks
+//! of the last 30 days rather than every task that was ever live.
 //!
 //! Its Python twin is `examples/audit-python`; CI checks both give the same
 //! records.
 
+use std::cell::Cell;
+
 use serde::Serialize;
 use todo_plugin_sdk::{
-    Error, EventKind, Plugin, Result, TaskEvent, TaskSnapshot, emit_json, rfc3339, state,
-    typed_state,
+    Config, Error, EventKind, FiredTimer, Plugin, Result, TaskEvent, TaskSnapshot, emit_json, host,
+    rfc3339, state, timers, typed_state,
 };
 
 struct AuditPlugin;
+
+const DAY_MS: i64 = 86_400_000;
+const DEFAULT_SNAPSHOT_TTL_DAYS: u32 = 30;
+/// Where a task's last snapshot (and its expiry timer) is kept.
+const KEY_PREFIX: &str = "task/";
+
+thread_local! {
+    /// `snapshot_ttl_days` in ms, read once in `init` (an instance's config
+    /// does not change; a new config comes with new instances).
+    static SNAPSHOT_TTL_MS: Cell<i64> =
+        const { Cell::new(DEFAULT_SNAPSHOT_TTL_DAYS as i64 * DAY_MS) };
+}
 
 /// One audit record.
 #[derive(Serialize)]
@@ -33,9 +50,17 @@ struct AuditRecord<'a> {
 }
 
 impl Plugin for AuditPlugin {
+    fn init(config: &Config) -> Result {
+        let days = config
+            .positive("snapshot_ttl_days")?
+            .unwrap_or(DEFAULT_SNAPSHOT_TTL_DAYS);
+        SNAPSHOT_TTL_MS.set(i64::from(days) * DAY_MS);
+        Ok(())
+    }
+
     fn on_event(event: TaskEvent) -> Result {
         let task = &event.task;
-        let key = format!("task/{}", task.id);
+        let key = [KEY_PREFIX, &task.id].concat();
         if key.len() > 1024 {
             return Err(Error::bad_input(
                 "task-id-too-long",
@@ -51,8 +76,15 @@ impl Plugin for AuditPlugin {
         };
         let after = (event.kind != EventKind::Deleted).then(|| task.snapshot());
         match &after {
-            Some(snapshot) => typed_state::set(&key, snapshot)?,
-            None => state::delete(&key),
+            Some(snapshot) => {
+                typed_state::set(&key, snapshot)?;
+                let expires = host::now().saturating_add(SNAPSHOT_TTL_MS.get());
+                timers::set(&key, expires, &[]);
+            }
+            None => {
+                state::delete(&key);
+                timers::cancel(&key);
+            }
         }
         let record = AuditRecord {
             event_id: &event.id,
@@ -64,6 +96,15 @@ impl Plugin for AuditPlugin {
             after,
         };
         emit_json("audit", Some(&task.id), &record)
+    }
+
+    /// A task's snapshot expired: nothing happened to it for the TTL (an
+    /// event since would have moved the timer).
+    fn on_timer(timer: FiredTimer) -> Result {
+        if timer.key.starts_with(KEY_PREFIX) {
+            state::delete(&timer.key);
+        }
+        Ok(())
     }
 }
 
