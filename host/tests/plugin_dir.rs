@@ -223,6 +223,50 @@ fn compiled_components_are_cached_on_disk() {
     );
 }
 
+/// An entry is native code the daemon runs: a cache directory other users
+/// may write to is not used at all (ssh's rule for its key files).
+#[test]
+fn a_cache_directory_others_may_write_is_not_used() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let root = tempfile::tempdir().unwrap();
+    let cache = root.path().join("components");
+    let config = || SandboxConfig {
+        cache_dir: Some(cache.clone()),
+        max_instances: 4,
+        ..SandboxConfig::default()
+    };
+    Sandbox::new(config())
+        .unwrap()
+        .prepare(TEST_PLUGIN)
+        .unwrap();
+    let entry = std::fs::read_dir(&cache)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+
+    // Opened to everyone, with "planted" bytes at the entry's name: the
+    // cache is neither read (the bytes would be discarded and the entry
+    // rewritten) nor written.
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::write(&entry, b"planted").unwrap();
+    Sandbox::new(config())
+        .unwrap()
+        .prepare(TEST_PLUGIN)
+        .unwrap();
+    assert_eq!(std::fs::read(&entry).unwrap(), b"planted");
+    assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 1);
+
+    // Closed again, the cache is used: the bad entry is replaced.
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o700)).unwrap();
+    Sandbox::new(config())
+        .unwrap()
+        .prepare(TEST_PLUGIN)
+        .unwrap();
+    assert!(std::fs::metadata(&entry).unwrap().len() > 1000);
+}
+
 #[test]
 fn a_component_the_pool_refuses_is_not_cached() {
     let cache = tempfile::tempdir().unwrap();

@@ -14,14 +14,24 @@
 //! removed while still in use costs a recompile at the next start, nothing
 //! more; a daemon keeps what it has loaded (the kernel keeps a mapped file
 //! until it is unmapped).
+//!
+//! An entry is native code the daemon runs, so whoever can write the
+//! directory can run code as the daemon. As ssh does with its key files,
+//! the cache is used only if the directory belongs to the daemon's user (or
+//! root) and no one else may write to it ([`ComponentCache::open`] creates
+//! it `0700`); an entry is loaded only if it is a regular file held to the
+//! same rule — never a symlink.
 
 // Deserializing a compiled artifact is `unsafe` in wasmtime: the bytes are
 // executed as native code. We only ever load files this module wrote, named
-// by the hash of the source and of the engine configuration.
+// by the hash of the source and of the engine configuration, from a
+// directory no other user can write (checked in `open` and per entry).
 #![allow(unsafe_code)]
 
+use std::fs::{DirBuilder, Metadata};
 use std::hash::{Hash, Hasher};
 use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use wasmtime::Engine;
@@ -41,10 +51,82 @@ pub struct ComponentCache {
     max_bytes: u64,
 }
 
+/// Why a cache directory is not used.
+#[derive(Debug, thiserror::Error)]
+pub enum UntrustedCache {
+    /// It could not be created or examined.
+    #[error("cache directory {}: {source}", dir.display())]
+    Io {
+        /// The directory.
+        dir: PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// It is not a directory, not the daemon's user's (or root's), or
+    /// others may write to it.
+    #[error(
+        "cache directory {}: {why}; compiled components run as native code, so it must \
+         belong to this user (or root) and be writable by its owner only",
+        dir.display()
+    )]
+    Unsafe {
+        /// The directory.
+        dir: PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
+}
+
+/// What makes `what` (a directory or an entry, with metadata `meta`) unsafe
+/// to load code from, if anything: another user owns it, or its group or
+/// others may write to it.
+fn unsafe_because(what: &str, meta: &Metadata) -> Option<String> {
+    // SAFETY: `geteuid` has no preconditions and cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    let mode = meta.mode() & 0o7777;
+    if meta.uid() != uid && meta.uid() != 0 {
+        Some(format!(
+            "{what} belongs to uid {}, not to this process's user ({uid}) or root",
+            meta.uid()
+        ))
+    } else if mode & 0o022 != 0 {
+        Some(format!(
+            "{what} is writable by its group or others (mode {mode:04o})"
+        ))
+    } else {
+        None
+    }
+}
+
+/// Creates `dir` (and any missing parents) readable by its owner only.
+fn create_private(dir: &Path) -> std::io::Result<()> {
+    DirBuilder::new().recursive(true).mode(0o700).create(dir)
+}
+
 impl ComponentCache {
-    /// A cache in `dir` for components compiled by `engine`.
-    pub fn new(dir: PathBuf, engine: &Engine) -> Self {
-        Self::with_limit(dir, engine, MAX_CACHE_BYTES)
+    /// The cache in `dir` for components compiled by `engine`: `dir` is
+    /// created (`0700`) if missing, and refused unless it belongs to this
+    /// process's user (or root) and only its owner may write to it.
+    pub fn open(dir: PathBuf, engine: &Engine) -> Result<Self, UntrustedCache> {
+        let io = |source| UntrustedCache::Io {
+            dir: dir.clone(),
+            source,
+        };
+        match create_private(&dir) {
+            // Something other than a directory is there: said below.
+            Err(err) if err.kind() != std::io::ErrorKind::AlreadyExists => return Err(io(err)),
+            _ => {}
+        }
+        let meta = std::fs::metadata(&dir).map_err(io)?;
+        let why = if meta.is_dir() {
+            unsafe_because("it", &meta)
+        } else {
+            Some("it is not a directory".to_owned())
+        };
+        if let Some(why) = why {
+            return Err(UntrustedCache::Unsafe { dir, why });
+        }
+        Ok(Self::with_limit(dir, engine, MAX_CACHE_BYTES))
     }
 
     /// The same, its entries held to `max_bytes` together.
@@ -66,7 +148,10 @@ impl ComponentCache {
     /// The cached component for `content_hash`, if one is stored and loads.
     pub fn load(&self, engine: &Engine, content_hash: &str) -> Option<Component> {
         let path = self.path(content_hash);
-        if !path.exists() {
+        let meta = std::fs::symlink_metadata(&path).ok()?;
+        if let Some(why) = self.untrusted(&meta) {
+            // Left in place: a store renames a fresh entry over it.
+            tracing::warn!(path = %path.display(), why, "Not loading a cached component that may not be this daemon's.");
             return None;
         }
         match Self::map(engine, &path) {
@@ -108,7 +193,13 @@ impl ComponentCache {
     /// that cannot run never pushes out one that can.
     pub fn adopt(&self, engine: &Engine, content_hash: &str) -> wasmtime::Result<Component> {
         let path = self.path(content_hash);
-        match Self::map(engine, &path) {
+        let checked = std::fs::symlink_metadata(&path)
+            .map_err(wasmtime::Error::from)
+            .and_then(|meta| match self.untrusted(&meta) {
+                Some(why) => Err(wasmtime::format_err!("{}: {why}", path.display())),
+                None => Self::map(engine, &path),
+            });
+        match checked {
             Ok(component) => {
                 self.prune(&path);
                 Ok(component)
@@ -120,15 +211,31 @@ impl ComponentCache {
         }
     }
 
+    /// Why an entry with metadata `meta` (not followed if a symlink) may
+    /// not be this daemon's, if it may not: the directory is checked again
+    /// too, as a daemon runs for months and a hot reload loads long after
+    /// [`Self::open`] looked.
+    fn untrusted(&self, meta: &Metadata) -> Option<String> {
+        if !meta.is_file() {
+            return Some("it is not a regular file".to_owned());
+        }
+        match std::fs::metadata(&self.dir) {
+            Ok(dir) => unsafe_because("its directory", &dir),
+            Err(err) => Some(format!("its directory: {err}")),
+        }
+        .or_else(|| unsafe_because("it", meta))
+    }
+
     /// The component in the entry at `path`, mapped from the file.
     fn map(engine: &Engine, path: &Path) -> wasmtime::Result<Component> {
         // SAFETY: see the module comment — `path` is an entry `store` wrote
-        // for this content hash and engine configuration.
+        // for this content hash and engine configuration, in a directory
+        // only this user (or root) may write (`untrusted` checked both).
         unsafe { Component::deserialize_file(engine, path) }
     }
 
     fn try_store(&self, content_hash: &str, artifact: &[u8]) -> anyhow::Result<()> {
-        std::fs::create_dir_all(&self.dir)?;
+        create_private(&self.dir)?;
         let mut tmp = tempfile::NamedTempFile::new_in(&self.dir)?;
         tmp.write_all(artifact)?;
         tmp.as_file().sync_all()?;
@@ -147,7 +254,7 @@ impl ComponentCache {
             .filter_map(Result::ok)
             .filter(|e| e.file_name().to_string_lossy().ends_with(ENTRY_SUFFIX))
             .filter_map(|e| {
-                let meta = e.metadata().ok().filter(std::fs::Metadata::is_file)?;
+                let meta = e.metadata().ok().filter(Metadata::is_file)?;
                 Some((meta.modified().ok()?, meta.len(), e.path()))
             })
             .collect();
@@ -268,5 +375,105 @@ mod tests {
         assert!(cache.adopt(&engine, "bad").is_err());
         assert!(!cache.path("bad").exists());
         assert!(cache.path("old").exists());
+    }
+
+    fn chmod(path: &Path, mode: u32) {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    }
+
+    fn refusal(dir: &Path) -> String {
+        match ComponentCache::open(dir.to_owned(), &Engine::default()) {
+            Ok(_) => panic!("{} was accepted", dir.display()),
+            Err(err) => err.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_directory_others_may_write_is_not_a_cache() {
+        let root = tempfile::tempdir().expect("temp dir");
+        // Created where missing, parents too, for its owner only.
+        let fresh = root.path().join("a/b/components");
+        ComponentCache::open(fresh.clone(), &Engine::default()).expect("a fresh directory");
+        assert_eq!(
+            std::fs::metadata(&fresh).expect("created").mode() & 0o777,
+            0o700
+        );
+
+        for mode in [0o777, 0o775, 0o757, 0o1777] {
+            chmod(&fresh, mode);
+            let refused = refusal(&fresh);
+            assert!(
+                refused.contains(&format!("cache directory {}", fresh.display()))
+                    && refused.contains(&format!("(mode {mode:04o})")),
+                "{refused}"
+            );
+        }
+        chmod(&fresh, 0o755);
+        ComponentCache::open(fresh.clone(), &Engine::default()).expect("others may read");
+
+        let file = root.path().join("file");
+        std::fs::write(&file, b"").expect("write");
+        assert!(
+            refusal(&file).contains("not a directory"),
+            "{}",
+            refusal(&file)
+        );
+
+        // Another user's directory (only root can make one to test with).
+        // SAFETY: `geteuid` has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            std::os::unix::fs::chown(&fresh, Some(12_345), None).expect("chown");
+            let refused = refusal(&fresh);
+            assert!(refused.contains("belongs to uid 12345"), "{refused}");
+        }
+    }
+
+    #[test]
+    fn an_entry_that_may_not_be_ours_is_not_loaded() {
+        let engine = Engine::default();
+        let artifact = engine
+            .precompile_component(b"(component)")
+            .expect("compile");
+        let root = tempfile::tempdir().expect("temp dir");
+        let dir = root.path().join("components");
+        let cache = ComponentCache::open(dir.clone(), &engine).expect("cache");
+        assert!(cache.store("ok", &artifact));
+        assert!(cache.load(&engine, "ok").is_some(), "our own entry loads");
+        assert_eq!(
+            std::fs::metadata(cache.path("ok")).expect("entry").mode() & 0o777,
+            0o600
+        );
+
+        // A symlink to a good entry elsewhere.
+        let elsewhere = root.path().join("elsewhere.cwasm");
+        std::fs::copy(cache.path("ok"), &elsewhere).expect("copy");
+        std::os::unix::fs::symlink(&elsewhere, cache.path("link")).expect("symlink");
+        assert!(
+            cache.load(&engine, "link").is_none(),
+            "a symlink is not followed"
+        );
+
+        // An entry others may write.
+        std::fs::copy(cache.path("ok"), cache.path("open")).expect("copy");
+        chmod(&cache.path("open"), 0o666);
+        assert!(cache.load(&engine, "open").is_none());
+
+        // The directory opened up after `open` looked: nothing loads, and
+        // nothing just stored is adopted.
+        chmod(&dir, 0o777);
+        assert!(cache.load(&engine, "ok").is_none());
+        assert!(cache.store("new", &artifact));
+        let Err(refused) = cache.adopt(&engine, "new") else {
+            panic!("adopted from a directory others may write")
+        };
+        assert!(
+            refused
+                .to_string()
+                .contains("its directory is writable by its group or others"),
+            "{refused}"
+        );
+        chmod(&dir, 0o700);
+        assert!(cache.load(&engine, "ok").is_some());
     }
 }

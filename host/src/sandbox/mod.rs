@@ -32,7 +32,7 @@ use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-pub use self::cache::ComponentCache;
+pub use self::cache::{ComponentCache, UntrustedCache};
 pub use self::error::{CallError, TrapKind};
 pub use self::grants::WasiGrants;
 pub use self::host::{Effects, Emit, HostState, MAX_KEY_BYTES, PluginSpec, RECORD_OVERHEAD_BYTES};
@@ -169,10 +169,13 @@ impl Sandbox {
         v0_1::Plugin::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |state| state)?;
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
 
-        let cache = config
-            .cache_dir
-            .clone()
-            .map(|dir| ComponentCache::new(dir, &engine));
+        let cache = config.cache_dir.clone().and_then(|dir| {
+            ComponentCache::open(dir, &engine)
+                .inspect_err(|err| {
+                    tracing::warn!(error = %err, "Not using the compiled-component cache: plugins are compiled at every start.");
+                })
+                .ok()
+        });
         let ticker = Some(EpochTicker::start(engine.clone(), config.epoch_tick)?);
         Ok(Self {
             engine,
