@@ -6,18 +6,44 @@
 //!   restored, 503 with the reason otherwise (readiness);
 //! - `GET /plugins` — JSON: each plugin's version, hash, file, status and
 //!   last error.
+//!
+//! Whoever reaches the port is untrusted: it serves at most
+//! [`MAX_CONNECTIONS`] at once (more wait in the kernel's accept queue, so a
+//! flood cannot take the file descriptors the pipeline needs), one request
+//! per connection, whose headers must arrive within [`HEADER_TIMEOUT`], and
+//! no connection lives longer than [`CONNECTION_LIFETIME`]. At shutdown
+//! requests in flight get [`SHUTDOWN_GRACE`], so no client can hold the
+//! daemon's exit up.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tracing::info;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
+
+/// Connections served at once.
+pub const MAX_CONNECTIONS: usize = 128;
+/// The most a client may take to send a request's headers.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest a connection is kept, response included (a slow reader of
+/// `/metrics`).
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
+/// How long requests in flight may finish once shutdown begins.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+/// The pause after a failed accept (out of file descriptors, say), so the
+/// loop neither spins nor floods the log.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 use crate::plugin::Registry;
 use crate::telemetry::Telemetry;
@@ -59,18 +85,72 @@ impl Admin {
             .with_state(self)
     }
 
-    /// Serves on `listener` until `shutdown` resolves.
+    /// Serves on `listener` until `shutdown` resolves, within the bounds in
+    /// the module's documentation; then requests in flight get
+    /// [`SHUTDOWN_GRACE`].
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> std::io::Result<()> {
+    ) {
         if let Ok(addr) = listener.local_addr() {
             info!(%addr, "Admin endpoint listening (/metrics, /healthz, /readyz, /plugins).");
         }
-        axum::serve(listener, self.router())
-            .with_graceful_shutdown(shutdown)
-            .await
+        let router = self.router();
+        let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let mut connections = JoinSet::new();
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            // A permit before the accept: at the bound, connections wait in
+            // the kernel's queue, not as this process's descriptors.
+            let permit = tokio::select! {
+                () = &mut shutdown => break,
+                permit = permits.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break, // never closed
+                },
+            };
+            let accepted = tokio::select! {
+                () = &mut shutdown => break,
+                accepted = listener.accept() => accepted,
+            };
+            let stream = match accepted {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    warn!(error = %err, "Admin endpoint could not accept a connection.");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            };
+            let service = TowerToHyperService::new(router.clone());
+            connections.spawn(async move {
+                let _permit = permit;
+                let connection = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT)
+                    .keep_alive(false)
+                    .serve_connection(TokioIo::new(stream), service);
+                match tokio::time::timeout(CONNECTION_LIFETIME, connection).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(err)) => debug!(error = %err, "Admin connection ended in error."),
+                    Err(_) => debug!("Admin connection closed at its time limit."),
+                }
+            });
+            // Reap the finished ones, so the set stays as small as the bound.
+            while connections.try_join_next().is_some() {}
+        }
+        drop(listener);
+        let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            while connections.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            debug!(
+                open = connections.len(),
+                "Admin connections dropped at shutdown."
+            );
+        }
+        // Dropping the set aborts what is left.
     }
 }
 

@@ -180,7 +180,7 @@ pub async fn run(
     }
     let _ = stop_admin.send(());
     if let Some(admin) = admin
-        && let Ok(Err(err)) = admin.await
+        && let Err(err) = admin.await
     {
         warn!(error = %err, "Admin endpoint failed.");
     }

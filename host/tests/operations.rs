@@ -338,6 +338,89 @@ async fn a_failing_plugin_is_quarantined_then_recovers() {
     assert_eq!(statuses[0].consecutive_failures, 0);
 }
 
+/// The process's open file descriptors.
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+/// Whoever reaches the admin port is untrusted: clients that never finish
+/// their headers are cut off, take at most `admin::MAX_CONNECTIONS` of the
+/// process's descriptors, leave the probes answering, and cannot hold
+/// shutdown up. (Before, each was kept for as long as it liked — 1 100 of
+/// them used up a daemon's 1 024 descriptors — and SIGTERM waited for all
+/// of them to leave.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_admin_endpoint_holds_up_against_clients_that_never_finish() {
+    use std::io::{Read as _, Write as _};
+    const SLOW: usize = admin::MAX_CONNECTIONS + 150;
+    let listener = admin::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let dir = plugin_dir(&[]);
+    let admin = Admin {
+        telemetry: Telemetry::default(),
+        plugins: open_registry(dir.path(), &Telemetry::default()).await,
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(admin.serve(listener, async {
+        let _ = stopped.await;
+    }));
+
+    let before = open_fds();
+    let slow: Vec<std::net::TcpStream> = (0..SLOW)
+        .map(|_| {
+            let mut stream = std::net::TcpStream::connect(addr).unwrap();
+            stream
+                .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+                .unwrap();
+            stream
+        })
+        .collect();
+    // Give the server the time to take all it will.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let taken = open_fds() - before - SLOW;
+    assert!(
+        taken <= admin::MAX_CONNECTIONS + 8,
+        "{taken} descriptors for {SLOW} connections"
+    );
+
+    // Each is cut off once its headers are late, the queued ones too, and
+    // a probe gets through.
+    let mut first = slow[0].try_clone().unwrap();
+    let cut = tokio::task::spawn_blocking(move || {
+        first
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut rest = Vec::new();
+        first.read_to_end(&mut rest).map(|_| rest)
+    });
+    let reply = tokio::time::timeout(Duration::from_secs(60), cut)
+        .await
+        .expect("a client that never finishes its headers is cut off")
+        .unwrap()
+        .expect("closed by the server, not timed out");
+    assert!(reply.is_empty(), "{reply:?}");
+    let (status, body) = tokio::task::spawn_blocking(move || http_get(addr, "/healthz"))
+        .await
+        .unwrap();
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+
+    // Shutdown with a fresh batch holding connections open.
+    let _held: Vec<std::net::TcpStream> = (0..admin::MAX_CONNECTIONS)
+        .map(|_| {
+            let mut stream = std::net::TcpStream::connect(addr).unwrap();
+            stream.write_all(b"GET /metrics HTTP/1.1\r\n").unwrap();
+            stream
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(20), server)
+        .await
+        .expect("shutdown is not held up by clients")
+        .unwrap();
+    drop(slow);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_admin_endpoint_reports_readiness_metrics_and_plugins() {
     let mut cluster = Cluster::start();
