@@ -27,13 +27,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 /// Connections served at once.
-pub const MAX_CONNECTIONS: usize = 128;
+pub const MAX_CONNECTIONS: usize = 256;
 /// The most a client may take to send a request's headers.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest a connection is kept, response included (a slow reader of
@@ -42,8 +42,11 @@ pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
 /// How long requests in flight may finish once shutdown begins.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 /// The pause after a failed accept (out of file descriptors, say), so the
-/// loop neither spins nor floods the log.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// loop does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+/// The most a connection buffers of a request (hyper's least is 8 KiB; a
+/// probe's or a scrape's request is a few hundred bytes).
+const MAX_REQUEST_BUFFER: usize = 16 * 1024;
 
 use crate::plugin::Registry;
 use crate::telemetry::Telemetry;
@@ -100,6 +103,7 @@ impl Admin {
         let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         let mut connections = JoinSet::new();
         let mut shutdown = std::pin::pin!(shutdown);
+        let mut accept_failing = false;
         loop {
             // A permit before the accept: at the bound, connections wait in
             // the kernel's queue, not as this process's descriptors.
@@ -114,28 +118,23 @@ impl Admin {
                 () = &mut shutdown => break,
                 accepted = listener.accept() => accepted,
             };
-            let stream = match accepted {
-                Ok((stream, _)) => stream,
+            match accepted {
+                Ok((stream, _)) => {
+                    if std::mem::take(&mut accept_failing) {
+                        info!("Admin endpoint accepting connections again.");
+                    }
+                    connections.spawn(connection(stream, router.clone(), permit));
+                }
+                // The client left before it was accepted.
+                Err(err) if is_connection_error(&err) => {}
                 Err(err) => {
-                    warn!(error = %err, "Admin endpoint could not accept a connection.");
+                    // Out of descriptors, say: said once, tried every second.
+                    if !std::mem::replace(&mut accept_failing, true) {
+                        warn!(error = %err, "Admin endpoint cannot accept connections; trying again every second.");
+                    }
                     tokio::time::sleep(ACCEPT_BACKOFF).await;
-                    continue;
                 }
-            };
-            let service = TowerToHyperService::new(router.clone());
-            connections.spawn(async move {
-                let _permit = permit;
-                let connection = hyper::server::conn::http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(HEADER_TIMEOUT)
-                    .keep_alive(false)
-                    .serve_connection(TokioIo::new(stream), service);
-                match tokio::time::timeout(CONNECTION_LIFETIME, connection).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(err)) => debug!(error = %err, "Admin connection ended in error."),
-                    Err(_) => debug!("Admin connection closed at its time limit."),
-                }
-            });
+            }
             // Reap the finished ones, so the set stays as small as the bound.
             while connections.try_join_next().is_some() {}
         }
@@ -152,6 +151,32 @@ impl Admin {
         }
         // Dropping the set aborts what is left.
     }
+}
+
+/// Serves one connection within the endpoint's bounds, holding `_permit`
+/// until it is closed.
+async fn connection(stream: TcpStream, router: Router, _permit: OwnedSemaphorePermit) {
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(MAX_REQUEST_BUFFER)
+        .keep_alive(false)
+        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(router));
+    match tokio::time::timeout(CONNECTION_LIFETIME, connection).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => debug!(error = %err, "Admin connection ended in error."),
+        Err(_) => debug!("Admin connection closed at its time limit."),
+    }
+}
+
+/// Whether an accept failed for the one connection only (as axum judges).
+fn is_connection_error(err: &std::io::Error) -> bool {
+    matches!(
+        err.kind(),
+        std::io::ErrorKind::ConnectionRefused
+            | std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::ConnectionReset
+    )
 }
 
 async fn metrics(State(admin): State<Admin>) -> Response {

@@ -223,11 +223,12 @@ fn compiled_components_are_cached_on_disk() {
     );
 }
 
-/// An entry is native code the daemon runs: a cache directory other users
-/// may write to is not used at all (ssh's rule for its key files).
+/// An entry is native code the daemon runs: the daemon keeps its cache
+/// directory to itself, and an entry it cannot be sure it wrote is
+/// compiled afresh and replaced, never run.
 #[test]
-fn a_cache_directory_others_may_write_is_not_used() {
-    use std::os::unix::fs::PermissionsExt as _;
+fn a_cache_entry_that_may_not_be_ours_is_replaced_not_run() {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
     let root = tempfile::tempdir().unwrap();
     let cache = root.path().join("components");
     let config = || SandboxConfig {
@@ -245,26 +246,39 @@ fn a_cache_directory_others_may_write_is_not_used() {
         .unwrap()
         .unwrap()
         .path();
+    let copy = root.path().join("copy.cwasm");
+    std::fs::copy(&entry, &copy).unwrap();
+    let is_file = || std::fs::symlink_metadata(&entry).unwrap().is_file();
 
-    // Opened to everyone, with "planted" bytes at the entry's name: the
-    // cache is neither read (the bytes would be discarded and the entry
-    // rewritten) nor written.
+    // A symlink in the entry's place (to a valid artifact) is not followed.
+    std::fs::remove_file(&entry).unwrap();
+    std::os::unix::fs::symlink(&copy, &entry).unwrap();
+    Sandbox::new(config())
+        .unwrap()
+        .prepare(TEST_PLUGIN)
+        .unwrap();
+    assert!(is_file(), "the symlink was replaced by a fresh entry");
+
+    // Nor is a valid artifact another user owns (only root can make one).
+    let euid = std::fs::metadata(&copy).unwrap().uid(); // the file is ours
+    if euid == 0 {
+        std::fs::copy(&copy, &entry).unwrap();
+        std::os::unix::fs::chown(&entry, Some(12_345), None).unwrap();
+        Sandbox::new(config())
+            .unwrap()
+            .prepare(TEST_PLUGIN)
+            .unwrap();
+        assert_eq!(std::fs::metadata(&entry).unwrap().uid(), euid, "replaced");
+    }
+
+    // Its own directory opened up to others is closed again at start.
     std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o777)).unwrap();
-    std::fs::write(&entry, b"planted").unwrap();
     Sandbox::new(config())
         .unwrap()
         .prepare(TEST_PLUGIN)
         .unwrap();
-    assert_eq!(std::fs::read(&entry).unwrap(), b"planted");
-    assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 1);
-
-    // Closed again, the cache is used: the bad entry is replaced.
-    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o700)).unwrap();
-    Sandbox::new(config())
-        .unwrap()
-        .prepare(TEST_PLUGIN)
-        .unwrap();
-    assert!(std::fs::metadata(&entry).unwrap().len() > 1000);
+    let mode = std::fs::metadata(&cache).unwrap().mode() & 0o777;
+    assert_eq!(mode, 0o755);
 }
 
 #[test]

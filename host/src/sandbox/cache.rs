@@ -19,8 +19,12 @@
 //! directory can run code as the daemon. As ssh does with its key files,
 //! the cache is used only if the directory belongs to the daemon's user (or
 //! root) and no one else may write to it ([`ComponentCache::open`] creates
-//! it `0700`); an entry is loaded only if it is a regular file held to the
-//! same rule — never a symlink.
+//! it `0700`, and takes group and other write permission away from one of
+//! its own, as a umask of `002` left it); an entry is loaded only if it is
+//! a regular file held to the same rule, opened without following a
+//! symlink and checked by its open descriptor, and mapped through that
+//! descriptor (`/proc/self/fd`), so the file checked is the file run
+//! whatever is renamed in its place meanwhile.
 
 // Deserializing a compiled artifact is `unsafe` in wasmtime: the bytes are
 // executed as native code. We only ever load files this module wrote, named
@@ -28,10 +32,11 @@
 // directory no other user can write (checked in `open` and per entry).
 #![allow(unsafe_code)]
 
-use std::fs::{DirBuilder, Metadata};
+use std::fs::{DirBuilder, File, Metadata, Permissions};
 use std::hash::{Hash, Hasher};
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use wasmtime::Engine;
@@ -66,7 +71,8 @@ pub enum UntrustedCache {
     /// others may write to it.
     #[error(
         "cache directory {}: {why}; compiled components run as native code, so it must \
-         belong to this user (or root) and be writable by its owner only",
+         belong to this user (or root) and be writable by its owner only (`chmod go-w`, \
+         or set another sandbox.cache_dir)",
         dir.display()
     )]
     Unsafe {
@@ -81,8 +87,7 @@ pub enum UntrustedCache {
 /// to load code from, if anything: another user owns it, or its group or
 /// others may write to it.
 fn unsafe_because(what: &str, meta: &Metadata) -> Option<String> {
-    // SAFETY: `geteuid` has no preconditions and cannot fail.
-    let uid = unsafe { libc::geteuid() };
+    let uid = euid();
     let mode = meta.mode() & 0o7777;
     if meta.uid() != uid && meta.uid() != 0 {
         Some(format!(
@@ -96,6 +101,12 @@ fn unsafe_because(what: &str, meta: &Metadata) -> Option<String> {
     } else {
         None
     }
+}
+
+/// This process's effective user id.
+fn euid() -> u32 {
+    // SAFETY: `geteuid` has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
 }
 
 /// Creates `dir` (and any missing parents) readable by its owner only.
@@ -118,12 +129,22 @@ impl ComponentCache {
             _ => {}
         }
         let meta = std::fs::metadata(&dir).map_err(io)?;
-        let why = if meta.is_dir() {
-            unsafe_because("it", &meta)
-        } else {
-            Some("it is not a directory".to_owned())
-        };
-        if let Some(why) = why {
+        if !meta.is_dir() {
+            let why = "it is not a directory".to_owned();
+            return Err(UntrustedCache::Unsafe { dir, why });
+        }
+        let mode = meta.mode() & 0o7777;
+        if meta.uid() == euid() && mode & 0o022 != 0 {
+            // Ours, opened up (a umask of 002, a volume's group): close it.
+            let tightened = mode & !0o022;
+            std::fs::set_permissions(&dir, Permissions::from_mode(tightened)).map_err(io)?;
+            tracing::warn!(
+                dir = %dir.display(),
+                from = %format_args!("{mode:04o}"),
+                to = %format_args!("{tightened:04o}"),
+                "Took group and other write permission away from the compiled-component cache: its entries run as native code."
+            );
+        } else if let Some(why) = unsafe_because("it", &meta) {
             return Err(UntrustedCache::Unsafe { dir, why });
         }
         Ok(Self::with_limit(dir, engine, MAX_CACHE_BYTES))
@@ -148,17 +169,19 @@ impl ComponentCache {
     /// The cached component for `content_hash`, if one is stored and loads.
     pub fn load(&self, engine: &Engine, content_hash: &str) -> Option<Component> {
         let path = self.path(content_hash);
-        let meta = std::fs::symlink_metadata(&path).ok()?;
-        if let Some(why) = self.untrusted(&meta) {
-            // Left in place: a store renames a fresh entry over it.
-            tracing::warn!(path = %path.display(), why, "Not loading a cached component that may not be this daemon's.");
-            return None;
-        }
-        match Self::map(engine, &path) {
+        let file = match self.open_entry(&path) {
+            Ok(file) => file?,
+            Err(why) => {
+                // Left in place: a store renames a fresh entry over it.
+                tracing::warn!(path = %path.display(), why, "Not loading a cached component that may not be this daemon's.");
+                return None;
+            }
+        };
+        match Self::map(engine, &file, &path) {
             Ok(component) => {
                 // Used now: the last entries [`Self::prune`] would remove.
                 // Best effort (a read-only cache still loads).
-                let _ = std::fs::File::options()
+                let _ = File::options()
                     .append(true)
                     .open(&path)
                     .and_then(|file| file.set_modified(std::time::SystemTime::now()));
@@ -193,12 +216,14 @@ impl ComponentCache {
     /// that cannot run never pushes out one that can.
     pub fn adopt(&self, engine: &Engine, content_hash: &str) -> wasmtime::Result<Component> {
         let path = self.path(content_hash);
-        let checked = std::fs::symlink_metadata(&path)
-            .map_err(wasmtime::Error::from)
-            .and_then(|meta| match self.untrusted(&meta) {
-                Some(why) => Err(wasmtime::format_err!("{}: {why}", path.display())),
-                None => Self::map(engine, &path),
-            });
+        let checked = match self.open_entry(&path) {
+            Ok(Some(file)) => Self::map(engine, &file, &path),
+            Ok(None) => Err(wasmtime::format_err!("{}: gone", path.display())),
+            Err(why) => Err(wasmtime::format_err!(
+                "{}: not trusted: {why}",
+                path.display()
+            )),
+        };
         match checked {
             Ok(component) => {
                 self.prune(&path);
@@ -211,27 +236,58 @@ impl ComponentCache {
         }
     }
 
-    /// Why an entry with metadata `meta` (not followed if a symlink) may
-    /// not be this daemon's, if it may not: the directory is checked again
-    /// too, as a daemon runs for months and a hot reload loads long after
-    /// [`Self::open`] looked.
-    fn untrusted(&self, meta: &Metadata) -> Option<String> {
+    /// The entry at `path`, opened without following a symlink (nor
+    /// blocking on a FIFO) and checked by its open descriptor: `Ok(None)`
+    /// when there is none, `Err(why)` when it may not be this daemon's. The
+    /// directory is checked again too, as a daemon runs for months and a hot
+    /// reload loads long after [`Self::open`] looked.
+    fn open_entry(&self, path: &Path) -> Result<Option<File>, String> {
+        let opened = File::options()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(path);
+        let file = match opened {
+            Ok(file) => file,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(err) if err.raw_os_error() == Some(libc::ELOOP) => {
+                return Err("it is a symlink".to_owned());
+            }
+            Err(err) => return Err(err.to_string()),
+        };
+        let meta = file.metadata().map_err(|err| err.to_string())?;
         if !meta.is_file() {
-            return Some("it is not a regular file".to_owned());
+            return Err("it is not a regular file".to_owned());
         }
-        match std::fs::metadata(&self.dir) {
+        let why = match std::fs::metadata(&self.dir) {
             Ok(dir) => unsafe_because("its directory", &dir),
             Err(err) => Some(format!("its directory: {err}")),
         }
-        .or_else(|| unsafe_because("it", meta))
+        .or_else(|| unsafe_because("it", &meta));
+        match why {
+            Some(why) => Err(why),
+            None => Ok(Some(file)),
+        }
     }
 
-    /// The component in the entry at `path`, mapped from the file.
-    fn map(engine: &Engine, path: &Path) -> wasmtime::Result<Component> {
-        // SAFETY: see the module comment — `path` is an entry `store` wrote
-        // for this content hash and engine configuration, in a directory
-        // only this user (or root) may write (`untrusted` checked both).
-        unsafe { Component::deserialize_file(engine, path) }
+    /// The component in the entry `file` (opened from `path` by
+    /// [`Self::open_entry`]), mapped through its descriptor: `/proc/self/fd`
+    /// names the open file itself, so what was checked is what is mapped.
+    /// Without `/proc` it is read into memory instead.
+    fn map(engine: &Engine, file: &File, path: &Path) -> wasmtime::Result<Component> {
+        let by_descriptor = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+        // SAFETY: see the module comment — the file is an entry `store`
+        // wrote for this content hash and engine configuration, in a
+        // directory only this user (or root) may write, and `open_entry`
+        // checked the very file mapped or read here.
+        let loaded = if by_descriptor.exists() {
+            unsafe { Component::deserialize_file(engine, &by_descriptor) }
+        } else {
+            let mut bytes = Vec::new();
+            let mut reader = file;
+            reader.read_to_end(&mut bytes)?;
+            unsafe { Component::deserialize(engine, bytes) }
+        };
+        loaded.map_err(|err| err.context(format!("loading {}", path.display())))
     }
 
     fn try_store(&self, content_hash: &str, artifact: &[u8]) -> anyhow::Result<()> {
@@ -296,7 +352,7 @@ mod tests {
 
     fn age(path: &Path, seconds_ago: u64) {
         let then = std::time::SystemTime::now() - std::time::Duration::from_secs(seconds_ago);
-        std::fs::File::options()
+        File::options()
             .write(true)
             .open(path)
             .and_then(|f| f.set_modified(then))
@@ -378,8 +434,11 @@ mod tests {
     }
 
     fn chmod(path: &Path, mode: u32) {
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        std::fs::set_permissions(path, Permissions::from_mode(mode)).expect("chmod");
+    }
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).expect("stat").mode() & 0o7777
     }
 
     fn refusal(dir: &Path) -> String {
@@ -390,27 +449,25 @@ mod tests {
     }
 
     #[test]
-    fn a_directory_others_may_write_is_not_a_cache() {
+    fn a_cache_directory_is_its_owners_alone() {
         let root = tempfile::tempdir().expect("temp dir");
         // Created where missing, parents too, for its owner only.
         let fresh = root.path().join("a/b/components");
         ComponentCache::open(fresh.clone(), &Engine::default()).expect("a fresh directory");
-        assert_eq!(
-            std::fs::metadata(&fresh).expect("created").mode() & 0o777,
-            0o700
-        );
+        assert_eq!(mode(&fresh), 0o700);
 
-        for mode in [0o777, 0o775, 0o757, 0o1777] {
-            chmod(&fresh, mode);
-            let refused = refusal(&fresh);
-            assert!(
-                refused.contains(&format!("cache directory {}", fresh.display()))
-                    && refused.contains(&format!("(mode {mode:04o})")),
-                "{refused}"
-            );
+        // Ours but opened up (a umask of 002, a volume's setgid group):
+        // closed again, the rest of its mode kept.
+        for (opened, closed) in [
+            (0o777, 0o755),
+            (0o775, 0o755),
+            (0o2775, 0o2755),
+            (0o1777, 0o1755),
+        ] {
+            chmod(&fresh, opened);
+            ComponentCache::open(fresh.clone(), &Engine::default()).expect("ours");
+            assert_eq!(mode(&fresh), closed, "from {opened:04o}");
         }
-        chmod(&fresh, 0o755);
-        ComponentCache::open(fresh.clone(), &Engine::default()).expect("others may read");
 
         let file = root.path().join("file");
         std::fs::write(&file, b"").expect("write");
@@ -420,12 +477,19 @@ mod tests {
             refusal(&file)
         );
 
-        // Another user's directory (only root can make one to test with).
-        // SAFETY: `geteuid` has no preconditions.
-        if unsafe { libc::geteuid() } == 0 {
+        // Another user's directory (only root can make one to test with):
+        // refused, and left as it is.
+        if euid() == 0 {
             std::os::unix::fs::chown(&fresh, Some(12_345), None).expect("chown");
+            chmod(&fresh, 0o777);
             let refused = refusal(&fresh);
-            assert!(refused.contains("belongs to uid 12345"), "{refused}");
+            assert!(
+                refused.contains(&format!("cache directory {}", fresh.display()))
+                    && refused.contains("belongs to uid 12345")
+                    && refused.contains("chmod go-w"),
+                "{refused}"
+            );
+            assert_eq!(mode(&fresh), 0o777);
         }
     }
 
@@ -440,10 +504,8 @@ mod tests {
         let cache = ComponentCache::open(dir.clone(), &engine).expect("cache");
         assert!(cache.store("ok", &artifact));
         assert!(cache.load(&engine, "ok").is_some(), "our own entry loads");
-        assert_eq!(
-            std::fs::metadata(cache.path("ok")).expect("entry").mode() & 0o777,
-            0o600
-        );
+        assert_eq!(mode(&cache.path("ok")), 0o600);
+        let refused = |name: &str| cache.open_entry(&cache.path(name)).err();
 
         // A symlink to a good entry elsewhere.
         let elsewhere = root.path().join("elsewhere.cwasm");
@@ -453,11 +515,28 @@ mod tests {
             cache.load(&engine, "link").is_none(),
             "a symlink is not followed"
         );
+        assert_eq!(refused("link").as_deref(), Some("it is a symlink"));
+
+        // A FIFO: refused at once, not waited on.
+        let fifo = std::ffi::CString::new(cache.path("fifo").into_os_string().into_encoded_bytes())
+            .expect("path");
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        assert!(cache.load(&engine, "fifo").is_none());
+        assert_eq!(refused("fifo").as_deref(), Some("it is not a regular file"));
 
         // An entry others may write.
         std::fs::copy(cache.path("ok"), cache.path("open")).expect("copy");
         chmod(&cache.path("open"), 0o666);
         assert!(cache.load(&engine, "open").is_none());
+        assert!(refused("open").is_some_and(|why| why.contains("mode 0666")));
+
+        // Another user's entry (root only can make one).
+        if euid() == 0 {
+            std::fs::copy(cache.path("ok"), cache.path("theirs")).expect("copy");
+            std::os::unix::fs::chown(cache.path("theirs"), Some(12_345), None).expect("chown");
+            assert!(cache.load(&engine, "theirs").is_none());
+        }
 
         // The directory opened up after `open` looked: nothing loads, and
         // nothing just stored is adopted.

@@ -283,7 +283,8 @@ impl Sandbox {
                             dir = %cache.dir().display(),
                             error = %mapped,
                             "A compiled component loads from memory but not from the cache directory \
-                             (a noexec mount?); it is compiled again at each start."
+                             (a noexec mount, or an entry not trusted: see the error); it is compiled \
+                             again at each start."
                         );
                     }
                     loaded

@@ -212,22 +212,24 @@ def now() -> int:
 
 
 def config_positive(config: list[tuple[str, str]], key: str, default: int) -> int:
-    """The ``[config]`` value under ``key`` as a whole number of at least 1
-    (at most 4294967295), else ``default`` when it is not set.
+    """The ``[config]`` value under ``key`` as a whole number from 1 to
+    4294967295 (an optional leading ``+``, as Rust's ``u32`` parsing takes),
+    else ``default`` when it is not set.
 
     Anything else raises ``bad_input("bad-config", ...)`` naming the key,
-    as the Rust SDK's ``Config::positive`` does.
+    like the Rust SDK's ``Config::positive`` (the wording differs).
     """
     text = dict(config).get(key)
     if text is None:
         return default
-    if not (text.isascii() and text.isdigit()):
+    digits = text[1:] if text.startswith("+") else text
+    if not (0 < len(digits) <= 10 and digits.isascii() and digits.isdigit()):
         raise bad_input("bad-config", f"config.{key} = {_dumps(text)}: not a whole number")
-    if int(text) > 0xFFFF_FFFF:
+    if int(digits) > 0xFFFF_FFFF:
         raise bad_input("bad-config", f"config.{key} = {_dumps(text)}: larger than 4294967295")
-    if int(text) == 0:
+    if int(digits) == 0:
         raise bad_input("bad-config", f"config.{key} must be at least 1")
-    return int(text)
+    return int(digits)
 
 
 # Names and formatting.

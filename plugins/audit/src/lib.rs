@@ -10,7 +10,9 @@
 //! task, so a re-created task starts with `before: null`; a task nothing
 //! happens to for `snapshot_ttl_days` (config, default 30) is forgotten
 //! too, by a timer under the snapshot's key, so the state holds the tasks
-//! of the last 30 days rather than every task that was ever live.
+//! of the last 30 days rather than every task that was ever live (a
+//! snapshot kept by 0.2.0, before the TTL, gets its timer at the task's
+//! next event).
 //!
 //! Its Python twin is `examples/audit-python`; CI checks both give the same
 //! records.
