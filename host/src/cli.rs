@@ -93,6 +93,10 @@ enum Command {
     /// Work with plugin files.
     #[command(subcommand)]
     Plugins(PluginsCommand),
+    /// Internal: compile the component on stdin to an artifact on stdout
+    /// (the daemon runs itself so, to bound what a compile may take).
+    #[command(name = "compile-component", hide = true)]
+    CompileComponent,
 }
 
 /// Flags of `run`. Each overrides the environment
@@ -310,11 +314,13 @@ async fn execute(cli: Cli) -> Result<ExitCode> {
     // `sandbox.cache_dir` is for the service's user).
     let sandbox = |mut config: Config| {
         config.sandbox.cache_dir.clone_from(&components);
+        config.sandbox.compiler_program = this_program();
         daemon::sandbox(&config, components.clone(), &telemetry)
     };
     match cli.command {
         Command::Run(args) => {
             let mut config = args.config()?;
+            config.sandbox.compiler_program = this_program();
             if explicit_cache {
                 // The flag (or its variable) beats `sandbox.cache_dir`.
                 config.sandbox.cache_dir.clone_from(&components);
@@ -324,6 +330,11 @@ async fn execute(cli: Cli) -> Result<ExitCode> {
             let metrics = telemetry.pipeline.clone();
             daemon::run(config, plugins, telemetry, shutdown_signal()).await?;
             eprintln!("{}", metrics.summary());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CompileComponent => {
+            // A process of its own, doing only this: blocking is fine.
+            crate::sandbox::child_main(std::io::stdin().lock(), std::io::stdout().lock())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo => {
@@ -438,6 +449,19 @@ async fn shutdown_signal() {
         }
     }
     tracing::info!("Shutdown signal received.");
+}
+
+/// This very binary, to run as the compiler child (see
+/// [`crate::sandbox::Compiler`]): `/proc/self/exe` names it even after a
+/// package upgrade replaced the file, and a child of the same build
+/// compiles with the same settings.
+fn this_program() -> Option<PathBuf> {
+    let this = PathBuf::from("/proc/self/exe");
+    if this.exists() {
+        Some(this)
+    } else {
+        std::env::current_exe().ok()
+    }
 }
 
 fn default_cache_dir() -> Option<PathBuf> {

@@ -48,7 +48,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::sandbox::{LimitSettings, Limits, LogPolicy, SandboxConfig};
+use crate::sandbox::{Compiler, LimitSettings, Limits, LogPolicy, SandboxConfig};
 use crate::units::{ByteSize, Count};
 
 /// The whole configuration file.
@@ -312,6 +312,17 @@ pub struct SandboxSection {
     pub log_line_max: ByteSize,
     /// Write a perf map of the compiled plugins (for profiling with `perf`).
     pub perf_map: bool,
+    /// The most resident memory compiling one plugin may take (in a child
+    /// process; more rejects the plugin).
+    pub compile_memory: ByteSize,
+    /// The longest compiling one plugin may take.
+    #[serde(with = "crate::units::duration")]
+    pub compile_timeout: Duration,
+    /// The `todo-eventd` binary that compiles plugins in a child process
+    /// (set by the binary itself, not read from the file); `None`
+    /// compiles in this process.
+    #[serde(skip)]
+    pub compiler_program: Option<PathBuf>,
 }
 
 impl Default for SandboxSection {
@@ -327,6 +338,9 @@ impl Default for SandboxSection {
             log_burst: Count(u64::from(log.burst)),
             log_line_max: log.max_line,
             perf_map: false,
+            compile_memory: ByteSize::mib(1024),
+            compile_timeout: Duration::from_secs(120),
+            compiler_program: None,
         }
     }
 }
@@ -627,6 +641,11 @@ impl Config {
                 max_line: section.log_line_max,
             },
             perf_map: section.perf_map,
+            compiler: section.compiler_program.clone().map(|program| Compiler {
+                program,
+                memory: section.compile_memory,
+                timeout: section.compile_timeout,
+            }),
             ..SandboxConfig::default()
         };
         if let Some(max) = section.max_instances {
@@ -680,6 +699,12 @@ impl Config {
             .map_err(ConfigError::Limits)?;
         if self.sandbox.max_instances == Some(0) {
             return invalid("sandbox.max_instances", "must be at least 1");
+        }
+        if self.sandbox.compile_memory < ByteSize::mib(64) {
+            return invalid("sandbox.compile_memory", "must be at least 64MiB");
+        }
+        if self.sandbox.compile_timeout < Duration::from_secs(1) {
+            return invalid("sandbox.compile_timeout", "must be at least 1s");
         }
         if self.sandbox.log_lines_per_second.0 == 0 || self.sandbox.log_burst.0 == 0 {
             return invalid(
@@ -903,6 +928,27 @@ mod tests {
         assert_eq!(
             config.validate().unwrap_err().to_string(),
             "pipeline.max_event_bytes: must be between 1KiB and 1GiB"
+        );
+        let config: Config =
+            toml::from_str("[sandbox]\ncompile_memory = \"32MiB\"\ncompile_timeout = \"3s\"")
+                .unwrap();
+        assert_eq!(config.sandbox.compile_timeout, Duration::from_secs(3));
+        assert_eq!(
+            config.validate().unwrap_err().to_string(),
+            "sandbox.compile_memory: must be at least 64MiB"
+        );
+        let mut config = Config::default();
+        config.sandbox.compile_timeout = Duration::from_millis(10);
+        assert_eq!(
+            config.validate().unwrap_err().to_string(),
+            "sandbox.compile_timeout: must be at least 1s"
+        );
+        // The program is the binary's to set, never the file's.
+        let err =
+            toml::from_str::<Config>("[sandbox]\ncompiler_program = \"/bin/sh\"").unwrap_err();
+        assert!(
+            err.to_string().contains("unknown field `compiler_program`"),
+            "{err}"
         );
     }
 }

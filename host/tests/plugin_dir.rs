@@ -299,6 +299,69 @@ fn a_component_the_pool_refuses_is_not_cached() {
     assert!(entries.is_empty(), "{entries:?}");
 }
 
+/// A component whose one function makes Cranelift use hundreds of MB
+/// (`statements` multiplications in a row; 600 000 took ≈ 660 MiB and
+/// 2.6 s in a release build, 9 s in a debug one).
+fn compile_bomb(statements: usize) -> Vec<u8> {
+    let mut body = String::new();
+    for i in 0..statements {
+        body += &format!("(local.set 1 (i64.mul (local.get 1) (i64.const {i})))");
+    }
+    wat_component(&format!(
+        "(component (core module (func (export \"f\") (param i64) (result i64) (local i64) {body} (local.get 1))))"
+    ))
+}
+
+/// Compiling is where a plugin's bytes cost the most: a hostile component
+/// (59 MB, a dozen such functions) took 0.9 GB to compile on two threads,
+/// more on more. The daemon compiles in a child process it kills at a
+/// memory or time bound; the plugin is rejected naming the bound, and the
+/// others load.
+#[tokio::test]
+async fn a_plugin_too_costly_to_compile_is_rejected_while_the_rest_load() {
+    use todo_eventd::sandbox::Compiler;
+    let bomb = compile_bomb(600_000);
+    let echo = mode("echo");
+    let dir = plugin_dir(&[("good", TEST_PLUGIN, Some(&echo)), ("bomb", &bomb, None)]);
+    let bounded = |memory: &str, timeout: Duration| {
+        Arc::new(
+            Sandbox::new(SandboxConfig {
+                max_instances: 8,
+                compiler: Some(Compiler {
+                    program: env!("CARGO_BIN_EXE_todo-eventd").into(),
+                    memory: memory.parse().unwrap(),
+                    timeout,
+                }),
+                ..SandboxConfig::default()
+            })
+            .unwrap(),
+        )
+    };
+    for (sandbox, bound) in [
+        (
+            bounded("96MiB", Duration::from_secs(600)),
+            "compiling it took more than 96MiB of memory (at least ",
+        ),
+        (
+            // The good plugin compiles in 0.2 s in a debug build.
+            bounded("16GiB", Duration::from_secs(2)),
+            "compiling it took longer than 2s (sandbox.compile_timeout)",
+        ),
+    ] {
+        let report = load_dir(&sandbox, dir.path()).await.unwrap();
+        let names: Vec<_> = report.plugins.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["good"], "compiled in the child");
+        let [error] = report.errors.as_slice() else {
+            panic!("{:?}", report.errors)
+        };
+        let error = error.to_string();
+        assert!(
+            error.contains("bomb.wasm") && error.contains(bound),
+            "{error}"
+        );
+    }
+}
+
 fn wat_component(text: &str) -> Vec<u8> {
     wat::parse_str(text).unwrap()
 }

@@ -33,6 +33,7 @@ use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 pub use self::cache::{ComponentCache, UntrustedCache};
+pub use self::compile::{Compiler, child_main};
 pub use self::error::{CallError, TrapKind};
 pub use self::grants::WasiGrants;
 pub use self::host::{Effects, Emit, HostState, MAX_KEY_BYTES, PluginSpec, RECORD_OVERHEAD_BYTES};
@@ -71,6 +72,9 @@ pub struct SandboxConfig {
     /// Write `/tmp/perf-PID.map` naming the compiled plugins' functions, so
     /// `perf report` shows where a plugin spends its time.
     pub perf_map: bool,
+    /// Compile in a child process within bounds (the daemon), or, when
+    /// `None`, in this process (tests, tools embedding the library).
+    pub compiler: Option<Compiler>,
 }
 
 impl Default for SandboxConfig {
@@ -86,6 +90,7 @@ impl Default for SandboxConfig {
             max_calls_per_instance: 100_000,
             epoch_tick: Duration::from_millis(1),
             perf_map: false,
+            compiler: None,
         }
     }
 }
@@ -155,10 +160,8 @@ impl Sandbox {
             .total_memories(max_instances.saturating_mul(2))
             .total_tables(max_instances.saturating_mul(4))
             .max_memory_size(config.max_limits.memory.as_usize());
-        let mut wasm = Config::new();
-        wasm.wasm_component_model(true)
-            .epoch_interruption(true)
-            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let mut wasm = compile::base_config();
+        wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         if config.perf_map {
             wasm.profiler(wasmtime::ProfilingStrategy::PerfMap);
         }
@@ -257,7 +260,11 @@ impl Sandbox {
             return Ok(component);
         }
         let started = std::time::Instant::now();
-        let component = compile::precompile(&self.wasm_config, bytes)
+        let compiled = match &self.config.compiler {
+            Some(compiler) => compile::in_child(compiler, bytes),
+            None => compile::precompile(&self.wasm_config, bytes),
+        };
+        let component = compiled
             .map_err(ValidateError::Compile)
             .and_then(|artifact| {
                 tracing::debug!(hash = %&hash[..12], elapsed = ?started.elapsed(), "Compiled component.");
