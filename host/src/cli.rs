@@ -458,10 +458,13 @@ async fn shutdown_signal() {
 fn this_program() -> Option<PathBuf> {
     let this = PathBuf::from("/proc/self/exe");
     if this.exists() {
-        Some(this)
-    } else {
-        std::env::current_exe().ok()
+        return Some(this);
     }
+    tracing::warn!(
+        "No /proc: plugins are compiled in this process, without sandbox.compile_memory or \
+         sandbox.compile_timeout."
+    );
+    None
 }
 
 fn default_cache_dir() -> Option<PathBuf> {

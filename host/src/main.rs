@@ -5,9 +5,23 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use todo_eventd::cli::{self, Cli};
+use todo_eventd::sandbox;
 
 fn main() -> ExitCode {
     todo_eventd::heap::limit_retained_heap();
+    // The daemon runs itself to compile a plugin (`sandbox::Compiler`): no
+    // argument parsing, logging or runtime, nothing on stdout but the
+    // artifact, and the error last on stderr.
+    let mut args = std::env::args_os().skip(1);
+    if args.next().is_some_and(|arg| arg == sandbox::CHILD_COMMAND) && args.next().is_none() {
+        return match sandbox::child_main(std::io::stdin().lock(), std::io::stdout().lock()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("error: {err:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let cli = Cli::parse();
     cli.init_logging();
     match cli::run(cli) {

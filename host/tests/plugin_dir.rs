@@ -300,8 +300,7 @@ fn a_component_the_pool_refuses_is_not_cached() {
 }
 
 /// A component whose one function makes Cranelift use hundreds of MB
-/// (`statements` multiplications in a row; 600 000 took ≈ 660 MiB and
-/// 2.6 s in a release build, 9 s in a debug one).
+/// (`statements` multiplications in a row; 300 000 took ≈ 330 MiB).
 fn compile_bomb(statements: usize) -> Vec<u8> {
     let mut body = String::new();
     for i in 0..statements {
@@ -320,46 +319,35 @@ fn compile_bomb(statements: usize) -> Vec<u8> {
 #[tokio::test]
 async fn a_plugin_too_costly_to_compile_is_rejected_while_the_rest_load() {
     use todo_eventd::sandbox::Compiler;
-    let bomb = compile_bomb(600_000);
+    let bomb = compile_bomb(300_000);
     let echo = mode("echo");
     let dir = plugin_dir(&[("good", TEST_PLUGIN, Some(&echo)), ("bomb", &bomb, None)]);
-    let bounded = |memory: &str, timeout: Duration| {
-        Arc::new(
-            Sandbox::new(SandboxConfig {
-                max_instances: 8,
-                compiler: Some(Compiler {
-                    program: env!("CARGO_BIN_EXE_todo-eventd").into(),
-                    memory: memory.parse().unwrap(),
-                    timeout,
-                }),
-                ..SandboxConfig::default()
-            })
-            .unwrap(),
-        )
+    // The time bound is tested with a compiler that sleeps (the sandbox's
+    // compile tests): a bomb's compile time depends on the machine.
+    let sandbox = Arc::new(
+        Sandbox::new(SandboxConfig {
+            max_instances: 8,
+            compiler: Some(Compiler {
+                program: env!("CARGO_BIN_EXE_todo-eventd").into(),
+                memory: "96MiB".parse().unwrap(),
+                timeout: Duration::from_secs(600),
+            }),
+            ..SandboxConfig::default()
+        })
+        .unwrap(),
+    );
+    let report = load_dir(&sandbox, dir.path()).await.unwrap();
+    let names: Vec<_> = report.plugins.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["good"], "compiled in the child");
+    let [error] = report.errors.as_slice() else {
+        panic!("{:?}", report.errors)
     };
-    for (sandbox, bound) in [
-        (
-            bounded("96MiB", Duration::from_secs(600)),
-            "compiling it took more than 96MiB of memory (at least ",
-        ),
-        (
-            // The good plugin compiles in 0.2 s in a debug build.
-            bounded("16GiB", Duration::from_secs(2)),
-            "compiling it took longer than 2s (sandbox.compile_timeout)",
-        ),
-    ] {
-        let report = load_dir(&sandbox, dir.path()).await.unwrap();
-        let names: Vec<_> = report.plugins.iter().map(|p| p.name.as_str()).collect();
-        assert_eq!(names, ["good"], "compiled in the child");
-        let [error] = report.errors.as_slice() else {
-            panic!("{:?}", report.errors)
-        };
-        let error = error.to_string();
-        assert!(
-            error.contains("bomb.wasm") && error.contains(bound),
-            "{error}"
-        );
-    }
+    let error = error.to_string();
+    assert!(
+        error.contains("bomb.wasm")
+            && error.contains("compiling it took more than 96MiB of memory (at least "),
+        "{error}"
+    );
 }
 
 fn wat_component(text: &str) -> Vec<u8> {

@@ -32,9 +32,9 @@
 #![allow(unsafe_code)]
 
 use std::io::{Read, Write};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::sync::Arc;
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -44,7 +44,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy};
 use crate::units::ByteSize;
 
 /// The argument that makes the `todo-eventd` binary a compiler child.
-const CHILD_COMMAND: &str = "compile-component";
+pub const CHILD_COMMAND: &str = "compile-component";
 
 /// How often the child's memory and time are looked at.
 const WATCH_EVERY: Duration = Duration::from_millis(10);
@@ -87,12 +87,12 @@ const CHILD_THREADS: usize = 2;
 
 /// The compiler child's work: a component's bytes on `input`, its artifact
 /// (compiled with [`base_config`], on [`CHILD_THREADS`] threads) on
-/// `output`.
+/// `output`. The binary runs it before setting up logging or a runtime
+/// (see `main.rs`), so nothing but the artifact reaches `output`.
 pub fn child_main(mut input: impl Read, mut output: impl Write) -> anyhow::Result<()> {
-    // Die with the daemon: an orphaned compile would run on unwatched.
-    // SAFETY: `prctl(PR_SET_PDEATHSIG)` takes a signal number and touches
-    // no memory of ours.
-    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    // Should the container run short of memory, the kernel is to kill this
+    // compile rather than the daemon. Best effort.
+    let _ = std::fs::write("/proc/self/oom_score_adj", "1000");
     // wasmtime compiles functions in parallel on rayon's global pool.
     rayon::ThreadPoolBuilder::new()
         .num_threads(CHILD_THREADS)
@@ -112,61 +112,92 @@ enum Breach {
     Time,
 }
 
+/// A child killed and reaped however the parent leaves (an error, a
+/// panic), so none is left running unwatched or as a zombie.
+struct Reaped(Option<Child>);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// Compiles `bytes` in a child process within `compiler`'s bounds.
 pub(super) fn in_child(compiler: &Compiler, bytes: &[u8]) -> wasmtime::Result<Vec<u8>> {
-    let mut child = Command::new(&compiler.program)
+    let mut command = Command::new(&compiler.program);
+    command
         .arg(CHILD_COMMAND)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|err| {
-            wasmtime::format_err!(
-                "cannot start the compiler ({}): {err}",
-                compiler.program.display()
-            )
-        })?;
+        .stderr(Stdio::piped());
+    // SAFETY: between fork and exec only `prctl`, which is
+    // async-signal-safe and touches no memory of ours, runs. It makes the
+    // child die with this thread, which waits for it below: an orphaned
+    // compile would run on unwatched.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().map_err(|err| {
+        wasmtime::format_err!(
+            "cannot start the compiler ({}): {err}",
+            compiler.program.display()
+        )
+    })?;
     let pid = child.id();
-    let done = Arc::new(AtomicBool::new(false));
-    let watchdog = {
-        let done = done.clone();
-        let (limit, timeout) = (compiler.memory.bytes(), compiler.timeout);
-        std::thread::spawn(move || watch(pid, limit, timeout, &done))
+    let (stdin, stdout, stderr) = (child.stdin.take(), child.stdout.take(), child.stderr.take());
+    let mut child = Reaped(Some(child));
+    let done = AtomicBool::new(false);
+    // A thread that cannot be started ends the child, so the threads
+    // already started (which wait on its pipes) end too.
+    let abort = |err: std::io::Error| {
+        kill(pid);
+        err
     };
-    let mut stdin = child.stdin.take();
-    let mut stdout = child.stdout.take();
-    let mut stderr = child.stderr.take();
-    let (artifact, errors) = std::thread::scope(|scope| {
-        let feed = scope.spawn(|| {
-            if let Some(mut stdin) = stdin.take() {
-                // A child that died early closes the pipe: its exit says why.
-                let _ = stdin.write_all(bytes);
-            }
-        });
-        let errors = scope.spawn(|| {
-            let mut kept = Vec::new();
-            if let Some(mut stderr) = stderr.take() {
-                let _ = (&mut stderr)
-                    .take(STDERR_KEPT as u64)
-                    .read_to_end(&mut kept);
-                // The rest is drained, so a chatty child never blocks.
-                let _ = std::io::copy(&mut stderr, &mut std::io::sink());
-            }
-            kept
-        });
+    let (output, errors, breach) = std::thread::scope(|scope| {
+        let feed = std::thread::Builder::new()
+            .spawn_scoped(scope, move || {
+                if let Some(mut stdin) = stdin {
+                    // A child that died early closes the pipe: its exit
+                    // says why.
+                    let _ = stdin.write_all(bytes);
+                }
+            })
+            .map_err(abort)?;
+        let errors = std::thread::Builder::new()
+            .spawn_scoped(scope, move || {
+                stderr
+                    .map(|stderr| tail(stderr, STDERR_KEPT))
+                    .unwrap_or_default()
+            })
+            .map_err(abort)?;
+        let (limit, timeout, done) = (compiler.memory.bytes(), compiler.timeout, &done);
+        let watchdog = std::thread::Builder::new()
+            .name("compile-watch".into())
+            .spawn_scoped(scope, move || watch(pid, limit, timeout, done))
+            .map_err(abort)?;
         let mut artifact = Vec::new();
-        let read = match stdout.take() {
+        let read = match stdout {
             Some(mut out) => out.read_to_end(&mut artifact).map(drop),
             None => Ok(()),
         };
         let _ = feed.join();
-        (read.map(|()| artifact), errors.join().unwrap_or_default())
-    });
-    // Until here the child is not reaped, so its pid cannot be reused
-    // under the watchdog.
-    done.store(true, Ordering::Relaxed);
-    let breach = watchdog.join().unwrap_or(None);
-    let status = child.wait()?;
+        let errors = errors.join().unwrap_or_default();
+        // Until here the child is not reaped, so its pid cannot be reused
+        // under the watchdog.
+        done.store(true, Ordering::Relaxed);
+        let breach = watchdog.join().unwrap_or(None);
+        std::io::Result::Ok((read.map(|()| artifact), errors, breach))
+    })?;
+    let status = match child.0.take() {
+        Some(mut child) => child.wait()?,
+        None => return Err(wasmtime::format_err!("the compiler is gone")),
+    };
     match breach {
         Some(Breach::Memory(used)) => {
             return Err(wasmtime::format_err!(
@@ -184,18 +215,48 @@ pub(super) fn in_child(compiler: &Compiler, bytes: &[u8]) -> wasmtime::Result<Ve
         }
         None => {}
     }
-    if !status.success() {
-        let errors = String::from_utf8_lossy(&errors);
-        let errors = errors
-            .trim()
-            .strip_prefix("error: ")
-            .unwrap_or(errors.trim());
+    if status.signal() == Some(libc::SIGKILL) {
         return Err(wasmtime::format_err!(
-            "the compiler {status}: {}",
-            crate::text::message(errors)
+            "the compiler was killed, not by its bounds (out of memory? sandbox.compile_memory \
+             must fit in the memory the daemon has)"
         ));
     }
-    artifact.map_err(|err| wasmtime::format_err!("reading the compiler's output: {err}"))
+    if !status.success() {
+        // Its error comes last (`main` prints it), after any log lines.
+        let errors = String::from_utf8_lossy(&errors);
+        let errors = errors.trim();
+        let error = match errors.rfind("error: ") {
+            Some(at) => &errors[at + "error: ".len()..],
+            None => errors.lines().last().unwrap_or_default(),
+        };
+        return Err(wasmtime::format_err!(
+            "the compiler failed ({status}): {}",
+            crate::text::message(error)
+        ));
+    }
+    output.map_err(|err| wasmtime::format_err!("reading the compiler's output: {err}"))
+}
+
+/// The last `keep` bytes `reader` gives before it ends (an error message
+/// comes last, after any log lines).
+fn tail(mut reader: impl Read, keep: usize) -> Vec<u8> {
+    let mut kept = Vec::with_capacity(keep * 2);
+    let mut chunk = [0; 4096];
+    loop {
+        match reader.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                kept.extend_from_slice(&chunk[..n]);
+                if kept.len() > keep * 2 {
+                    kept.drain(..kept.len() - keep);
+                }
+            }
+        }
+    }
+    if kept.len() > keep {
+        kept.drain(..kept.len() - keep);
+    }
+    kept
 }
 
 /// Watches child `pid` until `done`, killing it once its resident memory
@@ -209,15 +270,21 @@ fn watch(pid: u32, limit: u64, timeout: Duration, done: &AtomicBool) -> Option<B
             _ => None,
         };
         if let Some(breach) = breach {
-            // SAFETY: `kill` has no memory-safety preconditions; `pid` is
-            // our unreaped child (see `in_child`), so it names no other
-            // process.
-            unsafe { libc::kill(i32::try_from(pid).unwrap_or(i32::MAX), libc::SIGKILL) };
+            kill(pid);
             return Some(breach);
         }
         std::thread::sleep(WATCH_EVERY);
     }
     None
+}
+
+/// Kills child `pid`, which must not be reaped yet (so the pid names no
+/// other process): `in_child` reaps it only after its threads are done.
+fn kill(pid: u32) {
+    if let Ok(pid) = i32::try_from(pid) {
+        // SAFETY: `kill` touches no memory of ours.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
 }
 
 /// The resident memory of process `pid` (`VmRSS`), if it can be read.
@@ -234,4 +301,78 @@ pub(super) fn load(engine: &Engine, artifact: &[u8]) -> wasmtime::Result<Compone
     // `engine`'s settings compiled just now; wasmtime still checks that the
     // settings match and fails otherwise.
     unsafe { Component::deserialize(engine, artifact) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    /// Runs `script` (a shell script) as the compiler, with `timeout`.
+    fn compile_with(script: &str, timeout: Duration) -> String {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let program = dir.path().join("compiler");
+        std::fs::write(&program, format!("#!/bin/sh\n{script}\n")).expect("write");
+        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let compiler = Compiler {
+            program,
+            memory: ByteSize::mib(512),
+            timeout,
+        };
+        // Another test's fork may briefly hold the new file open for
+        // writing ("Text file busy"): try again.
+        for _ in 0..50 {
+            match in_child(&compiler, b"\0asm") {
+                Ok(artifact) => return format!("ok: {}", String::from_utf8_lossy(&artifact)),
+                Err(err) if err.to_string().contains("Text file busy") => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(err) => return err.to_string(),
+            }
+        }
+        panic!("the script never ran")
+    }
+
+    #[test]
+    fn a_compiler_is_held_to_its_time_and_says_why_it_failed() {
+        let started = Instant::now();
+        let slow = compile_with("exec sleep 600", Duration::from_millis(300));
+        assert_eq!(
+            slow,
+            "compiling it took longer than 300ms (sandbox.compile_timeout)"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "killed, not waited for"
+        );
+
+        // The bytes go in on stdin, the artifact comes out on stdout.
+        assert_eq!(compile_with("cat", Duration::from_secs(60)), "ok: \0asm");
+
+        // Killed by someone else (the kernel's OOM killer, say).
+        let killed = compile_with("kill -9 $$", Duration::from_secs(60));
+        assert!(
+            killed.contains("the compiler was killed, not by its bounds"),
+            "{killed}"
+        );
+
+        // A failure shows the end of stderr, where the error is.
+        let failed = compile_with(
+            "i=0; while [ $i -lt 500 ]; do echo 'a log line' >&2; i=$((i+1)); done; \
+             echo 'error: no such thing' >&2; exit 3",
+            Duration::from_secs(60),
+        );
+        assert!(
+            failed.starts_with("the compiler failed (exit status: 3): ")
+                && failed.ends_with("no such thing"),
+            "{failed}"
+        );
+    }
+
+    #[test]
+    fn the_tail_of_a_stream_is_kept() {
+        let text: Vec<u8> = (0..10_000u32).flat_map(|i| i.to_le_bytes()).collect();
+        assert_eq!(tail(&text[..], 100), &text[text.len() - 100..]);
+        assert_eq!(tail(&b"short"[..], 100), b"short");
+    }
 }

@@ -33,7 +33,7 @@ use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 pub use self::cache::{ComponentCache, UntrustedCache};
-pub use self::compile::{Compiler, child_main};
+pub use self::compile::{CHILD_COMMAND, Compiler, child_main};
 pub use self::error::{CallError, TrapKind};
 pub use self::grants::WasiGrants;
 pub use self::host::{Effects, Emit, HostState, MAX_KEY_BYTES, PluginSpec, RECORD_OVERHEAD_BYTES};
