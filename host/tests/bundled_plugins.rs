@@ -152,19 +152,7 @@ async fn audit_forgets_a_task_untouched_for_its_configured_ttl() {
     assert_eq!(audit_record(&outcomes)["before"], serde_json::Value::Null);
     assert_eq!(keys(&d, "audit"), (1, 1));
 
-    let refused = configured(
-        "audit",
-        &[("snapshot_ttl_days = 30", "snapshot_ttl_days = 0")],
-    )
-    .await
-    .err()
-    .expect("a TTL of 0 days is refused");
-    assert!(
-        refused
-            .to_string()
-            .contains("config.snapshot_ttl_days must be at least 1"),
-        "{refused}"
-    );
+    a_ttl_of_zero_days_is_refused("audit", "snapshot_ttl_days").await;
 }
 
 /// The one audit record among `outcomes`.
@@ -233,17 +221,21 @@ async fn a_configured_answer_ttl_is_the_one_kept() {
     fire_until(&mut d, T0 + 2 * DAY).await;
     assert_eq!(keys(&d, "recurrence"), (0, 0));
 
-    let refused = configured(
-        "recurrence",
-        &[("answered_ttl_days = 30", "answered_ttl_days = 0")],
-    )
-    .await
-    .err()
-    .expect("a TTL of 0 days is refused");
+    a_ttl_of_zero_days_is_refused("recurrence", "answered_ttl_days").await;
+}
+
+/// Plugin `name` with `key = 0` (set to 30 in its manifest) is refused at
+/// load, naming the key.
+async fn a_ttl_of_zero_days_is_refused(name: &str, key: &str) {
+    let (from, to) = (format!("{key} = 30"), format!("{key} = 0"));
+    let refused = configured(name, &[(from.as_str(), to.as_str())])
+        .await
+        .err()
+        .expect("a TTL of 0 days is refused");
     assert!(
         refused
             .to_string()
-            .contains("config.answered_ttl_days must be at least 1"),
+            .contains(&format!("config.{key} must be at least 1")),
         "{refused}"
     );
 }
