@@ -522,14 +522,18 @@ impl Slot {
                 }
                 if let Err(err) = result {
                     metrics.error(name, err.kind());
-                    warn!(plugin = %name, kind = err.kind(), error = %err, "Plugin rejected its input.");
+                    if self.plugin.warnings.admit() {
+                        warn!(plugin = %name, kind = err.kind(), error = %err, "Plugin rejected its input.");
+                    }
                 }
                 return;
             }
             Err(err) => err,
         };
         metrics.error(name, err.kind());
-        warn!(plugin = %name, kind = err.kind(), error = %err, "Plugin call failed.");
+        if self.plugin.warnings.admit() {
+            warn!(plugin = %name, kind = err.kind(), error = %err, "Plugin call failed.");
+        }
         if !err.is_plugin_fault() {
             return;
         }

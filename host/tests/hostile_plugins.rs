@@ -340,6 +340,17 @@ impl Write for Captured {
 }
 
 impl Captured {
+    /// Captures this thread's log until the guard is dropped.
+    fn start() -> (Self, tracing::subscriber::DefaultGuard) {
+        let captured = Self::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        (captured, tracing::subscriber::set_default(subscriber))
+    }
+
     fn text(&self) -> String {
         String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
     }
@@ -347,13 +358,7 @@ impl Captured {
 
 #[tokio::test]
 async fn plugin_logs_are_escaped_cut_and_rate_limited() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = Captured::start();
 
     let metrics = Arc::new(PluginMetrics::default());
     let sandbox = Arc::new(
@@ -413,6 +418,78 @@ async fn plugin_logs_are_escaped_cut_and_rate_limited() {
         .unwrap();
     let count: u64 = dropped.rsplit(' ').next().unwrap().parse().unwrap();
     assert!(count >= 600 - 20 - refilled, "{dropped}");
+}
+
+/// A plugin that rejects every event — or fails every call without being
+/// quarantined — would write a warning per call into the daemon's log,
+/// past the rate its own log lines are held to. Those warnings are held to
+/// a rate per plugin too; the errors metric still counts every call.
+#[tokio::test]
+async fn a_plugin_that_fails_every_call_cannot_flood_the_daemons_log() {
+    let (captured, _guard) = Captured::start();
+
+    let metrics = Arc::new(PluginMetrics::default());
+    let sandbox =
+        Arc::new(Sandbox::with_metrics(SandboxConfig::default(), metrics.clone()).unwrap());
+    let fail = mode("fail");
+    let dir = plugin_dir(&[("grumpy", TEST_PLUGIN, Some(&fail))]);
+    let plugins = load(&sandbox, dir.path()).await;
+    let mut dispatcher = Dispatcher::with(&plugins, DispatchPolicy::OFFLINE, metrics.clone());
+    let started = std::time::Instant::now();
+    let calls = 500;
+    let outcomes = first_outcomes(&mut dispatcher, calls).await;
+    let refilled = started.elapsed().as_secs() + 1;
+    assert!(
+        outcomes.iter().all(|o| o.result.is_err()),
+        "every call fails"
+    );
+
+    let series = |text: &str, name: &str| -> u64 {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}{{")) && l.contains("plugin=\"grumpy\""))
+            .unwrap_or_else(|| panic!("no {name} in {text}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let warned = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("Plugin rejected its input."))
+            .count() as u64
+    };
+    let log = captured.text();
+    let lines = warned(&log);
+    assert!((1..=20 + refilled).contains(&lines), "{lines} warnings");
+    let text = todo_eventd::telemetry::Telemetry {
+        plugins: metrics.clone(),
+        ..Default::default()
+    }
+    .encode();
+    assert_eq!(
+        series(&text, "todo_eventd_plugin_errors_total"),
+        500,
+        "every failure counted"
+    );
+    assert_eq!(
+        series(&text, "todo_eventd_plugin_warnings_suppressed_total"),
+        500 - lines
+    );
+
+    // A second later the next failure is written again, after a line that
+    // says how many were left out.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let outcome = dispatcher.dispatch(&created("late", 9_000), 9_000).await;
+    assert!(outcome[0].result.is_err());
+    let log = captured.text();
+    assert_eq!(warned(&log), lines + 1, "{log}");
+    let summary = log
+        .lines()
+        .find(|l| l.contains("Similar warnings suppressed"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(
+        summary.contains("about=grumpy")
+            && summary.contains(&format!("suppressed={}", 500 - lines)),
+        "{summary}"
+    );
 }
 
 #[tokio::test]

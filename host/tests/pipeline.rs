@@ -112,6 +112,41 @@ async fn outputs_and_dead_letters_land_with_keys_and_headers() {
     assert_eq!(harness.committed(), harness.end_offsets());
 }
 
+/// A producer sending nothing but undecodable records gets every one
+/// dead-lettered, but cannot flood the daemon's log: the warning per record
+/// is held to a rate, the rest counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stream_of_undecodable_records_is_dead_lettered_without_flooding_the_log() {
+    let harness = Harness::new(&["task-events", "task-events.dlq", "out-topic", CHANGELOG]);
+    let plugins = echo_plugins().await;
+    let count = 400;
+    let lines: Vec<String> = (0..count)
+        .map(|i| format!("{{\"event_type\":\"created\",\"task_id\":{i}"))
+        .collect();
+    let started = std::time::Instant::now();
+    harness.produce(&lines).await;
+    let (seen, stats) = harness
+        .run_until(
+            plugins,
+            &["task-events.dlq"],
+            |seen| seen.len() >= count,
+            async |_| {},
+        )
+        .await;
+    let refilled = started.elapsed().as_secs() + 1;
+    assert_eq!(seen.len(), count, "every record dead-lettered");
+    assert!(
+        seen.iter()
+            .all(|m| header(m, "error.stage").as_deref() == Some("decode"))
+    );
+    let suppressed = stats.warnings_suppressed.get();
+    let written = count as u64 - suppressed;
+    assert!(
+        (1..=20 + refilled).contains(&written),
+        "{written} warnings written, {suppressed} suppressed"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn order_is_kept_per_key() {
     let harness = Harness::new(&["task-events", "task-events.dlq", "out-topic", CHANGELOG]);

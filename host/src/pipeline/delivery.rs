@@ -37,7 +37,7 @@ use tracing::{error, warn};
 
 use super::coalesce::{Change, ChangelogCache};
 use super::records::{self, Failure, OutRecord, Source, Stage};
-use crate::telemetry::{PartitionStatus, PipelineMetrics};
+use crate::telemetry::{LogThrottle, PartitionStatus, PipelineMetrics};
 use crate::{clock, kafka};
 
 /// The first back-off after a failed delivery.
@@ -216,6 +216,8 @@ pub(super) struct Settings {
     pub(super) max_entries: usize,
     /// Bytes not yet acknowledged beyond which there is no room.
     pub(super) max_bytes: usize,
+    /// The rate of warnings about single records.
+    pub(super) warnings: Arc<LogThrottle>,
 }
 
 /// A changelog batch on its way.
@@ -283,6 +285,8 @@ struct Context {
     /// Per lane: whether it has the partition reported stalled.
     stalled: [bool; 2],
     logged_at: Option<Instant>,
+    /// The rate of warnings about single records.
+    warnings: Arc<LogThrottle>,
 }
 
 impl Deliveries {
@@ -316,6 +320,7 @@ impl Deliveries {
                 failing_since: [None; 2],
                 stalled: [false; 2],
                 logged_at: None,
+                warnings: settings.warnings,
             },
         }
     }
@@ -544,7 +549,9 @@ impl Context {
                     "an output of plugin {plugin} to {} could not be produced: {err}",
                     send.record.topic
                 );
-                warn!(topic = %send.record.topic, %plugin, error = %err, "Output cannot be produced; dead-lettering its input.");
+                if self.warnings.admit() {
+                    warn!(topic = %send.record.topic, %plugin, error = %err, "Output cannot be produced; dead-lettering its input.");
+                }
                 self.stats.undeliverable.inc();
                 let failure = Failure {
                     stage: Stage::Deliver,
@@ -575,7 +582,9 @@ impl Context {
                 },
                 _,
             ) => {
-                warn!(topic = %send.record.topic, error = %err, "Dead letter cannot be produced; sending a minimal one.");
+                if self.warnings.admit() {
+                    warn!(topic = %send.record.topic, error = %err, "Dead letter cannot be produced; sending a minimal one.");
+                }
                 let (stage, original_size) = (*stage, *original_size);
                 send.record = records::minimal_dead_letter(&send.record, original_size);
                 send.role = Role::DeadLetter {
@@ -711,6 +720,11 @@ mod tests {
             flush_idle,
             max_entries: 512,
             max_bytes: 32 << 20,
+            warnings: Arc::new(LogThrottle::new(
+                "records",
+                crate::telemetry::Rate::WARNINGS,
+                Default::default(),
+            )),
         }
     }
 

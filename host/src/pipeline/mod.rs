@@ -52,7 +52,7 @@ use crate::dispatch::{DispatchPolicy, Dispatcher, RetryWait};
 use crate::kafka;
 use crate::plugin::health::QuarantinePolicy;
 use crate::plugin::{Plugin, Registry};
-use crate::telemetry::Telemetry;
+use crate::telemetry::{LogThrottle, Rate, Telemetry};
 
 /// The longest gap between two consumer-error log lines.
 const CONSUMER_ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
@@ -137,6 +137,11 @@ impl Pipeline {
             changelog_flush_idle: self.config.pipeline.changelog_flush_idle,
             clock: self.clock.clone(),
             stats: self.telemetry.pipeline.clone(),
+            warnings: Arc::new(LogThrottle::new(
+                "records",
+                Rate::WARNINGS,
+                self.telemetry.pipeline.warnings_suppressed.clone(),
+            )),
         };
         info!(brokers, topics, group = %kafka.group_id, plugins = self.plugins.current().plugins.len(), "Pipeline started.");
 

@@ -35,7 +35,7 @@ use crate::event::{self, RecordMeta};
 use crate::plugin::PluginSet;
 use crate::state::PluginState;
 use crate::state::changelog;
-use crate::telemetry::{PartitionStatus, PipelineMetrics, RestoreGuard};
+use crate::telemetry::{LogThrottle, PartitionStatus, PipelineMetrics, RestoreGuard};
 use crate::units::ByteSize;
 
 /// Timers fired in one go before the worker looks at anything else.
@@ -85,6 +85,8 @@ pub(super) struct WorkerContext {
     pub(super) changelog_flush_idle: Duration,
     pub(super) clock: Clock,
     pub(super) stats: Arc<PipelineMetrics>,
+    /// The rate of warnings about single records (shared by the workers).
+    pub(super) warnings: Arc<LogThrottle>,
 }
 
 pub(super) struct Worker {
@@ -120,6 +122,7 @@ impl Worker {
                 flush_idle: context.changelog_flush_idle,
                 max_entries: context.max_in_flight,
                 max_bytes: context.max_in_flight_bytes,
+                warnings: context.warnings.clone(),
             },
             context.stats.clone(),
             status,
@@ -228,7 +231,8 @@ impl Worker {
             };
             let error = match restored {
                 Ok(Ok(restorer)) => {
-                    let (applied, skipped) = (restorer.applied, restorer.skipped);
+                    let (applied, skipped, unreadable) =
+                        (restorer.applied, restorer.skipped, restorer.unreadable);
                     let (states, legacy) = restorer.into_parts();
                     self.dispatcher.restore(states);
                     self.legacy = legacy;
@@ -236,6 +240,7 @@ impl Worker {
                     info!(
                         records = applied,
                         skipped,
+                        unreadable,
                         timers = self.dispatcher.timer_count(),
                         elapsed_ms = started.elapsed().as_millis() as u64,
                         "Restored plugin state from the changelog."
@@ -310,8 +315,10 @@ impl Worker {
         let mut produced = Produced::default();
         match decoded {
             Err(reason) => {
-                let _entered = span.enter();
-                warn!(error = %reason, "Undecodable record dead-lettered.");
+                if self.context.warnings.admit() {
+                    let _entered = span.enter();
+                    warn!(error = %reason, "Undecodable record dead-lettered.");
+                }
                 let failure = Failure {
                     stage: Stage::Decode,
                     plugin: None,

@@ -24,6 +24,7 @@ use self::health::Health;
 use self::manifest::Manifest;
 pub use self::registry::{PluginSet, PluginStatus, Registry};
 use crate::sandbox::{CallError, HostState, Instance, PluginSpec, Sandbox, ValidateError};
+use crate::telemetry::LogThrottle;
 use crate::units::ByteSize;
 use crate::world::{EventKind, GuestPre, WitVersion};
 
@@ -50,6 +51,8 @@ pub struct Plugin {
     pub start_memory: usize,
     /// This version's failure record (quarantine).
     pub health: Health,
+    /// The rate of the daemon's warnings about this version's failed calls.
+    pub warnings: LogThrottle,
     /// The sandbox it was compiled for (instances must come from the same
     /// engine).
     sandbox: Arc<Sandbox>,
@@ -360,6 +363,7 @@ pub async fn from_parts(
     .map_err(|e| invalid(ValidateError::Start(e.to_string())))?
     .map_err(invalid)?;
     let wasi_imports = sandbox.wasi_imports(&pre);
+    let warnings = sandbox.plugin_warnings(&name);
     let mut plugin = Plugin {
         hash,
         name,
@@ -370,6 +374,7 @@ pub async fn from_parts(
         wasi_imports,
         start_memory: 0,
         health: Health::default(),
+        warnings,
         sandbox: sandbox.clone(),
     };
     let instance = first_start(&plugin.name, || plugin.instantiate())

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
 
+use crate::telemetry::{Rate, TokenBucket};
 use crate::text;
 use crate::units::ByteSize;
 use crate::world::LogLevel;
@@ -50,8 +51,7 @@ pub struct PluginLog {
 
 #[derive(Debug)]
 struct Bucket {
-    tokens: f64,
-    refilled: Instant,
+    tokens: TokenBucket,
     unreported: u64,
     reported: Option<Instant>,
 }
@@ -63,8 +63,10 @@ impl PluginLog {
             plugin: plugin.to_owned(),
             policy,
             bucket: Mutex::new(Bucket {
-                tokens: f64::from(policy.burst.max(1)),
-                refilled: Instant::now(),
+                tokens: TokenBucket::new(Rate {
+                    per_second: policy.lines_per_second,
+                    burst: policy.burst,
+                }),
                 unreported: 0,
                 reported: None,
             }),
@@ -106,12 +108,7 @@ impl PluginLog {
     fn admit(&self) -> bool {
         let mut bucket = self.bucket.lock().unwrap_or_else(PoisonError::into_inner);
         let now = Instant::now();
-        let elapsed = now.duration_since(bucket.refilled).as_secs_f64();
-        bucket.refilled = now;
-        bucket.tokens = (bucket.tokens + elapsed * f64::from(self.policy.lines_per_second))
-            .min(f64::from(self.policy.burst.max(1)));
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
+        if bucket.tokens.take(now) {
             return true;
         }
         self.dropped.inc();

@@ -40,7 +40,7 @@ pub use self::host::{Effects, Emit, HostState, MAX_KEY_BYTES, PluginSpec, RECORD
 pub use self::instance::Instance;
 pub use self::limits::{LimitSettings, Limits, QuotaExceeded};
 pub use self::log::{LogPolicy, PluginLog};
-use crate::telemetry::PluginMetrics;
+use crate::telemetry::{LogThrottle, PluginMetrics, Rate};
 use crate::units::ByteSize;
 use crate::world::{GuestPre, Plugin as PluginWorld, WitVersion, v0_1};
 
@@ -198,6 +198,13 @@ impl Sandbox {
             self.config.log,
             self.metrics.log_dropped(name),
         ))
+    }
+
+    /// The daemon's warnings about plugin `name`'s failed calls, held to
+    /// [`Rate::WARNINGS`]: a plugin that fails every call cannot flood the
+    /// log through them.
+    pub fn plugin_warnings(&self, name: &str) -> LogThrottle {
+        LogThrottle::new(name, Rate::WARNINGS, self.metrics.warnings_suppressed(name))
     }
 
     /// The sandbox settings.

@@ -1,5 +1,6 @@
 //! What operators observe: Prometheus metrics for the pipeline and for each
-//! plugin, and the readiness the admin endpoint reports.
+//! plugin, the readiness the admin endpoint reports, and the rate the
+//! daemon's per-record warnings are held to.
 //!
 //! Every metric is a handle onto shared atomics, so the hot path only
 //! increments; a scrape registers the handles into a fresh
@@ -9,6 +10,7 @@
 mod pipeline;
 mod plugins;
 mod readiness;
+mod throttle;
 
 use std::sync::Arc;
 
@@ -17,6 +19,8 @@ use prometheus_client::registry::Registry;
 pub use self::pipeline::PipelineMetrics;
 pub use self::plugins::{PluginMetrics, SlotMetrics};
 pub use self::readiness::{NotReady, PartitionStatus, Readiness, RestoreGuard};
+pub(crate) use self::throttle::TokenBucket;
+pub use self::throttle::{LogThrottle, Rate};
 
 /// The prefix of every metric name.
 pub const PREFIX: &str = "todo_eventd";

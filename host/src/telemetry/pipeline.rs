@@ -77,6 +77,8 @@ pub struct PipelineMetrics {
     pub undeliverable: Counter,
     /// Consumer errors reported by librdkafka.
     pub consumer_errors: Counter,
+    /// Per-record warnings left out of the log over their rate limit.
+    pub warnings_suppressed: Counter,
     delivery_failures: Family<DeliveryLabels, Counter>,
     dead_letter_stages: Family<StageLabels, Counter>,
     rebalances: Family<RebalanceLabels, Counter>,
@@ -100,6 +102,7 @@ impl Default for PipelineMetrics {
             restore_failures: Counter::default(),
             undeliverable: Counter::default(),
             consumer_errors: Counter::default(),
+            warnings_suppressed: Counter::default(),
             delivery_failures: Family::default(),
             dead_letter_stages: Family::default(),
             rebalances: Family::default(),
@@ -240,6 +243,11 @@ impl PipelineMetrics {
                 "consumer_errors",
                 "Errors the consumer reported (broker connections, fetches)",
                 &self.consumer_errors,
+            ),
+            (
+                "warnings_suppressed",
+                "Per-record warnings (undecodable records, outputs that cannot be produced) left out of the log over the rate limit",
+                &self.warnings_suppressed,
             ),
         ];
         for (name, help, counter) in counters {

@@ -54,6 +54,7 @@ pub struct PluginMetrics {
     skipped: Family<PluginLabels, Counter>,
     reloads: Family<ReloadLabels, Counter>,
     log_dropped: Family<PluginLabels, Counter>,
+    warnings_suppressed: Family<PluginLabels, Counter>,
     timers_throttled: Family<PluginLabels, Counter>,
     retries: Family<PluginLabels, Counter>,
 }
@@ -70,6 +71,7 @@ impl Default for PluginMetrics {
             skipped: Family::default(),
             reloads: Family::default(),
             log_dropped: Family::default(),
+            warnings_suppressed: Family::default(),
             timers_throttled: Family::default(),
             retries: Family::default(),
         }
@@ -137,6 +139,14 @@ impl PluginMetrics {
     /// The counter of `plugin`'s log lines dropped over the rate limit.
     pub fn log_dropped(&self, plugin: &str) -> Counter {
         self.log_dropped.get_or_create_owned(&PluginLabels {
+            plugin: plugin.to_owned(),
+        })
+    }
+
+    /// The counter of the daemon's warnings about `plugin`'s failed calls
+    /// left out of the log over the rate limit.
+    pub fn warnings_suppressed(&self, plugin: &str) -> Counter {
+        self.warnings_suppressed.get_or_create_owned(&PluginLabels {
             plugin: plugin.to_owned(),
         })
     }
@@ -226,6 +236,11 @@ impl PluginMetrics {
             "plugin_log_dropped",
             "Plugin log lines dropped over the per-plugin rate limit",
             self.log_dropped.clone(),
+        );
+        registry.register(
+            "plugin_warnings_suppressed",
+            "The daemon's warnings about the plugin's failed calls left out of the log over the rate limit",
+            self.warnings_suppressed.clone(),
         );
         registry.register(
             "plugin_timers_throttled",
