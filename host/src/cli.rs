@@ -93,10 +93,9 @@ enum Command {
     /// Work with plugin files.
     #[command(subcommand)]
     Plugins(PluginsCommand),
-    /// Internal: compile the component on stdin to an artifact on stdout
-    /// (the daemon runs itself so, to bound what a compile may take).
-    #[command(name = "compile-component", hide = true)]
-    CompileComponent,
+    // `compile-component`, the daemon running itself to compile a plugin,
+    // is handled in `main` before any argument parsing
+    // (`sandbox::CHILD_COMMAND`).
 }
 
 /// Flags of `run`. Each overrides the environment
@@ -330,11 +329,6 @@ async fn execute(cli: Cli) -> Result<ExitCode> {
             let metrics = telemetry.pipeline.clone();
             daemon::run(config, plugins, telemetry, shutdown_signal()).await?;
             eprintln!("{}", metrics.summary());
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::CompileComponent => {
-            // A process of its own, doing only this: blocking is fine.
-            crate::sandbox::child_main(std::io::stdin().lock(), std::io::stdout().lock())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo => {

@@ -18,8 +18,8 @@ use std::cell::Cell;
 
 use serde::{Deserialize, Serialize};
 use todo_plugin_sdk::{
-    Config, Error, FiredTimer, Plugin, Result, TaskEvent, emit_json, host, timers, typed_state,
-    typed_timers,
+    Config, DAY_MS, Error, FiredTimer, Plugin, Result, TaskEvent, emit_json, host, timers,
+    typed_state, typed_timers,
 };
 
 use crate::stats::{Status, TaskRecord, UserStats};
@@ -29,7 +29,6 @@ struct AnalyticsPlugin;
 /// `snapshot_interval` unless configured: 60 s.
 const DEFAULT_INTERVAL_MS: i64 = 60_000;
 const DEFAULT_RECORD_TTL_DAYS: u32 = 30;
-const DAY_MS: i64 = 86_400_000;
 
 fn user_key(user: &str) -> String {
     ["user:", user].concat()
@@ -94,10 +93,7 @@ impl Plugin for AnalyticsPlugin {
     fn init(config: &Config) -> Result {
         let interval = config.get("snapshot_interval").map(parse_interval);
         SNAPSHOT_INTERVAL_MS.set(interval.transpose()?.unwrap_or(DEFAULT_INTERVAL_MS));
-        let days = config
-            .positive("record_ttl_days")?
-            .unwrap_or(DEFAULT_RECORD_TTL_DAYS);
-        RECORD_TTL_MS.set(i64::from(days) * DAY_MS);
+        RECORD_TTL_MS.set(config.days_ms("record_ttl_days", DEFAULT_RECORD_TTL_DAYS)?);
         Ok(())
     }
 

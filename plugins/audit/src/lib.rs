@@ -21,13 +21,12 @@ use std::cell::Cell;
 
 use serde::Serialize;
 use todo_plugin_sdk::{
-    Config, Error, EventKind, FiredTimer, Plugin, Result, TaskEvent, TaskSnapshot, emit_json, host,
-    rfc3339, state, timers, typed_state,
+    Config, DAY_MS, Error, EventKind, FiredTimer, Plugin, Result, TaskEvent, TaskSnapshot,
+    emit_json, host, rfc3339, state, timers, typed_state,
 };
 
 struct AuditPlugin;
 
-const DAY_MS: i64 = 86_400_000;
 const DEFAULT_SNAPSHOT_TTL_DAYS: u32 = 30;
 /// Where a task's last snapshot (and its expiry timer) is kept.
 const KEY_PREFIX: &str = "task/";
@@ -53,10 +52,7 @@ struct AuditRecord<'a> {
 
 impl Plugin for AuditPlugin {
     fn init(config: &Config) -> Result {
-        let days = config
-            .positive("snapshot_ttl_days")?
-            .unwrap_or(DEFAULT_SNAPSHOT_TTL_DAYS);
-        SNAPSHOT_TTL_MS.set(i64::from(days) * DAY_MS);
+        SNAPSHOT_TTL_MS.set(config.days_ms("snapshot_ttl_days", DEFAULT_SNAPSHOT_TTL_DAYS)?);
         Ok(())
     }
 

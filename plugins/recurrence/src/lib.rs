@@ -20,8 +20,8 @@ use std::cell::Cell;
 
 use serde::Serialize;
 use todo_plugin_sdk::{
-    Config, Error, EventKind, FiredTimer, Plugin, Recurrence, Result, TaskEvent, debug, emit_json,
-    host, info, rfc3339, timers, typed_state, warn,
+    Config, DAY_MS, Error, EventKind, FiredTimer, Plugin, Recurrence, Result, TaskEvent, debug,
+    emit_json, host, info, rfc3339, timers, typed_state, warn,
 };
 
 struct RecurrencePlugin;
@@ -79,7 +79,6 @@ const OUTPUT: &str = "tasks";
 
 /// Days an answered completion is remembered, unless configured.
 const DEFAULT_ANSWERED_TTL_DAYS: u32 = 30;
-const DAY_MS: i64 = 86_400_000;
 
 thread_local! {
     /// `answered_ttl_days` in ms, read once in `init` (an instance's config
@@ -103,10 +102,7 @@ fn remember(task_id: &str, answer: &str) -> Result {
 
 impl Plugin for RecurrencePlugin {
     fn init(config: &Config) -> Result {
-        let days = config
-            .positive("answered_ttl_days")?
-            .unwrap_or(DEFAULT_ANSWERED_TTL_DAYS);
-        ANSWERED_TTL_MS.set(i64::from(days) * DAY_MS);
+        ANSWERED_TTL_MS.set(config.days_ms("answered_ttl_days", DEFAULT_ANSWERED_TTL_DAYS)?);
         Ok(())
     }
 

@@ -25,15 +25,14 @@ use std::cell::Cell;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use todo_plugin_sdk::{
-    Config, EventKind, FiredTimer, Plugin, Result, TaskEvent, Timestamp, debug, emit_json, host,
-    info, rfc3339, timers, typed_state, typed_timers, warn,
+    Config, DAY_MS, EventKind, FiredTimer, Plugin, Result, TaskEvent, Timestamp, debug, emit_json,
+    host, info, rfc3339, timers, typed_state, typed_timers, warn,
 };
 
 struct RemindersPlugin;
 
 /// Days a task is remembered after its last event, unless configured.
 const DEFAULT_MEMO_TTL_DAYS: u32 = 30;
-const DAY_MS: i64 = 86_400_000;
 
 /// What a task's timer carries.
 #[derive(Serialize, Deserialize)]
@@ -151,10 +150,7 @@ fn reminder_for(event: &TaskEvent, memo: &Memo) -> Option<Pending> {
 
 impl Plugin for RemindersPlugin {
     fn init(config: &Config) -> Result {
-        let days = config
-            .positive("memo_ttl_days")?
-            .unwrap_or(DEFAULT_MEMO_TTL_DAYS);
-        MEMO_TTL_MS.set(i64::from(days) * DAY_MS);
+        MEMO_TTL_MS.set(config.days_ms("memo_ttl_days", DEFAULT_MEMO_TTL_DAYS)?);
         Ok(())
     }
 

@@ -54,7 +54,7 @@ pub use wit_bindgen;
 pub use self::error::{Error, Result};
 pub use self::json::{emit_json, json_state, json_timers};
 pub use self::snapshot::{EventSnapshot, TaskSnapshot};
-pub use self::time::rfc3339;
+pub use self::time::{DAY_MS, rfc3339};
 pub use self::typed::{typed_state, typed_timers};
 
 /// A plugin's handlers. Every one has a default that does nothing, so a
@@ -126,6 +126,15 @@ impl Config {
             )),
             value => Ok(value),
         }
+    }
+
+    /// The value under `key` as a number of days (a whole number of at
+    /// least 1), or `default` when it is not set, in milliseconds: how a
+    /// plugin reads a time-to-live for what it keeps. Anything else is a
+    /// `bad-input` error naming the key.
+    pub fn days_ms(&self, key: &str, default: u32) -> Result<i64> {
+        let days = self.positive(key)?.unwrap_or(default);
+        Ok(i64::from(days) * DAY_MS)
     }
 
     /// Every `(key, value)` pair.
@@ -202,6 +211,38 @@ impl Frequency {
             Frequency::Weekly => "weekly",
             Frequency::Monthly => "monthly",
             Frequency::Yearly => "yearly",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(pairs: &[(&str, &str)]) -> Config {
+        Config::new(
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn a_ttl_in_days_reads_as_milliseconds_and_a_bad_one_names_its_key() {
+        let days = |pairs: &[(&str, &str)]| config(pairs).days_ms("ttl_days", 30).ok();
+        assert_eq!(days(&[]), Some(30 * DAY_MS));
+        assert_eq!(days(&[("ttl_days", "2")]), Some(2 * DAY_MS));
+        // The largest u32 of days still fits the millisecond clock.
+        assert_eq!(
+            days(&[("ttl_days", "4294967295")]),
+            Some(4_294_967_295 * DAY_MS)
+        );
+        for bad in ["0", "-1", "x", "4294967296"] {
+            let err = config(&[("ttl_days", bad)])
+                .days_ms("ttl_days", 30)
+                .unwrap_err();
+            assert!(err.to_string().contains("ttl_days"), "{bad}: {err}");
         }
     }
 }

@@ -2,6 +2,9 @@
 
 use crate::Timestamp;
 
+/// One day in milliseconds (the unit of [`Timestamp`]).
+pub const DAY_MS: i64 = 86_400_000;
+
 /// Formats a timestamp (ms since the epoch) as RFC 3339 UTC, e.g.
 /// `2026-01-22T10:00:00Z` (milliseconds are shown only when non-zero).
 pub fn rfc3339(ms: Timestamp) -> String {
