@@ -7,7 +7,9 @@
 //! passes them, and after the last event advances by `--advance`.
 //!
 //! Input lines are bytes: a line that is not JSON (or not UTF-8) is a
-//! dead letter with its line number, and the run goes on.
+//! dead letter with its line number, and the run goes on. A line longer
+//! than `pipeline.max_event_bytes` is a dead letter too, read past without
+//! being held in memory (a file without a newline is one line).
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
@@ -18,7 +20,7 @@ use serde_json::{Value, json};
 
 use crate::clock::rfc3339;
 use crate::dispatch::{Dispatcher, Outcome};
-use crate::event::{self, RecordMeta};
+use crate::event::{self, DecodeError, RecordMeta};
 use crate::plugin::Plugin;
 use crate::units::ByteSize;
 use crate::world::Timestamp;
@@ -122,14 +124,16 @@ pub async fn run(
         now: options.start,
         summary: Summary::default(),
     };
-    for (index, line) in events.split(b'\n').enumerate() {
-        let line = line?;
-        let line_no = index + 1;
-        if line.trim_ascii().is_empty() {
-            continue;
-        }
-        let line = line.trim_ascii();
-        let decoded = event::decode_bounded(line, RecordMeta::default(), options.max_event_bytes);
+    let limit = options.max_event_bytes;
+    let mut lines = BoundedLines::new(events, limit.as_usize());
+    while let Some((line_no, line)) = lines.next_line()? {
+        let decoded = match line {
+            Line::TooLong { bytes } => Err(DecodeError::TooLarge { size: bytes, limit }),
+            Line::Text(line) if line.trim_ascii().is_empty() => continue,
+            Line::Text(line) => {
+                event::decode_bounded(line.trim_ascii(), RecordMeta::default(), limit)
+            }
+        };
         let event = match decoded {
             Ok(event) => event,
             Err(err) => {
@@ -231,4 +235,121 @@ impl Bench {
 fn write_line(out: &mut impl Write, value: &Value) -> std::io::Result<()> {
     serde_json::to_writer(&mut *out, value)?;
     out.write_all(b"\n")
+}
+
+/// One input line: its bytes (without the newline), or only its length
+/// when it is longer than the bound.
+#[derive(Debug, PartialEq, Eq)]
+enum Line<'a> {
+    Text(&'a [u8]),
+    TooLong { bytes: usize },
+}
+
+/// Lines of a reader, each held to `max` bytes: the rest of a longer line
+/// is read past, not kept.
+struct BoundedLines<R> {
+    reader: R,
+    max: usize,
+    line: Vec<u8>,
+    number: usize,
+}
+
+impl<R: BufRead> BoundedLines<R> {
+    fn new(reader: R, max: usize) -> Self {
+        Self {
+            reader,
+            max,
+            line: Vec::new(),
+            number: 0,
+        }
+    }
+
+    /// The next line and its number (from 1), or `None` at the end.
+    fn next_line(&mut self) -> std::io::Result<Option<(usize, Line<'_>)>> {
+        self.line.clear();
+        let (mut bytes, mut read_any, mut too_long) = (0_usize, false, false);
+        loop {
+            let available = match self.reader.fill_buf() {
+                Ok(available) => available,
+                Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(err) => return Err(err),
+            };
+            if available.is_empty() {
+                break;
+            }
+            read_any = true;
+            let newline = available.iter().position(|b| *b == b'\n');
+            let chunk = &available[..newline.unwrap_or(available.len())];
+            bytes = bytes.saturating_add(chunk.len());
+            if bytes <= self.max {
+                self.line.extend_from_slice(chunk);
+            } else if !too_long {
+                too_long = true;
+                self.line = Vec::new();
+            }
+            let used = newline.map_or(chunk.len(), |at| at + 1);
+            self.reader.consume(used);
+            if newline.is_some() {
+                break;
+            }
+        }
+        if !read_any {
+            return Ok(None);
+        }
+        self.number += 1;
+        let line = if too_long {
+            Line::TooLong { bytes }
+        } else {
+            Line::Text(&self.line)
+        };
+        Ok(Some((self.number, line)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(input: &[u8], max: usize, capacity: usize) -> Vec<(usize, String)> {
+        let mut lines = BoundedLines::new(std::io::BufReader::with_capacity(capacity, input), max);
+        let mut seen = Vec::new();
+        while let Some((number, line)) = lines.next_line().unwrap() {
+            let shown = match line {
+                Line::Text(text) => String::from_utf8_lossy(text).into_owned(),
+                Line::TooLong { bytes } => format!("<{bytes} bytes>"),
+            };
+            seen.push((number, shown));
+        }
+        seen
+    }
+
+    #[test]
+    fn lines_longer_than_the_bound_are_measured_not_kept() {
+        let input = b"short\n0123456789abcdef\n\nexactly-10\nlast-no-newline-here";
+        let expected = [
+            (1, "short".to_owned()),
+            (2, "<16 bytes>".to_owned()),
+            (3, String::new()),
+            (4, "exactly-10".to_owned()),
+            (5, "<20 bytes>".to_owned()),
+        ];
+        // Lines across the reader's buffer boundaries read the same.
+        for capacity in [1, 3, 7, 64] {
+            assert_eq!(lines(input, 10, capacity), expected, "capacity {capacity}");
+        }
+        assert_eq!(lines(b"", 10, 8), []);
+        assert_eq!(lines(b"a\n", 10, 8), [(1, "a".to_owned())]);
+    }
+
+    #[test]
+    fn a_line_without_end_costs_no_more_memory_than_the_bound() {
+        use std::io::Read;
+        // 64 MiB of one line, read through a bound of 1 KiB.
+        let endless = std::io::repeat(b'x').take(64 << 20);
+        let mut lines = BoundedLines::new(std::io::BufReader::new(endless), 1024);
+        let (number, line) = lines.next_line().unwrap().unwrap();
+        assert_eq!((number, line), (1, Line::TooLong { bytes: 64 << 20 }));
+        assert!(lines.line.capacity() <= 2048, "{}", lines.line.capacity());
+        assert!(lines.next_line().unwrap().is_none());
+    }
 }

@@ -323,7 +323,7 @@ fn plugins_check_shows_grants_and_limits_and_refuses_a_plugin_that_cannot_start(
 }
 
 #[test]
-fn plugins_test_goes_on_past_a_bad_line_and_a_plugin_that_never_returns() {
+fn plugins_test_goes_on_past_bad_and_oversized_lines_and_a_plugin_that_never_returns() {
     let cache = tempfile::tempdir().unwrap();
     let dir = plugin_dir(&[(
         "sleeper",
@@ -338,7 +338,9 @@ fn plugins_test_goes_on_past_a_bad_line_and_a_plugin_that_never_returns() {
     };
     let mut bytes = good("first").into_bytes();
     bytes.extend_from_slice(b"{\"event_id\":\"\xff\xfe\"}\n");
-    bytes.extend_from_slice(good("third").as_bytes());
+    // Over pipeline.max_event_bytes (256 KiB): measured, not held.
+    bytes.extend_from_slice(format!("{{\"title\":\"{}\"}}\n", "x".repeat(300_000)).as_bytes());
+    bytes.extend_from_slice(good("fourth").as_bytes());
     std::fs::write(&events, bytes).unwrap();
     let started = std::time::Instant::now();
     let out = todo_eventd(
@@ -363,12 +365,18 @@ fn plugins_test_goes_on_past_a_bad_line_and_a_plugin_that_never_returns() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(lines.len(), 3, "{lines:#?}");
+    assert_eq!(lines.len(), 4, "{lines:#?}");
     assert_eq!(lines[0]["error"], "deadline");
     assert_eq!(lines[1]["stage"], "decode");
     assert_eq!(lines[1]["line"], 2);
-    assert_eq!(lines[2]["error"], "deadline");
+    assert_eq!(lines[2]["stage"], "decode");
     assert_eq!(lines[2]["line"], 3);
+    assert_eq!(
+        lines[2]["reason"],
+        "record of 300012 bytes exceeds pipeline.max_event_bytes (256KiB)"
+    );
+    assert_eq!(lines[3]["error"], "deadline");
+    assert_eq!(lines[3]["line"], 4);
 }
 
 #[test]
