@@ -646,6 +646,13 @@ impl Config {
                 memory: section.compile_memory,
                 timeout: section.compile_timeout,
             }),
+            reserved_topics: vec![
+                (self.kafka.changelog_topic(), "kafka.changelog_topic"),
+                (
+                    self.kafka.dead_letter_topic.clone(),
+                    "kafka.dead_letter_topic",
+                ),
+            ],
             ..SandboxConfig::default()
         };
         if let Some(max) = section.max_instances {

@@ -437,6 +437,11 @@ fn resolve_spec(sandbox: &Sandbox, name: &str, manifest: &Manifest) -> Result<Pl
         if topic.trim().is_empty() {
             return Err(format!("outputs.{output}: the topic name is empty"));
         }
+        if let Some((_, setting)) = config.reserved_topics.iter().find(|(t, _)| t == topic) {
+            return Err(format!(
+                "outputs.{output}: {topic} is the daemon's own ({setting}); a plugin may not write to it"
+            ));
+        }
     }
     for dir in &manifest.wasi.dirs {
         if !dir.host.is_dir() {
@@ -476,6 +481,31 @@ mod tests {
         }
         let names = plugin_names(dir.path()).unwrap();
         assert_eq!(names.into_iter().collect::<Vec<_>>(), ["a", "b"]);
+    }
+
+    #[test]
+    fn no_output_may_map_to_the_daemons_own_topics() {
+        let config = crate::config::Config::default();
+        let sandbox = Sandbox::new(config.sandbox_config(None)).unwrap();
+        let spec = |topic: &str| {
+            let manifest = Manifest::parse(&format!("[outputs]\nout = \"{topic}\"\n")).unwrap();
+            resolve_spec(&sandbox, "p", &manifest).map(|spec| spec.outputs)
+        };
+        let changelog = config.kafka.changelog_topic();
+        assert_eq!(
+            spec(&changelog).unwrap_err(),
+            format!(
+                "outputs.out: {changelog} is the daemon's own (kafka.changelog_topic); a plugin may not write to it"
+            )
+        );
+        assert!(
+            spec(&config.kafka.dead_letter_topic)
+                .unwrap_err()
+                .contains("(kafka.dead_letter_topic)")
+        );
+        // The input topic is allowed: the recurrence plugin writes the next
+        // occurrence there.
+        assert!(spec(&config.kafka.input_topics[0]).is_ok());
     }
 
     fn start_deadline() -> CallError {

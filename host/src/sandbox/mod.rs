@@ -75,6 +75,10 @@ pub struct SandboxConfig {
     /// Compile in a child process within bounds (the daemon), or, when
     /// `None`, in this process (tests, tools embedding the library).
     pub compiler: Option<Compiler>,
+    /// Topics no plugin output may map to, each with the setting that
+    /// names it: the changelog (a record there is restored as plugin
+    /// state — anyone's) and the dead-letter topic.
+    pub reserved_topics: Vec<(String, &'static str)>,
 }
 
 impl Default for SandboxConfig {
@@ -91,6 +95,7 @@ impl Default for SandboxConfig {
             epoch_tick: Duration::from_millis(1),
             perf_map: false,
             compiler: None,
+            reserved_topics: Vec::new(),
         }
     }
 }
