@@ -147,6 +147,35 @@ async fn a_stream_of_undecodable_records_is_dead_lettered_without_flooding_the_l
     );
 }
 
+/// A timer that is always due — here a plugin re-arming it for now, with
+/// no minimum delay to push it back — takes turns with the partition's
+/// records: it cannot hold them up for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn timers_that_stay_due_do_not_starve_the_records() {
+    let mut harness = Harness::new(&["task-events", "task-events.dlq", "out-topic", CHANGELOG]);
+    harness.config.plugins.min_timer_rearm = Duration::ZERO;
+    harness.config.plugins.timer_storm_quarantine_after = 0;
+    let echo = mode("echo");
+    let rearm = mode("rearm");
+    let dir = plugin_dir(&[
+        ("echo", TEST_PLUGIN, Some(&echo)),
+        ("rearm", TEST_PLUGIN, Some(&rearm)),
+    ]);
+    let plugins = load(&sandbox(), dir.path()).await;
+    // One user: one partition, whose first event starts the timer.
+    let lines: Vec<String> = (0..30)
+        .map(|i| event(&format!("ev-{i:02}"), "storm", &format!("t{i}"), "created"))
+        .collect();
+    harness.produce(&lines).await;
+    let (seen, stats) = harness.run_until_echoed(plugins, 30).await;
+    assert_eq!(distinct_events(&seen), 30, "every record was handled");
+    assert!(
+        stats.timers_fired.get() > 30,
+        "the timers kept firing meanwhile: {}",
+        stats.timers_fired.get()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn order_is_kept_per_key() {
     let harness = Harness::new(&["task-events", "task-events.dlq", "out-topic", CHANGELOG]);
@@ -541,14 +570,7 @@ async fn tiny_queues_pause_and_resume_partitions_without_losing_a_record() {
         })
         .collect();
     harness.produce(&lines).await;
-    let (seen, stats) = harness
-        .run_until(
-            plugins,
-            &["out-topic"],
-            |seen| distinct_events(seen) >= 500,
-            async |_| {},
-        )
-        .await;
+    let (seen, stats) = harness.run_until_echoed(plugins, 500).await;
     assert_eq!(distinct_events(&seen), 500, "{}", stats.summary());
     assert_eq!(harness.committed(), harness.end_offsets());
 }

@@ -7,7 +7,9 @@
 //! when the partition goes), deliveries are awaited cancel-safely. Between
 //! two records it answers a stop request (revocation or shutdown), takes a
 //! new plugin set, settles acknowledgements and fires timers — at most
-//! [`TIMER_BATCH`] before it looks at anything else. Intake pauses while
+//! [`TIMER_BATCH`] before it looks at anything else, then as many records
+//! as are ready, so timers that stay due cannot starve the records (nor
+//! records the timers: timers come first). Intake pauses while
 //! `max_in_flight` entries or `max_in_flight_bytes` are unacknowledged.
 //! State changes are held and coalesced before they are written
 //! ([`super::coalesce`]); an offset is stored once they are.
@@ -17,6 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use futures::FutureExt;
 use rdkafka::Message;
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
@@ -172,6 +175,7 @@ impl Worker {
                     }
                     () = clock.sleep_until(next_due.unwrap_or(i64::MAX)), if room && next_due.is_some() => {
                         self.fire_timers().await;
+                        self.handle_ready(&mut records, queue.as_ref(), &stop).await;
                     }
                     // Records that came through the main queue first: they
                     // are older than the partition queue's.
@@ -181,10 +185,7 @@ impl Worker {
                     },
                     record = recv(queue.as_ref()), if room => match record {
                         Ok(record) => self.handle(record).await,
-                        Err(err) => {
-                            self.context.stats.consumer_errors.inc();
-                            warn!(error = %err, "Error reading the partition.");
-                        }
+                        Err(err) => self.read_failed(&err),
                     },
                 }
             }
@@ -338,6 +339,43 @@ impl Worker {
             }
         }
         self.queue(Some(offset), input, produced);
+    }
+
+    /// Handles up to [`TIMER_BATCH`] records that are ready now, after a
+    /// batch of timers: timers that stay due — a backlog after an outage,
+    /// or a plugin re-arming slow timers for as soon as it may — take turns
+    /// with the records instead of holding them up for good.
+    async fn handle_ready(
+        &mut self,
+        records: &mut mpsc::Receiver<OwnedMessage>,
+        queue: Option<&PartitionQueue>,
+        stop: &watch::Receiver<bool>,
+    ) {
+        for _ in 0..TIMER_BATCH {
+            if !self.deliveries.has_room() || stop.has_changed().unwrap_or(true) {
+                return;
+            }
+            // The main queue first, as in `run`; a receive that is not
+            // ready is dropped, which loses nothing (both are cancel-safe).
+            let record = match records.try_recv() {
+                Ok(record) => record,
+                Err(_) => match recv(queue).now_or_never() {
+                    Some(Ok(record)) => record,
+                    Some(Err(err)) => {
+                        self.read_failed(&err);
+                        return;
+                    }
+                    None => return,
+                },
+            };
+            self.handle(record).await;
+        }
+    }
+
+    /// Counts and reports an error reading the partition's queue.
+    fn read_failed(&self, err: &KafkaError) {
+        self.context.stats.consumer_errors.inc();
+        warn!(error = %err, "Error reading the partition.");
     }
 
     /// Fires up to [`TIMER_BATCH`] timers that are due now.

@@ -92,6 +92,22 @@ impl Harness {
         (seen, pipeline.telemetry.pipeline)
     }
 
+    /// Runs the pipeline until `count` distinct events have an output on
+    /// `out-topic` (or a minute has passed).
+    pub async fn run_until_echoed(
+        &self,
+        plugins: Vec<Arc<Plugin>>,
+        count: usize,
+    ) -> (Vec<OwnedMessage>, Arc<PipelineMetrics>) {
+        self.run_until(
+            plugins,
+            &["out-topic"],
+            |seen| distinct_events(seen) >= count,
+            async |_| {},
+        )
+        .await
+    }
+
     /// The group's committed offset per input partition.
     pub fn committed(&self) -> BTreeMap<i32, i64> {
         let consumer: BaseConsumer = kafka::client_config(
