@@ -562,3 +562,48 @@ async fn timers_fire_in_order_with_their_payload() {
     );
     assert!(dispatcher.fire_next(100_000).await.is_none());
 }
+
+/// More plugin instances than the sandbox may hold (`sandbox.max_instances`,
+/// say after a rebalance assigned many partitions) is the daemon's limit,
+/// not a plugin's fault: the plugin that found no room is not quarantined,
+/// and the error says which setting to raise.
+#[tokio::test]
+async fn a_plugin_that_finds_no_room_for_an_instance_is_not_blamed() {
+    let sandbox = Arc::new(
+        Sandbox::new(SandboxConfig {
+            max_instances: 2,
+            ..SandboxConfig::default()
+        })
+        .unwrap(),
+    );
+    let echo = mode("echo");
+    let dir = plugin_dir(&[
+        ("a", TEST_PLUGIN, Some(&echo)),
+        ("b", TEST_PLUGIN, Some(&echo)),
+        ("c", TEST_PLUGIN, Some(&echo)),
+    ]);
+    let plugins = load(&sandbox, dir.path()).await;
+    let policy = DispatchPolicy {
+        quarantine: QuarantinePolicy {
+            after: 3,
+            ..QuarantinePolicy::default()
+        },
+        ..DispatchPolicy::OFFLINE
+    };
+    let mut dispatcher = Dispatcher::with(&plugins, policy, Arc::default());
+    for n in 0..10 {
+        let outcomes = dispatcher
+            .dispatch(&created(&format!("t{n}"), 1_000 + n), 1_000 + n)
+            .await;
+        assert!(outcomes[0].result.is_ok() && outcomes[1].result.is_ok());
+        let err = outcomes[2].result.as_ref().unwrap_err();
+        assert_eq!(err.kind(), "capacity");
+        assert!(
+            err.to_string().contains("sandbox.max_instances (2)"),
+            "{err}"
+        );
+    }
+    let health = plugins[2].health.snapshot();
+    assert_eq!((health.consecutive_failures, health.quarantines), (0, 0));
+    assert!(health.retry_at.is_none());
+}

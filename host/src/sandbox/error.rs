@@ -75,6 +75,11 @@ pub enum CallError {
     /// No instance could be created for the call.
     #[error("instantiation failed: {0}")]
     Instantiate(String),
+    /// No instance could be created because the sandbox holds as many as
+    /// it may (`sandbox.max_instances`, across plugins and partitions):
+    /// the daemon's capacity, not the plugin's fault.
+    #[error("instantiation failed: no room for another instance: {0}")]
+    Capacity(String),
     /// A new instance did not get ready (its start functions or `init`)
     /// within a call's time limit. Unlike the other start failures this one
     /// depends on how busy the host was, so a load retries it (when the
@@ -109,6 +114,7 @@ impl CallError {
             Self::Trap { kind, .. } => kind.as_str(),
             Self::Quota(_) => "quota",
             Self::Instantiate(_) | Self::StartDeadline { .. } => "instantiate",
+            Self::Capacity(_) => "capacity",
             Self::Quarantined { .. } => "quarantined",
         }
     }
@@ -116,14 +122,14 @@ impl CallError {
     /// Whether the failure is the plugin's own — a trap, a deadline, memory,
     /// a quota, a failed instantiation, an `internal` error — and so counts
     /// towards quarantine. A plugin rejecting its input (`bad-input`), a
-    /// transient failure (`retryable`) and a denial (which input can
-    /// provoke, e.g. an over-long key) do not.
+    /// transient failure (`retryable`), a denial (which input can provoke,
+    /// e.g. an over-long key) and the sandbox's lack of room do not.
     pub fn is_plugin_fault(&self) -> bool {
         match self {
             Self::Trap { kind, .. } => *kind != TrapKind::Denied,
             Self::Quota(_) | Self::Instantiate(_) | Self::StartDeadline { .. } => true,
             Self::Plugin { kind, .. } => *kind == ErrorKind::Internal,
-            Self::Quarantined { .. } => false,
+            Self::Capacity(_) | Self::Quarantined { .. } => false,
         }
     }
 

@@ -442,15 +442,18 @@ impl WasiView for HostState {
     }
 }
 
-/// Enforces the plugin's memory limit and remembers what it refused, so
-/// the resulting trap can be classified as a memory trap and a limit below
-/// a component's minimum named.
+/// Enforces the plugin's memory limit — on all of an instance's linear
+/// memories together: a component may define several — and remembers
+/// what it refused, so the resulting trap can be classified as a memory
+/// trap and a limit below a component's minimum named.
 pub(super) struct MemoryLimiter {
     limit: usize,
-    /// The size asked for when a growth was refused during the current
+    /// The total asked for when a growth was refused during the current
     /// call or instantiation.
     pub(super) refused: Option<usize>,
-    /// The largest linear memory this instance has had.
+    /// The instance's linear memories together, in bytes.
+    total: usize,
+    /// The largest `total` this instance has had.
     pub(super) peak: usize,
 }
 
@@ -462,10 +465,11 @@ impl MemoryLimiter {
         self.peak > self.limit / 4 * 3
     }
 
-    fn new(limit: ByteSize) -> Self {
+    pub(super) fn new(limit: ByteSize) -> Self {
         Self {
             limit: limit.as_usize(),
             refused: None,
+            total: 0,
             peak: 0,
         }
     }
@@ -474,15 +478,18 @@ impl MemoryLimiter {
 impl ResourceLimiter for MemoryLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.limit {
-            self.refused = Some(desired);
+        // A new memory is created as a growth from 0 to its minimum.
+        let total = self.total.saturating_add(desired.saturating_sub(current));
+        if total > self.limit {
+            self.refused = Some(total);
             return Ok(false);
         }
-        self.peak = self.peak.max(desired);
+        self.total = total;
+        self.peak = self.peak.max(total);
         Ok(true)
     }
 

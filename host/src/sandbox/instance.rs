@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use wasmtime::{Engine, Store, Trap, UpdateDeadline};
+use wasmtime::{Engine, PoolConcurrencyLimitError, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder};
 
 use super::SandboxConfig;
@@ -80,6 +80,12 @@ impl Instance {
         let started = within(deadline, pre.instantiate_async(&mut store)).await;
         let bindings = match started {
             Some(Ok(bindings)) => bindings,
+            Some(Err(err)) if err.downcast_ref::<PoolConcurrencyLimitError>().is_some() => {
+                return Err(CallError::Capacity(format!(
+                    "{err:#}; the daemon holds at most sandbox.max_instances ({}) instances, across plugins and partitions",
+                    config.max_instances
+                )));
+            }
             Some(Err(err)) => return Err(instantiate_error(&err, &mut store, STARTING)),
             None => return Err(start_deadline(&store, STARTING)),
         };

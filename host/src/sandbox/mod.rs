@@ -44,6 +44,14 @@ use crate::telemetry::{LogThrottle, PluginMetrics, Rate};
 use crate::units::ByteSize;
 use crate::world::{GuestPre, Plugin as PluginWorld, WitVersion, v0_1};
 
+/// The most core instances one plugin instance may have.
+const MAX_CORE_INSTANCES_PER_COMPONENT: u32 = 32;
+/// The most linear memories one plugin instance may have (the memory
+/// limit holds them together).
+const MAX_MEMORIES_PER_COMPONENT: u32 = 4;
+/// The most tables one plugin instance may have.
+const MAX_TABLES_PER_COMPONENT: u32 = 16;
+
 /// Sandbox-wide settings.
 #[derive(Debug, Clone)]
 pub struct SandboxConfig {
@@ -164,7 +172,15 @@ impl Sandbox {
             .total_core_instances(max_instances.saturating_mul(4))
             .total_memories(max_instances.saturating_mul(2))
             .total_tables(max_instances.saturating_mul(4))
-            .max_memory_size(config.max_limits.memory.as_usize());
+            .max_memory_size(config.max_limits.memory.as_usize())
+            // What one instance may take of the pool's totals (wasmtime
+            // allows any number): a component of many core modules would
+            // otherwise take the slots other plugins' instances need. A
+            // Rust plugin has 3 core modules, 1 memory and 2 tables; a
+            // Python one (componentize-py) 14 modules, 1 memory, 2 tables.
+            .max_core_instances_per_component(MAX_CORE_INSTANCES_PER_COMPONENT)
+            .max_memories_per_component(MAX_MEMORIES_PER_COMPONENT)
+            .max_tables_per_component(MAX_TABLES_PER_COMPONENT);
         let mut wasm = compile::base_config();
         wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         if config.perf_map {
@@ -372,5 +388,86 @@ impl EpochTicker {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use wasmtime::Store;
+    use wasmtime::component::Linker;
+
+    use super::host::MemoryLimiter;
+    use super::*;
+
+    /// Compiles a bare component as plugins are compiled and instantiates
+    /// it in the sandbox's engine under a memory limit; returns the error,
+    /// if any, and what the limiter saw.
+    async fn instantiate(
+        sandbox: &Sandbox,
+        wat: &str,
+        limit: ByteSize,
+    ) -> (Result<(), String>, MemoryLimiter) {
+        let mut store = Store::new(&sandbox.engine, MemoryLimiter::new(limit));
+        let component = match sandbox.compile(wat.as_bytes()) {
+            Ok(component) => component,
+            Err(err) => return (Err(err.to_string()), store.into_data()),
+        };
+        store.limiter(|limiter| limiter);
+        let result = Linker::new(&sandbox.engine)
+            .instantiate_async(&mut store, &component)
+            .await
+            .map(drop)
+            .map_err(|e| format!("{e:#}"));
+        (result, store.into_data())
+    }
+
+    /// A component of `modules` core modules, each instantiated once and
+    /// each with a memory of `pages` 64 KiB pages.
+    fn modules_with_memories(modules: usize, pages: u32) -> String {
+        let mut wat = String::from("(component");
+        for i in 0..modules {
+            wat += &format!(
+                " (core module $m{i} (memory {pages})) (core instance (instantiate $m{i}))"
+            );
+        }
+        wat + ")"
+    }
+
+    #[tokio::test]
+    async fn the_memory_limit_holds_all_of_an_instances_memories_together() {
+        let sandbox = Sandbox::new(SandboxConfig::default()).unwrap();
+        let limit = ByteSize::mib(64);
+        // One memory of 40 MiB fits…
+        let (one, limiter) = instantiate(&sandbox, &modules_with_memories(1, 640), limit).await;
+        assert_eq!(one, Ok(()));
+        assert_eq!(limiter.peak, 40 << 20);
+        // …two do not, though each alone would.
+        let (two, limiter) = instantiate(&sandbox, &modules_with_memories(2, 640), limit).await;
+        assert!(two.is_err());
+        assert_eq!(limiter.refused, Some(80 << 20));
+        assert_eq!(limiter.peak, 40 << 20);
+    }
+
+    #[tokio::test]
+    async fn one_instance_cannot_take_the_pools_slots() {
+        let sandbox = Sandbox::new(SandboxConfig::default()).unwrap();
+        let limit = ByteSize::mib(64);
+        let count = MAX_CORE_INSTANCES_PER_COMPONENT as usize;
+        let mut many = String::from("(component (core module $empty)");
+        for _ in 0..=count {
+            many += " (core instance (instantiate $empty))";
+        }
+        many += ")";
+        let (result, _) = instantiate(&sandbox, &many, limit).await;
+        let err = result.unwrap_err();
+        assert!(
+            err.starts_with("does not compile") && err.contains("33 core module instances"),
+            "{err}"
+        );
+        // Memories are held to their own count (one per core module).
+        let memories = MAX_MEMORIES_PER_COMPONENT as usize + 1;
+        let (result, _) = instantiate(&sandbox, &modules_with_memories(memories, 1), limit).await;
+        let err = result.unwrap_err();
+        assert!(err.contains("memories"), "{err}");
     }
 }
