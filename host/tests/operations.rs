@@ -617,3 +617,33 @@ async fn a_member_left_without_partitions_is_ready_too() {
     counts.sort_by(f64::total_cmp);
     assert_eq!(counts, [0.0, 1.0]);
 }
+
+/// A file in the plugins directory written to without pause (a log, say)
+/// cannot hold up hot reload: the rescan waits for quiet only so long.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_written_without_pause_does_not_hold_up_a_reload() {
+    let dir = plugin_dir(&[("echo", TEST_PLUGIN, Some(&mode("echo")))]);
+    let telemetry = Telemetry::default();
+    let registry = open_registry(dir.path(), &telemetry).await;
+    let _watcher = watcher::watch(registry.clone(), Duration::from_millis(500))
+        .unwrap()
+        .unwrap();
+    let notes = dir.path().join("notes.txt");
+    let writer = tokio::spawn(async move {
+        for n in 0.. {
+            std::fs::write(&notes, format!("{n}\n")).unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let v2 = with_custom_section(TEST_PLUGIN, "v2");
+    let temporary = dir.path().join(".echo.wasm.part");
+    std::fs::write(&temporary, &v2).unwrap();
+    std::fs::rename(&temporary, dir.path().join("echo.wasm")).unwrap();
+    let v2 = Sandbox::content_hash(&v2);
+    eventually("v2 serving while notes.txt is written", || {
+        registry.statuses()[0].hash.as_deref() == Some(v2.as_str())
+    })
+    .await;
+    writer.abort();
+}

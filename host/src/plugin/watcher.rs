@@ -3,7 +3,9 @@
 //! File events are debounced: the directory is rescanned once it has been
 //! quiet for the debounce period, so a file being copied in is read whole
 //! in the common case (and rejected, then picked up on its final write, in
-//! the rare one). Any event triggers a full rescan, which also covers
+//! the rare one) — or after [`MAX_DEBOUNCE`] at the latest, so a file
+//! written to without pause (a log, say) cannot hold up every reload.
+//! Events are coalesced, never queued: a flood of them costs nothing. Any event triggers a full rescan, which also covers
 //! Kubernetes volumes that swap a `..data` symlink rather than the files.
 //! A slow periodic rescan catches what a file system does not report
 //! (network mounts).
@@ -13,14 +15,19 @@ use std::time::Duration;
 
 use notify::event::{AccessKind, AccessMode};
 use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher as _};
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tracing::{Instrument, debug, info_span, warn};
 
 use super::registry::Registry;
 
 /// How often the directory is rescanned without any file event.
 pub const FALLBACK_RESCAN: Duration = Duration::from_secs(30);
+
+/// The longest a rescan waits for the directory to be quiet (unless the
+/// debounce period itself is longer).
+pub const MAX_DEBOUNCE: Duration = Duration::from_secs(5);
 
 /// A running watcher; dropping it stops watching.
 #[derive(Debug)]
@@ -51,27 +58,28 @@ pub fn watch(registry: Arc<Registry>, debounce: Duration) -> notify::Result<Opti
     let Some(dir) = registry.dir().map(ToOwned::to_owned) else {
         return Ok(None);
     };
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<Event>| {
-        match event {
+    // One stored permit at most: events between two looks are one.
+    let changed = Arc::new(Notify::new());
+    let notify = changed.clone();
+    let mut watcher =
+        notify::recommended_watcher(move |event: notify::Result<Event>| match event {
             Ok(event) if !relevant(&event) => {}
-            // A send fails only once the task is gone.
-            Ok(_) => drop(tx.send(())),
+            Ok(_) => notify.notify_one(),
             Err(err) => warn!(error = %err, "Watching the plugins directory."),
-        }
-    })?;
+        })?;
     watcher.watch(&dir, RecursiveMode::NonRecursive)?;
     let span = info_span!("plugin_watcher", dir = %dir.display());
     let task = tokio::spawn(
         async move {
             loop {
                 tokio::select! {
-                    event = rx.recv() => {
-                        if event.is_none() {
-                            return;
-                        }
-                        // Wait until the directory has been quiet for a while.
-                        while let Ok(Some(())) = tokio::time::timeout(debounce, rx.recv()).await {}
+                    () = changed.notified() => {
+                        // Wait until the directory has been quiet for a
+                        // while, but not forever.
+                        let latest = Instant::now() + MAX_DEBOUNCE.max(debounce);
+                        while Instant::now() < latest
+                            && tokio::time::timeout(debounce, changed.notified()).await.is_ok()
+                        {}
                     }
                     () = tokio::time::sleep(FALLBACK_RESCAN) => {}
                 }
