@@ -15,6 +15,7 @@ use common::{TEST_PLUGIN, mode, plugin_dir, sandbox};
 use todo_eventd::clock::Clock;
 use todo_eventd::plugin::{Registry, load_dir};
 use todo_eventd::sandbox::{Sandbox, SandboxConfig};
+use todo_eventd::telemetry::{PluginMetrics, Telemetry};
 
 #[tokio::test]
 async fn bad_files_are_rejected_by_name_while_the_rest_load() {
@@ -142,13 +143,18 @@ async fn bad_files_are_rejected_by_name_while_the_rest_load() {
     );
 }
 
+/// A FIFO dropped into the directory is refused without blocking a
+/// reload — and reported once, not at every rescan. A file name that would
+/// forge a log line is shown escaped, and names that never loaded leave no
+/// metric series behind once gone.
 #[tokio::test]
 async fn a_fifo_dropped_in_while_running_does_not_block_a_reload() {
     let dir = plugin_dir(&[("echo", TEST_PLUGIN, Some(&mode("echo")))]);
+    let metrics = Arc::new(PluginMetrics::default());
     let (registry, report) = Registry::open(
         sandbox(),
         dir.path().to_owned(),
-        Arc::default(),
+        metrics.clone(),
         Clock::System,
     )
     .await
@@ -174,6 +180,43 @@ async fn a_fifo_dropped_in_while_running_does_not_block_a_reload() {
     let statuses = registry.statuses();
     assert_eq!(statuses.len(), 2);
     assert_eq!(statuses[0].status.as_str(), "active", "echo keeps serving");
+
+    // Still there, still refused: nothing new to report.
+    std::fs::write(dir.path().join("x\nERROR forged.wasm"), b"junk").unwrap();
+    let report = registry.rescan().await.unwrap();
+    assert_eq!(report.rejected.len(), 1, "only the new file: {report:?}");
+    let error = report.rejected[0].to_string();
+    assert!(
+        error.ends_with(
+            "x\\nERROR forged.wasm: plugin names may only contain letters, digits, '-', '_' and '.'"
+        ),
+        "{error}"
+    );
+    assert!(registry.rescan().await.unwrap().is_empty());
+    let rejected = |text: &str, name: &str| {
+        text.lines().any(|l| {
+            l.starts_with("todo_eventd_plugin_reloads_total{")
+                && l.contains(&format!("plugin=\"{name}\""))
+                && l.contains("result=\"rejected\"")
+                && l.ends_with(" 1")
+        })
+    };
+    let text = Telemetry {
+        plugins: metrics.clone(),
+        ..Default::default()
+    };
+    assert!(rejected(&text.encode(), "trap"), "{}", text.encode());
+
+    // Gone: their series go too.
+    std::fs::remove_file(dir.path().join("trap.wasm")).unwrap();
+    std::fs::remove_file(dir.path().join("x\nERROR forged.wasm")).unwrap();
+    registry.rescan().await.unwrap();
+    let encoded = text.encode();
+    assert!(
+        !encoded.contains("trap") && !encoded.contains("forged"),
+        "{encoded}"
+    );
+    assert!(encoded.contains("plugin=\"echo\""), "{encoded}");
 }
 
 #[test]

@@ -95,7 +95,7 @@ impl Plugin {
 pub enum LoadError {
     /// The file could not be read (or is not a regular file of a
     /// bounded size).
-    #[error("{}: cannot read: {source}", file.display())]
+    #[error("{}: cannot read: {source}", shown(file))]
     Io {
         /// The file.
         file: PathBuf,
@@ -103,7 +103,7 @@ pub enum LoadError {
         source: std::io::Error,
     },
     /// The manifest is malformed or asks for something not allowed.
-    #[error("{}: {message}", file.display())]
+    #[error("{}: {message}", shown(file))]
     Manifest {
         /// The manifest file.
         file: PathBuf,
@@ -111,7 +111,7 @@ pub enum LoadError {
         message: String,
     },
     /// The `.wasm` is not a usable plugin.
-    #[error("{}: {source}", file.display())]
+    #[error("{}: {source}", shown(file))]
     Invalid {
         /// The `.wasm` file.
         file: PathBuf,
@@ -119,11 +119,21 @@ pub enum LoadError {
         source: ValidateError,
     },
     /// A plugin name is not usable as an identifier.
-    #[error("{}: plugin names may only contain letters, digits, '-', '_' and '.'", file.display())]
+    #[error(
+        "{}: plugin names may only contain letters, digits, '-', '_' and '.'",
+        shown(file)
+    )]
     BadName {
         /// The file.
         file: PathBuf,
     },
+}
+
+/// A path as errors show it: whoever writes the plugins directory picks
+/// its file names, so control characters (a newline forging a log line)
+/// are escaped.
+fn shown(file: &Path) -> String {
+    crate::text::escape_control(&file.display().to_string()).into_owned()
 }
 
 impl LoadError {

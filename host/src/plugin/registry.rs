@@ -289,7 +289,14 @@ impl Registry {
             .cloned()
             .collect();
         for name in gone {
-            if let Some(entry) = lock(&self.entries).remove(&name)
+            let entry = lock(&self.entries).remove(&name);
+            // A name that never loaded leaves no series behind: files
+            // appearing and vanishing under ever new names must not grow
+            // `/metrics` for good.
+            if entry.as_ref().is_some_and(|e| e.loaded_at.is_none()) {
+                self.metrics.forget_reloads(&name);
+            }
+            if let Some(entry) = entry
                 && entry.plugin.is_some()
             {
                 info!(plugin = %name, "Plugin removed.");
@@ -316,6 +323,9 @@ impl Registry {
         report: &mut ScanReport,
     ) -> bool {
         let wasm_file = dir.join(format!("{name}.wasm"));
+        // The name as logs show it (a rejected file's name may hold
+        // anything but a slash).
+        let shown = crate::text::escape_control(name);
         let count = |result| {
             if !initial {
                 self.metrics.reload(name, result);
@@ -350,7 +360,7 @@ impl Registry {
                     return true;
                 }
                 if first_seen {
-                    warn!(plugin = %name, %error, "Plugin rejected; the others keep running.");
+                    warn!(plugin = %shown, %error, "Plugin rejected; the others keep running.");
                     count("rejected");
                     report.rejected.push(error);
                 }
@@ -364,6 +374,15 @@ impl Registry {
                 .entry(name.to_owned())
                 .or_insert_with(|| Entry::new(wasm_file.clone()));
             if fingerprint.is_some() && entry.fingerprint == fingerprint {
+                return false;
+            }
+            // Files that still cannot be read for the same reason (a FIFO,
+            // a file over the size limit) were reported when that began:
+            // not at every rescan.
+            if let Err(error) = &files
+                && entry.fingerprint.is_none()
+                && entry.last_error.as_deref() == Some(error.to_string().as_str())
+            {
                 return false;
             }
         }
@@ -410,7 +429,7 @@ impl Registry {
                         warn!(plugin = %name, serving = %old.short_hash(), %error, "Plugin change rejected; the previous version keeps serving.")
                     }
                     None => {
-                        warn!(plugin = %name, %error, "Plugin rejected; the others keep running.")
+                        warn!(plugin = %shown, %error, "Plugin rejected; the others keep running.")
                     }
                 }
                 count("rejected");

@@ -37,6 +37,9 @@ struct ReloadLabels {
     result: &'static str,
 }
 
+/// Every `result` a reload is counted under.
+const RELOAD_RESULTS: [&str; 4] = ["loaded", "rejected", "removed", "disabled"];
+
 fn latency_histogram() -> Histogram {
     // 10 µs .. ~0.3 s: the default call deadline is 200 ms.
     Histogram::new(exponential_buckets(0.000_01, 2.0, 16))
@@ -188,12 +191,24 @@ impl PluginMetrics {
     /// new or replaced version), `"rejected"` (the old version, if any,
     /// keeps serving), `"removed"` or `"disabled"`.
     pub fn reload(&self, plugin: &str, result: &'static str) {
+        debug_assert!(RELOAD_RESULTS.contains(&result), "{result}");
         self.reloads
             .get_or_create(&ReloadLabels {
                 plugin: plugin.to_owned(),
                 result,
             })
             .inc();
+    }
+
+    /// Drops `plugin`'s reload series (a name that never loaded and whose
+    /// files are gone).
+    pub fn forget_reloads(&self, plugin: &str) {
+        for result in RELOAD_RESULTS {
+            self.reloads.remove(&ReloadLabels {
+                plugin: plugin.to_owned(),
+                result,
+            });
+        }
     }
 
     pub(super) fn register(&self, registry: &mut Registry) {
