@@ -502,6 +502,14 @@ impl Slot {
     }
 
     /// Feeds the outcome to the plugin's health and metrics.
+    ///
+    /// Only `ok` ends a run of failures. An error that is not the plugin's
+    /// fault (`bad-input`, a denial, no room for an instance) neither
+    /// counts nor ends one — else rejecting every fifth event would keep a
+    /// plugin that traps on the rest out of quarantine — though a clean
+    /// answer (`bad-input`) lifts a quarantine on its trial call. A
+    /// `retryable` error still here has had its retries and failed them
+    /// all: it counts.
     fn record(
         &self,
         now: Timestamp,
@@ -510,36 +518,36 @@ impl Slot {
         metrics: &PluginMetrics,
     ) {
         let name = &self.plugin.name;
+        let health = &self.plugin.health;
         let err = match result {
             Err(CallError::Quarantined { .. }) => return,
-            // A handler that returned `ok`, or an error that is not its
-            // fault (`bad-input`, `retryable`), is healthy.
-            Err(err @ CallError::Plugin { .. }) if err.is_plugin_fault() => err,
-            Ok(_) | Err(CallError::Plugin { .. }) => {
-                if self.plugin.health.succeeded() == Transition::Released {
+            Ok(_) => {
+                if health.succeeded() == Transition::Released {
                     info!(plugin = %name, "Plugin call succeeded; quarantine lifted.");
                     metrics.set_quarantined(name, false);
-                }
-                if let Err(err) = result {
-                    metrics.error(name, err.kind());
-                    if self.plugin.warnings.admit() {
-                        warn!(plugin = %name, kind = err.kind(), error = %err, "Plugin rejected its input.");
-                    }
                 }
                 return;
             }
             Err(err) => err,
         };
         metrics.error(name, err.kind());
+        let fault = err.is_plugin_fault() || err.is_retryable();
         if self.plugin.warnings.admit() {
-            warn!(plugin = %name, kind = err.kind(), error = %err, "Plugin call failed.");
+            if matches!(err, CallError::Plugin { .. }) && !fault {
+                warn!(plugin = %name, kind = err.kind(), error = %err, "Plugin rejected its input.");
+            } else {
+                warn!(plugin = %name, kind = err.kind(), error = %err, "Plugin call failed.");
+            }
         }
-        if !err.is_plugin_fault() {
+        if !fault {
+            if matches!(err, CallError::Plugin { .. }) && health.answered() == Transition::Released
+            {
+                info!(plugin = %name, "Plugin answered its trial call; quarantine lifted.");
+                metrics.set_quarantined(name, false);
+            }
             return;
         }
-        if let Transition::Quarantined(suspended) =
-            self.plugin.health.failed(policy, now, &err.to_string())
-        {
+        if let Transition::Quarantined(suspended) = health.failed(policy, now, &err.to_string()) {
             warn!(
                 plugin = %name,
                 failures = suspended.failures,

@@ -157,9 +157,12 @@ async fn a_retryable_error_is_retried_in_place_with_backoff_then_dead_lettered()
     // Back-off (a lower bound: sleeps never end early): 10+20+40 ms for
     // flaky, then 10+20+…+160 ms for down.
     assert!(waited >= Duration::from_millis(70 + 310), "{waited:?}");
-    // Transient failures are not the plugin's fault: no quarantine even
-    // with quarantine after one failure.
-    assert!(by_name("down").plugin.health.retry_at().is_none());
+    // A transient failure is not the plugin's fault, but one that outlasts
+    // every retry is: with quarantine after one failure, `down` is
+    // quarantined (a plugin that always asks for a retry would otherwise
+    // hold up its partition for every event, forever), `flaky` is not.
+    assert!(by_name("down").plugin.health.retry_at().is_some());
+    assert!(by_name("flaky").plugin.health.retry_at().is_none());
     let text = todo_eventd::telemetry::Telemetry {
         plugins: metrics,
         ..Default::default()
@@ -199,6 +202,37 @@ async fn an_internal_error_counts_toward_quarantine_and_bad_input_does_not() {
     let outcomes = dispatcher.dispatch(&created("t1", 3_000), 3_000).await;
     let buggy = outcomes.iter().find(|o| o.plugin.name == "buggy").unwrap();
     assert!(matches!(buggy.result, Err(CallError::Quarantined { .. })));
+}
+
+/// Only a success ends a run of failures: rejecting some events (no fault)
+/// between traps on the others does not keep a plugin out of quarantine.
+/// A clean rejection on the trial call after the back-off lifts it.
+#[tokio::test]
+async fn rejections_between_traps_do_not_keep_a_plugin_out_of_quarantine() {
+    let dir = plugin_dir(&[("mixed", TEST_PLUGIN, Some(&mode("panic-or-reject")))]);
+    let plugins = load(&sandbox(), dir.path()).await;
+    let mut dispatcher = Dispatcher::with(&plugins, policy(3), Arc::default());
+    let health = &plugins[0].health;
+    for (n, task) in ["t0", "reject1", "t2", "reject3", "t4"].iter().enumerate() {
+        let at = 1_000 + n as i64;
+        let outcome = dispatcher.dispatch(&created(task, at), at).await.remove(0);
+        let kind = outcome.result.unwrap_err().kind();
+        let expected = if task.starts_with("reject") {
+            "plugin-error"
+        } else {
+            "panic"
+        };
+        assert_eq!(kind, expected, "{task}");
+    }
+    let retry_at = health.retry_at().expect("three traps, rejections between");
+    assert_eq!(health.snapshot().consecutive_failures, 3);
+    let outcome = dispatcher
+        .dispatch(&created("reject-trial", retry_at), retry_at)
+        .await
+        .remove(0);
+    assert_eq!(outcome.result.unwrap_err().kind(), "plugin-error");
+    assert!(health.retry_at().is_none(), "the trial call answered");
+    assert_eq!(health.snapshot().consecutive_failures, 0);
 }
 
 /// `sandbox.perf_map`: compiling a plugin writes the perf map `perf report`

@@ -129,6 +129,18 @@ impl State {
     fn is_clean(&self) -> bool {
         self.snapshot.consecutive_failures == 0 && self.snapshot.retry_at.is_none()
     }
+
+    /// Ends the run of failures and any quarantine.
+    fn end_run(&mut self) -> Transition {
+        let was_quarantined = self.snapshot.retry_at.take().is_some();
+        self.snapshot.consecutive_failures = 0;
+        self.backoff = Duration::ZERO;
+        if was_quarantined {
+            Transition::Released
+        } else {
+            Transition::None
+        }
+    }
 }
 
 impl Health {
@@ -176,12 +188,19 @@ impl Health {
         if self.is_clean() {
             return Transition::None;
         }
+        self.update(State::end_run)
+    }
+
+    /// A call that failed without it being the plugin's fault (it
+    /// rejected its input): a quarantine's trial call passes — the plugin
+    /// runs and answers — but a run of failures outside quarantine goes on.
+    pub fn answered(&self) -> Transition {
+        if self.is_clean() {
+            return Transition::None;
+        }
         self.update(|state| {
-            let was_quarantined = state.snapshot.retry_at.take().is_some();
-            state.snapshot.consecutive_failures = 0;
-            state.backoff = Duration::ZERO;
-            if was_quarantined {
-                Transition::Released
+            if state.snapshot.retry_at.is_some() {
+                state.end_run()
             } else {
                 Transition::None
             }

@@ -8,6 +8,8 @@
 //! - `grow`: allocate without bound (the memory limit must stop it);
 //! - `stack`: recurse without bound (stack overflow);
 //! - `panic`: panic with a message;
+//! - `panic-or-reject`: return a `bad-input` error for tasks whose id
+//!   starts with `reject`, panic on the others;
 //! - `bad-emit`: emit to an output the manifest does not grant;
 //! - `fail`: write state, set a timer, emit, then return an error (none of
 //!   which may be applied);
@@ -277,6 +279,11 @@ impl Plugin for TestPlugin {
                 Err(Error::internal("unreachable", depth(0, stop).to_string()))
             }
             "panic" => panic!("boom on event {}", event.id),
+            "panic-or-reject" if event.task.id.starts_with("reject") => Err(Error::bad_input(
+                "bad-input",
+                format!("task {} is not acceptable", event.task.id),
+            )),
+            "panic-or-reject" => panic!("boom on event {}", event.id),
             "bad-emit" => {
                 output::emit("secret", None, "{}");
                 Ok(())
