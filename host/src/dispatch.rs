@@ -531,7 +531,7 @@ impl Slot {
             Err(err) => err,
         };
         metrics.error(name, err.kind());
-        let fault = err.is_plugin_fault() || err.is_retryable();
+        let fault = err.counts_toward_quarantine();
         if self.plugin.warnings.admit() {
             if matches!(err, CallError::Plugin { .. }) && !fault {
                 warn!(plugin = %name, kind = err.kind(), error = %err, "Plugin rejected its input.");

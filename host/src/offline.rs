@@ -125,7 +125,9 @@ pub async fn run(
         summary: Summary::default(),
     };
     let limit = options.max_event_bytes;
-    let mut lines = BoundedLines::new(events, limit.as_usize());
+    // One byte over the bound: a line ending in CRLF whose text is at the
+    // bound is still read (`decode_bounded` holds the trimmed text to it).
+    let mut lines = BoundedLines::new(events, limit.as_usize().saturating_add(1));
     while let Some((line_no, line)) = lines.next_line()? {
         let decoded = match line {
             Line::TooLong { bytes } => Err(DecodeError::TooLarge { size: bytes, limit }),

@@ -481,15 +481,22 @@ async fn a_plugin_that_fails_every_call_cannot_flood_the_daemons_log() {
     assert!(outcome[0].result.is_err());
     let log = captured.text();
     assert_eq!(warned(&log), lines + 1, "{log}");
-    let summary = log
+    // Every line left out is told of, in the summary lines before the
+    // lines written after them (more than one if the calls took seconds).
+    let told: u64 = log
         .lines()
-        .find(|l| l.contains("Similar warnings suppressed"))
-        .unwrap_or_else(|| panic!("{log}"));
-    assert!(
-        summary.contains("about=grumpy")
-            && summary.contains(&format!("suppressed={}", 500 - lines)),
-        "{summary}"
-    );
+        .filter(|l| l.contains("Similar warnings suppressed") && l.contains("about=grumpy"))
+        .map(|l| {
+            let count = l.split("suppressed=").nth(1).unwrap_or_default();
+            count
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(told, 500 - lines, "{log}");
 }
 
 #[tokio::test]
@@ -599,7 +606,7 @@ async fn a_plugin_that_finds_no_room_for_an_instance_is_not_blamed() {
         let err = outcomes[2].result.as_ref().unwrap_err();
         assert_eq!(err.kind(), "capacity");
         assert!(
-            err.to_string().contains("sandbox.max_instances (2)"),
+            err.to_string().contains("sandbox.max_instances is 2"),
             "{err}"
         );
     }

@@ -396,3 +396,42 @@ async fn a_plugin_too_costly_to_compile_is_rejected_while_the_rest_load() {
 fn wat_component(text: &str) -> Vec<u8> {
     wat::parse_str(text).unwrap()
 }
+
+/// A plugin that cannot start because the instance pool is full is no
+/// verdict on its files: the next rescan tries it again, and it loads once
+/// there is room.
+#[tokio::test]
+async fn a_plugin_refused_for_want_of_room_loads_at_a_later_rescan() {
+    let sandbox = Arc::new(
+        Sandbox::new(SandboxConfig {
+            max_instances: 1,
+            ..SandboxConfig::default()
+        })
+        .unwrap(),
+    );
+    let echo = mode("echo");
+    let dir = plugin_dir(&[("first", TEST_PLUGIN, Some(&echo))]);
+    let (registry, report) = Registry::open(
+        sandbox,
+        dir.path().to_owned(),
+        Arc::default(),
+        Clock::System,
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.loaded, ["first"]);
+    // The one slot is taken (a partition's warm instance, say).
+    let held = registry.current().plugins[0].instantiate().await.unwrap();
+    std::fs::write(dir.path().join("second.wasm"), TEST_PLUGIN).unwrap();
+    std::fs::write(dir.path().join("second.toml"), &echo).unwrap();
+    let report = registry.rescan().await.unwrap();
+    assert_eq!(report.rejected.len(), 1, "{report:?}");
+    let error = report.rejected[0].to_string();
+    assert!(
+        error.contains("cannot start now") && error.contains("tried again at the next rescan"),
+        "{error}"
+    );
+    drop(held);
+    let report = registry.rescan().await.unwrap();
+    assert_eq!(report.loaded, ["second"], "{report:?}");
+}

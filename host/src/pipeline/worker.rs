@@ -7,9 +7,10 @@
 //! when the partition goes), deliveries are awaited cancel-safely. Between
 //! two records it answers a stop request (revocation or shutdown), takes a
 //! new plugin set, settles acknowledgements and fires timers — at most
-//! [`TIMER_BATCH`] before it looks at anything else, then as many records
-//! as are ready, so timers that stay due cannot starve the records (nor
-//! records the timers: timers come first). Intake pauses while
+//! [`TIMER_BATCH`] before it looks at anything else, then up to as many
+//! records that are ready, so timers that stay due cannot starve the
+//! records (nor records the timers: timers come first). Acknowledgements
+//! are settled again after that batch. Intake pauses while
 //! `max_in_flight` entries or `max_in_flight_bytes` are unacknowledged.
 //! State changes are held and coalesced before they are written
 //! ([`super::coalesce`]); an offset is stored once they are.
@@ -344,7 +345,8 @@ impl Worker {
     /// Handles up to [`TIMER_BATCH`] records that are ready now, after a
     /// batch of timers: timers that stay due — a backlog after an outage,
     /// or a plugin re-arming slow timers for as soon as it may — take turns
-    /// with the records instead of holding them up for good.
+    /// with the records instead of holding them up for good. It stops early
+    /// for a stop request or a new plugin set, and when intake has no room.
     async fn handle_ready(
         &mut self,
         records: &mut mpsc::Receiver<OwnedMessage>,
@@ -352,7 +354,12 @@ impl Worker {
         stop: &watch::Receiver<bool>,
     ) {
         for _ in 0..TIMER_BATCH {
-            if !self.deliveries.has_room() || stop.has_changed().unwrap_or(true) {
+            // What `run` looks at between records comes first: a stop
+            // request, a new plugin set.
+            if !self.deliveries.has_room()
+                || stop.has_changed().unwrap_or(true)
+                || self.plugins.has_changed().unwrap_or(false)
+            {
                 return;
             }
             // The main queue first, as in `run`; a receive that is not

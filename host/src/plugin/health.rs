@@ -3,17 +3,20 @@
 //!
 //! While a plugin is suspended its events are dead-lettered (kind
 //! `quarantined`) and its timers wait. Once the back-off has passed the next
-//! call is a trial: success lifts the quarantine, failure suspends the
-//! plugin again for twice as long (up to `max_backoff`). Health belongs to
-//! one loaded version, so a replaced plugin starts with a clean record.
+//! call is a trial: success — or a clean rejection of its input — lifts the
+//! quarantine, failure suspends the plugin again for twice as long (up to
+//! `max_backoff`). Health belongs to one loaded version, so a replaced
+//! plugin starts with a clean record.
 //!
 //! Only the plugin's own failures count (traps, deadlines, memory, quotas,
-//! instantiation — see [`CallError::is_plugin_fault`]); a plugin rejecting
-//! its input does not. A timer storm — `on-timer` re-arming timers for
-//! (nearly) now more than `storm_after` times within a minute — quarantines
-//! the plugin at once.
+//! instantiation, `internal` errors, and `retryable` ones whose retries all
+//! failed — see [`CallError::counts_toward_quarantine`]); a plugin
+//! rejecting its input does not, and only a success ends a run of
+//! failures. A timer storm — `on-timer` re-arming timers for (nearly) now
+//! more than `storm_after` times within a minute — quarantines the plugin
+//! at once.
 //!
-//! [`CallError::is_plugin_fault`]: crate::sandbox::CallError::is_plugin_fault
+//! [`CallError::counts_toward_quarantine`]: crate::sandbox::CallError::counts_toward_quarantine
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};

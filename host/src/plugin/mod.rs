@@ -137,6 +137,18 @@ fn shown(file: &Path) -> String {
 }
 
 impl LoadError {
+    /// Whether the files may load as they are once the daemon has room
+    /// (the instance pool was full): not a verdict on the files.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Self::Invalid {
+                source: ValidateError::NoRoom(_),
+                ..
+            }
+        )
+    }
+
     /// The file the error is about.
     pub fn file(&self) -> &Path {
         match self {
@@ -389,7 +401,7 @@ pub async fn from_parts(
     };
     let instance = first_start(&plugin.name, || plugin.instantiate())
         .await
-        .map_err(|e| invalid(ValidateError::Start(e)))?;
+        .map_err(invalid)?;
     plugin.start_memory = instance.memory_peak();
     Ok(plugin)
 }
@@ -410,8 +422,9 @@ const LONGEST_RETRIED_LIMIT: Duration = Duration::from_secs(1);
 /// times in all: the limit is wall time, so a host busy for a moment (a
 /// build beside it, a cold cache) can push an honest plugin past it once,
 /// while a plugin that is slow to start is slow every time and is still
-/// rejected. Any other failure is final at once.
-async fn first_start<T, F>(plugin: &str, mut start: impl FnMut() -> F) -> Result<T, String>
+/// rejected. Any other failure is final at once; a full instance pool is
+/// [`ValidateError::NoRoom`] (the registry tries the files again).
+async fn first_start<T, F>(plugin: &str, mut start: impl FnMut() -> F) -> Result<T, ValidateError>
 where
     F: Future<Output = Result<T, CallError>>,
 {
@@ -431,9 +444,12 @@ where
                 attempt += 1;
             }
             Err(err @ CallError::StartDeadline { .. }) if attempt > 1 => {
-                return Err(format!("{err} ({attempt} attempts)"));
+                return Err(ValidateError::Start(format!("{err} ({attempt} attempts)")));
             }
-            Err(err) => return Err(err.to_string()),
+            Err(err @ CallError::Capacity(_)) => {
+                return Err(ValidateError::NoRoom(err.to_string()));
+            }
+            Err(err) => return Err(ValidateError::Start(err.to_string())),
         }
     }
 }
@@ -538,8 +554,24 @@ mod tests {
             attempts += 1;
             std::future::ready(results.next().expect("no more attempts expected"))
         })
-        .await;
+        .await
+        .map_err(|err| match err {
+            ValidateError::Start(message) => message,
+            other => other.to_string(),
+        });
         (outcome, attempts)
+    }
+
+    #[tokio::test]
+    async fn a_full_instance_pool_is_no_verdict_on_the_plugin() {
+        let full = CallError::Capacity("the pool is full".into());
+        let (outcome, attempts) = start_with(vec![Err(full)]).await;
+        assert_eq!(attempts, 1);
+        assert_eq!(
+            outcome.unwrap_err(),
+            "cannot start now: instantiation failed: the instance pool is full: the pool is full; \
+             tried again at the next rescan"
+        );
     }
 
     #[tokio::test]

@@ -294,7 +294,7 @@ impl Registry {
             // appearing and vanishing under ever new names must not grow
             // `/metrics` for good.
             if entry.as_ref().is_some_and(|e| e.loaded_at.is_none()) {
-                self.metrics.forget_reloads(&name);
+                self.metrics.forget(&name);
             }
             if let Some(entry) = entry
                 && entry.plugin.is_some()
@@ -395,7 +395,11 @@ impl Registry {
         let Some(entry) = entries.get_mut(name) else {
             return false;
         };
-        entry.fingerprint = fingerprint;
+        // Files refused only for want of room are tried again next time.
+        entry.fingerprint = match &loaded {
+            Err(error) if error.is_transient() => None,
+            _ => fingerprint,
+        };
         match loaded {
             Ok(Some(plugin)) => {
                 let plugin = Arc::new(plugin);

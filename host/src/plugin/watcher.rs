@@ -5,8 +5,9 @@
 //! in the common case (and rejected, then picked up on its final write, in
 //! the rare one) — or after [`MAX_DEBOUNCE`] at the latest, so a file
 //! written to without pause (a log, say) cannot hold up every reload.
-//! Events are coalesced, never queued: a flood of them costs nothing. Any event triggers a full rescan, which also covers
-//! Kubernetes volumes that swap a `..data` symlink rather than the files.
+//! Events are coalesced, never queued: a flood of them costs nothing. Any
+//! event triggers a full rescan, which also covers Kubernetes volumes that
+//! swap a `..data` symlink rather than the files.
 //! A slow periodic rescan catches what a file system does not report
 //! (network mounts).
 
@@ -60,11 +61,11 @@ pub fn watch(registry: Arc<Registry>, debounce: Duration) -> notify::Result<Opti
     };
     // One stored permit at most: events between two looks are one.
     let changed = Arc::new(Notify::new());
-    let notify = changed.clone();
+    let signal = changed.clone();
     let mut watcher =
         notify::recommended_watcher(move |event: notify::Result<Event>| match event {
             Ok(event) if !relevant(&event) => {}
-            Ok(_) => notify.notify_one(),
+            Ok(_) => signal.notify_one(),
             Err(err) => warn!(error = %err, "Watching the plugins directory."),
         })?;
     watcher.watch(&dir, RecursiveMode::NonRecursive)?;
@@ -77,9 +78,15 @@ pub fn watch(registry: Arc<Registry>, debounce: Duration) -> notify::Result<Opti
                         // Wait until the directory has been quiet for a
                         // while, but not forever.
                         let latest = Instant::now() + MAX_DEBOUNCE.max(debounce);
-                        while Instant::now() < latest
-                            && tokio::time::timeout(debounce, changed.notified()).await.is_ok()
-                        {}
+                        loop {
+                            let quiet_by = (Instant::now() + debounce).min(latest);
+                            let quiet = tokio::time::timeout_at(quiet_by, changed.notified())
+                                .await
+                                .is_err();
+                            if quiet || Instant::now() >= latest {
+                                break;
+                            }
+                        }
                     }
                     () = tokio::time::sleep(FALLBACK_RESCAN) => {}
                 }

@@ -78,7 +78,7 @@ pub enum CallError {
     /// No instance could be created because the sandbox holds as many as
     /// it may (`sandbox.max_instances`, across plugins and partitions):
     /// the daemon's capacity, not the plugin's fault.
-    #[error("instantiation failed: no room for another instance: {0}")]
+    #[error("instantiation failed: the instance pool is full: {0}")]
     Capacity(String),
     /// A new instance did not get ready (its start functions or `init`)
     /// within a call's time limit. Unlike the other start failures this one
@@ -120,10 +120,11 @@ impl CallError {
     }
 
     /// Whether the failure is the plugin's own — a trap, a deadline, memory,
-    /// a quota, a failed instantiation, an `internal` error — and so counts
-    /// towards quarantine. A plugin rejecting its input (`bad-input`), a
-    /// transient failure (`retryable`), a denial (which input can provoke,
-    /// e.g. an over-long key) and the sandbox's lack of room do not.
+    /// a quota, a failed instantiation, an `internal` error. A plugin
+    /// rejecting its input (`bad-input`), a transient failure
+    /// (`retryable`), a denial (which input can provoke, e.g. an over-long
+    /// key) and the sandbox's lack of room are not. What counts towards
+    /// quarantine is [`CallError::counts_toward_quarantine`].
     pub fn is_plugin_fault(&self) -> bool {
         match self {
             Self::Trap { kind, .. } => *kind != TrapKind::Denied,
@@ -131,6 +132,13 @@ impl CallError {
             Self::Plugin { kind, .. } => *kind == ErrorKind::Internal,
             Self::Capacity(_) | Self::Quarantined { .. } => false,
         }
+    }
+
+    /// Whether the failure, as the dispatcher finally records it, counts
+    /// towards quarantine: the plugin's own failures, and a `retryable`
+    /// error still standing after its retries (each failed).
+    pub fn counts_toward_quarantine(&self) -> bool {
+        self.is_plugin_fault() || self.is_retryable()
     }
 
     /// Whether the plugin asked for the call to be tried again.

@@ -482,7 +482,13 @@ impl ResourceLimiter for MemoryLimiter {
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        // A new memory is created as a growth from 0 to its minimum.
+        // A new memory is created as a growth from 0 to its minimum. A
+        // growth approved here can still fail (past the memory's declared
+        // maximum); the total then counts it anyway — on the safe side, and
+        // only against this instance, which is replaced once it looks
+        // nearly full. (Taking it back in `memory_grow_failed` cannot be
+        // done safely: wasmtime also calls that for a growth it refused
+        // before asking here.)
         let total = self.total.saturating_add(desired.saturating_sub(current));
         if total > self.limit {
             self.refused = Some(total);

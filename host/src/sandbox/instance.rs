@@ -82,7 +82,7 @@ impl Instance {
             Some(Ok(bindings)) => bindings,
             Some(Err(err)) if err.downcast_ref::<PoolConcurrencyLimitError>().is_some() => {
                 return Err(CallError::Capacity(format!(
-                    "{err:#}; the daemon holds at most sandbox.max_instances ({}) instances, across plugins and partitions",
+                    "{err:#} (sandbox.max_instances is {}; the pool holds 4 core instances, 2 memories and 4 tables per instance on average, across plugins and partitions)",
                     config.max_instances
                 )));
             }

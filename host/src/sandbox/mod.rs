@@ -137,6 +137,10 @@ pub enum ValidateError {
     /// below what it needs).
     #[error("cannot start under its limits: {0}")]
     Start(String),
+    /// The component could not be started because the instance pool is
+    /// full: the daemon's capacity, not the file's fault.
+    #[error("cannot start now: {0}; tried again at the next rescan")]
+    NoRoom(String),
 }
 
 /// The engine, linker and cache shared by every plugin in the process.
@@ -174,10 +178,11 @@ impl Sandbox {
             .total_tables(max_instances.saturating_mul(4))
             .max_memory_size(config.max_limits.memory.as_usize())
             // What one instance may take of the pool's totals (wasmtime
-            // allows any number): a component of many core modules would
-            // otherwise take the slots other plugins' instances need. A
-            // Rust plugin has 3 core modules, 1 memory and 2 tables; a
-            // Python one (componentize-py) 14 modules, 1 memory, 2 tables.
+            // allows any number): a component of many core module
+            // instances would otherwise take the slots other plugins'
+            // instances need. A Rust plugin has 3 core modules (each
+            // instantiated once), 1 memory and 2 tables; a Python one
+            // (componentize-py) 14 modules, 1 memory, 2 tables.
             .max_core_instances_per_component(MAX_CORE_INSTANCES_PER_COMPONENT)
             .max_memories_per_component(MAX_MEMORIES_PER_COMPONENT)
             .max_tables_per_component(MAX_TABLES_PER_COMPONENT);

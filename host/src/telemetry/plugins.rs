@@ -200,15 +200,21 @@ impl PluginMetrics {
             .inc();
     }
 
-    /// Drops `plugin`'s reload series (a name that never loaded and whose
-    /// files are gone).
-    pub fn forget_reloads(&self, plugin: &str) {
+    /// Drops the series of a plugin name that never loaded and whose files
+    /// are gone: its reloads, and the log and warning counters made while
+    /// trying to start it. (A name that never loaded has made no call.)
+    pub fn forget(&self, plugin: &str) {
         for result in RELOAD_RESULTS {
             self.reloads.remove(&ReloadLabels {
                 plugin: plugin.to_owned(),
                 result,
             });
         }
+        let labels = PluginLabels {
+            plugin: plugin.to_owned(),
+        };
+        self.log_dropped.remove(&labels);
+        self.warnings_suppressed.remove(&labels);
     }
 
     pub(super) fn register(&self, registry: &mut Registry) {
