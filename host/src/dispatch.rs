@@ -532,16 +532,17 @@ impl Slot {
         };
         metrics.error(name, err.kind());
         let fault = err.counts_toward_quarantine();
+        // The plugin answered, cleanly: it rejected its input.
+        let rejected = !fault && matches!(err, CallError::Plugin { .. });
         if self.plugin.warnings.admit() {
-            if matches!(err, CallError::Plugin { .. }) && !fault {
+            if rejected {
                 warn!(plugin = %name, kind = err.kind(), error = %err, "Plugin rejected its input.");
             } else {
                 warn!(plugin = %name, kind = err.kind(), error = %err, "Plugin call failed.");
             }
         }
         if !fault {
-            if matches!(err, CallError::Plugin { .. }) && health.answered() == Transition::Released
-            {
+            if rejected && health.answered() == Transition::Released {
                 info!(plugin = %name, "Plugin answered its trial call; quarantine lifted.");
                 metrics.set_quarantined(name, false);
             }
