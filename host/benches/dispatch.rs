@@ -120,7 +120,7 @@ fn bench_dispatch(c: &mut Criterion) {
                     for _ in 0..iters {
                         let event = &events[i % events.len()];
                         i += 1;
-                        let outcomes = dispatcher.dispatch(black_box(event), NOW).await;
+                        let outcomes = dispatcher.dispatch(black_box(event), 0, NOW).await;
                         assert!(outcomes[0].result.is_ok());
                         black_box(outcomes);
                     }
@@ -157,7 +157,7 @@ fn bench_dispatch(c: &mut Criterion) {
                         let event = &mut events[slot];
                         rename(event, seen);
                         seen += 1;
-                        let outcomes = dispatcher.dispatch(black_box(event), NOW).await;
+                        let outcomes = dispatcher.dispatch(black_box(event), 0, NOW).await;
                         assert!(outcomes[0].result.is_ok());
                         black_box(outcomes);
                     }

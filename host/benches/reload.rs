@@ -95,7 +95,7 @@ fn bench_reload(c: &mut Criterion) {
     let mut dispatcher = Dispatcher::with(&plugins, Default::default(), telemetry.plugins.clone());
     let event = common::created("t1", 1_769_414_400_000);
     for _ in 0..100 {
-        rt.block_on(dispatcher.dispatch(&event, 1_769_414_400_000));
+        rt.block_on(dispatcher.dispatch(&event, 0, 1_769_414_400_000));
     }
     c.bench_function("metrics/encode", |b| {
         b.iter(|| telemetry.encode().len());

@@ -224,6 +224,10 @@ impl Default for KafkaConfig {
     }
 }
 
+/// The most `plugins.max_hops` may be: a loop of one plugin emitting
+/// twice per record already makes 2^64 records.
+const MAX_HOPS: u32 = 64;
+
 /// `[plugins]`.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -251,6 +255,12 @@ pub struct PluginsConfig {
     /// Throttled re-arms within a minute that quarantine a plugin as a
     /// timer storm; 0 never does.
     pub timer_storm_quarantine_after: u32,
+    /// How many plugin emits a record may be from its producer's record
+    /// and still come back as input: a call handling a record this many
+    /// hops away may not emit to an input topic (its event is
+    /// dead-lettered, kind `quota`). Bounds loops through the input
+    /// topics; 0 lets no plugin write to one.
+    pub max_hops: u32,
 }
 
 impl Default for PluginsConfig {
@@ -264,6 +274,7 @@ impl Default for PluginsConfig {
             quarantine_max_backoff: Duration::from_secs(600),
             min_timer_rearm: Duration::from_secs(1),
             timer_storm_quarantine_after: 100,
+            max_hops: crate::dispatch::DEFAULT_MAX_HOPS,
         }
     }
 }
@@ -646,6 +657,7 @@ impl Config {
                 memory: section.compile_memory,
                 timeout: section.compile_timeout,
             }),
+            input_topics: self.kafka.input_topics.clone(),
             reserved_topics: vec![
                 (self.kafka.changelog_topic(), "kafka.changelog_topic"),
                 (
@@ -736,6 +748,9 @@ impl Config {
             return invalid("pipeline.max_event_bytes", "must be between 1KiB and 1GiB");
         }
         let plugins = &self.plugins;
+        if plugins.max_hops > MAX_HOPS {
+            return invalid("plugins.max_hops", &format!("must be at most {MAX_HOPS}"));
+        }
         if plugins.quarantine_after > 0 && plugins.quarantine_backoff.is_zero() {
             return invalid("plugins.quarantine_backoff", "must be more than zero");
         }
@@ -923,6 +938,12 @@ mod tests {
         assert_eq!(
             config.validate().unwrap_err().to_string(),
             "kafka.partitions: must be at least 1"
+        );
+        let mut config = Config::default();
+        config.plugins.max_hops = 65;
+        assert_eq!(
+            config.validate().unwrap_err().to_string(),
+            "plugins.max_hops: must be at most 64"
         );
         let mut config = Config::default();
         config.kafka.dead_letter_topic = "task-events".into();

@@ -14,6 +14,12 @@
 //! (counted, and a storm of them quarantines the plugin), so a plugin
 //! cannot make a partition spin.
 //!
+//! Loops: a record carries its hops — how many plugin emits it is from
+//! its producer's record — and a timer the hops of the call that set it.
+//! A call whose hops reach [`DispatchPolicy::max_hops`] may not emit to an
+//! input topic, so a plugin (or plugins together) feeding the input topic
+//! its own output cannot keep a loop going, through timers or not.
+//!
 //! The plugin set can change between calls ([`Dispatcher::update`]): a
 //! replaced plugin keeps its state and gets a fresh instance of the new
 //! version; a removed plugin's state is parked (its timers wait) until a
@@ -51,7 +57,14 @@ pub struct DispatchPolicy {
     pub min_timer_rearm: Duration,
     /// Whether retries of a `retryable` error wait out their back-off.
     pub retry_wait: RetryWait,
+    /// The hops at which a call may no longer emit to an input topic
+    /// (`plugins.max_hops`).
+    pub max_hops: u32,
 }
+
+/// `plugins.max_hops` unless set: deeper than the bundled plugins go (the
+/// recurrence plugin's emits are one hop from a completion).
+pub const DEFAULT_MAX_HOPS: u32 = 4;
 
 /// How a retry of a `retryable` call waits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +83,7 @@ impl DispatchPolicy {
         quarantine: QuarantinePolicy::NEVER,
         min_timer_rearm: Duration::from_millis(1),
         retry_wait: RetryWait::Immediate,
+        max_hops: DEFAULT_MAX_HOPS,
     };
 }
 
@@ -79,6 +93,7 @@ impl Default for DispatchPolicy {
             quarantine: QuarantinePolicy::default(),
             min_timer_rearm: Duration::from_secs(1),
             retry_wait: RetryWait::Backoff,
+            max_hops: DEFAULT_MAX_HOPS,
         }
     }
 }
@@ -105,6 +120,8 @@ pub struct Outcome {
 pub struct Firing {
     /// The timer as handed to the plugin.
     pub timer: FiredTimer,
+    /// The hops of the call that set it, which its emits count from.
+    pub hops: u32,
     /// The call's outcome.
     pub outcome: Outcome,
 }
@@ -211,15 +228,16 @@ impl Dispatcher {
     }
 
     /// Calls `on-event` on every plugin subscribed to the event's kind, in
-    /// plugin order, with the clock at `now`.
-    pub async fn dispatch(&mut self, event: &TaskEvent, now: Timestamp) -> Vec<Outcome> {
+    /// plugin order, with the clock at `now`. `hops`: how many plugin emits
+    /// the event's record is from its producer's (0 for a producer's own).
+    pub async fn dispatch(&mut self, event: &TaskEvent, hops: u32, now: Timestamp) -> Vec<Outcome> {
         let mut outcomes = Vec::with_capacity(self.slots.len());
         for slot in &mut self.slots {
             if !slot.plugin.subscribes(event.kind) {
                 continue;
             }
             let outcome = slot
-                .call(now, Call::Event(event), &self.policy, &self.metrics)
+                .call(now, hops, Call::Event(event), &self.policy, &self.metrics)
                 .await;
             outcomes.push(outcome);
         }
@@ -256,20 +274,25 @@ impl Dispatcher {
             .filter(|s| s.next_due().is_some_and(|due| due <= now))
             .min_by_key(|s| s.next_due())?;
         let (key, timer) = slot.state.pop_due(now)?;
+        let hops = timer.hops;
         let timer = FiredTimer {
             key,
             due: timer.due,
             payload: timer.payload,
         };
         let mut outcome = slot
-            .call(now, Call::Timer(&timer), &self.policy, &self.metrics)
+            .call(now, hops, Call::Timer(&timer), &self.policy, &self.metrics)
             .await;
         // The fired timer is gone unless the handler set it again: either
         // way its key changed.
         if let Err(at) = outcome.changed.binary_search(&timer.key) {
             outcome.changed.insert(at, timer.key.clone());
         }
-        Some(Firing { timer, outcome })
+        Some(Firing {
+            timer,
+            hops,
+            outcome,
+        })
     }
 }
 
@@ -301,6 +324,7 @@ impl Slot {
     async fn call(
         &mut self,
         now: Timestamp,
+        hops: u32,
         call: Call<'_>,
         policy: &DispatchPolicy,
         metrics: &PluginMetrics,
@@ -330,12 +354,15 @@ impl Slot {
         };
         let mut stormed = false;
         let (result, changed) = match result {
-            Ok(effects) => match self.apply(now, call, effects.changes, policy, metrics) {
-                Ok((changed, throttled)) => {
-                    stormed = throttled;
-                    (Ok(effects.emits), changed)
-                }
-                Err(quota) => (Err(CallError::Quota(quota)), Vec::new()),
+            Ok(effects) => match self.check_hops(&effects.emits, hops, policy) {
+                Err(loop_cut) => (Err(CallError::MaxHops(loop_cut)), Vec::new()),
+                Ok(()) => match self.apply(now, hops, call, effects.changes, policy, metrics) {
+                    Ok((changed, throttled)) => {
+                        stormed = throttled;
+                        (Ok(effects.emits), changed)
+                    }
+                    Err(quota) => (Err(CallError::Quota(quota)), Vec::new()),
+                },
             },
             Err(err) => (Err(err), Vec::new()),
         };
@@ -438,18 +465,47 @@ impl Slot {
         (result, ended)
     }
 
-    /// Applies a successful call's changes: unchanged entries dropped,
-    /// re-armed timers held to the minimum delay, then checked against the
-    /// per-partition quotas. Returns the key names it changed, and whether
-    /// a timer had to be held back.
+    /// Refuses a call at `hops` that emitted to an input topic when `hops`
+    /// has reached `max_hops`: its records would carry a loop further.
+    fn check_hops(
+        &self,
+        emits: &[Emit],
+        hops: u32,
+        policy: &DispatchPolicy,
+    ) -> Result<(), QuotaExceeded> {
+        if hops < policy.max_hops {
+            return Ok(());
+        }
+        match emits.iter().find(|e| self.plugin.spec.loops_back(&e.topic)) {
+            Some(emit) => Err(QuotaExceeded::new(
+                "plugins.max_hops",
+                format_args!(
+                    "an emit to the input topic {} from a record {hops} plugin emits from its producer's",
+                    emit.topic
+                ),
+                policy.max_hops,
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Applies a successful call's changes: the timers it set stamped with
+    /// its `hops`, unchanged entries dropped, re-armed timers held to the
+    /// minimum delay, then checked against the per-partition quotas.
+    /// Returns the key names it changed, and whether a timer had to be held
+    /// back.
     fn apply(
         &mut self,
         now: Timestamp,
+        hops: u32,
         call: Call<'_>,
         mut changes: StateChanges,
         policy: &DispatchPolicy,
         metrics: &PluginMetrics,
     ) -> Result<(Vec<String>, bool), QuotaExceeded> {
+        for timer in changes.timers.values_mut().flatten() {
+            timer.hops = hops;
+        }
         changes.prune_unchanged(&self.state);
         let throttled = matches!(call, Call::Timer(_))
             && self.throttle_rearms(now, &mut changes, policy, metrics);

@@ -153,7 +153,7 @@ pub async fn run(
         bench.fire_timers_until(at.max(now), &mut out).await?;
         let now = bench.now.map_or(at, |n| n.max(at));
         bench.now = Some(now);
-        for outcome in bench.dispatcher.dispatch(&event, now).await {
+        for outcome in bench.dispatcher.dispatch(&event, 0, now).await {
             bench.report(outcome, now, ("line", json!(line_no)), &mut out)?;
         }
     }

@@ -39,7 +39,7 @@ async fn dispatcher() -> Dispatcher {
 
 /// Sends `event` through every plugin, asserting each call succeeded.
 async fn send(dispatcher: &mut Dispatcher, event: &TaskEvent) {
-    for outcome in dispatcher.dispatch(event, event.occurred_at).await {
+    for outcome in dispatcher.dispatch(event, 0, event.occurred_at).await {
         assert!(
             outcome.result.is_ok(),
             "{}: {:?}",
@@ -135,6 +135,7 @@ async fn audit_forgets_a_task_untouched_for_its_configured_ttl() {
     let outcomes = d
         .dispatch(
             &event("e2", "updated", "t6", T0 + DAY, renamed.clone()),
+            0,
             T0 + DAY,
         )
         .await;
@@ -147,7 +148,7 @@ async fn audit_forgets_a_task_untouched_for_its_configured_ttl() {
     // from the producer either), and the task is kept afresh.
     let at = T0 + 4 * DAY;
     let outcomes = d
-        .dispatch(&event("e3", "updated", "t6", at, renamed), at)
+        .dispatch(&event("e3", "updated", "t6", at, renamed), 0, at)
         .await;
     assert_eq!(audit_record(&outcomes)["before"], serde_json::Value::Null);
     assert_eq!(keys(&d, "audit"), (1, 1));

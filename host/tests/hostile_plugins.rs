@@ -44,7 +44,7 @@ async fn first_outcomes(dispatcher: &mut Dispatcher, count: i64) -> Vec<Outcome>
         let event = created(&format!("t{n}"), 1_000 + n);
         outcomes.push(
             dispatcher
-                .dispatch(&event, event.occurred_at)
+                .dispatch(&event, 0, event.occurred_at)
                 .await
                 .remove(0),
         );
@@ -84,9 +84,10 @@ async fn each_hostile_plugin_fails_with_its_class_and_the_good_one_carries_on() 
 
     for round in 1..=3_u64 {
         let event = created("t1", 1_000 * i64::try_from(round).unwrap());
-        let outcomes = tokio::time::timeout(BOUND, dispatcher.dispatch(&event, event.occurred_at))
-            .await
-            .expect("every call ends at its deadline");
+        let outcomes =
+            tokio::time::timeout(BOUND, dispatcher.dispatch(&event, 0, event.occurred_at))
+                .await
+                .expect("every call ends at its deadline");
         let by_name = |name: &str| {
             outcomes
                 .iter()
@@ -172,7 +173,7 @@ async fn floods_are_stopped_by_quotas_and_memory_stays_bounded() {
         let mut dispatcher = Dispatcher::new(&plugins);
         for n in 0..40 {
             let event = created(&format!("t{n}"), 1_000 + n);
-            let outcome = &dispatcher.dispatch(&event, event.occurred_at).await[0];
+            let outcome = &dispatcher.dispatch(&event, 0, event.occurred_at).await[0];
             let err = outcome.result.as_ref().unwrap_err();
             assert_eq!(err.kind(), "quota", "{attack}: {err}");
             let message = err.to_string();
@@ -262,7 +263,7 @@ async fn per_partition_quotas_cap_what_a_plugin_keeps() {
     for n in 0..3 {
         let event = created("t", 1_000 + n);
         assert!(
-            dispatcher.dispatch(&event, event.occurred_at).await[0]
+            dispatcher.dispatch(&event, 0, event.occurred_at).await[0]
                 .result
                 .is_ok()
         );
@@ -285,7 +286,7 @@ async fn a_timer_storm_is_throttled_then_quarantined() {
     };
     let mut dispatcher = Dispatcher::with(&plugins, policy, metrics.clone());
     let event = created("t1", 0);
-    assert!(dispatcher.dispatch(&event, 0).await[0].result.is_ok());
+    assert!(dispatcher.dispatch(&event, 0, 0).await[0].result.is_ok());
     assert_eq!(dispatcher.next_due(), Some(0), "set for now by on-event");
 
     // Each firing re-arms for "now"; each re-arm is pushed back a second;
@@ -384,7 +385,7 @@ async fn plugin_logs_are_escaped_cut_and_rate_limited() {
     let plugins = load(&sandbox, dir.path()).await;
     let mut dispatcher = Dispatcher::new(&plugins);
     let started = std::time::Instant::now();
-    let outcomes = dispatcher.dispatch(&created("t1", 1_000), 1_000).await;
+    let outcomes = dispatcher.dispatch(&created("t1", 1_000), 0, 1_000).await;
     let refilled = started.elapsed().as_secs() + 1;
     assert!(outcomes.iter().all(|o| o.result.is_ok()));
 
@@ -477,7 +478,7 @@ async fn a_plugin_that_fails_every_call_cannot_flood_the_daemons_log() {
     // A second later the next failure is written again, after a line that
     // says how many were left out.
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let outcome = dispatcher.dispatch(&created("late", 9_000), 9_000).await;
+    let outcome = dispatcher.dispatch(&created("late", 9_000), 0, 9_000).await;
     assert!(outcome[0].result.is_err());
     let log = captured.text();
     assert_eq!(warned(&log), lines + 1, "{log}");
@@ -505,7 +506,7 @@ async fn error_text_from_a_plugin_is_bounded() {
     let dir = plugin_dir(&[("verbose", TEST_PLUGIN, Some(&text))]);
     let plugins = load(&sandbox(), dir.path()).await;
     let mut dispatcher = Dispatcher::new(&plugins);
-    let outcome = dispatcher.dispatch(&created("t1", 1_000), 1_000).await;
+    let outcome = dispatcher.dispatch(&created("t1", 1_000), 0, 1_000).await;
     let err = outcome[0].result.as_ref().unwrap_err();
     assert_eq!(err.kind(), "plugin-error");
     assert!(!err.is_plugin_fault(), "rejecting input is not a fault");
@@ -526,7 +527,7 @@ async fn effects_of_a_failed_call_are_discarded() {
     let plugins = load(&sandbox(), dir.path()).await;
     let mut dispatcher = Dispatcher::new(&plugins);
     let event = created("t1", 1_000);
-    let outcomes = dispatcher.dispatch(&event, 1_000).await;
+    let outcomes = dispatcher.dispatch(&event, 0, 1_000).await;
     let err = outcomes[0].result.as_ref().unwrap_err();
     assert_eq!(err.kind(), "plugin-error");
     assert_eq!(
@@ -547,7 +548,7 @@ async fn timers_fire_in_order_with_their_payload() {
     let mut dispatcher = Dispatcher::new(&plugins);
     for (task, at) in [("late", 5_000), ("early", 1_000)] {
         let event = created(task, at);
-        assert!(dispatcher.dispatch(&event, at).await[0].result.is_ok());
+        assert!(dispatcher.dispatch(&event, 0, at).await[0].result.is_ok());
     }
     assert_eq!(dispatcher.next_due(), Some(61_000));
     assert!(dispatcher.fire_next(60_999).await.is_none(), "not due yet");
@@ -600,7 +601,7 @@ async fn a_plugin_that_finds_no_room_for_an_instance_is_not_blamed() {
     let mut dispatcher = Dispatcher::with(&plugins, policy, Arc::default());
     for n in 0..10 {
         let outcomes = dispatcher
-            .dispatch(&created(&format!("t{n}"), 1_000 + n), 1_000 + n)
+            .dispatch(&created(&format!("t{n}"), 1_000 + n), 0, 1_000 + n)
             .await;
         assert!(outcomes[0].result.is_ok() && outcomes[1].result.is_ok());
         let err = outcomes[2].result.as_ref().unwrap_err();
@@ -613,4 +614,111 @@ async fn a_plugin_that_finds_no_room_for_an_instance_is_not_blamed() {
     let health = plugins[2].health.snapshot();
     assert_eq!((health.consecutive_failures, health.quarantines), (0, 0));
     assert!(health.retry_at.is_none());
+}
+
+/// A sandbox whose input topic is `task-events`.
+fn sandbox_reading_task_events() -> Arc<Sandbox> {
+    Arc::new(
+        Sandbox::new(SandboxConfig {
+            max_instances: 8,
+            input_topics: vec!["task-events".into()],
+            ..SandboxConfig::default()
+        })
+        .unwrap(),
+    )
+}
+
+/// A `feedback` manifest: `out` is the input topic.
+fn feedback(limits: &str, config: &str) -> String {
+    format!(
+        "[outputs]\nout = \"task-events\"\n[limits]\n{limits}\n[config]\nmode = \"feedback\"\n{config}\n"
+    )
+}
+
+fn quota(outcome: &Outcome) -> String {
+    match outcome.result.as_ref().unwrap_err() {
+        CallError::Quota(quota) | CallError::MaxHops(quota) => quota.quota.to_owned(),
+        other => panic!("not a quota: {other}"),
+    }
+}
+
+/// A plugin feeding its output back to the input topic may write one
+/// record there per call unless its manifest asks for more: two per call
+/// would double the loop at every round.
+#[tokio::test]
+async fn a_plugin_may_not_multiply_what_it_feeds_back_to_the_input() {
+    let sandbox = sandbox_reading_task_events();
+    let doubling = feedback("", "");
+    let allowed = feedback("input_emits_per_call = 2", "");
+    let elsewhere = manifest("feedback", "", "");
+    let dir = plugin_dir(&[
+        ("a-doubling", TEST_PLUGIN, Some(&doubling)),
+        ("b-allowed", TEST_PLUGIN, Some(&allowed)),
+        ("c-elsewhere", TEST_PLUGIN, Some(&elsewhere)),
+    ]);
+    let plugins = load(&sandbox, dir.path()).await;
+    let mut dispatcher = Dispatcher::new(&plugins);
+    let outcomes = dispatcher.dispatch(&created("t1", 1_000), 0, 1_000).await;
+    assert_eq!(quota(&outcomes[0]), "limits.input_emits_per_call");
+    assert_eq!(
+        outcomes[0].result.as_ref().unwrap_err().to_string(),
+        "quota: 2 emits to the input topic task-events exceeds limits.input_emits_per_call (1)"
+    );
+    assert_eq!(outcomes[1].result.as_ref().unwrap().len(), 2, "raised");
+    assert_eq!(
+        outcomes[2].result.as_ref().unwrap().len(),
+        2,
+        "other topics are not held to it"
+    );
+}
+
+/// However a loop through the input goes — straight from `on-event`, or
+/// through a timer set on the way — a call handling a record
+/// `max_hops` plugin emits from its producer's may not feed the input.
+#[tokio::test]
+async fn a_loop_through_the_input_ends_at_max_hops() {
+    let sandbox = sandbox_reading_task_events();
+    let straight = feedback("", "copies = 1");
+    let timed = feedback("", "copies = 1\nvia_timer = true");
+    let dir = plugin_dir(&[
+        ("a-straight", TEST_PLUGIN, Some(&straight)),
+        ("b-timed", TEST_PLUGIN, Some(&timed)),
+    ]);
+    let plugins = load(&sandbox, dir.path()).await;
+    let policy = DispatchPolicy {
+        max_hops: 3,
+        ..DispatchPolicy::OFFLINE
+    };
+    let mut dispatcher = Dispatcher::with(&plugins, policy, Arc::default());
+    let event = created("t1", 1_000);
+    for hops in 0..3 {
+        let outcomes = dispatcher.dispatch(&event, hops, 1_000).await;
+        assert_eq!(outcomes[0].result.as_ref().unwrap().len(), 1, "{hops}");
+        // The timer set at `hops` fires with them.
+        let firing = dispatcher.fire_next(1_000).await.unwrap();
+        assert_eq!(firing.hops, hops);
+        assert_eq!(firing.outcome.result.as_ref().unwrap().len(), 1);
+    }
+    let outcomes = dispatcher.dispatch(&event, 3, 1_000).await;
+    assert_eq!(quota(&outcomes[0]), "plugins.max_hops");
+    let err = outcomes[0].result.as_ref().unwrap_err();
+    assert_eq!(err.kind(), "max-hops");
+    assert!(
+        !err.counts_toward_quarantine(),
+        "a record fed back by another plugin can provoke it"
+    );
+    assert!(
+        outcomes[0]
+            .result
+            .as_ref()
+            .unwrap_err()
+            .to_string()
+            .contains("an emit to the input topic task-events from a record 3 plugin emits"),
+        "{:?}",
+        outcomes[0].result
+    );
+    assert!(outcomes[1].result.is_ok(), "setting the timer is allowed");
+    let firing = dispatcher.fire_next(1_000).await.unwrap();
+    assert_eq!(firing.hops, 3, "the timer keeps the hops it was set at");
+    assert_eq!(quota(&firing.outcome), "plugins.max_hops");
 }

@@ -7,14 +7,17 @@
 mod common;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::harness::{CHANGELOG, Harness, distinct_events, echo_plugins, header};
 use common::{TEST_PLUGIN, event, eventually, load, mode, plugin_dir, reader, sandbox, value};
 use rdkafka::Message;
+use rdkafka::message::OwnedMessage;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use todo_eventd::clock::Clock;
 use todo_eventd::pipeline::Pipeline;
+use todo_eventd::sandbox::Sandbox;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn outputs_and_dead_letters_land_with_keys_and_headers() {
@@ -173,6 +176,60 @@ async fn timers_that_stay_due_do_not_starve_the_records() {
         stats.timers_fired.get() > 30,
         "the timers kept firing meanwhile: {}",
         stats.timers_fired.get()
+    );
+}
+
+/// A plugin feeding back twice what it reads to the input topic — a loop
+/// that doubles every round — makes a bounded number of records: every
+/// output carries its hops, and the loop ends at `plugins.max_hops`, each
+/// record there dead-lettered with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_loop_through_the_input_topic_ends_at_max_hops() {
+    let mut harness = Harness::new(&["task-events", "task-events.dlq", CHANGELOG]);
+    harness.config.plugins.max_hops = 3;
+    let sandbox = Arc::new(Sandbox::new(harness.config.sandbox_config(None)).unwrap());
+    let manifest = "[outputs]\nout = \"task-events\"\n[limits]\ninput_emits_per_call = 2\n[config]\nmode = \"feedback\"\n";
+    let dir = plugin_dir(&[("doubling", TEST_PLUGIN, Some(manifest))]);
+    let plugins = load(&sandbox, dir.path()).await;
+    harness
+        .produce(&[event("ev", "looper", "t1", "created")])
+        .await;
+    let dead = |seen: &[OwnedMessage]| {
+        seen.iter()
+            .filter(|m| m.topic() == "task-events.dlq")
+            .count()
+    };
+    let (seen, _) = harness
+        .run_until(
+            plugins,
+            &["task-events", "task-events.dlq"],
+            |seen| dead(seen) >= 8 && seen.len() >= 8 + 15,
+            async |_| {},
+        )
+        .await;
+    assert_eq!(dead(&seen), 8, "the third round's records, each refused");
+    for letter in seen.iter().filter(|m| m.topic() == "task-events.dlq") {
+        let message = header(letter, "error.message").unwrap();
+        assert!(message.contains("plugins.max_hops (3)"), "{message}");
+        assert_eq!(header(letter, "error.kind").as_deref(), Some("max-hops"));
+    }
+    let mut rounds: HashMap<Option<String>, usize> = HashMap::new();
+    for record in seen.iter().filter(|m| m.topic() == "task-events") {
+        *rounds
+            .entry(header(record, "todo-eventd.hops"))
+            .or_default() += 1;
+    }
+    let expected = HashMap::from([
+        (None, 1),
+        (Some("1".to_owned()), 2),
+        (Some("2".to_owned()), 4),
+        (Some("3".to_owned()), 8),
+    ]);
+    assert_eq!(rounds, expected);
+    assert_eq!(
+        harness.end_offsets().values().sum::<i64>(),
+        15,
+        "nothing more was fed back"
     );
 }
 
@@ -482,6 +539,7 @@ async fn an_older_changelog_is_restored_and_its_records_retired() {
                 changelog::timer_value(&Timer {
                     due: far,
                     payload: br#"{"expire":"1"}"#.to_vec(),
+                    hops: 0,
                 }),
             ),
         ] {
@@ -511,10 +569,10 @@ async fn an_older_changelog_is_restored_and_its_records_retired() {
         .filter(|p| p.name == "reminders")
         .collect();
     let new_memo = changelog::key("task-events", "reminders", EntryKind::Key, "task:1");
-    let retired = |m: &rdkafka::message::OwnedMessage, key: &[u8]| {
+    let retired = |m: &OwnedMessage, key: &[u8]| {
         m.key() == Some(key) && m.payload().is_none()
     };
-    let done = |seen: &[rdkafka::message::OwnedMessage]| {
+    let done = |seen: &[OwnedMessage]| {
         seen.iter().any(|m| retired(m, &old_memo))
             && seen.iter().any(|m| retired(m, &old_timer))
             && seen.iter().any(|m| m.key() == Some(&new_memo[..]))

@@ -50,7 +50,7 @@ async fn a_component_built_against_0_1_0_loads_and_emits() {
     assert_eq!(version("echo-0-2"), WitVersion::V0_2);
 
     let mut dispatcher = Dispatcher::new(&plugins);
-    let outcomes = dispatcher.dispatch(&created("t1", 1_000), 1_000).await;
+    let outcomes = dispatcher.dispatch(&created("t1", 1_000), 0, 1_000).await;
     let emits = |name: &str| {
         let outcome = outcomes.iter().find(|o| o.plugin.name == name).unwrap();
         outcome.result.as_ref().unwrap().clone()
@@ -144,7 +144,7 @@ async fn a_retryable_error_is_retried_in_place_with_backoff_then_dead_lettered()
     let mut dispatcher = Dispatcher::with(&plugins, policy(1), metrics.clone());
 
     let started = std::time::Instant::now();
-    let outcomes = dispatcher.dispatch(&created("t1", 1_000), 1_000).await;
+    let outcomes = dispatcher.dispatch(&created("t1", 1_000), 0, 1_000).await;
     let waited = started.elapsed();
     let by_name = |name: &str| outcomes.iter().find(|o| o.plugin.name == name).unwrap();
 
@@ -184,7 +184,7 @@ async fn an_internal_error_counts_toward_quarantine_and_bad_input_does_not() {
     let plugins = load(&sandbox(), dir.path()).await;
     let mut dispatcher = Dispatcher::with(&plugins, policy(2), Arc::default());
     for at in [1_000, 2_000] {
-        for outcome in dispatcher.dispatch(&created("t1", at), at).await {
+        for outcome in dispatcher.dispatch(&created("t1", at), 0, at).await {
             assert!(outcome.result.is_err());
         }
     }
@@ -199,7 +199,7 @@ async fn an_internal_error_counts_toward_quarantine_and_bad_input_does_not() {
     };
     assert!(quarantined("buggy"), "two internal errors in a row");
     assert!(!quarantined("strict"), "rejecting input is no fault");
-    let outcomes = dispatcher.dispatch(&created("t1", 3_000), 3_000).await;
+    let outcomes = dispatcher.dispatch(&created("t1", 3_000), 0, 3_000).await;
     let buggy = outcomes.iter().find(|o| o.plugin.name == "buggy").unwrap();
     assert!(matches!(buggy.result, Err(CallError::Quarantined { .. })));
 }
@@ -215,7 +215,10 @@ async fn rejections_between_traps_do_not_keep_a_plugin_out_of_quarantine() {
     let health = &plugins[0].health;
     for (n, task) in ["t0", "reject1", "t2", "reject3", "t4"].iter().enumerate() {
         let at = 1_000 + n as i64;
-        let outcome = dispatcher.dispatch(&created(task, at), at).await.remove(0);
+        let outcome = dispatcher
+            .dispatch(&created(task, at), 0, at)
+            .await
+            .remove(0);
         let kind = outcome.result.unwrap_err().kind();
         let expected = if task.starts_with("reject") {
             "plugin-error"
@@ -227,7 +230,7 @@ async fn rejections_between_traps_do_not_keep_a_plugin_out_of_quarantine() {
     let retry_at = health.retry_at().expect("three traps, rejections between");
     assert_eq!(health.snapshot().consecutive_failures, 3);
     let outcome = dispatcher
-        .dispatch(&created("reject-trial", retry_at), retry_at)
+        .dispatch(&created("reject-trial", retry_at), 0, retry_at)
         .await
         .remove(0);
     assert_eq!(outcome.result.unwrap_err().kind(), "plugin-error");

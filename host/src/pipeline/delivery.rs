@@ -74,6 +74,7 @@ pub(super) struct Input {
     pub(super) key: Option<Vec<u8>>,
     pub(super) value: Vec<u8>,
     pub(super) event_id: Option<String>,
+    pub(super) hops: u32,
 }
 
 impl Input {
@@ -85,6 +86,7 @@ impl Input {
             key: self.key.as_deref(),
             value: &self.value,
             event_id: self.event_id.as_deref(),
+            hops: self.hops,
         }
     }
 }
@@ -772,6 +774,7 @@ mod tests {
             key: Some(b"u1".to_vec()),
             value,
             event_id: Some("ev-big".into()),
+            hops: 0,
         }
     }
 

@@ -371,6 +371,7 @@ impl Pipeline {
             },
             min_timer_rearm: p.min_timer_rearm,
             retry_wait: RetryWait::Backoff,
+            max_hops: p.max_hops,
         }
     }
 }

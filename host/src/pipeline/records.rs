@@ -11,6 +11,12 @@ use crate::plugin::Plugin;
 use crate::sandbox::{Emit, RECORD_OVERHEAD_BYTES};
 use crate::text;
 
+/// The header that says how many plugin emits a record is from its
+/// producer's record: every output carries its input's hops plus one, so a
+/// loop through the input topics — even through another daemon or a
+/// mirror — can be cut off (`plugins.max_hops`).
+pub const HOPS_HEADER: &str = "todo-eventd.hops";
+
 /// How much of the original a last-resort dead letter keeps.
 const MINIMAL_ORIGINAL_BYTES: usize = 1024;
 
@@ -29,6 +35,8 @@ pub struct Source<'a> {
     pub value: &'a [u8],
     /// The decoded event's id, if it decoded.
     pub event_id: Option<&'a str>,
+    /// How many plugin emits the input is from its producer's record.
+    pub hops: u32,
 }
 
 /// Which header names trace a record to its input.
@@ -54,16 +62,29 @@ impl Source<'_> {
     }
 }
 
+/// The hops a record's [`HOPS_HEADER`] holds: 0 without one, or if it is
+/// not a number (a producer's own header cannot lift the bound, only
+/// lower it for that record).
+pub fn hops(value: Option<&[u8]>) -> u32 {
+    value
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 /// A plugin's emit as a record, with `source.*` headers naming the input
-/// and the plugin version (`source.plugin.hash`, the component's SHA-256).
+/// and the plugin version (`source.plugin.hash`, the component's SHA-256),
+/// and its hops.
 pub fn output(emit: &Emit, plugin: &Plugin, source: &Source<'_>) -> OutRecord {
-    let mut headers = Vec::with_capacity(6);
+    let mut headers = Vec::with_capacity(7);
     if let Some(id) = source.event_id {
         headers.push(("source.event.id", id.as_bytes().to_vec()));
     }
     headers.push(("source.plugin", plugin.name.as_bytes().to_vec()));
     headers.push(("source.plugin.hash", plugin.hash.as_bytes().to_vec()));
     source.trace_headers(Trace::Source, &mut headers);
+    let hops = source.hops.saturating_add(1);
+    headers.push((HOPS_HEADER, hops.to_string().into_bytes()));
     OutRecord {
         topic: emit.topic.clone(),
         partition: None,
@@ -202,6 +223,7 @@ mod tests {
             key: Some(b"u1"),
             value,
             event_id: None,
+            hops: 0,
         }
     }
 

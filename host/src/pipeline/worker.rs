@@ -294,6 +294,12 @@ impl Worker {
             key: message.key().map(<[u8]>::to_vec),
             value: message.payload().unwrap_or_default().to_vec(),
             event_id: None,
+            hops: records::hops(message.headers().and_then(|headers| {
+                headers
+                    .iter()
+                    .find(|h| h.key == records::HOPS_HEADER)
+                    .and_then(|h| h.value)
+            })),
         };
         let decoded = match message.payload() {
             None => Err("record has no value (a tombstone)".to_owned()),
@@ -333,7 +339,11 @@ impl Worker {
                 span.record("event_id", event.id.as_str());
                 input.event_id = Some(event.id.clone());
                 let now = self.context.clock.now();
-                let outcomes = self.dispatcher.dispatch(&event, now).instrument(span).await;
+                let outcomes = self
+                    .dispatcher
+                    .dispatch(&event, input.hops, now)
+                    .instrument(span)
+                    .await;
                 for outcome in outcomes {
                     self.collect(&outcome, &input, Stage::Plugin, &mut produced);
                 }
@@ -409,6 +419,7 @@ impl Worker {
                 key: Some(firing.timer.key.clone().into_bytes()),
                 value: value.into_bytes(),
                 event_id: None,
+                hops: firing.hops,
             };
             let mut produced = Produced::default();
             self.collect(&firing.outcome, &input, Stage::Timer, &mut produced);

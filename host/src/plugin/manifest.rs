@@ -12,6 +12,7 @@
 //! memory = "32MiB"                    # linear memory per instance
 //! call_timeout = "50ms"               # wall time per call, waits included
 //! emits_per_call = 1000               # per-call quotas
+//! input_emits_per_call = 1            # (emits to an input topic)
 //! emit_bytes_per_call = "4MiB"
 //! state_bytes_per_call = "4MiB"
 //! timers_per_call = 1000

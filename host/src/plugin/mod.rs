@@ -477,9 +477,16 @@ fn resolve_spec(sandbox: &Sandbox, name: &str, manifest: &Manifest) -> Result<Pl
             ));
         }
     }
+    let input_outputs = manifest
+        .outputs
+        .values()
+        .filter(|topic| config.input_topics.contains(topic))
+        .cloned()
+        .collect();
     Ok(PluginSpec {
         name: name.to_owned(),
         outputs: manifest.outputs.clone(),
+        input_outputs,
         config: manifest.config_strings(),
         limits,
         wasi: manifest.wasi.clone(),

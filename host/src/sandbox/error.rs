@@ -72,6 +72,12 @@ pub enum CallError {
     /// ran it is discarded.
     #[error("quota: {0}")]
     Quota(#[from] QuotaExceeded),
+    /// The call emitted to an input topic while handling a record already
+    /// `plugins.max_hops` plugin emits from its producer's: it would carry
+    /// a loop on. Not the plugin's fault — a record another plugin fed
+    /// back can provoke it — and the loop ends here either way.
+    #[error("loop: {0}")]
+    MaxHops(QuotaExceeded),
     /// No instance could be created for the call.
     #[error("instantiation failed: {0}")]
     Instantiate(String),
@@ -113,6 +119,7 @@ impl CallError {
             Self::Plugin { .. } => "plugin-error",
             Self::Trap { kind, .. } => kind.as_str(),
             Self::Quota(_) => "quota",
+            Self::MaxHops(_) => "max-hops",
             Self::Instantiate(_) | Self::StartDeadline { .. } => "instantiate",
             Self::Capacity(_) => "capacity",
             Self::Quarantined { .. } => "quarantined",
@@ -123,14 +130,15 @@ impl CallError {
     /// a quota, a failed instantiation, an `internal` error. A plugin
     /// rejecting its input (`bad-input`), a transient failure
     /// (`retryable`), a denial (which input can provoke, e.g. an over-long
-    /// key) and the sandbox's lack of room are not. What counts towards
+    /// key), a loop cut off at `plugins.max_hops` and the sandbox's lack
+    /// of room are not. What counts towards
     /// quarantine is [`CallError::counts_toward_quarantine`].
     pub fn is_plugin_fault(&self) -> bool {
         match self {
             Self::Trap { kind, .. } => *kind != TrapKind::Denied,
             Self::Quota(_) | Self::Instantiate(_) | Self::StartDeadline { .. } => true,
             Self::Plugin { kind, .. } => *kind == ErrorKind::Internal,
-            Self::Capacity(_) | Self::Quarantined { .. } => false,
+            Self::MaxHops(_) | Self::Capacity(_) | Self::Quarantined { .. } => false,
         }
     }
 

@@ -9,7 +9,7 @@
 //! plugin's per-call quotas, so a call cannot pile up more than its limits
 //! allow however long it runs.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
@@ -48,6 +48,9 @@ pub struct PluginSpec {
     pub name: String,
     /// Logical output name → topic.
     pub outputs: BTreeMap<String, String>,
+    /// The output topics the daemon also consumes: what is emitted there
+    /// comes back as input.
+    pub input_outputs: BTreeSet<String>,
     /// Values for the `config` import.
     pub config: BTreeMap<String, String>,
     /// Memory, time and quotas.
@@ -62,6 +65,11 @@ pub struct PluginSpec {
 }
 
 impl PluginSpec {
+    /// Whether records emitted to `topic` come back as input.
+    pub fn loops_back(&self, topic: &str) -> bool {
+        self.input_outputs.contains(topic)
+    }
+
     /// The largest state value or timer payload — or both under one key,
     /// together — in bytes.
     fn max_value_bytes(&self) -> usize {
@@ -98,6 +106,7 @@ pub struct Effects {
 #[derive(Debug, Default)]
 pub(super) struct CallUsage {
     emit_bytes: u64,
+    input_emits: u64,
     state_bytes: u64,
     timers: u64,
 }
@@ -291,10 +300,13 @@ impl timers::Host for HostState {
             .into());
         }
         self.write_state(key.len() + payload.len() + 8)?;
-        self.effects
-            .changes
-            .timers
-            .insert(key, Some(Timer { due, payload }));
+        // The dispatcher stamps the call's hops on the timer.
+        let timer = Timer {
+            due,
+            payload,
+            hops: 0,
+        };
+        self.effects.changes.timers.insert(key, Some(timer));
         Ok(())
     }
 
@@ -333,6 +345,20 @@ impl output::Host for HostState {
                 limits.emits_per_call,
             )
             .into());
+        }
+        if self.spec.loops_back(topic) {
+            self.usage.input_emits += 1;
+            if self.usage.input_emits > limits.input_emits_per_call.0 {
+                return Err(QuotaExceeded::new(
+                    "limits.input_emits_per_call",
+                    format_args!(
+                        "{} emits to the input topic {topic}",
+                        self.usage.input_emits
+                    ),
+                    limits.input_emits_per_call,
+                )
+                .into());
+            }
         }
         let size = key.as_ref().map_or(0, String::len) + value.len();
         if size + RECORD_OVERHEAD_BYTES > self.spec.max_record_bytes {

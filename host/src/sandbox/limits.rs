@@ -91,6 +91,10 @@ limits! {
     call_timeout: HumanDuration = HumanDuration::millis(200), max HumanDuration::secs(60), min HumanDuration::millis(1);
     /// Records one call may emit.
     emits_per_call: Count = Count(1_000), max Count(100_000), min Count(1);
+    /// Records one call may emit to a topic the daemon consumes (an
+    /// output mapped to an input topic, as recurrence does). More than one
+    /// lets a loop through the input grow with every round.
+    input_emits_per_call: Count = Count(1), max Count(1_000), min Count(0);
     /// Bytes (keys and values) one call may emit.
     emit_bytes_per_call: ByteSize = ByteSize::mib(4), max ByteSize::mib(64), min ByteSize::kib(1);
     /// Bytes (keys and values) of state one call may write.

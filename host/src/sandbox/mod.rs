@@ -87,6 +87,10 @@ pub struct SandboxConfig {
     /// names it: the changelog (a record there is restored as plugin
     /// state — anyone's) and the dead-letter topic.
     pub reserved_topics: Vec<(String, &'static str)>,
+    /// The topics the daemon consumes: an output mapped to one of them
+    /// loops back, so what it emits there is held to
+    /// `limits.input_emits_per_call`.
+    pub input_topics: Vec<String>,
 }
 
 impl Default for SandboxConfig {
@@ -104,6 +108,7 @@ impl Default for SandboxConfig {
             perf_map: false,
             compiler: None,
             reserved_topics: Vec::new(),
+            input_topics: Vec::new(),
         }
     }
 }

@@ -8,7 +8,8 @@
 //! same name costs one record per change, not two. Value: a flags byte
 //! (`1`: a value follows, `2`: a timer follows), then the timer — due time
 //! (8 bytes, big-endian ms), payload length (4 bytes, big-endian), payload
-//! — then the value's bytes. A key with neither is a tombstone (no value),
+//! and, with flag `4`, the hops it counts from (4 bytes, big-endian; left
+//! out when 0) — then the value's bytes. A key with neither is a tombstone (no value),
 //! which compaction eventually removes.
 //!
 //! Changelogs written before hold one record per value (KIND `v`, the
@@ -82,6 +83,7 @@ impl EntryKind {
 
 const HAS_VALUE: u8 = 1;
 const HAS_TIMER: u8 = 2;
+const HAS_HOPS: u8 = 4;
 
 /// The key of a state value or timer.
 pub fn key(input_topic: &str, plugin: &str, kind: EntryKind, key: &str) -> Vec<u8> {
@@ -116,8 +118,11 @@ pub fn key_value(value: Option<&[u8]>, timer: Option<&Timer>) -> Option<Vec<u8>>
     if value.is_some() {
         flags |= HAS_VALUE;
     }
-    if timer.is_some() {
+    if let Some(timer) = timer {
         flags |= HAS_TIMER;
+        if timer.hops > 0 {
+            flags |= HAS_HOPS;
+        }
     }
     out.push(flags);
     if let Some(timer) = timer {
@@ -126,6 +131,9 @@ pub fn key_value(value: Option<&[u8]>, timer: Option<&Timer>) -> Option<Vec<u8>>
         let len = u32::try_from(timer.payload.len()).unwrap_or(u32::MAX);
         out.extend_from_slice(&len.to_be_bytes());
         out.extend_from_slice(&timer.payload);
+        if timer.hops > 0 {
+            out.extend_from_slice(&timer.hops.to_be_bytes());
+        }
     }
     if let Some(value) = value {
         out.extend_from_slice(value);
@@ -135,8 +143,11 @@ pub fn key_value(value: Option<&[u8]>, timer: Option<&Timer>) -> Option<Vec<u8>>
 
 fn decode_key_value(bytes: &[u8]) -> Result<Change, CorruptRecord> {
     let (&flags, mut rest) = bytes.split_first().ok_or(CorruptRecord("value is empty"))?;
-    if flags & !(HAS_VALUE | HAS_TIMER) != 0 {
+    if flags & !(HAS_VALUE | HAS_TIMER | HAS_HOPS) != 0 {
         return Err(CorruptRecord("value has unknown flags"));
+    }
+    if flags & HAS_HOPS != 0 && flags & HAS_TIMER == 0 {
+        return Err(CorruptRecord("value has hops but no timer"));
     }
     let timer = if flags & HAS_TIMER != 0 {
         let (due, after) = rest
@@ -149,11 +160,20 @@ fn decode_key_value(bytes: &[u8]) -> Result<Change, CorruptRecord> {
         if after.len() < len {
             return Err(CorruptRecord("timer payload is cut short"));
         }
-        let (payload, after) = after.split_at(len);
+        let (payload, mut after) = after.split_at(len);
+        let mut hops = 0;
+        if flags & HAS_HOPS != 0 {
+            let (bytes, tail) = after
+                .split_first_chunk::<4>()
+                .ok_or(CorruptRecord("timer hops are shorter than 4 bytes"))?;
+            hops = u32::from_be_bytes(*bytes);
+            after = tail;
+        }
         rest = after;
         Some(Timer {
             due: i64::from_be_bytes(*due),
             payload: payload.to_vec(),
+            hops,
         })
     } else {
         None
@@ -232,6 +252,7 @@ pub fn decode<'a>(key: &'a [u8], value: Option<&[u8]>) -> Result<Entry<'a>, Corr
                     Ok(Timer {
                         due: i64::from_be_bytes(*due),
                         payload: payload.to_vec(),
+                        hops: 0,
                     })
                 })
                 .transpose()?,
@@ -360,6 +381,7 @@ mod tests {
         Timer {
             due,
             payload: payload.to_vec(),
+            hops: 0,
         }
     }
 
@@ -382,9 +404,13 @@ mod tests {
             "task:1\u{1f}odd".into(),
             Some(timer(1_769_414_400_000, b"p")),
         );
+        let deep = Timer {
+            hops: 3,
+            ..timer(5, b"")
+        };
         changes
             .timers
-            .insert("only-timer".into(), Some(timer(5, b"")));
+            .insert("only-timer".into(), Some(deep.clone()));
         changes.values.insert("gone".into(), None);
         state.apply(changes.clone());
 
@@ -415,7 +441,7 @@ mod tests {
             restored.timer("task:1\u{1f}odd"),
             Some(&timer(1_769_414_400_000, b"p"))
         );
-        assert_eq!(restored.timer("only-timer"), Some(&timer(5, b"")));
+        assert_eq!(restored.timer("only-timer"), Some(&deep), "hops kept");
         assert_eq!(restored.get("only-timer"), None);
         assert_eq!(restored.len(), 1);
         assert!(legacy.is_empty());
@@ -499,7 +525,12 @@ mod tests {
         );
         for (value, reason) in [
             (&b""[..], "value is empty"),
-            (b"\x04", "value has unknown flags"),
+            (b"\x08", "value has unknown flags"),
+            (b"\x04", "value has hops but no timer"),
+            (
+                b"\x06\0\0\0\0\0\0\0\x01\0\0\0\0\0\0",
+                "timer hops are shorter than 4 bytes",
+            ),
             (b"\x02\0\0", "timer is shorter than 8 bytes"),
             (b"\x02\0\0\0\0\0\0\0\x01\0\0", "timer has no payload length"),
             (

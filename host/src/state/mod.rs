@@ -20,6 +20,11 @@ pub struct Timer {
     pub due: Timestamp,
     /// Opaque bytes handed back to `on-timer`.
     pub payload: Vec<u8>,
+    /// How many plugin emits the event whose call set the timer was from
+    /// its producer's record: what its `on-timer` call counts from, so a
+    /// loop through a timer and the input topic ends like any other (see
+    /// `pipeline.max_hops`).
+    pub hops: u32,
 }
 
 /// The state and timer changes one successful call made; `None` deletes.
@@ -227,6 +232,7 @@ mod tests {
         Some(Timer {
             due,
             payload: vec![],
+            hops: 0,
         })
     }
 

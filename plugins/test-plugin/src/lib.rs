@@ -23,7 +23,11 @@
 //!   counts toward quarantine);
 //! - `retry`: return a `retryable` error for the first `fail_times` (3)
 //!   calls with each event, then behave like `echo` (the attempts are
-//!   counted in the instance, which retries reuse).
+//!   counted in the instance, which retries reuse);
+//! - `feedback`: emit `copies` (2) `created` events derived from the event
+//!   (ids `ID.N`, same user and task) to `out` — mapped to the input topic,
+//!   a loop that doubles with every round; with `via_timer` set, set a
+//!   timer due at once and emit them when it fires.
 //!
 //! With `init = "fail"`, `init` rejects the configuration; with
 //! `init = "sleep"`, it sleeps a day, and with `init = "spin"` it loops
@@ -56,7 +60,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
 use todo_plugin_sdk::{
-    Config, Error, FiredTimer, Plugin, Result, TaskEvent, host, output, state, timers,
+    Config, Error, FiredTimer, Plugin, Result, TaskEvent, host, output, rfc3339, state, timers,
 };
 
 thread_local! {
@@ -87,6 +91,22 @@ fn echo(event: &TaskEvent) {
         "count": count,
     });
     output::emit("out", Some(&event.task.id), &value.to_string());
+}
+
+/// Emits `copies` `created` events derived from event `id` (user `user`,
+/// task `task`) to `out`, for `feedback`.
+fn feed_back(id: &str, user: &str, task: &str) {
+    for n in 0..number("copies", 2) {
+        let value = serde_json::json!({
+            "event_id": format!("{id}.{n}"),
+            "event_type": "created",
+            "user_id": user,
+            "task_id": task,
+            "timestamp": rfc3339(host::now()),
+            "task_data": {"title": "again"},
+        });
+        output::emit("out", Some(user), &value.to_string());
+    }
 }
 
 fn mode() -> &'static str {
@@ -242,6 +262,15 @@ impl Plugin for TestPlugin {
                 echo(&event);
                 Ok(())
             }
+            "feedback" if host::config("via_timer").is_some() => {
+                let payload = format!("{}\n{}", event.task.user_id, event.task.id);
+                timers::set(&event.id, host::now(), payload.as_bytes());
+                Ok(())
+            }
+            "feedback" => {
+                feed_back(&event.id, &event.task.user_id, &event.task.id);
+                Ok(())
+            }
             "flaky" => {
                 let fail_until = number("fail_until", 0);
                 if u64::try_from(host::now()).unwrap_or(0) < fail_until {
@@ -315,6 +344,12 @@ impl Plugin for TestPlugin {
     fn on_timer(timer: FiredTimer) -> Result {
         if mode() == "rearm" {
             timers::set(&timer.key, host::now(), b"");
+            return Ok(());
+        }
+        if mode() == "feedback" {
+            let payload = String::from_utf8_lossy(&timer.payload);
+            let (user, task) = payload.split_once('\n').unwrap_or(("u", "t"));
+            feed_back(&timer.key, user, task);
             return Ok(());
         }
         let value = serde_json::json!({
