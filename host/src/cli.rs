@@ -379,6 +379,7 @@ async fn execute(cli: Cli) -> Result<ExitCode> {
                 start: now,
                 advance,
                 max_event_bytes: config.pipeline.max_event_bytes,
+                max_hops: config.plugins.max_hops,
             };
             test(
                 &sandbox(config)?,

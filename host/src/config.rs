@@ -224,10 +224,6 @@ impl Default for KafkaConfig {
     }
 }
 
-/// The most `plugins.max_hops` may be: a loop of one plugin emitting
-/// twice per record already makes 2^64 records.
-const MAX_HOPS: u32 = 64;
-
 /// `[plugins]`.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -258,7 +254,7 @@ pub struct PluginsConfig {
     /// How many plugin emits a record may be from its producer's record
     /// and still come back as input: a call handling a record this many
     /// hops away may not emit to an input topic (its event is
-    /// dead-lettered, kind `quota`). Bounds loops through the input
+    /// dead-lettered, kind `max-hops`). Bounds loops through the input
     /// topics; 0 lets no plugin write to one.
     pub max_hops: u32,
 }
@@ -697,6 +693,14 @@ impl Config {
                 "needs at least one non-empty topic name",
             );
         }
+        if k.input_topics.iter().any(|t| t.starts_with('^')) {
+            // librdkafka would subscribe by pattern, and the daemon could
+            // no longer tell which topics a plugin output feeds back to.
+            return invalid(
+                "kafka.input_topics",
+                "takes topic names, not patterns (^…): list the topics",
+            );
+        }
         if k.dead_letter_topic.trim().is_empty() {
             return invalid("kafka.dead_letter_topic", "is empty");
         }
@@ -748,8 +752,11 @@ impl Config {
             return invalid("pipeline.max_event_bytes", "must be between 1KiB and 1GiB");
         }
         let plugins = &self.plugins;
-        if plugins.max_hops > MAX_HOPS {
-            return invalid("plugins.max_hops", &format!("must be at most {MAX_HOPS}"));
+        if plugins.max_hops > crate::dispatch::MAX_HOPS {
+            return invalid(
+                "plugins.max_hops",
+                &format!("must be at most {}", crate::dispatch::MAX_HOPS),
+            );
         }
         if plugins.quarantine_after > 0 && plugins.quarantine_backoff.is_zero() {
             return invalid("plugins.quarantine_backoff", "must be more than zero");
@@ -938,6 +945,12 @@ mod tests {
         assert_eq!(
             config.validate().unwrap_err().to_string(),
             "kafka.partitions: must be at least 1"
+        );
+        let mut config = Config::default();
+        config.kafka.input_topics = vec!["^task-.*".into()];
+        assert_eq!(
+            config.validate().unwrap_err().to_string(),
+            "kafka.input_topics: takes topic names, not patterns (^…): list the topics"
         );
         let mut config = Config::default();
         config.plugins.max_hops = 65;

@@ -15,10 +15,16 @@
 //! cannot make a partition spin.
 //!
 //! Loops: a record carries its hops — how many plugin emits it is from
-//! its producer's record — and a timer the hops of the call that set it.
-//! A call whose hops reach [`DispatchPolicy::max_hops`] may not emit to an
-//! input topic, so a plugin (or plugins together) feeding the input topic
-//! its own output cannot keep a loop going, through timers or not.
+//! its producer's record — and a timer the hops of the call that set it
+//! (a timer set in `on-timer` those of the firing). A call whose hops
+//! reach [`DispatchPolicy::max_hops`] may not emit to an input topic, so
+//! plugins feeding the input topic what they read — alone or together,
+//! straight or through timers — cannot keep a loop going; at [`MAX_HOPS`]
+//! a call may not emit at all, which ends a loop through another
+//! deployment or a mirror too. What hops do not bound: a plugin emitting
+//! on a schedule of its own (a timer re-armed in `on-timer`), or what it
+//! kept in state, starts from the hops of what set the schedule up; its
+//! timer quotas and `min_timer_rearm` bound that.
 //!
 //! The plugin set can change between calls ([`Dispatcher::update`]): a
 //! replaced plugin keeps its state and gets a fresh instance of the new
@@ -65,6 +71,11 @@ pub struct DispatchPolicy {
 /// `plugins.max_hops` unless set: deeper than the bundled plugins go (the
 /// recurrence plugin's emits are one hop from a completion).
 pub const DEFAULT_MAX_HOPS: u32 = 4;
+
+/// The most `plugins.max_hops` may be, and the hops from which a call may
+/// not emit to any topic: no chain of plugins goes this deep but a loop
+/// (through another deployment that feeds this one, say).
+pub const MAX_HOPS: u32 = 64;
 
 /// How a retry of a `retryable` call waits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -355,7 +366,7 @@ impl Slot {
         let mut stormed = false;
         let (result, changed) = match result {
             Ok(effects) => match self.check_hops(&effects.emits, hops, policy) {
-                Err(loop_cut) => (Err(CallError::MaxHops(loop_cut)), Vec::new()),
+                Err(loop_cut) => (Err(loop_cut), Vec::new()),
                 Ok(()) => match self.apply(now, hops, call, effects.changes, policy, metrics) {
                     Ok((changed, throttled)) => {
                         stormed = throttled;
@@ -466,24 +477,34 @@ impl Slot {
     }
 
     /// Refuses a call at `hops` that emitted to an input topic when `hops`
-    /// has reached `max_hops`: its records would carry a loop further.
+    /// has reached `max_hops`, or emitted at all at [`MAX_HOPS`]: its
+    /// records would carry a loop further.
     fn check_hops(
         &self,
         emits: &[Emit],
         hops: u32,
         policy: &DispatchPolicy,
-    ) -> Result<(), QuotaExceeded> {
-        if hops < policy.max_hops {
+    ) -> Result<(), CallError> {
+        if hops < policy.max_hops.min(MAX_HOPS) {
             return Ok(());
         }
+        let refused = |topic: &str, bound: String| CallError::MaxHops {
+            topic: topic.to_owned(),
+            hops,
+            bound,
+        };
+        if hops >= MAX_HOPS
+            && let Some(emit) = emits.first()
+        {
+            return Err(refused(
+                &emit.topic,
+                format!("no emit is allowed from {MAX_HOPS} (a loop through another deployment?)"),
+            ));
+        }
         match emits.iter().find(|e| self.plugin.spec.loops_back(&e.topic)) {
-            Some(emit) => Err(QuotaExceeded::new(
-                "plugins.max_hops",
-                format_args!(
-                    "an emit to the input topic {} from a record {hops} plugin emits from its producer's",
-                    emit.topic
-                ),
-                policy.max_hops,
+            Some(emit) => Err(refused(
+                &emit.topic,
+                format!("plugins.max_hops = {} for an input topic", policy.max_hops),
             )),
             None => Ok(()),
         }
@@ -588,8 +609,10 @@ impl Slot {
         };
         metrics.error(name, err.kind());
         let fault = err.counts_toward_quarantine();
-        // The plugin answered, cleanly: it rejected its input.
-        let rejected = !fault && matches!(err, CallError::Plugin { .. });
+        // The plugin answered, cleanly: it rejected its input, or its
+        // answer was refused only for carrying a loop on.
+        let rejected =
+            !fault && matches!(err, CallError::Plugin { .. } | CallError::MaxHops { .. });
         if self.plugin.warnings.admit() {
             if rejected {
                 warn!(plugin = %name, kind = err.kind(), error = %err, "Plugin rejected its input.");

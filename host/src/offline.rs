@@ -19,7 +19,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::clock::rfc3339;
-use crate::dispatch::{Dispatcher, Outcome};
+use crate::dispatch::{DispatchPolicy, Dispatcher, Outcome};
 use crate::event::{self, DecodeError, RecordMeta};
 use crate::plugin::Plugin;
 use crate::units::ByteSize;
@@ -38,6 +38,9 @@ pub struct Options {
     /// The largest line decoded (`pipeline.max_event_bytes`); a longer one
     /// is dead-lettered, as the daemon would.
     pub max_event_bytes: ByteSize,
+    /// `plugins.max_hops`; every line counts 0 hops, so only `0` refuses
+    /// an emit to an input topic here.
+    pub max_hops: u32,
 }
 
 /// Counts of what a run produced.
@@ -120,7 +123,14 @@ pub async fn run(
     mut out: impl Write,
 ) -> Result<Summary, Error> {
     let mut bench = Bench {
-        dispatcher: Dispatcher::new(plugins),
+        dispatcher: Dispatcher::with(
+            plugins,
+            DispatchPolicy {
+                max_hops: options.max_hops,
+                ..DispatchPolicy::OFFLINE
+            },
+            Arc::default(),
+        ),
         now: options.start,
         summary: Summary::default(),
     };

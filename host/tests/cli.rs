@@ -210,6 +210,11 @@ fn plugins_check_and_test_hold_plugins_to_the_daemons_configuration() {
     let dir = plugin_dir(&[
         ("plain", TEST_PLUGIN, None),
         ("big", TEST_PLUGIN, Some("[limits]\nmemory = \"32MiB\"\n")),
+        (
+            "loop",
+            TEST_PLUGIN,
+            Some("[outputs]\nout = \"task-events\"\n[config]\nmode = \"feedback\"\ncopies = 1\n"),
+        ),
     ]);
     let etc = tempfile::tempdir().unwrap();
     let config = etc.path().join("todo-eventd.toml");
@@ -217,6 +222,7 @@ fn plugins_check_and_test_hold_plugins_to_the_daemons_configuration() {
         &config,
         "[sandbox.default_limits]\nmemory = \"16MiB\"\ncall_timeout = \"77ms\"\n\
          [sandbox.max_limits]\nmemory = \"16MiB\"\n\
+         [plugins]\nmax_hops = 0\n\
          # A secret only the service may read: judging plugins needs none.\n\
          [kafka.property_files]\n\"sasl.password\" = \"/nonexistent/kafka-password\"\n",
     )
@@ -280,6 +286,14 @@ fn plugins_check_and_test_hold_plugins_to_the_daemons_configuration() {
         stderr.contains("warning: skipping invalid plugin: ")
             && stderr.contains("(sandbox.max_limits.memory)"),
         "{stderr}"
+    );
+    // `plugins.max_hops = 0`: no plugin may feed the input topic.
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.contains(r#""plugin":"loop""#) && l.contains(r#""error":"max-hops""#)),
+        "{stdout}"
     );
 }
 

@@ -210,7 +210,9 @@ async fn a_loop_through_the_input_topic_ends_at_max_hops() {
     assert_eq!(dead(&seen), 8, "the third round's records, each refused");
     for letter in seen.iter().filter(|m| m.topic() == "task-events.dlq") {
         let message = header(letter, "error.message").unwrap();
-        assert!(message.contains("plugins.max_hops (3)"), "{message}");
+        assert!(message.contains("plugins.max_hops = 3"), "{message}");
+        let hops = header(letter, "todo-eventd.hops");
+        assert_eq!(hops.as_deref(), Some("3"), "a replay starts as deep");
         assert_eq!(header(letter, "error.kind").as_deref(), Some("max-hops"));
     }
     let mut rounds: HashMap<Option<String>, usize> = HashMap::new();
@@ -569,9 +571,7 @@ async fn an_older_changelog_is_restored_and_its_records_retired() {
         .filter(|p| p.name == "reminders")
         .collect();
     let new_memo = changelog::key("task-events", "reminders", EntryKind::Key, "task:1");
-    let retired = |m: &OwnedMessage, key: &[u8]| {
-        m.key() == Some(key) && m.payload().is_none()
-    };
+    let retired = |m: &OwnedMessage, key: &[u8]| m.key() == Some(key) && m.payload().is_none();
     let done = |seen: &[OwnedMessage]| {
         seen.iter().any(|m| retired(m, &old_memo))
             && seen.iter().any(|m| retired(m, &old_timer))

@@ -12,9 +12,10 @@ use crate::sandbox::{Emit, RECORD_OVERHEAD_BYTES};
 use crate::text;
 
 /// The header that says how many plugin emits a record is from its
-/// producer's record: every output carries its input's hops plus one, so a
-/// loop through the input topics — even through another daemon or a
-/// mirror — can be cut off (`plugins.max_hops`).
+/// producer's record: every output carries its input's hops plus one, and
+/// a dead letter its input's, so a loop through the input topics can be
+/// cut off (`plugins.max_hops`) — and the count survives a trip through
+/// another deployment, a mirror or a replay of dead letters.
 pub const HOPS_HEADER: &str = "todo-eventd.hops";
 
 /// How much of the original a last-resort dead letter keeps.
@@ -62,13 +63,14 @@ impl Source<'_> {
     }
 }
 
-/// The hops a record's [`HOPS_HEADER`] holds: 0 without one, or if it is
-/// not a number (a producer's own header cannot lift the bound, only
-/// lower it for that record).
-pub fn hops(value: Option<&[u8]>) -> u32 {
-    value
-        .and_then(|v| std::str::from_utf8(v).ok())
-        .and_then(|v| v.parse().ok())
+/// The hops a record's [`HOPS_HEADER`] values say: the largest that is a
+/// number, 0 without one (a producer's own header cannot lift the bound,
+/// only bring it closer for that record).
+pub fn hops<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> u32 {
+    values
+        .into_iter()
+        .filter_map(|v| std::str::from_utf8(v).ok()?.parse().ok())
+        .max()
         .unwrap_or(0)
 }
 
@@ -149,6 +151,9 @@ pub fn dead_letter(
     }
     if let Some(kind) = failure.kind {
         headers.push(("error.kind", kind.as_bytes().to_vec()));
+    }
+    if source.hops > 0 {
+        headers.push((HOPS_HEADER, source.hops.to_string().into_bytes()));
     }
     if let Some(id) = source.event_id {
         headers.push(("source.event.id", id.as_bytes().to_vec()));
@@ -270,5 +275,33 @@ mod tests {
             Some(&b"600000"[..])
         );
         assert_eq!(header(&minimal, "error.stage"), Some(&b"decode"[..]));
+    }
+
+    #[test]
+    fn hops_are_read_at_their_largest_and_kept_on_dead_letters() {
+        assert_eq!(hops([]), 0);
+        assert_eq!(hops([&b"2"[..], b"junk", b"7", b"-1", b""]), 7);
+        assert_eq!(hops([&b"99999999999"[..]]), 0, "not a u32");
+
+        let deep = Source {
+            hops: 3,
+            ..source(b"{}")
+        };
+        let failure = Failure {
+            stage: Stage::Plugin,
+            plugin: Some("p"),
+            kind: Some("max-hops"),
+            message: "loop",
+        };
+        let letter = dead_letter("dlq", &deep, &failure, 100_000);
+        assert_eq!(
+            header(&letter, HOPS_HEADER),
+            Some(&b"3"[..]),
+            "replayed as deep"
+        );
+        let minimal = minimal_dead_letter(&letter, 2);
+        assert_eq!(header(&minimal, HOPS_HEADER), Some(&b"3"[..]));
+        let shallow = dead_letter("dlq", &source(b"{}"), &failure, 100_000);
+        assert_eq!(header(&shallow, HOPS_HEADER), None);
     }
 }

@@ -294,11 +294,11 @@ impl Worker {
             key: message.key().map(<[u8]>::to_vec),
             value: message.payload().unwrap_or_default().to_vec(),
             event_id: None,
-            hops: records::hops(message.headers().and_then(|headers| {
+            hops: records::hops(message.headers().into_iter().flat_map(|headers| {
                 headers
                     .iter()
-                    .find(|h| h.key == records::HOPS_HEADER)
-                    .and_then(|h| h.value)
+                    .filter(|h| h.key == records::HOPS_HEADER)
+                    .filter_map(|h| h.value)
             })),
         };
         let decoded = match message.payload() {

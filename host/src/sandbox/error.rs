@@ -72,12 +72,23 @@ pub enum CallError {
     /// ran it is discarded.
     #[error("quota: {0}")]
     Quota(#[from] QuotaExceeded),
-    /// The call emitted to an input topic while handling a record already
-    /// `plugins.max_hops` plugin emits from its producer's: it would carry
-    /// a loop on. Not the plugin's fault — a record another plugin fed
-    /// back can provoke it — and the loop ends here either way.
-    #[error("loop: {0}")]
-    MaxHops(QuotaExceeded),
+    /// The call emitted to an input topic while handling input already
+    /// `plugins.max_hops` plugin emits from its producer's record (or to
+    /// any topic, [`crate::dispatch::MAX_HOPS`] deep): it would carry a loop on. Not the
+    /// plugin's fault — a record another plugin fed back can provoke it —
+    /// and the loop ends here either way.
+    #[error(
+        "loop: an emit to {topic} while handling input {hops} plugin emits from its producer's record; {bound}"
+    )]
+    MaxHops {
+        /// The topic of the emit refused.
+        topic: String,
+        /// The hops of the input handled.
+        hops: u32,
+        /// The bound it reached, as written: `plugins.max_hops = 4` (for
+        /// an input topic) or the ceiling for any topic.
+        bound: String,
+    },
     /// No instance could be created for the call.
     #[error("instantiation failed: {0}")]
     Instantiate(String),
@@ -119,7 +130,7 @@ impl CallError {
             Self::Plugin { .. } => "plugin-error",
             Self::Trap { kind, .. } => kind.as_str(),
             Self::Quota(_) => "quota",
-            Self::MaxHops(_) => "max-hops",
+            Self::MaxHops { .. } => "max-hops",
             Self::Instantiate(_) | Self::StartDeadline { .. } => "instantiate",
             Self::Capacity(_) => "capacity",
             Self::Quarantined { .. } => "quarantined",
@@ -138,7 +149,7 @@ impl CallError {
             Self::Trap { kind, .. } => *kind != TrapKind::Denied,
             Self::Quota(_) | Self::Instantiate(_) | Self::StartDeadline { .. } => true,
             Self::Plugin { kind, .. } => *kind == ErrorKind::Internal,
-            Self::MaxHops(_) | Self::Capacity(_) | Self::Quarantined { .. } => false,
+            Self::MaxHops { .. } | Self::Capacity(_) | Self::Quarantined { .. } => false,
         }
     }
 

@@ -94,7 +94,9 @@ limits! {
     /// Records one call may emit to a topic the daemon consumes (an
     /// output mapped to an input topic, as recurrence does). More than one
     /// lets a loop through the input grow with every round.
-    input_emits_per_call: Count = Count(1), max Count(1_000), min Count(0);
+    /// The built-in maximum is low: with `plugins.max_hops` it sets how
+    /// many records one producer record can lead to.
+    input_emits_per_call: Count = Count(1), max Count(16), min Count(0);
     /// Bytes (keys and values) one call may emit.
     emit_bytes_per_call: ByteSize = ByteSize::mib(4), max ByteSize::mib(64), min ByteSize::kib(1);
     /// Bytes (keys and values) of state one call may write.

@@ -9,7 +9,9 @@
 //! (`1`: a value follows, `2`: a timer follows), then the timer — due time
 //! (8 bytes, big-endian ms), payload length (4 bytes, big-endian), payload
 //! and, with flag `4`, the hops it counts from (4 bytes, big-endian; left
-//! out when 0) — then the value's bytes. A key with neither is a tombstone (no value),
+//! out when 0, so only a timer set while handling fed-back input has it,
+//! and only such a record is unreadable to versions before the flag) —
+//! then the value's bytes. A key with neither is a tombstone (no value),
 //! which compaction eventually removes.
 //!
 //! Changelogs written before hold one record per value (KIND `v`, the

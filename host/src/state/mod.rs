@@ -23,7 +23,7 @@ pub struct Timer {
     /// How many plugin emits the event whose call set the timer was from
     /// its producer's record: what its `on-timer` call counts from, so a
     /// loop through a timer and the input topic ends like any other (see
-    /// `pipeline.max_hops`).
+    /// `plugins.max_hops`).
     pub hops: u32,
 }
 
