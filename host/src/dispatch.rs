@@ -363,17 +363,20 @@ impl Slot {
                     .await
             }
         };
+        let result = match result {
+            Ok(effects) if hops >= policy.max_hops.min(MAX_HOPS) => {
+                self.refuse_loop(effects, hops, policy)
+            }
+            other => other,
+        };
         let mut stormed = false;
         let (result, changed) = match result {
-            Ok(effects) => match self.check_hops(&effects.emits, hops, policy) {
-                Err(loop_cut) => (Err(loop_cut), Vec::new()),
-                Ok(()) => match self.apply(now, hops, call, effects.changes, policy, metrics) {
-                    Ok((changed, throttled)) => {
-                        stormed = throttled;
-                        (Ok(effects.emits), changed)
-                    }
-                    Err(quota) => (Err(CallError::Quota(quota)), Vec::new()),
-                },
+            Ok(effects) => match self.apply(now, hops, call, effects.changes, policy, metrics) {
+                Ok((changed, throttled)) => {
+                    stormed = throttled;
+                    (Ok(effects.emits), changed)
+                }
+                Err(quota) => (Err(CallError::Quota(quota)), Vec::new()),
             },
             Err(err) => (Err(err), Vec::new()),
         };
@@ -476,18 +479,17 @@ impl Slot {
         (result, ended)
     }
 
-    /// Refuses a call at `hops` that emitted to an input topic when `hops`
-    /// has reached `max_hops`, or emitted at all at [`MAX_HOPS`]: its
+    /// The effects of a call at `hops` at or past `max_hops`, refused if
+    /// they emit to an input topic — or at all at [`MAX_HOPS`]: their
     /// records would carry a loop further.
-    fn check_hops(
+    #[cold]
+    fn refuse_loop(
         &self,
-        emits: &[Emit],
+        effects: Effects,
         hops: u32,
         policy: &DispatchPolicy,
-    ) -> Result<(), CallError> {
-        if hops < policy.max_hops.min(MAX_HOPS) {
-            return Ok(());
-        }
+    ) -> Result<Effects, CallError> {
+        let emits = &effects.emits;
         let refused = |topic: &str, bound: String| CallError::MaxHops {
             topic: topic.to_owned(),
             hops,
@@ -506,7 +508,7 @@ impl Slot {
                 &emit.topic,
                 format!("plugins.max_hops = {} for an input topic", policy.max_hops),
             )),
-            None => Ok(()),
+            None => Ok(effects),
         }
     }
 
