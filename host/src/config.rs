@@ -48,7 +48,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::sandbox::{Compiler, LimitSettings, Limits, LogPolicy, SandboxConfig};
+use crate::sandbox::{Compiler, GrantPolicy, LimitSettings, Limits, LogPolicy, SandboxConfig};
 use crate::units::{ByteSize, Count};
 
 /// The whole configuration file.
@@ -325,6 +325,16 @@ pub struct SandboxSection {
     /// The longest compiling one plugin may take.
     #[serde(with = "crate::units::duration")]
     pub compile_timeout: Duration,
+    /// Environment variables a manifest may grant (`[wasi] env`); none by
+    /// default, and never the daemon's own `TODO_EVENTD_*`.
+    pub allowed_env: Vec<String>,
+    /// Directories under which a manifest may grant read-only access
+    /// (`[wasi] dirs`); none by default.
+    pub allowed_dirs: Vec<PathBuf>,
+    /// Directories under which a manifest may grant read-write access;
+    /// none by default. Never the plugins directory or the component
+    /// cache, nor `/proc`, `/sys` or `/dev`.
+    pub writable_dirs: Vec<PathBuf>,
     /// The `todo-eventd` binary that compiles plugins in a child process
     /// (set by the binary itself, not read from the file); `None`
     /// compiles in this process.
@@ -347,6 +357,9 @@ impl Default for SandboxSection {
             perf_map: false,
             compile_memory: ByteSize::mib(1024),
             compile_timeout: Duration::from_secs(120),
+            allowed_env: Vec::new(),
+            allowed_dirs: Vec::new(),
+            writable_dirs: Vec::new(),
             compiler_program: None,
         }
     }
@@ -636,8 +649,22 @@ impl Config {
     pub fn sandbox_config(&self, default_cache: Option<PathBuf>) -> SandboxConfig {
         let section = &self.sandbox;
         let (default_limits, max_limits) = section.limits();
+        let cache_dir = section.cache_dir.clone().or(default_cache);
+        let protected = [
+            (self.plugins.dir.clone(), "plugins.dir"),
+            (cache_dir.clone(), "sandbox.cache_dir"),
+        ];
         let mut sandbox = SandboxConfig {
-            cache_dir: section.cache_dir.clone().or(default_cache),
+            grants: GrantPolicy {
+                env: section.allowed_env.clone(),
+                readable: section.allowed_dirs.clone(),
+                writable: section.writable_dirs.clone(),
+                protected: protected
+                    .into_iter()
+                    .filter_map(|(dir, setting)| Some((dir?, setting)))
+                    .collect(),
+            },
+            cache_dir,
             default_limits,
             max_limits,
             max_component_bytes: section.max_component_size,

@@ -313,8 +313,37 @@ fn plugins_check_shows_grants_and_limits_and_refuses_a_plugin_that_cannot_start(
             Some("[limits]\nmemory = \"1MiB\"\n"),
         ),
     ]);
+    // A manifest grants only what the operator allows: nothing by default.
     let out = todo_eventd(
         &["plugins", "check", dir.path().to_str().unwrap()],
+        cache.path(),
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let refused = stdout.lines().find(|l| l.contains("granted.toml")).unwrap();
+    assert!(
+        refused.starts_with("invalid")
+            && refused.ends_with("wasi.env: TZ is not in sandbox.allowed_env"),
+        "{stdout}"
+    );
+
+    let etc = tempfile::tempdir().unwrap();
+    let config = etc.path().join("todo-eventd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[sandbox]\nallowed_env = [\"TZ\"]\nwritable_dirs = [\"{}\"]\n",
+            data.path().display()
+        ),
+    )
+    .unwrap();
+    let out = todo_eventd(
+        &[
+            "plugins",
+            "check",
+            dir.path().to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+        ],
         cache.path(),
     );
     assert_eq!(out.status.code(), Some(1));

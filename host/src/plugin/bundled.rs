@@ -78,9 +78,19 @@ pub fn install(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut written = Vec::new();
     for plugin in ALL {
         let manifest = dir.join(format!("{}.toml", plugin.name));
-        if !manifest.exists() {
-            std::fs::write(&manifest, plugin.manifest)?;
-            written.push(manifest);
+        // `create_new` writes through no symlink (not even a dangling one
+        // planted where the manifest goes) and keeps an existing file.
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&manifest)
+        {
+            Ok(mut file) => {
+                std::io::Write::write_all(&mut file, plugin.manifest.as_bytes())?;
+                written.push(manifest);
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(err) => return Err(err),
         }
         let wasm = dir.join(format!("{}.wasm", plugin.name));
         let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
@@ -93,4 +103,32 @@ pub fn install(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
         written.push(wasm);
     }
     Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn install_keeps_manifests_and_writes_through_no_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = dir.path().join("elsewhere");
+        let first = ALL[0].name;
+        // A dangling symlink planted where a manifest goes.
+        std::os::unix::fs::symlink(&elsewhere, dir.path().join(format!("{first}.toml"))).unwrap();
+        let written = install(dir.path()).unwrap();
+        assert!(!elsewhere.exists(), "nothing written through the link");
+        assert!(
+            !written.iter().any(|p| p.ends_with(format!("{first}.toml"))),
+            "{written:?}"
+        );
+        assert!(dir.path().join(format!("{first}.wasm")).is_file());
+        // A second install keeps the manifests written by the first.
+        let again = install(dir.path()).unwrap();
+        assert!(
+            again
+                .iter()
+                .all(|p| p.extension().is_some_and(|e| e == "wasm"))
+        );
+    }
 }

@@ -454,14 +454,45 @@ where
     }
 }
 
+/// Outputs one manifest may map, at most.
+const MAX_OUTPUTS: usize = 64;
+
+/// Whether `name` is 1 to `max` ASCII letters, digits, `.`, `_` or `-`.
+fn is_name(name: &str, max: usize) -> bool {
+    (1..=max).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
 /// Applies the daemon's defaults and maxima to a manifest.
 fn resolve_spec(sandbox: &Sandbox, name: &str, manifest: &Manifest) -> Result<PluginSpec, String> {
     let config = sandbox.config();
     let limits = config.default_limits.merge(&manifest.limits);
     limits.check(&config.max_limits, "limits")?;
+    if manifest.outputs.len() > MAX_OUTPUTS {
+        return Err(format!(
+            "outputs: {} mapped, more than {MAX_OUTPUTS}",
+            manifest.outputs.len()
+        ));
+    }
     for (output, topic) in &manifest.outputs {
+        if !is_name(output, 64) {
+            return Err(format!(
+                "outputs: the name \"{}\" is not 1 to 64 letters, digits, '.', '_' or '-'",
+                crate::text::quote_bounded(output, 64)
+            ));
+        }
         if topic.trim().is_empty() {
             return Err(format!("outputs.{output}: the topic name is empty"));
+        }
+        // Kafka's own rule; a topic the broker would refuse to create
+        // would otherwise stop the daemon at start-up.
+        if !is_name(topic, 249) || topic == "." || topic == ".." {
+            return Err(format!(
+                "outputs.{output}: \"{}\" is not a Kafka topic name (1 to 249 letters, digits, '.', '_' or '-')",
+                crate::text::quote_bounded(topic, 64)
+            ));
         }
         if let Some((_, setting)) = config.reserved_topics.iter().find(|(t, _)| t == topic) {
             return Err(format!(
@@ -469,14 +500,7 @@ fn resolve_spec(sandbox: &Sandbox, name: &str, manifest: &Manifest) -> Result<Pl
             ));
         }
     }
-    for dir in &manifest.wasi.dirs {
-        if !dir.host.is_dir() {
-            return Err(format!(
-                "wasi.dirs: {} is not a directory on this host",
-                dir.host.display()
-            ));
-        }
-    }
+    let wasi = config.grants.check(&manifest.wasi)?;
     let input_outputs = manifest
         .outputs
         .values()
@@ -489,7 +513,7 @@ fn resolve_spec(sandbox: &Sandbox, name: &str, manifest: &Manifest) -> Result<Pl
         input_outputs,
         config: manifest.config_strings(),
         limits,
-        wasi: manifest.wasi.clone(),
+        wasi,
         max_record_bytes: config.max_record_bytes,
         log: sandbox.plugin_log(name),
     })
@@ -539,6 +563,29 @@ mod tests {
         // The input topic is allowed: the recurrence plugin writes the next
         // occurrence there.
         assert!(spec(&config.kafka.input_topics[0]).is_ok());
+        // What Kafka would refuse to create is refused by name at load, not
+        // at the daemon's start-up.
+        assert_eq!(
+            spec("bad topic").unwrap_err(),
+            "outputs.out: \"bad topic\" is not a Kafka topic name (1 to 249 letters, digits, '.', '_' or '-')"
+        );
+        assert!(spec(&"t".repeat(250)).is_err());
+        assert!(spec("..").is_err());
+        assert!(spec(&"t".repeat(249)).is_ok());
+        let named = |name: &str| {
+            let manifest = Manifest::parse(&format!("[outputs]\n\"{name}\" = \"t\"\n")).unwrap();
+            resolve_spec(&sandbox, "p", &manifest).map(|_| ())
+        };
+        assert_eq!(
+            named("a\\nb").unwrap_err(),
+            "outputs: the name \"a\\nb\" is not 1 to 64 letters, digits, '.', '_' or '-'"
+        );
+        let many: String = (0..65).map(|i| format!("o{i} = \"t\"\n")).collect();
+        let manifest = Manifest::parse(&format!("[outputs]\n{many}")).unwrap();
+        assert_eq!(
+            resolve_spec(&sandbox, "p", &manifest).unwrap_err(),
+            "outputs: 65 mapped, more than 64"
+        );
     }
 
     fn start_deadline() -> CallError {

@@ -1,8 +1,18 @@
 //! Ambient capabilities a manifest may grant through WASI: environment
 //! variables, host directories and the real clocks. Everything is denied
 //! unless listed; there is no network grant at all.
+//!
+//! A manifest is as untrusted as its plugin, so what it may grant is the
+//! operator's call ([`GrantPolicy`], from `[sandbox]`): environment
+//! variables by name (never the daemon's own `TODO_EVENTD_*`), read-only
+//! directories under `allowed_dirs`, read-write ones under
+//! `writable_dirs` — none by default. Directory grants are resolved to
+//! their real path at load (what the plugin then opens, so a symlink
+//! repointed later changes nothing); `/proc`, `/sys` and `/dev` are never
+//! granted, nor writing where the daemon reads code from (the plugins
+//! directory, the component cache).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
@@ -34,6 +44,110 @@ pub struct DirGrant {
     /// Whether the plugin may write to it.
     #[serde(default)]
     pub writable: bool,
+}
+
+/// Environment variables one manifest may grant, at most.
+const MAX_ENV_GRANTS: usize = 64;
+/// Directories one manifest may grant, at most (each is an open file per
+/// instance).
+const MAX_DIR_GRANTS: usize = 16;
+/// Host trees no grant may reach into: they hold the daemon's own
+/// environment, memory and devices.
+const NEVER_GRANTED: [&str; 3] = ["/proc", "/sys", "/dev"];
+/// Environment variables with this prefix hold the daemon's settings and
+/// secrets (`TODO_EVENTD_KAFKA_PROPERTY_SASL_PASSWORD`).
+const DAEMON_ENV_PREFIX: &str = "TODO_EVENTD_";
+
+/// What the operator lets manifests grant (`sandbox.allowed_env`,
+/// `sandbox.allowed_dirs`, `sandbox.writable_dirs`); by default nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GrantPolicy {
+    /// Environment variable names a manifest may grant.
+    pub env: Vec<String>,
+    /// Directories under which a manifest may grant read-only access.
+    pub readable: Vec<PathBuf>,
+    /// Directories under which a manifest may grant read-write access
+    /// (and read-only).
+    pub writable: Vec<PathBuf>,
+    /// The daemon's own directories, each with the setting that names it:
+    /// no writable grant may overlap them.
+    pub protected: Vec<(PathBuf, &'static str)>,
+}
+
+impl GrantPolicy {
+    /// Checks `grants` against the policy; the error names the manifest
+    /// key and the setting that would allow it. Returns the grants with
+    /// every directory resolved to its real path.
+    pub fn check(&self, grants: &WasiGrants) -> Result<WasiGrants, String> {
+        if grants.env.len() > MAX_ENV_GRANTS {
+            return Err(format!(
+                "wasi.env: {} names, more than {MAX_ENV_GRANTS}",
+                grants.env.len()
+            ));
+        }
+        if grants.dirs.len() > MAX_DIR_GRANTS {
+            return Err(format!(
+                "wasi.dirs: {} directories, more than {MAX_DIR_GRANTS}",
+                grants.dirs.len()
+            ));
+        }
+        for name in &grants.env {
+            let shown = crate::text::quote_bounded(name, 64);
+            if name.starts_with(DAEMON_ENV_PREFIX) {
+                return Err(format!(
+                    "wasi.env: {shown} is one of the daemon's own settings; never granted"
+                ));
+            }
+            if !self.env.contains(name) {
+                return Err(format!("wasi.env: {shown} is not in sandbox.allowed_env"));
+            }
+        }
+        let mut resolved = grants.clone();
+        for dir in &mut resolved.dirs {
+            let shown = crate::text::quote_bounded(&dir.host.to_string_lossy(), 256);
+            let real = std::fs::canonicalize(&dir.host)
+                .ok()
+                .filter(|p| p.is_dir())
+                .ok_or_else(|| format!("wasi.dirs: {shown} is not a directory on this host"))?;
+            if NEVER_GRANTED.iter().any(|never| real.starts_with(never)) {
+                return Err(format!(
+                    "wasi.dirs: {shown} is under /proc, /sys or /dev; never granted"
+                ));
+            }
+            let under = |roots: &[PathBuf]| {
+                roots
+                    .iter()
+                    .filter_map(|root| std::fs::canonicalize(root).ok())
+                    .any(|root| real.starts_with(root))
+            };
+            if dir.writable {
+                if !under(&self.writable) {
+                    return Err(format!(
+                        "wasi.dirs: {shown} (writable) is not under sandbox.writable_dirs"
+                    ));
+                }
+                if let Some((_, setting)) =
+                    self.protected.iter().find(|(own, _)| overlaps(&real, own))
+                {
+                    return Err(format!(
+                        "wasi.dirs: {shown} (writable) overlaps the daemon's own {setting}; never granted"
+                    ));
+                }
+            } else if !under(&self.readable) && !under(&self.writable) {
+                return Err(format!(
+                    "wasi.dirs: {shown} is not under sandbox.allowed_dirs"
+                ));
+            }
+            dir.host = real;
+        }
+        Ok(resolved)
+    }
+}
+
+/// Whether `real` (a resolved path) and `own` are one inside the other.
+fn overlaps(real: &Path, own: &Path) -> bool {
+    let own = std::fs::canonicalize(own).unwrap_or_else(|_| own.to_path_buf());
+    real.starts_with(&own) || own.starts_with(real)
 }
 
 impl WasiGrants {
@@ -100,5 +214,93 @@ mod tests {
             ]
         );
         assert!(WasiGrants::default().is_empty());
+    }
+
+    fn grants(text: &str) -> WasiGrants {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn only_what_the_operator_allows_is_granted() {
+        let root = tempfile::tempdir().unwrap();
+        let data = root.path().join("data");
+        let plugins = root.path().join("plugins");
+        std::fs::create_dir_all(data.join("sub")).unwrap();
+        std::fs::create_dir_all(&plugins).unwrap();
+        let link = root.path().join("link");
+        std::os::unix::fs::symlink(data.join("sub"), &link).unwrap();
+        let dir = |path: &Path, writable: bool| {
+            grants(&format!(
+                "dirs = [{{ host = \"{}\", guest = \"/d\", writable = {writable} }}]",
+                path.display()
+            ))
+        };
+        let nothing = GrantPolicy::default();
+        assert_eq!(
+            nothing.check(&grants("env = [\"TZ\"]")).unwrap_err(),
+            "wasi.env: TZ is not in sandbox.allowed_env"
+        );
+        let shown = data.display();
+        assert_eq!(
+            nothing.check(&dir(&data, false)).unwrap_err(),
+            format!("wasi.dirs: {shown} is not under sandbox.allowed_dirs")
+        );
+        assert!(nothing.check(&grants("ambient_clock = true")).is_ok());
+
+        let policy = GrantPolicy {
+            env: vec![
+                "TZ".into(),
+                "TODO_EVENTD_KAFKA_PROPERTY_SASL_PASSWORD".into(),
+            ],
+            readable: vec![root.path().to_path_buf()],
+            writable: vec![data.clone()],
+            protected: vec![(plugins.clone(), "plugins.dir")],
+        };
+        assert!(policy.check(&grants("env = [\"TZ\"]")).is_ok());
+        assert_eq!(
+            policy
+                .check(&grants(
+                    "env = [\"TODO_EVENTD_KAFKA_PROPERTY_SASL_PASSWORD\"]"
+                ))
+                .unwrap_err(),
+            "wasi.env: TODO_EVENTD_KAFKA_PROPERTY_SASL_PASSWORD is one of the daemon's own settings; never granted"
+        );
+        // Resolved to the real path, which is what the plugin will open.
+        let resolved = policy.check(&dir(&link, true)).unwrap();
+        assert_eq!(
+            resolved.dirs[0].host,
+            std::fs::canonicalize(data.join("sub")).unwrap()
+        );
+        assert!(policy.check(&dir(&plugins, false)).is_ok(), "reading is");
+        let err = policy.check(&dir(&plugins, true)).unwrap_err();
+        assert!(
+            err.ends_with("(writable) is not under sandbox.writable_dirs"),
+            "{err}"
+        );
+        let everywhere = GrantPolicy {
+            writable: vec![PathBuf::from("/")],
+            ..policy
+        };
+        let err = everywhere.check(&dir(root.path(), true)).unwrap_err();
+        assert!(
+            err.ends_with("(writable) overlaps the daemon's own plugins.dir; never granted"),
+            "{err}"
+        );
+        let err = everywhere
+            .check(&dir(Path::new("/proc/self"), false))
+            .unwrap_err();
+        assert!(
+            err.ends_with("is under /proc, /sys or /dev; never granted"),
+            "{err}"
+        );
+        let err = everywhere
+            .check(&dir(&root.path().join("nope"), false))
+            .unwrap_err();
+        assert!(err.ends_with("is not a directory on this host"), "{err}");
+        let many = format!("env = [{}]", vec!["\"TZ\""; 65].join(","));
+        assert_eq!(
+            everywhere.check(&grants(&many)).unwrap_err(),
+            "wasi.env: 65 names, more than 64"
+        );
     }
 }

@@ -37,6 +37,9 @@ pub const MAX_KEY_BYTES: usize = 1024;
 const MAX_VALUE_BYTES: usize = 1 << 20;
 /// What headers and framing add to a produced record, at most.
 pub const RECORD_OVERHEAD_BYTES: usize = 2048;
+/// WASI resources (streams, pollables, descriptors) one instance may hold
+/// at once; a plugin needs a handful.
+const MAX_RESOURCES: usize = 10_000;
 /// How much of a plugin's stdout/stderr is kept for error messages.
 const OUTPUT_TAIL_BYTES: usize = 4096;
 
@@ -137,6 +140,10 @@ impl HostState {
         wasi: WasiCtx,
     ) -> Self {
         let limiter = MemoryLimiter::new(spec.limits.memory);
+        // WASI's streams and pollables live here, in host memory the
+        // limiter does not see, and stay across a warm instance's calls.
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_RESOURCES);
         Self {
             deadline: Instant::now() + spec.limits.timeout(),
             spec,
@@ -147,7 +154,7 @@ impl HostState {
             limiter,
             output,
             wasi,
-            table: ResourceTable::new(),
+            table,
         }
     }
 

@@ -35,7 +35,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 pub use self::cache::{ComponentCache, UntrustedCache};
 pub use self::compile::{CHILD_COMMAND, Compiler, child_main};
 pub use self::error::{CallError, TrapKind};
-pub use self::grants::WasiGrants;
+pub use self::grants::{GrantPolicy, WasiGrants};
 pub use self::host::{Effects, Emit, HostState, MAX_KEY_BYTES, PluginSpec, RECORD_OVERHEAD_BYTES};
 pub use self::instance::Instance;
 pub use self::limits::{LimitSettings, Limits, QuotaExceeded};
@@ -87,6 +87,8 @@ pub struct SandboxConfig {
     /// names it: the changelog (a record there is restored as plugin
     /// state — anyone's) and the dead-letter topic.
     pub reserved_topics: Vec<(String, &'static str)>,
+    /// What manifests may grant through WASI.
+    pub grants: GrantPolicy,
     /// The topics the daemon consumes: an output mapped to one of them
     /// loops back, so what it emits there is held to
     /// `limits.input_emits_per_call`.
@@ -109,6 +111,7 @@ impl Default for SandboxConfig {
             compiler: None,
             reserved_topics: Vec::new(),
             input_topics: Vec::new(),
+            grants: GrantPolicy::default(),
         }
     }
 }
