@@ -101,6 +101,10 @@ pub(super) enum Role {
     },
     /// A state change.
     Changelog,
+    /// An output that could not be produced for good after another output
+    /// of its input already had the input dead-lettered: not sent again
+    /// (one dead letter per input), counted in `undeliverable_total`.
+    Dropped,
     /// A dead letter; `minimal` once cut down after a permanent failure.
     DeadLetter {
         /// Where the failure it reports happened.
@@ -156,6 +160,9 @@ struct Sends {
     cursor: usize,
     /// When the earliest unsent one is due to be offered (`None`: none).
     next_offer: Option<Instant>,
+    /// Whether an output that could not be produced has had the input
+    /// dead-lettered already.
+    dead_lettered: bool,
 }
 
 impl Sends {
@@ -169,6 +176,7 @@ impl Sends {
             list,
             cursor: 0,
             next_offer,
+            dead_lettered: false,
         }
     }
 }
@@ -264,7 +272,7 @@ impl Lane {
     fn of(role: &Role) -> Self {
         match role {
             Role::Changelog => Self::Changelog,
-            Role::Output { .. } | Role::DeadLetter { .. } => Self::Entries,
+            Role::Output { .. } | Role::DeadLetter { .. } | Role::Dropped => Self::Entries,
         }
     }
 
@@ -337,9 +345,15 @@ impl Deliveries {
     }
 
     /// Whether another entry may be added: fewer than `max_entries`
-    /// unacknowledged, holding fewer than `max_bytes`.
+    /// unacknowledged, holding fewer than `max_bytes`, and fewer than
+    /// `max_bytes` of state changes held or being written — else a
+    /// changelog that cannot be written would let the changes of every
+    /// entry still to come pile up.
     pub(super) fn has_room(&self) -> bool {
-        self.queue.len() < self.max_entries && self.bytes < self.max_bytes
+        self.queue.len() < self.max_entries
+            && self.bytes < self.max_bytes
+            && self.cache.bytes() < self.max_bytes
+            && self.awaiting.len() < MAX_AWAITING
     }
 
     /// From now on, write held changes at once (the partition is being
@@ -495,7 +509,7 @@ impl Context {
         match result {
             Ok(()) => send.state = SendState::Acked,
             Err(err) => {
-                self.failed(send, input, &err);
+                self.failed(send, input, &err, &mut sends.dead_lettered);
                 sends.next_offer = earliest(sends.next_offer, send);
             }
         }
@@ -511,7 +525,7 @@ impl Context {
         sends.next_offer = None;
         for send in &mut sends.list[sends.cursor..] {
             if matches!(send.state, SendState::Unsent { retry_at: at } if at <= now) {
-                self.offer(send, input);
+                self.offer(send, input, &mut sends.dead_lettered);
             }
             // Judged after the offer, which may have failed on the spot (a
             // full queue, a record the producer refuses): such a send is
@@ -523,7 +537,7 @@ impl Context {
     /// Offers a record to the producer (a full queue is tried again
     /// shortly, without counting as a failure; a local error such as a
     /// record over `message.max.bytes` is a failure like any other).
-    fn offer(&mut self, send: &mut Send, input: Option<&Input>) {
+    fn offer(&mut self, send: &mut Send, input: Option<&Input>, dead_lettered: &mut bool) {
         if !matches!(send.state, SendState::Unsent { .. }) {
             return;
         }
@@ -534,18 +548,37 @@ impl Context {
                     retry_at: Instant::now() + kafka::QUEUE_FULL_BACKOFF,
                 };
             }
-            Err(err) => self.failed(send, input, &err),
+            Err(err) => self.failed(send, input, &err, dead_lettered),
         }
     }
 
     /// Handles a failed delivery of `send`, a record caused by `input`
-    /// (`None` for a changelog batch).
-    fn failed(&mut self, send: &mut Send, input: Option<&Input>, err: &KafkaError) {
+    /// (`None` for a changelog batch). `dead_lettered`: whether an output
+    /// of `input` has already had it dead-lettered — it is, once, however
+    /// many of its outputs cannot be produced (else a thousand emits to a
+    /// refused topic would make a thousand copies of the input).
+    fn failed(
+        &mut self,
+        send: &mut Send,
+        input: Option<&Input>,
+        err: &KafkaError,
+        dead_lettered: &mut bool,
+    ) {
         if !kafka::is_permanent(err) {
             return self.retry_later(send, err);
         }
         self.stats.delivery_failed("permanent");
         match (&send.role, input) {
+            (Role::Output { plugin }, Some(_)) if *dead_lettered => {
+                if self.warnings.admit() {
+                    warn!(topic = %send.record.topic, %plugin, error = %err, "Output cannot be produced; its input is dead-lettered already.");
+                }
+                self.stats.undeliverable.inc();
+                send.role = Role::Dropped;
+                send.record.value = None;
+                send.record.key = None;
+                send.state = SendState::Acked;
+            }
             (Role::Output { plugin }, Some(input)) => {
                 let message = format!(
                     "an output of plugin {plugin} to {} could not be produced: {err}",
@@ -572,6 +605,7 @@ impl Context {
                     original_size: input.value.len(),
                     minimal: false,
                 };
+                *dead_lettered = true;
                 send.state = SendState::Unsent {
                     retry_at: Instant::now(),
                 };
@@ -669,6 +703,7 @@ impl Context {
                     self.stats.changelog_records.inc();
                 }
                 Role::DeadLetter { stage, .. } => self.stats.dead_lettered(stage.as_str()),
+                Role::Dropped => {}
             }
         }
     }
@@ -802,6 +837,57 @@ mod tests {
             readiness.check()
         );
         assert_eq!(stats.undeliverable.get(), 1);
+    }
+
+    /// Fifty outputs of one input are refused for good: the input is
+    /// dead-lettered once, not fifty times (each dead letter a copy of the
+    /// input, none of them counted against the in-flight bytes), and the
+    /// entry settles.
+    #[tokio::test]
+    async fn many_undeliverable_outputs_dead_letter_their_input_once() {
+        let (_broker, mut deliveries, _, stats) =
+            on_embedded_broker(Duration::ZERO, IDLE, &[("message.max.bytes", "1000")]);
+        let output = |n: u8| OutRecord {
+            topic: "out-topic".into(),
+            partition: None,
+            key: None,
+            value: Some(vec![n; 4096]),
+            headers: Vec::new(),
+        };
+        let role = || Role::Output {
+            plugin: "echo".into(),
+        };
+        let entry = Entry::new(
+            Some(7),
+            input(b"{}".to_vec()),
+            (0..50).map(|n| (output(n), role())),
+        );
+        deliveries.push(entry, Vec::new(), Vec::new());
+        let settled = tokio::time::timeout(Duration::from_secs(30), deliveries.settle_head())
+            .await
+            .expect("settles");
+        assert_eq!(settled, Some(Some(7)));
+        assert_eq!(stats.undeliverable.get(), 50);
+        assert_eq!(stats.dead_letters.get(), 1, "one copy of the input");
+        assert_eq!(stats.outputs.get(), 0);
+    }
+
+    /// Entries whose state changes are large: intake stops once the held
+    /// changes reach `max_bytes`, not only once the entries' own records
+    /// do (they count none of their changes).
+    #[tokio::test]
+    async fn held_state_changes_count_against_the_room() {
+        let (mut deliveries, _, _) = through(strict_producer(), Duration::from_secs(60), IDLE);
+        let value = "v".repeat(200_000);
+        let mut pushed = 0_i64;
+        while deliveries.has_room() && pushed < 512 {
+            let entry = Entry::new(Some(pushed), input(b"{}".to_vec()), []);
+            let changes = vec![change(&format!("k{pushed}"), &value)];
+            deliveries.push(entry, changes, Vec::new());
+            pushed += 1;
+        }
+        assert!(!deliveries.has_room());
+        assert_eq!(pushed, (32 << 20) / 200_000 + 1, "32 MiB of changes");
     }
 
     fn change(key: &str, value: &str) -> Change {
