@@ -17,6 +17,7 @@
 //! worker is busy — never awaited in the loop.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 
 use futures::StreamExt;
 use futures::future::BoxFuture;
@@ -34,7 +35,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use crate::telemetry::Telemetry;
+use crate::telemetry::{PartitionStatus, Telemetry};
 
 /// The consumer type the pipeline uses.
 pub(crate) type PipelineConsumer = StreamConsumer<PipelineContext>;
@@ -158,6 +159,9 @@ pub(super) struct WorkerHandle {
     pub(super) records: mpsc::Sender<OwnedMessage>,
     pub(super) stop: watch::Sender<bool>,
     pub(super) task: JoinHandle<()>,
+    /// Reports the partition stalled should its worker panic, until the
+    /// handle goes (the partition is revoked).
+    pub(super) _supervision: Arc<PartitionStatus>,
 }
 
 /// Routes records that arrive on the main queue — fetched before their

@@ -329,11 +329,16 @@ impl Pipeline {
             context.clone(),
         );
         let restoring = self.telemetry.readiness.restoring();
-        let task = tokio::spawn(worker.run(queue, rx, stopped, restoring));
+        let supervision = Arc::new(self.telemetry.readiness.partition(topic, *partition));
+        let task = tokio::spawn(worker::supervised(
+            worker.run(queue, rx, stopped, restoring),
+            supervision.clone(),
+        ));
         WorkerHandle {
             records,
             stop,
             task,
+            _supervision: supervision,
         }
     }
 

@@ -16,6 +16,8 @@
 //! ([`super::coalesce`]); an offset is stored once they are.
 
 use std::collections::HashSet;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -26,7 +28,7 @@ use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, OwnedMessage};
 use tokio::sync::{mpsc, watch};
-use tracing::{Instrument, debug, debug_span, info, info_span, warn};
+use tracing::{Instrument, debug, debug_span, error, info, info_span, warn};
 
 use super::PipelineConsumer;
 use super::coalesce::Change;
@@ -523,5 +525,61 @@ impl Worker {
                 warn!(offset, error = %err, "Could not store offset (partition no longer assigned?).");
             }
         }
+    }
+}
+
+/// Runs a partition's worker. Should it panic (a bug), the partition is
+/// reported stalled — not ready, with the panic's message, and an error
+/// logged — until `status` goes with the partition's handle, instead of
+/// the partition silently making no more progress.
+pub(super) async fn supervised(run: impl Future<Output = ()>, status: Arc<PartitionStatus>) {
+    let Err(panic) = AssertUnwindSafe(run).catch_unwind().await else {
+        return;
+    };
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned());
+    let what = crate::text::message(&what);
+    error!(panic = %what, "A partition's worker panicked; the partition makes no progress until it is reassigned or the daemon restarts.");
+    status.stalled(format!("its worker panicked: {what}"));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::telemetry::{NotReady, Readiness};
+
+    #[tokio::test]
+    async fn a_worker_that_panics_leaves_its_partition_reported_stalled() {
+        let readiness = Arc::new(Readiness::default());
+        readiness.assigned(1);
+        let status = Arc::new(readiness.partition("task-events", 3));
+        // The worker's own status, dropped as it unwinds, clears its own
+        // reports; the supervisor's report comes after.
+        let own = readiness.partition("task-events", 3);
+        let task = tokio::spawn(supervised(
+            async move {
+                let _own = own;
+                panic!("invariant broken");
+            },
+            status.clone(),
+        ));
+        task.await.unwrap();
+        match readiness.check() {
+            Err(NotReady::Stalled { reason, .. }) => {
+                assert!(
+                    reason.contains("its worker panicked: invariant broken"),
+                    "{reason}"
+                );
+            }
+            other => panic!("not reported: {other:?}"),
+        }
+        drop(status);
+        assert!(readiness.is_ready(), "the report goes with the partition");
+
+        supervised(async {}, Arc::new(readiness.partition("task-events", 4))).await;
+        assert!(readiness.is_ready());
     }
 }
