@@ -516,7 +516,7 @@ pub fn describe(plugin: &Plugin) -> String {
     let mut text = format!(
         "ok       {:<16} version={} wit=todo:plugin@{} sha256={} events={} outputs={}\n",
         plugin.name,
-        manifest.version.as_deref().unwrap_or("-"),
+        crate::text::quote_bounded(manifest.version.as_deref().unwrap_or("-"), 64),
         plugin.wit_version(),
         plugin.short_hash(),
         events.join(","),
@@ -529,7 +529,10 @@ pub fn describe(plugin: &Plugin) -> String {
     if outputs.is_empty() {
         text.push_str("         warning: no [outputs] mapped, so every emit will fail\n");
     }
+    // The grants as the manifest wrote them (guest paths are its own
+    // text): escaped, so no line can be made to overwrite another.
     for grant in manifest.wasi.describe() {
+        let grant = crate::text::quote_bounded(&grant, 512);
         text.push_str(&format!("         grant  {grant}\n"));
     }
     if !plugin.wasi_imports.is_empty() {

@@ -720,6 +720,17 @@ impl Config {
                 "needs at least one non-empty topic name",
             );
         }
+        if k.properties
+            .get("message.timeout.ms")
+            .is_some_and(|v| v.trim() == "0")
+        {
+            // librdkafka would never report a send failed, so a partition
+            // whose output cannot be delivered would never be reported.
+            return invalid(
+                "kafka.properties.message.timeout.ms",
+                "0 (wait forever) would hide a stalled partition; give it a bound",
+            );
+        }
         if k.input_topics.iter().any(|t| t.starts_with('^')) {
             // librdkafka would subscribe by pattern, and the daemon could
             // no longer tell which topics a plugin output feeds back to.
@@ -972,6 +983,15 @@ mod tests {
         assert_eq!(
             config.validate().unwrap_err().to_string(),
             "kafka.partitions: must be at least 1"
+        );
+        let mut config = Config::default();
+        config
+            .kafka
+            .properties
+            .insert("message.timeout.ms".into(), "0".into());
+        assert_eq!(
+            config.validate().unwrap_err().to_string(),
+            "kafka.properties.message.timeout.ms: 0 (wait forever) would hide a stalled partition; give it a bound"
         );
         let mut config = Config::default();
         config.kafka.input_topics = vec!["^task-.*".into()];

@@ -418,8 +418,11 @@ pub fn is_queue_full(err: &KafkaError) -> bool {
 
 /// Whether a produce error will not go away by trying again: the record is
 /// too large or invalid, the topic does not exist (after it was meant to
-/// be created) or we may not write to it. Anything else (timeouts, leader
-/// changes, a broker down) is retriable.
+/// be created: librdkafka's own `UnknownTopic`) or we may not write to it.
+/// Anything else (timeouts, leader changes, a broker down) is retriable,
+/// including what Kafka itself calls retriable though its name sounds
+/// final: a corrupt message (damaged on the way) and a broker's unknown
+/// topic or partition (its metadata lagging behind a move).
 pub fn is_permanent(err: &KafkaError) -> bool {
     use RDKafkaErrorCode as Code;
     matches!(
@@ -427,7 +430,6 @@ pub fn is_permanent(err: &KafkaError) -> bool {
         Some(
             Code::MessageSizeTooLarge
                 | Code::InvalidMessageSize
-                | Code::InvalidMessage
                 | Code::InvalidRecord
                 | Code::InvalidTopic
                 | Code::MessageBatchTooLarge
@@ -438,7 +440,6 @@ pub fn is_permanent(err: &KafkaError) -> bool {
                 | Code::PolicyViolation
                 | Code::UnknownTopic
                 | Code::UnknownPartition
-                | Code::UnknownTopicOrPartition
                 | Code::UnsupportedForMessageFormat
         )
     )
@@ -457,6 +458,27 @@ pub fn header(message: &impl Message, name: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_errors_that_stay_are_permanent() {
+        use RDKafkaErrorCode as Code;
+        let produce = KafkaError::MessageProduction;
+        for code in [
+            Code::MessageSizeTooLarge,
+            Code::UnknownTopic,
+            Code::TopicAuthorizationFailed,
+        ] {
+            assert!(is_permanent(&produce(code)), "{code:?}");
+        }
+        for code in [
+            Code::InvalidMessage,
+            Code::UnknownTopicOrPartition,
+            Code::NotLeaderForPartition,
+            Code::MessageTimedOut,
+        ] {
+            assert!(!is_permanent(&produce(code)), "{code:?}");
+        }
+    }
 
     #[test]
     fn client_errors_never_show_a_secret() {

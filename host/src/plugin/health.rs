@@ -216,7 +216,8 @@ impl Health {
         self.update(|state| {
             let snapshot = &mut state.snapshot;
             snapshot.consecutive_failures = snapshot.consecutive_failures.saturating_add(1);
-            snapshot.last_error = Some(error.to_owned());
+            // Shown on `/plugins`: one line of at most 1 KiB.
+            snapshot.last_error = Some(crate::text::message(error));
             if policy.after == 0 || snapshot.consecutive_failures < policy.after {
                 return Transition::None;
             }
@@ -350,6 +351,17 @@ mod tests {
         assert_eq!(retry_ats, [2_000, 3_000, 3_000]);
         assert_eq!(health.snapshot().quarantines, 4);
         assert_eq!(health.snapshot().last_error.as_deref(), Some("d"));
+        health.failed(
+            &POLICY,
+            6_010,
+            &format!("line\nforged{}", "x".repeat(1 << 20)),
+        );
+        let shown = health.snapshot().last_error.unwrap();
+        assert!(
+            shown.len() < 1200 && shown.starts_with("line\\nforged"),
+            "{}",
+            &shown[..40]
+        );
         assert_eq!(health.succeeded(), Transition::Released);
         assert_eq!(health.retry_at(), None);
         // The back-off starts over after a release.
