@@ -364,7 +364,11 @@ async fn execute(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Plugins(PluginsCommand::Check { dir, config }) => {
-            check(&sandbox(config.load()?)?, &dir).await
+            let mut config = config.load()?;
+            // The directory checked is where code is read from here: no
+            // plugin in it may be granted to write to it.
+            config.plugins.dir = Some(dir.clone());
+            check(&sandbox(config)?, &dir).await
         }
         Command::Plugins(PluginsCommand::Test {
             plugins,
@@ -374,7 +378,10 @@ async fn execute(cli: Cli) -> Result<ExitCode> {
             stats,
             config,
         }) => {
-            let config = config.load()?;
+            let mut config = config.load()?;
+            if let Some(dir) = &plugins {
+                config.plugins.dir = Some(dir.clone());
+            }
             let options = offline::Options {
                 start: now,
                 advance,
@@ -529,9 +536,10 @@ pub fn describe(plugin: &Plugin) -> String {
     if outputs.is_empty() {
         text.push_str("         warning: no [outputs] mapped, so every emit will fail\n");
     }
-    // The grants as the manifest wrote them (guest paths are its own
-    // text): escaped, so no line can be made to overwrite another.
-    for grant in manifest.wasi.describe() {
+    // The grants as the plugin gets them (host paths resolved), escaped:
+    // guest paths are the manifest's own text, and no line may be made to
+    // overwrite another.
+    for grant in plugin.spec.wasi.describe() {
         let grant = crate::text::quote_bounded(&grant, 512);
         text.push_str(&format!("         grant  {grant}\n"));
     }

@@ -720,9 +720,13 @@ impl Config {
                 "needs at least one non-empty topic name",
             );
         }
-        if k.properties
-            .get("message.timeout.ms")
-            .is_some_and(|v| v.trim() == "0")
+        if ["message.timeout.ms", "delivery.timeout.ms"]
+            .iter()
+            .any(|name| {
+                k.properties
+                    .get(*name)
+                    .is_some_and(|v| v.trim().parse::<u64>() == Ok(0))
+            })
         {
             // librdkafka would never report a send failed, so a partition
             // whose output cannot be delivered would never be reported.

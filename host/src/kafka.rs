@@ -420,9 +420,11 @@ pub fn is_queue_full(err: &KafkaError) -> bool {
 /// too large or invalid, the topic does not exist (after it was meant to
 /// be created: librdkafka's own `UnknownTopic`) or we may not write to it.
 /// Anything else (timeouts, leader changes, a broker down) is retriable,
-/// including what Kafka itself calls retriable though its name sounds
-/// final: a corrupt message (damaged on the way) and a broker's unknown
-/// topic or partition (its metadata lagging behind a move).
+/// including a broker's unknown topic or partition (its metadata lagging
+/// behind a move; Kafka calls it retriable). A corrupt message stays
+/// permanent: some brokers answer every try of a record they refuse with
+/// it (a keyless record on a compacted topic), which would stall the
+/// partition for good.
 pub fn is_permanent(err: &KafkaError) -> bool {
     use RDKafkaErrorCode as Code;
     matches!(
@@ -430,6 +432,7 @@ pub fn is_permanent(err: &KafkaError) -> bool {
         Some(
             Code::MessageSizeTooLarge
                 | Code::InvalidMessageSize
+                | Code::InvalidMessage
                 | Code::InvalidRecord
                 | Code::InvalidTopic
                 | Code::MessageBatchTooLarge
@@ -465,13 +468,13 @@ mod tests {
         let produce = KafkaError::MessageProduction;
         for code in [
             Code::MessageSizeTooLarge,
+            Code::InvalidMessage,
             Code::UnknownTopic,
             Code::TopicAuthorizationFailed,
         ] {
             assert!(is_permanent(&produce(code)), "{code:?}");
         }
         for code in [
-            Code::InvalidMessage,
             Code::UnknownTopicOrPartition,
             Code::NotLeaderForPartition,
             Code::MessageTimedOut,

@@ -14,7 +14,7 @@ use std::time::Duration;
 use common::{TEST_PLUGIN, created, load, mode, plugin_dir, sandbox};
 use todo_eventd::dispatch::{DispatchPolicy, Dispatcher, MAX_HOPS, Outcome};
 use todo_eventd::plugin::health::QuarantinePolicy;
-use todo_eventd::sandbox::{CallError, LogPolicy, Sandbox, SandboxConfig, TrapKind};
+use todo_eventd::sandbox::{CallError, GrantPolicy, LogPolicy, Sandbox, SandboxConfig, TrapKind};
 use todo_eventd::telemetry::PluginMetrics;
 use todo_eventd::units::ByteSize;
 
@@ -730,5 +730,51 @@ async fn a_loop_through_the_input_ends_at_max_hops() {
     assert_eq!(
         err.to_string(),
         "loop: an emit to out-topic while handling input 64 plugin emits from its producer's record; no emit is allowed from 64 (a loop through another deployment?)"
+    );
+}
+
+/// A granted directory is checked on its real path at load; should a part
+/// of it be swapped for a symlink since (a plugin writing to a
+/// neighbouring grant could), a new instance is refused the directory
+/// rather than following the link.
+#[tokio::test]
+async fn a_granted_directory_swapped_for_a_symlink_is_refused() {
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("data");
+    let elsewhere = root.path().join("elsewhere");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let sandbox = Arc::new(
+        Sandbox::new(SandboxConfig {
+            max_instances: 8,
+            grants: GrantPolicy {
+                writable: vec![root.path().to_path_buf()],
+                ..GrantPolicy::default()
+            },
+            ..SandboxConfig::default()
+        })
+        .unwrap(),
+    );
+    let granted = format!(
+        "[wasi]\ndirs = [{{ host = \"{}\", guest = \"/data\", writable = true }}]\n",
+        data.display()
+    );
+    let dir = plugin_dir(&[("granted", TEST_PLUGIN, Some(&granted))]);
+    let plugins = load(&sandbox, dir.path()).await;
+    let event = created("t1", 1_000);
+    assert!(
+        Dispatcher::new(&plugins).dispatch(&event, 0, 1_000).await[0]
+            .result
+            .is_ok()
+    );
+
+    std::fs::remove_dir(&data).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &data).unwrap();
+    let outcomes = Dispatcher::new(&plugins).dispatch(&event, 0, 1_000).await;
+    let err = outcomes[0].result.as_ref().unwrap_err();
+    assert_eq!(err.kind(), "instantiate");
+    assert!(
+        err.to_string().contains("no longer resolves to itself"),
+        "{err}"
     );
 }

@@ -346,9 +346,9 @@ impl Deliveries {
 
     /// Whether another entry may be added: fewer than `max_entries`
     /// unacknowledged, holding fewer than `max_bytes`, and fewer than
-    /// `max_bytes` of state changes held or being written — else a
-    /// changelog that cannot be written would let the changes of every
-    /// entry still to come pile up.
+    /// `max_bytes` of state changes held (besides the batch being
+    /// written) — else a changelog that cannot be written would let the
+    /// changes of every entry still to come pile up.
     pub(super) fn has_room(&self) -> bool {
         self.queue.len() < self.max_entries
             && self.bytes < self.max_bytes

@@ -7,9 +7,10 @@
 //! variables by name (never the daemon's own `TODO_EVENTD_*`), read-only
 //! directories under `allowed_dirs`, read-write ones under
 //! `writable_dirs` — none by default. Directory grants are resolved to
-//! their real path at load (what the plugin then opens, so a symlink
-//! repointed later changes nothing); `/proc`, `/sys` and `/dev` are never
-//! granted, nor writing where the daemon reads code from (the plugins
+//! their real path at load, and an instance is refused the directory if
+//! the path no longer resolves there (a symlink put in its way since);
+//! `/proc`, `/sys` and `/dev` are never granted (nor a directory holding
+//! them), nor writing where the daemon reads code from (the plugins
 //! directory, the component cache).
 
 use std::path::{Path, PathBuf};
@@ -109,9 +110,12 @@ impl GrantPolicy {
                 .ok()
                 .filter(|p| p.is_dir())
                 .ok_or_else(|| format!("wasi.dirs: {shown} is not a directory on this host"))?;
-            if NEVER_GRANTED.iter().any(|never| real.starts_with(never)) {
+            if NEVER_GRANTED
+                .iter()
+                .any(|never| overlaps(&real, Path::new(never)))
+            {
                 return Err(format!(
-                    "wasi.dirs: {shown} is under /proc, /sys or /dev; never granted"
+                    "wasi.dirs: {shown} is or holds /proc, /sys or /dev; never granted"
                 ));
             }
             let under = |roots: &[PathBuf]| {
@@ -286,13 +290,13 @@ mod tests {
             err.ends_with("(writable) overlaps the daemon's own plugins.dir; never granted"),
             "{err}"
         );
-        let err = everywhere
-            .check(&dir(Path::new("/proc/self"), false))
-            .unwrap_err();
-        assert!(
-            err.ends_with("is under /proc, /sys or /dev; never granted"),
-            "{err}"
-        );
+        for never in ["/proc/self", "/"] {
+            let err = everywhere.check(&dir(Path::new(never), false)).unwrap_err();
+            assert!(
+                err.ends_with("is or holds /proc, /sys or /dev; never granted"),
+                "{err}"
+            );
+        }
         let err = everywhere
             .check(&dir(&root.path().join("nope"), false))
             .unwrap_err();

@@ -352,6 +352,20 @@ fn wasi_ctx(
         }
     }
     for dir in &spec.wasi.dirs {
+        // The grant was checked on its real path at load; a directory of
+        // it swapped for a symlink since (by a plugin writing to a
+        // neighbouring grant, say) would lead elsewhere.
+        let now = std::fs::canonicalize(&dir.host).ok();
+        if now.as_deref() != Some(dir.host.as_path()) {
+            anyhow::bail!(
+                "granted directory {} no longer resolves to itself (now {}); refused",
+                text::quote_bounded(&dir.host.to_string_lossy(), 256),
+                now.map_or_else(
+                    || "gone".to_owned(),
+                    |p| text::quote_bounded(&p.to_string_lossy(), 256)
+                )
+            );
+        }
         let perms = if dir.writable {
             FsPerms::ReadWrite
         } else {
