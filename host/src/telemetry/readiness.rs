@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -66,8 +66,12 @@ pub struct Readiness {
     restoring: Gauge,
     assigned: Gauge,
     ready: Gauge,
-    stalled: Mutex<BTreeMap<(String, i32), String>>,
+    /// Each stalled partition's reason, and which [`PartitionStatus`]
+    /// reported it (only that one clears it).
+    stalled: Mutex<BTreeMap<(String, i32), (String, u64)>>,
     stalled_gauge: Family<PartitionLabels, Gauge>,
+    /// The last [`PartitionStatus`] id handed out.
+    statuses: AtomicU64,
 }
 
 impl Readiness {
@@ -98,11 +102,14 @@ impl Readiness {
     }
 
     /// The handle a partition worker reports stalls through; dropping it
-    /// clears the partition's stall.
+    /// clears the partition's stall if it reported it — not one a newer
+    /// handle for the same partition (a worker after a reassignment)
+    /// reported since.
     pub fn partition(self: &Arc<Self>, topic: &str, partition: i32) -> PartitionStatus {
         PartitionStatus {
             readiness: self.clone(),
             key: (topic.to_owned(), partition),
+            id: self.statuses.fetch_add(1, Ordering::Relaxed) + 1,
         }
     }
 
@@ -123,7 +130,7 @@ impl Readiness {
         if self.broker_down.load(Ordering::Acquire) {
             return Err(NotReady::BrokerUnreachable);
         }
-        if let Some(((topic, partition), reason)) = self.stalls().iter().next() {
+        if let Some(((topic, partition), (reason, _))) = self.stalls().iter().next() {
             return Err(NotReady::Stalled {
                 partition: format!("{topic}/{partition}"),
                 reason: reason.clone(),
@@ -140,7 +147,7 @@ impl Readiness {
         self.check().is_ok()
     }
 
-    fn stalls(&self) -> std::sync::MutexGuard<'_, BTreeMap<(String, i32), String>> {
+    fn stalls(&self) -> std::sync::MutexGuard<'_, BTreeMap<(String, i32), (String, u64)>> {
         self.stalled.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -148,7 +155,7 @@ impl Readiness {
         self.ready.set(i64::from(self.is_ready()));
     }
 
-    fn set_stalled(&self, key: &(String, i32), reason: Option<String>) {
+    fn set_stalled(&self, key: &(String, i32), id: u64, reason: Option<String>) {
         let labels = PartitionLabels {
             topic: key.0.clone(),
             partition: key.1,
@@ -157,11 +164,12 @@ impl Readiness {
             let mut stalls = self.stalls();
             match reason {
                 Some(reason) => {
-                    stalls.insert(key.clone(), reason);
+                    stalls.insert(key.clone(), (reason, id));
                     self.stalled_gauge.get_or_create(&labels).set(1);
                 }
                 None => {
-                    if stalls.remove(key).is_some() {
+                    if stalls.get(key).is_some_and(|(_, owner)| *owner == id) {
+                        stalls.remove(key);
                         self.stalled_gauge.get_or_create(&labels).set(0);
                     }
                 }
@@ -211,17 +219,20 @@ impl Drop for RestoreGuard {
 pub struct PartitionStatus {
     readiness: Arc<Readiness>,
     key: (String, i32),
+    id: u64,
 }
 
 impl PartitionStatus {
     /// The partition cannot make progress, because of `reason`.
     pub fn stalled(&self, reason: impl Into<String>) {
-        self.readiness.set_stalled(&self.key, Some(reason.into()));
+        self.readiness
+            .set_stalled(&self.key, self.id, Some(reason.into()));
     }
 
-    /// The partition makes progress again.
+    /// The partition makes progress again (as far as this handle's report
+    /// goes).
     pub fn recovered(&self) {
-        self.readiness.set_stalled(&self.key, None);
+        self.readiness.set_stalled(&self.key, self.id, None);
     }
 }
 
@@ -257,5 +268,28 @@ mod tests {
         assert!(readiness.is_ready());
         readiness.stopping();
         assert_eq!(readiness.check(), Err(NotReady::ShuttingDown));
+    }
+
+    /// A partition revoked and assigned again has a new worker before the
+    /// old one's handle is gone: the old handle going must not clear what
+    /// the new one reported.
+    #[test]
+    fn a_handle_clears_only_its_own_report() {
+        let readiness = Arc::new(Readiness::default());
+        readiness.assigned(1);
+        let old = readiness.partition("task-events", 0);
+        let new = readiness.partition("task-events", 0);
+        new.stalled("its worker panicked: boom");
+        drop(old);
+        assert!(!readiness.is_ready(), "still reported");
+        new.recovered();
+        assert!(readiness.is_ready());
+        // And the newest report stands until its own handle clears it.
+        let third = readiness.partition("task-events", 0);
+        third.stalled("cannot produce");
+        new.recovered();
+        assert!(!readiness.is_ready());
+        drop(third);
+        assert!(readiness.is_ready());
     }
 }
