@@ -980,45 +980,40 @@ mod tests {
 
     #[test]
     fn errors_name_the_field() {
+        // What a default configuration with one change is refused for.
+        let refused = |change: fn(&mut Config)| {
+            let mut config = Config::default();
+            change(&mut config);
+            config.validate().unwrap_err().to_string()
+        };
         let err = toml::from_str::<Config>("[kafka]\nbrokerz = \"x\"").unwrap_err();
         assert!(err.to_string().contains("unknown field `brokerz`"), "{err}");
-        let mut config = Config::default();
-        config.kafka.partitions = 0;
         assert_eq!(
-            config.validate().unwrap_err().to_string(),
+            refused(|c| c.kafka.partitions = 0),
             "kafka.partitions: must be at least 1"
         );
-        let mut config = Config::default();
-        config
-            .kafka
-            .properties
-            .insert("message.timeout.ms".into(), "0".into());
         assert_eq!(
-            config.validate().unwrap_err().to_string(),
+            refused(|c| {
+                c.kafka
+                    .properties
+                    .insert("message.timeout.ms".into(), "0".into());
+            }),
             "kafka.properties.message.timeout.ms: 0 (wait forever) would hide a stalled partition; give it a bound"
         );
-        let mut config = Config::default();
-        config.kafka.input_topics = vec!["^task-.*".into()];
         assert_eq!(
-            config.validate().unwrap_err().to_string(),
+            refused(|c| c.kafka.input_topics = vec!["^task-.*".into()]),
             "kafka.input_topics: takes topic names, not patterns (^…): list the topics"
         );
-        let mut config = Config::default();
-        config.plugins.max_hops = 65;
         assert_eq!(
-            config.validate().unwrap_err().to_string(),
+            refused(|c| c.plugins.max_hops = 65),
             "plugins.max_hops: must be at most 64"
         );
-        let mut config = Config::default();
-        config.kafka.dead_letter_topic = "task-events".into();
         assert_eq!(
-            config.validate().unwrap_err().to_string(),
+            refused(|c| c.kafka.dead_letter_topic = "task-events".into()),
             "kafka.dead_letter_topic: must not be one of the input topics"
         );
-        let mut config = Config::default();
-        config.pipeline.max_event_bytes = ByteSize(100);
         assert_eq!(
-            config.validate().unwrap_err().to_string(),
+            refused(|c| c.pipeline.max_event_bytes = ByteSize(100)),
             "pipeline.max_event_bytes: must be between 1KiB and 1GiB"
         );
         let config: Config =
@@ -1029,10 +1024,8 @@ mod tests {
             config.validate().unwrap_err().to_string(),
             "sandbox.compile_memory: must be at least 64MiB"
         );
-        let mut config = Config::default();
-        config.sandbox.compile_timeout = Duration::from_millis(10);
         assert_eq!(
-            config.validate().unwrap_err().to_string(),
+            refused(|c| c.sandbox.compile_timeout = Duration::from_millis(10)),
             "sandbox.compile_timeout: must be at least 1s"
         );
         // The program is the binary's to set, never the file's.

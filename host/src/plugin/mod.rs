@@ -278,11 +278,7 @@ impl PluginFiles {
     /// there is no `NAME.wasm`.
     pub fn read(file: &Path, max_wasm: ByteSize) -> Result<Option<Self>, LoadError> {
         let name = plugin_name(file);
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        {
+        if !is_name(&name, usize::MAX) {
             return Err(LoadError::BadName {
                 file: file.to_owned(),
             });
@@ -457,7 +453,8 @@ where
 /// Outputs one manifest may map, at most.
 const MAX_OUTPUTS: usize = 64;
 
-/// Whether `name` is 1 to `max` ASCII letters, digits, `.`, `_` or `-`.
+/// Whether `name` is 1 to `max` ASCII letters, digits, `.`, `_` or `-`:
+/// the rule for plugin names (unbounded), output names and Kafka topics.
 fn is_name(name: &str, max: usize) -> bool {
     (1..=max).contains(&name.len())
         && name
