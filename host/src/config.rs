@@ -153,6 +153,10 @@ impl std::fmt::Debug for KafkaConfig {
 
 /// librdkafka's default `message.max.bytes`.
 const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
+/// The producer's `message.timeout.ms` unless the operator sets it.
+pub const DEFAULT_MESSAGE_TIMEOUT_MS: u64 = 30_000;
+/// librdkafka's default `request.timeout.ms`.
+const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 30_000;
 
 impl KafkaConfig {
     /// The largest record the producer sends: the operator's
@@ -163,6 +167,26 @@ impl KafkaConfig {
             .get("message.max.bytes")
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(DEFAULT_MESSAGE_MAX_BYTES)
+    }
+
+    /// The longest the producer takes to report what became of a record it
+    /// was given: its message timeout (`message.timeout.ms`, or its alias
+    /// `delivery.timeout.ms`), plus one `request.timeout.ms` for a request
+    /// already on the wire when that passes.
+    pub fn max_delivery_wait(&self) -> Duration {
+        let property = |names: &[&str], default: u64| {
+            names
+                .iter()
+                .find_map(|name| self.properties.get(*name))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(default)
+        };
+        let message = property(
+            &["message.timeout.ms", "delivery.timeout.ms"],
+            DEFAULT_MESSAGE_TIMEOUT_MS,
+        );
+        let request = property(&["request.timeout.ms"], DEFAULT_REQUEST_TIMEOUT_MS);
+        Duration::from_millis(message.saturating_add(request))
     }
 
     /// `text` with the value of every secret-looking property replaced by
@@ -824,6 +848,25 @@ mod tests {
         config.validate().unwrap();
         assert_eq!(config.kafka.input_topics, ["task-events"]);
         assert!(config.kafka.brokers.is_none(), "embedded broker by default");
+    }
+
+    /// How long a given-up partition waits for the producer follows the
+    /// producer's own timeouts, by either name of the message timeout.
+    #[test]
+    fn the_delivery_wait_follows_the_producer_timeouts() {
+        let mut kafka = KafkaConfig::default();
+        assert_eq!(kafka.max_delivery_wait(), Duration::from_secs(60));
+        kafka
+            .properties
+            .insert("delivery.timeout.ms".into(), "5000".into());
+        assert_eq!(kafka.max_delivery_wait(), Duration::from_secs(35));
+        kafka
+            .properties
+            .insert("message.timeout.ms".into(), "1000".into());
+        kafka
+            .properties
+            .insert("request.timeout.ms".into(), "2000".into());
+        assert_eq!(kafka.max_delivery_wait(), Duration::from_secs(3));
     }
 
     #[test]

@@ -18,7 +18,7 @@ use rdkafka::producer::{
 };
 use rdkafka::types::RDKafkaErrorCode;
 
-use crate::config::KafkaConfig;
+use crate::config::{DEFAULT_MESSAGE_TIMEOUT_MS, KafkaConfig};
 
 /// Kafka errors with the operation and topic involved.
 #[derive(Debug, thiserror::Error)]
@@ -88,10 +88,11 @@ pub fn client_config(
 /// slow broker pushes back instead of growing the heap, and batches
 /// compressed with lz4 (`compression.type`, which operators may change).
 pub fn producer(brokers: &str, kafka: &KafkaConfig) -> Result<FutureProducer> {
+    let message_timeout = DEFAULT_MESSAGE_TIMEOUT_MS.to_string();
     let defaults = [
         ("acks", "all"),
         ("linger.ms", "5"),
-        ("message.timeout.ms", "30000"),
+        ("message.timeout.ms", message_timeout.as_str()),
         ("queue.buffering.max.kbytes", "65536"),
         ("compression.type", "lz4"),
     ];

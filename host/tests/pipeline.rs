@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::harness::{CHANGELOG, Harness, distinct_events, echo_plugins, header};
-use common::{TEST_PLUGIN, event, eventually, load, mode, plugin_dir, reader, sandbox, value};
+use common::{
+    TEST_PLUGIN, created_events, event, eventually, load, mode, plugin_dir, reader, sandbox, value,
+};
 use rdkafka::Message;
 use rdkafka::message::OwnedMessage;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
@@ -337,6 +339,63 @@ async fn failing_produces_hold_offsets_until_delivered() {
     );
     assert!(stats.resends.get() > 0, "the failure path was exercised");
     assert_eq!(harness.committed(), harness.end_offsets());
+}
+
+/// A member thrown out of the group (its heartbeat answered "unknown
+/// member", as after a session timeout) has lost its partitions: others may
+/// own them already and have restored their state, so it writes no more of
+/// it. The changes it held are dropped — whoever handles the records next
+/// makes them again — instead of being drained into the changelog behind
+/// the next owner's back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_assignment_writes_no_more_state() {
+    let mut harness = Harness::new(&[
+        "task-events",
+        "task-events.dlq",
+        "reminders",
+        "analytics",
+        CHANGELOG,
+    ]);
+    harness.config.pipeline.changelog_flush_interval = Duration::from_secs(3600);
+    harness.config.pipeline.changelog_flush_idle = Duration::from_secs(3600);
+    let plugins = todo_eventd::demo::plugins(&sandbox()).await.unwrap();
+    harness.produce(&created_events(6)).await;
+    // No other group member runs (the harness's reader would be one): the
+    // injected error must reach the pipeline's heartbeat.
+    let pipeline = Pipeline::new(harness.config.clone(), plugins);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = pipeline.run(&harness.brokers, async {
+        let _ = stopped.await;
+    });
+    let stats = &pipeline.telemetry.pipeline;
+    let cluster = harness.broker.cluster();
+    let lose = async {
+        eventually("the events are handled", || stats.events_in.get() >= 6).await;
+        cluster.request_errors(
+            RDKafkaApiKey::Heartbeat,
+            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_MEMBER_ID],
+        );
+        eventually("the assignment is lost and taken again", || {
+            stats.rebalances("lost") >= 1 && stats.rebalances("assign") >= 2
+        })
+        .await;
+        assert_eq!(
+            stats.changelog_records.get(),
+            0,
+            "state written for partitions this member had lost"
+        );
+        eventually("the events are handled again", || {
+            stats.events_in.get() >= 12
+        })
+        .await;
+        let _ = stop.send(());
+    };
+    let (ran, ()) = tokio::join!(run, lose);
+    ran.unwrap();
+    assert!(
+        stats.changelog_records.get() > 0,
+        "written by the drain at shutdown, once the partitions were this member's again"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 6)]

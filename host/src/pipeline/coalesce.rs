@@ -87,6 +87,11 @@ impl ChangelogCache {
         (self.next, replaced)
     }
 
+    /// How many keys have a change held.
+    pub(super) fn len(&self) -> usize {
+        self.held.len()
+    }
+
     /// Whether no change is held.
     pub(super) fn is_empty(&self) -> bool {
         self.held.is_empty()

@@ -35,6 +35,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use super::worker::Stop;
 use crate::telemetry::{PartitionStatus, Telemetry};
 
 /// The consumer type the pipeline uses.
@@ -51,8 +52,13 @@ pub(super) type PartitionQueue = StreamPartitionQueue<PipelineContext>;
 pub(super) enum GroupEvent {
     /// These partitions are ours once the run loop takes them.
     Assigned(TopicPartitionList),
-    /// These partitions must be drained and given back.
-    Revoked(TopicPartitionList),
+    /// These partitions must be drained and given back — or, if the
+    /// assignment was `lost` (this member was thrown out of the group and
+    /// others may own them already), given up without writing more.
+    Revoked {
+        partitions: TopicPartitionList,
+        lost: bool,
+    },
 }
 
 /// Consumer callbacks: rebalances go to the run loop; statistics become
@@ -103,20 +109,34 @@ impl ConsumerContext for PipelineContext {
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                info!(
-                    partitions = partitions.count(),
-                    "Partitions revoked; draining."
-                );
-                self.telemetry.pipeline.rebalance("revoke");
+                let lost = consumer.assignment_lost();
+                if lost {
+                    warn!(
+                        partitions = partitions.count(),
+                        "Assignment lost (this member left the group's view): giving the partitions up without writing more."
+                    );
+                } else {
+                    info!(
+                        partitions = partitions.count(),
+                        "Partitions revoked; draining."
+                    );
+                }
+                self.telemetry
+                    .pipeline
+                    .rebalance(if lost { "lost" } else { "revoke" });
                 // Stop fetching them now; the run loop hands them back
                 // once their workers have settled.
                 if let Err(err) = consumer.pause(partitions) {
                     debug!(error = %err, "Pausing revoked partitions.");
                 }
-                if let Err(send) = self.events.send(GroupEvent::Revoked(partitions.clone())) {
+                let revoked = GroupEvent::Revoked {
+                    partitions: partitions.clone(),
+                    lost,
+                };
+                if let Err(send) = self.events.send(revoked) {
                     // Nobody to drain (the pipeline has stopped): give
                     // them back at once.
-                    let GroupEvent::Revoked(partitions) = send.0 else {
+                    let GroupEvent::Revoked { partitions, .. } = send.0 else {
                         return;
                     };
                     self.telemetry.readiness.revoked(partitions.count());
@@ -157,7 +177,7 @@ pub(super) fn give_back<C: Consumer<PipelineContext> + ?Sized>(
 /// A running partition worker, as the run loop sees it.
 pub(super) struct WorkerHandle {
     pub(super) records: mpsc::Sender<OwnedMessage>,
-    pub(super) stop: watch::Sender<bool>,
+    pub(super) stop: watch::Sender<Stop>,
     pub(super) task: JoinHandle<()>,
     /// Reports the partition stalled should its worker panic, until the
     /// handle goes (the partition is revoked).

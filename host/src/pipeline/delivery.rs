@@ -230,6 +230,19 @@ pub(super) struct Settings {
     pub(super) warnings: Arc<LogThrottle>,
 }
 
+/// What giving a partition up left behind ([`Deliveries::abandon`]).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct Abandoned {
+    /// Records the producer had that the broker then acknowledged.
+    pub(super) acknowledged: usize,
+    /// Records the producer had that then failed.
+    pub(super) failed: usize,
+    /// Records not yet (or no longer) with the producer, never sent.
+    pub(super) unsent: usize,
+    /// Keys whose held state change was never written.
+    pub(super) held_changes: usize,
+}
+
 /// A changelog batch on its way.
 struct Write {
     generation: u64,
@@ -360,6 +373,38 @@ impl Deliveries {
     /// handed back or the daemon is stopping).
     pub(super) fn drain(&mut self) {
         self.draining = true;
+    }
+
+    /// Gives the partition up (its drain took too long, or the assignment
+    /// was lost): sends nothing more, and waits for every record the
+    /// producer already has to be acknowledged or to fail — librdkafka
+    /// settles each within `KafkaConfig::max_delivery_wait` — so none of
+    /// it, a changelog batch above all, can land after the partition's next
+    /// owner has restored its state from the changelog. What was not
+    /// acknowledged is read again by that owner, from the committed offset.
+    pub(super) async fn abandon(&mut self) -> Abandoned {
+        let mut abandoned = Abandoned {
+            held_changes: self.cache.len(),
+            ..Abandoned::default()
+        };
+        let entries = std::mem::take(&mut self.queue)
+            .into_iter()
+            .flat_map(|entry| entry.sends.list);
+        let batch = self.write.take().into_iter().flat_map(|w| w.sends.list);
+        for send in entries.chain(batch) {
+            match send.state {
+                SendState::InFlight(delivery) => {
+                    if matches!(delivery.await, Ok(Ok(_))) {
+                        abandoned.acknowledged += 1;
+                    } else {
+                        abandoned.failed += 1;
+                    }
+                }
+                SendState::Unsent { .. } => abandoned.unsent += 1,
+                SendState::Acked => {}
+            }
+        }
+        abandoned
     }
 
     /// Queues an entry and holds its state changes; its records are
@@ -1020,6 +1065,54 @@ mod tests {
             .expect("written without waiting out the interval");
         assert_eq!(settled, Some(Some(1)));
         assert_eq!(stats.changelog_records.get(), 1);
+    }
+
+    /// A partition given up while a changelog batch is on the wire (the
+    /// broker takes 1 s to answer) waits until the broker has answered for
+    /// it: returned any earlier, the batch could land after the partition's
+    /// next owner restored its state, and roll it back. What was never sent
+    /// is dropped, not sent.
+    #[tokio::test]
+    async fn giving_up_waits_for_what_the_producer_has() {
+        let (broker, mut deliveries, _, stats) =
+            on_embedded_broker(Duration::from_secs(3600), Duration::from_secs(3600), &[]);
+        broker
+            .cluster()
+            .broker_round_trip_time(1, Duration::from_secs(1))
+            .expect("slow broker");
+        deliveries.push(
+            Entry::new(Some(1), input(Vec::new()), []),
+            vec![change("k", "v")],
+            Vec::new(),
+        );
+        deliveries.drain();
+        let settled =
+            tokio::time::timeout(Duration::from_millis(300), deliveries.settle_head()).await;
+        assert!(settled.is_err(), "the broker answered already: {settled:?}");
+        // Held after the batch was taken: never written.
+        deliveries.push(
+            Entry::new(Some(2), input(Vec::new()), []),
+            vec![change("k", "w")],
+            Vec::new(),
+        );
+
+        let left = tokio::time::timeout(Duration::from_secs(60), deliveries.abandon())
+            .await
+            .expect("settled within the producer's bound");
+        assert_eq!(
+            left,
+            Abandoned {
+                acknowledged: 1,
+                failed: 0,
+                unsent: 0,
+                held_changes: 1,
+            }
+        );
+        assert_eq!(
+            stats.changelog_records.get(),
+            0,
+            "nothing counted as written"
+        );
     }
 
     /// A partition stalled by an entry that cannot be delivered stays

@@ -37,7 +37,7 @@ use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::Producer;
 use tokio::sync::{mpsc, watch};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 pub(crate) use self::consumer::PipelineConsumer;
 use self::consumer::{
@@ -45,7 +45,7 @@ use self::consumer::{
 };
 pub use self::records::{Failure, Source, Stage, dead_letter, output};
 pub use self::restore::restore_partition;
-use self::worker::{Worker, WorkerContext};
+use self::worker::{Stop, Worker, WorkerContext};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::dispatch::{DispatchPolicy, Dispatcher, RetryWait};
@@ -54,6 +54,9 @@ use crate::plugin::health::QuarantinePolicy;
 use crate::plugin::{Plugin, Registry};
 use crate::telemetry::{LogThrottle, Rate, Telemetry};
 
+/// What a given-up worker may wait beyond the producer's own bound
+/// ([`crate::config::KafkaConfig::max_delivery_wait`]).
+const ABANDON_MARGIN: Duration = Duration::from_secs(5);
 /// The longest gap between two consumer-error log lines.
 const CONSUMER_ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
 
@@ -86,7 +89,8 @@ pub struct Pipeline {
 }
 
 /// A revoked partition set draining in the background.
-type Draining = FuturesUnordered<BoxFuture<'static, TopicPartitionList>>;
+/// Resolves with the partitions, and whether they were lost.
+type Draining = FuturesUnordered<BoxFuture<'static, (TopicPartitionList, bool)>>;
 
 impl Pipeline {
     /// A pipeline over a fixed set of plugins, with fresh telemetry, on the
@@ -162,17 +166,17 @@ impl Pipeline {
                     GroupEvent::Assigned(partitions) => {
                         self.assign(&consumer, &mut intake, &partitions, &context);
                     }
-                    GroupEvent::Revoked(partitions) => {
-                        draining.push(self.revoke(&mut intake, partitions));
+                    GroupEvent::Revoked { partitions, lost } => {
+                        draining.push(self.revoke(&mut intake, partitions, lost));
                     }
                 },
-                Some(partitions) = draining.next() => {
+                Some((partitions, lost)) = draining.next() => {
                     self.telemetry.readiness.revoked(partitions.count());
                     for e in partitions.elements() {
                         intake.handed_back(&(e.topic().to_owned(), e.partition()));
                     }
                     // Committing waits on the coordinator: not in this loop.
-                    tokio::spawn(hand_back(consumer.clone(), self.telemetry.clone(), partitions));
+                    tokio::spawn(hand_back(consumer.clone(), self.telemetry.clone(), partitions, lost));
                 }
                 Some(room) = intake.next_room() => intake.fill(room),
                 message = consumer.recv() => match message {
@@ -195,9 +199,9 @@ impl Pipeline {
         let deadline = tokio::time::Instant::now() + self.config.pipeline.shutdown_timeout;
         let workers = intake.drain();
         for worker in &workers {
-            let _ = worker.stop.send(true);
+            let _ = worker.stop.send(Stop::Drain);
         }
-        settle_workers(workers, deadline).await;
+        settle_workers(workers, deadline, self.abandon_grace()).await;
         while let Ok(Some(_)) = tokio::time::timeout_at(deadline, draining.next()).await {}
         // The last commit: a group rebalancing (another member leaving,
         // say) refuses it until the rebalance completes, which needs us to
@@ -313,7 +317,7 @@ impl Pipeline {
         context: &WorkerContext,
     ) -> WorkerHandle {
         let (records, rx) = mpsc::channel(self.config.pipeline.queue_capacity);
-        let (stop, stopped) = watch::channel(false);
+        let (stop, stopped) = watch::channel(Stop::Run);
         let plugins = self.plugins.subscribe();
         let dispatcher = Dispatcher::with(
             &plugins.borrow().plugins,
@@ -342,27 +346,38 @@ impl Pipeline {
         }
     }
 
-    /// Stops the workers of revoked partitions; the returned future
-    /// resolves (with the partitions) once they have settled or the drain
-    /// timeout has passed.
+    /// Stops the workers of revoked partitions — drained, or given up at
+    /// once if the assignment was `lost` (the partitions may have a new
+    /// owner already, which must not see this member write more state).
+    /// The returned future resolves (with the partitions) once they have
+    /// settled; see [`settle_workers`] for the bound.
     fn revoke(
         &self,
         intake: &mut Intake,
         partitions: TopicPartitionList,
-    ) -> BoxFuture<'static, TopicPartitionList> {
+        lost: bool,
+    ) -> BoxFuture<'static, (TopicPartitionList, bool)> {
         let workers: Vec<WorkerHandle> = partitions
             .elements()
             .iter()
             .filter_map(|e| intake.remove(&(e.topic().to_owned(), e.partition())))
             .collect();
+        let stop = if lost { Stop::Abandon } else { Stop::Drain };
         for worker in &workers {
-            let _ = worker.stop.send(true);
+            let _ = worker.stop.send(stop);
         }
         let deadline = tokio::time::Instant::now() + self.config.pipeline.shutdown_timeout;
+        let grace = self.abandon_grace();
         Box::pin(async move {
-            settle_workers(workers, deadline).await;
-            partitions
+            settle_workers(workers, deadline, grace).await;
+            (partitions, lost)
         })
+    }
+
+    /// How long a given-up worker may wait for what the producer already
+    /// has: the longest librdkafka takes to settle a record, and a little.
+    fn abandon_grace(&self) -> Duration {
+        self.config.kafka.max_delivery_wait() + ABANDON_MARGIN
     }
 
     fn dispatch_policy(&self) -> DispatchPolicy {
@@ -381,32 +396,65 @@ impl Pipeline {
     }
 }
 
-/// Waits for stopped workers to settle until `deadline`; aborts those that
-/// do not (their unacknowledged records will be redelivered).
-async fn settle_workers(workers: Vec<WorkerHandle>, deadline: tokio::time::Instant) {
-    for mut worker in workers {
-        drop(worker.records);
-        if tokio::time::timeout_at(deadline, &mut worker.task)
-            .await
-            .is_err()
-        {
-            warn!(
-                "A partition did not drain in time; its unacknowledged records will be redelivered."
+/// Waits for stopped workers to settle until `deadline`. Those that do not
+/// are given up ([`Stop::Abandon`]: their unacknowledged records will be
+/// redelivered) and waited for `grace` more, while what the producer
+/// already has of theirs settles — so a changelog batch still being
+/// retried cannot land after the partition's next owner has restored its
+/// state, and roll that state back. Only a worker still not done then is
+/// aborted.
+async fn settle_workers(
+    workers: Vec<WorkerHandle>,
+    deadline: tokio::time::Instant,
+    grace: Duration,
+) {
+    let mut overdue = Vec::new();
+    for worker in workers {
+        let WorkerHandle {
+            records,
+            stop,
+            mut task,
+            _supervision,
+        } = worker;
+        drop(records);
+        if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+            let _ = stop.send(Stop::Abandon);
+            overdue.push((task, stop, _supervision));
+        }
+    }
+    if overdue.is_empty() {
+        return;
+    }
+    warn!(
+        partitions = overdue.len(),
+        grace_s = grace.as_secs(),
+        "Partitions did not drain in time; giving them up once what the producer has of theirs is settled. Their unacknowledged records will be redelivered."
+    );
+    let until = tokio::time::Instant::now() + grace;
+    for (mut task, _stop, _supervision) in overdue {
+        if tokio::time::timeout_at(until, &mut task).await.is_err() {
+            error!(
+                "A partition's worker did not settle even after its grace; aborted. A state change it sent may still land after the partition's next owner restored its state."
             );
-            worker.task.abort();
+            task.abort();
         }
     }
 }
 
-/// Commits what the drained partitions stored and hands them back to the
-/// group (off the async threads: both wait on librdkafka).
+/// Commits what the drained partitions stored — unless they were `lost`:
+/// this member is no longer in the group's generation, so the coordinator
+/// would refuse it — and hands them back to the group (off the async
+/// threads: both wait on librdkafka).
 async fn hand_back(
     consumer: Arc<PipelineConsumer>,
     telemetry: Telemetry,
     partitions: TopicPartitionList,
+    lost: bool,
 ) {
     let handed = tokio::task::spawn_blocking(move || {
-        commit(&consumer, &telemetry);
+        if !lost {
+            commit(&consumer, &telemetry);
+        }
         consumer::give_back(consumer.as_ref(), &partitions)
     })
     .await;
@@ -479,9 +527,66 @@ async fn commit_now(
 fn answer(consumer: &PipelineConsumer, event: GroupEvent) {
     let answered = match event {
         GroupEvent::Assigned(partitions) => consumer::take(consumer, &partitions),
-        GroupEvent::Revoked(partitions) => consumer::give_back(consumer, &partitions),
+        GroupEvent::Revoked { partitions, .. } => consumer::give_back(consumer, &partitions),
     };
     if let Err(err) = answered {
         warn!(error = %err, "Answering a rebalance while shutting down.");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+    use crate::telemetry::Readiness;
+
+    /// A worker that never drains, and once given up takes `settling` to
+    /// settle what the producer has of it; `settled` is set then.
+    fn stuck_worker(
+        readiness: &Arc<Readiness>,
+        settling: Duration,
+    ) -> (WorkerHandle, Arc<AtomicBool>) {
+        let (records, _) = mpsc::channel(1);
+        let (stop, mut stopped) = watch::channel(Stop::Drain);
+        let settled = Arc::new(AtomicBool::new(false));
+        let flag = settled.clone();
+        let task = tokio::spawn(async move {
+            let _ = stopped.wait_for(|s| *s == Stop::Abandon).await;
+            tokio::time::sleep(settling).await;
+            flag.store(true, Ordering::SeqCst);
+        });
+        let worker = WorkerHandle {
+            records,
+            stop,
+            task,
+            _supervision: Arc::new(readiness.partition("task-events", 0)),
+        };
+        (worker, settled)
+    }
+
+    /// A drain overdue at the deadline is given up, not cut short: the
+    /// worker is waited for while it settles what the producer has (else
+    /// a changelog batch of its could land after the next owner restored
+    /// the partition), and aborted only once its grace has passed too.
+    #[tokio::test(start_paused = true)]
+    async fn an_overdue_drain_is_given_up_and_waited_for() {
+        let readiness = Arc::new(Readiness::default());
+        let grace = Duration::from_secs(60);
+
+        let (worker, settled) = stuck_worker(&readiness, Duration::from_secs(10));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        settle_workers(vec![worker], deadline, grace).await;
+        assert!(settled.load(Ordering::SeqCst), "waited for while settling");
+
+        let (worker, settled) = stuck_worker(&readiness, Duration::from_secs(3600));
+        let started = tokio::time::Instant::now();
+        settle_workers(vec![worker], started + Duration::from_secs(1), grace).await;
+        assert!(!settled.load(Ordering::SeqCst));
+        assert_eq!(
+            started.elapsed().as_secs(),
+            61,
+            "aborted once the deadline and the grace had passed (paused time)"
+        );
     }
 }

@@ -52,6 +52,38 @@ const FIRST_RESTORE_BACKOFF: Duration = Duration::from_secs(1);
 /// The longest wait between two restore attempts.
 const MAX_RESTORE_BACKOFF: Duration = Duration::from_secs(30);
 
+/// What the run loop asks of a partition's worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Stop {
+    /// Handle records.
+    Run,
+    /// Take no more records; write what is held and settle what is pending
+    /// (the partition is revoked, or the daemon is stopping).
+    Drain,
+    /// Give up at once: send nothing more, but wait for what the producer
+    /// already has (draining took too long, or the assignment was lost —
+    /// the partition may have a new owner already).
+    Abandon,
+}
+
+/// Resolves once `stop` says [`Stop::Abandon`] (never, should its sender
+/// go without saying so).
+async fn abandoned(mut stop: watch::Receiver<Stop>) {
+    if stop.wait_for(|s| *s == Stop::Abandon).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Sets its flag when dropped: cancels a restore read that is no longer
+/// awaited.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 /// The next record of the partition's own queue (never, without one).
 async fn recv(queue: Option<&PartitionQueue>) -> Result<OwnedMessage, KafkaError> {
     match queue {
@@ -145,68 +177,93 @@ impl Worker {
     }
 
     /// Restores the partition's state (then drops `restoring`), runs
-    /// until `stop` is set (revocation or shutdown) or the record channel
-    /// closes, then settles what is pending. The caller bounds how long it
-    /// waits for that.
+    /// until `stop` leaves [`Stop::Run`] or the record channel closes, then
+    /// settles what is pending — or, once `stop` says [`Stop::Abandon`],
+    /// gives up at once and waits only for what the producer already has.
+    /// The caller bounds how long it waits for either.
     pub(super) async fn run(
         mut self,
         queue: Option<PartitionQueue>,
-        mut records: mpsc::Receiver<OwnedMessage>,
-        mut stop: watch::Receiver<bool>,
+        records: mpsc::Receiver<OwnedMessage>,
+        stop: watch::Receiver<Stop>,
         restoring: RestoreGuard,
     ) {
         let span = info_span!("partition", topic = %self.topic, partition = self.partition);
         async {
-            if !self.restore(&mut stop).await {
-                return;
+            let abandon = stop.clone();
+            tokio::select! {
+                biased;
+                () = abandoned(abandon) => {}
+                () = self.work(queue, records, stop, restoring) => return,
             }
-            drop(restoring);
-            let mut plugins_open = true;
-            loop {
-                let room = self.deliveries.has_room();
-                let next_due = self.dispatcher.next_due();
-                let clock = self.context.clock.clone();
-                tokio::select! {
-                    biased;
-                    _ = stop.changed() => break,
-                    changed = self.plugins.changed(), if plugins_open => match changed {
-                        Ok(()) => self.update_plugins(),
-                        Err(_) => plugins_open = false,
-                    },
-                    Some(offset) = self.deliveries.settle_head(), if !self.deliveries.is_empty() => {
-                        self.store_offset(offset);
-                    }
-                    () = clock.sleep_until(next_due.unwrap_or(i64::MAX)), if room && next_due.is_some() => {
-                        self.fire_timers().await;
-                        self.handle_ready(&mut records, queue.as_ref(), &stop).await;
-                    }
-                    // Records that came through the main queue first: they
-                    // are older than the partition queue's.
-                    record = records.recv(), if room => match record {
-                        Some(record) => self.handle(record).await,
-                        None => break,
-                    },
-                    record = recv(queue.as_ref()), if room => match record {
-                        Ok(record) => self.handle(record).await,
-                        Err(err) => self.read_failed(&err),
-                    },
-                }
-            }
-            debug!("Settling pending deliveries.");
-            self.deliveries.drain();
-            while let Some(offset) = self.deliveries.settle_head().await {
-                self.store_offset(offset);
-            }
+            let left = self.deliveries.abandon().await;
+            warn!(
+                acknowledged = left.acknowledged,
+                failed = left.failed,
+                unsent = left.unsent,
+                held_changes = left.held_changes,
+                "Partition given up before it drained: what the producer had is settled, the rest is read again by the partition's next owner."
+            );
         }
         .instrument(span)
         .await;
+    }
+
+    /// [`Self::run`] until the partition drained.
+    async fn work(
+        &mut self,
+        queue: Option<PartitionQueue>,
+        mut records: mpsc::Receiver<OwnedMessage>,
+        mut stop: watch::Receiver<Stop>,
+        restoring: RestoreGuard,
+    ) {
+        if !self.restore(&mut stop).await {
+            return;
+        }
+        drop(restoring);
+        let mut plugins_open = true;
+        loop {
+            let room = self.deliveries.has_room();
+            let next_due = self.dispatcher.next_due();
+            let clock = self.context.clock.clone();
+            tokio::select! {
+                biased;
+                _ = stop.changed() => break,
+                changed = self.plugins.changed(), if plugins_open => match changed {
+                    Ok(()) => self.update_plugins(),
+                    Err(_) => plugins_open = false,
+                },
+                Some(offset) = self.deliveries.settle_head(), if !self.deliveries.is_empty() => {
+                    self.store_offset(offset);
+                }
+                () = clock.sleep_until(next_due.unwrap_or(i64::MAX)), if room && next_due.is_some() => {
+                    self.fire_timers().await;
+                    self.handle_ready(&mut records, queue.as_ref(), &stop).await;
+                }
+                // Records that came through the main queue first: they
+                // are older than the partition queue's.
+                record = records.recv(), if room => match record {
+                    Some(record) => self.handle(record).await,
+                    None => break,
+                },
+                record = recv(queue.as_ref()), if room => match record {
+                    Ok(record) => self.handle(record).await,
+                    Err(err) => self.read_failed(&err),
+                },
+            }
+        }
+        debug!("Settling pending deliveries.");
+        self.deliveries.drain();
+        while let Some(offset) = self.deliveries.settle_head().await {
+            self.store_offset(offset);
+        }
     }
 
     /// Rebuilds the plugins' state for this partition from the changelog,
     /// retrying with back-off until it succeeds: a partition never starts
     /// empty because a read failed (its next write would overwrite the
     /// state for good). Returns `false` if stopped first.
-    async fn restore(&mut self, stop: &mut watch::Receiver<bool>) -> bool {
+    async fn restore(&mut self, stop: &mut watch::Receiver<Stop>) -> bool {
         let mut attempts: u32 = 0;
         loop {
             let started = std::time::Instant::now();
@@ -226,12 +283,12 @@ impl Worker {
                     )
                 }
             });
+            // However the wait ends — a stop request, or the worker given
+            // up mid-wait — the read stops with it.
+            let _cancel = CancelOnDrop(cancel);
             let restored = tokio::select! {
                 restored = task => restored,
-                _ = stop.changed() => {
-                    cancel.store(true, Ordering::Relaxed);
-                    return false;
-                }
+                _ = stop.changed() => return false,
             };
             let error = match restored {
                 Ok(Ok(restorer)) => {
@@ -363,7 +420,7 @@ impl Worker {
         &mut self,
         records: &mut mpsc::Receiver<OwnedMessage>,
         queue: Option<&PartitionQueue>,
-        stop: &watch::Receiver<bool>,
+        stop: &watch::Receiver<Stop>,
     ) {
         for _ in 0..TIMER_BATCH {
             // What `run` looks at between records comes first: a stop
