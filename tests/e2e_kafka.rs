@@ -275,3 +275,67 @@ async fn input_compressed_with_every_codec_is_handled() {
     let log = daemon.log_text();
     assert!(!log.contains("Decompression"), "{log}");
 }
+
+/// A changelog topic made by hand with a `max.message.bytes` below the
+/// producer's `message.max.bytes` would refuse a full batch of state
+/// changes as a whole, and stall its partition for good: the daemon refuses
+/// to start, naming the topic, both limits and the fix. With
+/// `message.max.bytes` lowered to fit, it starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "end-to-end: needs a tansu broker; run with --include-ignored"]
+async fn a_changelog_topic_that_takes_smaller_batches_is_refused_at_start() {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+
+    let broker = Broker::start();
+    let admin: AdminClient<DefaultClientContext> =
+        kafka::client_config(&broker.address, &Config::default().kafka, &[])
+            .create()
+            .unwrap();
+    let changelog = NewTopic::new("e2e-limits.plugin-state", 3, TopicReplication::Fixed(1))
+        .set("cleanup.policy", "compact")
+        .set("max.message.bytes", "100000");
+    let created = admin
+        .create_topics(&[changelog], &AdminOptions::new())
+        .await
+        .unwrap();
+    assert!(created.iter().all(Result::is_ok), "{created:?}");
+
+    let work = tempfile::tempdir().unwrap();
+    echo_plugins(&work.path().join("plugins"));
+    let plugins = work.path().join("plugins");
+    let args = [
+        "--plugins",
+        plugins.to_str().unwrap(),
+        "--group",
+        "e2e-limits",
+    ];
+    let mut refused = daemon(
+        Path::new(BIN),
+        &broker.address,
+        work.path(),
+        "refused",
+        &args,
+    );
+    let status = wait_for_exit(&mut refused, Duration::from_secs(60)).await;
+    assert!(!status.success());
+    let log = refused.log_text();
+    assert!(
+        log.contains(
+            "topic e2e-limits.plugin-state (the changelog) takes record batches of at most 100000 bytes"
+        ) && log.contains("up to 1000000 (kafka.properties.message.max.bytes)"),
+        "{log}"
+    );
+
+    let config = work.path().join("fits.toml");
+    std::fs::write(
+        &config,
+        "[kafka.properties]\n\"message.max.bytes\" = \"100000\"\n",
+    )
+    .unwrap();
+    let mut with = args.to_vec();
+    with.extend(["--config", config.to_str().unwrap()]);
+    let mut fits = daemon(Path::new(BIN), &broker.address, work.path(), "fits", &with);
+    fits.assert_assigned();
+    assert!(fits.terminate(Duration::from_secs(60)));
+}

@@ -127,6 +127,9 @@ pub async fn run(
             })
             .await
             .context("checking the changelog topic")??;
+            kafka::check_record_limits(brokers, &config.kafka, &topics)
+                .await
+                .context("checking the topics' record limits")?;
             brokers.clone()
         }
         None => {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use rdkafka::ClientConfig;
 use rdkafka::Message;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
@@ -34,6 +34,24 @@ pub enum Error {
     /// The changelog topic cannot hold the input's partitions.
     #[error("{0}")]
     Changelog(String),
+    /// A topic whose records must get through refuses batches as large as
+    /// the producer makes.
+    #[error(
+        "topic {topic} ({role}) takes record batches of at most {topic_max} bytes (its max.message.bytes), \
+         but the producer makes them up to {producer_max} (kafka.properties.message.max.bytes): a larger batch \
+         would be refused as a whole and the partition would stall; raise the topic's max.message.bytes or \
+         set message.max.bytes to at most {topic_max}"
+    )]
+    RecordLimit {
+        /// The topic.
+        topic: String,
+        /// What the daemon writes there.
+        role: &'static str,
+        /// The topic's `max.message.bytes`.
+        topic_max: usize,
+        /// The producer's `message.max.bytes`.
+        producer_max: usize,
+    },
     /// Reading the input of `produce` failed.
     #[error("reading events: {0}")]
     Io(#[from] std::io::Error),
@@ -199,6 +217,83 @@ pub async fn ensure_topics(
                 });
             }
         }
+    }
+    Ok(())
+}
+
+/// How long start-up waits for the brokers to describe topic
+/// configurations: a broker that has the request answers in milliseconds,
+/// and librdkafka waits out the whole timeout for one that has not.
+pub const DESCRIBE_CONFIGS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Checks that the topics whose records must get through — the changelog
+/// and the dead-letter topic — take record batches as large as the
+/// producer makes (`message.max.bytes`). A broker refuses a batch over a
+/// topic's `max.message.bytes` as a whole and librdkafka does not split it,
+/// so every state change or dead letter in it would fail for good and the
+/// partition would stall. An output topic that takes less is only warned
+/// about (the inputs whose outputs it refuses are dead-lettered). A broker
+/// that does not describe topic configurations within
+/// [`DESCRIBE_CONFIGS_TIMEOUT`] (the embedded one has no such request), or
+/// a topic that keeps the broker's default, passes.
+pub async fn check_record_limits(
+    brokers: &str,
+    kafka: &KafkaConfig,
+    topics: &BTreeSet<String>,
+) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> = client_config(brokers, kafka, &[])
+        .create()
+        .map_err(|e| redact(e, kafka))
+        .map_err(failed(format!("creating an admin client for {brokers}")))?;
+    let specifiers: Vec<ResourceSpecifier<'_>> = topics
+        .iter()
+        .map(|t| ResourceSpecifier::Topic(t.as_str()))
+        .collect();
+    let options = AdminOptions::new().request_timeout(Some(DESCRIBE_CONFIGS_TIMEOUT));
+    let described = match admin.describe_configs(&specifiers, &options).await {
+        Ok(described) => described,
+        Err(err) => {
+            tracing::info!(error = %err, "The brokers do not describe topic configurations; topic record limits not checked.");
+            return Ok(());
+        }
+    };
+    let producer_max = kafka.max_record_bytes();
+    let changelog = kafka.changelog_topic();
+    for resource in described.into_iter().flatten() {
+        let rdkafka::admin::OwnedResourceSpecifier::Topic(topic) = &resource.specifier else {
+            continue;
+        };
+        let Some(topic_max) = resource
+            .get("max.message.bytes")
+            .and_then(|e| e.value.as_deref())
+            .and_then(|v| v.trim().parse::<usize>().ok())
+        else {
+            continue;
+        };
+        if topic_max >= producer_max {
+            continue;
+        }
+        let role = if *topic == changelog {
+            "the changelog"
+        } else if *topic == kafka.dead_letter_topic {
+            "the dead-letter topic"
+        } else {
+            if !kafka.input_topics.contains(topic) {
+                tracing::warn!(
+                    topic,
+                    topic_max,
+                    producer_max,
+                    "An output topic takes smaller record batches than the producer makes (its max.message.bytes is below kafka.properties.message.max.bytes): outputs in a batch it refuses dead-letter their inputs."
+                );
+            }
+            continue;
+        };
+        return Err(Error::RecordLimit {
+            topic: topic.clone(),
+            role,
+            topic_max,
+            producer_max,
+        });
     }
     Ok(())
 }
@@ -504,5 +599,25 @@ mod tests {
             assert!(err.contains(name), "{err}");
             assert!(!err.contains("TOPSECRET"), "{name}: {err}");
         }
+    }
+
+    /// A broker without DescribeConfigs (the embedded one) passes the
+    /// record-limit check instead of failing start-up; tansu, which has it,
+    /// is the end-to-end test's.
+    #[tokio::test]
+    async fn a_broker_that_cannot_describe_configs_passes_the_limit_check() {
+        let broker = EmbeddedBroker::start().expect("embedded broker");
+        let kafka = KafkaConfig::default();
+        broker
+            .create_topic(&kafka.changelog_topic(), 1)
+            .expect("topic");
+        let topics = BTreeSet::from([kafka.changelog_topic(), kafka.dead_letter_topic.clone()]);
+        let checked = tokio::time::timeout(
+            Duration::from_secs(60),
+            check_record_limits(&broker.bootstrap_servers(), &kafka, &topics),
+        )
+        .await
+        .expect("answers");
+        assert!(checked.is_ok(), "{checked:?}");
     }
 }
