@@ -189,18 +189,30 @@ pub(super) struct WorkerHandle {
 /// while the worker's queue is full.
 #[derive(Default)]
 pub(super) struct Intake {
-    workers: HashMap<Partition, WorkerHandle>,
+    /// Each partition's worker, numbered so room made by an earlier worker
+    /// of the partition is told apart.
+    workers: HashMap<Partition, (u64, WorkerHandle)>,
+    next_worker: u64,
     /// Revoked partitions whose workers are settling; their records are
     /// left for whoever gets the partition next.
     draining: HashSet<Partition>,
     /// Records held back for busy workers, oldest first.
-    held: HashMap<Partition, VecDeque<OwnedMessage>>,
+    held: HashMap<Partition, Held>,
     /// For each partition with records held back: room in its worker's
-    /// queue.
+    /// queue. One may outlive its worker (the partition was revoked, and
+    /// perhaps assigned again): its room is then not used.
     room: FuturesUnordered<BoxFuture<'static, Permit>>,
 }
 
-type Permit = (Partition, Option<mpsc::OwnedPermit<OwnedMessage>>);
+/// Records held back for the worker numbered `worker`.
+struct Held {
+    worker: u64,
+    records: VecDeque<OwnedMessage>,
+}
+
+/// Room in the queue of a partition's worker (by number); `None` once the
+/// worker has stopped.
+type Permit = (Partition, u64, Option<mpsc::OwnedPermit<OwnedMessage>>);
 
 impl Intake {
     /// Whether a worker runs for `partition`.
@@ -211,7 +223,8 @@ impl Intake {
     /// Adds the worker of a newly assigned partition.
     pub(super) fn insert(&mut self, partition: Partition, worker: WorkerHandle) {
         self.draining.remove(&partition);
-        self.workers.insert(partition, worker);
+        self.next_worker += 1;
+        self.workers.insert(partition, (self.next_worker, worker));
     }
 
     /// Takes the worker of `partition` out (revocation), dropping what was
@@ -220,7 +233,7 @@ impl Intake {
     pub(super) fn remove(&mut self, partition: &Partition) -> Option<WorkerHandle> {
         self.held.remove(partition);
         self.draining.insert(partition.clone());
-        self.workers.remove(partition)
+        self.workers.remove(partition).map(|(_, worker)| worker)
     }
 
     /// A revoked partition has been handed back.
@@ -231,7 +244,10 @@ impl Intake {
     /// Takes every worker out (shutdown).
     pub(super) fn drain(&mut self) -> Vec<WorkerHandle> {
         self.held.clear();
-        self.workers.drain().map(|(_, worker)| worker).collect()
+        self.workers
+            .drain()
+            .map(|(_, (_, worker))| worker)
+            .collect()
     }
 
     /// Hands a record from the main queue to its partition's worker, or
@@ -239,10 +255,10 @@ impl Intake {
     pub(super) fn route(&mut self, message: OwnedMessage) {
         let partition = (message.topic().to_owned(), message.partition());
         if let Some(held) = self.held.get_mut(&partition) {
-            held.push_back(message);
+            held.records.push_back(message);
             return;
         }
-        let Some(worker) = self.workers.get(&partition) else {
+        let Some((id, worker)) = self.workers.get(&partition) else {
             // Not ours (any more): whoever gets the partition reads it.
             debug!(topic = %partition.0, partition = partition.1, "Record for a partition not assigned here; left for its owner.");
             return;
@@ -250,9 +266,16 @@ impl Intake {
         match worker.records.try_send(message) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(message)) => {
-                self.room
-                    .push(wait_for_room(partition.clone(), worker.records.clone()));
-                self.held.insert(partition, VecDeque::from([message]));
+                self.room.push(wait_for_room(
+                    partition.clone(),
+                    *id,
+                    worker.records.clone(),
+                ));
+                let held = Held {
+                    worker: *id,
+                    records: VecDeque::from([message]),
+                };
+                self.held.insert(partition, held);
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
                 warn!(topic = %partition.0, partition = partition.1, "Worker stopped; the record will be redelivered.");
@@ -268,19 +291,25 @@ impl Intake {
         self.room.next().await
     }
 
-    /// Moves one held-back record into the room a worker made.
-    pub(super) fn fill(&mut self, (partition, permit): Permit) {
+    /// Moves one held-back record into the room a worker made — if it is
+    /// the worker the records are held for, not an earlier worker of the
+    /// partition (which would take, and never handle, a record its
+    /// successor then skips).
+    pub(super) fn fill(&mut self, (partition, worker, permit): Permit) {
         let Some(held) = self.held.get_mut(&partition) else {
             return;
         };
+        if held.worker != worker {
+            return;
+        }
         let Some(permit) = permit else {
             self.held.remove(&partition);
             return;
         };
-        if let Some(message) = held.pop_front() {
+        if let Some(message) = held.records.pop_front() {
             let sender = permit.send(message);
-            if !held.is_empty() {
-                self.room.push(wait_for_room(partition, sender));
+            if !held.records.is_empty() {
+                self.room.push(wait_for_room(partition, worker, sender));
                 return;
             }
         }
@@ -290,7 +319,77 @@ impl Intake {
 
 fn wait_for_room(
     partition: Partition,
+    worker: u64,
     sender: mpsc::Sender<OwnedMessage>,
 ) -> BoxFuture<'static, Permit> {
-    Box::pin(async move { (partition, sender.reserve_owned().await.ok()) })
+    Box::pin(async move { (partition, worker, sender.reserve_owned().await.ok()) })
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::Timestamp;
+
+    use super::*;
+    use crate::telemetry::Readiness;
+
+    fn record(offset: i64) -> OwnedMessage {
+        OwnedMessage::new(
+            Some(b"{}".to_vec()),
+            None,
+            "task-events".into(),
+            Timestamp::NotAvailable,
+            0,
+            offset,
+            None,
+        )
+    }
+
+    /// A worker of partition 0 with a queue of one record, and its end.
+    fn worker(readiness: &Arc<Readiness>) -> (WorkerHandle, mpsc::Receiver<OwnedMessage>) {
+        let (records, rx) = mpsc::channel(1);
+        let (stop, _) = watch::channel(Stop::Run);
+        let handle = WorkerHandle {
+            records,
+            stop,
+            task: tokio::spawn(async {}),
+            _supervision: Arc::new(readiness.partition("task-events", 0)),
+        };
+        (handle, rx)
+    }
+
+    /// Room made by a revoked worker — still settling when its partition
+    /// is assigned again — does not take a record held back for the new
+    /// worker: that record would be handed to a worker that no longer
+    /// handles records, and its successor would skip it (and commit past
+    /// it). The new worker gets every record, in order.
+    #[tokio::test]
+    async fn room_made_by_an_earlier_worker_is_not_used() {
+        let readiness = Arc::new(Readiness::default());
+        let partition: Partition = ("task-events".into(), 0);
+        let mut intake = Intake::default();
+        let (first, mut first_rx) = worker(&readiness);
+        intake.insert(partition.clone(), first);
+        intake.route(record(0));
+        intake.route(record(1)); // held: the first worker's queue is full
+        let _revoked = intake.remove(&partition);
+
+        let (second, mut second_rx) = worker(&readiness);
+        intake.insert(partition.clone(), second);
+        intake.route(record(2));
+        intake.route(record(3)); // held for the second worker
+
+        // The settling first worker takes a record: room in its queue.
+        assert_eq!(first_rx.recv().await.map(|m| m.offset()), Some(0));
+        let room = intake.next_room().await.expect("room");
+        intake.fill(room);
+        assert!(
+            first_rx.try_recv().is_err(),
+            "a held record went to the revoked worker"
+        );
+
+        assert_eq!(second_rx.recv().await.map(|m| m.offset()), Some(2));
+        let room = intake.next_room().await.expect("room");
+        intake.fill(room);
+        assert_eq!(second_rx.recv().await.map(|m| m.offset()), Some(3));
+    }
 }
