@@ -117,9 +117,10 @@ pub async fn run(
             .context("connecting to the brokers")??;
             if config.kafka.create_topics {
                 let compacted = BTreeSet::from([config.kafka.changelog_topic()]);
-                kafka::ensure_topics(brokers, &config.kafka, &topics, &compacted)
+                let refused = kafka::ensure_topics(brokers, &config.kafka, &topics, &compacted)
                     .await
                     .with_context(|| format!("creating topics on {brokers}"))?;
+                judge_refused(&config, &refused)?;
             }
             let (brokers_, kafka) = (brokers.clone(), config.kafka.clone());
             tokio::task::spawn_blocking(move || {
@@ -191,6 +192,37 @@ pub async fn run(
     Ok(())
 }
 
+/// Judges the topics the broker refused to create (not authorised, a
+/// policy). The daemon cannot run without an input, the dead-letter or the
+/// changelog topic: that is an error naming it. A plugin's output topic it
+/// can do without — every input whose output goes there is dead-lettered
+/// as undeliverable until the topic exists — so one plugin's topic does
+/// not stop the others: a warning per topic.
+fn judge_refused(
+    config: &Config,
+    refused: &[(String, rdkafka::types::RDKafkaErrorCode)],
+) -> Result<()> {
+    let kafka = &config.kafka;
+    let needed = |topic: &String| {
+        kafka.input_topics.contains(topic)
+            || *topic == kafka.dead_letter_topic
+            || *topic == kafka.changelog_topic()
+    };
+    if let Some((topic, code)) = refused.iter().find(|(topic, _)| needed(topic)) {
+        bail!(
+            "creating topic {topic}: {code} (the daemon cannot run without it: create it, or allow the daemon to)"
+        );
+    }
+    for (topic, code) in refused {
+        warn!(
+            topic = %crate::text::message(topic),
+            error = %code,
+            "Could not create a plugin output topic; the other topics serve, and every input whose output goes there is dead-lettered as undeliverable until it exists."
+        );
+    }
+    Ok(())
+}
+
 /// Creates the output topics of plugins added while running.
 async fn create_output_topics(
     config: Config,
@@ -207,11 +239,52 @@ async fn create_output_topics(
             continue;
         }
         match kafka::ensure_topics(&brokers, &config.kafka, &missing, &BTreeSet::new()).await {
-            Ok(()) => {
-                info!(topics = ?missing, "Created the output topics of a new plugin.");
-                known.extend(missing);
+            Ok(refused) => {
+                if let Err(err) = judge_refused(&config, &refused) {
+                    warn!(error = %err, "Creating the output topics of a new plugin.");
+                }
+                // Those refused are tried again with the next change.
+                known.extend(
+                    missing
+                        .into_iter()
+                        .filter(|t| !refused.iter().any(|(r, _)| r == t)),
+                );
             }
             Err(err) => warn!(error = %err, "Creating the output topics of a new plugin."),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::types::RDKafkaErrorCode;
+
+    use super::*;
+
+    /// A topic the broker will not create stops start-up only if the
+    /// daemon cannot run without it; a plugin's output topic is a warning.
+    #[test]
+    fn only_a_topic_the_daemon_needs_stops_it() {
+        let config = Config::default();
+        let denied =
+            |topic: &str| vec![(topic.to_owned(), RDKafkaErrorCode::TopicAuthorizationFailed)];
+        assert!(judge_refused(&config, &[]).is_ok());
+        assert!(judge_refused(&config, &denied("reminders")).is_ok());
+        for needed in [
+            config.kafka.input_topics[0].clone(),
+            config.kafka.dead_letter_topic.clone(),
+            config.kafka.changelog_topic(),
+        ] {
+            let mut refused = denied("reminders");
+            refused.extend(denied(&needed));
+            let err = judge_refused(&config, &refused)
+                .expect_err(&needed)
+                .to_string();
+            assert!(
+                err.contains(&format!("creating topic {needed}: "))
+                    && err.contains("cannot run without it"),
+                "{err}"
+            );
         }
     }
 }

@@ -160,13 +160,15 @@ impl EmbeddedBroker {
 
 /// Creates the topics that do not exist yet on a real broker (`compacted`
 /// ones with `cleanup.policy=compact`); topics that already exist are left
-/// as they are.
+/// as they are. Returns the topics the broker refused to create, with its
+/// reason (not authorised, a policy): the caller decides which it can do
+/// without.
 pub async fn ensure_topics(
     brokers: &str,
     kafka: &KafkaConfig,
     topics: &BTreeSet<String>,
     compacted: &BTreeSet<String>,
-) -> Result<()> {
+) -> Result<Vec<(String, RDKafkaErrorCode)>> {
     // Only ask for what is missing: a broker without CreateTopics (the
     // embedded one, `todo-eventd broker`) then works once its topics exist.
     let existing = {
@@ -180,7 +182,7 @@ pub async fn ensure_topics(
     };
     let missing: Vec<&String> = topics.iter().filter(|t| !existing.contains(*t)).collect();
     if missing.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let admin: AdminClient<DefaultClientContext> = client_config(brokers, kafka, &[])
         .create()
@@ -206,19 +208,15 @@ pub async fn ensure_topics(
         .create_topics(&new, &options)
         .await
         .map_err(failed("creating topics"))?;
+    let mut refused = Vec::new();
     for result in results {
         match result {
             Ok(topic) => tracing::info!(topic, "Created topic."),
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((topic, code)) => {
-                return Err(Error::Kafka {
-                    context: format!("creating topic {topic}"),
-                    source: KafkaError::AdminOp(code),
-                });
-            }
+            Err((topic, code)) => refused.push((topic, code)),
         }
     }
-    Ok(())
+    Ok(refused)
 }
 
 /// How long start-up waits for the brokers to describe topic
