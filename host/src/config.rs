@@ -157,6 +157,10 @@ const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
 pub const DEFAULT_MESSAGE_TIMEOUT_MS: u64 = 30_000;
 /// librdkafka's default `request.timeout.ms`.
 const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 30_000;
+/// librdkafka's default `max.poll.interval.ms`.
+const DEFAULT_MAX_POLL_INTERVAL_MS: u64 = 300_000;
+/// What [`KafkaConfig::max_delivery_wait`] adds to the producer's timeouts.
+const DELIVERY_WAIT_MARGIN: Duration = Duration::from_secs(5);
 
 impl KafkaConfig {
     /// The largest record the producer sends: the operator's
@@ -169,10 +173,12 @@ impl KafkaConfig {
             .unwrap_or(DEFAULT_MESSAGE_MAX_BYTES)
     }
 
-    /// The longest the producer takes to report what became of a record it
-    /// was given: its message timeout (`message.timeout.ms`, or its alias
-    /// `delivery.timeout.ms`), plus one `request.timeout.ms` for a request
-    /// already on the wire when that passes.
+    /// How long a partition given up before it drained waits for what the
+    /// producer already has of it: the longest librdkafka takes to report
+    /// what became of a record it was given — its message timeout
+    /// (`message.timeout.ms`, or its alias `delivery.timeout.ms`) — plus
+    /// `request.timeout.ms` and 5 s as a margin for a request still on the
+    /// wire when that passes (an overestimate).
     pub fn max_delivery_wait(&self) -> Duration {
         let property = |names: &[&str], default: u64| {
             names
@@ -186,7 +192,19 @@ impl KafkaConfig {
             DEFAULT_MESSAGE_TIMEOUT_MS,
         );
         let request = property(&["request.timeout.ms"], DEFAULT_REQUEST_TIMEOUT_MS);
-        Duration::from_millis(message.saturating_add(request))
+        Duration::from_millis(message.saturating_add(request)) + DELIVERY_WAIT_MARGIN
+    }
+
+    /// The group's rebalance timeout: how long a member may take to hand
+    /// back revoked partitions before the group throws it out
+    /// (`max.poll.interval.ms`).
+    fn rebalance_timeout(&self) -> Duration {
+        let ms = self
+            .properties
+            .get("max.poll.interval.ms")
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(DEFAULT_MAX_POLL_INTERVAL_MS);
+        Duration::from_millis(ms)
     }
 
     /// `text` with the value of every secret-looking property replaced by
@@ -776,6 +794,22 @@ impl Config {
                 "must not be one of the input topics",
             );
         }
+        let revoke = self.pipeline.shutdown_timeout + k.max_delivery_wait();
+        if revoke >= k.rebalance_timeout() {
+            // A revoked partition may take that long to be handed back;
+            // past the rebalance timeout the group throws the member out,
+            // and every partition it has is lost.
+            return Err(ConfigError::Invalid {
+                field: "pipeline.shutdown_timeout",
+                reason: format!(
+                    "{} s, plus {} s waiting for the producer (message.timeout.ms + request.timeout.ms + 5 s), \
+                     must stay below the group's rebalance timeout (kafka.properties.max.poll.interval.ms, {} s)",
+                    self.pipeline.shutdown_timeout.as_secs(),
+                    k.max_delivery_wait().as_secs(),
+                    k.rebalance_timeout().as_secs()
+                ),
+            });
+        }
         if k.partitions < 1 {
             return invalid("kafka.partitions", "must be at least 1");
         }
@@ -855,18 +889,41 @@ mod tests {
     #[test]
     fn the_delivery_wait_follows_the_producer_timeouts() {
         let mut kafka = KafkaConfig::default();
-        assert_eq!(kafka.max_delivery_wait(), Duration::from_secs(60));
+        assert_eq!(kafka.max_delivery_wait(), Duration::from_secs(65));
         kafka
             .properties
             .insert("delivery.timeout.ms".into(), "5000".into());
-        assert_eq!(kafka.max_delivery_wait(), Duration::from_secs(35));
+        assert_eq!(kafka.max_delivery_wait(), Duration::from_secs(40));
         kafka
             .properties
             .insert("message.timeout.ms".into(), "1000".into());
         kafka
             .properties
             .insert("request.timeout.ms".into(), "2000".into());
-        assert_eq!(kafka.max_delivery_wait(), Duration::from_secs(3));
+        assert_eq!(kafka.max_delivery_wait(), Duration::from_secs(8));
+    }
+
+    /// A revoke that could outlast the rebalance timeout (here with
+    /// librdkafka's own 300 s message timeout) is refused, naming the
+    /// setting.
+    #[test]
+    fn a_revoke_must_fit_in_the_rebalance_timeout() {
+        let mut config = Config::default();
+        config
+            .kafka
+            .properties
+            .insert("message.timeout.ms".into(), "300000".into());
+        let err = config.validate().expect_err("refused").to_string();
+        assert!(
+            err.contains("pipeline.shutdown_timeout")
+                && err.contains("max.poll.interval.ms, 300 s"),
+            "{err}"
+        );
+        config
+            .kafka
+            .properties
+            .insert("max.poll.interval.ms".into(), "600000".into());
+        config.validate().expect("fits a longer rebalance timeout");
     }
 
     #[test]

@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use rdkafka::ClientConfig;
 use rdkafka::Message;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
+use rdkafka::admin::{
+    AdminClient, AdminOptions, NewTopic, OwnedResourceSpecifier, ResourceSpecifier,
+    TopicReplication,
+};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
@@ -233,7 +236,7 @@ pub const DESCRIBE_CONFIGS_TIMEOUT: Duration = Duration::from_secs(5);
 /// about (the inputs whose outputs it refuses are dead-lettered). A broker
 /// that does not describe topic configurations within
 /// [`DESCRIBE_CONFIGS_TIMEOUT`] (the embedded one has no such request), or
-/// a topic that keeps the broker's default, passes.
+/// a topic it will not describe, is warned about and passes.
 pub async fn check_record_limits(
     brokers: &str,
     kafka: &KafkaConfig,
@@ -251,21 +254,40 @@ pub async fn check_record_limits(
     let described = match admin.describe_configs(&specifiers, &options).await {
         Ok(described) => described,
         Err(err) => {
-            tracing::info!(error = %err, "The brokers do not describe topic configurations; topic record limits not checked.");
+            tracing::warn!(error = %err, "The brokers did not describe the topics' configurations; their record limits are not checked.");
             return Ok(());
         }
     };
+    let mut limits = Vec::new();
+    // Answers come in the order asked (an error names no topic).
+    for (asked, result) in topics.iter().zip(described) {
+        match result {
+            Ok(resource) => {
+                let topic = match &resource.specifier {
+                    OwnedResourceSpecifier::Topic(topic) => topic.clone(),
+                    _ => asked.clone(),
+                };
+                let max = resource
+                    .get("max.message.bytes")
+                    .and_then(|e| e.value.as_deref())
+                    .and_then(|v| v.trim().parse::<usize>().ok());
+                limits.push((topic, max));
+            }
+            Err(code) => {
+                tracing::warn!(topic = asked, error = %code, "The brokers did not describe a topic's configuration; its record limit is not checked.");
+            }
+        }
+    }
+    judge_record_limits(kafka, &limits)
+}
+
+/// [`check_record_limits`] on what the brokers described: each topic's
+/// `max.message.bytes`, if it has one.
+fn judge_record_limits(kafka: &KafkaConfig, limits: &[(String, Option<usize>)]) -> Result<()> {
     let producer_max = kafka.max_record_bytes();
     let changelog = kafka.changelog_topic();
-    for resource in described.into_iter().flatten() {
-        let rdkafka::admin::OwnedResourceSpecifier::Topic(topic) = &resource.specifier else {
-            continue;
-        };
-        let Some(topic_max) = resource
-            .get("max.message.bytes")
-            .and_then(|e| e.value.as_deref())
-            .and_then(|v| v.trim().parse::<usize>().ok())
-        else {
+    for (topic, topic_max) in limits {
+        let Some(topic_max) = *topic_max else {
             continue;
         };
         if topic_max >= producer_max {
@@ -617,5 +639,35 @@ mod tests {
         .await
         .expect("answers");
         assert!(checked.is_ok(), "{checked:?}");
+    }
+
+    /// The changelog and the dead-letter topic must take the producer's
+    /// largest batch; an output or input topic that takes less, or a topic
+    /// whose limit is unknown, passes.
+    #[test]
+    fn only_the_topics_that_must_get_through_need_the_producers_batch_size() {
+        let kafka = KafkaConfig::default();
+        let producer_max = kafka.max_record_bytes();
+        let limit = |topic: &str, max: Option<usize>| (topic.to_owned(), max);
+        let fits = [
+            limit(&kafka.changelog_topic(), Some(producer_max)),
+            limit(&kafka.dead_letter_topic, Some(1_048_588)),
+            limit("reminders", Some(1000)),
+            limit(&kafka.input_topics[0], Some(1000)),
+            limit("analytics", None),
+        ];
+        judge_record_limits(&kafka, &fits).expect("passes");
+        for needed in [kafka.changelog_topic(), kafka.dead_letter_topic.clone()] {
+            let mut limits = fits.to_vec();
+            limits.push(limit(&needed, Some(producer_max - 1)));
+            let err = judge_record_limits(&kafka, &limits)
+                .expect_err(&needed)
+                .to_string();
+            assert!(
+                err.starts_with(&format!("topic {needed} (the "))
+                    && err.contains(&format!("at most {}", producer_max - 1)),
+                "{err}"
+            );
+        }
     }
 }

@@ -10,11 +10,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::harness::{CHANGELOG, Harness, distinct_events, echo_plugins, header};
+use common::harness::{CHANGELOG, Harness, PARTITIONS, distinct_events, echo_plugins, header};
 use common::{
     TEST_PLUGIN, created_events, event, eventually, load, mode, plugin_dir, reader, sandbox, value,
 };
 use rdkafka::Message;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::OwnedMessage;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use todo_eventd::clock::Clock;
@@ -369,6 +370,10 @@ async fn a_lost_assignment_writes_no_more_state() {
     });
     let stats = &pipeline.telemetry.pipeline;
     let cluster = harness.broker.cluster();
+    let changelog: BaseConsumer =
+        todo_eventd::kafka::client_config(&harness.brokers, &harness.config.kafka, &[])
+            .create()
+            .unwrap();
     let lose = async {
         eventually("the events are handled", || stats.events_in.get() >= 6).await;
         cluster.request_errors(
@@ -379,10 +384,24 @@ async fn a_lost_assignment_writes_no_more_state() {
             stats.rebalances("lost") >= 1 && stats.rebalances("assign") >= 2
         })
         .await;
+        let written: Vec<i64> = (0..PARTITIONS)
+            .map(|p| {
+                changelog
+                    .fetch_watermarks(CHANGELOG, p, Duration::from_secs(10))
+                    .unwrap()
+                    .1
+            })
+            .collect();
         assert_eq!(
-            stats.changelog_records.get(),
+            written.iter().sum::<i64>(),
             0,
-            "state written for partitions this member had lost"
+            "state written for partitions this member had lost: {written:?}; {}",
+            stats.summary()
+        );
+        let committed: i64 = harness.committed().values().sum();
+        assert_eq!(
+            committed, 0,
+            "offsets committed for partitions this member had lost"
         );
         eventually("the events are handled again", || {
             stats.events_in.get() >= 12
@@ -589,7 +608,7 @@ async fn an_older_changelog_is_restored_and_its_records_retired() {
     let far = jiff::Timestamp::now().as_millisecond() + 86_400_000;
     let producer = todo_eventd::kafka::producer(&harness.brokers, &harness.config.kafka).unwrap();
     // Every partition: the task's user lands on one of them.
-    for partition in 0..common::harness::PARTITIONS {
+    for partition in 0..PARTITIONS {
         for (key, value) in [
             (
                 &old_memo,

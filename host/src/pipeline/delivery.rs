@@ -470,6 +470,11 @@ impl Deliveries {
             let now = Instant::now();
             if self.write.is_none() && !self.cache.is_empty() && self.write_due(now) {
                 let (generation, records) = self.cache.take();
+                tracing::debug!(
+                    records = records.len(),
+                    draining = self.draining,
+                    "Writing held state changes."
+                );
                 let records = records.into_iter().map(|record| (record, Role::Changelog));
                 self.write = Some(Write {
                     generation,
@@ -1108,6 +1113,19 @@ mod tests {
                 held_changes: 1,
             }
         );
+        // In the log: the batch on the wire, not the change held after it.
+        let reader: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", broker.bootstrap_servers())
+            .create()
+            .expect("reader");
+        let (_, end) = rdkafka::consumer::Consumer::fetch_watermarks(
+            &reader,
+            "state",
+            0,
+            Duration::from_secs(30),
+        )
+        .expect("watermarks");
+        assert_eq!(end, 1);
         assert_eq!(
             stats.changelog_records.get(),
             0,

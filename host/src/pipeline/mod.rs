@@ -54,9 +54,6 @@ use crate::plugin::health::QuarantinePolicy;
 use crate::plugin::{Plugin, Registry};
 use crate::telemetry::{LogThrottle, Rate, Telemetry};
 
-/// What a given-up worker may wait beyond the producer's own bound
-/// ([`crate::config::KafkaConfig::max_delivery_wait`]).
-const ABANDON_MARGIN: Duration = Duration::from_secs(5);
 /// The longest gap between two consumer-error log lines.
 const CONSUMER_ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
 
@@ -201,8 +198,14 @@ impl Pipeline {
         for worker in &workers {
             let _ = worker.stop.send(Stop::Drain);
         }
-        settle_workers(workers, deadline, self.abandon_grace()).await;
-        while let Ok(Some(_)) = tokio::time::timeout_at(deadline, draining.next()).await {}
+        // Partitions revoked before the shutdown are still draining: they
+        // settle side by side with the rest, each within its own bound
+        // (see `revoke`), before anything is committed or the group left.
+        let revoked = async { while draining.next().await.is_some() {} };
+        tokio::join!(
+            settle_workers(workers, deadline, self.abandon_grace()),
+            revoked
+        );
         // The last commit: a group rebalancing (another member leaving,
         // say) refuses it until the rebalance completes, which needs us to
         // answer — so keep answering, without new workers, until it goes
@@ -366,7 +369,13 @@ impl Pipeline {
         for worker in &workers {
             let _ = worker.stop.send(stop);
         }
-        let deadline = tokio::time::Instant::now() + self.config.pipeline.shutdown_timeout;
+        // A lost partition is not drained: only the grace applies.
+        let drain_for = if lost {
+            Duration::ZERO
+        } else {
+            self.config.pipeline.shutdown_timeout
+        };
+        let deadline = tokio::time::Instant::now() + drain_for;
         let grace = self.abandon_grace();
         Box::pin(async move {
             settle_workers(workers, deadline, grace).await;
@@ -377,7 +386,7 @@ impl Pipeline {
     /// How long a given-up worker may wait for what the producer already
     /// has: the longest librdkafka takes to settle a record, and a little.
     fn abandon_grace(&self) -> Duration {
-        self.config.kafka.max_delivery_wait() + ABANDON_MARGIN
+        self.config.kafka.max_delivery_wait()
     }
 
     fn dispatch_policy(&self) -> DispatchPolicy {
@@ -428,7 +437,7 @@ async fn settle_workers(
     warn!(
         partitions = overdue.len(),
         grace_s = grace.as_secs(),
-        "Partitions did not drain in time; giving them up once what the producer has of theirs is settled. Their unacknowledged records will be redelivered."
+        "Partitions not drained in time (or lost); giving them up once what the producer has of theirs is settled. Their unacknowledged records will be redelivered."
     );
     let until = tokio::time::Instant::now() + grace;
     for (mut task, _stop, _supervision) in overdue {
@@ -442,8 +451,8 @@ async fn settle_workers(
 }
 
 /// Commits what the drained partitions stored — unless they were `lost`:
-/// this member is no longer in the group's generation, so the coordinator
-/// would refuse it — and hands them back to the group (off the async
+/// this member is no longer in the group's generation, and librdkafka
+/// refuses such a commit — and hands them back to the group (off the async
 /// threads: both wait on librdkafka).
 async fn hand_back(
     consumer: Arc<PipelineConsumer>,

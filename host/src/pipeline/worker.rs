@@ -190,11 +190,23 @@ impl Worker {
     ) {
         let span = info_span!("partition", topic = %self.topic, partition = self.partition);
         async {
-            let abandon = stop.clone();
-            tokio::select! {
+            let (abandon, asked) = (stop.clone(), stop.clone());
+            let work = AssertUnwindSafe(self.work(queue, records, stop, restoring)).catch_unwind();
+            let ended = tokio::select! {
                 biased;
-                () = abandoned(abandon) => {}
-                () = self.work(queue, records, stop, restoring) => return,
+                () = abandoned(abandon) => None,
+                ended = work => Some(ended),
+            };
+            match ended {
+                // Drained — or it saw the request to give up first.
+                Some(Ok(())) if *asked.borrow() != Stop::Abandon => return,
+                // A bug: what the producer has is settled all the same
+                // before the panic goes on to `supervised`, which reports it.
+                Some(Err(panic)) => {
+                    self.deliveries.abandon().await;
+                    std::panic::resume_unwind(panic);
+                }
+                Some(Ok(())) | None => {}
             }
             let left = self.deliveries.abandon().await;
             warn!(
@@ -251,6 +263,11 @@ impl Worker {
                     Err(err) => self.read_failed(&err),
                 },
             }
+        }
+        // Asked to give up meanwhile (the loop may see the request as the
+        // record channel closing, before `run` sees it): write nothing more.
+        if *stop.borrow() == Stop::Abandon {
+            return;
         }
         debug!("Settling pending deliveries.");
         self.deliveries.drain();
