@@ -159,6 +159,10 @@ pub const DEFAULT_MESSAGE_TIMEOUT_MS: u64 = 30_000;
 const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 30_000;
 /// librdkafka's default `max.poll.interval.ms`.
 const DEFAULT_MAX_POLL_INTERVAL_MS: u64 = 300_000;
+/// Room left, besides the drain and the producer wait, for handing a
+/// revoked partition back (a commit, the unassign) within the group's
+/// rebalance timeout.
+const HAND_BACK_MARGIN: Duration = Duration::from_secs(10);
 /// What [`KafkaConfig::max_delivery_wait`] adds to the producer's timeouts.
 const DELIVERY_WAIT_MARGIN: Duration = Duration::from_secs(5);
 
@@ -794,16 +798,17 @@ impl Config {
                 "must not be one of the input topics",
             );
         }
-        let revoke = self.pipeline.shutdown_timeout + k.max_delivery_wait();
+        let revoke = self.pipeline.shutdown_timeout + k.max_delivery_wait() + HAND_BACK_MARGIN;
         if revoke >= k.rebalance_timeout() {
-            // A revoked partition may take that long to be handed back;
-            // past the rebalance timeout the group throws the member out,
-            // and every partition it has is lost.
+            // A revoked partition may take that long to be handed back (its
+            // commit and unassign included); past the rebalance timeout the
+            // group throws the member out, and every partition it has is
+            // lost.
             return Err(ConfigError::Invalid {
                 field: "pipeline.shutdown_timeout",
                 reason: format!(
                     "{} s, plus {} s waiting for the producer (message.timeout.ms + request.timeout.ms + 5 s), \
-                     must stay below the group's rebalance timeout (kafka.properties.max.poll.interval.ms, {} s)",
+                     must stay 10 s below the group's rebalance timeout (kafka.properties.max.poll.interval.ms, {} s)",
                     self.pipeline.shutdown_timeout.as_secs(),
                     k.max_delivery_wait().as_secs(),
                     k.rebalance_timeout().as_secs()
