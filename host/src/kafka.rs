@@ -187,10 +187,7 @@ pub async fn ensure_topics(
     if missing.is_empty() {
         return Ok(Vec::new());
     }
-    let admin: AdminClient<DefaultClientContext> = client_config(brokers, kafka, &[])
-        .create()
-        .map_err(|e| redact(e, kafka))
-        .map_err(failed(format!("creating an admin client for {brokers}")))?;
+    let admin = admin_client(brokers, kafka)?;
     let new: Vec<NewTopic<'_>> = missing
         .into_iter()
         .map(|t| {
@@ -242,10 +239,7 @@ pub async fn check_record_limits(
     kafka: &KafkaConfig,
     topics: &BTreeSet<String>,
 ) -> Result<()> {
-    let admin: AdminClient<DefaultClientContext> = client_config(brokers, kafka, &[])
-        .create()
-        .map_err(|e| redact(e, kafka))
-        .map_err(failed(format!("creating an admin client for {brokers}")))?;
+    let admin = admin_client(brokers, kafka)?;
     let specifiers: Vec<ResourceSpecifier<'_>> = topics
         .iter()
         .map(|t| ResourceSpecifier::Topic(t.as_str()))
@@ -316,6 +310,14 @@ fn judge_record_limits(kafka: &KafkaConfig, limits: &[(String, Option<usize>)]) 
         });
     }
     Ok(())
+}
+
+/// A client for creating topics and reading their configuration.
+fn admin_client(brokers: &str, kafka: &KafkaConfig) -> Result<AdminClient<DefaultClientContext>> {
+    client_config(brokers, kafka, &[])
+        .create()
+        .map_err(|e| redact(e, kafka))
+        .map_err(failed(format!("creating an admin client for {brokers}")))
 }
 
 /// A client for reading the cluster's metadata.

@@ -10,7 +10,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::harness::{CHANGELOG, Harness, PARTITIONS, distinct_events, echo_plugins, header};
+use common::harness::{
+    BUNDLED_TOPICS, CHANGELOG, Harness, PARTITIONS, distinct_events, echo_plugins, header,
+};
 use common::{
     TEST_PLUGIN, created_events, event, eventually, load, mode, plugin_dir, reader, sandbox, value,
 };
@@ -350,13 +352,7 @@ async fn failing_produces_hold_offsets_until_delivered() {
 /// the next owner's back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_lost_assignment_writes_no_more_state() {
-    let mut harness = Harness::new(&[
-        "task-events",
-        "task-events.dlq",
-        "reminders",
-        "analytics",
-        CHANGELOG,
-    ]);
+    let mut harness = Harness::new(&BUNDLED_TOPICS);
     harness.config.pipeline.changelog_flush_interval = Duration::from_secs(3600);
     harness.config.pipeline.changelog_flush_idle = Duration::from_secs(3600);
     let plugins = todo_eventd::demo::plugins(&sandbox()).await.unwrap();
@@ -483,13 +479,7 @@ async fn a_second_member_takes_half_and_nothing_is_lost() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn state_and_timers_survive_a_restart() {
-    let mut harness = Harness::new(&[
-        "task-events",
-        "task-events.dlq",
-        "reminders",
-        "analytics",
-        CHANGELOG,
-    ]);
+    let mut harness = Harness::new(&BUNDLED_TOPICS);
     let sandbox = sandbox();
     let plugins = todo_eventd::demo::plugins(&sandbox).await.unwrap();
     let now = jiff::Timestamp::now().as_millisecond();

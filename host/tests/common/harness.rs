@@ -20,6 +20,14 @@ use super::{TEST_PLUGIN, load, mode, plugin_dir, reader, sandbox, value};
 
 pub const PARTITIONS: i32 = 3;
 pub const CHANGELOG: &str = "todo-eventd.plugin-state";
+/// The topics a pipeline with the bundled plugins uses.
+pub const BUNDLED_TOPICS: [&str; 5] = [
+    "task-events",
+    "task-events.dlq",
+    "reminders",
+    "analytics",
+    CHANGELOG,
+];
 
 pub struct Harness {
     pub broker: EmbeddedBroker,
