@@ -18,10 +18,14 @@
 //!   and keeps retrying at the longest back-off: nothing is skipped, and
 //!   nothing loops silently while ready.
 //!
-//! State changes do not travel with their entry: they are held in the
-//! partition's [`ChangelogCache`] and written in batches, and an entry's
-//! offset is handed out only once both its own records and the batch
-//! holding its changes are acknowledged.
+//! State changes are written in batches: once an entry's own records are
+//! acknowledged, its changes join the partition's [`ChangelogCache`], and
+//! its offset is handed out once the batch holding them is acknowledged
+//! too. The changelog never runs ahead of the outputs: a plugin that keeps
+//! in its state what it has already sent (a reminder's memo, a completion
+//! answered) would otherwise skip, when the input is read again (or the
+//! timer restored) after a crash or a give-up, an output that never got
+//! through.
 //!
 //! Everything here is cancel-safe: progress lives in the send states, so
 //! the worker can race [`Deliveries::settle_head`] against new records.
@@ -186,9 +190,12 @@ pub(super) struct Entry {
     offset: Option<i64>,
     input: Input,
     sends: Sends,
+    /// Its records, input and state changes, in bytes.
     bytes: usize,
-    /// The changelog generation holding its state changes (0: none).
-    needs: u64,
+    /// Its state changes, held here until its records are acknowledged.
+    changes: Vec<Change>,
+    /// Keys of an older changelog's records that `changes` supersede.
+    retire: Vec<Vec<u8>>,
 }
 
 impl Entry {
@@ -206,7 +213,8 @@ impl Entry {
             input,
             sends,
             bytes,
-            needs: 0,
+            changes: Vec::new(),
+            retire: Vec::new(),
         }
     }
 }
@@ -239,7 +247,8 @@ pub(super) struct Abandoned {
     pub(super) failed: usize,
     /// Records not yet (or no longer) with the producer, never sent.
     pub(super) unsent: usize,
-    /// Keys whose held state change was never written.
+    /// State changes never written: held in the cache, or of entries not
+    /// yet acknowledged.
     pub(super) held_changes: usize,
 }
 
@@ -358,10 +367,11 @@ impl Deliveries {
     }
 
     /// Whether another entry may be added: fewer than `max_entries`
-    /// unacknowledged, holding fewer than `max_bytes`, and fewer than
-    /// `max_bytes` of state changes held (besides the batch being
-    /// written) — else a changelog that cannot be written would let the
-    /// changes of every entry still to come pile up.
+    /// unacknowledged, holding fewer than `max_bytes` (records and state
+    /// changes), and fewer than `max_bytes` of acknowledged entries' state
+    /// changes held (besides the batch being written) — else a changelog
+    /// that cannot be written would let the changes of every entry still
+    /// to come pile up.
     pub(super) fn has_room(&self) -> bool {
         self.queue.len() < self.max_entries
             && self.bytes < self.max_bytes
@@ -383,8 +393,9 @@ impl Deliveries {
     /// owner has restored its state from the changelog. What was not
     /// acknowledged is read again by that owner, from the committed offset.
     pub(super) async fn abandon(&mut self) -> Abandoned {
+        let pending: usize = self.queue.iter().map(|entry| entry.changes.len()).sum();
         let mut abandoned = Abandoned {
-            held_changes: self.cache.len(),
+            held_changes: self.cache.len() + pending,
             ..Abandoned::default()
         };
         let entries = std::mem::take(&mut self.queue)
@@ -407,28 +418,45 @@ impl Deliveries {
         abandoned
     }
 
-    /// Queues an entry and holds its state changes; its records are
-    /// offered to the producer right away (order within a partition is
-    /// kept by the producer, entry after entry).
+    /// Queues an entry with its state changes; its records are offered to
+    /// the producer right away (order within a partition is kept by the
+    /// producer, entry after entry), its changes are held until they are
+    /// acknowledged ([`Self::hold`]).
     ///
     /// `retire` are keys of an older changelog's records that `changes`
     /// supersede: they are tombstoned once `changes` are written.
     pub(super) fn push(&mut self, mut entry: Entry, changes: Vec<Change>, retire: Vec<Vec<u8>>) {
         let now = Instant::now();
+        entry.bytes += changes
+            .iter()
+            .map(|(key, value)| key.len() + value.as_ref().map_or(0, Vec::len))
+            .sum::<usize>()
+            + retire.iter().map(Vec::len).sum::<usize>();
+        entry.changes = changes;
+        entry.retire = retire;
+        self.ctx
+            .offer_due(&mut entry.sends, Some(&entry.input), now);
+        self.bytes += entry.bytes;
+        self.queue.push_back(entry);
+    }
+
+    /// Puts an acknowledged entry's state changes in the cache, to be
+    /// written with the next batch; returns the generation that batch
+    /// will have (0: no change).
+    fn hold(&mut self, changes: Vec<Change>, retire: Vec<Vec<u8>>) -> u64 {
+        let now = Instant::now();
+        let mut needs = 0;
         for change in changes {
             let (generation, replaced) = self.cache.put(change, now);
-            entry.needs = generation;
+            needs = generation;
             if replaced {
                 self.ctx.stats.changes_coalesced.inc();
             }
         }
         for key in retire {
-            self.retiring.push_back((entry.needs, key));
+            self.retiring.push_back((needs, key));
         }
-        self.ctx
-            .offer_due(&mut entry.sends, Some(&entry.input), now);
-        self.bytes += entry.bytes;
-        self.queue.push_back(entry);
+        needs
     }
 
     /// Holds the tombstones whose newer records are now written.
@@ -508,7 +536,8 @@ impl Deliveries {
                     let head = self.queue.pop_front()?;
                     self.bytes -= head.bytes;
                     self.ctx.settled(&head);
-                    self.awaiting.push_back((head.offset, head.needs));
+                    let needs = self.hold(head.changes, head.retire);
+                    self.awaiting.push_back((head.offset, needs));
                 }
                 continue;
             }
@@ -922,9 +951,9 @@ mod tests {
         assert_eq!(stats.outputs.get(), 0);
     }
 
-    /// Entries whose state changes are large: intake stops once the held
+    /// Entries whose state changes are large: intake stops once their
     /// changes reach `max_bytes`, not only once the entries' own records
-    /// do (they count none of their changes).
+    /// would.
     #[tokio::test]
     async fn held_state_changes_count_against_the_room() {
         let (mut deliveries, _, _) = through(strict_producer(), Duration::from_secs(60), IDLE);
@@ -1139,26 +1168,93 @@ mod tests {
     #[tokio::test]
     async fn a_changelog_write_does_not_clear_a_stall_of_the_entries() {
         // Refuses the big output (and its dead letters) on the spot; the
-        // small changelog record goes through.
-        let (_broker, mut deliveries, readiness, stats) =
-            on_embedded_broker(Duration::ZERO, IDLE, &[("message.max.bytes", "1000")]);
+        // small changelog record, held for 2 s, goes through.
+        let (_broker, mut deliveries, readiness, stats) = on_embedded_broker(
+            Duration::from_secs(2),
+            Duration::from_secs(2),
+            &[("message.max.bytes", "1000")],
+        );
+        deliveries.push(
+            Entry::new(Some(6), input(Vec::new()), []),
+            vec![change("k", "v")],
+            Vec::new(),
+        );
         deliveries.push(oversized_entry(), Vec::new(), Vec::new());
         let settled = tokio::time::timeout(Duration::from_secs(1), deliveries.settle_head()).await;
         assert!(settled.is_err(), "{settled:?}");
         assert!(matches!(readiness.check(), Err(NotReady::Stalled { .. })));
+        assert_eq!(stats.changelog_records.get(), 0, "still held");
 
-        deliveries.push(
-            Entry::new(Some(8), input(Vec::new()), []),
-            vec![change("k", "v")],
-            Vec::new(),
-        );
-        let settled = tokio::time::timeout(Duration::from_secs(3), deliveries.settle_head()).await;
-        assert!(settled.is_err(), "{settled:?}");
-        assert_eq!(stats.changelog_records.get(), 1, "the batch was written");
+        let settled = tokio::time::timeout(Duration::from_secs(5), deliveries.settle_head())
+            .await
+            .expect("the batch is written");
+        assert_eq!(settled, Some(Some(6)));
+        assert_eq!(stats.changelog_records.get(), 1);
         assert!(
             matches!(readiness.check(), Err(NotReady::Stalled { .. })),
             "still stalled: {:?}",
             readiness.check()
         );
+    }
+
+    /// An entry's state changes are written only once its outputs are
+    /// acknowledged. Given up while an output is on the wire, the
+    /// partition leaves its change unwritten: the input is read again by
+    /// the next owner against the state from before it, so a plugin that
+    /// keeps what it has sent (a reminder's memo) sends it again, rather
+    /// than skipping an output that may never have got through.
+    #[tokio::test]
+    async fn state_changes_are_written_only_after_their_outputs() {
+        let (broker, mut deliveries, _, stats) = on_embedded_broker(Duration::ZERO, IDLE, &[]);
+        broker.create_topic("out-topic", 1).expect("topic");
+        broker
+            .cluster()
+            .broker_round_trip_time(1, Duration::from_secs(1))
+            .expect("slow broker");
+        let output = OutRecord {
+            topic: "out-topic".into(),
+            partition: None,
+            key: None,
+            value: Some(b"reminder".to_vec()),
+            headers: Vec::new(),
+        };
+        let role = Role::Output {
+            plugin: "reminders".into(),
+        };
+        deliveries.push(
+            Entry::new(Some(1), input(Vec::new()), [(output, role)]),
+            vec![change("memo", "sent")],
+            Vec::new(),
+        );
+        let settled =
+            tokio::time::timeout(Duration::from_millis(300), deliveries.settle_head()).await;
+        assert!(settled.is_err(), "the broker answered already: {settled:?}");
+
+        let left = tokio::time::timeout(Duration::from_secs(60), deliveries.abandon())
+            .await
+            .expect("settled within the producer's bound");
+        assert_eq!(
+            left,
+            Abandoned {
+                acknowledged: 1,
+                failed: 0,
+                unsent: 0,
+                held_changes: 1,
+            },
+            "the output was on the wire, the change was not"
+        );
+        let reader: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", broker.bootstrap_servers())
+            .create()
+            .expect("reader");
+        let (_, end) = rdkafka::consumer::Consumer::fetch_watermarks(
+            &reader,
+            "state",
+            0,
+            Duration::from_secs(30),
+        )
+        .expect("watermarks");
+        assert_eq!(end, 0, "no state change in the changelog");
+        assert_eq!(stats.changelog_records.get(), 0);
     }
 }
