@@ -42,6 +42,11 @@ pub const RECORD_OVERHEAD_BYTES: usize = 2048;
 const MAX_RESOURCES: usize = 10_000;
 /// How much of a plugin's stdout/stderr is kept for error messages.
 const OUTPUT_TAIL_BYTES: usize = 4096;
+/// The most one write to stdout/stderr may carry (what `check-write`
+/// permits). A host call cannot be interrupted, so this bounds how long
+/// one write keeps the thread (a line at a time through the log's rate
+/// limit) before the plugin's deadline is looked at again.
+const OUTPUT_WRITE_BYTES: usize = 64 * 1024;
 
 /// What the sandbox needs to know about a plugin to run it: the resolved
 /// manifest.
@@ -573,7 +578,10 @@ impl CapturedOutput {
 
     fn write(&self, bytes: &[u8]) {
         let mut buf = self.buffer();
-        buf.tail.extend_from_slice(bytes);
+        // Only the last bytes can stay, and the tail never holds more
+        // than twice what it keeps.
+        let last = &bytes[bytes.len().saturating_sub(OUTPUT_TAIL_BYTES)..];
+        buf.tail.extend_from_slice(last);
         if buf.tail.len() > OUTPUT_TAIL_BYTES {
             let excess = buf.tail.len() - OUTPUT_TAIL_BYTES;
             buf.tail.drain(..excess);
@@ -628,7 +636,15 @@ impl wasmtime_wasi::cli::StdoutStream for CapturedOutput {
 }
 
 impl wasmtime_wasi::p2::OutputStream for CapturedOutput {
+    /// More than `check-write` permits traps, as WASI says it must
+    /// (wasmtime passes any length through).
     fn write(&mut self, bytes: bytes::Bytes) -> wasmtime_wasi::p2::StreamResult<()> {
+        if bytes.len() > OUTPUT_WRITE_BYTES {
+            return Err(wasmtime_wasi::p2::StreamError::trap(&format!(
+                "a write of {} bytes to stdout/stderr exceeds the {OUTPUT_WRITE_BYTES} bytes check-write permits",
+                bytes.len()
+            )));
+        }
         CapturedOutput::write(self, &bytes);
         Ok(())
     }
@@ -638,7 +654,7 @@ impl wasmtime_wasi::p2::OutputStream for CapturedOutput {
     }
 
     fn check_write(&mut self) -> wasmtime_wasi::p2::StreamResult<usize> {
-        Ok(64 * 1024)
+        Ok(OUTPUT_WRITE_BYTES)
     }
 }
 
@@ -653,8 +669,9 @@ impl tokio::io::AsyncWrite for CapturedOutput {
         _cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        CapturedOutput::write(&self, buf);
-        std::task::Poll::Ready(Ok(buf.len()))
+        let taken = &buf[..buf.len().min(OUTPUT_WRITE_BYTES)];
+        CapturedOutput::write(&self, taken);
+        std::task::Poll::Ready(Ok(taken.len()))
     }
 
     fn poll_flush(
@@ -669,5 +686,50 @@ impl tokio::io::AsyncWrite for CapturedOutput {
         _cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
         std::task::Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prometheus_client::metrics::counter::Counter;
+    use wasmtime_wasi::p2::OutputStream;
+
+    use super::*;
+    use crate::sandbox::log::LogPolicy;
+
+    fn captured() -> (CapturedOutput, Counter) {
+        let dropped = Counter::default();
+        let log = PluginLog::new("chatty", LogPolicy::default(), dropped.clone());
+        (CapturedOutput::new(Arc::new(log)), dropped)
+    }
+
+    /// One write of 40 MiB of short lines went through a line at a time
+    /// (each past the log's rate limit), in one host call that no deadline
+    /// interrupts, and left a tail buffer as large. Now a write is held to
+    /// what `check-write` permits; more traps.
+    #[test]
+    fn a_write_larger_than_check_write_permits_traps() {
+        let (mut output, dropped) = captured();
+        let permit = output.check_write().expect("permit");
+        assert_eq!(permit, OUTPUT_WRITE_BYTES);
+        let burst = b"a\n".repeat(20 << 20);
+        let err = OutputStream::write(&mut output, burst.into()).expect_err("refused");
+        assert!(
+            matches!(err, wasmtime_wasi::p2::StreamError::Trap(_)),
+            "{err:?}"
+        );
+        assert!(
+            format!("{err:?}").contains("exceeds the 65536 bytes check-write permits"),
+            "{err:?}"
+        );
+        assert_eq!(dropped.get(), 0, "no line was looked at");
+        assert_eq!(output.buffer().tail.capacity(), 0, "nothing kept");
+
+        let allowed = b"a\n".repeat(permit / 2);
+        OutputStream::write(&mut output, allowed.into()).expect("within the permit");
+        assert!(dropped.get() > 0, "the lines went through the rate limit");
+        let tail = output.take();
+        assert_eq!(tail.len(), OUTPUT_TAIL_BYTES);
+        assert!(output.buffer().tail.capacity() <= 2 * OUTPUT_TAIL_BYTES);
     }
 }

@@ -338,6 +338,11 @@ fn panic_message(output: &str) -> Option<String> {
     Some(text.join(" "))
 }
 
+/// The most random bytes one `get-random-bytes` call may ask for (more
+/// traps). wasmtime's default, 64 MiB, would have the host allocate and
+/// fill that much in one call its deadline cannot interrupt.
+const MAX_RANDOM_BYTES: u64 = 1 << 20;
+
 /// A WASI context with nothing in it but what the manifest grants.
 fn wasi_ctx(
     spec: &PluginSpec,
@@ -345,7 +350,10 @@ fn wasi_ctx(
     output: &CapturedOutput,
 ) -> anyhow::Result<WasiCtx> {
     let mut builder = WasiCtxBuilder::new();
-    builder.stdout(output.clone()).stderr(output.clone());
+    builder
+        .stdout(output.clone())
+        .stderr(output.clone())
+        .max_random_size(MAX_RANDOM_BYTES);
     for name in &spec.wasi.env {
         if let Ok(value) = std::env::var(name) {
             builder.env(name, value);
