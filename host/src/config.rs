@@ -297,6 +297,13 @@ pub struct PluginsConfig {
     /// Throttled re-arms within a minute that quarantine a plugin as a
     /// timer storm; 0 never does.
     pub timer_storm_quarantine_after: u32,
+    /// The most a plugin's retries of `retryable` errors (their back-off
+    /// and the failed tries) may keep partitions waiting at once; it
+    /// refills at a tenth of the time passing. A retry it cannot pay for
+    /// is not made: the event is dead-lettered, and counts toward
+    /// quarantine.
+    #[serde(with = "crate::units::duration")]
+    pub retry_budget: Duration,
     /// How many plugin emits a record may be from its producer's record
     /// and still come back as input: a call handling a record this many
     /// hops away may not emit to an input topic (its event is
@@ -316,6 +323,7 @@ impl Default for PluginsConfig {
             quarantine_max_backoff: Duration::from_secs(600),
             min_timer_rearm: Duration::from_secs(1),
             timer_storm_quarantine_after: 100,
+            retry_budget: crate::dispatch::DEFAULT_RETRY_BUDGET,
             max_hops: crate::dispatch::DEFAULT_MAX_HOPS,
         }
     }

@@ -48,10 +48,12 @@ use crate::telemetry::{PluginMetrics, SlotMetrics};
 use crate::units::format_duration;
 use crate::world::{FiredTimer, Handler, TaskEvent, Timestamp};
 
-/// The longest wait between two tries of a `retryable` call: with
-/// `limits.retries` ≤ 20, a partition waits at most 10 minutes for one
-/// event (doubling alone would reach months).
+/// The longest wait between two tries of a `retryable` call (doubling
+/// alone would reach months); the plugin's retry budget bounds the sum.
 pub const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(30);
+
+/// `plugins.retry_budget` unless set.
+pub const DEFAULT_RETRY_BUDGET: Duration = Duration::from_secs(60);
 
 /// How the dispatcher treats failing and busy plugins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,8 +82,17 @@ pub const MAX_HOPS: u32 = 64;
 /// How a retry of a `retryable` call waits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RetryWait {
-    /// Sleep the plugin's `limits.retry_backoff`, doubling per attempt.
-    Backoff,
+    /// Sleep the plugin's `limits.retry_backoff`, doubling per attempt,
+    /// each retry paid for from the plugin version's retry budget
+    /// ([`Health::spend_on_retry`]): `budget` of back-off and retried
+    /// calls at once, refilled at a tenth of the time passing. A retry the
+    /// budget cannot pay for is not made.
+    ///
+    /// [`Health::spend_on_retry`]: crate::plugin::health::Health::spend_on_retry
+    Backoff {
+        /// The most a plugin's retries may keep partitions waiting at once.
+        budget: Duration,
+    },
     /// Retry at once (offline runs, where the clock is virtual).
     Immediate,
 }
@@ -103,7 +114,9 @@ impl Default for DispatchPolicy {
         Self {
             quarantine: QuarantinePolicy::default(),
             min_timer_rearm: Duration::from_secs(1),
-            retry_wait: RetryWait::Backoff,
+            retry_wait: RetryWait::Backoff {
+                budget: DEFAULT_RETRY_BUDGET,
+            },
             max_hops: DEFAULT_MAX_HOPS,
         }
     }
@@ -395,10 +408,15 @@ impl Slot {
 
     /// Runs the call, and again while it fails with a `retryable` error,
     /// up to `limits.retries` more times with exponential back-off (each
-    /// wait at most [`MAX_RETRY_BACKOFF`]). The
+    /// wait at most [`MAX_RETRY_BACKOFF`]), as long as the plugin's retry
+    /// budget pays for the wait and the failed try ([`RetryWait`]). The
     /// partition waits meanwhile, so per-key order is kept; a call still
-    /// failing after the last retry is dead-lettered like `bad-input`.
-    /// Returns the result and when the last try ended.
+    /// failing after its last retry is dead-lettered like `bad-input`, and
+    /// counts toward quarantine. Without the budget a plugin could answer
+    /// `retryable` to every event until its last retry, then `ok`: each
+    /// event would keep its partition waiting for minutes, and no call
+    /// would ever count as failed. Returns the result and when the last
+    /// try ended.
     async fn run_with_retries(
         &mut self,
         now: Timestamp,
@@ -409,12 +427,25 @@ impl Slot {
         let limits = self.plugin.spec.limits;
         let mut attempt = 0_u32;
         loop {
-            let (result, ended) = self.run(now, call, started).await;
-            match &result {
+            let (mut result, ended) = self.run(now, call, started).await;
+            match &mut result {
                 Err(err) if err.is_retryable() && u64::from(attempt) < limits.retries.0 => {
-                    attempt += 1;
                     let backoff =
-                        clock::backoff(limits.retry_backoff.0, attempt, MAX_RETRY_BACKOFF);
+                        clock::backoff(limits.retry_backoff.0, attempt + 1, MAX_RETRY_BACKOFF);
+                    if let RetryWait::Backoff { budget } = policy.retry_wait {
+                        let cost = backoff + ended.saturating_duration_since(started);
+                        if !self.plugin.health.spend_on_retry(cost, budget, ended) {
+                            // Said in the error, its log line and dead letter.
+                            if let CallError::Plugin { message, .. } = err {
+                                message.push_str(&format!(
+                                    " (not retried after {attempt} retries: the plugin's retry budget of {} is spent)",
+                                    format_duration(budget)
+                                ));
+                            }
+                            return (result, ended);
+                        }
+                    }
+                    attempt += 1;
                     self.metrics.retried();
                     debug!(
                         plugin = %self.plugin.name,
@@ -424,7 +455,7 @@ impl Slot {
                         error = %err,
                         "Plugin asked for a retry."
                     );
-                    if policy.retry_wait == RetryWait::Backoff {
+                    if matches!(policy.retry_wait, RetryWait::Backoff { .. }) {
                         tokio::time::sleep(backoff).await;
                     }
                     started = Instant::now();

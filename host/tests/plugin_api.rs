@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{TEST_PLUGIN, created, load, mode, plugin_dir, sandbox};
-use todo_eventd::dispatch::{DispatchPolicy, Dispatcher};
+use todo_eventd::dispatch::{DispatchPolicy, Dispatcher, RetryWait};
 use todo_eventd::plugin::{self, health::QuarantinePolicy};
 use todo_eventd::sandbox::CallError;
 use todo_eventd::telemetry::PluginMetrics;
@@ -173,6 +173,58 @@ async fn a_retryable_error_is_retried_in_place_with_backoff_then_dead_lettered()
         "{text}"
     );
     assert!(text.contains("todo_eventd_plugin_retries_total{plugin=\"flaky\"} 3"));
+}
+
+/// A plugin answering `retryable` to every event until its last retry,
+/// then `ok`, would keep each event's partition waiting through all of
+/// its retries — with 20 of them, over seven minutes of back-off per event
+/// — and never count as failing. Retries are paid for from a budget per
+/// plugin: once it is spent, `retryable` fails at once (the dead letter
+/// says why) and counts toward quarantine; another plugin's retries are
+/// paid from its own.
+#[tokio::test]
+async fn retries_stop_once_the_plugins_retry_budget_is_spent() {
+    let stalling = with_backoff(&format!("{}fail_times = 19\n", mode("retry")))
+        .replace("[limits]\n", "[limits]\nretries = 20\n");
+    let flaky = with_backoff(&format!("{}fail_times = 3\n", mode("retry")));
+    let dir = plugin_dir(&[
+        ("stalling", TEST_PLUGIN, Some(&stalling)),
+        ("flaky", TEST_PLUGIN, Some(&flaky)),
+    ]);
+    let plugins = load(&sandbox(), dir.path()).await;
+    let budget = Duration::from_millis(300);
+    let policy = DispatchPolicy {
+        retry_wait: RetryWait::Backoff { budget },
+        ..policy(2)
+    };
+    let mut dispatcher = Dispatcher::with(&plugins, policy, Arc::default());
+
+    for (n, at) in [(1, 1_000), (2, 2_000)] {
+        let outcomes = tokio::time::timeout(
+            Duration::from_secs(20),
+            dispatcher.dispatch(&created(&format!("t{n}"), at), 0, at),
+        )
+        .await
+        .expect("the budget ends the retries");
+        let by_name = |name: &str| outcomes.iter().find(|o| o.plugin.name == name).unwrap();
+        let err = by_name("stalling").result.as_ref().unwrap_err();
+        assert_eq!(plugin_error_kind(err), Some(ErrorKind::Retryable), "{err}");
+        assert!(
+            err.to_string()
+                .contains("the plugin's retry budget of 300ms is spent"),
+            "event {n}: {err}"
+        );
+        assert!(
+            by_name("flaky").result.is_ok(),
+            "event {n}: its own budget pays for its three retries"
+        );
+    }
+    let health = |name: &str| {
+        let plugin = plugins.iter().find(|p| p.name == name).unwrap();
+        plugin.health.retry_at()
+    };
+    assert!(health("stalling").is_some(), "two events failed in a row");
+    assert!(health("flaky").is_none());
 }
 
 #[tokio::test]

@@ -399,7 +399,9 @@ impl Pipeline {
                 storm_after: p.timer_storm_quarantine_after,
             },
             min_timer_rearm: p.min_timer_rearm,
-            retry_wait: RetryWait::Backoff,
+            retry_wait: RetryWait::Backoff {
+                budget: p.retry_budget,
+            },
             max_hops: p.max_hops,
         }
     }

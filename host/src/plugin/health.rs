@@ -16,11 +16,15 @@
 //! more than `storm_after` times within a minute — quarantines the plugin
 //! at once.
 //!
+//! The record also holds the version's retry budget
+//! ([`Health::spend_on_retry`]): how much longer its `retryable` errors may
+//! keep partitions waiting.
+//!
 //! [`CallError::counts_toward_quarantine`]: crate::sandbox::CallError::counts_toward_quarantine
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::world::Timestamp;
 
@@ -111,7 +115,13 @@ struct State {
     /// Throttled re-arms in the current storm window, and when it began.
     rearms: u32,
     rearm_window: Timestamp,
+    /// What is left of the retry budget, and when that was reckoned
+    /// (`None`: nothing spent yet, the budget is whole).
+    retry_budget: Option<(Duration, Instant)>,
 }
+
+/// The share of the time passing by which a spent retry budget refills.
+pub const RETRY_BUDGET_REFILL: f64 = 0.1;
 
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
@@ -223,6 +233,29 @@ impl Health {
             }
             Self::suspend(state, policy, now)
         })
+    }
+
+    /// Pays `cost` (a retry's back-off and the failed try before it) out
+    /// of the retry budget at `now`, if what is left covers it: the budget
+    /// holds up to `budget` and refills at [`RETRY_BUDGET_REFILL`] of the
+    /// time passing. `false`: the retry is not to be made. The budget is
+    /// the version's, shared by every partition, so a plugin answering
+    /// `retryable` to every event costs each partition at most a tenth of
+    /// its time once the budget is spent; its errors then fail at once,
+    /// and count toward quarantine.
+    pub fn spend_on_retry(&self, cost: Duration, budget: Duration, now: Instant) -> bool {
+        let mut state = self.state();
+        let (left, at) = state.retry_budget.unwrap_or((budget, now));
+        let refilled = now
+            .saturating_duration_since(at)
+            .mul_f64(RETRY_BUDGET_REFILL);
+        let left = left.saturating_add(refilled).min(budget);
+        let (left, paid) = match left.checked_sub(cost) {
+            Some(rest) => (rest, true),
+            None => (left, false),
+        };
+        state.retry_budget = Some((left, now));
+        paid
     }
 
     /// Counts `count` timer re-arms throttled at `now`; past the policy's
@@ -381,5 +414,21 @@ mod tests {
             );
         }
         assert!(health.admit(0).is_ok());
+    }
+
+    #[test]
+    fn retries_are_paid_for_from_a_budget_that_refills_slowly() {
+        let health = Health::default();
+        let budget = Duration::from_secs(60);
+        let start = Instant::now();
+        let at = |secs: u64| start + Duration::from_secs(secs);
+        assert!(health.spend_on_retry(Duration::from_secs(50), budget, at(0)));
+        assert!(!health.spend_on_retry(Duration::from_secs(20), budget, at(0)));
+        // 100 s later a tenth of them is back: 10 + 10 s.
+        assert!(health.spend_on_retry(Duration::from_secs(20), budget, at(100)));
+        assert!(!health.spend_on_retry(Duration::from_secs(1), budget, at(100)));
+        // Never more than the whole budget, however long it rests.
+        assert!(!health.spend_on_retry(Duration::from_secs(61), budget, at(100_000)));
+        assert!(health.spend_on_retry(Duration::from_secs(60), budget, at(100_000)));
     }
 }
