@@ -123,7 +123,8 @@ pub(super) struct WorkerContext {
     pub(super) changelog_flush_idle: Duration,
     pub(super) clock: Clock,
     pub(super) stats: Arc<PipelineMetrics>,
-    /// The rate of warnings about single records (shared by the workers).
+    /// The rate of warnings about single records and read errors (shared
+    /// by the workers).
     pub(super) warnings: Arc<LogThrottle>,
 }
 
@@ -465,10 +466,14 @@ impl Worker {
         }
     }
 
-    /// Counts and reports an error reading the partition's queue.
+    /// Counts and reports an error reading the partition's queue, at the
+    /// workers' shared warning rate (librdkafka repeats a fetch error for
+    /// every partition it hits, each time it retries the fetch).
     fn read_failed(&self, err: &KafkaError) {
         self.context.stats.consumer_errors.inc();
-        warn!(error = %err, "Error reading the partition.");
+        if self.context.warnings.admit() {
+            warn!(error = %err, "Error reading the partition.");
+        }
     }
 
     /// Fires up to [`TIMER_BATCH`] timers that are due now.
