@@ -427,23 +427,26 @@ impl Slot {
         let limits = self.plugin.spec.limits;
         let mut attempt = 0_u32;
         loop {
-            let (mut result, ended) = self.run(now, call, started).await;
+            let (mut result, took, ended) = self.run(now, call, started).await;
             match &mut result {
                 Err(err) if err.is_retryable() && u64::from(attempt) < limits.retries.0 => {
                     let backoff =
                         clock::backoff(limits.retry_backoff.0, attempt + 1, MAX_RETRY_BACKOFF);
-                    if let RetryWait::Backoff { budget } = policy.retry_wait {
-                        let cost = backoff + ended.saturating_duration_since(started);
-                        if !self.plugin.health.spend_on_retry(cost, budget, ended) {
-                            // Said in the error, its log line and dead letter.
-                            if let CallError::Plugin { message, .. } = err {
-                                message.push_str(&format!(
-                                    " (not retried after {attempt} retries: the plugin's retry budget of {} is spent)",
-                                    format_duration(budget)
-                                ));
-                            }
-                            return (result, ended);
+                    if let RetryWait::Backoff { budget } = policy.retry_wait
+                        && !self
+                            .plugin
+                            .health
+                            .spend_on_retry(backoff + took, budget, ended)
+                    {
+                        // Said first, so no cut of the message to its
+                        // bound (a dead letter's) loses it.
+                        if let CallError::Plugin { message, .. } = err {
+                            *message = format!(
+                                "not retried after {attempt} retries, the plugin's retry budget of {} is spent: {message}",
+                                format_duration(budget)
+                            );
                         }
+                        return (result, ended);
                     }
                     attempt += 1;
                     self.metrics.retried();
@@ -467,14 +470,15 @@ impl Slot {
 
     /// Runs the call on a warm instance (created if needed), counting its
     /// time limit from `started` (or from when a new instance was ready).
-    /// Returns the result and when the call ended: the clock is read once
-    /// here and once by the caller per call.
+    /// Returns the result, how long the call took (from `started`, or
+    /// from when a new instance was ready) and when it ended: the clock is
+    /// read once here and once by the caller per call.
     async fn run(
         &mut self,
         now: Timestamp,
         call: Call<'_>,
         mut started: Instant,
-    ) -> (Result<Effects, CallError>, Instant) {
+    ) -> (Result<Effects, CallError>, Duration, Instant) {
         let instance = match &mut self.instance {
             Some(instance) if instance.is_reusable() => instance,
             slot => match self.plugin.instantiate().await {
@@ -482,7 +486,7 @@ impl Slot {
                     started = Instant::now();
                     slot.insert(instance)
                 }
-                Err(err) => return (Err(err), Instant::now()),
+                Err(err) => return (Err(err), Duration::ZERO, Instant::now()),
             },
         };
         let result = match call {
@@ -498,16 +502,14 @@ impl Slot {
             }
         };
         let ended = Instant::now();
+        let took = ended.duration_since(started);
         self.memory_peak = self.memory_peak.max(instance.memory_peak());
-        self.metrics.call(
-            call.handler(),
-            ended.duration_since(started),
-            instance.memory_peak(),
-        );
+        self.metrics
+            .call(call.handler(), took, instance.memory_peak());
         if !instance.is_reusable() {
             self.instance = None;
         }
-        (result, ended)
+        (result, took, ended)
     }
 
     /// The effects of a call at `hops` at or past `max_hops`, refused if
@@ -619,7 +621,7 @@ impl Slot {
     /// plugin that traps on the rest out of quarantine — though a clean
     /// answer (`bad-input`) lifts a quarantine on its trial call. A
     /// `retryable` error still here has had its retries and failed them
-    /// all: it counts.
+    /// all, or its retry budget refused one: it counts.
     fn record(
         &self,
         now: Timestamp,

@@ -143,6 +143,11 @@ impl Pipeline {
                 Rate::WARNINGS,
                 self.telemetry.pipeline.warnings_suppressed.clone(),
             )),
+            read_errors: Arc::new(LogThrottle::new(
+                "partition reads",
+                Rate::WARNINGS,
+                self.telemetry.pipeline.warnings_suppressed.clone(),
+            )),
         };
         info!(brokers, topics, group = %kafka.group_id, plugins = self.plugins.current().plugins.len(), "Pipeline started.");
 

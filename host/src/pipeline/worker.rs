@@ -123,9 +123,12 @@ pub(super) struct WorkerContext {
     pub(super) changelog_flush_idle: Duration,
     pub(super) clock: Clock,
     pub(super) stats: Arc<PipelineMetrics>,
-    /// The rate of warnings about single records and read errors (shared
-    /// by the workers).
+    /// The rate of warnings about single records (shared by the workers).
     pub(super) warnings: Arc<LogThrottle>,
+    /// The rate of warnings about errors reading partitions (shared by the
+    /// workers: librdkafka repeats a fetch error for every partition it
+    /// hits, each time it retries the fetch).
+    pub(super) read_errors: Arc<LogThrottle>,
 }
 
 pub(super) struct Worker {
@@ -467,11 +470,10 @@ impl Worker {
     }
 
     /// Counts and reports an error reading the partition's queue, at the
-    /// workers' shared warning rate (librdkafka repeats a fetch error for
-    /// every partition it hits, each time it retries the fetch).
+    /// workers' shared rate for these.
     fn read_failed(&self, err: &KafkaError) {
         self.context.stats.consumer_errors.inc();
-        if self.context.warnings.admit() {
+        if self.context.read_errors.admit() {
             warn!(error = %err, "Error reading the partition.");
         }
     }

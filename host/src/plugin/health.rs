@@ -10,7 +10,8 @@
 //!
 //! Only the plugin's own failures count (traps, deadlines, memory, quotas,
 //! instantiation, `internal` errors, and `retryable` ones whose retries all
-//! failed — see [`CallError::counts_toward_quarantine`]); a plugin
+//! failed or that the retry budget would not pay a retry for — see
+//! [`CallError::counts_toward_quarantine`]); a plugin
 //! rejecting its input does not, and only a success ends a run of
 //! failures. A timer storm — `on-timer` re-arming timers for (nearly) now
 //! more than `storm_after` times within a minute — quarantines the plugin
@@ -254,7 +255,9 @@ impl Health {
             Some(rest) => (rest, true),
             None => (left, false),
         };
-        state.retry_budget = Some((left, now));
+        // Partitions on other threads may have reckoned it at a later
+        // instant already: refill from the latest only.
+        state.retry_budget = Some((left, at.max(now)));
         paid
     }
 

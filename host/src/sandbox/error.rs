@@ -155,7 +155,8 @@ impl CallError {
 
     /// Whether the failure, as the dispatcher finally records it, counts
     /// towards quarantine: the plugin's own failures, and a `retryable`
-    /// error still standing after its retries (each failed).
+    /// error still standing after its retries (each failed, or refused by
+    /// the plugin's retry budget).
     pub fn counts_toward_quarantine(&self) -> bool {
         self.is_plugin_fault() || self.is_retryable()
     }
