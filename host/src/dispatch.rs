@@ -297,6 +297,7 @@ impl Dispatcher {
             .iter_mut()
             .filter(|s| s.next_due().is_some_and(|due| due <= now))
             .min_by_key(|s| s.next_due())?;
+        let before = slot.state.usage();
         let (key, timer) = slot.state.pop_due(now)?;
         let hops = timer.hops;
         let timer = FiredTimer {
@@ -305,7 +306,13 @@ impl Dispatcher {
             payload: timer.payload,
         };
         let mut outcome = slot
-            .call(now, hops, Call::Timer(&timer), &self.policy, &self.metrics)
+            .call(
+                now,
+                hops,
+                Call::Timer(&timer, before),
+                &self.policy,
+                &self.metrics,
+            )
             .await;
         // The fired timer is gone unless the handler set it again: either
         // way its key changed.
@@ -324,14 +331,15 @@ impl Dispatcher {
 #[derive(Clone, Copy)]
 enum Call<'a> {
     Event(&'a TaskEvent),
-    Timer(&'a FiredTimer),
+    /// A firing, and the plugin's usage before its timer was taken out.
+    Timer(&'a FiredTimer, Usage),
 }
 
 impl Call<'_> {
     fn handler(self) -> Handler {
         match self {
             Self::Event(_) => Handler::OnEvent,
-            Self::Timer(_) => Handler::OnTimer,
+            Self::Timer(..) => Handler::OnTimer,
         }
     }
 }
@@ -495,7 +503,7 @@ impl Slot {
                     .on_event(event, now, started, &mut self.state)
                     .await
             }
-            Call::Timer(timer) => {
+            Call::Timer(timer, _) => {
                 instance
                     .on_timer(timer, now, started, &mut self.state)
                     .await
@@ -563,11 +571,18 @@ impl Slot {
             timer.hops = hops;
         }
         changes.prune_unchanged(&self.state);
-        let throttled = matches!(call, Call::Timer(_))
+        let throttled = matches!(call, Call::Timer(..))
             && self.throttle_rearms(now, &mut changes, policy, metrics);
+        // A firing's growth counts from before its timer was taken out, so
+        // setting it again is none: a plugin over a lowered limit keeps a
+        // timer it re-arms.
+        let before = match call {
+            Call::Timer(_, before) => before,
+            Call::Event(_) => self.state.usage(),
+        };
         check_usage(
             &self.plugin.spec.limits,
-            self.state.usage(),
+            before,
             self.state.usage_after(&changes),
         )?;
         let changed = changes.names();

@@ -540,6 +540,37 @@ async fn effects_of_a_failed_call_are_discarded() {
     assert!(dispatcher.fire_next(i64::MAX).await.is_none());
 }
 
+/// An operator lowered `limits.timers` below what a plugin's restored
+/// state holds. A firing takes its timer out before the call, so setting
+/// it again in `on-timer` was measured as growth past the limit: the call
+/// failed with `quota` (counted toward quarantine) and the timer was gone
+/// for good. Growth now counts from before the timer was taken out.
+#[tokio::test]
+async fn a_plugin_over_a_lowered_timer_limit_keeps_a_timer_it_rearms() {
+    let rearm = mode("rearm").replace("[limits]\n", "[limits]\ntimers = 1\n");
+    let dir = plugin_dir(&[("rearming", TEST_PLUGIN, Some(&rearm))]);
+    let plugins = load(&sandbox(), dir.path()).await;
+    let mut dispatcher = Dispatcher::new(&plugins);
+    let mut state = todo_eventd::state::PluginState::default();
+    for (key, due) in [("a", 1_000), ("b", 5_000)] {
+        let timer = todo_eventd::state::Timer {
+            due,
+            payload: Vec::new(),
+            hops: 0,
+        };
+        state.set_timer(key.to_owned(), Some(timer));
+    }
+    dispatcher.restore([("rearming".to_owned(), state)].into());
+    assert_eq!(dispatcher.timer_count(), 2, "over the limit of 1");
+
+    let firing = dispatcher.fire_next(1_000).await.unwrap();
+    assert!(firing.outcome.result.is_ok(), "{:?}", firing.outcome.result);
+    assert_eq!(dispatcher.timer_count(), 2, "re-armed, not lost");
+    let state = dispatcher.state("rearming").unwrap();
+    assert!(state.timer("a").is_some_and(|t| t.due > 1_000));
+    assert_eq!(plugins[0].health.snapshot().consecutive_failures, 0);
+}
+
 #[tokio::test]
 async fn timers_fire_in_order_with_their_payload() {
     let timer = mode("timer");
