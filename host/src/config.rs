@@ -630,16 +630,41 @@ impl Override {
                 let toml::Value::Table(sub) = sub else {
                     return Err(format!("{key} is not a table"));
                 };
-                // librdkafka properties are strings.
+                // librdkafka properties are strings, taken as given (a
+                // password `0x1F` read as TOML would become `31`); only
+                // a quoted one is unquoted.
                 let value = match value {
                     toml::Value::String(s) => s,
-                    other => other.to_string(),
+                    _ => self.value.clone(),
                 };
                 sub.insert(name.to_owned(), toml::Value::String(value));
             }
         }
         Ok(())
     }
+}
+
+/// A parse error of the configuration `text`: toml's own text, which
+/// quotes the offending line, unless that line sets a secret-looking key
+/// (a password with a bad escape, say): then only where and what.
+fn parse_message(text: &str, error: &toml::de::Error) -> String {
+    let Some(span) = error.span() else {
+        return error.to_string().trim_end().to_owned();
+    };
+    let start = span.start.min(text.len());
+    let line_start = text[..start].rfind('\n').map_or(0, |at| at + 1);
+    let line = text[line_start..].lines().next().unwrap_or_default();
+    let key = line.split('=').next().unwrap_or_default();
+    let key = key.trim().trim_matches(|c| c == '"' || c == '\'');
+    if !is_secret_name(key) {
+        return error.to_string().trim_end().to_owned();
+    }
+    let number = text[..start].matches('\n').count() + 1;
+    let column = text[line_start..start].chars().count() + 1;
+    format!(
+        "TOML parse error at line {number}, column {column} (a secret's line, not shown): {}",
+        error.message().trim_end()
+    )
 }
 
 impl Config {
@@ -668,7 +693,7 @@ impl Config {
                 })?;
                 let parse_error = |e: toml::de::Error| ConfigError::Parse {
                     file: file.to_owned(),
-                    message: e.to_string().trim_end().to_owned(),
+                    message: parse_message(&text, &e),
                 };
                 // Parsed from the text first, for errors with line and key.
                 toml::from_str::<Self>(&text).map_err(parse_error)?;
@@ -999,6 +1024,51 @@ mod tests {
         assert_eq!(config.plugins.quarantine_after, 3);
         assert_eq!(config.sandbox.limits().0.memory, ByteSize::mib(16));
         assert_eq!(config.admin.addr.port(), 9000);
+    }
+
+    /// librdkafka properties are strings: an override is taken as given,
+    /// not read as TOML first (`0x1F` became `31`, `1.50` `1.5`: a
+    /// password silently changed, and redacted wherever it is shown).
+    #[test]
+    fn property_overrides_are_taken_as_given() {
+        let overrides: Vec<Override> = [
+            "kafka.properties.sasl.password=0x1F",
+            "kafka.properties.sasl.username=1_000",
+            "kafka.properties.socket.timeout.ms=1.50",
+            "kafka.properties.client.id=\"quoted\"",
+        ]
+        .into_iter()
+        .map(|flag| Override::from_flag(flag).unwrap())
+        .collect();
+        let config = Config::load(None, &overrides).unwrap();
+        let properties = &config.kafka.properties;
+        assert_eq!(properties["sasl.password"], "0x1F");
+        assert_eq!(properties["sasl.username"], "1_000");
+        assert_eq!(properties["socket.timeout.ms"], "1.50");
+        assert_eq!(properties["client.id"], "quoted");
+    }
+
+    /// toml's parse errors quote the offending line: not when it sets a
+    /// secret (a password with a bad escape would be printed whole).
+    #[test]
+    fn a_parse_error_does_not_show_a_secrets_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("todo-eventd.toml");
+        std::fs::write(
+            &file,
+            "[kafka.properties]\n\"sasl.password\" = \"hunter\\q2\"\n",
+        )
+        .unwrap();
+        let err = Config::from_file(&file).unwrap_err().to_string();
+        assert!(!err.contains("hunter"), "{err}");
+        assert!(
+            err.contains("line 2, column 27 (a secret's line, not shown)"),
+            "{err}"
+        );
+        // Any other line is quoted as toml quotes it.
+        std::fs::write(&file, "[kafka]\ngroup_id = \"orders\\q\"\n").unwrap();
+        let err = Config::from_file(&file).unwrap_err().to_string();
+        assert!(err.contains("group_id = \"orders\\q\""), "{err}");
     }
 
     #[test]
