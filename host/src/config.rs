@@ -453,7 +453,8 @@ pub struct PipelineConfig {
     #[serde(with = "crate::units::duration")]
     pub shutdown_timeout: Duration,
     /// How long one attempt to restore a partition's state from the
-    /// changelog may take (failed attempts are retried).
+    /// changelog may go without reading a record (failed attempts are
+    /// retried).
     #[serde(with = "crate::units::duration")]
     pub restore_timeout: Duration,
     /// How often stored offsets are committed.

@@ -31,8 +31,11 @@ const POLL: Duration = Duration::from_millis(10);
 
 /// Reads changelog partition `partition` from the beginning to its end as of
 /// now, keeping the records that belong to `input_topic`. Gives up with
-/// `Canceled` after `timeout` or as soon as `cancel` is set. Blocking: run
-/// it off the async threads.
+/// `Canceled` once `timeout` passes without a record (a read that makes
+/// progress goes on, however long the changelog: each attempt starts from
+/// the beginning, so a bound on the whole read could fail every attempt of
+/// a long one), or as soon as `cancel` is set. Blocking: run it off the
+/// async threads.
 pub fn restore_partition(
     client: &ClientConfig,
     changelog: &str,
@@ -41,25 +44,7 @@ pub fn restore_partition(
     timeout: Duration,
     cancel: &AtomicBool,
 ) -> Result<Restorer, KafkaError> {
-    let consumer: BaseConsumer = client
-        .clone()
-        .set("group.id", "todo-eventd-restore")
-        .set("enable.auto.commit", "false")
-        // The end of the partition as the broker's fetch answer reports it.
-        .set("enable.partition.eof", "true")
-        // The changelog is written without transactions; and some brokers
-        // (tansu 0.6.0) report a last stable offset that would hide all but
-        // the first record of a batch from a read_committed reader.
-        .set("isolation.level", "read_uncommitted")
-        // Larger fetches, answered as soon as they can be: a restore reads
-        // a partition from the beginning as fast as the broker serves it.
-        .set("max.partition.fetch.bytes", "16777216")
-        .set("fetch.max.bytes", "67108864")
-        .set("fetch.wait.max.ms", "10")
-        // When 100 000 records wait unread (librdkafka's queue threshold),
-        // fetch again 10 ms later rather than after the default second.
-        .set("fetch.queue.backoff.ms", "10")
-        .create()?;
+    let consumer: BaseConsumer = restore_config(client).create()?;
     let mut restorer = Restorer::default();
     let (low, high) =
         consumer.fetch_watermarks(changelog, partition, timeout.min(Duration::from_secs(10)))?;
@@ -69,7 +54,10 @@ pub fn restore_partition(
     let mut assignment = TopicPartitionList::new();
     assignment.add_partition_offset(changelog, partition, Offset::Beginning)?;
     consumer.assign(&assignment)?;
-    let deadline = Instant::now() + timeout;
+    let mut deadline = Instant::now() + timeout;
+    // Records received, and as of the last time the deadline was looked at
+    // (which moves it on if there were more since).
+    let (mut received, mut received_at_deadline) = (0_u64, 0_u64);
     // Since when no record has arrived (reset by every record, without
     // reading the clock per record).
     let mut quiet_since: Option<Instant> = None;
@@ -82,6 +70,7 @@ pub fn restore_partition(
         }
         match consumer.poll(POLL) {
             Some(Ok(message)) => {
+                received += 1;
                 restorer.apply(
                     input_topic,
                     message.key().unwrap_or_default(),
@@ -107,13 +96,65 @@ pub fn restore_partition(
                 if at_end && quiet.elapsed() >= quiet_needed {
                     break;
                 }
-                if Instant::now() > deadline {
+                let now = Instant::now();
+                if received > received_at_deadline {
+                    received_at_deadline = received;
+                    deadline = now + timeout;
+                } else if now > deadline {
                     return Err(KafkaError::Canceled);
                 }
             }
         }
     }
     Ok(restorer)
+}
+
+/// The restore's consumer settings: `client`'s, with what the read needs,
+/// and larger fetches answered as soon as they can be — a restore reads a
+/// partition from the beginning as fast as the broker serves it — unless
+/// the operator set them.
+fn restore_config(client: &ClientConfig) -> ClientConfig {
+    let mut config = client.clone();
+    config
+        .set("group.id", "todo-eventd-restore")
+        .set("enable.auto.commit", "false")
+        // The end of the partition as the broker's fetch answer reports it.
+        .set("enable.partition.eof", "true")
+        // The changelog is written without transactions; and some brokers
+        // (tansu 0.6.0) report a last stable offset that would hide all but
+        // the first record of a batch from a read_committed reader.
+        .set("isolation.level", "read_uncommitted");
+    let defaults = [
+        ("max.partition.fetch.bytes", "16777216"),
+        ("fetch.wait.max.ms", "10"),
+        // When 100 000 records wait unread (librdkafka's queue threshold),
+        // fetch again 10 ms later rather than after the default second.
+        ("fetch.queue.backoff.ms", "10"),
+    ];
+    for (key, value) in defaults {
+        if config.get(key).is_none() {
+            config.set(key, value);
+        }
+    }
+    // librdkafka refuses a consumer whose fetch.max.bytes (set) is below
+    // message.max.bytes, or whose receive.message.max.bytes is below
+    // fetch.max.bytes + 512: an operator's larger message.max.bytes must
+    // not make every restore fail.
+    let number = |config: &ClientConfig, key: &str, default: u64| {
+        config
+            .get(key)
+            .and_then(|value| value.trim().parse::<u64>().ok())
+            .unwrap_or(default)
+    };
+    if config.get("fetch.max.bytes").is_none() {
+        let fetch = number(&config, "message.max.bytes", 1_000_000).max(64 << 20);
+        config.set("fetch.max.bytes", fetch.to_string());
+    }
+    let fetch = number(&config, "fetch.max.bytes", 52_428_800);
+    if config.get("receive.message.max.bytes").is_none() && fetch + 512 > 100_000_000 {
+        config.set("receive.message.max.bytes", (fetch + 512).to_string());
+    }
+    config
 }
 
 /// Whether the consumer's position on `changelog` is at or past `offset`.
@@ -123,4 +164,104 @@ fn passed(consumer: &BaseConsumer, changelog: &str, offset: i64) -> Result<bool,
         .elements_for_topic(changelog)
         .iter()
         .any(|e| matches!(e.offset(), Offset::Offset(o) if o >= offset)))
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
+    use super::*;
+    use crate::kafka::EmbeddedBroker;
+    use crate::state::changelog::{self, EntryKind};
+
+    /// An embedded broker with `count` state values of plugin `p` (500
+    /// bytes each, one batch each) in partition 0 of `state`.
+    fn changelog_of(count: u32) -> EmbeddedBroker {
+        let broker = EmbeddedBroker::start().expect("embedded broker");
+        broker.create_topic("state", 1).expect("topic");
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", broker.bootstrap_servers())
+            .set("linger.ms", "0")
+            .create()
+            .expect("producer");
+        for n in 0..count {
+            let key = changelog::key("task-events", "p", EntryKind::Key, &format!("k{n}"));
+            let value = changelog::key_value(Some(&[b'v'; 500]), None).expect("a value");
+            producer
+                .send(
+                    BaseRecord::to("state")
+                        .partition(0)
+                        .key(&key)
+                        .payload(&value),
+                )
+                .expect("queued");
+            producer.flush(Duration::from_secs(10)).expect("written");
+        }
+        broker
+    }
+
+    fn client(broker: &EmbeddedBroker, properties: &[(&str, &str)]) -> ClientConfig {
+        let mut client = ClientConfig::new();
+        client.set("bootstrap.servers", broker.bootstrap_servers());
+        for (key, value) in properties {
+            client.set(*key, *value);
+        }
+        client
+    }
+
+    /// The timeout bounds a stretch without a record, not the read: a
+    /// restore that takes a fetch per record (the operator's fetch sizes,
+    /// kept) from a broker answering in 100 ms goes on past a 1 s
+    /// timeout. Bounding the whole read made every attempt of a read
+    /// longer than the timeout fail, and each retry starts over.
+    #[test]
+    fn a_restore_that_keeps_reading_is_not_cut_off() {
+        let broker = changelog_of(30);
+        broker
+            .cluster()
+            .broker_round_trip_time(1, Duration::from_millis(100))
+            .expect("slow broker");
+        let client = client(
+            &broker,
+            &[
+                ("message.max.bytes", "1000"),
+                ("fetch.max.bytes", "1000"),
+                ("max.partition.fetch.bytes", "1000"),
+            ],
+        );
+        let started = Instant::now();
+        let restorer = restore_partition(
+            &client,
+            "state",
+            0,
+            "task-events",
+            Duration::from_secs(1),
+            &AtomicBool::new(false),
+        )
+        .expect("restored");
+        assert_eq!(restorer.applied, 30);
+        assert!(
+            started.elapsed() > Duration::from_secs(1),
+            "the read did outlast the timeout: {:?}",
+            started.elapsed()
+        );
+    }
+
+    /// An operator's `message.max.bytes` above the restore's 64 MiB fetch
+    /// made librdkafka refuse the restore's consumer, every attempt.
+    #[test]
+    fn a_large_message_max_bytes_does_not_stop_restores() {
+        let broker = changelog_of(1);
+        let client = client(&broker, &[("message.max.bytes", "100000000")]);
+        let restorer = restore_partition(
+            &client,
+            "state",
+            0,
+            "task-events",
+            Duration::from_secs(30),
+            &AtomicBool::new(false),
+        )
+        .expect("restored");
+        assert_eq!(restorer.applied, 1);
+    }
 }
