@@ -227,8 +227,8 @@ pub fn superseded(
         .collect()
 }
 
-/// Decodes a changelog record.
-pub fn decode<'a>(key: &'a [u8], value: Option<&[u8]>) -> Result<Entry<'a>, CorruptRecord> {
+/// A changelog record's key: input topic, plugin, kind tag and key name.
+fn decode_key(key: &[u8]) -> Result<(&str, &str, &str, &str), CorruptRecord> {
     let text = std::str::from_utf8(key).map_err(|_| CorruptRecord("key is not UTF-8"))?;
     let mut parts = text.splitn(4, char::from(SEP));
     let (Some(input_topic), Some(plugin), Some(kind), Some(key)) =
@@ -236,6 +236,12 @@ pub fn decode<'a>(key: &'a [u8], value: Option<&[u8]>) -> Result<Entry<'a>, Corr
     else {
         return Err(CorruptRecord("key has fewer than four parts"));
     };
+    Ok((input_topic, plugin, kind, key))
+}
+
+/// Decodes a changelog record.
+pub fn decode<'a>(key: &'a [u8], value: Option<&[u8]>) -> Result<Entry<'a>, CorruptRecord> {
+    let (input_topic, plugin, kind, key) = decode_key(key)?;
     let change = match kind {
         "e" => match value {
             Some(value) => decode_key_value(value)?,
@@ -306,6 +312,7 @@ impl Restorer {
                 }
                 self.unreadable += 1;
                 self.skipped += 1;
+                self.forget_unreadable(input_topic, key);
                 return;
             }
         };
@@ -342,6 +349,30 @@ impl Restorer {
             }
         }
         self.applied += 1;
+    }
+
+    /// A record whose key reads but whose value does not (a newer
+    /// version's flag, say) replaced whatever its key held before: that is
+    /// dropped too, not left in force — an older value or timer would come
+    /// back, or not, as compaction happened to have removed it.
+    fn forget_unreadable(&mut self, input_topic: &str, key: &[u8]) {
+        let Ok((topic, plugin, kind, name)) = decode_key(key) else {
+            return;
+        };
+        if topic != input_topic {
+            return;
+        }
+        let Some(state) = self.states.get_mut(plugin) else {
+            return;
+        };
+        match kind {
+            "e" => {
+                state.set_timer(name.to_owned(), None);
+                state.set_value(name.to_owned(), None);
+            }
+            "t" => state.set_timer(name.to_owned(), None),
+            _ => {}
+        }
     }
 
     /// The rebuilt states, by plugin name, and the changelog keys of the
@@ -393,6 +424,25 @@ mod tests {
             restorer.apply("task-events", key, value.as_deref());
         }
         restorer
+    }
+
+    /// A record whose value cannot be read (a newer version's flag) leaves
+    /// its key empty: the older value and timer it replaced do not come
+    /// back (they would, or not, as compaction happened to go).
+    #[test]
+    fn an_unreadable_value_drops_what_its_key_held_before() {
+        let name = |n: &str| key("task-events", "reminders", EntryKind::Key, n);
+        let older = key_value(Some(b"memo"), Some(&timer(60_000, b"p")));
+        let restorer = restore(&[
+            (name("task:1"), older.clone()),
+            (name("task:2"), older),
+            (name("task:1"), Some(vec![HAS_VALUE | 0x08, b'x'])),
+        ]);
+        assert_eq!((restorer.unreadable, restorer.applied), (1, 2));
+        let (states, _) = restorer.into_parts();
+        let state = &states["reminders"];
+        assert!(state.get("task:1").is_none() && state.timer("task:1").is_none());
+        assert!(state.get("task:2").is_some() && state.timer("task:2").is_some());
     }
 
     #[test]
