@@ -973,6 +973,23 @@ mod tests {
         (key.as_bytes().to_vec(), Some(value.as_bytes().to_vec()))
     }
 
+    /// The end offset of the embedded broker's `state` partition 0: how
+    /// many changelog records landed.
+    fn changelog_end(broker: &EmbeddedBroker) -> i64 {
+        let reader: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", broker.bootstrap_servers())
+            .create()
+            .expect("reader");
+        let (_, end) = rdkafka::consumer::Consumer::fetch_watermarks(
+            &reader,
+            "state",
+            0,
+            Duration::from_secs(30),
+        )
+        .expect("watermarks");
+        end
+    }
+
     /// Deliveries to partition 0 of an embedded broker with topic `state`,
     /// through a producer with `properties`.
     fn on_embedded_broker(
@@ -1143,17 +1160,7 @@ mod tests {
             }
         );
         // In the log: the batch on the wire, not the change held after it.
-        let reader: rdkafka::consumer::BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", broker.bootstrap_servers())
-            .create()
-            .expect("reader");
-        let (_, end) = rdkafka::consumer::Consumer::fetch_watermarks(
-            &reader,
-            "state",
-            0,
-            Duration::from_secs(30),
-        )
-        .expect("watermarks");
+        let end = changelog_end(&broker);
         assert_eq!(end, 1);
         assert_eq!(
             stats.changelog_records.get(),
@@ -1243,17 +1250,7 @@ mod tests {
             },
             "the output was on the wire, the change was not"
         );
-        let reader: rdkafka::consumer::BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", broker.bootstrap_servers())
-            .create()
-            .expect("reader");
-        let (_, end) = rdkafka::consumer::Consumer::fetch_watermarks(
-            &reader,
-            "state",
-            0,
-            Duration::from_secs(30),
-        )
-        .expect("watermarks");
+        let end = changelog_end(&broker);
         assert_eq!(end, 0, "no state change in the changelog");
         assert_eq!(stats.changelog_records.get(), 0);
     }
