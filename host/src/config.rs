@@ -152,7 +152,7 @@ impl std::fmt::Debug for KafkaConfig {
 }
 
 /// librdkafka's default `message.max.bytes`.
-const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
+pub(crate) const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
 /// The producer's `message.timeout.ms` unless the operator sets it.
 pub const DEFAULT_MESSAGE_TIMEOUT_MS: u64 = 30_000;
 /// librdkafka's default `request.timeout.ms`.

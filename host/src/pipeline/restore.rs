@@ -8,6 +8,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
+use crate::config::DEFAULT_MESSAGE_MAX_BYTES;
 use crate::state::changelog::Restorer;
 
 /// How long the changelog must stay quiet, once the position has passed
@@ -28,6 +29,14 @@ const EOF_QUIET: Duration = Duration::from_millis(20);
 
 /// How long one poll waits for a record.
 const POLL: Duration = Duration::from_millis(10);
+
+/// The restore's `fetch.max.bytes` unless the operator sets it (or sets a
+/// larger `message.max.bytes`).
+const FETCH_MAX_BYTES: u64 = 64 << 20;
+/// librdkafka's default `fetch.max.bytes`.
+const DEFAULT_FETCH_MAX_BYTES: u64 = 52_428_800;
+/// librdkafka's default `receive.message.max.bytes`.
+const DEFAULT_RECEIVE_MESSAGE_MAX_BYTES: u64 = 100_000_000;
 
 /// Reads changelog partition `partition` from the beginning to its end as of
 /// now, keeping the records that belong to `input_topic`. Gives up with
@@ -147,11 +156,17 @@ fn restore_config(client: &ClientConfig) -> ClientConfig {
             .unwrap_or(default)
     };
     if config.get("fetch.max.bytes").is_none() {
-        let fetch = number(&config, "message.max.bytes", 1_000_000).max(64 << 20);
-        config.set("fetch.max.bytes", fetch.to_string());
+        let message = number(
+            &config,
+            "message.max.bytes",
+            DEFAULT_MESSAGE_MAX_BYTES as u64,
+        );
+        config.set("fetch.max.bytes", message.max(FETCH_MAX_BYTES).to_string());
     }
-    let fetch = number(&config, "fetch.max.bytes", 52_428_800);
-    if config.get("receive.message.max.bytes").is_none() && fetch + 512 > 100_000_000 {
+    let fetch = number(&config, "fetch.max.bytes", DEFAULT_FETCH_MAX_BYTES);
+    if config.get("receive.message.max.bytes").is_none()
+        && fetch + 512 > DEFAULT_RECEIVE_MESSAGE_MAX_BYTES
+    {
         config.set("receive.message.max.bytes", (fetch + 512).to_string());
     }
     config
