@@ -159,6 +159,9 @@ pub const DEFAULT_MESSAGE_TIMEOUT_MS: u64 = 30_000;
 const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 30_000;
 /// librdkafka's default `max.poll.interval.ms`.
 const DEFAULT_MAX_POLL_INTERVAL_MS: u64 = 300_000;
+/// The most `pipeline.max_concurrent_restores` may be: each restore holds
+/// a blocking thread and a consumer of its own.
+const MAX_CONCURRENT_RESTORES: usize = 64;
 /// Room left, besides the drain and the producer wait, for handing a
 /// revoked partition back (a commit, the unassign) within the group's
 /// rebalance timeout.
@@ -457,6 +460,12 @@ pub struct PipelineConfig {
     /// retried).
     #[serde(with = "crate::units::duration")]
     pub restore_timeout: Duration,
+    /// Partitions reading the changelog to restore their state at once.
+    /// Each read is a consumer of its own, with its own connections,
+    /// thread and fetch buffers (up to `fetch.max.bytes`, 64 MiB by
+    /// default): a member assigned many partitions would otherwise hold
+    /// them all at once. The others wait their turn, not ready.
+    pub max_concurrent_restores: usize,
     /// How often stored offsets are committed.
     #[serde(with = "crate::units::duration")]
     pub commit_interval: Duration,
@@ -483,6 +492,7 @@ impl Default for PipelineConfig {
             max_event_bytes: ByteSize::kib(256),
             shutdown_timeout: Duration::from_secs(30),
             restore_timeout: Duration::from_secs(300),
+            max_concurrent_restores: 4,
             commit_interval: Duration::from_secs(1),
             changelog_flush_interval: Duration::from_secs(1),
             changelog_flush_idle: Duration::from_millis(50),
@@ -881,6 +891,12 @@ impl Config {
         if p.max_in_flight == 0 {
             return invalid("pipeline.max_in_flight", "must be at least 1");
         }
+        if !(1..=MAX_CONCURRENT_RESTORES).contains(&p.max_concurrent_restores) {
+            return invalid(
+                "pipeline.max_concurrent_restores",
+                &format!("must be between 1 and {MAX_CONCURRENT_RESTORES}"),
+            );
+        }
         if p.commit_interval.is_zero() {
             return invalid("pipeline.commit_interval", "must be more than zero");
         }
@@ -1199,6 +1215,10 @@ mod tests {
         assert_eq!(
             refused(|c| c.pipeline.max_event_bytes = ByteSize(100)),
             "pipeline.max_event_bytes: must be between 1KiB and 1GiB"
+        );
+        assert_eq!(
+            refused(|c| c.pipeline.max_concurrent_restores = 0),
+            "pipeline.max_concurrent_restores: must be between 1 and 64"
         );
         let config: Config =
             toml::from_str("[sandbox]\ncompile_memory = \"32MiB\"\ncompile_timeout = \"3s\"")

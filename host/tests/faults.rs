@@ -419,6 +419,46 @@ async fn bad_input_quarantines_nobody() {
     );
 }
 
+/// A member restores at most `pipeline.max_concurrent_restores` partitions
+/// at once — each read is a consumer of its own, with its own fetch
+/// buffers —; the others wait their turn, not ready, and all restore.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn restores_take_turns() {
+    let mut harness = Harness::new(&TOPICS);
+    harness.config.pipeline.max_concurrent_restores = 1;
+    // Every request takes 200 ms: each restore reads for at least that.
+    harness
+        .broker
+        .cluster()
+        .broker_round_trip_time(1, Duration::from_millis(200))
+        .unwrap();
+    let pipeline = Pipeline::new(harness.config.clone(), echo_plugins().await);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = pipeline.run(&harness.brokers, async {
+        let _ = stopped.await;
+    });
+    let watch = async {
+        let (readiness, stats) = (&pipeline.telemetry.readiness, &pipeline.telemetry.pipeline);
+        let (mut most, mut waited) = (0, false);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !readiness.is_ready() && Instant::now() < deadline {
+            let running = stats.restores_running.get();
+            most = most.max(running);
+            // Restoring, and not reading: waiting for a turn.
+            waited |= matches!(readiness.check(), Err(NotReady::Restoring(n)) if n > running);
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let ready = readiness.is_ready();
+        let _ = stop.send(());
+        (ready, most, waited)
+    };
+    let (ran, (ready, most, waited)) = tokio::join!(run, watch);
+    ran.unwrap();
+    assert!(ready, "every partition restored in turn");
+    assert_eq!(most, 1, "restores read one at a time");
+    assert!(waited, "a partition waited for its turn");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_restore_that_fails_is_retried_and_restores_everything() {
     let harness = Harness::new(&TOPICS);

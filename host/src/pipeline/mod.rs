@@ -36,7 +36,7 @@ use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::Producer;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tracing::{error, info, warn};
 
 pub(crate) use self::consumer::PipelineConsumer;
@@ -132,6 +132,7 @@ impl Pipeline {
             max_record_bytes: kafka.max_record_bytes(),
             max_event_bytes: self.config.pipeline.max_event_bytes,
             restore_timeout: self.config.pipeline.restore_timeout,
+            restore_turns: Arc::new(Semaphore::new(self.config.pipeline.max_concurrent_restores)),
             max_in_flight: self.config.pipeline.max_in_flight,
             max_in_flight_bytes: self.config.pipeline.max_in_flight_bytes.as_usize(),
             changelog_flush_interval: self.config.pipeline.changelog_flush_interval,

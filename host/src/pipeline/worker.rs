@@ -27,7 +27,7 @@ use rdkafka::Message;
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, OwnedMessage};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tracing::{Instrument, debug, debug_span, error, info, info_span, warn};
 
 use super::PipelineConsumer;
@@ -117,6 +117,9 @@ pub(super) struct WorkerContext {
     /// The largest input record (value and headers) decoded.
     pub(super) max_event_bytes: ByteSize,
     pub(super) restore_timeout: Duration,
+    /// One permit per restore that may read at once
+    /// ([`crate::config::PipelineConfig::max_concurrent_restores`]).
+    pub(super) restore_turns: Arc<Semaphore>,
     pub(super) max_in_flight: usize,
     pub(super) max_in_flight_bytes: usize,
     pub(super) changelog_flush_interval: Duration,
@@ -287,6 +290,16 @@ impl Worker {
     async fn restore(&mut self, stop: &mut watch::Receiver<Stop>) -> bool {
         let mut attempts: u32 = 0;
         loop {
+            // Wait for a turn: the permit goes with the read, and is given
+            // back when the read ends (not when it is no longer awaited).
+            let turn = tokio::select! {
+                turn = self.context.restore_turns.clone().acquire_owned() => turn,
+                _ = stop.changed() => return false,
+            };
+            let Ok(turn) = turn else {
+                // The semaphore is never closed.
+                return false;
+            };
             let started = std::time::Instant::now();
             let cancel = Arc::new(AtomicBool::new(false));
             let task = tokio::task::spawn_blocking({
@@ -298,10 +311,15 @@ impl Worker {
                     self.context.restore_timeout,
                     cancel.clone(),
                 );
+                let running = self.context.stats.restores_running.clone();
                 move || {
-                    super::restore::restore_partition(
+                    running.inc();
+                    let restored = super::restore::restore_partition(
                         &client, &changelog, partition, &topic, timeout, &cancel,
-                    )
+                    );
+                    running.dec();
+                    drop(turn);
+                    restored
                 }
             });
             // However the wait ends — a stop request, or the worker given

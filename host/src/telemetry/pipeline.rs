@@ -72,6 +72,12 @@ pub struct PipelineMetrics {
     pub restored_records: Counter,
     /// Restore attempts that failed (each is retried).
     pub restore_failures: Counter,
+    /// Partitions reading the changelog now (at most
+    /// [`PipelineConfig::max_concurrent_restores`]; other restoring
+    /// partitions wait for a turn).
+    ///
+    /// [`PipelineConfig::max_concurrent_restores`]: crate::config::PipelineConfig::max_concurrent_restores
+    pub restores_running: Gauge,
     /// Input records dead-lettered because an output of theirs could not
     /// be produced (a permanent produce error).
     pub undeliverable: Counter,
@@ -100,6 +106,7 @@ impl Default for PipelineMetrics {
             changes_coalesced: Counter::default(),
             restored_records: Counter::default(),
             restore_failures: Counter::default(),
+            restores_running: Gauge::default(),
             undeliverable: Counter::default(),
             consumer_errors: Counter::default(),
             warnings_suppressed: Counter::default(),
@@ -253,6 +260,11 @@ impl PipelineMetrics {
         for (name, help, counter) in counters {
             registry.register(name, help, counter.clone());
         }
+        registry.register(
+            "restores_running",
+            "Partitions reading the changelog to restore their state now (at most pipeline.max_concurrent_restores; the rest of restoring_partitions wait their turn)",
+            self.restores_running.clone(),
+        );
         registry.register(
             "dead_letters_by_stage",
             "Dead letters acknowledged, by stage (decode, plugin, timer, deliver)",
