@@ -313,6 +313,14 @@ pub struct PluginsConfig {
     /// dead-lettered, kind `max-hops`). Bounds loops through the input
     /// topics; 0 lets no plugin write to one.
     pub max_hops: u32,
+    /// Names of plugins removed for good whose state to delete. A removed
+    /// plugin's state is otherwise kept (restored and held in memory for
+    /// every partition, its timers waiting) until a plugin of that name
+    /// returns. At each partition's restore, the state of a plugin named
+    /// here that is not loaded is dropped and its changelog records are
+    /// tombstoned; a loaded plugin's is kept (with a warning).
+    #[serde(deserialize_with = "list_or_csv")]
+    pub forget: Vec<String>,
 }
 
 impl Default for PluginsConfig {
@@ -328,6 +336,7 @@ impl Default for PluginsConfig {
             timer_storm_quarantine_after: 100,
             retry_budget: crate::dispatch::DEFAULT_RETRY_BUDGET,
             max_hops: crate::dispatch::DEFAULT_MAX_HOPS,
+            forget: Vec::new(),
         }
     }
 }
@@ -913,6 +922,9 @@ impl Config {
                 &format!("must be at most {}", crate::dispatch::MAX_HOPS),
             );
         }
+        if plugins.forget.iter().any(String::is_empty) {
+            return invalid("plugins.forget", "lists an empty plugin name");
+        }
         if plugins.quarantine_after > 0 && plugins.quarantine_backoff.is_zero() {
             return invalid("plugins.quarantine_backoff", "must be more than zero");
         }
@@ -1215,6 +1227,10 @@ mod tests {
         assert_eq!(
             refused(|c| c.pipeline.max_event_bytes = ByteSize(100)),
             "pipeline.max_event_bytes: must be between 1KiB and 1GiB"
+        );
+        assert_eq!(
+            refused(|c| c.plugins.forget = vec!["old".into(), String::new()]),
+            "plugins.forget: lists an empty plugin name"
         );
         assert_eq!(
             refused(|c| c.pipeline.max_concurrent_restores = 0),

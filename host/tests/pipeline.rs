@@ -672,6 +672,84 @@ async fn an_older_changelog_is_restored_and_its_records_retired() {
     assert!(state.timer("1").is_none(), "the bare-id timer, cancelled");
 }
 
+/// A removed plugin's state is kept until the operator names it in
+/// `plugins.forget`: then each partition's restore drops it and tombstones
+/// its records (its current ones and an older changelog's), while a loaded
+/// plugin named there keeps its state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_forgotten_plugins_state_is_deleted_from_the_changelog() {
+    use todo_eventd::kafka::OutRecord;
+    use todo_eventd::state::Timer;
+    use todo_eventd::state::changelog::{self, EntryKind, Restorer};
+
+    let mut harness = Harness::new(&["task-events", "task-events.dlq", "out-topic", CHANGELOG]);
+    harness.config.plugins.forget = vec!["gone".into(), "echo".into()];
+    let gone = changelog::key("task-events", "gone", EntryKind::Key, "k");
+    let gone_older = changelog::key("task-events", "gone", EntryKind::Value, "old");
+    let kept = changelog::key("task-events", "echo", EntryKind::Key, "kept");
+    let timer = Timer {
+        due: jiff::Timestamp::now().as_millisecond() + 86_400_000,
+        payload: b"{}".to_vec(),
+        hops: 0,
+    };
+    let producer = todo_eventd::kafka::producer(&harness.brokers, &harness.config.kafka).unwrap();
+    for partition in 0..PARTITIONS {
+        for (key, value) in [
+            (&gone, changelog::key_value(Some(b"1"), Some(&timer))),
+            (&gone_older, Some(b"2".to_vec())),
+            (&kept, changelog::key_value(Some(b"3"), None)),
+        ] {
+            let record = OutRecord {
+                topic: CHANGELOG.into(),
+                partition: Some(partition),
+                key: Some(key.clone()),
+                value,
+                headers: Vec::new(),
+            };
+            record
+                .enqueue(&producer)
+                .await
+                .unwrap()
+                .await
+                .unwrap()
+                .unwrap();
+        }
+    }
+
+    let tombstoned = |seen: &[OwnedMessage], key: &[u8], partition: i32| {
+        seen.iter()
+            .any(|m| m.partition() == partition && m.key() == Some(key) && m.payload().is_none())
+    };
+    let done = |seen: &[OwnedMessage]| {
+        (0..PARTITIONS).all(|p| tombstoned(seen, &gone, p) && tombstoned(seen, &gone_older, p))
+    };
+    let (seen, stats) = harness
+        .run_until(echo_plugins().await, &[CHANGELOG], done, async |_| {})
+        .await;
+    assert!(
+        done(&seen),
+        "the removed plugin's records tombstoned: {}",
+        stats.summary()
+    );
+    for partition in 0..PARTITIONS {
+        assert!(
+            !tombstoned(&seen, &kept, partition),
+            "the loaded plugin's state is kept"
+        );
+        let mut restorer = Restorer::default();
+        for m in seen.iter().filter(|m| m.partition() == partition) {
+            restorer.apply("task-events", m.key().unwrap(), m.payload());
+        }
+        let (states, legacy) = restorer.into_parts();
+        let forgotten = states
+            .get("gone")
+            .is_none_or(|state| state.is_empty() && state.timer_count() == 0);
+        assert!(forgotten, "partition {partition}: {:?}", states.get("gone"));
+        assert!(legacy.is_empty(), "partition {partition}: {legacy:?}");
+        assert_eq!(states["echo"].get("kept"), Some(&b"3"[..]));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tiny_queues_pause_and_resume_partitions_without_losing_a_record() {
     let mut harness = Harness::new(&["task-events", "task-events.dlq", "out-topic", CHANGELOG]);

@@ -133,6 +133,7 @@ impl Pipeline {
             max_event_bytes: self.config.pipeline.max_event_bytes,
             restore_timeout: self.config.pipeline.restore_timeout,
             restore_turns: Arc::new(Semaphore::new(self.config.pipeline.max_concurrent_restores)),
+            forget: self.config.plugins.forget.clone().into(),
             max_in_flight: self.config.pipeline.max_in_flight,
             max_in_flight_bytes: self.config.pipeline.max_in_flight_bytes.as_usize(),
             changelog_flush_interval: self.config.pipeline.changelog_flush_interval,

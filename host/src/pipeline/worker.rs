@@ -15,7 +15,7 @@
 //! State changes are held and coalesced before they are written
 //! ([`super::coalesce`]); an offset is stored once they are.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -120,6 +120,8 @@ pub(super) struct WorkerContext {
     /// One permit per restore that may read at once
     /// ([`crate::config::PipelineConfig::max_concurrent_restores`]).
     pub(super) restore_turns: Arc<Semaphore>,
+    /// Plugins whose state a restore deletes (`plugins.forget`).
+    pub(super) forget: Arc<[String]>,
     pub(super) max_in_flight: usize,
     pub(super) max_in_flight_bytes: usize,
     pub(super) changelog_flush_interval: Duration,
@@ -333,7 +335,8 @@ impl Worker {
                 Ok(Ok(restorer)) => {
                     let (applied, skipped, unreadable) =
                         (restorer.applied, restorer.skipped, restorer.unreadable);
-                    let (states, legacy) = restorer.into_parts();
+                    let (mut states, mut legacy) = restorer.into_parts();
+                    self.forget(&mut states, &mut legacy);
                     self.dispatcher.restore(states);
                     self.legacy = legacy;
                     self.context.stats.restored_records.inc_by(applied);
@@ -365,6 +368,51 @@ impl Worker {
                 _ = stop.changed() => return false,
             }
         }
+    }
+
+    /// Takes out of the restored `states` (and the older changelog's live
+    /// records, `legacy`) what each plugin `plugins.forget` names holds,
+    /// unless it is loaded, and queues tombstones for all of it: the
+    /// state is gone from memory now, and from the changelog once they are
+    /// written (a partition given up first forgets it again at its next
+    /// restore).
+    fn forget(&mut self, states: &mut HashMap<String, PluginState>, legacy: &mut HashSet<Vec<u8>>) {
+        let mut tombstones = Vec::new();
+        for name in self.context.forget.iter() {
+            if self.dispatcher.plugins().any(|plugin| plugin.name == *name) {
+                warn!(
+                    plugin = %name,
+                    "plugins.forget names a loaded plugin: its state is kept."
+                );
+                continue;
+            }
+            let state = states.remove(name).unwrap_or_default();
+            let before = tombstones.len();
+            tombstones.extend(changelog::forget(&self.topic, name, &state, legacy));
+            if tombstones.len() > before {
+                info!(
+                    plugin = %name,
+                    values = state.len(),
+                    timers = state.timer_count(),
+                    tombstones = tombstones.len() - before,
+                    "Forgetting a removed plugin's state (plugins.forget)."
+                );
+            }
+        }
+        if tombstones.is_empty() {
+            return;
+        }
+        let input = Input {
+            topic: self.topic.clone(),
+            partition: self.partition,
+            offset: None,
+            key: None,
+            value: Vec::new(),
+            event_id: None,
+            hops: 0,
+        };
+        self.deliveries
+            .push(Entry::new(None, input, Vec::new()), tombstones, Vec::new());
     }
 
     /// Switches the dispatcher to the newest plugin set. Called between

@@ -227,6 +227,33 @@ pub fn superseded(
         .collect()
 }
 
+/// The tombstones that forget `plugin`'s state for good: one for each key
+/// name `state` holds, and one for each of its older changelog's records
+/// still live in `legacy` (taken out of it).
+pub fn forget(
+    input_topic: &str,
+    plugin: &str,
+    state: &PluginState,
+    legacy: &mut HashSet<Vec<u8>>,
+) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+    let mut tombstones: Vec<_> = state
+        .key_names()
+        .map(|name| (key(input_topic, plugin, EntryKind::Key, name), None))
+        .collect();
+    // `input_topic SEP plugin SEP`, what every record of the plugin's
+    // starts with.
+    let mut prefix = key(input_topic, plugin, EntryKind::Key, "");
+    prefix.truncate(input_topic.len() + plugin.len() + 2);
+    legacy.retain(|key| {
+        let ours = key.starts_with(&prefix);
+        if ours {
+            tombstones.push((key.clone(), None));
+        }
+        !ours
+    });
+    tombstones
+}
+
 /// A changelog record's key: input topic, plugin, kind tag and key name.
 fn decode_key(key: &[u8]) -> Result<(&str, &str, &str, &str), CorruptRecord> {
     let text = std::str::from_utf8(key).map_err(|_| CorruptRecord("key is not UTF-8"))?;

@@ -118,6 +118,15 @@ impl PluginState {
         self.values.is_empty()
     }
 
+    /// Every key name holding a value or a timer, each once.
+    pub fn key_names(&self) -> impl Iterator<Item = &str> {
+        let timer_only = self
+            .timers
+            .keys()
+            .filter(|key| !self.values.contains_key(*key));
+        self.values.keys().chain(timer_only).map(String::as_str)
+    }
+
     /// Number of pending timers.
     pub fn timer_count(&self) -> usize {
         self.timers.len()
