@@ -466,7 +466,8 @@ impl OutRecord {
 
 /// Sends NDJSON events to `topic`, one record per non-empty line, keyed by
 /// the event's user id when it decodes (so a user's events stay in order),
-/// and waits until the broker has acknowledged them all.
+/// and waits until the broker has acknowledged them all. An error names
+/// the line (1-based) whose record failed.
 pub async fn produce_lines(
     producer: &FutureProducer,
     topic: &str,
@@ -474,8 +475,8 @@ pub async fn produce_lines(
 ) -> Result<u64> {
     let mut pending = Vec::new();
     let mut count = 0;
-    for line in input.lines() {
-        let line = line?;
+    for (number, line) in input.lines().enumerate() {
+        let (number, line) = (number + 1, line?);
         if line.trim().is_empty() {
             continue;
         }
@@ -489,12 +490,14 @@ pub async fn produce_lines(
             value: Some(line.into_bytes()),
             headers: Vec::new(),
         };
-        pending.push(
-            record
-                .enqueue(producer)
-                .await
-                .map_err(failed(format!("producing to {topic}")))?,
-        );
+        let delivery = record
+            .enqueue(producer)
+            .await
+            .map_err(|source| Error::Kafka {
+                context: format!("producing line {number} to {topic}"),
+                source,
+            })?;
+        pending.push((number, delivery));
         count += 1;
         if pending.len() >= 1000 {
             settle(&mut pending, topic).await?;
@@ -504,24 +507,20 @@ pub async fn produce_lines(
     Ok(count)
 }
 
-async fn settle(pending: &mut Vec<DeliveryFuture>, topic: &str) -> Result<()> {
-    for result in futures::future::join_all(pending.drain(..)).await {
-        let context = || format!("producing to {topic}");
-        match result {
-            Ok(Ok(_)) => {}
-            Ok(Err((source, _))) => {
-                return Err(Error::Kafka {
-                    context: context(),
-                    source,
-                });
-            }
-            Err(_) => {
-                return Err(Error::Kafka {
-                    context: context(),
-                    source: KafkaError::Canceled,
-                });
-            }
-        }
+/// Waits for the deliveries of the numbered lines.
+async fn settle(pending: &mut Vec<(usize, DeliveryFuture)>, topic: &str) -> Result<()> {
+    let (numbers, deliveries): (Vec<usize>, Vec<DeliveryFuture>) = pending.drain(..).unzip();
+    let results = futures::future::join_all(deliveries).await;
+    for (number, result) in numbers.into_iter().zip(results) {
+        let source = match result {
+            Ok(Ok(_)) => continue,
+            Ok(Err((source, _))) => source,
+            Err(_) => KafkaError::Canceled,
+        };
+        return Err(Error::Kafka {
+            context: format!("producing line {number} to {topic}"),
+            source,
+        });
     }
     Ok(())
 }
@@ -621,6 +620,25 @@ mod tests {
             assert!(err.contains(name), "{err}");
             assert!(!err.contains("TOPSECRET"), "{name}: {err}");
         }
+    }
+
+    /// A line the producer refuses is named by its number, counting blank
+    /// lines (an operator finds it in the file).
+    #[tokio::test]
+    async fn a_refused_line_is_named_by_its_number() {
+        let broker = EmbeddedBroker::start().expect("embedded broker");
+        broker.create_topic("in", 1).expect("topic");
+        let mut kafka = KafkaConfig::default();
+        kafka
+            .properties
+            .insert("message.max.bytes".into(), "2000".into());
+        let producer = producer(&broker.bootstrap_servers(), &kafka).expect("producer");
+        let input = format!("{{}}\n\n{{}}\n\"{}\"\n{{}}\n", "x".repeat(5000));
+        let err = produce_lines(&producer, "in", input.as_bytes())
+            .await
+            .expect_err("the long line is refused")
+            .to_string();
+        assert!(err.starts_with("producing line 4 to in: "), "{err}");
     }
 
     /// A broker without DescribeConfigs (the embedded one) passes the
