@@ -61,12 +61,67 @@ pub struct Summary {
 /// What one plugin used during a run, to size its `[limits]`.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct PluginStats {
-    /// Wall time of every call (retries included), in call order.
-    pub calls: Vec<Duration>,
+    /// Wall time of the calls (retries included).
+    pub calls: CallTimes,
     /// Calls that failed.
     pub failed: u64,
     /// The largest linear memory an instance used.
     pub memory_peak: usize,
+}
+
+/// Call times, each kept to three significant digits: memory bounded by
+/// the distinct values (a few thousand at most), not by the calls, however
+/// long the replay; quantiles within 1 %.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct CallTimes {
+    /// Calls per rounded time, in nanoseconds.
+    counts: BTreeMap<u64, u64>,
+    count: u64,
+    max: Duration,
+}
+
+impl CallTimes {
+    /// Counts one call.
+    pub fn record(&mut self, took: Duration) {
+        let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        *self.counts.entry(three_digits(nanos)).or_default() += 1;
+        self.count += 1;
+        self.max = self.max.max(took);
+    }
+
+    /// Calls counted.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// The longest call, exactly.
+    pub fn max(&self) -> Duration {
+        self.max
+    }
+
+    /// The `q` quantile (0..=1) by nearest rank, to three significant
+    /// digits; zero for no calls.
+    pub fn quantile(&self, q: f64) -> Duration {
+        let rank = ((q * self.count as f64).ceil() as u64).clamp(1, self.count.max(1));
+        let mut seen = 0;
+        for (&nanos, &count) in &self.counts {
+            seen += count;
+            if seen >= rank {
+                return Duration::from_nanos(nanos);
+            }
+        }
+        Duration::ZERO
+    }
+}
+
+/// `nanos` with all but its three leading digits zeroed.
+fn three_digits(nanos: u64) -> u64 {
+    let (mut value, mut scale) = (nanos, 1);
+    while value >= 1000 {
+        value /= 10;
+        scale *= 10;
+    }
+    value * scale
 }
 
 /// The `q` quantile (0..=1) of `sorted` values, by nearest rank; zero for
@@ -85,17 +140,15 @@ impl Summary {
             "plugin", "calls", "failed", "p50", "p99", "max", "memory"
         );
         for (name, stats) in &self.plugins {
-            let mut calls = stats.calls.clone();
-            calls.sort_unstable();
-            let max = calls.last().copied().unwrap_or_default();
+            let calls = &stats.calls;
             text.push_str(&format!(
                 "{:<16} {:>7} {:>7} {:>10} {:>10} {:>10} {:>10}\n",
                 name,
-                calls.len(),
+                calls.count(),
                 stats.failed,
-                format!("{:.2?}", nearest_rank(&calls, 0.5)),
-                format!("{:.2?}", nearest_rank(&calls, 0.99)),
-                format!("{max:.2?}"),
+                format!("{:.2?}", calls.quantile(0.5)),
+                format!("{:.2?}", calls.quantile(0.99)),
+                format!("{:.2?}", calls.max()),
                 ByteSize(stats.memory_peak as u64).to_string(),
             ));
         }
@@ -216,7 +269,7 @@ impl Bench {
     ) -> Result<(), Error> {
         let plugin = outcome.plugin.name.as_str();
         let stats = self.summary.plugins.entry(plugin.to_owned()).or_default();
-        stats.calls.push(outcome.took);
+        stats.calls.record(outcome.took);
         stats.failed += u64::from(outcome.result.is_err());
         stats.memory_peak = stats.memory_peak.max(outcome.memory_peak);
         match outcome.result {
@@ -333,6 +386,34 @@ mod tests {
             seen.push((number, shown));
         }
         seen
+    }
+
+    /// A long replay's call times take memory by distinct value, not by
+    /// call, and its quantiles stay within 1 %.
+    #[test]
+    fn call_times_are_kept_in_bounded_memory() {
+        let mut times = CallTimes::default();
+        for n in 1..=1_000_000_u64 {
+            times.record(Duration::from_nanos(1_000 + n));
+        }
+        assert_eq!(times.count(), 1_000_000);
+        assert_eq!(times.max(), Duration::from_nanos(1_001_000));
+        // 900 values per decade, three decades.
+        assert!(
+            times.counts.len() <= 2_701,
+            "{} buckets",
+            times.counts.len()
+        );
+        for (q, exact) in [(0.5, 501_000_u64), (0.99, 991_000)] {
+            let got = times.quantile(q).as_nanos() as f64;
+            assert!(
+                (got / exact as f64 - 1.0).abs() < 0.01,
+                "q{q}: {got} vs {exact}"
+            );
+        }
+        assert_eq!(CallTimes::default().quantile(0.99), Duration::ZERO);
+        assert_eq!(three_digits(123_456), 123_000);
+        assert_eq!(three_digits(999), 999);
     }
 
     #[test]
