@@ -491,6 +491,13 @@ fn resolve_spec(sandbox: &Sandbox, name: &str, manifest: &Manifest) -> Result<Pl
                 crate::text::quote_bounded(topic, 64)
             ));
         }
+        // The broker's own (`__consumer_offsets` holds every group's
+        // committed offsets, `__transaction_state` the transactions).
+        if topic.starts_with("__") {
+            return Err(format!(
+                "outputs.{output}: {topic} is an internal topic (names starting with __ are the broker's); a plugin may not write to it"
+            ));
+        }
         if let Some((_, setting)) = config.reserved_topics.iter().find(|(t, _)| t == topic) {
             return Err(format!(
                 "outputs.{output}: {topic} is the daemon's own ({setting}); a plugin may not write to it"
@@ -566,6 +573,11 @@ mod tests {
             spec("bad topic").unwrap_err(),
             "outputs.out: \"bad topic\" is not a Kafka topic name (1 to 249 letters, digits, '.', '_' or '-')"
         );
+        assert_eq!(
+            spec("__consumer_offsets").unwrap_err(),
+            "outputs.out: __consumer_offsets is an internal topic (names starting with __ are the broker's); a plugin may not write to it"
+        );
+        assert!(spec("_private").is_ok());
         assert!(spec(&"t".repeat(250)).is_err());
         assert!(spec("..").is_err());
         assert!(spec(&"t".repeat(249)).is_ok());
