@@ -588,7 +588,6 @@ async fn state_and_timers_survive_a_restart() {
 /// result holds only the new state.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_older_changelog_is_restored_and_its_records_retired() {
-    use todo_eventd::kafka::OutRecord;
     use todo_eventd::state::Timer;
     use todo_eventd::state::changelog::{self, EntryKind, Restorer};
 
@@ -596,39 +595,23 @@ async fn an_older_changelog_is_restored_and_its_records_retired() {
     let old_memo = changelog::key("task-events", "reminders", EntryKind::Value, "task:1");
     let old_timer = changelog::key("task-events", "reminders", EntryKind::Timer, "1");
     let far = jiff::Timestamp::now().as_millisecond() + 86_400_000;
-    let producer = todo_eventd::kafka::producer(&harness.brokers, &harness.config.kafka).unwrap();
     // Every partition: the task's user lands on one of them.
-    for partition in 0..PARTITIONS {
-        for (key, value) in [
+    harness
+        .write_changelog(&[
             (
-                &old_memo,
-                br#"{"last_event_at":0,"sent":null,"expiry_armed":true}"#.to_vec(),
+                old_memo.clone(),
+                Some(br#"{"last_event_at":0,"sent":null,"expiry_armed":true}"#.to_vec()),
             ),
             (
-                &old_timer,
-                changelog::timer_value(&Timer {
+                old_timer.clone(),
+                Some(changelog::timer_value(&Timer {
                     due: far,
                     payload: br#"{"expire":"1"}"#.to_vec(),
                     hops: 0,
-                }),
+                })),
             ),
-        ] {
-            let record = OutRecord {
-                topic: CHANGELOG.into(),
-                partition: Some(partition),
-                key: Some(key.clone()),
-                value: Some(value),
-                headers: Vec::new(),
-            };
-            record
-                .enqueue(&producer)
-                .await
-                .unwrap()
-                .await
-                .unwrap()
-                .unwrap();
-        }
-    }
+        ])
+        .await;
     harness.produce(&[event("e1", "ada", "1", "updated")]).await;
 
     let sandbox = sandbox();
@@ -678,7 +661,6 @@ async fn an_older_changelog_is_restored_and_its_records_retired() {
 /// plugin named there keeps its state.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_forgotten_plugins_state_is_deleted_from_the_changelog() {
-    use todo_eventd::kafka::OutRecord;
     use todo_eventd::state::Timer;
     use todo_eventd::state::changelog::{self, EntryKind, Restorer};
 
@@ -692,29 +674,13 @@ async fn a_forgotten_plugins_state_is_deleted_from_the_changelog() {
         payload: b"{}".to_vec(),
         hops: 0,
     };
-    let producer = todo_eventd::kafka::producer(&harness.brokers, &harness.config.kafka).unwrap();
-    for partition in 0..PARTITIONS {
-        for (key, value) in [
-            (&gone, changelog::key_value(Some(b"1"), Some(&timer))),
-            (&gone_older, Some(b"2".to_vec())),
-            (&kept, changelog::key_value(Some(b"3"), None)),
-        ] {
-            let record = OutRecord {
-                topic: CHANGELOG.into(),
-                partition: Some(partition),
-                key: Some(key.clone()),
-                value,
-                headers: Vec::new(),
-            };
-            record
-                .enqueue(&producer)
-                .await
-                .unwrap()
-                .await
-                .unwrap()
-                .unwrap();
-        }
-    }
+    harness
+        .write_changelog(&[
+            (gone.clone(), changelog::key_value(Some(b"1"), Some(&timer))),
+            (gone_older.clone(), Some(b"2".to_vec())),
+            (kept.clone(), changelog::key_value(Some(b"3"), None)),
+        ])
+        .await;
 
     let tombstoned = |seen: &[OwnedMessage], key: &[u8], partition: i32| {
         seen.iter()

@@ -64,6 +64,30 @@ impl Harness {
         assert_eq!(sent, lines.len() as u64);
     }
 
+    /// Writes changelog records (key, value or tombstone) to every input
+    /// partition's changelog partition, as an earlier run would have.
+    pub async fn write_changelog(&self, records: &[(Vec<u8>, Option<Vec<u8>>)]) {
+        let producer = kafka::producer(&self.brokers, &self.config.kafka).unwrap();
+        for partition in 0..PARTITIONS {
+            for (key, value) in records {
+                let record = kafka::OutRecord {
+                    topic: CHANGELOG.into(),
+                    partition: Some(partition),
+                    key: Some(key.clone()),
+                    value: value.clone(),
+                    headers: Vec::new(),
+                };
+                record
+                    .enqueue(&producer)
+                    .await
+                    .unwrap()
+                    .await
+                    .unwrap()
+                    .unwrap();
+            }
+        }
+    }
+
     /// Runs the pipeline until `until` says the outputs seen so far are
     /// enough (or 60 s pass), then shuts it down and returns the outputs.
     /// `during` runs first, beside the pipeline, which it may watch.
