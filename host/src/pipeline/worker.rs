@@ -23,11 +23,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::FutureExt;
+use prometheus_client::metrics::gauge::Gauge;
 use rdkafka::Message;
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, OwnedMessage};
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tracing::{Instrument, debug, debug_span, error, info, info_span, warn};
 
 use super::PipelineConsumer;
@@ -81,6 +82,29 @@ struct CancelOnDrop(Arc<AtomicBool>);
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
         self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A restore read in progress: holds its turn and counts in the
+/// `restores_running` gauge until dropped (also should the read panic).
+struct Reading {
+    running: Gauge,
+    _turn: OwnedSemaphorePermit,
+}
+
+impl Reading {
+    fn start(running: Gauge, turn: OwnedSemaphorePermit) -> Self {
+        running.inc();
+        Self {
+            running,
+            _turn: turn,
+        }
+    }
+}
+
+impl Drop for Reading {
+    fn drop(&mut self) {
+        self.running.dec();
     }
 }
 
@@ -315,13 +339,10 @@ impl Worker {
                 );
                 let running = self.context.stats.restores_running.clone();
                 move || {
-                    running.inc();
-                    let restored = super::restore::restore_partition(
+                    let _reading = Reading::start(running, turn);
+                    super::restore::restore_partition(
                         &client, &changelog, partition, &topic, timeout, &cancel,
-                    );
-                    running.dec();
-                    drop(turn);
-                    restored
+                    )
                 }
             });
             // However the wait ends — a stop request, or the worker given
