@@ -401,6 +401,12 @@ pub struct SandboxSection {
     /// none by default. Never the plugins directory or the component
     /// cache, nor `/proc`, `/sys` or `/dev`.
     pub writable_dirs: Vec<PathBuf>,
+    /// Topics a manifest's `[outputs]` may map to: names, or prefixes
+    /// ending in `*` (`"reminders"`, `"team-a.*"`). Empty: any topic but
+    /// the daemon's own and the broker's internal ones. With
+    /// `kafka.create_topics` on, a mapped topic is created: this bounds
+    /// what a plugin package's manifest can create and write to.
+    pub allowed_topics: Vec<String>,
     /// The `todo-eventd` binary that compiles plugins in a child process
     /// (set by the binary itself, not read from the file); `None`
     /// compiles in this process.
@@ -426,6 +432,7 @@ impl Default for SandboxSection {
             allowed_env: Vec::new(),
             allowed_dirs: Vec::new(),
             writable_dirs: Vec::new(),
+            allowed_topics: Vec::new(),
             compiler_program: None,
         }
     }
@@ -780,6 +787,7 @@ impl Config {
                 timeout: section.compile_timeout,
             }),
             input_topics: self.kafka.input_topics.clone(),
+            allowed_topics: section.allowed_topics.clone(),
             reserved_topics: vec![
                 (self.kafka.changelog_topic(), "kafka.changelog_topic"),
                 (
@@ -891,6 +899,16 @@ impl Config {
             return invalid(
                 "sandbox.log_lines_per_second",
                 "and sandbox.log_burst must be at least 1",
+            );
+        }
+        let misplaced_star = |pattern: &String| {
+            let name = pattern.strip_suffix('*').unwrap_or(pattern);
+            name.contains('*') || pattern.is_empty()
+        };
+        if self.sandbox.allowed_topics.iter().any(misplaced_star) {
+            return invalid(
+                "sandbox.allowed_topics",
+                "takes topic names, or prefixes ending in a single '*'",
             );
         }
         let p = &self.pipeline;
@@ -1227,6 +1245,10 @@ mod tests {
         assert_eq!(
             refused(|c| c.pipeline.max_event_bytes = ByteSize(100)),
             "pipeline.max_event_bytes: must be between 1KiB and 1GiB"
+        );
+        assert_eq!(
+            refused(|c| c.sandbox.allowed_topics = vec!["a*b".into()]),
+            "sandbox.allowed_topics: takes topic names, or prefixes ending in a single '*'"
         );
         assert_eq!(
             refused(|c| c.plugins.forget = vec!["old".into(), String::new()]),

@@ -503,6 +503,11 @@ fn resolve_spec(sandbox: &Sandbox, name: &str, manifest: &Manifest) -> Result<Pl
                 "outputs.{output}: {topic} is the daemon's own ({setting}); a plugin may not write to it"
             ));
         }
+        if !config.allows_topic(topic) {
+            return Err(format!(
+                "outputs.{output}: {topic} is not in sandbox.allowed_topics"
+            ));
+        }
     }
     let wasi = config.grants.check(&manifest.wasi)?;
     let input_outputs = manifest
@@ -595,6 +600,26 @@ mod tests {
             resolve_spec(&sandbox, "p", &manifest).unwrap_err(),
             "outputs: 65 mapped, more than 64"
         );
+    }
+
+    /// With `sandbox.allowed_topics` set, an output may map only to a
+    /// topic it lists by name or prefix.
+    #[test]
+    fn outputs_map_only_to_allowed_topics() {
+        let mut config = crate::config::Config::default();
+        config.sandbox.allowed_topics = vec!["reminders".into(), "team-a.*".into()];
+        let sandbox = Sandbox::new(config.sandbox_config(None)).unwrap();
+        let spec = |topic: &str| {
+            let manifest = Manifest::parse(&format!("[outputs]\nout = \"{topic}\"\n")).unwrap();
+            resolve_spec(&sandbox, "p", &manifest).map(|_| ())
+        };
+        assert!(spec("reminders").is_ok());
+        assert!(spec("team-a.audit").is_ok());
+        assert_eq!(
+            spec("reminders-2").unwrap_err(),
+            "outputs.out: reminders-2 is not in sandbox.allowed_topics"
+        );
+        assert!(spec("team-b.audit").is_err());
     }
 
     fn start_deadline() -> CallError {

@@ -93,6 +93,23 @@ pub struct SandboxConfig {
     /// loops back, so what it emits there is held to
     /// `limits.input_emits_per_call`.
     pub input_topics: Vec<String>,
+    /// Topics an output may map to, as names or prefixes ending in `*`;
+    /// empty: any but the reserved and internal ones.
+    pub allowed_topics: Vec<String>,
+}
+
+impl SandboxConfig {
+    /// Whether `allowed_topics` lets an output map to `topic`.
+    pub fn allows_topic(&self, topic: &str) -> bool {
+        self.allowed_topics.is_empty()
+            || self
+                .allowed_topics
+                .iter()
+                .any(|allowed| match allowed.strip_suffix('*') {
+                    Some(prefix) => topic.starts_with(prefix),
+                    None => topic == allowed,
+                })
+    }
 }
 
 impl Default for SandboxConfig {
@@ -111,6 +128,7 @@ impl Default for SandboxConfig {
             compiler: None,
             reserved_topics: Vec::new(),
             input_topics: Vec::new(),
+            allowed_topics: Vec::new(),
             grants: GrantPolicy::default(),
         }
     }
