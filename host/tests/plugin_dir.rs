@@ -397,6 +397,41 @@ fn wat_component(text: &str) -> Vec<u8> {
     wat::parse_str(text).unwrap()
 }
 
+/// A component's text (here a 90 000-byte import name) is bounded before
+/// a rejection is kept for `/plugins`, logged or returned: a directory of
+/// links to one such file would otherwise hold 90 KB per entry and serve
+/// it with every `/plugins` request.
+#[tokio::test]
+async fn a_rejections_text_from_the_file_is_bounded() {
+    let name = "a".repeat(90_000);
+    let long = wat_component(&format!("(component (import \"{name}\" (instance)))"));
+    let dir = plugin_dir(&[("long", &long, None)]);
+    let (registry, report) = Registry::open(
+        sandbox(),
+        dir.path().to_owned(),
+        Arc::default(),
+        Clock::System,
+    )
+    .await
+    .unwrap();
+    let [error] = report.rejected.as_slice() else {
+        panic!("{report:?}")
+    };
+    let error = error.to_string();
+    assert!(
+        error.contains("imports `aaaa") && error.len() < 1_200,
+        "{} bytes",
+        error.len()
+    );
+    let statuses = registry.statuses();
+    let shown = statuses[0].last_error.as_deref().unwrap_or_default();
+    assert!(
+        shown.contains("aaaa") && shown.len() < 1_200,
+        "{} bytes",
+        shown.len()
+    );
+}
+
 /// A plugin that cannot start because the instance pool is full is no
 /// verdict on its files: the next rescan tries it again, and it loads once
 /// there is room.

@@ -21,6 +21,7 @@ use super::{LoadError, Plugin, PluginFiles};
 use crate::clock::{Clock, rfc3339};
 use crate::sandbox::Sandbox;
 use crate::telemetry::PluginMetrics;
+use crate::text;
 use crate::world::Timestamp;
 
 /// One published version of the plugin set.
@@ -325,7 +326,7 @@ impl Registry {
         let wasm_file = dir.join(format!("{name}.wasm"));
         // The name as logs show it (a rejected file's name may hold
         // anything but a slash).
-        let shown = crate::text::escape_control(name);
+        let shown = text::escape_control(name);
         let count = |result| {
             if !initial {
                 self.metrics.reload(name, result);
@@ -349,8 +350,9 @@ impl Registry {
                     .entry(name.to_owned())
                     .or_insert_with(|| Entry::new(wasm_file.clone()));
                 let error = super::orphan_manifest(&wasm_file);
+                let message = text::message(&error.to_string());
                 let first_seen = entry.last_error.is_none() || entry.plugin.is_some();
-                entry.last_error = Some(error.to_string());
+                entry.last_error = Some(message.clone());
                 entry.fingerprint = None;
                 entry.disabled = false;
                 if let Some(old) = entry.plugin.take() {
@@ -360,7 +362,7 @@ impl Registry {
                     return true;
                 }
                 if first_seen {
-                    warn!(plugin = %shown, %error, "Plugin rejected; the others keep running.");
+                    warn!(plugin = %shown, error = %message, "Plugin rejected; the others keep running.");
                     count("rejected");
                     report.rejected.push(error);
                 }
@@ -381,7 +383,7 @@ impl Registry {
             // not at every rescan.
             if let Err(error) = &files
                 && entry.fingerprint.is_none()
-                && entry.last_error.as_deref() == Some(error.to_string().as_str())
+                && entry.last_error.as_deref() == Some(text::message(&error.to_string()).as_str())
             {
                 return false;
             }
@@ -428,16 +430,19 @@ impl Registry {
                 entry.plugin.take().is_some()
             }
             Err(error) => {
+                // The file's text (an import's name, a compiler's message)
+                // is bounded before it is kept, logged or served.
+                let message = text::message(&error.to_string());
                 match &entry.plugin {
                     Some(old) => {
-                        warn!(plugin = %name, serving = %old.short_hash(), %error, "Plugin change rejected; the previous version keeps serving.")
+                        warn!(plugin = %name, serving = %old.short_hash(), error = %message, "Plugin change rejected; the previous version keeps serving.")
                     }
                     None => {
-                        warn!(plugin = %shown, %error, "Plugin rejected; the others keep running.")
+                        warn!(plugin = %shown, error = %message, "Plugin rejected; the others keep running.")
                     }
                 }
                 count("rejected");
-                entry.last_error = Some(error.to_string());
+                entry.last_error = Some(message);
                 report.rejected.push(error);
                 false
             }

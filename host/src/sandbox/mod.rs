@@ -284,7 +284,10 @@ impl Sandbox {
             let ours = WitVersion::of_import(name);
             let provided = ours.is_some() || name.starts_with("wasi:");
             if !provided || !matches!(item.ty, ComponentItem::ComponentInstance(_)) {
-                return Err(ValidateError::UnknownImport(name.to_owned()));
+                // The name is the file's: up to 100 000 bytes.
+                return Err(ValidateError::UnknownImport(crate::text::quote_bounded(
+                    name, 256,
+                )));
             }
             match (version, ours) {
                 (Some(seen), Some(this)) if seen != this => {
