@@ -291,7 +291,14 @@ impl Health {
         })
     }
 
+    /// Quarantines, or backs off twice as long after a failed trial. A
+    /// failure while the quarantine still runs — a call begun before it,
+    /// on another partition — is recorded but changes nothing: else the
+    /// back-off would grow with the partitions busy, not with the trials.
     fn suspend(state: &mut State, policy: &QuarantinePolicy, now: Timestamp) -> Transition {
+        if state.snapshot.retry_at.is_some_and(|at| at > now) {
+            return Transition::None;
+        }
         let backoff = if state.backoff.is_zero() {
             policy.backoff
         } else {
@@ -405,6 +412,32 @@ mod tests {
             health.failed(&POLICY, now, "e");
         }
         assert_eq!(health.retry_at(), Some(2 + 1_000));
+    }
+
+    /// Calls on other partitions that were running when the plugin was
+    /// quarantined, and fail after it, neither double the back-off nor
+    /// count as more quarantines; a failed trial after it does.
+    #[test]
+    fn failures_during_a_quarantine_do_not_extend_it() {
+        let health = Health::default();
+        for _ in 0..3 {
+            health.failed(&POLICY, 10, "a");
+        }
+        assert_eq!(health.retry_at(), Some(1_010));
+        for now in [10, 500, 1_009] {
+            assert_eq!(health.failed(&POLICY, now, "late"), Transition::None);
+        }
+        assert_eq!(health.retry_at(), Some(1_010));
+        assert_eq!(health.snapshot().quarantines, 1);
+        assert_eq!(health.snapshot().last_error.as_deref(), Some("late"));
+        // The trial fails: twice as long, once.
+        let Transition::Quarantined(again) = health.failed(&POLICY, 1_010, "trial") else {
+            panic!("a failed trial quarantines again");
+        };
+        assert_eq!(again.retry_at, 3_010);
+        assert_eq!(health.failed(&POLICY, 1_011, "trial"), Transition::None);
+        assert_eq!(health.retry_at(), Some(3_010));
+        assert_eq!(health.snapshot().quarantines, 2);
     }
 
     #[test]
