@@ -219,6 +219,53 @@ async fn a_fifo_dropped_in_while_running_does_not_block_a_reload() {
     assert!(encoded.contains("plugin=\"echo\""), "{encoded}");
 }
 
+/// A quarantined plugin that is disabled, or whose `.wasm` goes while its
+/// manifest stays, no longer shows as quarantined: the alert on
+/// `plugin_quarantined` would otherwise fire for good for a plugin that
+/// is not there.
+#[tokio::test]
+async fn a_plugin_taken_out_is_no_longer_shown_quarantined() {
+    let echo = mode("echo");
+    let dir = plugin_dir(&[
+        ("echo", TEST_PLUGIN, Some(&echo)),
+        ("other", TEST_PLUGIN, Some(&echo)),
+    ]);
+    let metrics = Arc::new(PluginMetrics::default());
+    let (registry, report) = Registry::open(
+        sandbox(),
+        dir.path().to_owned(),
+        metrics.clone(),
+        Clock::System,
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.loaded, ["echo", "other"]);
+    let text = Telemetry {
+        plugins: metrics.clone(),
+        ..Default::default()
+    };
+    let quarantined = |name: &str| {
+        let line = format!("todo_eventd_plugin_quarantined{{plugin=\"{name}\"}} 1");
+        text.encode().lines().any(|l| l == line)
+    };
+    // Both quarantined, as the dispatcher marks them.
+    for name in ["echo", "other"] {
+        metrics.set_quarantined(name, true);
+        assert!(quarantined(name), "{}", text.encode());
+    }
+    std::fs::write(
+        dir.path().join("echo.toml"),
+        format!("enabled = false\n{echo}"),
+    )
+    .unwrap();
+    std::fs::remove_file(dir.path().join("other.wasm")).unwrap();
+    let report = registry.rescan().await.unwrap();
+    assert_eq!(report.disabled, ["echo"], "{report:?}");
+    assert_eq!(report.removed, ["other"], "{report:?}");
+    assert!(!quarantined("echo"), "disabled: {}", text.encode());
+    assert!(!quarantined("other"), "its .wasm gone: {}", text.encode());
+}
+
 #[test]
 fn compiled_components_are_cached_on_disk() {
     let cache = tempfile::tempdir().unwrap();

@@ -358,6 +358,7 @@ impl Registry {
                 if let Some(old) = entry.plugin.take() {
                     info!(plugin = %name, hash = %old.short_hash(), "Plugin removed (its .wasm is gone).");
                     count("removed");
+                    self.metrics.set_quarantined(name, false);
                     report.removed.push(name.to_owned());
                     return true;
                 }
@@ -427,6 +428,8 @@ impl Registry {
                 entry.disabled = true;
                 entry.last_error = None;
                 report.disabled.push(name.to_owned());
+                // Nothing serves under the name: no quarantine either.
+                self.metrics.set_quarantined(name, false);
                 entry.plugin.take().is_some()
             }
             Err(error) => {
