@@ -266,6 +266,35 @@ async fn a_plugin_taken_out_is_no_longer_shown_quarantined() {
     assert!(!quarantined("other"), "its .wasm gone: {}", text.encode());
 }
 
+/// A rejected change undone — the serving version's files back as they
+/// were — is no new version: the plugin keeps serving as it was, its
+/// health (a quarantine, a spent retry budget) included.
+#[tokio::test]
+async fn the_serving_versions_files_back_are_no_new_version() {
+    let echo = mode("echo");
+    let dir = plugin_dir(&[("echo", TEST_PLUGIN, Some(&echo))]);
+    let (registry, report) = Registry::open(
+        sandbox(),
+        dir.path().to_owned(),
+        Arc::default(),
+        Clock::System,
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.loaded, ["echo"]);
+    let serving = registry.current().plugins[0].clone();
+    std::fs::write(dir.path().join("echo.wasm"), b"junk").unwrap();
+    let report = registry.rescan().await.unwrap();
+    assert_eq!(report.rejected.len(), 1, "{report:?}");
+    std::fs::write(dir.path().join("echo.wasm"), TEST_PLUGIN).unwrap();
+    let report = registry.rescan().await.unwrap();
+    assert!(report.is_empty(), "{report:?}");
+    assert!(Arc::ptr_eq(&registry.current().plugins[0], &serving));
+    let statuses = registry.statuses();
+    assert_eq!(statuses[0].last_error, None, "the rejection is over");
+    assert_eq!(statuses[0].reloads, 0);
+}
+
 #[test]
 fn compiled_components_are_cached_on_disk() {
     let cache = tempfile::tempdir().unwrap();

@@ -117,6 +117,8 @@ struct Entry {
     fingerprint: Option<Fingerprint>,
     /// The version serving.
     plugin: Option<Arc<Plugin>>,
+    /// The files of the version serving.
+    serving: Option<Fingerprint>,
     disabled: bool,
     last_error: Option<String>,
     loaded_at: Option<Timestamp>,
@@ -129,6 +131,7 @@ impl Entry {
             file,
             fingerprint: None,
             plugin: None,
+            serving: None,
             disabled: false,
             last_error: None,
             loaded_at: None,
@@ -379,6 +382,15 @@ impl Registry {
             if fingerprint.is_some() && entry.fingerprint == fingerprint {
                 return false;
             }
+            // The serving version's own files are back (a rejected change
+            // undone, a copy caught half-written then finished): nothing
+            // changes — above all not its health, as a new version's would.
+            if fingerprint.is_some() && entry.plugin.is_some() && entry.serving == fingerprint {
+                info!(plugin = %name, "Plugin files are the serving version's again; it keeps serving.");
+                entry.fingerprint = fingerprint;
+                entry.last_error = None;
+                return false;
+            }
             // Files that still cannot be read for the same reason (a FIFO,
             // a file over the size limit) were reported when that began:
             // not at every rescan.
@@ -416,6 +428,7 @@ impl Registry {
                 count("loaded");
                 self.metrics.set_quarantined(name, false);
                 entry.plugin = Some(plugin);
+                entry.serving.clone_from(&entry.fingerprint);
                 entry.disabled = false;
                 entry.last_error = None;
                 entry.loaded_at = Some(self.clock.now());
