@@ -8,11 +8,13 @@
 
 mod common;
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::{TEST_PLUGIN, mode, plugin_dir, sandbox};
 use todo_eventd::clock::Clock;
+use todo_eventd::plugin::registry::ScanReport;
 use todo_eventd::plugin::{Registry, load_dir};
 use todo_eventd::sandbox::{Sandbox, SandboxConfig};
 use todo_eventd::telemetry::{PluginMetrics, Telemetry};
@@ -151,14 +153,7 @@ async fn bad_files_are_rejected_by_name_while_the_rest_load() {
 async fn a_fifo_dropped_in_while_running_does_not_block_a_reload() {
     let dir = plugin_dir(&[("echo", TEST_PLUGIN, Some(&mode("echo")))]);
     let metrics = Arc::new(PluginMetrics::default());
-    let (registry, report) = Registry::open(
-        sandbox(),
-        dir.path().to_owned(),
-        metrics.clone(),
-        Clock::System,
-    )
-    .await
-    .unwrap();
+    let (registry, report) = open_registry(sandbox(), dir.path(), metrics.clone()).await;
     assert_eq!(report.loaded, ["echo"]);
     let status = std::process::Command::new("mkfifo")
         .arg(dir.path().join("trap.wasm"))
@@ -231,14 +226,7 @@ async fn a_plugin_taken_out_is_no_longer_shown_quarantined() {
         ("other", TEST_PLUGIN, Some(&echo)),
     ]);
     let metrics = Arc::new(PluginMetrics::default());
-    let (registry, report) = Registry::open(
-        sandbox(),
-        dir.path().to_owned(),
-        metrics.clone(),
-        Clock::System,
-    )
-    .await
-    .unwrap();
+    let (registry, report) = open_registry(sandbox(), dir.path(), metrics.clone()).await;
     assert_eq!(report.loaded, ["echo", "other"]);
     let text = Telemetry {
         plugins: metrics.clone(),
@@ -273,14 +261,7 @@ async fn a_plugin_taken_out_is_no_longer_shown_quarantined() {
 async fn the_serving_versions_files_back_are_no_new_version() {
     let echo = mode("echo");
     let dir = plugin_dir(&[("echo", TEST_PLUGIN, Some(&echo))]);
-    let (registry, report) = Registry::open(
-        sandbox(),
-        dir.path().to_owned(),
-        Arc::default(),
-        Clock::System,
-    )
-    .await
-    .unwrap();
+    let (registry, report) = open_registry(sandbox(), dir.path(), Arc::default()).await;
     assert_eq!(report.loaded, ["echo"]);
     let serving = registry.current().plugins[0].clone();
     std::fs::write(dir.path().join("echo.wasm"), b"junk").unwrap();
@@ -469,6 +450,17 @@ async fn a_plugin_too_costly_to_compile_is_rejected_while_the_rest_load() {
     );
 }
 
+/// A registry over `dir`, and what its first scan found.
+async fn open_registry(
+    sandbox: Arc<Sandbox>,
+    dir: &Path,
+    metrics: Arc<PluginMetrics>,
+) -> (Registry, ScanReport) {
+    Registry::open(sandbox, dir.to_owned(), metrics, Clock::System)
+        .await
+        .unwrap()
+}
+
 fn wat_component(text: &str) -> Vec<u8> {
     wat::parse_str(text).unwrap()
 }
@@ -482,14 +474,7 @@ async fn a_rejections_text_from_the_file_is_bounded() {
     let name = "a".repeat(90_000);
     let long = wat_component(&format!("(component (import \"{name}\" (instance)))"));
     let dir = plugin_dir(&[("long", &long, None)]);
-    let (registry, report) = Registry::open(
-        sandbox(),
-        dir.path().to_owned(),
-        Arc::default(),
-        Clock::System,
-    )
-    .await
-    .unwrap();
+    let (registry, report) = open_registry(sandbox(), dir.path(), Arc::default()).await;
     let [error] = report.rejected.as_slice() else {
         panic!("{report:?}")
     };
@@ -522,14 +507,7 @@ async fn a_plugin_refused_for_want_of_room_loads_at_a_later_rescan() {
     );
     let echo = mode("echo");
     let dir = plugin_dir(&[("first", TEST_PLUGIN, Some(&echo))]);
-    let (registry, report) = Registry::open(
-        sandbox,
-        dir.path().to_owned(),
-        Arc::default(),
-        Clock::System,
-    )
-    .await
-    .unwrap();
+    let (registry, report) = open_registry(sandbox, dir.path(), Arc::default()).await;
     assert_eq!(report.loaded, ["first"]);
     // The one slot is taken (a partition's warm instance, say).
     let held = registry.current().plugins[0].instantiate().await.unwrap();
