@@ -7,32 +7,36 @@
 //! - `GET /plugins` — JSON: each plugin's version, hash, file, status and
 //!   last error.
 //!
-//! Whoever reaches the port is untrusted: it serves at most
-//! [`MAX_CONNECTIONS`] at once (more wait in the kernel's accept queue, so a
-//! flood cannot take the file descriptors the pipeline needs), one request
-//! per connection, whose headers must arrive within [`HEADER_TIMEOUT`], and
-//! no connection lives longer than [`CONNECTION_LIFETIME`]. At shutdown
-//! requests in flight get [`SHUTDOWN_GRACE`], so no client can hold the
-//! daemon's exit up.
+//! Whoever reaches the port is untrusted: it keeps at most
+//! [`MAX_CONNECTIONS`] open (so a flood cannot take the file descriptors
+//! the pipeline needs), one request per connection, whose headers must
+//! arrive within [`HEADER_TIMEOUT`], and no connection lives longer than
+//! [`CONNECTION_LIFETIME`]. At the bound a new connection is still
+//! accepted, and the oldest one still sending its request is closed for it
+//! (or, if every one has sent its request, the oldest): clients that hold
+//! connections open cannot make a probe wait behind them, since a probe
+//! sends its request at once. At shutdown requests in flight get
+//! [`SHUTDOWN_GRACE`], so no client can hold the daemon's exit up.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::task::JoinSet;
+use tokio::task::{AbortHandle, JoinSet};
+use tower_service::Service as _;
 use tracing::{debug, info, warn};
 
-/// Connections served at once.
+/// Connections kept open at once.
 pub const MAX_CONNECTIONS: usize = 256;
 /// The most a client may take to send a request's headers.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -99,21 +103,12 @@ impl Admin {
         if let Ok(addr) = listener.local_addr() {
             info!(%addr, "Admin endpoint listening (/metrics, /healthz, /readyz, /plugins).");
         }
+        let cut = self.telemetry.admin_connections_cut.clone();
         let router = self.router();
-        let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-        let mut connections = JoinSet::new();
+        let mut open = Connections::default();
         let mut shutdown = std::pin::pin!(shutdown);
         let mut accept_failing = false;
         loop {
-            // A permit before the accept: at the bound, connections wait in
-            // the kernel's queue, not as this process's descriptors.
-            let permit = tokio::select! {
-                () = &mut shutdown => break,
-                permit = permits.clone().acquire_owned() => match permit {
-                    Ok(permit) => permit,
-                    Err(_) => break, // never closed
-                },
-            };
             let accepted = tokio::select! {
                 () = &mut shutdown => break,
                 accepted = listener.accept() => accepted,
@@ -123,7 +118,12 @@ impl Admin {
                     if std::mem::take(&mut accept_failing) {
                         info!("Admin endpoint accepting connections again.");
                     }
-                    connections.spawn(connection(stream, router.clone(), permit));
+                    open.reap();
+                    if open.len() >= MAX_CONNECTIONS {
+                        open.close_one();
+                        cut.inc();
+                    }
+                    open.serve(stream, router.clone());
                 }
                 // The client left before it was accepted.
                 Err(err) if is_connection_error(&err) => {}
@@ -135,17 +135,15 @@ impl Admin {
                     tokio::time::sleep(ACCEPT_BACKOFF).await;
                 }
             }
-            // Reap the finished ones, so the set stays as small as the bound.
-            while connections.try_join_next().is_some() {}
         }
         drop(listener);
         let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
-            while connections.join_next().await.is_some() {}
+            while open.tasks.join_next().await.is_some() {}
         })
         .await;
         if drained.is_err() {
             debug!(
-                open = connections.len(),
+                open = open.tasks.len(),
                 "Admin connections dropped at shutdown."
             );
         }
@@ -153,15 +151,76 @@ impl Admin {
     }
 }
 
-/// Serves one connection within the endpoint's bounds, holding `_permit`
-/// until it is closed.
-async fn connection(stream: TcpStream, router: Router, _permit: OwnedSemaphorePermit) {
+/// The connections being served, oldest first.
+#[derive(Default)]
+struct Connections {
+    /// Each connection's task.
+    tasks: JoinSet<()>,
+    /// The open ones in the order they were accepted.
+    slots: VecDeque<Slot>,
+}
+
+/// One open connection.
+struct Slot {
+    /// Its task, to close it.
+    task: AbortHandle,
+    /// Whether its request has arrived (set when it is handed to the
+    /// router).
+    asked: Arc<AtomicBool>,
+}
+
+impl Connections {
+    /// Connections open.
+    fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Serves `stream` within the endpoint's bounds.
+    fn serve(&mut self, stream: TcpStream, router: Router) {
+        let asked = Arc::new(AtomicBool::new(false));
+        let task = self.tasks.spawn(connection(stream, router, asked.clone()));
+        self.slots.push_back(Slot { task, asked });
+    }
+
+    /// Forgets the connections that have ended, so the set stays as small
+    /// as the bound.
+    fn reap(&mut self) {
+        let mut ended = false;
+        while self.tasks.try_join_next().is_some() {
+            ended = true;
+        }
+        if ended {
+            self.slots.retain(|slot| !slot.task.is_finished());
+        }
+    }
+
+    /// Closes the oldest connection still sending its request, or the
+    /// oldest if every one has sent it.
+    fn close_one(&mut self) {
+        let at = self
+            .slots
+            .iter()
+            .position(|slot| !slot.asked.load(Ordering::Relaxed))
+            .unwrap_or(0);
+        if let Some(slot) = self.slots.remove(at) {
+            slot.task.abort();
+        }
+    }
+}
+
+/// Serves one connection within the endpoint's bounds, noting in `asked`
+/// when its request has arrived.
+async fn connection(stream: TcpStream, router: Router, asked: Arc<AtomicBool>) {
+    let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
+        asked.store(true, Ordering::Relaxed);
+        router.clone().call(request)
+    });
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT)
         .max_buf_size(MAX_REQUEST_BUFFER)
         .keep_alive(false)
-        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(router));
+        .serve_connection(TokioIo::new(stream), service);
     match tokio::time::timeout(CONNECTION_LIFETIME, connection).await {
         Ok(Ok(())) => {}
         Ok(Err(err)) => debug!(error = %err, "Admin connection ended in error."),

@@ -14,6 +14,7 @@ mod throttle;
 
 use std::sync::Arc;
 
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
 
 pub use self::pipeline::PipelineMetrics;
@@ -35,6 +36,8 @@ pub struct Telemetry {
     pub plugins: Arc<PluginMetrics>,
     /// Whether the member is assigned and restored.
     pub readiness: Arc<Readiness>,
+    /// Admin connections closed to make room for a newer one.
+    pub admin_connections_cut: Counter,
 }
 
 impl Telemetry {
@@ -44,6 +47,11 @@ impl Telemetry {
         self.pipeline.register(&mut registry);
         self.plugins.register(&mut registry);
         self.readiness.register(&mut registry);
+        registry.register(
+            "admin_connections_cut",
+            "Admin endpoint connections closed to make room for a newer one (a client holding connections open)",
+            self.admin_connections_cut.clone(),
+        );
         let mut text = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
