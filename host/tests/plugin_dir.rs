@@ -254,6 +254,50 @@ async fn a_plugin_taken_out_is_no_longer_shown_quarantined() {
     assert!(!quarantined("other"), "its .wasm gone: {}", text.encode());
 }
 
+/// A plugin that served and is removed keeps its series a while — a
+/// scrape sees its last counts and its `removed` reload — and then they
+/// go, so plugins renamed in a loop do not grow `/metrics` for good.
+#[tokio::test]
+async fn a_removed_plugins_series_go_after_a_while() {
+    let echo = mode("echo");
+    let dir = plugin_dir(&[
+        ("echo", TEST_PLUGIN, Some(&echo)),
+        ("other", TEST_PLUGIN, Some(&echo)),
+    ]);
+    let metrics = Arc::new(PluginMetrics::default());
+    let (registry, report) = open_registry(sandbox(), dir.path(), metrics.clone()).await;
+    assert_eq!(report.loaded, ["echo", "other"]);
+    let text = Telemetry {
+        plugins: metrics.clone(),
+        ..Default::default()
+    };
+    let shown = |name: &str| {
+        let label = format!("plugin=\"{name}\"");
+        text.encode().lines().any(|l| l.contains(&label))
+    };
+    // Calls made, as the dispatcher counts them.
+    for name in ["echo", "other"] {
+        let slot = metrics.slot(name);
+        slot.call(todo_eventd::world::Handler::OnEvent, Duration::ZERO, 0);
+        metrics.error(name, "deadline");
+    }
+    std::fs::remove_file(dir.path().join("other.wasm")).unwrap();
+    std::fs::remove_file(dir.path().join("other.toml")).unwrap();
+    let report = registry.rescan().await.unwrap();
+    let removed_at = std::time::Instant::now();
+    assert_eq!(report.removed, ["other"], "{report:?}");
+    let removed = "todo_eventd_plugin_reloads_total{plugin=\"other\",result=\"removed\"} 1";
+    assert!(
+        text.encode().lines().any(|l| l == removed),
+        "{}",
+        text.encode()
+    );
+
+    metrics.expire(removed_at + todo_eventd::telemetry::REMOVED_SERIES_KEPT);
+    assert!(!shown("other"), "{}", text.encode());
+    assert!(shown("echo"), "{}", text.encode());
+}
+
 /// A rejected change undone — the serving version's files back as they
 /// were — is no new version: the plugin keeps serving as it was, its
 /// health (a quarantine, a spent retry budget) included.

@@ -294,11 +294,13 @@ impl Registry {
             .collect();
         for name in gone {
             let entry = lock(&self.entries).remove(&name);
-            // A name that never loaded leaves no series behind: files
-            // appearing and vanishing under ever new names must not grow
-            // `/metrics` for good.
-            if entry.as_ref().is_some_and(|e| e.loaded_at.is_none()) {
-                self.metrics.forget(&name);
+            // Files appearing and vanishing under ever new names must not
+            // grow `/metrics` for good: a name that never loaded leaves no
+            // series behind, a plugin that served keeps them a while.
+            match &entry {
+                Some(e) if e.loaded_at.is_none() => self.metrics.forget(&name),
+                Some(_) => self.metrics.retire(&name, std::time::Instant::now()),
+                None => {}
             }
             if let Some(entry) = entry
                 && entry.plugin.is_some()

@@ -18,7 +18,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
 
 pub use self::pipeline::PipelineMetrics;
-pub use self::plugins::{PluginMetrics, SlotMetrics};
+pub use self::plugins::{PluginMetrics, REMOVED_SERIES_KEPT, REMOVED_SERIES_MAX, SlotMetrics};
 pub use self::readiness::{NotReady, PartitionStatus, Readiness, RestoreGuard};
 pub(crate) use self::throttle::TokenBucket;
 pub use self::throttle::{LogThrottle, Rate};

@@ -1,9 +1,16 @@
 //! Per-plugin metrics: calls by handler, errors by kind, call latency,
 //! memory high-water mark, quarantine state and reloads. Series are keyed by
 //! plugin name, so they carry on across versions of a plugin.
+//!
+//! A removed plugin's series stay for [`REMOVED_SERIES_KEPT`], so scrapes
+//! see its last counts and its `removed` reload, and then go, so renaming
+//! plugins does not grow `/metrics` for good; at most
+//! [`REMOVED_SERIES_MAX`] removed plugins' series are kept at once.
 
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -40,6 +47,12 @@ struct ReloadLabels {
 /// Every `result` a reload is counted under.
 const RELOAD_RESULTS: [&str; 4] = ["loaded", "rejected", "removed", "disabled"];
 
+/// How long a removed plugin's series are kept.
+pub const REMOVED_SERIES_KEPT: Duration = Duration::from_secs(10 * 60);
+/// The most removed plugins whose series are kept at once; past it, those
+/// removed longest ago go first.
+pub const REMOVED_SERIES_MAX: usize = 64;
+
 fn latency_histogram() -> Histogram {
     // 10 µs .. ~0.3 s: the default call deadline is 200 ms.
     Histogram::new(exponential_buckets(0.000_01, 2.0, 16))
@@ -60,6 +73,11 @@ pub struct PluginMetrics {
     warnings_suppressed: Family<PluginLabels, Counter>,
     timers_throttled: Family<PluginLabels, Counter>,
     retries: Family<PluginLabels, Counter>,
+    /// The error kinds counted per plugin, to drop their series.
+    error_kinds: Mutex<HashMap<String, Vec<&'static str>>>,
+    /// Removed plugins whose series are still kept, and when each was
+    /// removed, oldest first.
+    removed: Mutex<VecDeque<(String, Instant)>>,
 }
 
 impl Default for PluginMetrics {
@@ -77,6 +95,8 @@ impl Default for PluginMetrics {
             warnings_suppressed: Family::default(),
             timers_throttled: Family::default(),
             retries: Family::default(),
+            error_kinds: Mutex::default(),
+            removed: Mutex::default(),
         }
     }
 }
@@ -156,6 +176,13 @@ impl PluginMetrics {
 
     /// Counts a failed call by its kind (`deadline`, `memory`, `panic`, …).
     pub fn error(&self, plugin: &str, kind: &'static str) {
+        {
+            let mut kinds = lock(&self.error_kinds);
+            let kinds = kinds.entry(plugin.to_owned()).or_default();
+            if !kinds.contains(&kind) {
+                kinds.push(kind);
+            }
+        }
         self.errors
             .get_or_create(&KindLabels {
                 plugin: plugin.to_owned(),
@@ -189,9 +216,13 @@ impl PluginMetrics {
 
     /// Counts a change to the plugin's files taking effect: `"loaded"` (a
     /// new or replaced version), `"rejected"` (the old version, if any,
-    /// keeps serving), `"removed"` or `"disabled"`.
+    /// keeps serving), `"removed"` or `"disabled"`. Any but `"removed"`
+    /// means the name is back: its series are no longer due to go.
     pub fn reload(&self, plugin: &str, result: &'static str) {
         debug_assert!(RELOAD_RESULTS.contains(&result), "{result}");
+        if result != "removed" {
+            lock(&self.removed).retain(|(name, _)| name != plugin);
+        }
         self.reloads
             .get_or_create(&ReloadLabels {
                 plugin: plugin.to_owned(),
@@ -200,24 +231,91 @@ impl PluginMetrics {
             .inc();
     }
 
-    /// Drops the series of a plugin name that never loaded and whose files
-    /// are gone: its reloads, and the log and warning counters made while
-    /// trying to start it. (A name that never loaded has made no call.)
+    /// Drops every series of a plugin name that never loaded and whose
+    /// files are gone: its reloads, and the log and warning counters made
+    /// while trying to start it (and what is left of an earlier life of
+    /// the name).
     pub fn forget(&self, plugin: &str) {
+        lock(&self.removed).retain(|(name, _)| name != plugin);
+        self.drop_series(plugin);
+    }
+
+    /// Marks `plugin` removed at `now`: its series go
+    /// [`REMOVED_SERIES_KEPT`] later, or sooner when more than
+    /// [`REMOVED_SERIES_MAX`] removed plugins are kept, unless the name
+    /// comes back first.
+    pub fn retire(&self, plugin: &str, now: Instant) {
+        let over = {
+            let mut removed = lock(&self.removed);
+            removed.retain(|(name, _)| name != plugin);
+            removed.push_back((plugin.to_owned(), now));
+            let over = removed.len().saturating_sub(REMOVED_SERIES_MAX);
+            removed.drain(..over).collect::<Vec<_>>()
+        };
+        for (name, _) in over {
+            self.drop_series(&name);
+        }
+        self.expire(now);
+    }
+
+    /// Drops the series of plugins removed [`REMOVED_SERIES_KEPT`] or more
+    /// before `now`. Every scrape calls it.
+    pub fn expire(&self, now: Instant) {
+        let due = {
+            let mut removed = lock(&self.removed);
+            let due = removed
+                .iter()
+                .take_while(|(_, at)| now.saturating_duration_since(*at) >= REMOVED_SERIES_KEPT)
+                .count();
+            removed.drain(..due).collect::<Vec<_>>()
+        };
+        for (name, _) in due {
+            self.drop_series(&name);
+        }
+    }
+
+    /// Removes every series labelled with `plugin`.
+    fn drop_series(&self, plugin: &str) {
+        let labels = PluginLabels {
+            plugin: plugin.to_owned(),
+        };
+        for handler in [Handler::OnEvent, Handler::OnTimer] {
+            self.calls.remove(&CallLabels {
+                plugin: plugin.to_owned(),
+                handler: handler.as_str(),
+            });
+        }
+        let kinds = lock(&self.error_kinds).remove(plugin).unwrap_or_default();
+        for kind in kinds {
+            self.errors.remove(&KindLabels {
+                plugin: plugin.to_owned(),
+                kind,
+            });
+        }
         for result in RELOAD_RESULTS {
             self.reloads.remove(&ReloadLabels {
                 plugin: plugin.to_owned(),
                 result,
             });
         }
-        let labels = PluginLabels {
-            plugin: plugin.to_owned(),
-        };
-        self.log_dropped.remove(&labels);
-        self.warnings_suppressed.remove(&labels);
+        self.duration.remove(&labels);
+        for family in [&self.memory_high_water, &self.quarantined] {
+            family.remove(&labels);
+        }
+        for family in [
+            &self.quarantines,
+            &self.skipped,
+            &self.log_dropped,
+            &self.warnings_suppressed,
+            &self.timers_throttled,
+            &self.retries,
+        ] {
+            family.remove(&labels);
+        }
     }
 
     pub(super) fn register(&self, registry: &mut Registry) {
+        self.expire(Instant::now());
         registry.register(
             "plugin_calls",
             "Plugin calls by handler",
@@ -278,5 +376,103 @@ impl PluginMetrics {
             "Changes to the plugin's files by result (loaded, rejected, removed, disabled)",
             self.reloads.clone(),
         );
+    }
+}
+
+/// Locks `mutex`; a panic while it was held leaves bookkeeping that is
+/// still whole, so it is used as it is.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The plugin names `/metrics` shows a series for.
+    fn names_shown(metrics: &PluginMetrics) -> std::collections::BTreeSet<String> {
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        text.lines()
+            .filter_map(|line| line.split_once("plugin=\"")?.1.split_once('"'))
+            .map(|(name, _)| name.to_owned())
+            .collect()
+    }
+
+    /// Every kind of series a plugin that served may have.
+    fn served(metrics: &PluginMetrics, name: &str) {
+        let slot = metrics.slot(name);
+        slot.call(Handler::OnEvent, Duration::from_micros(5), 1 << 16);
+        slot.call(Handler::OnTimer, Duration::from_micros(5), 1 << 16);
+        slot.retried();
+        slot.timers_throttled(1);
+        metrics.error(name, "deadline");
+        metrics.error(name, "memory");
+        metrics.set_quarantined(name, true);
+        metrics.set_quarantined(name, false);
+        metrics.skipped(name);
+        metrics.log_dropped(name).inc();
+        metrics.warnings_suppressed(name).inc();
+        metrics.reload(name, "loaded");
+        metrics.reload(name, "removed");
+    }
+
+    /// A removed plugin's series stay a while, then every one goes; a
+    /// plugin still there keeps its own. (Before, they stayed for good,
+    /// so renaming plugins grew `/metrics` with each name.)
+    #[test]
+    fn a_removed_plugins_series_go_after_a_while() {
+        let metrics = PluginMetrics::default();
+        served(&metrics, "gone");
+        served(&metrics, "kept");
+        metrics.reload("kept", "loaded");
+        let removed_at = Instant::now();
+        metrics.retire("gone", removed_at);
+        assert_eq!(
+            names_shown(&metrics),
+            ["gone", "kept"].map(String::from).into()
+        );
+
+        metrics.expire(removed_at + REMOVED_SERIES_KEPT - Duration::from_secs(1));
+        assert!(names_shown(&metrics).contains("gone"));
+        metrics.expire(removed_at + REMOVED_SERIES_KEPT);
+        assert_eq!(names_shown(&metrics), ["kept"].map(String::from).into());
+        // The counters start again if the name returns.
+        metrics.error("gone", "deadline");
+        assert!(names_shown(&metrics).contains("gone"));
+    }
+
+    /// A name that comes back within the while keeps its series.
+    #[test]
+    fn a_plugin_back_in_time_keeps_its_series() {
+        let metrics = PluginMetrics::default();
+        served(&metrics, "back");
+        let removed_at = Instant::now();
+        metrics.retire("back", removed_at);
+        metrics.reload("back", "loaded");
+        metrics.expire(removed_at + REMOVED_SERIES_KEPT * 2);
+        assert!(names_shown(&metrics).contains("back"));
+    }
+
+    /// Plugins renamed in a loop keep at most the bound of removed names.
+    #[test]
+    fn removed_plugins_series_are_bounded_in_number() {
+        let metrics = PluginMetrics::default();
+        let now = Instant::now();
+        for version in 0..REMOVED_SERIES_MAX * 3 {
+            let name = format!("reminders-1.{version}");
+            served(&metrics, &name);
+            metrics.retire(&name, now);
+        }
+        let shown = names_shown(&metrics);
+        assert_eq!(shown.len(), REMOVED_SERIES_MAX);
+        // The latest are the ones kept.
+        let latest = format!("reminders-1.{}", REMOVED_SERIES_MAX * 3 - 1);
+        assert!(shown.contains(&latest), "{shown:?}");
+        assert!(!shown.contains("reminders-1.0"), "{shown:?}");
     }
 }
