@@ -214,12 +214,9 @@ async fn a_fifo_dropped_in_while_running_does_not_block_a_reload() {
     assert!(encoded.contains("plugin=\"echo\""), "{encoded}");
 }
 
-/// A quarantined plugin that is disabled, or whose `.wasm` goes while its
-/// manifest stays, no longer shows as quarantined: the alert on
-/// `plugin_quarantined` would otherwise fire for good for a plugin that
-/// is not there.
-#[tokio::test]
-async fn a_plugin_taken_out_is_no_longer_shown_quarantined() {
+/// A directory serving two echo plugins, `echo` and `other`, its registry
+/// and the metrics it reports to.
+async fn echo_and_other() -> (tempfile::TempDir, Registry, Telemetry) {
     let echo = mode("echo");
     let dir = plugin_dir(&[
         ("echo", TEST_PLUGIN, Some(&echo)),
@@ -229,9 +226,21 @@ async fn a_plugin_taken_out_is_no_longer_shown_quarantined() {
     let (registry, report) = open_registry(sandbox(), dir.path(), metrics.clone()).await;
     assert_eq!(report.loaded, ["echo", "other"]);
     let text = Telemetry {
-        plugins: metrics.clone(),
+        plugins: metrics,
         ..Default::default()
     };
+    (dir, registry, text)
+}
+
+/// A quarantined plugin that is disabled, or whose `.wasm` goes while its
+/// manifest stays, no longer shows as quarantined: the alert on
+/// `plugin_quarantined` would otherwise fire for good for a plugin that
+/// is not there.
+#[tokio::test]
+async fn a_plugin_taken_out_is_no_longer_shown_quarantined() {
+    let echo = mode("echo");
+    let (dir, registry, text) = echo_and_other().await;
+    let metrics = text.plugins.clone();
     let quarantined = |name: &str| {
         let line = format!("todo_eventd_plugin_quarantined{{plugin=\"{name}\"}} 1");
         text.encode().lines().any(|l| l == line)
@@ -259,18 +268,8 @@ async fn a_plugin_taken_out_is_no_longer_shown_quarantined() {
 /// go, so plugins renamed in a loop do not grow `/metrics` for good.
 #[tokio::test]
 async fn a_removed_plugins_series_go_after_a_while() {
-    let echo = mode("echo");
-    let dir = plugin_dir(&[
-        ("echo", TEST_PLUGIN, Some(&echo)),
-        ("other", TEST_PLUGIN, Some(&echo)),
-    ]);
-    let metrics = Arc::new(PluginMetrics::default());
-    let (registry, report) = open_registry(sandbox(), dir.path(), metrics.clone()).await;
-    assert_eq!(report.loaded, ["echo", "other"]);
-    let text = Telemetry {
-        plugins: metrics.clone(),
-        ..Default::default()
-    };
+    let (dir, registry, text) = echo_and_other().await;
+    let metrics = text.plugins.clone();
     let shown = |name: &str| {
         let label = format!("plugin=\"{name}\"");
         text.encode().lines().any(|l| l.contains(&label))
