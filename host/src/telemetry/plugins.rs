@@ -176,12 +176,12 @@ impl PluginMetrics {
 
     /// Counts a failed call by its kind (`deadline`, `memory`, `panic`, …).
     pub fn error(&self, plugin: &str, kind: &'static str) {
-        {
-            let mut kinds = lock(&self.error_kinds);
-            let kinds = kinds.entry(plugin.to_owned()).or_default();
-            if !kinds.contains(&kind) {
-                kinds.push(kind);
-            }
+        // Held while the series is made, so dropping the plugin's series
+        // cannot miss it.
+        let mut kinds = lock(&self.error_kinds);
+        let known = kinds.entry(plugin.to_owned()).or_default();
+        if !known.contains(&kind) {
+            known.push(kind);
         }
         self.errors
             .get_or_create(&KindLabels {
@@ -285,13 +285,14 @@ impl PluginMetrics {
                 handler: handler.as_str(),
             });
         }
-        let kinds = lock(&self.error_kinds).remove(plugin).unwrap_or_default();
-        for kind in kinds {
+        let mut kinds = lock(&self.error_kinds);
+        for kind in kinds.remove(plugin).unwrap_or_default() {
             self.errors.remove(&KindLabels {
                 plugin: plugin.to_owned(),
                 kind,
             });
         }
+        drop(kinds);
         for result in RELOAD_RESULTS {
             self.reloads.remove(&ReloadLabels {
                 plugin: plugin.to_owned(),
