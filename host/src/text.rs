@@ -31,10 +31,29 @@ pub fn truncate(text: &str, max: usize) -> Cow<'_, str> {
     }
 }
 
-/// `text` cut to at most `max` bytes (as [`truncate`]) with control
-/// characters escaped (`\n`, `\u{1b}`): one line, safe for a terminal.
+/// `text` with control characters escaped (`\n`, `\u{1b}`) and cut to at
+/// most `max` bytes of that, with `… (N bytes)` appended when it was cut
+/// (`N` the length of `text`): one line, safe for a terminal. The bound
+/// holds for the escaped text, so a line of control characters is not
+/// five times longer than the bound.
 pub fn quote_bounded(text: &str, max: usize) -> String {
-    escape_control(&truncate(text, max)).into_owned()
+    if text.len() <= max && !text.chars().any(char::is_control) {
+        return text.to_owned();
+    }
+    let mut out = String::with_capacity(text.len().min(max) + 24);
+    for c in text.chars() {
+        let escaped = c.is_control().then(|| c.escape_default());
+        let len = escaped.as_ref().map_or(c.len_utf8(), ExactSizeIterator::len);
+        if out.len() + len > max {
+            out.push_str(&format!("… ({} bytes)", text.len()));
+            break;
+        }
+        match escaped {
+            Some(escaped) => out.extend(escaped),
+            None => out.push(c),
+        }
+    }
+    out
 }
 
 /// `text` with every control character escaped as Rust writes it (`\n`,
@@ -70,6 +89,22 @@ mod tests {
         assert_eq!(prefix("héllo", 3), "hé");
         assert_eq!(truncate("abcdef", 3), "abc… (6 bytes)");
         assert_eq!(truncate("abc", 3), "abc");
+    }
+
+    /// The bound is on what is written: a line of control characters,
+    /// each escaped to six, is not six times the bound. (Before, it was
+    /// cut and then escaped: 8 KiB of `\x01` came out as 48 KiB.)
+    #[test]
+    fn the_bound_holds_for_the_escaped_text() {
+        let line = quote_bounded(&"\x01".repeat(100_000), 8192);
+        let (kept, suffix) = line.split_once('…').unwrap();
+        assert!(kept.len() <= 8192 && kept.len() > 8192 - 6, "{}", kept.len());
+        assert!(kept.chars().all(|c| !c.is_control()));
+        assert_eq!(suffix, " (100000 bytes)");
+        assert_eq!(quote_bounded("a\nb", 4), "a\\nb");
+        assert_eq!(quote_bounded("a\nb", 3), "a\\n… (3 bytes)");
+        assert_eq!(quote_bounded("abcdef", 3), "abc… (6 bytes)");
+        assert_eq!(quote_bounded("héllo", 2), "h… (6 bytes)");
     }
 
     #[test]
