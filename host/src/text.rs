@@ -43,7 +43,9 @@ pub fn quote_bounded(text: &str, max: usize) -> String {
     let mut out = String::with_capacity(text.len().min(max) + 24);
     for c in text.chars() {
         let escaped = c.is_control().then(|| c.escape_default());
-        let len = escaped.as_ref().map_or(c.len_utf8(), ExactSizeIterator::len);
+        let len = escaped
+            .as_ref()
+            .map_or(c.len_utf8(), ExactSizeIterator::len);
         if out.len() + len > max {
             out.push_str(&format!("… ({} bytes)", text.len()));
             break;
@@ -98,7 +100,11 @@ mod tests {
     fn the_bound_holds_for_the_escaped_text() {
         let line = quote_bounded(&"\x01".repeat(100_000), 8192);
         let (kept, suffix) = line.split_once('…').unwrap();
-        assert!(kept.len() <= 8192 && kept.len() > 8192 - 6, "{}", kept.len());
+        assert!(
+            kept.len() <= 8192 && kept.len() > 8192 - 6,
+            "{}",
+            kept.len()
+        );
         assert!(kept.chars().all(|c| !c.is_control()));
         assert_eq!(suffix, " (100000 bytes)");
         assert_eq!(quote_bounded("a\nb", 4), "a\\nb");

@@ -85,6 +85,9 @@ pub struct PipelineMetrics {
     pub consumer_errors: Counter,
     /// Per-record warnings left out of the log over their rate limit.
     pub warnings_suppressed: Counter,
+    /// Records the producer's queue had no room for (each tried again
+    /// after a short back-off).
+    pub producer_queue_full: Counter,
     delivery_failures: Family<DeliveryLabels, Counter>,
     dead_letter_stages: Family<StageLabels, Counter>,
     rebalances: Family<RebalanceLabels, Counter>,
@@ -110,6 +113,7 @@ impl Default for PipelineMetrics {
             undeliverable: Counter::default(),
             consumer_errors: Counter::default(),
             warnings_suppressed: Counter::default(),
+            producer_queue_full: Counter::default(),
             delivery_failures: Family::default(),
             dead_letter_stages: Family::default(),
             rebalances: Family::default(),
@@ -255,6 +259,11 @@ impl PipelineMetrics {
                 "warnings_suppressed",
                 "Per-record warnings (undecodable records, outputs that cannot be produced) left out of the log over the rate limit",
                 &self.warnings_suppressed,
+            ),
+            (
+                "producer_queue_full",
+                "Offers of a record the producer's queue had no room for (tried again after a short back-off)",
+                &self.producer_queue_full,
             ),
         ];
         for (name, help, counter) in counters {
