@@ -163,6 +163,14 @@ async fn floods_are_stopped_by_quotas_and_memory_stays_bounded() {
             "quota: 1001 emits",
             "limits.emits_per_call (1000)",
         ),
+        // Tiny keys: 5000 of 10 bytes are far under the bytes a call may
+        // write, but each would be a changelog record.
+        (
+            "state-churn",
+            "size = 0\ncount = 5000",
+            "quota: 1001 keys changed",
+            "limits.state_changes_per_call (1000)",
+        ),
     ];
     let sandbox = sandbox();
     let before = rss_mib();

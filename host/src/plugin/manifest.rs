@@ -16,6 +16,7 @@
 //! emit_bytes_per_call = "4MiB"
 //! state_bytes_per_call = "4MiB"
 //! timers_per_call = 1000
+//! state_changes_per_call = 1000       # keys changed (values, timers)
 //! state_bytes = "64MiB"               # per-partition quotas
 //! state_keys = 1000000
 //! timers = 100000

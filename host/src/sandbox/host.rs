@@ -117,6 +117,8 @@ pub(super) struct CallUsage {
     input_emits: u64,
     state_bytes: u64,
     timers: u64,
+    /// Keys changed (values and timers together).
+    changes: u64,
 }
 
 /// Store data of one plugin instance.
@@ -185,6 +187,27 @@ impl HostState {
             return Err(QuotaExceeded::new(
                 "limits.state_bytes_per_call",
                 format_args!("{} bytes of state written", self.usage.state_bytes),
+                limit,
+            )
+            .into());
+        }
+        Ok(())
+    }
+
+    /// Counts a change of `key` (its value or its timer) against
+    /// `limits.state_changes_per_call`, unless the call changed it already:
+    /// each key changed is one changelog record.
+    fn change(&mut self, key: &str) -> wasmtime::Result<()> {
+        let changes = &self.effects.changes;
+        if changes.values.contains_key(key) || changes.timers.contains_key(key) {
+            return Ok(());
+        }
+        self.usage.changes += 1;
+        let limit = self.spec.limits.state_changes_per_call;
+        if self.usage.changes > limit.0 {
+            return Err(QuotaExceeded::new(
+                "limits.state_changes_per_call",
+                format_args!("{} keys changed", self.usage.changes),
                 limit,
             )
             .into());
@@ -283,6 +306,7 @@ impl state::Host for HostState {
         let payload_len = self.timer_now(&key).map_or(0, |t| t.payload.len());
         self.check_pair(&key, value.len(), payload_len)?;
         self.write_state(key.len() + value.len())?;
+        self.change(&key)?;
         self.effects.changes.values.insert(key, Some(value));
         Ok(())
     }
@@ -290,6 +314,7 @@ impl state::Host for HostState {
     fn delete(&mut self, key: String) -> wasmtime::Result<()> {
         check_key("state", &key)?;
         self.write_state(key.len())?;
+        self.change(&key)?;
         self.effects.changes.values.insert(key, None);
         Ok(())
     }
@@ -312,6 +337,7 @@ impl timers::Host for HostState {
             .into());
         }
         self.write_state(key.len() + payload.len() + 8)?;
+        self.change(&key)?;
         // The dispatcher stamps the call's hops on the timer.
         let timer = Timer {
             due,
@@ -325,6 +351,7 @@ impl timers::Host for HostState {
     fn cancel(&mut self, key: String) -> wasmtime::Result<()> {
         check_key("timer", &key)?;
         self.write_state(key.len())?;
+        self.change(&key)?;
         self.effects.changes.timers.insert(key, None);
         Ok(())
     }

@@ -103,6 +103,10 @@ limits! {
     state_bytes_per_call: ByteSize = ByteSize::mib(4), max ByteSize::mib(64), min ByteSize::kib(1);
     /// Timers one call may set.
     timers_per_call: Count = Count(1_000), max Count(100_000), min Count(1);
+    /// Keys whose state value or timer one call may change (set, delete,
+    /// set a timer, cancel one): each is one changelog record, however
+    /// few bytes it holds.
+    state_changes_per_call: Count = Count(1_000), max Count(100_000), min Count(1);
     /// Bytes of state (keys and values) the plugin may hold per partition.
     state_bytes: ByteSize = ByteSize::mib(64), max ByteSize::mib(1024), min ByteSize::kib(1);
     /// State keys the plugin may hold per partition.
