@@ -227,10 +227,15 @@ async fn retries_stop_once_the_plugins_retry_budget_is_spent() {
     assert!(health("flaky").is_none());
 }
 
+/// An `internal` error and a denial (an emit to an output the manifest
+/// does not map — the plugin's own choice) count toward quarantine; a
+/// plugin rejecting its input does not. (Before, a plugin failing every
+/// call with a denial was never quarantined.)
 #[tokio::test]
 async fn an_internal_error_counts_toward_quarantine_and_bad_input_does_not() {
     let dir = plugin_dir(&[
         ("buggy", TEST_PLUGIN, Some(&mode("internal"))),
+        ("snoop", TEST_PLUGIN, Some(&mode("bad-emit"))),
         ("strict", TEST_PLUGIN, Some(&mode("reject"))),
     ]);
     let plugins = load(&sandbox(), dir.path()).await;
@@ -250,6 +255,7 @@ async fn an_internal_error_counts_toward_quarantine_and_bad_input_does_not() {
             .is_some()
     };
     assert!(quarantined("buggy"), "two internal errors in a row");
+    assert!(quarantined("snoop"), "two denials in a row");
     assert!(!quarantined("strict"), "rejecting input is no fault");
     let outcomes = dispatcher.dispatch(&created("t1", 3_000), 0, 3_000).await;
     let buggy = outcomes.iter().find(|o| o.plugin.name == "buggy").unwrap();

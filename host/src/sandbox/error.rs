@@ -138,15 +138,17 @@ impl CallError {
     }
 
     /// Whether the failure is the plugin's own — a trap, a deadline, memory,
-    /// a quota, a failed instantiation, an `internal` error. A plugin
-    /// rejecting its input (`bad-input`), a transient failure
-    /// (`retryable`), a denial (which input can provoke, e.g. an over-long
-    /// key), a loop cut off at `plugins.max_hops` and the sandbox's lack
-    /// of room are not. What counts towards
-    /// quarantine is [`CallError::counts_toward_quarantine`].
+    /// a quota, a denial (an emit to an output its manifest does not map,
+    /// an over-long key: what the plugin asks for is its choice, and
+    /// failing every call with one would otherwise never quarantine it),
+    /// a failed instantiation, an `internal` error. A plugin rejecting its
+    /// input (`bad-input`), a transient failure (`retryable`), a loop cut
+    /// off at `plugins.max_hops` and the sandbox's lack of room are not.
+    /// What counts towards quarantine is
+    /// [`CallError::counts_toward_quarantine`].
     pub fn is_plugin_fault(&self) -> bool {
         match self {
-            Self::Trap { kind, .. } => *kind != TrapKind::Denied,
+            Self::Trap { .. } => true,
             Self::Quota(_) | Self::Instantiate(_) | Self::StartDeadline { .. } => true,
             Self::Plugin { kind, .. } => *kind == ErrorKind::Internal,
             Self::MaxHops { .. } | Self::Capacity(_) | Self::Quarantined { .. } => false,
