@@ -120,6 +120,41 @@ async fn outputs_and_dead_letters_land_with_keys_and_headers() {
     assert_eq!(harness.committed(), harness.end_offsets());
 }
 
+/// A timer whose call fails is gone (the call removed it), so its dead
+/// letter carries all of it — plugin, key, due time and payload — for the
+/// operator to set it again. (Before, the payload was left out and lost.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_timers_dead_letter_keeps_its_payload() {
+    let harness = Harness::new(&["task-events", "task-events.dlq", "out-topic", CHANGELOG]);
+    let timed = format!("{}timer_fails = \"1\"\n", mode("timer"));
+    let dir = plugin_dir(&[("timed", TEST_PLUGIN, Some(&timed))]);
+    let plugins = load(&sandbox(), dir.path()).await;
+    // Its timer is due a minute after the event: long past.
+    harness.produce(&[event("e1", "u1", "t1", "created")]).await;
+    let (seen, _) = harness
+        .run_until(
+            plugins,
+            &["task-events.dlq"],
+            |seen| !seen.is_empty(),
+            async |_| {},
+        )
+        .await;
+    let dead = &seen[0];
+    assert_eq!(header(dead, "error.stage").as_deref(), Some("timer"));
+    assert_eq!(header(dead, "error.plugin").as_deref(), Some("timed"));
+    assert!(
+        header(dead, "error.message")
+            .unwrap()
+            .contains("timer t1 is not welcome")
+    );
+    assert_eq!(dead.key(), Some(&b"t1"[..]));
+    let record = value(dead);
+    assert_eq!(record["plugin"], "timed");
+    assert_eq!(record["timer"], "t1");
+    assert_eq!(record["due"], "2026-01-26T08:01:00Z");
+    assert_eq!(record["payload"], "e1");
+}
+
 /// A producer sending nothing but undecodable records gets every one
 /// dead-lettered, but cannot flood the daemon's log: the warning per record
 /// is held to a rate, the rest counted.

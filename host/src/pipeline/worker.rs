@@ -44,6 +44,7 @@ use crate::state::PluginState;
 use crate::state::changelog;
 use crate::telemetry::{LogThrottle, PartitionStatus, PipelineMetrics, RestoreGuard};
 use crate::units::ByteSize;
+use crate::world::FiredTimer;
 
 /// Timers fired in one go before the worker looks at anything else.
 pub(super) const TIMER_BATCH: usize = 64;
@@ -576,18 +577,13 @@ impl Worker {
                 return;
             };
             self.context.stats.timers_fired.inc();
-            let value = serde_json::json!({
-                "plugin": firing.outcome.plugin.name,
-                "timer": firing.timer.key,
-                "due": rfc3339(firing.timer.due),
-            })
-            .to_string();
+            let value = timer_record(&firing.outcome.plugin.name, &firing.timer);
             let input = Input {
                 topic: self.topic.clone(),
                 partition: self.partition,
                 offset: None,
                 key: Some(firing.timer.key.clone().into_bytes()),
-                value: value.into_bytes(),
+                value,
                 event_id: None,
                 hops: firing.hops,
             };
@@ -694,6 +690,27 @@ impl Worker {
             }
         }
     }
+}
+
+/// The record a fired timer stands for, as its dead letter carries it
+/// should the call fail: the plugin, the key, when it was due and its
+/// payload (`payload` when it is UTF-8, else `payload_base64`), so the
+/// timer can be set again by hand — the call removed it.
+fn timer_record(plugin: &str, timer: &FiredTimer) -> Vec<u8> {
+    let mut value = serde_json::json!({
+        "plugin": plugin,
+        "timer": timer.key,
+        "due": rfc3339(timer.due),
+    });
+    match std::str::from_utf8(&timer.payload) {
+        Ok(text) => value["payload"] = text.into(),
+        Err(_) => {
+            use base64::Engine as _;
+            let encoded = base64::engine::general_purpose::STANDARD.encode(&timer.payload);
+            value["payload_base64"] = encoded.into();
+        }
+    }
+    value.to_string().into_bytes()
 }
 
 /// Runs a partition's worker. Should it panic (a bug), the partition is

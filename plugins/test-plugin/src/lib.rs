@@ -13,7 +13,9 @@
 //! - `bad-emit`: emit to an output the manifest does not grant;
 //! - `fail`: write state, set a timer, emit, then return an error (none of
 //!   which may be applied);
-//! - `timer`: set a timer 1 minute after the event, emit on fire;
+//! - `timer`: set a timer 1 minute after the event (its payload the event
+//!   id), emit on fire — or, with `timer_fails` set, fail the `on-timer`
+//!   call with a `bad-input` error;
 //! - `flaky`: trap (panic) while the host's clock is before `fail_until`
 //!   (ms), then behave like `echo` (a plugin that fails for a while, then
 //!   recovers);
@@ -351,6 +353,12 @@ impl Plugin for TestPlugin {
             let (user, task) = payload.split_once('\n').unwrap_or(("u", "t"));
             feed_back(&timer.key, user, task);
             return Ok(());
+        }
+        if host::config("timer_fails").is_some() {
+            return Err(Error::bad_input(
+                "refused",
+                format!("timer {} is not welcome", timer.key),
+            ));
         }
         let value = serde_json::json!({
             "timer": timer.key,
