@@ -23,7 +23,7 @@ use super::grants::WasiGrants;
 use super::limits::{Limits, QuotaExceeded};
 use super::log::PluginLog;
 use crate::state::{PluginState, StateChanges, Timer};
-use crate::units::ByteSize;
+use crate::units::{ByteSize, Count};
 use crate::world::todo::plugin::{host, output, state, timers, types};
 use crate::world::{LogLevel, Timestamp};
 
@@ -203,16 +203,12 @@ impl HostState {
             return Ok(());
         }
         self.usage.changes += 1;
-        let limit = self.spec.limits.state_changes_per_call;
-        if self.usage.changes > limit.0 {
-            return Err(QuotaExceeded::new(
-                "limits.state_changes_per_call",
-                format_args!("{} keys changed", self.usage.changes),
-                limit,
-            )
-            .into());
-        }
-        Ok(())
+        count_within(
+            "limits.state_changes_per_call",
+            self.usage.changes,
+            "keys changed",
+            self.spec.limits.state_changes_per_call,
+        )
     }
 
     fn check_value(&self, what: &str, len: usize) -> wasmtime::Result<()> {
@@ -265,6 +261,15 @@ impl HostState {
         }
         Ok(())
     }
+}
+
+/// Fails the call with the quota `quota` once `used` (of `what`: "timers
+/// set") passes the per-call count `limit`.
+fn count_within(quota: &'static str, used: u64, what: &str, limit: Count) -> wasmtime::Result<()> {
+    if used > limit.0 {
+        return Err(QuotaExceeded::new(quota, format_args!("{used} {what}"), limit).into());
+    }
+    Ok(())
 }
 
 fn check_key(what: &str, key: &str) -> wasmtime::Result<()> {
@@ -327,15 +332,12 @@ impl timers::Host for HostState {
         let value_len = self.value_now(&key).map_or(0, <[u8]>::len);
         self.check_pair(&key, value_len, payload.len())?;
         self.usage.timers += 1;
-        let limit = self.spec.limits.timers_per_call;
-        if self.usage.timers > limit.0 {
-            return Err(QuotaExceeded::new(
-                "limits.timers_per_call",
-                format_args!("{} timers set", self.usage.timers),
-                limit,
-            )
-            .into());
-        }
+        count_within(
+            "limits.timers_per_call",
+            self.usage.timers,
+            "timers set",
+            self.spec.limits.timers_per_call,
+        )?;
         self.write_state(key.len() + payload.len() + 8)?;
         self.change(&key)?;
         // The dispatcher stamps the call's hops on the timer.
