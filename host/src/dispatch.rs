@@ -43,7 +43,7 @@ use crate::clock::{self, rfc3339};
 use crate::plugin::Plugin;
 use crate::plugin::health::{QuarantinePolicy, Transition};
 use crate::sandbox::{CallError, Effects, Emit, Instance, Limits, QuotaExceeded};
-use crate::state::{PluginState, StateChanges, Usage};
+use crate::state::{PluginState, StateChanges, Timer, Usage};
 use crate::telemetry::{PluginMetrics, SlotMetrics};
 use crate::units::format_duration;
 use crate::world::{FiredTimer, Handler, TaskEvent, Timestamp};
@@ -78,6 +78,10 @@ pub const DEFAULT_MAX_HOPS: u32 = 4;
 /// not emit to any topic: no chain of plugins goes this deep but a loop
 /// (through another deployment that feeds this one, say).
 pub const MAX_HOPS: u32 = 64;
+
+/// How long a timer whose call found no room for an instance waits before
+/// it fires again, in milliseconds.
+pub const NO_ROOM_TIMER_DELAY_MS: i64 = 1_000;
 
 /// How a retry of a `retryable` call waits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,6 +152,12 @@ pub struct Firing {
     pub hops: u32,
     /// The call's outcome.
     pub outcome: Outcome,
+    /// When the timer fires again, if the call found no room for an
+    /// instance (`sandbox.max_instances`): neither the timer's fault nor
+    /// the plugin's, so it is set again for then, not dead-lettered and
+    /// lost, and `outcome` is an empty success (the error counted and
+    /// logged as any other).
+    pub postponed: Option<Timestamp>,
 }
 
 struct Slot {
@@ -314,8 +324,19 @@ impl Dispatcher {
                 &self.metrics,
             )
             .await;
-        // The fired timer is gone unless the handler set it again: either
-        // way its key changed.
+        let postponed = matches!(outcome.result, Err(CallError::Capacity(_))).then(|| {
+            let due = now.saturating_add(NO_ROOM_TIMER_DELAY_MS);
+            let again = Timer {
+                due,
+                payload: timer.payload.clone(),
+                hops,
+            };
+            slot.state.set_timer(timer.key.clone(), Some(again));
+            outcome.result = Ok(Vec::new());
+            due
+        });
+        // The fired timer is gone unless the handler (or the lack of room)
+        // set it again: either way its key changed.
         if let Err(at) = outcome.changed.binary_search(&timer.key) {
             outcome.changed.insert(at, timer.key.clone());
         }
@@ -323,6 +344,7 @@ impl Dispatcher {
             timer,
             hops,
             outcome,
+            postponed,
         })
     }
 }

@@ -659,6 +659,63 @@ async fn a_plugin_that_finds_no_room_for_an_instance_is_not_blamed() {
     assert!(health.retry_at.is_none());
 }
 
+/// A timer whose call finds no room for an instance is set again a
+/// second later, not dead-lettered: the call removed it, so a dead letter
+/// was all that was left of a reminder. Once there is room it fires.
+#[tokio::test]
+async fn a_timer_that_finds_no_room_fires_later() {
+    use todo_eventd::dispatch::NO_ROOM_TIMER_DELAY_MS;
+    use todo_eventd::state::{PluginState, Timer};
+    let sandbox = Arc::new(
+        Sandbox::new(SandboxConfig {
+            max_instances: 2,
+            ..SandboxConfig::default()
+        })
+        .unwrap(),
+    );
+    let echo = mode("echo");
+    let dir = plugin_dir(&[
+        ("a", TEST_PLUGIN, Some(&echo)),
+        ("b", TEST_PLUGIN, Some(&echo)),
+        ("timed", TEST_PLUGIN, Some(&mode("timer"))),
+    ]);
+    let plugins = load(&sandbox, dir.path()).await;
+    // One partition's plugins hold the pool's two instances.
+    let mut busy = Dispatcher::new(&plugins[..2]);
+    for outcome in busy.dispatch(&created("t0", 1_000), 0, 1_000).await {
+        outcome.result.unwrap();
+    }
+    // Another partition's restored timer comes due.
+    let mut timed = Dispatcher::new(&plugins[2..]);
+    let mut state = PluginState::default();
+    let timer = Timer {
+        due: 5_000,
+        payload: b"ev-1".to_vec(),
+        hops: 0,
+    };
+    state.set_timer("t1".into(), Some(timer));
+    timed.restore([("timed".to_owned(), state)].into());
+    let firing = timed.fire_next(6_000).await.unwrap();
+    assert_eq!(firing.postponed, Some(6_000 + NO_ROOM_TIMER_DELAY_MS));
+    assert_eq!(firing.outcome.result.as_ref().unwrap().len(), 0);
+    assert_eq!(
+        firing.outcome.changed,
+        ["t1"],
+        "the new due time is written"
+    );
+    let kept = timed.state("timed").unwrap().timer("t1").unwrap();
+    assert_eq!((kept.due, kept.payload.as_slice()), (7_000, &b"ev-1"[..]));
+    assert!(timed.fire_next(6_999).await.is_none(), "not before then");
+
+    drop(busy);
+    let firing = timed.fire_next(7_000).await.unwrap();
+    assert_eq!(firing.postponed, None);
+    let emits = firing.outcome.result.unwrap();
+    let value: serde_json::Value = serde_json::from_str(&emits[0].value).unwrap();
+    assert_eq!(value["payload"], "ev-1");
+    assert_eq!(timed.timer_count(), 0);
+}
+
 /// A sandbox whose input topic is `task-events`.
 fn sandbox_reading_task_events() -> Arc<Sandbox> {
     Arc::new(
