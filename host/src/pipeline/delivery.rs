@@ -615,7 +615,7 @@ impl Context {
                 if full {
                     *retry_at = now + kafka::QUEUE_FULL_BACKOFF;
                 } else {
-                    full = self.offer(send, input, &mut sends.dead_lettered);
+                    full = self.offer(send, input, &mut sends.dead_lettered, now);
                 }
             }
             // Judged after the offer, which may have failed on the spot (a
@@ -628,8 +628,16 @@ impl Context {
     /// Offers a record to the producer (a full queue is tried again
     /// shortly, without counting as a failure; a local error such as a
     /// record over `message.max.bytes` is a failure like any other).
-    /// Whether the producer's queue was full.
-    fn offer(&mut self, send: &mut Send, input: Option<&Input>, dead_lettered: &mut bool) -> bool {
+    /// Whether the producer's queue was full: then the send is due again
+    /// a back-off after `now`, the time of the scan, as are the sends after
+    /// it that the scan did not try (so they stay behind it).
+    fn offer(
+        &mut self,
+        send: &mut Send,
+        input: Option<&Input>,
+        dead_lettered: &mut bool,
+        now: Instant,
+    ) -> bool {
         if !matches!(send.state, SendState::Unsent { .. }) {
             return false;
         }
@@ -638,7 +646,7 @@ impl Context {
             Err(err) if kafka::is_queue_full(&err) => {
                 self.stats.producer_queue_full.inc();
                 send.state = SendState::Unsent {
-                    retry_at: Instant::now() + kafka::QUEUE_FULL_BACKOFF,
+                    retry_at: now + kafka::QUEUE_FULL_BACKOFF,
                 };
                 return true;
             }
