@@ -79,8 +79,8 @@ pub const DEFAULT_MAX_HOPS: u32 = 4;
 /// (through another deployment that feeds this one, say).
 pub const MAX_HOPS: u32 = 64;
 
-/// How long a timer whose call found no room for an instance waits before
-/// it fires again, in milliseconds.
+/// How long a plugin's timers wait after a call of one found no room for
+/// an instance, in milliseconds.
 pub const NO_ROOM_TIMER_DELAY_MS: i64 = 1_000;
 
 /// How a retry of a `retryable` call waits.
@@ -152,11 +152,11 @@ pub struct Firing {
     pub hops: u32,
     /// The call's outcome.
     pub outcome: Outcome,
-    /// When the timer fires again, if the call found no room for an
-    /// instance (`sandbox.max_instances`): neither the timer's fault nor
-    /// the plugin's, so it is set again for then, not dead-lettered and
-    /// lost, and `outcome` is an empty success (the error counted and
-    /// logged as any other).
+    /// Until when the plugin's timers wait, if the call found no room for
+    /// an instance (`sandbox.max_instances`): neither the timer's fault nor
+    /// the plugin's, so the timer is put back as it was, not dead-lettered
+    /// and lost, and `outcome` is an empty success with no change (the
+    /// error counted and logged as any other). Nothing is to be written.
     pub postponed: Option<Timestamp>,
 }
 
@@ -167,6 +167,9 @@ struct Slot {
     memory_peak: usize,
     state: PluginState,
     metrics: SlotMetrics,
+    /// Until when its timers wait because a call found no room for an
+    /// instance (`sandbox.max_instances`).
+    no_room_until: Option<Timestamp>,
 }
 
 /// Runs events and timers through a set of plugins, for one partition.
@@ -238,12 +241,15 @@ impl Dispatcher {
         for plugin in plugins {
             let slot = match old.remove(&plugin.name) {
                 Some(slot) if Arc::ptr_eq(&slot.plugin, plugin) => slot,
+                // Its metric handles are looked up again: the name's series
+                // may have been dropped meanwhile (removed, then back).
                 Some(slot) => Slot {
                     plugin: plugin.clone(),
                     instance: None,
                     memory_peak: 0,
                     state: slot.state,
-                    metrics: slot.metrics,
+                    metrics: self.metrics.slot(&plugin.name),
+                    no_room_until: None,
                 },
                 None => Slot {
                     plugin: plugin.clone(),
@@ -251,6 +257,7 @@ impl Dispatcher {
                     memory_peak: 0,
                     state: self.parked.remove(&plugin.name).unwrap_or_default(),
                     metrics: self.metrics.slot(&plugin.name),
+                    no_room_until: None,
                 },
             };
             self.slots.push(slot);
@@ -294,7 +301,8 @@ impl Dispatcher {
     }
 
     /// When the earliest timer of a loaded plugin may fire: its due time,
-    /// or a quarantined plugin's next trial if that is later.
+    /// or a quarantined plugin's next trial, or the end of a wait for room
+    /// for an instance, if that is later.
     pub fn next_due(&self) -> Option<Timestamp> {
         self.slots.iter().filter_map(Slot::next_due).min()
     }
@@ -324,21 +332,29 @@ impl Dispatcher {
                 &self.metrics,
             )
             .await;
+        // No room for an instance: the handler never ran. The timer goes
+        // back as it was, and the plugin's timers wait a while, so a full
+        // pool costs one attempt per plugin and partition a second, not
+        // one per timer.
         let postponed = matches!(outcome.result, Err(CallError::Capacity(_))).then(|| {
-            let due = now.saturating_add(NO_ROOM_TIMER_DELAY_MS);
             let again = Timer {
-                due,
+                due: timer.due,
                 payload: timer.payload.clone(),
                 hops,
             };
             slot.state.set_timer(timer.key.clone(), Some(again));
             outcome.result = Ok(Vec::new());
-            due
+            let until = now.saturating_add(NO_ROOM_TIMER_DELAY_MS);
+            slot.no_room_until = Some(until);
+            until
         });
-        // The fired timer is gone unless the handler (or the lack of room)
-        // set it again: either way its key changed.
-        if let Err(at) = outcome.changed.binary_search(&timer.key) {
-            outcome.changed.insert(at, timer.key.clone());
+        if postponed.is_none() {
+            slot.no_room_until = None;
+            // The fired timer is gone unless the handler set it again:
+            // either way its key changed.
+            if let Err(at) = outcome.changed.binary_search(&timer.key) {
+                outcome.changed.insert(at, timer.key.clone());
+            }
         }
         Some(Firing {
             timer,
@@ -369,10 +385,8 @@ impl Call<'_> {
 impl Slot {
     fn next_due(&self) -> Option<Timestamp> {
         let due = self.state.next_due()?;
-        Some(match self.plugin.health.retry_at() {
-            Some(retry_at) => due.max(retry_at),
-            None => due,
-        })
+        let waits = [self.plugin.health.retry_at(), self.no_room_until];
+        Some(waits.into_iter().flatten().fold(due, Timestamp::max))
     }
 
     async fn call(

@@ -659,9 +659,11 @@ async fn a_plugin_that_finds_no_room_for_an_instance_is_not_blamed() {
     assert!(health.retry_at.is_none());
 }
 
-/// A timer whose call finds no room for an instance is set again a
-/// second later, not dead-lettered: the call removed it, so a dead letter
-/// was all that was left of a reminder. Once there is room it fires.
+/// A timer whose call finds no room for an instance is put back as it
+/// was, not dead-lettered (the call removed it, so a dead letter was all
+/// that was left of a reminder), and the plugin's timers wait a second, so
+/// a full pool costs one attempt a second, not one per timer. Once there
+/// is room they fire, with their own due times.
 #[tokio::test]
 async fn a_timer_that_finds_no_room_fires_later() {
     use todo_eventd::dispatch::NO_ROOM_TIMER_DELAY_MS;
@@ -693,26 +695,32 @@ async fn a_timer_that_finds_no_room_fires_later() {
         payload: b"ev-1".to_vec(),
         hops: 0,
     };
-    state.set_timer("t1".into(), Some(timer));
+    state.set_timer("t1".into(), Some(timer.clone()));
+    state.set_timer("t2".into(), Some(timer));
     timed.restore([("timed".to_owned(), state)].into());
     let firing = timed.fire_next(6_000).await.unwrap();
     assert_eq!(firing.postponed, Some(6_000 + NO_ROOM_TIMER_DELAY_MS));
     assert_eq!(firing.outcome.result.as_ref().unwrap().len(), 0);
-    assert_eq!(
-        firing.outcome.changed,
-        ["t1"],
-        "the new due time is written"
+    assert!(firing.outcome.changed.is_empty(), "nothing to write");
+    let state = timed.state("timed").unwrap();
+    for key in ["t1", "t2"] {
+        let kept = state.timer(key).unwrap();
+        assert_eq!((kept.due, kept.payload.as_slice()), (5_000, &b"ev-1"[..]));
+    }
+    assert!(
+        timed.fire_next(6_999).await.is_none(),
+        "the other timer waits too"
     );
-    let kept = timed.state("timed").unwrap().timer("t1").unwrap();
-    assert_eq!((kept.due, kept.payload.as_slice()), (7_000, &b"ev-1"[..]));
-    assert!(timed.fire_next(6_999).await.is_none(), "not before then");
 
     drop(busy);
-    let firing = timed.fire_next(7_000).await.unwrap();
-    assert_eq!(firing.postponed, None);
-    let emits = firing.outcome.result.unwrap();
-    let value: serde_json::Value = serde_json::from_str(&emits[0].value).unwrap();
-    assert_eq!(value["payload"], "ev-1");
+    for key in ["t1", "t2"] {
+        let firing = timed.fire_next(7_000).await.unwrap();
+        assert_eq!(firing.postponed, None);
+        assert_eq!((firing.timer.key.as_str(), firing.timer.due), (key, 5_000));
+        let emits = firing.outcome.result.unwrap();
+        let value: serde_json::Value = serde_json::from_str(&emits[0].value).unwrap();
+        assert_eq!(value["payload"], "ev-1");
+    }
     assert_eq!(timed.timer_count(), 0);
 }
 

@@ -576,6 +576,11 @@ impl Worker {
             let Some(firing) = self.dispatcher.fire_next(now).await else {
                 return;
             };
+            if firing.postponed.is_some() {
+                // No room for an instance: the timer is back in place and
+                // its plugin's timers wait; nothing to write.
+                continue;
+            }
             self.context.stats.timers_fired.inc();
             let value = timer_record(&firing.outcome.plugin.name, &firing.timer);
             let input = Input {
