@@ -667,7 +667,7 @@ impl Slot {
     /// Feeds the outcome to the plugin's health and metrics.
     ///
     /// Only `ok` ends a run of failures. An error that is not the plugin's
-    /// fault (`bad-input`, a denial, no room for an instance) neither
+    /// fault (`bad-input`, an over-long key, no room for an instance) neither
     /// counts nor ends one — else rejecting every fifth event would keep a
     /// plugin that traps on the rest out of quarantine — though a clean
     /// answer (`bad-input`) lifts a quarantine on its trial call. A

@@ -229,12 +229,14 @@ async fn retries_stop_once_the_plugins_retry_budget_is_spent() {
 
 /// An `internal` error and a denial (an emit to an output the manifest
 /// does not map — the plugin's own choice) count toward quarantine; a
-/// plugin rejecting its input does not. (Before, a plugin failing every
-/// call with a denial was never quarantined.)
+/// plugin rejecting its input, or using a key over the bound (which input
+/// can provoke), does not. (Before, a plugin failing every call with a
+/// denial was never quarantined.)
 #[tokio::test]
 async fn an_internal_error_counts_toward_quarantine_and_bad_input_does_not() {
     let dir = plugin_dir(&[
         ("buggy", TEST_PLUGIN, Some(&mode("internal"))),
+        ("keyed", TEST_PLUGIN, Some(&mode("long-key"))),
         ("snoop", TEST_PLUGIN, Some(&mode("bad-emit"))),
         ("strict", TEST_PLUGIN, Some(&mode("reject"))),
     ]);
@@ -242,7 +244,11 @@ async fn an_internal_error_counts_toward_quarantine_and_bad_input_does_not() {
     let mut dispatcher = Dispatcher::with(&plugins, policy(2), Arc::default());
     for at in [1_000, 2_000] {
         for outcome in dispatcher.dispatch(&created("t1", at), 0, at).await {
-            assert!(outcome.result.is_err());
+            let err = outcome.result.unwrap_err();
+            if outcome.plugin.name == "keyed" {
+                assert_eq!(err.kind(), "key-too-long", "{err}");
+                assert!(err.to_string().contains("state key of 2000 bytes"), "{err}");
+            }
         }
     }
     let quarantined = |name: &str| {
@@ -257,6 +263,7 @@ async fn an_internal_error_counts_toward_quarantine_and_bad_input_does_not() {
     assert!(quarantined("buggy"), "two internal errors in a row");
     assert!(quarantined("snoop"), "two denials in a row");
     assert!(!quarantined("strict"), "rejecting input is no fault");
+    assert!(!quarantined("keyed"), "an over-long key is no fault");
     let outcomes = dispatcher.dispatch(&created("t1", 3_000), 0, 3_000).await;
     let buggy = outcomes.iter().find(|o| o.plugin.name == "buggy").unwrap();
     assert!(matches!(buggy.result, Err(CallError::Quarantined { .. })));

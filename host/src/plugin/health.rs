@@ -9,7 +9,7 @@
 //! plugin starts with a clean record.
 //!
 //! Only the plugin's own failures count (traps, deadlines, memory, quotas,
-//! instantiation, `internal` errors, and `retryable` ones whose retries all
+//! denials, instantiation, `internal` errors, and `retryable` ones whose retries all
 //! failed or that the retry budget would not pay a retry for — see
 //! [`CallError::counts_toward_quarantine`]); a plugin
 //! rejecting its input does not, and only a success ends a run of

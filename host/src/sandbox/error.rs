@@ -19,9 +19,13 @@ pub enum TrapKind {
     StackOverflow,
     /// The guest panicked or hit `unreachable`.
     Panic,
-    /// The plugin used a capability it was not granted (e.g. emitted to an
+    /// The plugin used a capability it was not granted (emitted to an
     /// output its manifest does not map).
     Denied,
+    /// The plugin used a state or timer key longer than the host takes.
+    /// Unlike a denial, input can provoke it (a key built from an event's
+    /// fields), so it is not held against the plugin.
+    KeyTooLong,
     /// Any other trap (out-of-bounds access, bad conversion, …).
     Other,
 }
@@ -35,6 +39,7 @@ impl TrapKind {
             Self::StackOverflow => "stack-overflow",
             Self::Panic => "panic",
             Self::Denied => "denied",
+            Self::KeyTooLong => "key-too-long",
             Self::Other => "trap",
         }
     }
@@ -138,17 +143,17 @@ impl CallError {
     }
 
     /// Whether the failure is the plugin's own — a trap, a deadline, memory,
-    /// a quota, a denial (an emit to an output its manifest does not map,
-    /// an over-long key: what the plugin asks for is its choice, and
-    /// failing every call with one would otherwise never quarantine it),
-    /// a failed instantiation, an `internal` error. A plugin rejecting its
-    /// input (`bad-input`), a transient failure (`retryable`), a loop cut
-    /// off at `plugins.max_hops` and the sandbox's lack of room are not.
-    /// What counts towards quarantine is
+    /// a quota, a denial (an emit to an output its manifest does not map:
+    /// the plugin's choice, and failing every call with one would
+    /// otherwise never quarantine it), a failed instantiation, an
+    /// `internal` error. A plugin rejecting its input (`bad-input`), a
+    /// transient failure (`retryable`), an over-long key (which input can
+    /// provoke), a loop cut off at `plugins.max_hops` and the sandbox's
+    /// lack of room are not. What counts towards quarantine is
     /// [`CallError::counts_toward_quarantine`].
     pub fn is_plugin_fault(&self) -> bool {
         match self {
-            Self::Trap { .. } => true,
+            Self::Trap { kind, .. } => *kind != TrapKind::KeyTooLong,
             Self::Quota(_) | Self::Instantiate(_) | Self::StartDeadline { .. } => true,
             Self::Plugin { kind, .. } => *kind == ErrorKind::Internal,
             Self::MaxHops { .. } | Self::Capacity(_) | Self::Quarantined { .. } => false,
@@ -179,3 +184,9 @@ impl CallError {
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub(crate) struct Denied(pub(crate) String);
+
+/// Raised by host functions to fail the call with
+/// [`TrapKind::KeyTooLong`].
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct KeyTooLong(pub(crate) String);

@@ -18,7 +18,7 @@ use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::error::Denied;
+use super::error::{Denied, KeyTooLong};
 use super::grants::WasiGrants;
 use super::limits::{Limits, QuotaExceeded};
 use super::log::PluginLog;
@@ -274,7 +274,7 @@ fn count_within(quota: &'static str, used: u64, what: &str, limit: Count) -> was
 
 fn check_key(what: &str, key: &str) -> wasmtime::Result<()> {
     if key.len() > MAX_KEY_BYTES {
-        return Err(Denied(format!(
+        return Err(KeyTooLong(format!(
             "{what} key of {} bytes exceeds {MAX_KEY_BYTES}",
             key.len()
         ))

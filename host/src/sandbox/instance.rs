@@ -27,7 +27,7 @@ use wasmtime::{Engine, PoolConcurrencyLimitError, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder};
 
 use super::SandboxConfig;
-use super::error::{CallError, Denied, TrapKind};
+use super::error::{CallError, Denied, KeyTooLong, TrapKind};
 use super::host::{CapturedOutput, Effects, HostState, PluginSpec};
 use super::limits::QuotaExceeded;
 use crate::state::PluginState;
@@ -296,6 +296,9 @@ fn classify(err: &wasmtime::Error, store: &mut Store<HostState>) -> CallError {
     let trap = |kind, message| CallError::Trap { kind, message };
     if let Some(denied) = err.downcast_ref::<Denied>() {
         return trap(TrapKind::Denied, denied.0.clone());
+    }
+    if let Some(too_long) = err.downcast_ref::<KeyTooLong>() {
+        return trap(TrapKind::KeyTooLong, too_long.0.clone());
     }
     let data = store.data();
     let memory_refused = data.limiter.refused.is_some();

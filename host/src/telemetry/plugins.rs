@@ -324,7 +324,7 @@ impl PluginMetrics {
         );
         registry.register(
             "plugin_errors",
-            "Failed plugin calls by kind (plugin-error, deadline, memory, quota, stack-overflow, panic, denied, trap, instantiate)",
+            "Failed plugin calls by kind (plugin-error, plugin-internal, deadline, memory, quota, stack-overflow, panic, denied, key-too-long, trap, instantiate, capacity, max-hops)",
             self.errors.clone(),
         );
         registry.register(

@@ -11,6 +11,8 @@
 //! - `panic-or-reject`: return a `bad-input` error for tasks whose id
 //!   starts with `reject`, panic on the others;
 //! - `bad-emit`: emit to an output the manifest does not grant;
+//! - `long-key`: write state under a key of 2000 bytes (over the host's
+//!   bound);
 //! - `fail`: write state, set a timer, emit, then return an error (none of
 //!   which may be applied);
 //! - `timer`: set a timer 1 minute after the event (its payload the event
@@ -317,6 +319,10 @@ impl Plugin for TestPlugin {
             "panic-or-reject" => panic!("boom on event {}", event.id),
             "bad-emit" => {
                 output::emit("secret", None, "{}");
+                Ok(())
+            }
+            "long-key" => {
+                state::set(&"k".repeat(2000), b"1");
                 Ok(())
             }
             "fail" => {
