@@ -1,5 +1,6 @@
 //! `plugins new`: a plugin project from the templates.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use super::{KitError, WIT};
@@ -146,7 +147,11 @@ pub fn new_project(
         if let Some(parent) = file.parent() {
             std::fs::create_dir_all(parent).map_err(KitError::io(parent))?;
         }
-        std::fs::write(&file, render(template)).map_err(KitError::io(&file))?;
+        // A new file only: never through a link or over a file put there
+        // since the directory was found empty.
+        std::fs::File::create_new(&file)
+            .and_then(|mut out| out.write_all(render(template).as_bytes()))
+            .map_err(KitError::io(&file))?;
         written.push(file);
     }
     Ok((dir, written))
