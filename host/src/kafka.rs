@@ -55,9 +55,15 @@ pub enum Error {
         /// The producer's `message.max.bytes`.
         producer_max: usize,
     },
-    /// Reading the input of `produce` failed.
-    #[error("reading events: {0}")]
-    Io(#[from] std::io::Error),
+    /// Reading the input of `produce` failed (a read error, a line that
+    /// is not UTF-8).
+    #[error("reading events, line {line}: {source}")]
+    Io {
+        /// The line (1-based) being read.
+        line: usize,
+        /// What failed.
+        source: std::io::Error,
+    },
 }
 
 /// Result of Kafka operations.
@@ -476,7 +482,11 @@ pub async fn produce_lines(
     let mut pending = Vec::new();
     let mut count = 0;
     for (number, line) in input.lines().enumerate() {
-        let (number, line) = (number + 1, line?);
+        let number = number + 1;
+        let line = line.map_err(|source| Error::Io {
+            line: number,
+            source,
+        })?;
         if line.trim().is_empty() {
             continue;
         }
@@ -622,8 +632,8 @@ mod tests {
         }
     }
 
-    /// A line the producer refuses is named by its number, counting blank
-    /// lines (an operator finds it in the file).
+    /// A line the producer refuses, or one that is not UTF-8, is named by
+    /// its number, counting blank lines (an operator finds it in the file).
     #[tokio::test]
     async fn a_refused_line_is_named_by_its_number() {
         let broker = EmbeddedBroker::start().expect("embedded broker");
@@ -639,6 +649,14 @@ mod tests {
             .expect_err("the long line is refused")
             .to_string();
         assert!(err.starts_with("producing line 4 to in: "), "{err}");
+
+        // A line that is not UTF-8 is named too.
+        let input = b"{}\n{\"title\":\"caf\xe9\"}\n{}\n";
+        let err = produce_lines(&producer, "in", &input[..])
+            .await
+            .expect_err("not UTF-8")
+            .to_string();
+        assert!(err.starts_with("reading events, line 2: "), "{err}");
     }
 
     /// A broker without DescribeConfigs (the embedded one) passes the
