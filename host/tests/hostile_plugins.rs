@@ -620,13 +620,7 @@ async fn timers_fire_in_order_with_their_payload() {
 /// and the error says which setting to raise.
 #[tokio::test]
 async fn a_plugin_that_finds_no_room_for_an_instance_is_not_blamed() {
-    let sandbox = Arc::new(
-        Sandbox::new(SandboxConfig {
-            max_instances: 2,
-            ..SandboxConfig::default()
-        })
-        .unwrap(),
-    );
+    let sandbox = sandbox_holding(2);
     let echo = mode("echo");
     let dir = plugin_dir(&[
         ("a", TEST_PLUGIN, Some(&echo)),
@@ -668,13 +662,7 @@ async fn a_plugin_that_finds_no_room_for_an_instance_is_not_blamed() {
 async fn a_timer_that_finds_no_room_fires_later() {
     use todo_eventd::dispatch::NO_ROOM_TIMER_DELAY_MS;
     use todo_eventd::state::{PluginState, Timer};
-    let sandbox = Arc::new(
-        Sandbox::new(SandboxConfig {
-            max_instances: 2,
-            ..SandboxConfig::default()
-        })
-        .unwrap(),
-    );
+    let sandbox = sandbox_holding(2);
     let echo = mode("echo");
     let dir = plugin_dir(&[
         ("a", TEST_PLUGIN, Some(&echo)),
@@ -722,6 +710,17 @@ async fn a_timer_that_finds_no_room_fires_later() {
         assert_eq!(value["payload"], "ev-1");
     }
     assert_eq!(timed.timer_count(), 0);
+}
+
+/// A sandbox whose pool holds `max_instances` instances.
+fn sandbox_holding(max_instances: u32) -> Arc<Sandbox> {
+    Arc::new(
+        Sandbox::new(SandboxConfig {
+            max_instances,
+            ..SandboxConfig::default()
+        })
+        .unwrap(),
+    )
 }
 
 /// A sandbox whose input topic is `task-events`.
