@@ -293,7 +293,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         .build()
         .context("starting the async runtime")?;
     let result = runtime.block_on(execute(cli));
-    // Blocking work (a compile, a restore read) must not hold the exit up.
+    // Blocking work left on the runtime's pool (a plugin's file call stuck
+    // on a FIFO) must not hold the exit up; the daemon's own runs on
+    // `blocking`'s pool, which the exit does not wait for either.
     runtime.shutdown_timeout(EXIT_GRACE);
     result
 }
@@ -414,10 +416,9 @@ async fn execute(cli: Cli) -> Result<ExitCode> {
             // Tools installed on first use live beside the component cache
             // (like the test suite's broker).
             let tools = cache_root.unwrap_or_else(|| std::env::temp_dir().join("todo-eventd"));
-            let built =
-                tokio::task::spawn_blocking(move || kit::build(&dir, out.as_deref(), &tools))
-                    .await
-                    .context("the build task failed")??;
+            let built = crate::blocking::spawn(move || kit::build(&dir, out.as_deref(), &tools))
+                .await
+                .context("the build task failed")??;
             let mut stdout = std::io::stdout().lock();
             writeln!(stdout, "built {}", built.name)?;
             writeln!(stdout, "wrote {}", built.wasm.display())?;

@@ -110,7 +110,7 @@ pub async fn run(
     let brokers = match &config.kafka.brokers {
         Some(brokers) => {
             let (brokers_, kafka) = (brokers.clone(), config.kafka.clone());
-            tokio::task::spawn_blocking(move || {
+            crate::blocking::spawn(move || {
                 kafka::probe(&brokers_, &kafka, Duration::from_secs(30))
             })
             .await
@@ -123,11 +123,9 @@ pub async fn run(
                 judge_refused(&config, &refused)?;
             }
             let (brokers_, kafka) = (brokers.clone(), config.kafka.clone());
-            tokio::task::spawn_blocking(move || {
-                kafka::check_changelog_partitions(&brokers_, &kafka)
-            })
-            .await
-            .context("checking the changelog topic")??;
+            crate::blocking::spawn(move || kafka::check_changelog_partitions(&brokers_, &kafka))
+                .await
+                .context("checking the changelog topic")??;
             kafka::check_record_limits(brokers, &config.kafka, &topics)
                 .await
                 .context("checking the topics' record limits")?;

@@ -182,7 +182,7 @@ pub async fn ensure_topics(
     // embedded one, `todo-eventd broker`) then works once its topics exist.
     let existing = {
         let (brokers, kafka) = (brokers.to_owned(), kafka.clone());
-        tokio::task::spawn_blocking(move || existing_topics(&brokers, &kafka))
+        crate::blocking::spawn(move || existing_topics(&brokers, &kafka))
             .await
             .map_err(|_| Error::Kafka {
                 context: "listing topics".to_owned(),

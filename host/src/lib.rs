@@ -12,11 +12,14 @@
 //! - [`kafka`] holds client settings, topic creation and the embedded broker;
 //! - [`config`] is the validated configuration, [`cli`] the command line;
 //! - [`telemetry`] holds the metrics and readiness, [`admin`] serves them;
+//! - [`blocking`] runs the daemon's own blocking work on threads no plugin
+//!   can take;
 //! - [`clock`], [`units`] and [`text`] are the small shared pieces: event
 //!   time, sizes and durations as operators write them, and bounded text
 //!   from untrusted input.
 
 pub mod admin;
+pub mod blocking;
 pub mod broker;
 pub mod cli;
 pub mod clock;

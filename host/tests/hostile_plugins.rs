@@ -885,3 +885,63 @@ async fn a_granted_directory_swapped_for_a_symlink_is_refused() {
         "{err}"
     );
 }
+
+/// A FIFO nobody writes to, in a directory a plugin was granted: each
+/// call that opens it ends at its deadline, though the open still holds a
+/// thread of the runtime's blocking pool (wasmtime-wasi runs file calls
+/// there and cannot cut an `open(2)` short). The daemon's own blocking
+/// work — here, reading the plugins directory — runs on a pool of its own
+/// and still goes through once the runtime's is all taken.
+#[test]
+fn a_fifo_in_a_granted_directory_holds_no_call_past_its_deadline_nor_the_daemon() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let fifo = root.path().join("pipe");
+    let status = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let granted = format!(
+        "{}[wasi]\ndirs = [{{ host = \"{}\", guest = \"/data\" }}]\n",
+        mode("read-file"),
+        root.path().display()
+    );
+    let dir = plugin_dir(&[("reader", TEST_PLUGIN, Some(&granted))]);
+    let reload = runtime.block_on(async {
+        let sandbox = Arc::new(
+            Sandbox::new(SandboxConfig {
+                max_instances: 8,
+                grants: GrantPolicy {
+                    readable: vec![root.path().to_path_buf()],
+                    ..GrantPolicy::default()
+                },
+                ..SandboxConfig::default()
+            })
+            .unwrap(),
+        );
+        let plugins = load(&sandbox, dir.path()).await;
+        let mut dispatcher = Dispatcher::new(&plugins);
+        // Two calls take the runtime's two blocking threads for good; the
+        // third waits for one.
+        for round in 1..=3 {
+            let event = created("t1", 1_000 * round);
+            let outcomes = tokio::time::timeout(BOUND, dispatcher.dispatch(&event, 0, 1_000))
+                .await
+                .expect("the call ends at its deadline");
+            let err = outcomes[0].result.as_ref().unwrap_err();
+            assert_eq!(trap_kind(err), Some(TrapKind::Deadline), "{err}");
+        }
+        tokio::time::timeout(BOUND, todo_eventd::plugin::load_dir(&sandbox, dir.path())).await
+    });
+    // The stuck opens end only when a writer comes: leave them be (a
+    // runtime dropped with them would wait for them).
+    runtime.shutdown_background();
+    let reload = reload.expect("reading the plugins directory waited for the plugin's stuck opens");
+    assert_eq!(reload.unwrap().plugins.len(), 1);
+}

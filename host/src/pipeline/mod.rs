@@ -236,7 +236,7 @@ impl Pipeline {
         // rebalance callback finds nobody listening).
         drop(events);
         let WorkerContext { producer, .. } = context;
-        let closed = tokio::task::spawn_blocking(move || {
+        let closed = crate::blocking::spawn(move || {
             let flushed = producer.flush(Duration::from_secs(5));
             // Leaving the group waits for librdkafka: off the async threads.
             drop(consumer);
@@ -469,7 +469,7 @@ async fn hand_back(
     partitions: TopicPartitionList,
     lost: bool,
 ) {
-    let handed = tokio::task::spawn_blocking(move || {
+    let handed = crate::blocking::spawn(move || {
         if !lost {
             commit(&consumer, &telemetry);
         }
@@ -496,7 +496,7 @@ async fn commit_periodically(
         let (consumer, telemetry) = (consumer.clone(), telemetry.clone());
         // A synchronous commit waits for the coordinator; keep it off the
         // runtime's threads.
-        if tokio::task::spawn_blocking(move || commit(&consumer, &telemetry))
+        if crate::blocking::spawn(move || commit(&consumer, &telemetry))
             .await
             .is_err()
         {
@@ -534,7 +534,7 @@ async fn commit_now(
     telemetry: &Telemetry,
 ) -> Result<(), KafkaError> {
     let (consumer, telemetry) = (consumer.clone(), telemetry.clone());
-    tokio::task::spawn_blocking(move || try_commit(&consumer, &telemetry))
+    crate::blocking::spawn(move || try_commit(&consumer, &telemetry))
         .await
         .unwrap_or(Err(KafkaError::Canceled))
 }

@@ -329,7 +329,7 @@ impl Worker {
             };
             let started = std::time::Instant::now();
             let cancel = Arc::new(AtomicBool::new(false));
-            let task = tokio::task::spawn_blocking({
+            let task = crate::blocking::spawn({
                 let (client, changelog, topic, partition, timeout, cancel) = (
                     self.context.restore_client.clone(),
                     self.context.changelog.clone(),

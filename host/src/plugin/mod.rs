@@ -196,7 +196,7 @@ pub async fn load_dir(sandbox: &Arc<Sandbox>, dir: &Path) -> std::io::Result<Loa
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
 ) -> std::io::Result<T> {
-    tokio::task::spawn_blocking(work)
+    crate::blocking::spawn(work)
         .await
         .map_err(std::io::Error::other)?
 }
@@ -245,7 +245,7 @@ fn plugin_name(file: &Path) -> String {
 pub async fn load_file(sandbox: &Arc<Sandbox>, file: &Path) -> Result<Option<Plugin>, LoadError> {
     let max = sandbox.config().max_component_bytes;
     let path = file.to_owned();
-    let files = tokio::task::spawn_blocking(move || PluginFiles::read(&path, max))
+    let files = crate::blocking::spawn(move || PluginFiles::read(&path, max))
         .await
         .map_err(|e| LoadError::Io {
             file: file.to_owned(),
@@ -372,7 +372,7 @@ pub async fn from_parts(
         source,
     };
     let compiler = sandbox.clone();
-    let (pre, hash) = tokio::task::spawn_blocking(move || {
+    let (pre, hash) = crate::blocking::spawn(move || {
         let bytes = bytes.as_ref();
         let hash = Sandbox::content_hash(bytes);
         compiler.prepare(bytes).map(|pre| (pre, hash))

@@ -340,7 +340,7 @@ impl Registry {
         let max = sandbox.config().max_component_bytes;
         let read = {
             let file = wasm_file.clone();
-            tokio::task::spawn_blocking(move || PluginFiles::read(&file, max)).await
+            crate::blocking::spawn(move || PluginFiles::read(&file, max)).await
         };
         let files = match read {
             Ok(Ok(Some(files))) => Ok(files),

@@ -143,6 +143,12 @@ fn attack(mode: &str, event: &TaskEvent) -> Option<Result> {
             std::hint::black_box(host::now());
         },
         "rearm" => timers::set("storm", host::now(), b""),
+        // A file in a granted directory: a FIFO nobody writes to holds
+        // the host's open (or read) until a writer comes.
+        "read-file" => {
+            let path = host::config("path").unwrap_or_else(|| "/data/pipe".to_owned());
+            std::hint::black_box(std::fs::read(path).ok());
+        }
         "state-flood" => {
             let value = vec![7u8; size(1 << 20)];
             for i in 0..number("count", 50) {
