@@ -779,3 +779,91 @@ async fn tiny_queues_pause_and_resume_partitions_without_losing_a_record() {
     assert_eq!(distinct_events(&seen), 500, "{}", stats.summary());
     assert_eq!(harness.committed(), harness.end_offsets());
 }
+
+/// A header named in bytes that are not UTF-8 (rdkafka's header reader
+/// panics on one) is an unknown header like any other: the record is
+/// handled, and so is the one after it on its partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_header_name_that_is_not_utf8_is_ignored() {
+    let harness = Harness::new(&["task-events", "task-events.dlq", "out-topic", CHANGELOG]);
+    let plugins = echo_plugins().await;
+    produce_with_raw_header(
+        &harness.brokers,
+        b"u-1",
+        event("odd-header", "u-1", "t-1", "created").as_bytes(),
+        c"\xff\xfe",
+    );
+    let after = event("after", "u-1", "t-1", "updated");
+    produce_with_raw_header(&harness.brokers, b"u-1", after.as_bytes(), c"ok");
+    let (seen, stats) = harness.run_until_echoed(plugins, 2).await;
+    let events: std::collections::BTreeSet<String> = seen
+        .iter()
+        .map(|m| value(m)["event"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        events,
+        ["after", "odd-header"].map(str::to_owned).into(),
+        "both records echoed"
+    );
+    assert_eq!(stats.events_in.get(), 2);
+}
+
+/// Produces one record to `task-events` with a header named `name`,
+/// through librdkafka itself: rdkafka's API takes only UTF-8 names.
+#[allow(unsafe_code)]
+fn produce_with_raw_header(brokers: &str, key: &[u8], value: &[u8], name: &std::ffi::CStr) {
+    use rdkafka::bindings as rdsys;
+    use rdkafka::producer::{BaseProducer, Producer};
+    use rdsys::rd_kafka_vtype_t as Type;
+    use rdsys::rd_kafka_vu_s__bindgen_ty_1 as U;
+
+    let producer: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    let memory = |bytes: &[u8]| U {
+        mem: rdsys::rd_kafka_vu_s__bindgen_ty_1__bindgen_ty_1 {
+            ptr: bytes.as_ptr().cast_mut().cast(),
+            size: bytes.len(),
+        },
+    };
+    let field = |vtype, u| rdsys::rd_kafka_vu_t { vtype, u };
+    let fields = [
+        field(
+            Type::RD_KAFKA_VTYPE_TOPIC,
+            U {
+                cstr: c"task-events".as_ptr(),
+            },
+        ),
+        field(Type::RD_KAFKA_VTYPE_KEY, memory(key)),
+        field(Type::RD_KAFKA_VTYPE_VALUE, memory(value)),
+        field(
+            Type::RD_KAFKA_VTYPE_MSGFLAGS,
+            U {
+                i: rdsys::RD_KAFKA_MSG_F_COPY,
+            },
+        ),
+        field(
+            Type::RD_KAFKA_VTYPE_HEADER,
+            U {
+                header: rdsys::rd_kafka_vu_s__bindgen_ty_1__bindgen_ty_2 {
+                    name: name.as_ptr(),
+                    val: b"v".as_ptr().cast(),
+                    size: 1,
+                },
+            },
+        ),
+    ];
+    // SAFETY: every pointer is live for the call, and the key and value
+    // are copied (`RD_KAFKA_MSG_F_COPY`); the producer's context takes no
+    // per-record opaque.
+    let error = unsafe {
+        rdsys::rd_kafka_produceva(
+            producer.client().native_ptr(),
+            fields.as_ptr(),
+            fields.len(),
+        )
+    };
+    assert!(error.is_null(), "the record was not queued");
+    producer.flush(Duration::from_secs(10)).unwrap();
+}

@@ -21,6 +21,7 @@
 mod coalesce;
 mod consumer;
 mod delivery;
+mod detach;
 mod records;
 mod restore;
 mod worker;
@@ -184,7 +185,7 @@ impl Pipeline {
                 }
                 Some(room) = intake.next_room() => intake.fill(room),
                 message = consumer.recv() => match message {
-                    Ok(message) => intake.route(message.detach()),
+                    Ok(message) => intake.route(detach::detach(&message)),
                     Err(err) => {
                         self.telemetry.pipeline.consumer_errors.inc();
                         if errors_logged.is_none_or(|at| at.elapsed() >= CONSUMER_ERROR_LOG_EVERY) {

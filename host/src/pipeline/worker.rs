@@ -112,7 +112,7 @@ impl Drop for Reading {
 /// The next record of the partition's own queue (never, without one).
 async fn recv(queue: Option<&PartitionQueue>) -> Result<OwnedMessage, KafkaError> {
     match queue {
-        Some(queue) => queue.recv().await.map(|m| m.detach()),
+        Some(queue) => queue.recv().await.map(|m| super::detach::detach(&m)),
         None => std::future::pending().await,
     }
 }
