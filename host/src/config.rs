@@ -927,6 +927,11 @@ impl Config {
         if p.commit_interval.is_zero() {
             return invalid("pipeline.commit_interval", "must be more than zero");
         }
+        // A restore waits this long for the first fetch answer too: less
+        // than a second could fail every attempt on a healthy broker.
+        if p.restore_timeout < Duration::from_secs(1) {
+            return invalid("pipeline.restore_timeout", "must be at least 1s");
+        }
         if p.max_in_flight_bytes.bytes() < (1 << 20) {
             return invalid("pipeline.max_in_flight_bytes", "must be at least 1MiB");
         }
@@ -1257,6 +1262,10 @@ mod tests {
         assert_eq!(
             refused(|c| c.pipeline.max_concurrent_restores = 0),
             "pipeline.max_concurrent_restores: must be between 1 and 64"
+        );
+        assert_eq!(
+            refused(|c| c.pipeline.restore_timeout = Duration::ZERO),
+            "pipeline.restore_timeout: must be at least 1s"
         );
         let config: Config =
             toml::from_str("[sandbox]\ncompile_memory = \"32MiB\"\ncompile_timeout = \"3s\"")

@@ -45,7 +45,7 @@ use self::consumer::{
     GroupEvent, Intake, Partition, PartitionQueue, PipelineContext, WorkerHandle,
 };
 pub use self::records::{Failure, Source, Stage, dead_letter, output};
-pub use self::restore::restore_partition;
+pub use self::restore::{RestoreError, restore_partition};
 use self::worker::{Stop, Worker, WorkerContext};
 use crate::clock::Clock;
 use crate::config::Config;

@@ -38,9 +38,36 @@ const DEFAULT_FETCH_MAX_BYTES: u64 = 52_428_800;
 /// librdkafka's default `receive.message.max.bytes`.
 const DEFAULT_RECEIVE_MESSAGE_MAX_BYTES: u64 = 100_000_000;
 
+/// Why an attempt to restore a partition ended without its state.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    /// The broker or the client failed.
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+    /// No record came for `pipeline.restore_timeout`.
+    #[error(
+        "no record from the changelog for {} (pipeline.restore_timeout), at offset {} of at least {end}, after {received} records this attempt",
+        crate::units::format_duration(*waited),
+        position.map_or_else(|| "(none yet)".to_owned(), |p| p.to_string())
+    )]
+    Stalled {
+        /// The timeout.
+        waited: Duration,
+        /// Where the read was, if it had started.
+        position: Option<i64>,
+        /// The partition's end as listed when the attempt started.
+        end: i64,
+        /// Records read in this attempt.
+        received: u64,
+    },
+    /// The worker stopped waiting for the read.
+    #[error("stopped")]
+    Stopped,
+}
+
 /// Reads changelog partition `partition` from the beginning to its end as of
 /// now, keeping the records that belong to `input_topic`. Gives up with
-/// `Canceled` once `timeout` passes without a record (a read that makes
+/// [`RestoreError::Stalled`] once `timeout` passes without a record (a read that makes
 /// progress goes on, however long the changelog: each attempt starts from
 /// the beginning, so a bound on the whole read could fail every attempt of
 /// a long one), or as soon as `cancel` is set. Blocking: run it off the
@@ -52,7 +79,7 @@ pub fn restore_partition(
     input_topic: &str,
     timeout: Duration,
     cancel: &AtomicBool,
-) -> Result<Restorer, KafkaError> {
+) -> Result<Restorer, RestoreError> {
     let consumer: BaseConsumer = restore_config(client).create()?;
     let mut restorer = Restorer::default();
     let (low, high) =
@@ -75,7 +102,7 @@ pub fn restore_partition(
     let mut quiet_needed = RESTORE_QUIET;
     loop {
         if cancel.load(Ordering::Relaxed) {
-            return Err(KafkaError::Canceled);
+            return Err(RestoreError::Stopped);
         }
         match consumer.poll(POLL) {
             Some(Ok(message)) => {
@@ -95,7 +122,14 @@ pub fn restore_partition(
                     quiet_since = Some(Instant::now());
                 }
             }
-            Some(Err(err)) => return Err(err),
+            // librdkafka reconnects by itself: the read goes on, and the
+            // deadline below ends it if the broker stays away.
+            Some(Err(err)) if passing(&err) => {
+                if Instant::now() > deadline {
+                    return Err(err.into());
+                }
+            }
+            Some(Err(err)) => return Err(err.into()),
             None => {
                 // Done once the position has passed the end seen at the
                 // start and nothing more has arrived for a moment. (Not
@@ -110,7 +144,12 @@ pub fn restore_partition(
                     received_at_deadline = received;
                     deadline = now + timeout;
                 } else if now > deadline {
-                    return Err(KafkaError::Canceled);
+                    return Err(RestoreError::Stalled {
+                        waited: timeout,
+                        position: position(&consumer, changelog),
+                        end: high,
+                        received,
+                    });
                 }
             }
         }
@@ -132,7 +171,12 @@ fn restore_config(client: &ClientConfig) -> ClientConfig {
         // The changelog is written without transactions; and some brokers
         // (tansu 0.6.0) report a last stable offset that would hide all but
         // the first record of a batch from a read_committed reader.
-        .set("isolation.level", "read_uncommitted");
+        .set("isolation.level", "read_uncommitted")
+        // Records deleted under the read (retention, `DeleteRecords`, a
+        // log cap) fail the attempt, which starts again from the new
+        // beginning: librdkafka's default would skip to the end and report
+        // a restore of part of the state as complete.
+        .set("auto.offset.reset", "error");
     let defaults = [
         ("max.partition.fetch.bytes", "16777216"),
         ("fetch.wait.max.ms", "10"),
@@ -147,8 +191,9 @@ fn restore_config(client: &ClientConfig) -> ClientConfig {
     }
     // librdkafka refuses a consumer whose fetch.max.bytes (set) is below
     // message.max.bytes, or whose receive.message.max.bytes is below
-    // fetch.max.bytes + 512: an operator's larger message.max.bytes must
-    // not make every restore fail.
+    // fetch.max.bytes + 512: neither an operator's larger
+    // message.max.bytes nor a smaller receive.message.max.bytes (a memory
+    // cap) may make every restore fail.
     let number = |config: &ClientConfig, key: &str, default: u64| {
         config
             .get(key)
@@ -161,7 +206,16 @@ fn restore_config(client: &ClientConfig) -> ClientConfig {
             "message.max.bytes",
             DEFAULT_MESSAGE_MAX_BYTES as u64,
         );
-        config.set("fetch.max.bytes", message.max(FETCH_MAX_BYTES).to_string());
+        let mut fetch = message.max(FETCH_MAX_BYTES);
+        if config.get("receive.message.max.bytes").is_some() {
+            let receive = number(
+                &config,
+                "receive.message.max.bytes",
+                DEFAULT_RECEIVE_MESSAGE_MAX_BYTES,
+            );
+            fetch = fetch.min(receive.saturating_sub(512)).max(message);
+        }
+        config.set("fetch.max.bytes", fetch.to_string());
     }
     let fetch = number(&config, "fetch.max.bytes", DEFAULT_FETCH_MAX_BYTES);
     if config.get("receive.message.max.bytes").is_none()
@@ -170,6 +224,31 @@ fn restore_config(client: &ClientConfig) -> ClientConfig {
         config.set("receive.message.max.bytes", (fetch + 512).to_string());
     }
     config
+}
+
+/// Whether `err` is a connection trouble librdkafka reports on the way
+/// to reconnecting (a broker restarting, all brokers briefly down), not a
+/// reason to throw the read away.
+fn passing(err: &KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as Code;
+    matches!(
+        err,
+        KafkaError::MessageConsumption(
+            Code::BrokerTransportFailure | Code::AllBrokersDown | Code::Resolve
+        )
+    )
+}
+
+/// The consumer's position on `changelog`, once it has one.
+fn position(consumer: &BaseConsumer, changelog: &str) -> Option<i64> {
+    let position = consumer.position().ok()?;
+    position
+        .elements_for_topic(changelog)
+        .iter()
+        .find_map(|e| match e.offset() {
+            Offset::Offset(o) => Some(o),
+            _ => None,
+        })
 }
 
 /// Whether the consumer's position on `changelog` is at or past `offset`.
@@ -278,5 +357,118 @@ mod tests {
         )
         .expect("restored");
         assert_eq!(restorer.applied, 1);
+    }
+
+    /// A broker that drops out under the read and comes back within the
+    /// timeout: librdkafka reconnects and reports the outage on the way
+    /// (all brokers down), which does not throw the read away.
+    #[test]
+    fn a_restore_rides_out_a_broker_dropping_out() {
+        let broker = changelog_of(30);
+        let cluster = broker.cluster();
+        cluster
+            .broker_round_trip_time(1, Duration::from_millis(100))
+            .expect("slow broker");
+        let client = client(
+            &broker,
+            &[
+                ("message.max.bytes", "1000"),
+                ("fetch.max.bytes", "1000"),
+                ("max.partition.fetch.bytes", "1000"),
+            ],
+        );
+        let restore = std::thread::spawn(move || {
+            restore_partition(
+                &client,
+                "state",
+                0,
+                "task-events",
+                Duration::from_secs(30),
+                &AtomicBool::new(false),
+            )
+        });
+        std::thread::sleep(Duration::from_millis(800));
+        cluster.broker_down(1).expect("down");
+        std::thread::sleep(Duration::from_millis(1500));
+        cluster.broker_up(1).expect("up");
+        let restorer = restore.join().expect("restore").expect("restored");
+        assert_eq!(restorer.applied, 30);
+    }
+
+    /// A read that stops making progress ends, saying where it stopped.
+    #[test]
+    fn a_stalled_restore_says_where_it_stopped() {
+        let broker = changelog_of(60);
+        let cluster = broker.cluster();
+        cluster
+            .broker_round_trip_time(1, Duration::from_millis(100))
+            .expect("slow broker");
+        let client = client(
+            &broker,
+            &[
+                ("message.max.bytes", "1000"),
+                ("fetch.max.bytes", "1000"),
+                ("max.partition.fetch.bytes", "1000"),
+            ],
+        );
+        let restore = std::thread::spawn(move || {
+            restore_partition(
+                &client,
+                "state",
+                0,
+                "task-events",
+                Duration::from_secs(1),
+                &AtomicBool::new(false),
+            )
+        });
+        // Past the start (a few round trips), into the records.
+        std::thread::sleep(Duration::from_secs(2));
+        cluster
+            .broker_round_trip_time(1, Duration::from_secs(60))
+            .expect("stalled broker");
+        let err = restore.join().expect("restore").expect_err("stalled");
+        let RestoreError::Stalled {
+            position, received, ..
+        } = &err
+        else {
+            panic!("{err}");
+        };
+        assert!(*received > 0 && *received < 60, "{err}");
+        assert_eq!(*position, Some(i64::try_from(*received).unwrap()), "{err}");
+        assert!(
+            err.to_string().starts_with(&format!(
+                "no record from the changelog for 1s (pipeline.restore_timeout), at offset {received} of at least 60, after {received} records"
+            )),
+            "{err}"
+        );
+        cluster
+            .broker_round_trip_time(1, Duration::ZERO)
+            .expect("broker back");
+    }
+
+    #[test]
+    fn a_small_receive_message_max_bytes_does_not_stop_restores() {
+        let broker = changelog_of(1);
+        let client = client(&broker, &[("receive.message.max.bytes", "33554432")]);
+        let restorer = restore_partition(
+            &client,
+            "state",
+            0,
+            "task-events",
+            Duration::from_secs(30),
+            &AtomicBool::new(false),
+        )
+        .expect("restored");
+        assert_eq!(restorer.applied, 1);
+    }
+
+    #[test]
+    fn records_deleted_under_a_restore_fail_it_rather_than_cut_it_short() {
+        let mut client = ClientConfig::new();
+        client.set("auto.offset.reset", "latest");
+        assert_eq!(
+            restore_config(&client).get("auto.offset.reset"),
+            Some("error")
+        );
     }
 }

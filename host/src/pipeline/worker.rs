@@ -339,7 +339,11 @@ impl Worker {
                     cancel.clone(),
                 );
                 let running = self.context.stats.restores_running.clone();
+                // What the read logs names the partition, as the worker's
+                // own lines do.
+                let span = tracing::Span::current();
                 move || {
+                    let _entered = span.enter();
                     let _reading = Reading::start(running, turn);
                     super::restore::restore_partition(
                         &client, &changelog, partition, &topic, timeout, &cancel,
