@@ -27,6 +27,14 @@ const RESTORE_QUIET: Duration = Duration::from_millis(500);
 /// falls back to [`RESTORE_QUIET`].
 const EOF_QUIET: Duration = Duration::from_millis(20);
 
+/// How long a restore reads on once it has passed the end seen at the
+/// start. Everything written before the attempt started has been read by
+/// then; what follows is another writer's (the changelog partition is
+/// shared by every input topic's partition of that number, and anyone may
+/// produce to it), and a steady one would otherwise never leave the quiet
+/// the end waits for.
+const PAST_END_LIMIT: Duration = Duration::from_secs(2);
+
 /// How long one poll waits for a record.
 const POLL: Duration = Duration::from_millis(10);
 
@@ -100,6 +108,8 @@ pub fn restore_partition(
     // How long the quiet must last: short once the broker said the end was
     // reached at or past the start's end.
     let mut quiet_needed = RESTORE_QUIET;
+    // Since when the records read are past the end seen at the start.
+    let mut past_end_since: Option<Instant> = None;
     loop {
         if cancel.load(Ordering::Relaxed) {
             return Err(RestoreError::Stopped);
@@ -114,6 +124,11 @@ pub fn restore_partition(
                 );
                 quiet_since = None;
                 quiet_needed = RESTORE_QUIET;
+                if message.offset().saturating_add(1) >= high
+                    && past_end_since.get_or_insert_with(Instant::now).elapsed() >= PAST_END_LIMIT
+                {
+                    break;
+                }
             }
             // Every record before the end is delivered before this is.
             Some(Err(KafkaError::PartitionEOF(_))) => {
@@ -393,6 +408,59 @@ mod tests {
         cluster.broker_up(1).expect("up");
         let restorer = restore.join().expect("restore").expect("restored");
         assert_eq!(restorer.applied, 30);
+    }
+
+    /// Another writer on the changelog partition, steady enough that the
+    /// read never sees a moment's quiet, does not keep the restore open:
+    /// it ends a little after passing the end seen when it started.
+    #[test]
+    fn a_steady_writer_does_not_keep_a_restore_open() {
+        let broker = changelog_of(5);
+        let writing = std::sync::Arc::new(AtomicBool::new(true));
+        let writer = std::thread::spawn({
+            let (servers, writing) = (broker.bootstrap_servers(), writing.clone());
+            move || {
+                let producer: BaseProducer = ClientConfig::new()
+                    .set("bootstrap.servers", servers)
+                    .set("linger.ms", "0")
+                    .create()
+                    .expect("producer");
+                let key = changelog::key("other-topic", "p", EntryKind::Key, "k");
+                let value = changelog::key_value(Some(b"v"), None).expect("a value");
+                while writing.load(Ordering::Relaxed) {
+                    let record = BaseRecord::to("state")
+                        .partition(0)
+                        .key(&key)
+                        .payload(&value);
+                    producer.send(record).expect("queued");
+                    producer.poll(Duration::from_millis(2));
+                }
+                producer.flush(Duration::from_secs(10)).expect("written");
+            }
+        });
+        let cancel = std::sync::Arc::new(AtomicBool::new(false));
+        let watchdog = std::thread::spawn({
+            let cancel = cancel.clone();
+            move || {
+                std::thread::sleep(Duration::from_secs(30));
+                cancel.store(true, Ordering::Relaxed);
+            }
+        });
+        let client = client(&broker, &[]);
+        let restored = restore_partition(
+            &client,
+            "state",
+            0,
+            "task-events",
+            Duration::from_secs(30),
+            &cancel,
+        );
+        writing.store(false, Ordering::Relaxed);
+        writer.join().expect("writer");
+        let restorer = restored.expect("restored before the watchdog");
+        assert_eq!(restorer.applied, 5);
+        assert!(restorer.skipped > 0, "the other writer's records were read");
+        drop(watchdog);
     }
 
     /// A read that stops making progress ends, saying where it stopped.
