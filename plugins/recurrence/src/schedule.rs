@@ -63,20 +63,54 @@ pub fn next_rrule(
     let dtstart = DateTime::<Utc>::from_timestamp(start.div_euclid(1000), 0)
         .ok_or("start out of range")?
         .with_timezone(&rrule::Tz::Tz(tz));
-    let set = rule
+    let parsed = rule
         .parse::<rrule::RRule<rrule::Unvalidated>>()
-        .and_then(|parsed| parsed.build(dtstart))
         .map_err(|e| format!("invalid RRULE {rule:?}: {e}"))?;
-    let after = DateTime::<Utc>::from_timestamp_millis(due)
-        .ok_or("due out of range")?
-        .with_timezone(&rrule::Tz::Tz(tz));
-    let result = set.after(after).all(2);
-    Ok(result
-        .dates
-        .into_iter()
-        .map(|d| d.timestamp_millis())
-        .find(|ms| *ms > due))
+    let times_a_day = [
+        parsed.get_by_hour(),
+        parsed.get_by_minute(),
+        parsed.get_by_second(),
+    ]
+    .iter()
+    .map(|by| by.len().max(1))
+    .product::<usize>();
+    if times_a_day > MAX_RRULE_TIMES_A_DAY {
+        return Err(format!(
+            "RRULE {rule:?} names {times_a_day} times of day (BYHOUR × BYMINUTE × BYSECOND; at most {MAX_RRULE_TIMES_A_DAY})"
+        ));
+    }
+    // Limited: a rule whose BY parts never match (`BYMONTH=2;BYMONTHDAY=30`)
+    // ends after rrule's bound on empty rounds instead of looping.
+    let set = parsed
+        .build(dtstart)
+        .map_err(|e| format!("invalid RRULE {rule:?}: {e}"))?
+        .limit();
+    // rrule cannot jump ahead: it walks every occurrence from the start.
+    for (walked, date) in (&set).into_iter().enumerate() {
+        let ms = date.timestamp_millis();
+        if ms > due {
+            return Ok(Some(ms));
+        }
+        if walked + 1 >= MAX_RRULE_OCCURRENCES {
+            return Err(format!(
+                "RRULE {rule:?} has more than {MAX_RRULE_OCCURRENCES} occurrences between the series start and the due date: start the series later"
+            ));
+        }
+    }
+    Ok(None)
 }
+
+/// Occurrences of an RRULE walked, at most, from the series start to the
+/// due date (rrule cannot skip ahead): a rule started long before at a fine
+/// frequency — `FREQ=SECONDLY` from year 1 — would otherwise spend the
+/// call's whole deadline, event after event, and count against the plugin.
+/// A daily series started 27 years before its due date is within it.
+pub const MAX_RRULE_OCCURRENCES: usize = 10_000;
+
+/// Times of day an RRULE may name: rrule builds each period's dates at
+/// once, so `FREQ=YEARLY` with every hour, minute and second would build
+/// 31 million in one step. One a minute is within it.
+pub const MAX_RRULE_TIMES_A_DAY: usize = 1440;
 
 #[cfg(test)]
 mod tests {
@@ -87,6 +121,50 @@ mod tests {
             .single()
             .expect("valid local time")
             .timestamp_millis()
+    }
+
+    #[test]
+    fn an_rrule_walked_from_long_ago_is_refused_not_run_for_ever() {
+        let tz = Tz::UTC;
+        let due = at(tz, 2026, 1, 1, 0, 0);
+        let err = next_rrule("FREQ=SECONDLY", at(tz, 1, 1, 1, 0, 0), due, tz).unwrap_err();
+        assert!(err.contains("more than 10000 occurrences"), "{err}");
+        let err = next_rrule("FREQ=DAILY", at(tz, 1900, 1, 1, 0, 0), due, tz).unwrap_err();
+        assert!(err.contains("start the series later"), "{err}");
+        // A daily series of 27 years is fine.
+        let next = next_rrule("FREQ=DAILY", at(tz, 1999, 1, 1, 9, 0), due, tz).unwrap();
+        assert_eq!(next, Some(at(tz, 2026, 1, 1, 9, 0)));
+    }
+
+    #[test]
+    fn an_rrule_naming_every_second_of_the_day_is_refused() {
+        let tz = Tz::UTC;
+        let every = |n: u32| (0..n).map(|i| i.to_string()).collect::<Vec<_>>().join(",");
+        let rule = format!(
+            "FREQ=YEARLY;BYHOUR={};BYMINUTE={};BYSECOND={}",
+            every(24),
+            every(60),
+            every(60)
+        );
+        let start = at(tz, 2026, 1, 1, 0, 0);
+        let err = next_rrule(&rule, start, start, tz).unwrap_err();
+        assert!(err.contains("names 86400 times of day"), "{err}");
+        // Twice a day is fine.
+        let next = next_rrule(
+            "FREQ=DAILY;BYHOUR=9,17;BYMINUTE=0;BYSECOND=0",
+            start,
+            start,
+            tz,
+        );
+        assert_eq!(next.unwrap(), Some(at(tz, 2026, 1, 1, 9, 0)));
+    }
+
+    #[test]
+    fn an_rrule_that_never_matches_ends() {
+        let tz = Tz::UTC;
+        let start = at(tz, 2026, 1, 1, 0, 0);
+        let next = next_rrule("FREQ=YEARLY;BYMONTH=2;BYMONTHDAY=30", start, start, tz);
+        assert_eq!(next.unwrap(), None);
     }
 
     #[test]
