@@ -115,7 +115,12 @@ pub fn decode_record(value: &[u8], meta: RecordMeta<'_>) -> Result<TaskEvent> {
             format!("expected a JSON object, found {}", kind(&root)),
         ));
     };
-    let binary_ce = cloud_event_headers(meta.headers);
+    // A Kafka timestamp is whatever the producer set: one outside the
+    // range event times have (±9999 years) is as good as none.
+    let record_time = meta
+        .timestamp
+        .filter(|ms| jiff::Timestamp::from_millisecond(*ms).is_ok());
+    let binary_ce = cloud_event_headers(meta.headers)?;
     let binary = binary_ce.is_some();
     if binary || root.iter().any(|(key, _)| key == "specversion") {
         let ce = match binary_ce {
@@ -137,7 +142,7 @@ pub fn decode_record(value: &[u8], meta: RecordMeta<'_>) -> Result<TaskEvent> {
             map: body,
             id: Some(ce.id),
             source: ce.source,
-            time: ce.time.or(meta.timestamp),
+            time: ce.time.or(record_time),
             ce_type: ce.kind,
         };
         return envelope.decode(value);
@@ -147,7 +152,7 @@ pub fn decode_record(value: &[u8], meta: RecordMeta<'_>) -> Result<TaskEvent> {
         map: &root,
         id: None,
         source: None,
-        time: meta.timestamp,
+        time: record_time,
         ce_type: None,
     }
     .decode(value)
@@ -216,26 +221,42 @@ impl<'a> CloudEvent<'a> {
 }
 
 /// CloudEvents binary mode: attributes in `ce_*` headers, the body is the
-/// event itself.
-fn cloud_event_headers<'a>(headers: &[(&str, &[u8])]) -> Option<CloudEvent<'a>> {
-    let header = |name: &str| {
-        headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .and_then(|(_, v)| std::str::from_utf8(v).ok())
-            .map(str::to_owned)
+/// event itself. `None` without a `ce_id` header; an attribute that cannot
+/// be read is an error naming its header, as a structured one's would be.
+fn cloud_event_headers<'a>(headers: &[(&str, &[u8])]) -> Result<Option<CloudEvent<'a>>> {
+    let header = |name: &str| -> Result<Option<String>> {
+        let Some((key, value)) = headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)) else {
+            return Ok(None);
+        };
+        std::str::from_utf8(value)
+            .map(|text| Some(text.to_owned()))
+            .map_err(|_| DecodeError::field(format!("header {key}"), "not UTF-8"))
     };
-    let id = header("ce_id")?;
-    Some(CloudEvent {
+    let Some(id) = header("ce_id")? else {
+        return Ok(None);
+    };
+    let time = match header("ce_time")? {
+        None => None,
+        Some(text) => Some(
+            text.trim()
+                .parse::<jiff::Timestamp>()
+                .map_err(|_| {
+                    DecodeError::field(
+                        "header ce_time",
+                        format!("{text:?} is not an RFC 3339 time"),
+                    )
+                })?
+                .as_millisecond(),
+        ),
+    };
+    Ok(Some(CloudEvent {
         id,
-        source: header("ce_source"),
-        kind: header("ce_type"),
-        time: header("ce_time")
-            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
-            .map(jiff::Timestamp::as_millisecond),
+        source: header("ce_source")?,
+        kind: header("ce_type")?,
+        time,
         data: None,
         data_path: "",
-    })
+    }))
 }
 
 /// The object a string or `data_base64` holds, owning its text.

@@ -114,6 +114,25 @@ fn cloud_events_binary_mode_reads_ce_headers() {
     assert_eq!(event.source.as_deref(), Some("svc"));
     assert!(event.task.completed);
     assert_eq!(event.occurred_at, 1_769_076_000_000);
+
+    // An attribute that cannot be read is refused, naming its header,
+    // not dropped (a different id, the record's time instead).
+    let refused = |replaced: (&'static str, &'static [u8])| {
+        let headers: Vec<(&str, &[u8])> = headers
+            .iter()
+            .map(|h| if h.0 == replaced.0 { replaced } else { *h })
+            .collect();
+        let meta = RecordMeta {
+            headers: &headers,
+            timestamp: Some(42_000),
+        };
+        decode_record(body, meta).unwrap_err().to_string()
+    };
+    assert_eq!(refused(("ce_id", b"\xff")), "header ce_id: not UTF-8");
+    assert_eq!(
+        refused(("ce_time", b"yesterday")),
+        "header ce_time: \"yesterday\" is not an RFC 3339 time"
+    );
 }
 
 #[test]
@@ -136,6 +155,12 @@ fn record_timestamp_is_the_last_resort_and_ids_are_derived() {
         err.to_string(),
         "timestamp: missing (and no CloudEvent time or record timestamp to fall back on)"
     );
+    // A record timestamp no event time can be is none at all.
+    let far = RecordMeta {
+        headers: &[],
+        timestamp: Some(i64::MAX),
+    };
+    assert_eq!(decode_record(body, far).unwrap_err(), err);
 }
 
 #[test]

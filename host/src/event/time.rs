@@ -33,7 +33,7 @@ pub(crate) fn instant(found: &Found<'_>, tz: &TimeZone) -> Result<Timestamp, Dec
             let n = n
                 .as_i64()
                 .ok_or_else(|| found.error(format!("{n} is not a whole Unix time")))?;
-            let millis = if n.abs() < EPOCH_MILLIS_THRESHOLD {
+            let millis = if n.unsigned_abs() < EPOCH_MILLIS_THRESHOLD.unsigned_abs() {
                 n.checked_mul(1000)
             } else {
                 Some(n)
@@ -192,13 +192,18 @@ pub(crate) fn offset(found: &Found<'_>) -> Result<SignedDuration, DecodeError> {
     Ok(duration)
 }
 
-/// Parses an IANA time zone name (or `UTC`, or a fixed offset like `+05:30`).
+/// Parses an IANA time zone name (or `UTC`, or a fixed offset like
+/// `+05:30`). The name comes out as the database spells it: the lookup
+/// ignores case (`europe/berlin`), plugins' own time zone crates may not.
 pub(crate) fn time_zone(found: &Found<'_>) -> Result<(String, TimeZone), DecodeError> {
     let name = found.string()?;
     let name = name.trim();
     TimeZone::get(name)
-        .map(|tz| (name.to_owned(), tz))
-        .map_err(|_| found.error(format!("\"{name}\" is not a known IANA time zone")))
+        .ok()
+        // `Etc/Unknown` is the database's name for no time zone at all.
+        .filter(|tz| !tz.is_unknown())
+        .map(|tz| (tz.iana_name().unwrap_or(name).to_owned(), tz))
+        .ok_or_else(|| found.error(format!("\"{name}\" is not a known IANA time zone")))
 }
 
 #[cfg(test)]
@@ -416,10 +421,24 @@ mod tests {
     fn time_zones() {
         let v = tree(&json!("America/New_York"));
         assert_eq!(time_zone(&found(&v)).unwrap().0, "America/New_York");
-        let v = tree(&json!("Mars/Olympus"));
+        // Spelled as the database spells it, whatever the case.
+        let v = tree(&json!("europe/berlin"));
+        assert_eq!(time_zone(&found(&v)).unwrap().0, "Europe/Berlin");
+        for name in ["Mars/Olympus", "Etc/Unknown"] {
+            let v = tree(&json!(name));
+            assert_eq!(
+                time_zone(&found(&v)).unwrap_err().to_string(),
+                format!(r#"task_data.due_date: "{name}" is not a known IANA time zone"#)
+            );
+        }
+    }
+
+    #[test]
+    fn the_smallest_epoch_number_is_out_of_range_not_an_overflow() {
+        let v = tree(&json!(i64::MIN));
         assert_eq!(
-            time_zone(&found(&v)).unwrap_err().to_string(),
-            r#"task_data.due_date: "Mars/Olympus" is not a known IANA time zone"#
+            instant(&found(&v), &TimeZone::UTC).unwrap_err().to_string(),
+            "task_data.due_date: -9223372036854775808 is out of range for a Unix time"
         );
     }
 }
