@@ -166,6 +166,11 @@ pub fn dead_letter(
         value: None,
         headers,
     };
+    if record.size() + RECORD_OVERHEAD_BYTES > max_bytes {
+        // The key alone leaves no room: cut it, and say so (a replay goes
+        // out under another key, to another partition).
+        cut_key(&mut record, MINIMAL_ORIGINAL_BYTES);
+    }
     let room = |record: &OutRecord| max_bytes.saturating_sub(record.size() + RECORD_OVERHEAD_BYTES);
     if source.value.len() <= room(&record) {
         record.value = Some(source.value.to_vec());
@@ -204,16 +209,41 @@ pub fn minimal_dead_letter(full: &OutRecord, original_size: usize) -> OutRecord 
     } else {
         cut = value.to_vec();
     }
-    OutRecord {
+    let mut minimal = OutRecord {
         topic: full.topic.clone(),
         partition: None,
-        key: full
-            .key
-            .as_ref()
-            .map(|k| k[..k.len().min(MINIMAL_ORIGINAL_BYTES)].to_vec()),
+        key: full.key.clone(),
         value: Some(cut),
         headers,
+    };
+    let key_size = full
+        .headers
+        .iter()
+        .find(|(name, _)| *name == "error.original.key.size")
+        .and_then(|(_, size)| std::str::from_utf8(size).ok()?.parse().ok());
+    match key_size {
+        // Cut already in the full one: the original's size, not the cut's.
+        Some(size) => mark_key_cut(&mut minimal.headers, size),
+        None => cut_key(&mut minimal, MINIMAL_ORIGINAL_BYTES),
     }
+    minimal
+}
+
+/// Cuts `record`'s key to `max` bytes, if longer, and marks it so.
+fn cut_key(record: &mut OutRecord, max: usize) {
+    let Some(key) = record.key.as_mut().filter(|key| key.len() > max) else {
+        return;
+    };
+    let size = key.len();
+    key.truncate(max);
+    mark_key_cut(&mut record.headers, size);
+}
+
+/// Marks a record's key as cut from `size` bytes:
+/// `error.original.key.truncated` and `error.original.key.size`.
+fn mark_key_cut(headers: &mut Vec<(&'static str, Vec<u8>)>, size: usize) {
+    headers.push(("error.original.key.truncated", b"true".to_vec()));
+    headers.push(("error.original.key.size", size.to_string().into_bytes()));
 }
 
 #[cfg(test)]
@@ -275,6 +305,45 @@ mod tests {
             Some(&b"600000"[..])
         );
         assert_eq!(header(&minimal, "error.stage"), Some(&b"decode"[..]));
+
+        // A key that alone leaves no room is cut too, and marked.
+        let key = vec![b'k'; 2_000_000];
+        let huge_key = Source {
+            key: Some(&key),
+            ..source(b"{}")
+        };
+        let record = dead_letter("dlq", &huge_key, &failure, 100_000);
+        assert!(record.size() + RECORD_OVERHEAD_BYTES <= 100_000);
+        assert_eq!(record.key.as_ref().map(Vec::len), Some(1024));
+        assert_eq!(record.value.as_deref(), Some(&b"{}"[..]));
+        assert_eq!(
+            header(&record, "error.original.key.truncated"),
+            Some(&b"true"[..])
+        );
+        assert_eq!(
+            header(&record, "error.original.key.size"),
+            Some(&b"2000000"[..])
+        );
+        let minimal = minimal_dead_letter(&record, 2);
+        assert_eq!(minimal.key.as_ref().map(Vec::len), Some(1024));
+        assert_eq!(
+            header(&minimal, "error.original.key.size"),
+            Some(&b"2000000"[..])
+        );
+
+        // The last resort cuts a key the full one kept, and says so.
+        let keyed = Source {
+            key: Some(&key[..5000]),
+            ..source(b"{}")
+        };
+        let full = dead_letter("dlq", &keyed, &failure, 100_000);
+        assert_eq!(full.key.as_ref().map(Vec::len), Some(5000));
+        let minimal = minimal_dead_letter(&full, 2);
+        assert_eq!(minimal.key.as_ref().map(Vec::len), Some(1024));
+        assert_eq!(
+            header(&minimal, "error.original.key.size"),
+            Some(&b"5000"[..])
+        );
     }
 
     #[test]
