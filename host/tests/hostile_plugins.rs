@@ -14,7 +14,9 @@ use std::time::Duration;
 use common::{TEST_PLUGIN, created, load, mode, plugin_dir, sandbox};
 use todo_eventd::dispatch::{DispatchPolicy, Dispatcher, MAX_HOPS, Outcome};
 use todo_eventd::plugin::health::QuarantinePolicy;
-use todo_eventd::sandbox::{CallError, GrantPolicy, LogPolicy, Sandbox, SandboxConfig, TrapKind};
+use todo_eventd::sandbox::{
+    CallError, GrantPolicy, LogPolicy, MAX_RESOURCES_WITH_FILES, Sandbox, SandboxConfig, TrapKind,
+};
 use todo_eventd::telemetry::PluginMetrics;
 use todo_eventd::units::ByteSize;
 
@@ -944,4 +946,51 @@ fn a_fifo_in_a_granted_directory_holds_no_call_past_its_deadline_nor_the_daemon(
     runtime.shutdown_background();
     let reload = reload.expect("reading the plugins directory waited for the plugin's stuck opens");
     assert_eq!(reload.unwrap().plugins.len(), 1);
+}
+
+/// Each file a plugin opens in a granted directory is a descriptor of the
+/// daemon's, held while the plugin keeps it; an instance with granted
+/// directories may hold only `MAX_RESOURCES_WITH_FILES` WASI resources,
+/// so a plugin hoarding open files cannot run the daemon out of the
+/// descriptors its broker connections need.
+#[tokio::test]
+async fn a_plugin_cannot_hoard_open_files() {
+    let root = tempfile::tempdir().unwrap();
+    let sandbox = Arc::new(
+        Sandbox::new(SandboxConfig {
+            max_instances: 8,
+            grants: GrantPolicy {
+                readable: vec![root.path().to_path_buf()],
+                ..GrantPolicy::default()
+            },
+            ..SandboxConfig::default()
+        })
+        .unwrap(),
+    );
+    let hoarder = |count: usize| {
+        format!(
+            "{}count = {count}\n[wasi]\ndirs = [{{ host = \"{}\", guest = \"/data\" }}]\n",
+            mode("open-many").replace("50ms", "5s"),
+            root.path().display()
+        )
+    };
+    let within = MAX_RESOURCES_WITH_FILES - 50;
+    let (modest, greedy) = (hoarder(within), hoarder(MAX_RESOURCES_WITH_FILES + 50));
+    let dir = plugin_dir(&[
+        ("a-modest", TEST_PLUGIN, Some(&modest)),
+        ("b-greedy", TEST_PLUGIN, Some(&greedy)),
+    ]);
+    let plugins = load(&sandbox, dir.path()).await;
+    let outcomes = Dispatcher::new(&plugins)
+        .dispatch(&created("t1", 1_000), 0, 1_000)
+        .await;
+    let emits = outcomes[0].result.as_ref().expect("within the bound");
+    assert_eq!(emits[0].value, within.to_string());
+    let err = outcomes[1].result.as_ref().expect_err("past the bound");
+    assert_eq!(err.kind(), "trap");
+    assert!(
+        err.to_string().contains("resource table has no free keys"),
+        "{err}"
+    );
+    assert!(err.is_plugin_fault(), "{err}");
 }

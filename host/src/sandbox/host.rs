@@ -40,6 +40,12 @@ pub const RECORD_OVERHEAD_BYTES: usize = 2048;
 /// WASI resources (streams, pollables, descriptors) one instance may hold
 /// at once; a plugin needs a handful.
 const MAX_RESOURCES: usize = 10_000;
+/// The same for an instance granted directories, where each open file is
+/// one of the daemon's own descriptors, held as long as the plugin keeps
+/// it — across a warm instance's calls. The pool's instances together
+/// (128 by default) then hold at most 32 768, not 1.28 million: a plugin
+/// cannot run the daemon out of descriptors for its broker connections.
+pub const MAX_RESOURCES_WITH_FILES: usize = 256;
 /// How much of a plugin's stdout/stderr is kept for error messages.
 const OUTPUT_TAIL_BYTES: usize = 4096;
 /// The most one write to stdout/stderr may carry (what `check-write`
@@ -150,7 +156,11 @@ impl HostState {
         // WASI's streams and pollables live here, in host memory the
         // limiter does not see, and stay across a warm instance's calls.
         let mut table = ResourceTable::new();
-        table.set_max_capacity(MAX_RESOURCES);
+        table.set_max_capacity(if spec.wasi.dirs.is_empty() {
+            MAX_RESOURCES
+        } else {
+            MAX_RESOURCES_WITH_FILES
+        });
         Self {
             deadline: Instant::now() + spec.limits.timeout(),
             spec,

@@ -36,7 +36,10 @@ pub use self::cache::{ComponentCache, UntrustedCache};
 pub use self::compile::{CHILD_COMMAND, Compiler, child_main};
 pub use self::error::{CallError, TrapKind};
 pub use self::grants::{GrantPolicy, WasiGrants};
-pub use self::host::{Effects, Emit, HostState, MAX_KEY_BYTES, PluginSpec, RECORD_OVERHEAD_BYTES};
+pub use self::host::{
+    Effects, Emit, HostState, MAX_KEY_BYTES, MAX_RESOURCES_WITH_FILES, PluginSpec,
+    RECORD_OVERHEAD_BYTES,
+};
 pub use self::instance::Instance;
 pub use self::limits::{LimitSettings, Limits, QuotaExceeded};
 pub use self::log::{LogPolicy, PluginLog};

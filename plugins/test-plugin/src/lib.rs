@@ -145,6 +145,14 @@ fn attack(mode: &str, event: &TaskEvent) -> Option<Result> {
         "rearm" => timers::set("storm", host::now(), b""),
         // A file in a granted directory: a FIFO nobody writes to holds
         // the host's open (or read) until a writer comes.
+        // Files held open at once: each is a descriptor of the host's.
+        "open-many" => {
+            let path = host::config("path").unwrap_or_else(|| "/data".to_owned());
+            let held: Vec<std::fs::File> = (0..number("count", 1000))
+                .map_while(|_| std::fs::File::open(&path).ok())
+                .collect();
+            output::emit("out", None, &held.len().to_string());
+        }
         "read-file" => {
             let path = host::config("path").unwrap_or_else(|| "/data/pipe".to_owned());
             std::hint::black_box(std::fs::read(path).ok());
