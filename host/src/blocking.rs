@@ -21,6 +21,10 @@ use tokio::task::JoinHandle;
 const MAX_THREADS: usize = 512;
 
 /// Runs `work` on the daemon's own blocking pool.
+///
+/// `work` runs in the context of a runtime that is never driven: it must
+/// not spawn tasks, use `tokio::time`, or create clients that spawn their
+/// own tasks there (rdkafka's `StreamConsumer`). Blocking calls only.
 pub fn spawn<T, F>(work: F) -> JoinHandle<T>
 where
     F: FnOnce() -> T + Send + 'static,

@@ -51,41 +51,45 @@ pub fn next_simple(
 
 /// The first occurrence of `rule` after `due`, with the rule anchored at
 /// `start` in `tz`. `Ok(None)` when the rule has no more occurrences.
+///
+/// rrule cannot jump ahead: it walks every occurrence from its DTSTART. A
+/// rule without `COUNT` is therefore walked from `due` (the occurrence just
+/// completed) rather than from the series start, so an hourly series two
+/// years old costs no more than a new one; a rule with `COUNT` counts from
+/// the series start and is walked from there, at most
+/// [`MAX_RRULE_OCCURRENCES`] occurrences.
 pub fn next_rrule(
     rule: &str,
     start: Timestamp,
     due: Timestamp,
     tz: Tz,
 ) -> Result<Option<Timestamp>, String> {
-    // DTSTART is given as an instant in the zone, not as local text: a start
-    // in a DST overlap (01:30 on a fall-back night) is ambiguous as text,
-    // and the rrule crate refuses it. Whole seconds, as RFC 5545 has them.
-    let dtstart = DateTime::<Utc>::from_timestamp(start.div_euclid(1000), 0)
-        .ok_or("start out of range")?
-        .with_timezone(&rrule::Tz::Tz(tz));
     let parsed = rule
         .parse::<rrule::RRule<rrule::Unvalidated>>()
         .map_err(|e| format!("invalid RRULE {rule:?}: {e}"))?;
-    let times_a_day = [
-        parsed.get_by_hour(),
-        parsed.get_by_minute(),
-        parsed.get_by_second(),
-    ]
-    .iter()
-    .map(|by| by.len().max(1))
-    .product::<usize>();
-    if times_a_day > MAX_RRULE_TIMES_A_DAY {
+    let dates_a_step = dates_a_step(&parsed);
+    if dates_a_step > MAX_RRULE_DATES_A_STEP {
         return Err(format!(
-            "RRULE {rule:?} names {times_a_day} times of day (BYHOUR × BYMINUTE × BYSECOND; at most {MAX_RRULE_TIMES_A_DAY})"
+            "RRULE {rule:?} makes up to {dates_a_step} dates a period (days in a period × BYHOUR × BYMINUTE × BYSECOND; at most {MAX_RRULE_DATES_A_STEP})"
         ));
     }
+    let anchor = if parsed.get_count().is_none() {
+        start.max(due)
+    } else {
+        start
+    };
+    // DTSTART is given as an instant in the zone, not as local text: a start
+    // in a DST overlap (01:30 on a fall-back night) is ambiguous as text,
+    // and the rrule crate refuses it. Whole seconds, as RFC 5545 has them.
+    let dtstart = DateTime::<Utc>::from_timestamp(anchor.div_euclid(1000), 0)
+        .ok_or("start out of range")?
+        .with_timezone(&rrule::Tz::Tz(tz));
     // Limited: a rule whose BY parts never match (`BYMONTH=2;BYMONTHDAY=30`)
     // ends after rrule's bound on empty rounds instead of looping.
     let set = parsed
         .build(dtstart)
         .map_err(|e| format!("invalid RRULE {rule:?}: {e}"))?
         .limit();
-    // rrule cannot jump ahead: it walks every occurrence from the start.
     for (walked, date) in (&set).into_iter().enumerate() {
         let ms = date.timestamp_millis();
         if ms > due {
@@ -100,17 +104,36 @@ pub fn next_rrule(
     Ok(None)
 }
 
-/// Occurrences of an RRULE walked, at most, from the series start to the
-/// due date (rrule cannot skip ahead): a rule started long before at a fine
-/// frequency — `FREQ=SECONDLY` from year 1 — would otherwise spend the
-/// call's whole deadline, event after event, and count against the plugin.
-/// A daily series started 27 years before its due date is within it.
+/// Occurrences of an RRULE with `COUNT` walked, at most, from the series
+/// start to the due date: `FREQ=SECONDLY;COUNT=…` from year 1 would
+/// otherwise spend the call's whole deadline, event after event, and count
+/// against the plugin. A daily series of 27 years is within it.
 pub const MAX_RRULE_OCCURRENCES: usize = 10_000;
 
-/// Times of day an RRULE may name: rrule builds each period's dates at
-/// once, so `FREQ=YEARLY` with every hour, minute and second would build
-/// 31 million in one step. One a minute is within it.
-pub const MAX_RRULE_TIMES_A_DAY: usize = 1440;
+/// Dates an RRULE may make in one period: rrule builds each period's dates
+/// (every day of it × every time of day named) before it yields one, so
+/// `FREQ=YEARLY` with every hour and minute would build half a million at
+/// once. Twice a day every day of a year is well within it.
+pub const MAX_RRULE_DATES_A_STEP: usize = 50_000;
+
+/// The most dates `rule` can make in one period of its frequency.
+fn dates_a_step(rule: &rrule::RRule<rrule::Unvalidated>) -> usize {
+    let days = match rule.get_freq() {
+        rrule::Frequency::Yearly => 366,
+        rrule::Frequency::Monthly => 31,
+        rrule::Frequency::Weekly => 7,
+        _ => 1,
+    };
+    [
+        rule.get_by_hour(),
+        rule.get_by_minute(),
+        rule.get_by_second(),
+    ]
+    .iter()
+    .map(|by| by.len().max(1))
+    .product::<usize>()
+        * days
+}
 
 #[cfg(test)]
 mod tests {
@@ -124,34 +147,40 @@ mod tests {
     }
 
     #[test]
-    fn an_rrule_walked_from_long_ago_is_refused_not_run_for_ever() {
+    fn an_rrule_started_long_ago_is_walked_from_its_due_date() {
         let tz = Tz::UTC;
         let due = at(tz, 2026, 1, 1, 0, 0);
-        let err = next_rrule("FREQ=SECONDLY", at(tz, 1, 1, 1, 0, 0), due, tz).unwrap_err();
-        assert!(err.contains("more than 10000 occurrences"), "{err}");
-        let err = next_rrule("FREQ=DAILY", at(tz, 1900, 1, 1, 0, 0), due, tz).unwrap_err();
-        assert!(err.contains("start the series later"), "{err}");
-        // A daily series of 27 years is fine.
-        let next = next_rrule("FREQ=DAILY", at(tz, 1999, 1, 1, 9, 0), due, tz).unwrap();
-        assert_eq!(next, Some(at(tz, 2026, 1, 1, 9, 0)));
+        // Without COUNT, from the due date: cheap however old the series.
+        let next = next_rrule("FREQ=SECONDLY", at(tz, 1, 1, 1, 0, 0), due, tz).unwrap();
+        assert_eq!(next, Some(due + 1000));
+        let next = next_rrule("FREQ=HOURLY", at(tz, 2024, 1, 1, 0, 0), due, tz).unwrap();
+        assert_eq!(next, Some(at(tz, 2026, 1, 1, 1, 0)));
+        let next = next_rrule("FREQ=WEEKLY;BYDAY=MO,WE", at(tz, 1990, 1, 1, 9, 0), due, tz);
+        // 2026-01-01 is a Thursday.
+        assert_eq!(next.unwrap(), Some(at(tz, 2026, 1, 5, 0, 0)));
+        // With COUNT, from the series start, within the budget.
+        let err = next_rrule("FREQ=DAILY;COUNT=50000", at(tz, 1900, 1, 1, 0, 0), due, tz);
+        assert!(err.unwrap_err().contains("start the series later"));
+        let next = next_rrule("FREQ=DAILY;COUNT=9600", at(tz, 2000, 1, 1, 9, 0), due, tz);
+        assert_eq!(next.unwrap(), Some(at(tz, 2026, 1, 1, 9, 0)));
+        let ended = next_rrule("FREQ=DAILY;COUNT=3", at(tz, 2025, 12, 1, 9, 0), due, tz);
+        assert_eq!(ended.unwrap(), None);
     }
 
     #[test]
-    fn an_rrule_naming_every_second_of_the_day_is_refused() {
+    fn an_rrule_making_too_many_dates_a_period_is_refused() {
         let tz = Tz::UTC;
         let every = |n: u32| (0..n).map(|i| i.to_string()).collect::<Vec<_>>().join(",");
-        let rule = format!(
-            "FREQ=YEARLY;BYHOUR={};BYMINUTE={};BYSECOND={}",
-            every(24),
-            every(60),
-            every(60)
-        );
+        let rule = format!("FREQ=YEARLY;BYHOUR={};BYMINUTE={}", every(24), every(60));
         let start = at(tz, 2026, 1, 1, 0, 0);
         let err = next_rrule(&rule, start, start, tz).unwrap_err();
-        assert!(err.contains("names 86400 times of day"), "{err}");
-        // Twice a day is fine.
+        assert!(err.contains("makes up to 527040 dates a period"), "{err}");
+        // Every minute of a day, daily, and twice a day yearly are fine.
+        let daily = format!("FREQ=DAILY;BYHOUR={};BYMINUTE={}", every(24), every(60));
+        let next = next_rrule(&daily, start, start, tz);
+        assert_eq!(next.unwrap(), Some(at(tz, 2026, 1, 1, 0, 1)));
         let next = next_rrule(
-            "FREQ=DAILY;BYHOUR=9,17;BYMINUTE=0;BYSECOND=0",
+            "FREQ=YEARLY;BYHOUR=9,17;BYMINUTE=0;BYSECOND=0",
             start,
             start,
             tz,
