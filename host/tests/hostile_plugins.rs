@@ -714,6 +714,19 @@ async fn a_timer_that_finds_no_room_fires_later() {
     assert_eq!(timed.timer_count(), 0);
 }
 
+/// A sandbox of eight instances whose manifests may grant what `grants`
+/// allows.
+fn sandbox_granting(grants: GrantPolicy) -> Arc<Sandbox> {
+    Arc::new(
+        Sandbox::new(SandboxConfig {
+            max_instances: 8,
+            grants,
+            ..SandboxConfig::default()
+        })
+        .unwrap(),
+    )
+}
+
 /// A sandbox whose pool holds `max_instances` instances.
 fn sandbox_holding(max_instances: u32) -> Arc<Sandbox> {
     Arc::new(
@@ -853,17 +866,10 @@ async fn a_granted_directory_swapped_for_a_symlink_is_refused() {
     let elsewhere = root.path().join("elsewhere");
     std::fs::create_dir_all(&data).unwrap();
     std::fs::create_dir_all(&elsewhere).unwrap();
-    let sandbox = Arc::new(
-        Sandbox::new(SandboxConfig {
-            max_instances: 8,
-            grants: GrantPolicy {
-                writable: vec![root.path().to_path_buf()],
-                ..GrantPolicy::default()
-            },
-            ..SandboxConfig::default()
-        })
-        .unwrap(),
-    );
+    let sandbox = sandbox_granting(GrantPolicy {
+        writable: vec![root.path().to_path_buf()],
+        ..GrantPolicy::default()
+    });
     let granted = format!(
         "[wasi]\ndirs = [{{ host = \"{}\", guest = \"/data\", writable = true }}]\n",
         data.display()
@@ -916,17 +922,10 @@ fn a_fifo_in_a_granted_directory_holds_no_call_past_its_deadline_nor_the_daemon(
     );
     let dir = plugin_dir(&[("reader", TEST_PLUGIN, Some(&granted))]);
     let reload = runtime.block_on(async {
-        let sandbox = Arc::new(
-            Sandbox::new(SandboxConfig {
-                max_instances: 8,
-                grants: GrantPolicy {
-                    readable: vec![root.path().to_path_buf()],
-                    ..GrantPolicy::default()
-                },
-                ..SandboxConfig::default()
-            })
-            .unwrap(),
-        );
+        let sandbox = sandbox_granting(GrantPolicy {
+            readable: vec![root.path().to_path_buf()],
+            ..GrantPolicy::default()
+        });
         let plugins = load(&sandbox, dir.path()).await;
         let mut dispatcher = Dispatcher::new(&plugins);
         // Two calls take the runtime's two blocking threads for good; the
@@ -956,17 +955,10 @@ fn a_fifo_in_a_granted_directory_holds_no_call_past_its_deadline_nor_the_daemon(
 #[tokio::test]
 async fn a_plugin_cannot_hoard_open_files() {
     let root = tempfile::tempdir().unwrap();
-    let sandbox = Arc::new(
-        Sandbox::new(SandboxConfig {
-            max_instances: 8,
-            grants: GrantPolicy {
-                readable: vec![root.path().to_path_buf()],
-                ..GrantPolicy::default()
-            },
-            ..SandboxConfig::default()
-        })
-        .unwrap(),
-    );
+    let sandbox = sandbox_granting(GrantPolicy {
+        readable: vec![root.path().to_path_buf()],
+        ..GrantPolicy::default()
+    });
     let hoarder = |count: usize| {
         format!(
             "{}count = {count}\n[wasi]\ndirs = [{{ host = \"{}\", guest = \"/data\" }}]\n",
