@@ -428,6 +428,7 @@ mod tests {
     fn a_steady_writer_does_not_keep_a_restore_open() {
         let broker = changelog_of(5);
         let writing = std::sync::Arc::new(AtomicBool::new(true));
+        let (started, writes) = std::sync::mpsc::channel();
         let writer = std::thread::spawn({
             let (servers, writing) = (broker.bootstrap_servers(), writing.clone());
             move || {
@@ -438,6 +439,7 @@ mod tests {
                     .expect("producer");
                 let key = changelog::key("other-topic", "p", EntryKind::Key, "k");
                 let value = changelog::key_value(Some(b"v"), None).expect("a value");
+                let mut sent = 0;
                 while writing.load(Ordering::Relaxed) {
                     let record = BaseRecord::to("state")
                         .partition(0)
@@ -445,10 +447,17 @@ mod tests {
                         .payload(&value);
                     producer.send(record).expect("queued");
                     producer.poll(Duration::from_millis(2));
+                    sent += 1;
+                    if sent == 50 {
+                        // Writing steadily before the restore starts.
+                        producer.flush(Duration::from_secs(10)).expect("written");
+                        started.send(()).expect("the test waits");
+                    }
                 }
                 producer.flush(Duration::from_secs(10)).expect("written");
             }
         });
+        writes.recv().expect("the writer started");
         let cancel = std::sync::Arc::new(AtomicBool::new(false));
         let watchdog = std::thread::spawn({
             let cancel = cancel.clone();
