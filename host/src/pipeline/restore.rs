@@ -168,7 +168,7 @@ pub fn restore_partition(
                 } else if now > deadline {
                     return Err(RestoreError::Stalled {
                         waited: timeout,
-                        position: position(&consumer, changelog),
+                        position: position(&consumer, changelog).ok().flatten(),
                         end: high,
                         received,
                     });
@@ -262,24 +262,20 @@ fn passing(err: &KafkaError) -> bool {
 }
 
 /// The consumer's position on `changelog`, once it has one.
-fn position(consumer: &BaseConsumer, changelog: &str) -> Option<i64> {
-    let position = consumer.position().ok()?;
-    position
+fn position(consumer: &BaseConsumer, changelog: &str) -> Result<Option<i64>, KafkaError> {
+    let position = consumer.position()?;
+    Ok(position
         .elements_for_topic(changelog)
         .iter()
         .find_map(|e| match e.offset() {
             Offset::Offset(o) => Some(o),
             _ => None,
-        })
+        }))
 }
 
 /// Whether the consumer's position on `changelog` is at or past `offset`.
 fn passed(consumer: &BaseConsumer, changelog: &str, offset: i64) -> Result<bool, KafkaError> {
-    let position = consumer.position()?;
-    Ok(position
-        .elements_for_topic(changelog)
-        .iter()
-        .any(|e| matches!(e.offset(), Offset::Offset(o) if o >= offset)))
+    Ok(position(consumer, changelog)?.is_some_and(|o| o >= offset))
 }
 
 #[cfg(test)]
