@@ -19,11 +19,13 @@
 //! and a probe of a few slots. Only an object in which two members answer
 //! for one name is hashed again, to sort those members.
 
+use std::borrow::Cow;
+
 use super::DecodeError;
 use super::json::{Json, Members};
 
-/// Every field name the decoder asks for, in its normalised spelling (see
-/// [`normalised_eq`]). A [`Name`] is an index into this table; naming a
+/// Every field name the decoder asks for, in its normalised spelling
+/// (lower case, without `_` or `-`; see [`name_of`]). A [`Name`] is an index into this table; naming a
 /// field that is not here is a compile-time error.
 const NAMES: &[&str] = &[
     "action",
@@ -181,18 +183,16 @@ const fn const_eq(a: &str, b: &str) -> bool {
 /// Spreads the bytes' bits over the hash's top bits, which pick the slot.
 const MIX: u64 = 0x9e37_79b9_7f4a_7c15;
 
-/// A hash of `key`'s normalised spelling, without building it. A rotate
-/// and an exclusive or per byte, one multiply at the end: a per-byte
-/// multiply (FNV) made every byte wait three cycles on the one before, and
-/// the table only has to tell about a hundred known names apart.
-const fn normalised_hash(key: &[u8]) -> u64 {
+/// A hash of a normalised name, as [`name_of`] takes it of a key while
+/// normalising it. A rotate and an exclusive or per byte, one multiply at
+/// the end: a per-byte multiply (FNV) made every byte wait three cycles on
+/// the one before, and the table only has to tell about a hundred known
+/// names apart.
+const fn normalised_hash(name: &[u8]) -> u64 {
     let mut hash = 0u64;
     let mut i = 0;
-    while i < key.len() {
-        let b = key[i];
-        if b != b'_' && b != b'-' {
-            hash = hash.rotate_left(5) ^ b.to_ascii_lowercase() as u64;
-        }
+    while i < name.len() {
+        hash = hash.rotate_left(5) ^ name[i] as u64;
         i += 1;
     }
     hash.wrapping_mul(MIX)
@@ -241,15 +241,45 @@ const fn home_slot(hash: u64) -> usize {
     (hash >> (64 - TABLE_SLOTS.trailing_zeros())) as usize
 }
 
+/// The longest name in [`NAMES`], in bytes.
+const LONGEST_NAME: usize = {
+    let mut longest = 0;
+    let mut id = 0;
+    while id < NAMES.len() {
+        if NAMES[id].len() > longest {
+            longest = NAMES[id].len();
+        }
+        id += 1;
+    }
+    longest
+};
+
 /// The name `key` is a spelling of, if the decoder ever asks for it.
+///
+/// The key is normalised once, into a buffer on the stack, hashing as it
+/// goes; a key whose normalised spelling is longer than every name stops
+/// there. The slot's name is then compared whole.
 fn name_of(key: &str) -> Option<Name> {
-    let mut slot = home_slot(normalised_hash(key.as_bytes()));
+    let mut normalised = [0_u8; LONGEST_NAME];
+    let mut len = 0;
+    let mut hash = 0_u64;
+    for &b in key.as_bytes() {
+        if b == b'_' || b == b'-' {
+            continue;
+        }
+        let b = b.to_ascii_lowercase();
+        *normalised.get_mut(len)? = b;
+        len += 1;
+        hash = hash.rotate_left(5) ^ u64::from(b);
+    }
+    let normalised = &normalised[..len];
+    let mut slot = home_slot(hash.wrapping_mul(MIX));
     loop {
         let id = BY_HASH[slot];
         if id == NO_NAME {
             return None;
         }
-        if normalised_eq(key, NAMES[usize::from(id)]) {
+        if NAMES[usize::from(id)].as_bytes() == normalised {
             return Some(Name(id));
         }
         slot = (slot + 1) % TABLE_SLOTS;
@@ -265,8 +295,8 @@ pub(crate) struct Obj<'a> {
     pub(crate) path: &'a str,
     members: &'a Members<'a>,
     /// Per [`Name`], the index of the member that answers for it, or
-    /// [`EMPTY`]. Held by value (on the stack or in a [`Layers`]): a copy
-    /// is a few hundred bytes, not an allocation per object.
+    /// [`EMPTY`]. Held by value on the stack (a [`Layers`] borrows it):
+    /// a few hundred bytes, not an allocation per object.
     slots: [u32; NAMES.len()],
 }
 
@@ -346,9 +376,9 @@ pub(crate) struct Found<'a> {
     pub(crate) value: &'a Json<'a>,
 }
 
-impl Found<'_> {
+impl<'a> Found<'a> {
     /// The dotted path of this value, e.g. `task_data.due_date`.
-    pub(crate) fn field(&self) -> String {
+    pub(crate) fn field(&self) -> Cow<'a, str> {
         join(self.path, self.key)
     }
 
@@ -409,16 +439,15 @@ impl Found<'_> {
 }
 
 /// Several objects searched in order; the first that has a key wins.
-#[derive(Default)]
-pub(crate) struct Layers<'a> {
-    objs: Vec<Obj<'a>>,
+/// Borrowed: an [`Obj`] is a few hundred bytes, not copied into a list.
+#[derive(Clone, Copy)]
+pub(crate) struct Layers<'o, 'a> {
+    objs: &'o [&'o Obj<'a>],
 }
 
-impl<'a> Layers<'a> {
-    pub(crate) fn new(objs: impl IntoIterator<Item = Obj<'a>>) -> Self {
-        Self {
-            objs: objs.into_iter().collect(),
-        }
+impl<'o, 'a> Layers<'o, 'a> {
+    pub(crate) fn new(objs: &'o [&'o Obj<'a>]) -> Self {
+        Self { objs }
     }
 
     /// The first non-null value under any of `names`, searching the layers
@@ -449,30 +478,16 @@ pub(crate) fn lookup<'a>(obj: &Obj<'a>, names: &[Name]) -> Option<Found<'a>> {
     })
 }
 
-/// Compares a producer's key with a normalised name: case-insensitive, with
-/// `_` and `-` ignored, so `dueDate`, `due_date` and `due-date` all match
-/// `duedate`.
-fn normalised_eq(key: &str, name: &str) -> bool {
-    let mut key = key
-        .bytes()
-        .filter(|b| *b != b'_' && *b != b'-')
-        .map(|b| b.to_ascii_lowercase());
-    let mut name = name.bytes();
-    loop {
-        match (key.next(), name.next()) {
-            (None, None) => return true,
-            (Some(a), Some(b)) if a == b => {}
-            _ => return false,
-        }
-    }
-}
-
-/// Joins a parent path and a key with a dot.
-pub(crate) fn join(path: &str, key: &str) -> String {
+/// Joins a parent path and a key with a dot; at the top, the key itself.
+pub(crate) fn join<'k>(path: &str, key: &'k str) -> Cow<'k, str> {
     if path.is_empty() {
-        key.to_owned()
+        Cow::Borrowed(key)
     } else {
-        format!("{path}.{key}")
+        let mut joined = String::with_capacity(path.len() + 1 + key.len());
+        joined.push_str(path);
+        joined.push('.');
+        joined.push_str(key);
+        Cow::Owned(joined)
     }
 }
 
@@ -508,6 +523,25 @@ pub(crate) fn describe(value: &Json<'_>) -> String {
 mod tests {
     use super::*;
 
+    /// The rule [`name_of`] follows, written plainly: a producer's key
+    /// spells a normalised name when they are equal case-insensitively,
+    /// with `_` and `-` ignored, so `dueDate`, `due_date` and `due-date`
+    /// all spell `duedate`.
+    fn normalised_eq(key: &str, name: &str) -> bool {
+        let mut key = key
+            .bytes()
+            .filter(|b| *b != b'_' && *b != b'-')
+            .map(|b| b.to_ascii_lowercase());
+        let mut name = name.bytes();
+        loop {
+            match (key.next(), name.next()) {
+                (None, None) => return true,
+                (Some(a), Some(b)) if a == b => {}
+                _ => return false,
+            }
+        }
+    }
+
     #[test]
     fn keys_match_across_spellings() {
         for key in ["due_date", "dueDate", "DueDate", "due-date", "DUE_DATE"] {
@@ -534,7 +568,23 @@ mod tests {
                 "{key}"
             );
         }
-        for key in ["due_dates", "du", "", "_", "unknown", "dué"] {
+        // Separators do not count toward the longest name's length.
+        assert_eq!(
+            name_of("__r-e-m-i-n-d-e-r_o-f-f-s-e-t_m-i-n-u-t-e-s__").map(|n| n.0),
+            Some(Name::new("reminderoffsetminutes").0)
+        );
+        for key in [
+            "due_dates",
+            "du",
+            "",
+            "_",
+            "unknown",
+            "dué",
+            "due\u{0}",
+            "due\u{0}\u{0}\u{0}date",
+            "reminderoffsetminutesx",
+            "reminder_offset_minutes_and_then_some_more",
+        ] {
             assert!(name_of(key).is_none(), "{key}");
         }
         for (id, name) in NAMES.iter().enumerate() {
@@ -554,7 +604,9 @@ mod tests {
     fn layers_search_in_order_and_report_paths() {
         let inner = members(r#"{"dueDate":"x"}"#);
         let outer = members(r#"{"due_date":"y","title":null}"#);
-        let layers = Layers::new([Obj::new("payload.newState", &inner), Obj::new("", &outer)]);
+        let (inner, outer) = (Obj::new("payload.newState", &inner), Obj::new("", &outer));
+        let objs = [&inner, &outer];
+        let layers = Layers::new(&objs);
         let found = layers.get(names!["duedate"]).unwrap();
         assert_eq!(found.field(), "payload.newState.dueDate");
         assert!(

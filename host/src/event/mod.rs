@@ -293,18 +293,22 @@ impl Envelope<'_> {
         // event carries the task fields beside the envelope's.
         let body_found = lookup(&top, names!["taskdata", "payload", "data", "task"]);
         let body_path = body_found.map(|f| f.field());
+        let nested;
         let body = match (body_found, body_path.as_deref()) {
             (Some(found), Some(path)) => match found.value {
-                Json::Object(map) => Obj::new(path, map),
+                Json::Object(map) => {
+                    nested = Obj::new(path, map);
+                    &nested
+                }
                 other => {
                     return Err(found.error(format!("expected an object, found {}", kind(other))));
                 }
             },
-            _ => top.clone(),
+            _ => &top,
         };
         // camelCase updates carry the database rows before and after.
-        let row = |names: &[Name]| -> Result<Option<(String, &Members<'_>)>> {
-            let Some(found) = lookup(&body, names) else {
+        let row = |names: &[Name]| -> Result<Option<(Cow<'_, str>, &Members<'_>)>> {
+            let Some(found) = lookup(body, names) else {
                 return Ok(None);
             };
             match found.value {
@@ -315,18 +319,19 @@ impl Envelope<'_> {
         let new_row = row(names!["newstate", "after", "current"])?;
         let old_row = row(names!["previousstate", "oldstate", "before", "previous"])?;
 
-        let envelope = task::EnvelopeIds::read(&top, &body)?;
-        let mut rows = Vec::with_capacity(2);
-        if let Some((path, map)) = &new_row {
-            rows.push(Obj::new(path, map));
-        }
-        rows.push(body);
-        let task = task::decode(&Layers::new(rows), &envelope, event_kind)?;
+        let envelope = task::EnvelopeIds::read(&top, body)?;
+        let task = match &new_row {
+            Some((path, map)) => {
+                let new = Obj::new(path, map);
+                task::decode(&Layers::new(&[&new, body]), &envelope, event_kind)?
+            }
+            None => task::decode(&Layers::new(&[body]), &envelope, event_kind)?,
+        };
         let previous = old_row
             .as_ref()
             .map(|(path, map)| {
-                let rows = [Obj::new(path, map)];
-                task::decode(&Layers::new(rows), &envelope, EventKind::Updated)
+                let old = Obj::new(path, map);
+                task::decode(&Layers::new(&[&old]), &envelope, EventKind::Updated)
             })
             .transpose()?;
 
@@ -395,21 +400,37 @@ impl Envelope<'_> {
 
 /// Reads `created`, `task.created`, `TaskCreated`, `task-created`, `create`…
 fn parse_kind(text: &str) -> Option<EventKind> {
+    const WORDS: [(&[&str], EventKind); 4] = [
+        (
+            &["created", "create", "added", "add", "new"],
+            EventKind::Created,
+        ),
+        (
+            &["updated", "update", "changed", "modified", "edited"],
+            EventKind::Updated,
+        ),
+        (
+            &["completed", "complete", "done", "finished"],
+            EventKind::Completed,
+        ),
+        (
+            &["deleted", "delete", "removed", "remove"],
+            EventKind::Deleted,
+        ),
+    ];
     let last = text
         .rsplit(['.', '_', '-', ':', '/'])
-        .find(|s| !s.is_empty())?
-        .to_ascii_lowercase();
-    let word = last
-        .strip_prefix("task")
-        .filter(|w| !w.is_empty())
-        .unwrap_or(&last);
-    match word {
-        "created" | "create" | "added" | "add" | "new" => Some(EventKind::Created),
-        "updated" | "update" | "changed" | "modified" | "edited" => Some(EventKind::Updated),
-        "completed" | "complete" | "done" | "finished" => Some(EventKind::Completed),
-        "deleted" | "delete" | "removed" | "remove" => Some(EventKind::Deleted),
-        _ => None,
-    }
+        .find(|s| !s.is_empty())?;
+    let word = match (last.get(..4), last.get(4..)) {
+        (Some(prefix), Some(rest)) if prefix.eq_ignore_ascii_case("task") && !rest.is_empty() => {
+            rest
+        }
+        _ => last,
+    };
+    WORDS
+        .iter()
+        .find(|(words, _)| words.iter().any(|w| w.eq_ignore_ascii_case(word)))
+        .map(|(_, kind)| *kind)
 }
 
 #[cfg(test)]

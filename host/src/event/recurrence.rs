@@ -40,7 +40,7 @@ const RRULE_FREQS: &[&str] = &[
 
 /// Decodes the recurrence of a task, `None` if it does not repeat.
 pub(crate) fn decode(
-    layers: &Layers<'_>,
+    layers: &Layers<'_, '_>,
     tz: &TimeZone,
 ) -> Result<Option<Recurrence>, DecodeError> {
     let flag = layers
@@ -197,8 +197,8 @@ mod tests {
         let Json::Object(map) = tree(value) else {
             panic!("not an object")
         };
-        let layers = Layers::new([Obj::new("task_data", &map)]);
-        decode(&layers, &TimeZone::UTC)
+        let obj = Obj::new("task_data", &map);
+        decode(&Layers::new(&[&obj]), &TimeZone::UTC)
     }
 
     fn simple(frequency: Frequency, interval: u32) -> Recurrence {

@@ -10,15 +10,15 @@ use crate::world::{EventKind, Priority, Task, Timestamp};
 
 /// The ids an envelope declares for its subject, which take precedence over
 /// the ids inside the task row.
-pub(crate) struct EnvelopeIds {
+pub(crate) struct EnvelopeIds<'a> {
     task_id: Option<String>,
     user_id: Option<String>,
     /// Where the task id would be, for the "missing" message.
-    body_path: String,
+    body_path: &'a str,
 }
 
-impl EnvelopeIds {
-    pub(crate) fn read(top: &Obj<'_>, body: &Obj<'_>) -> Result<Self> {
+impl<'a> EnvelopeIds<'a> {
+    pub(crate) fn read(top: &Obj<'_>, body: &Obj<'a>) -> Result<Self> {
         let task_id = lookup(top, names!["taskid"])
             .map(|f| f.string_or_number())
             .transpose()?;
@@ -28,13 +28,17 @@ impl EnvelopeIds {
         Ok(Self {
             task_id,
             user_id,
-            body_path: body.path.to_owned(),
+            body_path: body.path,
         })
     }
 }
 
 /// Decodes a task from its rows (searched in order).
-pub(crate) fn decode(rows: &Layers<'_>, envelope: &EnvelopeIds, kind: EventKind) -> Result<Task> {
+pub(crate) fn decode(
+    rows: &Layers<'_, '_>,
+    envelope: &EnvelopeIds<'_>,
+    kind: EventKind,
+) -> Result<Task> {
     let id = match &envelope.task_id {
         Some(id) => id.clone(),
         None => rows
@@ -42,11 +46,7 @@ pub(crate) fn decode(rows: &Layers<'_>, envelope: &EnvelopeIds, kind: EventKind)
             .map(|f| f.string_or_number())
             .transpose()?
             .ok_or_else(|| {
-                let inner = if envelope.body_path.is_empty() {
-                    "id".to_owned()
-                } else {
-                    join(&envelope.body_path, "id")
-                };
+                let inner = join(envelope.body_path, "id");
                 DecodeError::field(
                     "task_id",
                     format!("missing (expected task_id, taskId or {inner})"),
@@ -164,7 +164,7 @@ pub(crate) fn check_id(value: String, field: &str) -> Result<String> {
 }
 
 /// A reminder given as "this long before the due time".
-fn remind_from_offset(rows: &Layers<'_>, due: Option<Timestamp>) -> Result<Option<Timestamp>> {
+fn remind_from_offset(rows: &Layers<'_, '_>, due: Option<Timestamp>) -> Result<Option<Timestamp>> {
     let Some(found) = rows.get(names![
         "reminderoffsetminutes",
         "reminderminutesbefore",
@@ -189,27 +189,33 @@ fn offset_before_due(found: &Found<'_>, due: Option<Timestamp>) -> Result<Timest
     Ok(due.saturating_sub(offset_ms))
 }
 
-fn optional_string(rows: &Layers<'_>, names: &[Name]) -> Result<Option<String>> {
+fn optional_string(rows: &Layers<'_, '_>, names: &[Name]) -> Result<Option<String>> {
     rows.get(names).map(|f| f.string_or_number()).transpose()
 }
 
 fn priority(found: &Found<'_>) -> Result<Priority> {
+    const WORDS: [(&[&str], Priority); 4] = [
+        (&["low"], Priority::Low),
+        (&["medium", "normal", "med"], Priority::Medium),
+        (&["high"], Priority::High),
+        (&["urgent", "critical"], Priority::Urgent),
+    ];
     let text = match found.value {
-        Json::String(s) => s.trim().to_ascii_lowercase(),
+        Json::String(s) => s.trim(),
         other => {
             return Err(found.error(format!("expected a priority name, found {}", kind(other))));
         }
     };
-    match text.as_str() {
-        "low" => Ok(Priority::Low),
-        "medium" | "normal" | "med" => Ok(Priority::Medium),
-        "high" => Ok(Priority::High),
-        "urgent" | "critical" => Ok(Priority::Urgent),
-        _ => Err(found.error(format!(
-            "{} is not a priority (expected low, medium, high or urgent)",
-            describe(found.value)
-        ))),
-    }
+    WORDS
+        .iter()
+        .find(|(words, _)| words.iter().any(|w| w.eq_ignore_ascii_case(text)))
+        .map(|(_, priority)| *priority)
+        .ok_or_else(|| {
+            found.error(format!(
+                "{} is not a priority (expected low, medium, high or urgent)",
+                describe(found.value)
+            ))
+        })
 }
 
 /// The most tags a task may have: each is a string every plugin receives

@@ -172,10 +172,20 @@ fn event_type_spellings() {
         ("task-updated", EventKind::Updated),
         ("com.example.todo.task.completed", EventKind::Completed),
         ("DELETE", EventKind::Deleted),
+        ("TASKNEW", EventKind::Created),
+        ("todo/Task_Finished", EventKind::Completed),
     ] {
         assert_eq!(parse_kind(text), Some(kind), "{text}");
     }
-    for text in ["task.exploded", "task", ""] {
+    for text in [
+        "task.exploded",
+        "task",
+        "TaSk",
+        "",
+        "tâsk",
+        "créé",
+        "taskdeleted!",
+    ] {
         assert_eq!(parse_kind(text), None, "{text}");
     }
 }
@@ -263,4 +273,34 @@ fn a_record_too_large_or_with_too_many_tags_is_refused() {
         err.to_string(),
         "task_data.tags: 1500 tags, more than the 1000 a task may have"
     );
+}
+
+#[test]
+fn priority_spellings() {
+    use crate::world::Priority;
+    let record = |priority: &str| {
+        format!(
+            r#"{{"event_type":"created","task_id":"t","user_id":"u","timestamp":"2026-01-01T00:00:00Z","priority":{priority}}}"#
+        )
+    };
+    for (text, want) in [
+        ("\" High \"", Priority::High),
+        ("\"NORMAL\"", Priority::Medium),
+        ("\"med\"", Priority::Medium),
+        ("\"Critical\"", Priority::Urgent),
+        ("\"low\"", Priority::Low),
+    ] {
+        let event = decode(record(text).as_bytes()).expect(text);
+        assert_eq!(event.task.priority, Some(want), "{text}");
+    }
+    for (text, error) in [
+        (
+            "\"höch\"",
+            "priority: \"höch\" is not a priority (expected low, medium, high or urgent)",
+        ),
+        ("3", "priority: expected a priority name, found a number"),
+    ] {
+        let err = decode(record(text).as_bytes()).unwrap_err();
+        assert_eq!(err.to_string(), error, "{text}");
+    }
 }
