@@ -109,7 +109,9 @@ pub async fn run(
                 writeln!(out, "(timed out waiting for more output)")?;
                 break;
             };
-            let message = message.context("reading output topics")?;
+            // Detached as the workers do: anyone may write to these topics,
+            // and a header name that is not UTF-8 would panic rdkafka's reader.
+            let message = crate::pipeline::detach(&message.context("reading output topics")?);
             let header = |name: &str| kafka::header(&message, name);
             let Some(plugin) =
                 header("source.plugin").or_else(|| header("error.stage").map(|_| "-".into()))

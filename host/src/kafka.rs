@@ -575,7 +575,10 @@ pub fn is_permanent(err: &KafkaError) -> bool {
     )
 }
 
-/// The value of header `name` on a record, as text.
+/// The value of header `name` on a record, as text. rdkafka's header
+/// reader panics on a header name that is not UTF-8: a consumed record is
+/// read through [`crate::pipeline::detach`] first, which leaves such
+/// headers out.
 pub fn header(message: &impl Message, name: &str) -> Option<String> {
     let headers = message.headers()?;
     headers

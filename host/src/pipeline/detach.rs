@@ -17,7 +17,7 @@ use rdkafka::bindings as rdsys;
 use rdkafka::message::{BorrowedMessage, Header, Message as _, OwnedHeaders, OwnedMessage};
 
 /// `message` detached, without the headers whose names are not UTF-8.
-pub(super) fn detach(message: &BorrowedMessage<'_>) -> OwnedMessage {
+pub(crate) fn detach(message: &BorrowedMessage<'_>) -> OwnedMessage {
     let headers = raw_headers(message);
     if headers
         .iter()

@@ -44,6 +44,7 @@ pub(crate) use self::consumer::PipelineConsumer;
 use self::consumer::{
     GroupEvent, Intake, Partition, PartitionQueue, PipelineContext, WorkerHandle,
 };
+pub(crate) use self::detach::detach;
 pub use self::records::{Failure, Source, Stage, dead_letter, output};
 pub use self::restore::{RestoreError, restore_partition};
 use self::worker::{Stop, Worker, WorkerContext};
@@ -185,7 +186,7 @@ impl Pipeline {
                 }
                 Some(room) = intake.next_room() => intake.fill(room),
                 message = consumer.recv() => match message {
-                    Ok(message) => intake.route(detach::detach(&message)),
+                    Ok(message) => intake.route(detach(&message)),
                     Err(err) => {
                         self.telemetry.pipeline.consumer_errors.inc();
                         if errors_logged.is_none_or(|at| at.elapsed() >= CONSUMER_ERROR_LOG_EVERY) {
