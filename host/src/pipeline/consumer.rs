@@ -202,6 +202,9 @@ pub(super) struct Intake {
     /// queue. One may outlive its worker (the partition was revoked, and
     /// perhaps assigned again): its room is then not used.
     room: FuturesUnordered<BoxFuture<'static, Permit>>,
+    /// Workers (by number) found stopped while still assigned records (a
+    /// worker that panicked): reported once each, not once per record.
+    stopped: HashSet<u64>,
 }
 
 /// Records held back for the worker numbered `worker`.
@@ -233,7 +236,9 @@ impl Intake {
     pub(super) fn remove(&mut self, partition: &Partition) -> Option<WorkerHandle> {
         self.held.remove(partition);
         self.draining.insert(partition.clone());
-        self.workers.remove(partition).map(|(_, worker)| worker)
+        let (id, worker) = self.workers.remove(partition)?;
+        self.stopped.remove(&id);
+        Some(worker)
     }
 
     /// A revoked partition has been handed back.
@@ -244,6 +249,7 @@ impl Intake {
     /// Takes every worker out (shutdown).
     pub(super) fn drain(&mut self) -> Vec<WorkerHandle> {
         self.held.clear();
+        self.stopped.clear();
         self.workers
             .drain()
             .map(|(_, (_, worker))| worker)
@@ -277,8 +283,15 @@ impl Intake {
                 };
                 self.held.insert(partition, held);
             }
+            // The worker panicked (its partition is reported stalled):
+            // its records are dropped here, unstored, and read again by the
+            // partition's next owner. Said once, not per record fetched.
             Err(mpsc::error::TrySendError::Closed(_)) => {
-                warn!(topic = %partition.0, partition = partition.1, "Worker stopped; the record will be redelivered.");
+                if self.stopped.insert(*id) {
+                    warn!(topic = %partition.0, partition = partition.1, "The partition's worker has stopped; its records are left for its next owner (said once per worker).");
+                } else {
+                    debug!(topic = %partition.0, partition = partition.1, "Record for a stopped worker; left for the partition's next owner.");
+                }
             }
         }
     }
@@ -391,5 +404,52 @@ mod tests {
         let room = intake.next_room().await.expect("room");
         intake.fill(room);
         assert_eq!(second_rx.recv().await.map(|m| m.offset()), Some(3));
+    }
+
+    /// A log of everything at `warn` and above written while `f` runs.
+    fn warnings_of(f: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Buffer(Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Buffer {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().expect("log buffer").extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::WARN)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let bytes = buffer.0.lock().expect("log buffer").clone();
+        String::from_utf8(bytes).expect("UTF-8 log")
+    }
+
+    /// A worker that panicked leaves its partition assigned: every record
+    /// librdkafka goes on fetching for it is dropped. That is said once
+    /// per worker, not once per record (a warning flood at the fetch rate).
+    #[tokio::test]
+    async fn records_for_a_stopped_worker_are_reported_once() {
+        let readiness = Arc::new(Readiness::default());
+        let partition: Partition = ("task-events".into(), 0);
+        let mut intake = Intake::default();
+        let (first, first_rx) = worker(&readiness);
+        intake.insert(partition.clone(), first);
+        drop(first_rx); // the worker is gone
+        let log = warnings_of(|| (0..100).for_each(|offset| intake.route(record(offset))));
+        assert_eq!(log.matches("worker has stopped").count(), 1, "{log}");
+
+        // A later worker of the partition that stops is reported again.
+        let _revoked = intake.remove(&partition);
+        let (second, second_rx) = worker(&readiness);
+        intake.insert(partition.clone(), second);
+        drop(second_rx);
+        let log = warnings_of(|| (100..110).for_each(|offset| intake.route(record(offset))));
+        assert_eq!(log.matches("worker has stopped").count(), 1, "{log}");
     }
 }
