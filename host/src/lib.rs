@@ -26,6 +26,7 @@ pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod demo;
+pub mod descriptors;
 pub mod dispatch;
 pub mod event;
 pub mod heap;

@@ -18,7 +18,13 @@ fn todo_eventd(args: &[&str], cache: &Path) -> Output {
 /// The binary with this test's cache and none of the runner's
 /// `TODO_EVENTD_*` settings (they would change what is checked).
 fn daemon_command(cache: &Path) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_todo-eventd"));
+    command_for_the_daemon(env!("CARGO_BIN_EXE_todo-eventd"), cache)
+}
+
+/// `program` (the binary, or a shell that runs it) with the environment
+/// [`daemon_command`] gives the binary.
+fn command_for_the_daemon(program: &str, cache: &Path) -> Command {
+    let mut command = Command::new(program);
     for (name, _) in std::env::vars_os() {
         if name.to_string_lossy().starts_with("TODO_EVENTD_") {
             command.env_remove(name);
@@ -466,4 +472,38 @@ fn logs_can_be_json_and_a_plugin_cannot_forge_a_line() {
     );
     assert_eq!(logs[0]["fields"]["plugin"], "forger");
     assert!(!stderr.contains('\u{1b}'));
+}
+
+/// A shell's soft open-file limit (often 1024) is far below the
+/// descriptors plugins granted directories may hold: the daemon raises
+/// its soft limit to the hard one (`ulimit -Hn`, `LimitNOFILE=`) at start,
+/// and says so.
+#[test]
+fn the_open_file_limit_is_raised_to_the_hard_limit() {
+    let cache = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let hard = std::fs::read_to_string("/proc/self/limits")
+        .unwrap()
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .and_then(|line| line.split_whitespace().nth(4).map(str::to_owned))
+        .unwrap();
+    assert!(
+        hard.parse::<u64>().is_ok_and(|hard| hard > 100),
+        "this test needs a hard limit above 100, not {hard}"
+    );
+    let out = command_for_the_daemon("sh", cache.path())
+        .args(["-c", "ulimit -Sn 100 && exec \"$0\" \"$@\""])
+        .arg(env!("CARGO_BIN_EXE_todo-eventd"))
+        .args(["plugins", "check", dir.path().to_str().unwrap()])
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("Raised the open-file limit to the hard limit.")
+            && stderr.contains("from=100")
+            && stderr.contains(&format!("to={hard}")),
+        "{stderr}"
+    );
 }
