@@ -751,6 +751,44 @@ async fn a_forgotten_plugins_state_is_deleted_from_the_changelog() {
     }
 }
 
+/// Changelog records a restore cannot read (a newer version's, another
+/// writer's) are skipped and their keys start empty: the restore still
+/// succeeds, and says so — a warning and a metric an alert can watch, not
+/// only a count on an info line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unreadable_changelog_records_are_counted_where_an_alert_sees_them() {
+    use todo_eventd::state::changelog::{self, EntryKind};
+
+    let harness = Harness::new(&["task-events", "task-events.dlq", "out-topic", CHANGELOG]);
+    let kept = changelog::key("task-events", "echo", EntryKind::Key, "kept");
+    harness
+        .write_changelog(&[
+            (b"junk".to_vec(), Some(b"junk".to_vec())),
+            (kept, changelog::key_value(Some(b"1"), None)),
+        ])
+        .await;
+    let (_, stats) = harness
+        .run_until(
+            echo_plugins().await,
+            &["out-topic"],
+            |_| true,
+            async |pipeline| {
+                let stats = &pipeline.telemetry.pipeline;
+                eventually("every partition restored", || {
+                    stats.restored_records.get() >= PARTITIONS as u64
+                })
+                .await;
+            },
+        )
+        .await;
+    assert_eq!(
+        stats.changelog_unreadable.get(),
+        PARTITIONS as u64,
+        "one unreadable record per partition: {}",
+        stats.summary()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tiny_queues_pause_and_resume_partitions_without_losing_a_record() {
     let mut harness = Harness::new(&["task-events", "task-events.dlq", "out-topic", CHANGELOG]);

@@ -366,14 +366,27 @@ impl Worker {
                     self.dispatcher.restore(states);
                     self.legacy = legacy;
                     self.context.stats.restored_records.inc_by(applied);
-                    info!(
-                        records = applied,
-                        skipped,
-                        unreadable,
-                        timers = self.dispatcher.timer_count(),
-                        elapsed_ms = started.elapsed().as_millis() as u64,
-                        "Restored plugin state from the changelog."
-                    );
+                    self.context.stats.changelog_unreadable.inc_by(unreadable);
+                    let timers = self.dispatcher.timer_count();
+                    let elapsed_ms = started.elapsed().as_millis() as u64;
+                    if unreadable > 0 {
+                        warn!(
+                            records = applied,
+                            skipped,
+                            unreadable,
+                            timers,
+                            elapsed_ms,
+                            "Restored plugin state from the changelog, but some of its records could not be read: their keys start empty."
+                        );
+                    } else {
+                        info!(
+                            records = applied,
+                            skipped,
+                            timers,
+                            elapsed_ms,
+                            "Restored plugin state from the changelog."
+                        );
+                    }
                     return true;
                 }
                 Ok(Err(err)) => err.to_string(),

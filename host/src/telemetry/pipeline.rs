@@ -72,6 +72,9 @@ pub struct PipelineMetrics {
     pub restored_records: Counter,
     /// Restore attempts that failed (each is retried).
     pub restore_failures: Counter,
+    /// Changelog records a restore could not read (a newer version's, or
+    /// not the daemon's at all): skipped, their keys restored empty.
+    pub changelog_unreadable: Counter,
     /// Partitions reading the changelog now (at most
     /// [`PipelineConfig::max_concurrent_restores`]; other restoring
     /// partitions wait for a turn).
@@ -109,6 +112,7 @@ impl Default for PipelineMetrics {
             changes_coalesced: Counter::default(),
             restored_records: Counter::default(),
             restore_failures: Counter::default(),
+            changelog_unreadable: Counter::default(),
             restores_running: Gauge::default(),
             undeliverable: Counter::default(),
             consumer_errors: Counter::default(),
@@ -244,6 +248,11 @@ impl PipelineMetrics {
                 "restore_failures",
                 "Failed attempts to restore a partition's state (each retried; the partition waits)",
                 &self.restore_failures,
+            ),
+            (
+                "changelog_unreadable_records",
+                "Changelog records a successful restore could not read (skipped; their keys restored empty)",
+                &self.changelog_unreadable,
             ),
             (
                 "undeliverable",
