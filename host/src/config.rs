@@ -162,6 +162,11 @@ const DEFAULT_MAX_POLL_INTERVAL_MS: u64 = 300_000;
 /// The most `pipeline.max_concurrent_restores` may be: each restore holds
 /// a blocking thread and a consumer of its own.
 const MAX_CONCURRENT_RESTORES: usize = 64;
+
+/// The largest `pipeline.queue_capacity`: records a partition's worker may
+/// have queued (tokio's channels refuse a capacity near `usize::MAX`, and
+/// a queue this long already holds ample work).
+const MAX_QUEUE_CAPACITY: usize = 1_000_000;
 /// Room left, besides the drain and the producer wait, for handing a
 /// revoked partition back (a commit, the unassign) within the group's
 /// rebalance timeout.
@@ -859,6 +864,19 @@ impl Config {
                 "must not be one of the input topics",
             );
         }
+        // The changelog is compacted (created so when missing): an input
+        // topic there would lose unread events to compaction, and the
+        // dead letters would be read back as state.
+        let changelog = k.changelog_topic();
+        if changelog.trim().is_empty() {
+            return invalid("kafka.changelog_topic", "is empty");
+        }
+        if k.input_topics.contains(&changelog) || changelog == k.dead_letter_topic {
+            return invalid(
+                "kafka.changelog_topic",
+                "must be neither an input topic nor the dead-letter topic",
+            );
+        }
         let revoke = self.pipeline.shutdown_timeout + k.max_delivery_wait() + HAND_BACK_MARGIN;
         if revoke >= k.rebalance_timeout() {
             // A revoked partition may take that long to be handed back (its
@@ -912,8 +930,11 @@ impl Config {
             );
         }
         let p = &self.pipeline;
-        if p.queue_capacity == 0 {
-            return invalid("pipeline.queue_capacity", "must be at least 1");
+        if !(1..=MAX_QUEUE_CAPACITY).contains(&p.queue_capacity) {
+            return invalid(
+                "pipeline.queue_capacity",
+                &format!("must be between 1 and {MAX_QUEUE_CAPACITY}"),
+            );
         }
         if p.max_in_flight == 0 {
             return invalid("pipeline.max_in_flight", "must be at least 1");
@@ -947,6 +968,11 @@ impl Config {
         }
         if plugins.forget.iter().any(String::is_empty) {
             return invalid("plugins.forget", "lists an empty plugin name");
+        }
+        // A timer re-armed for the instant it fired would not count as
+        // re-armed too soon: the storm guard would never see it.
+        if plugins.min_timer_rearm < Duration::from_millis(1) {
+            return invalid("plugins.min_timer_rearm", "must be at least 1ms");
         }
         if plugins.quarantine_after > 0 && plugins.quarantine_backoff.is_zero() {
             return invalid("plugins.quarantine_backoff", "must be more than zero");
@@ -1267,6 +1293,34 @@ mod tests {
             refused(|c| c.pipeline.restore_timeout = Duration::ZERO),
             "pipeline.restore_timeout: must be at least 1s"
         );
+        for topic in ["task-events", "task-events.dlq", " "] {
+            let reason = if topic.trim().is_empty() {
+                "is empty"
+            } else {
+                "must be neither an input topic nor the dead-letter topic"
+            };
+            let mut config = Config::default();
+            config.kafka.changelog_topic = Some(topic.into());
+            assert_eq!(
+                config.validate().unwrap_err().to_string(),
+                format!("kafka.changelog_topic: {reason}"),
+                "{topic}"
+            );
+        }
+        assert_eq!(
+            refused(|c| c.plugins.min_timer_rearm = Duration::ZERO),
+            "plugins.min_timer_rearm: must be at least 1ms"
+        );
+        assert_eq!(
+            refused(|c| c.pipeline.queue_capacity = usize::MAX),
+            "pipeline.queue_capacity: must be between 1 and 1000000"
+        );
+        // A duration too long to add anywhere is refused where it is read.
+        let err =
+            toml::from_str::<Config>("[pipeline]\nshutdown_timeout = \"18446744073709551615s\"")
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("is longer than the 10 years"), "{err}");
         let config: Config =
             toml::from_str("[sandbox]\ncompile_memory = \"32MiB\"\ncompile_timeout = \"3s\"")
                 .unwrap();

@@ -164,14 +164,27 @@ impl<'de> Deserialize<'de> for HumanDuration {
     }
 }
 
-/// Parses a duration such as `"50ms"`, `"2s"` or `"1h 30m"`.
+/// The longest duration any setting takes: ten years. Durations are
+/// added to instants and to each other; one near `u64::MAX` seconds would
+/// overflow there (a panic, in release builds too) long after it loaded.
+pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// Parses a duration such as `"50ms"`, `"2s"` or `"1h 30m"`, at most
+/// [`MAX_DURATION`].
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim()).map_err(|e| {
+    let duration = humantime::parse_duration(text.trim()).map_err(|e| {
         format!(
             "\"{}\" is not a duration (expected e.g. \"50ms\", \"30s\"): {e}",
             clip(text)
         )
-    })
+    })?;
+    if duration > MAX_DURATION {
+        return Err(format!(
+            "\"{}\" is longer than the 10 years a duration may be",
+            clip(text)
+        ));
+    }
+    Ok(duration)
 }
 
 /// A duration as operators read it (`200ms`, `1m 30s`).
@@ -258,5 +271,15 @@ mod tests {
                 .contains("\"soon\" is not a duration")
         );
         assert_eq!(format_duration(Duration::from_millis(1500)), "1s 500ms");
+        // Ten years is the most; more would overflow where it is added.
+        assert_eq!(parse_duration("3650d"), Ok(MAX_DURATION));
+        for long in ["3651d", "18446744073709551615s"] {
+            assert!(
+                parse_duration(long)
+                    .unwrap_err()
+                    .contains("is longer than the 10 years a duration may be"),
+                "{long}"
+            );
+        }
     }
 }
