@@ -164,10 +164,11 @@ impl<'de> Deserialize<'de> for HumanDuration {
     }
 }
 
-/// The longest duration any setting takes: ten years. Durations are
-/// added to instants and to each other; one near `u64::MAX` seconds would
-/// overflow there (a panic, in release builds too) long after it loaded.
-pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+/// The longest duration any setting takes: ten years (`"10years"`, of
+/// 365.25 days each, as the parser counts them). Durations are added to
+/// instants and to each other; one near `u64::MAX` seconds would overflow
+/// there (a panic, in release builds too) long after it loaded.
+pub const MAX_DURATION: Duration = Duration::from_secs(10 * 31_557_600);
 
 /// Parses a duration such as `"50ms"`, `"2s"` or `"1h 30m"`, at most
 /// [`MAX_DURATION`].
@@ -272,8 +273,8 @@ mod tests {
         );
         assert_eq!(format_duration(Duration::from_millis(1500)), "1s 500ms");
         // Ten years is the most; more would overflow where it is added.
-        assert_eq!(parse_duration("3650d"), Ok(MAX_DURATION));
-        for long in ["3651d", "18446744073709551615s"] {
+        assert_eq!(parse_duration("10years"), Ok(MAX_DURATION));
+        for long in ["3653d", "11years", "18446744073709551615s"] {
             assert!(
                 parse_duration(long)
                     .unwrap_err()
