@@ -491,6 +491,15 @@ pub(crate) fn join<'k>(path: &str, key: &'k str) -> Cow<'k, str> {
     }
 }
 
+/// The value a word stands for in `table` (each value with its spellings),
+/// compared case-insensitively, without lower-casing `word` into a copy.
+pub(crate) fn word_in<T: Copy>(table: &[(&[&str], T)], word: &str) -> Option<T> {
+    table
+        .iter()
+        .find(|(words, _)| words.iter().any(|w| w.eq_ignore_ascii_case(word)))
+        .map(|(_, value)| *value)
+}
+
 /// The JSON type of a value, for messages ("found an array").
 pub(crate) fn kind(value: &Json<'_>) -> &'static str {
     match value {

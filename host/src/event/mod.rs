@@ -427,10 +427,7 @@ fn parse_kind(text: &str) -> Option<EventKind> {
         }
         _ => last,
     };
-    WORDS
-        .iter()
-        .find(|(words, _)| words.iter().any(|w| w.eq_ignore_ascii_case(word)))
-        .map(|(_, kind)| *kind)
+    fields::word_in(&WORDS, word)
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 
 use jiff::tz::TimeZone;
 
-use super::fields::{Found, Layers, Name, Obj, describe, join, kind, lookup, names};
+use super::fields::{Found, Layers, Name, Obj, describe, join, kind, lookup, names, word_in};
 use super::json::Json;
 use super::{DecodeError, Result, recurrence, time};
 use crate::world::{EventKind, Priority, Task, Timestamp};
@@ -206,16 +206,12 @@ fn priority(found: &Found<'_>) -> Result<Priority> {
             return Err(found.error(format!("expected a priority name, found {}", kind(other))));
         }
     };
-    WORDS
-        .iter()
-        .find(|(words, _)| words.iter().any(|w| w.eq_ignore_ascii_case(text)))
-        .map(|(_, priority)| *priority)
-        .ok_or_else(|| {
-            found.error(format!(
-                "{} is not a priority (expected low, medium, high or urgent)",
-                describe(found.value)
-            ))
-        })
+    word_in(&WORDS, text).ok_or_else(|| {
+        found.error(format!(
+            "{} is not a priority (expected low, medium, high or urgent)",
+            describe(found.value)
+        ))
+    })
 }
 
 /// The most tags a task may have: each is a string every plugin receives
