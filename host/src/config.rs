@@ -114,7 +114,7 @@ pub struct KafkaConfig {
 }
 
 /// The largest secret file read.
-const MAX_SECRET_FILE_BYTES: u64 = 64 << 10;
+const MAX_SECRET_FILE_BYTES: ByteSize = ByteSize::kib(64);
 
 /// Whether a property's name looks like it holds a secret (a password, a
 /// secret, a token, a key, credentials, an auth config), misspellings such
@@ -239,13 +239,8 @@ impl KafkaConfig {
                 field: "kafka.property_files",
                 reason: format!("{name}: {}: {reason}", file.display()),
             };
-            let size = std::fs::metadata(file)
-                .map_err(|e| invalid(e.to_string()))?
-                .len();
-            if size > MAX_SECRET_FILE_BYTES {
-                return Err(invalid(format!("{size} bytes is too large for a property")));
-            }
-            let text = std::fs::read_to_string(file).map_err(|e| invalid(e.to_string()))?;
+            let text = crate::files::read_text_bounded(file, MAX_SECRET_FILE_BYTES)
+                .map_err(|e| invalid(e.to_string()))?;
             let value = text.strip_suffix('\n').unwrap_or(&text);
             let value = value.strip_suffix('\r').unwrap_or(value);
             self.properties.insert(name.clone(), value.to_owned());
@@ -1186,6 +1181,34 @@ mod tests {
             err.starts_with("kafka.property_files: sasl.password: /nonexistent/secret: "),
             "{err}"
         );
+        // A FIFO would block startup and /dev/zero would never end: both
+        // are refused by what they are, without being read.
+        let fifo = dir.path().join("fifo");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        assert!(made.unwrap().success());
+        for (file, what) in [
+            (fifo.as_path(), "a FIFO (named pipe)"),
+            (Path::new("/dev/zero"), "a character device"),
+        ] {
+            let secret = Override::from_env([(
+                "TODO_EVENTD_KAFKA_PROPERTY_FILE_SASL_PASSWORD".to_owned(),
+                file.display().to_string(),
+            )]);
+            let err = Config::load(None, &secret).unwrap_err().to_string();
+            let expected = format!(
+                "kafka.property_files: sasl.password: {}: refused: {what}, not a regular file",
+                file.display()
+            );
+            assert!(err.contains(&expected), "{err}");
+        }
+        let large = dir.path().join("large");
+        std::fs::write(&large, vec![b'x'; 65 << 10]).unwrap();
+        let secret = Override::from_env([(
+            "TODO_EVENTD_KAFKA_PROPERTY_FILE_SASL_PASSWORD".to_owned(),
+            large.display().to_string(),
+        )]);
+        let err = Config::load(None, &secret).unwrap_err().to_string();
+        assert!(err.contains("larger than the limit of 64KiB"), "{err}");
         // A secret-looking key given a value of the wrong type.
         let err = Config::load(
             None,

@@ -29,6 +29,7 @@ pub mod demo;
 pub mod descriptors;
 pub mod dispatch;
 pub mod event;
+pub mod files;
 pub mod heap;
 pub mod kafka;
 pub mod kit;

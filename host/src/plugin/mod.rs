@@ -7,7 +7,6 @@
 //! the live set, re-reading the directory when a [`watcher`] sees it change.
 
 pub mod bundled;
-pub mod files;
 pub mod health;
 pub mod manifest;
 pub mod registry;
@@ -23,6 +22,7 @@ use std::time::Duration;
 use self::health::Health;
 use self::manifest::Manifest;
 pub use self::registry::{PluginSet, PluginStatus, Registry};
+use crate::files;
 use crate::sandbox::{CallError, HostState, Instance, PluginSpec, Sandbox, ValidateError};
 use crate::telemetry::LogThrottle;
 use crate::units::ByteSize;
@@ -202,15 +202,17 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// The plugin names in `dir`, sorted: stems of `*.wasm` and `*.toml`,
-/// ignoring hidden files (editors' and copy tools' temporaries).
+/// ignoring hidden files (editors' and copy tools' temporaries). A stem
+/// that is not UTF-8 is listed with its bad bytes replaced, so that
+/// loading it is refused by name ([`LoadError::BadName`]) rather than
+/// skipped without a word.
 fn plugin_names(dir: &Path) -> std::io::Result<BTreeSet<String>> {
     let mut names = BTreeSet::new();
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
         let hidden = path
             .file_name()
-            .and_then(|n| n.to_str())
-            .is_none_or(|n| n.starts_with('.'));
+            .is_none_or(|n| n.as_encoded_bytes().starts_with(b"."));
         let plugin_file = matches!(
             path.extension().and_then(|e| e.to_str()),
             Some("wasm" | "toml")
@@ -274,7 +276,7 @@ pub struct PluginFiles {
 
 impl PluginFiles {
     /// Reads `NAME.wasm` (at most `max_wasm` bytes) and, if present,
-    /// `NAME.toml` — regular files only (see [`files`]). `Ok(None)` when
+    /// `NAME.toml` — regular files only (see [`crate::files`]). `Ok(None)` when
     /// there is no `NAME.wasm`.
     pub fn read(file: &Path, max_wasm: ByteSize) -> Result<Option<Self>, LoadError> {
         let name = plugin_name(file);
@@ -547,6 +549,33 @@ mod tests {
         }
         let names = plugin_names(dir.path()).unwrap();
         assert_eq!(names.into_iter().collect::<Vec<_>>(), ["a", "b"]);
+    }
+
+    #[tokio::test]
+    async fn a_file_name_that_is_not_utf8_is_refused_by_name() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir
+            .path()
+            .join(std::ffi::OsStr::from_bytes(b"bad\xffname.wasm"));
+        std::fs::write(&file, b"\0asm").unwrap();
+        let hidden = dir.path().join(std::ffi::OsStr::from_bytes(b".\xfe.wasm"));
+        std::fs::write(hidden, b"").unwrap();
+        let names = plugin_names(dir.path()).unwrap();
+        assert_eq!(names.into_iter().collect::<Vec<_>>(), ["bad\u{fffd}name"]);
+
+        let config = crate::config::Config::default();
+        let sandbox = Arc::new(Sandbox::new(config.sandbox_config(None)).unwrap());
+        let report = load_dir(&sandbox, dir.path()).await.unwrap();
+        assert!(report.plugins.is_empty() && report.disabled.is_empty());
+        let errors: Vec<String> = report.errors.iter().map(|e| e.to_string()).collect();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].ends_with(
+                "bad\u{fffd}name.wasm: plugin names may only contain letters, digits, '-', '_' and '.'"
+            ),
+            "{errors:?}"
+        );
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Reading files from the plugins directory, which is untrusted input.
+//! Reading files that are untrusted input: the plugins directory's wasm
+//! and manifests, and the secret files `kafka.property_files` names.
 //!
 //! Only regular files are read. A symlink is followed and its target held
 //! to the same rule, so a link to `/dev/zero`, a FIFO, a socket, a device
