@@ -389,6 +389,7 @@ async fn execute(cli: Cli) -> Result<ExitCode> {
                 advance,
                 max_event_bytes: config.pipeline.max_event_bytes,
                 max_hops: config.plugins.max_hops,
+                max_firings_per_step: offline::MAX_TIMER_FIRINGS_PER_STEP,
             };
             test(
                 &sandbox(config)?,
@@ -598,11 +599,20 @@ async fn test(
             .with_context(|| format!("opening events file {}", events.display()))?;
         offline::run(&report.plugins, BufReader::new(file), options, stdout).await
     }
-    .context("running events through the plugins")?;
-    eprintln!(
+    .with_context(|| {
+        format!(
+            "running events from {} through the plugins",
+            events.display()
+        )
+    })?;
+    eprint!(
         "{} events, {} emits, {} dead-letters, {} timers fired",
         summary.events, summary.emits, summary.dead_letters, summary.timers_fired
     );
+    if summary.timers_postponed > 0 {
+        eprint!(", {} timer calls postponed", summary.timers_postponed);
+    }
+    eprintln!();
     if stats {
         eprint!("{}", summary.stats_table());
     }

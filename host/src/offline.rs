@@ -25,11 +25,13 @@ use crate::plugin::Plugin;
 use crate::units::ByteSize;
 use crate::world::Timestamp;
 
-/// Guard against a plugin that re-arms a timer at the current time forever.
-const MAX_TIMER_FIRINGS: u64 = 1_000_000;
+/// How many timers may fire while the clock makes one step (to an input
+/// line's time, or by `--advance` after the last line) before the run
+/// stops: a plugin re-arming a timer in a loop would never end it.
+pub const MAX_TIMER_FIRINGS_PER_STEP: u64 = 1_000_000;
 
 /// Options of one run.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Options {
     /// Where the clock starts; default the first event's timestamp.
     pub start: Option<Timestamp>,
@@ -41,6 +43,22 @@ pub struct Options {
     /// `plugins.max_hops`; every line counts 0 hops, so only `0` refuses
     /// an emit to an input topic here.
     pub max_hops: u32,
+    /// How many timer calls one step of the clock may make
+    /// ([`MAX_TIMER_FIRINGS_PER_STEP`]).
+    pub max_firings_per_step: u64,
+}
+
+/// The daemon's defaults.
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            start: None,
+            advance: Duration::ZERO,
+            max_event_bytes: crate::config::PipelineConfig::default().max_event_bytes,
+            max_hops: crate::config::PluginsConfig::default().max_hops,
+            max_firings_per_step: MAX_TIMER_FIRINGS_PER_STEP,
+        }
+    }
 }
 
 /// Counts of what a run produced.
@@ -54,6 +72,9 @@ pub struct Summary {
     pub dead_letters: u64,
     /// Timers fired.
     pub timers_fired: u64,
+    /// Timer firings put off because no instance was free
+    /// (`sandbox.max_instances`): the timer was kept and tried again.
+    pub timers_postponed: u64,
     /// Calls, time and memory per plugin.
     pub plugins: BTreeMap<String, PluginStats>,
 }
@@ -162,9 +183,26 @@ pub enum Error {
     /// Reading input or writing output failed.
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
-    /// A plugin kept re-arming timers without the clock moving.
-    #[error("more than {MAX_TIMER_FIRINGS} timers fired; a plugin is re-arming a timer in a loop")]
-    RunawayTimers,
+    /// Too many timer calls in one step of the clock.
+    #[error(
+        "more than {limit} timer calls while {step} moved the clock from {from} to {until} \
+         ({calls} of them to plugin {plugin}): a plugin is re-arming a timer in a loop, or \
+         that step spans far more time than the rest of the input"
+    )]
+    RunawayTimers {
+        /// The bound ([`Options::max_firings_per_step`]).
+        limit: u64,
+        /// What moved the clock: `line N` or `--advance`.
+        step: String,
+        /// The clock before the step.
+        from: String,
+        /// Where the step was taking it.
+        until: String,
+        /// The plugin with the most timer calls in the step.
+        plugin: String,
+        /// Its timer calls in the step.
+        calls: u64,
+    },
 }
 
 /// Runs `events` (NDJSON) through `plugins`, writing one JSON object per
@@ -186,6 +224,7 @@ pub async fn run(
         ),
         now: options.start,
         summary: Summary::default(),
+        max_firings_per_step: options.max_firings_per_step,
     };
     let limit = options.max_event_bytes;
     // One byte over the bound: a line ending in CRLF whose text is at the
@@ -213,7 +252,8 @@ pub async fn run(
         bench.summary.events += 1;
         let at = event.occurred_at;
         let now = *bench.now.get_or_insert(at);
-        bench.fire_timers_until(at.max(now), &mut out).await?;
+        let step = Step::Line(line_no);
+        bench.fire_timers_until(at.max(now), step, &mut out).await?;
         let now = bench.now.map_or(at, |n| n.max(at));
         bench.now = Some(now);
         for outcome in bench.dispatcher.dispatch(&event, 0, now).await {
@@ -223,7 +263,7 @@ pub async fn run(
     if let Some(now) = bench.now {
         let advance = i64::try_from(options.advance.as_millis()).unwrap_or(i64::MAX);
         bench
-            .fire_timers_until(now.saturating_add(advance), &mut out)
+            .fire_timers_until(now.saturating_add(advance), Step::Advance, &mut out)
             .await?;
     }
     out.flush()?;
@@ -234,30 +274,88 @@ struct Bench {
     dispatcher: Dispatcher,
     now: Option<Timestamp>,
     summary: Summary,
+    max_firings_per_step: u64,
+}
+
+/// What moves the clock.
+#[derive(Clone, Copy)]
+enum Step {
+    /// An input line's time (by line number).
+    Line(usize),
+    /// `--advance` after the last line.
+    Advance,
 }
 
 impl Bench {
     /// Fires every timer due at or before `until`, each with the clock at
-    /// its due time, then leaves the clock at `until`.
+    /// its due time, then leaves the clock at `until`. More than
+    /// `max_firings_per_step` timer calls on the way stop the run.
     async fn fire_timers_until(
         &mut self,
         until: Timestamp,
+        step: Step,
         out: &mut impl Write,
     ) -> Result<(), Error> {
+        let from = self.now;
+        let mut calls: BTreeMap<String, u64> = BTreeMap::new();
+        let mut total = 0_u64;
         while let Some(due) = self.dispatcher.next_due().filter(|due| *due <= until) {
             let now = self.now.map_or(due, |n| n.max(due));
             self.now = Some(now);
             let Some(firing) = self.dispatcher.fire_next(now).await else {
                 break;
             };
-            self.summary.timers_fired += 1;
-            if self.summary.timers_fired > MAX_TIMER_FIRINGS {
-                return Err(Error::RunawayTimers);
+            total += 1;
+            let plugin = &firing.outcome.plugin.name;
+            match calls.get_mut(plugin.as_str()) {
+                Some(count) => *count += 1,
+                None => {
+                    calls.insert(plugin.clone(), 1);
+                }
             }
-            self.report(firing.outcome, now, ("timer", json!(firing.timer.key)), out)?;
+            if total > self.max_firings_per_step {
+                return Err(self.runaway(step, from, until, &calls));
+            }
+            let timer = ("timer", json!(firing.timer.key));
+            if let Some(retry_at) = firing.postponed {
+                self.summary.timers_postponed += 1;
+                write_line(
+                    out,
+                    &json!({"kind": "postponed", "plugin": plugin, "timer": timer.1, "reason": "no instance free (sandbox.max_instances); the timer is kept", "at": rfc3339(now), "retry_at": rfc3339(retry_at)}),
+                )?;
+                continue;
+            }
+            self.summary.timers_fired += 1;
+            self.report(firing.outcome, now, timer, out)?;
         }
         self.now = Some(self.now.map_or(until, |n| n.max(until)));
         Ok(())
+    }
+
+    /// The error for a step that made too many timer calls, naming the
+    /// plugin that made the most.
+    fn runaway(
+        &self,
+        step: Step,
+        from: Option<Timestamp>,
+        until: Timestamp,
+        calls: &BTreeMap<String, u64>,
+    ) -> Error {
+        let (plugin, most) = calls
+            .iter()
+            .max_by_key(|(_, count)| **count)
+            .map_or((String::new(), 0), |(name, count)| (name.clone(), *count));
+        Error::RunawayTimers {
+            limit: self.max_firings_per_step,
+            step: match step {
+                Step::Line(line) => format!("line {line}"),
+                Step::Advance => "--advance".to_owned(),
+            },
+            from: from.map_or_else(|| "the start".to_owned(), rfc3339),
+            until: rfc3339(until),
+            plugin,
+            calls: most,
+        }
     }
 
     fn report(

@@ -986,3 +986,110 @@ async fn a_plugin_cannot_hoard_open_files() {
     );
     assert!(err.is_plugin_fault(), "{err}");
 }
+
+/// `plugins test` on `lines` with `plugins`, returning its result and the
+/// JSON lines it wrote.
+async fn offline_run(
+    plugins: &[Arc<todo_eventd::plugin::Plugin>],
+    lines: &[String],
+    options: &todo_eventd::offline::Options,
+) -> (
+    Result<todo_eventd::offline::Summary, todo_eventd::offline::Error>,
+    Vec<serde_json::Value>,
+) {
+    let input = lines.join("\n");
+    let mut out = Vec::new();
+    let result = todo_eventd::offline::run(plugins, input.as_bytes(), options, &mut out).await;
+    let written = String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    (result, written)
+}
+
+/// An offline run bounds timer calls per step of its clock, not per run:
+/// a plugin re-arming forever stops the run with the step and the plugin
+/// named, while an honest timer firing once per line never adds up to it.
+#[tokio::test]
+async fn offline_timer_calls_are_bounded_per_step_of_the_clock() {
+    let event = |n: i64| {
+        let at = jiff::Timestamp::from_second(1_800_000_000 + n * 3_600).unwrap();
+        serde_json::json!({
+            "event_id": format!("e{n}"), "event_type": "created", "user_id": "u",
+            "task_id": format!("t{n}"), "timestamp": at.to_string(),
+        })
+        .to_string()
+    };
+    let options = todo_eventd::offline::Options {
+        advance: Duration::from_secs(3_600),
+        max_firings_per_step: 2,
+        ..Default::default()
+    };
+    let timer = mode("timer");
+    let dir = plugin_dir(&[("honest", TEST_PLUGIN, Some(&timer))]);
+    let plugins = load(&sandbox(), dir.path()).await;
+    let lines: Vec<String> = (0..6).map(event).collect();
+    let (result, _) = offline_run(&plugins, &lines, &options).await;
+    let summary = result.unwrap();
+    assert_eq!(summary.timers_fired, 6, "one per line, none lost");
+
+    let rearm = mode("rearm");
+    let dir = plugin_dir(&[("rearming", TEST_PLUGIN, Some(&rearm))]);
+    let plugins = load(&sandbox(), dir.path()).await;
+    let (result, written) = offline_run(&plugins, &lines[..1], &options).await;
+    let err = result.unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "more than 2 timer calls while --advance moved the clock from \
+         2027-01-15T08:00:00Z to 2027-01-15T09:00:00Z (3 of them to plugin rearming): \
+         a plugin is re-arming a timer in a loop, or that step spans far more time than the \
+         rest of the input"
+    );
+    assert!(written.iter().all(|line| line["kind"] != "dead-letter"));
+}
+
+/// A timer call that finds no instance free is kept and tried again, as
+/// in the daemon — and an offline run says so, rather than counting it
+/// as fired with nothing to show.
+#[tokio::test]
+async fn an_offline_timer_call_with_no_instance_free_is_reported_postponed() {
+    // One instance, recycled after two calls: `a` sets its timers and
+    // gives its instance up on the second event, which `b` then holds.
+    let sandbox = Arc::new(
+        Sandbox::new(SandboxConfig {
+            max_instances: 1,
+            max_calls_per_instance: 2,
+            ..SandboxConfig::default()
+        })
+        .unwrap(),
+    );
+    let (timer, echo) = (mode("timer"), mode("echo"));
+    let dir = plugin_dir(&[
+        ("a", TEST_PLUGIN, Some(&timer)),
+        ("b", TEST_PLUGIN, Some(&echo)),
+    ]);
+    let plugins = load(&sandbox, dir.path()).await;
+    let lines = [
+        common::event("e1", "u", "t1", "created"),
+        common::event("e2", "u", "t2", "created"),
+    ];
+    let options = todo_eventd::offline::Options {
+        advance: Duration::from_secs(65),
+        ..Default::default()
+    };
+    let (result, written) = offline_run(&plugins, &lines, &options).await;
+    let summary = result.unwrap();
+    assert_eq!(summary.timers_fired, 0, "{written:?}");
+    let postponed: Vec<_> = written
+        .iter()
+        .filter(|line| line["kind"] == "postponed")
+        .collect();
+    assert_eq!(postponed.len() as u64, summary.timers_postponed);
+    // Due at 08:01:00, then one try a second until 08:01:05.
+    assert_eq!(postponed.len(), 6, "{written:?}");
+    assert_eq!(postponed[0]["plugin"], "a");
+    assert_eq!(postponed[0]["timer"], "t1");
+    assert_eq!(postponed[0]["at"], "2026-01-26T08:01:00Z");
+    assert_eq!(postponed[0]["retry_at"], "2026-01-26T08:01:01Z");
+}
