@@ -16,7 +16,7 @@ use crate::plugin::{self, LoadReport, Plugin, bundled};
 use crate::sandbox::Sandbox;
 use crate::telemetry::Telemetry;
 use crate::units::ByteSize;
-use crate::world::Timestamp;
+use crate::world::{EventKind, Timestamp};
 use crate::{broker, daemon, demo, kafka, kit, offline};
 
 /// How long the runtime waits for blocking work (a compile, a restore
@@ -514,7 +514,7 @@ async fn check(sandbox: &Arc<Sandbox>, dir: &Path) -> Result<ExitCode> {
 pub fn describe(plugin: &Plugin) -> String {
     let manifest = &plugin.manifest;
     let events: Vec<&str> = match &manifest.events {
-        Some(kinds) => kinds.iter().map(|k| k.0.name()).collect(),
+        Some(kinds) => kinds.iter().map(EventKind::name).collect(),
         None => vec!["all"],
     };
     let outputs: Vec<String> = manifest

@@ -51,7 +51,7 @@ pub struct Manifest {
     pub version: Option<String>,
     /// Event kinds delivered to `on-event`; absent means all of them.
     #[serde(default)]
-    pub events: Option<Vec<EventKindName>>,
+    pub events: Option<EventKinds>,
     /// Logical output name → Kafka topic. Emitting to a name not listed here
     /// fails the call.
     #[serde(default)]
@@ -85,9 +85,84 @@ fn default_true() -> bool {
     true
 }
 
-/// An event kind as written in `events = [...]`.
+/// The event kinds of `events = [...]`, as a set: a kind listed twice
+/// counts once, so neither a look-up per event nor `plugins check`'s line
+/// grows with a long list. An empty list is refused: it would deliver
+/// nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct EventKindName(pub EventKind);
+pub struct EventKinds(u8);
+
+impl EventKinds {
+    const ALL: [EventKind; 4] = [
+        EventKind::Created,
+        EventKind::Updated,
+        EventKind::Completed,
+        EventKind::Deleted,
+    ];
+
+    fn bit(kind: EventKind) -> u8 {
+        match kind {
+            EventKind::Created => 1,
+            EventKind::Updated => 2,
+            EventKind::Completed => 4,
+            EventKind::Deleted => 8,
+        }
+    }
+
+    /// Whether `kind` is in the set.
+    pub fn contains(self, kind: EventKind) -> bool {
+        self.0 & Self::bit(kind) != 0
+    }
+
+    /// The kinds in the set, in the order of the event lifecycle.
+    pub fn iter(self) -> impl Iterator<Item = EventKind> {
+        Self::ALL
+            .into_iter()
+            .filter(move |kind| self.contains(*kind))
+    }
+}
+
+impl FromIterator<EventKind> for EventKinds {
+    fn from_iter<I: IntoIterator<Item = EventKind>>(kinds: I) -> Self {
+        Self(
+            kinds
+                .into_iter()
+                .fold(0, |bits, kind| bits | Self::bit(kind)),
+        )
+    }
+}
+
+impl<'de> Deserialize<'de> for EventKinds {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Kinds;
+        impl<'de> serde::de::Visitor<'de> for Kinds {
+            type Value = EventKinds;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a list of event kinds")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<EventKinds, A::Error> {
+                let mut bits = 0;
+                while let Some(EventKindName(kind)) = seq.next_element()? {
+                    bits |= EventKinds::bit(kind);
+                }
+                if bits == 0 {
+                    return Err(serde::de::Error::custom(
+                        "events = [] delivers no events: list at least one of created, \
+                         updated, completed or deleted, or leave `events` out for all of them",
+                    ));
+                }
+                Ok(EventKinds(bits))
+            }
+        }
+        d.deserialize_seq(Kinds)
+    }
+}
+
+/// An event kind as written in `events = [...]`.
+struct EventKindName(EventKind);
 
 impl<'de> Deserialize<'de> for EventKindName {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -114,9 +189,7 @@ impl Manifest {
 
     /// Whether events of `kind` go to the plugin.
     pub fn subscribes(&self, kind: EventKind) -> bool {
-        self.events
-            .as_ref()
-            .is_none_or(|kinds| kinds.iter().any(|k| k.0 == kind))
+        self.events.is_none_or(|kinds| kinds.contains(kind))
     }
 
     /// The config values as strings: strings as they are, other values as
@@ -183,6 +256,21 @@ mod tests {
     }
 
     #[test]
+    fn events_are_a_set() {
+        let listed = format!(
+            "events = [{}]",
+            vec!["\"deleted\", \"created\""; 10_000].join(", ")
+        );
+        let m = Manifest::parse(&listed).unwrap();
+        let kinds: Vec<&str> = m.events.unwrap().iter().map(EventKind::name).collect();
+        assert_eq!(kinds, ["created", "deleted"]);
+        assert!(m.subscribes(EventKind::Deleted));
+        assert!(!m.subscribes(EventKind::Updated));
+        let all: EventKinds = EventKinds::ALL.into_iter().collect();
+        assert_eq!(all.iter().count(), 4);
+    }
+
+    #[test]
     fn empty_manifest_subscribes_to_everything() {
         let m = Manifest::parse("").unwrap();
         assert_eq!(m, Manifest::default());
@@ -195,6 +283,8 @@ mod tests {
             ("colour = 1", "unknown field `colour`"),
             ("[limits]\nmemroy = 1", "unknown field `memroy`"),
             ("events = [\"exploded\"]", "unknown event kind \"exploded\""),
+            ("events = []", "events = [] delivers no events"),
+            ("events = \"created\"", "expected a list of event kinds"),
             ("[limits]\nmemory = \"lots\"", "\"lots\" is not a size"),
             (
                 "[limits]\ncall_timeout = \"soon\"",
