@@ -872,6 +872,36 @@ impl Config {
                 "must be neither an input topic nor the dead-letter topic",
             );
         }
+        // Kafka's rule for every topic named here, so a bad name fails
+        // the load, not topic creation or the subscription later.
+        let derived = if k.changelog_topic.is_none() {
+            " (derived from kafka.group_id: set kafka.changelog_topic)"
+        } else {
+            ""
+        };
+        let named = k
+            .input_topics
+            .iter()
+            .map(|topic| ("kafka.input_topics", topic.as_str(), ""))
+            .chain([
+                ("kafka.dead_letter_topic", k.dead_letter_topic.as_str(), ""),
+                ("kafka.changelog_topic", changelog.as_str(), derived),
+            ]);
+        for (field, topic, note) in named {
+            if let Some(reason) = crate::kafka::topic_name_error(topic) {
+                return invalid(field, &format!("{reason}{note}"));
+            }
+        }
+        // The broker's own topics (`__consumer_offsets`, …) are never
+        // written to.
+        for (field, topic) in [
+            ("kafka.dead_letter_topic", &k.dead_letter_topic),
+            ("kafka.changelog_topic", &changelog),
+        ] {
+            if topic.starts_with("__") {
+                return invalid(field, "starts with __, which names the broker's own topics");
+            }
+        }
         let revoke = self.pipeline.shutdown_timeout + k.max_delivery_wait() + HAND_BACK_MARGIN;
         if revoke >= k.rebalance_timeout() {
             // A revoked partition may take that long to be handed back (its
@@ -1328,6 +1358,49 @@ mod tests {
                 config.validate().unwrap_err().to_string(),
                 format!("kafka.changelog_topic: {reason}"),
                 "{topic}"
+            );
+        }
+        // Kafka's topic rule, for every topic the configuration names.
+        let rule = "is not a Kafka topic name (1 to 249 letters, digits, '.', '_' or '-')";
+        assert_eq!(
+            refused(|c| c.kafka.input_topics = vec!["tasks".into(), "task events".into()]),
+            format!("kafka.input_topics: \"task events\" {rule}")
+        );
+        assert_eq!(
+            refused(|c| c.kafka.dead_letter_topic = "..".into()),
+            format!("kafka.dead_letter_topic: \"..\" {rule}")
+        );
+        assert_eq!(
+            refused(|c| c.kafka.changelog_topic = Some("t".repeat(250))),
+            format!(
+                "kafka.changelog_topic: \"{}… (250 bytes)\" {rule}",
+                "t".repeat(64)
+            )
+        );
+        assert_eq!(
+            refused(|c| c.kafka.group_id = "billing/eu".into()),
+            format!(
+                "kafka.changelog_topic: \"billing/eu.plugin-state\" {rule} \
+                 (derived from kafka.group_id: set kafka.changelog_topic)"
+            )
+        );
+        let mut config = Config::default();
+        config.kafka.group_id = "billing/eu".into();
+        config.kafka.changelog_topic = Some("billing-eu.state".into());
+        config.validate().unwrap();
+        for (field, set) in [
+            (
+                "kafka.dead_letter_topic",
+                (|c: &mut Config| c.kafka.dead_letter_topic = "__consumer_offsets".into())
+                    as fn(&mut Config),
+            ),
+            ("kafka.changelog_topic", |c: &mut Config| {
+                c.kafka.changelog_topic = Some("__transaction_state".into())
+            }),
+        ] {
+            assert_eq!(
+                refused(set),
+                format!("{field}: starts with __, which names the broker's own topics")
             );
         }
         assert_eq!(

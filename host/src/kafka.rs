@@ -74,6 +74,24 @@ fn failed(context: impl Into<String>) -> impl FnOnce(KafkaError) -> Error {
     move |source| Error::Kafka { context, source }
 }
 
+/// Why `topic` is not a name Kafka accepts — 1 to 249 letters, digits,
+/// `.`, `_` or `-`, and not `.` or `..` — quoting it (bounded); `None` if
+/// it is one. Checked where a name is configured, since a topic the broker
+/// refuses to create would otherwise stop the daemon at start-up.
+pub fn topic_name_error(topic: &str) -> Option<String> {
+    let allowed = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-');
+    let ok = (1..=249).contains(&topic.len())
+        && topic.bytes().all(allowed)
+        && topic != "."
+        && topic != "..";
+    (!ok).then(|| {
+        format!(
+            "\"{}\" is not a Kafka topic name (1 to 249 letters, digits, '.', '_' or '-')",
+            crate::text::quote_bounded(topic, 64)
+        )
+    })
+}
+
 /// `err` with the values of secret-looking properties hidden: librdkafka
 /// quotes the value of a property it rejects.
 pub fn redact(err: KafkaError, kafka: &KafkaConfig) -> KafkaError {

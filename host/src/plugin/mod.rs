@@ -485,13 +485,8 @@ fn resolve_spec(sandbox: &Sandbox, name: &str, manifest: &Manifest) -> Result<Pl
         if topic.trim().is_empty() {
             return Err(format!("outputs.{output}: the topic name is empty"));
         }
-        // Kafka's own rule; a topic the broker would refuse to create
-        // would otherwise stop the daemon at start-up.
-        if !is_name(topic, 249) || topic == "." || topic == ".." {
-            return Err(format!(
-                "outputs.{output}: \"{}\" is not a Kafka topic name (1 to 249 letters, digits, '.', '_' or '-')",
-                crate::text::quote_bounded(topic, 64)
-            ));
+        if let Some(reason) = crate::kafka::topic_name_error(topic) {
+            return Err(format!("outputs.{output}: {reason}"));
         }
         // The broker's own (`__consumer_offsets` holds every group's
         // committed offsets, `__transaction_state` the transactions).
