@@ -629,17 +629,28 @@ impl Override {
         overrides
     }
 
-    /// Sets the value in `table`. Returns an error for a key that is not
+    /// The value read as TOML (`8`, `true`, `["a", "b"]`, `"quoted"`), or
+    /// as the text itself when it is not TOML (`orders`, `64MiB`).
+    fn value(&self) -> toml::Value {
+        toml::from_str::<toml::Table>(&format!("v = {}", self.value))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(self.value.clone()))
+    }
+
+    /// Sets the value in `table` (as text whatever it looks like, with
+    /// `as_text`). Returns an error for a key that is not
     /// `section.key[.name]`.
-    fn apply(&self, table: &mut toml::Table) -> Result<(), String> {
+    fn apply(&self, table: &mut toml::Table, as_text: bool) -> Result<(), String> {
         let mut parts = self.key.splitn(3, '.');
         let (Some(section), Some(key)) = (parts.next(), parts.next()) else {
             return Err("expected SECTION.KEY, e.g. kafka.group_id".into());
         };
-        let value = toml::from_str::<toml::Table>(&format!("v = {}", self.value))
-            .ok()
-            .and_then(|mut t| t.remove("v"))
-            .unwrap_or_else(|| toml::Value::String(self.value.clone()));
+        let value = if as_text {
+            toml::Value::String(self.value.clone())
+        } else {
+            self.value()
+        };
         let section = table
             .entry(section)
             .or_insert_with(|| toml::Value::Table(toml::Table::new()));
@@ -740,9 +751,21 @@ impl Config {
                     message
                 },
             };
-            o.apply(&mut table).map_err(error)?;
+            let before = table.clone();
+            o.apply(&mut table, false).map_err(error)?;
             // Check after each one, so the error names the override at fault.
-            parse(&table).map_err(|e| error(e.to_string().trim_end().to_owned()))?;
+            if let Err(e) = parse(&table) {
+                // A value that reads as a number or a boolean may be
+                // meant as text: `TODO_EVENTD_KAFKA_GROUP_ID=12345`.
+                let mut as_text = before;
+                let retried = !o.value().is_str()
+                    && o.apply(&mut as_text, true).is_ok()
+                    && parse(&as_text).is_ok();
+                if !retried {
+                    return Err(error(e.to_string().trim_end().to_owned()));
+                }
+                table = as_text;
+            }
         }
         parse(&table).map_err(|e| ConfigError::Parse {
             file: file.map(ToOwned::to_owned).unwrap_or_default(),
@@ -1149,6 +1172,36 @@ mod tests {
         assert_eq!(properties["sasl.username"], "1_000");
         assert_eq!(properties["socket.timeout.ms"], "1.50");
         assert_eq!(properties["client.id"], "quoted");
+    }
+
+    /// A value for a text setting that reads as a number or a boolean is
+    /// taken as the text it is; numbers stay numbers where one is wanted.
+    #[test]
+    fn text_overrides_may_look_like_numbers() {
+        let mut overrides = Override::from_env([
+            ("TODO_EVENTD_KAFKA_GROUP_ID".to_owned(), "12345".to_owned()),
+            ("TODO_EVENTD_KAFKA_PARTITIONS".to_owned(), "12".to_owned()),
+        ]);
+        for flag in ["kafka.dead_letter_topic=1_000", "plugins.dir=true"] {
+            overrides.push(Override::from_flag(flag).unwrap());
+        }
+        let config = Config::load(None, &overrides).unwrap();
+        assert_eq!(config.kafka.group_id, "12345");
+        assert_eq!(config.kafka.partitions, 12);
+        assert_eq!(config.kafka.dead_letter_topic, "1_000");
+        assert_eq!(config.plugins.dir, Some(PathBuf::from("true")));
+        let many =
+            Override::from_env([("TODO_EVENTD_KAFKA_PARTITIONS".to_owned(), "many".to_owned())]);
+        let err = Config::load(None, &many).unwrap_err().to_string();
+        assert!(
+            err.starts_with(
+                "TODO_EVENTD_KAFKA_PARTITIONS (kafka.partitions): invalid type: string \"many\""
+            ),
+            "{err}"
+        );
+        let list = [Override::from_flag("kafka.input_topics=2026").unwrap()];
+        let config = Config::load(None, &list).unwrap();
+        assert_eq!(config.kafka.input_topics, ["2026"]);
     }
 
     /// toml's parse errors quote the offending line: not when it sets a
