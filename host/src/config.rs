@@ -113,6 +113,9 @@ pub struct KafkaConfig {
     pub property_files: BTreeMap<String, PathBuf>,
 }
 
+/// The most instances `sandbox.max_instances` may ask the pool for.
+pub const MAX_INSTANCES: u32 = 10_000;
+
 /// The largest secret file read.
 const MAX_SECRET_FILE_BYTES: ByteSize = ByteSize::kib(64);
 
@@ -952,8 +955,17 @@ impl Config {
         max.check(&Limits::MAX, "sandbox.max_limits")
             .and_then(|()| defaults.check(&max, "sandbox.default_limits"))
             .map_err(ConfigError::Limits)?;
-        if self.sandbox.max_instances == Some(0) {
-            return invalid("sandbox.max_instances", "must be at least 1");
+        if self
+            .sandbox
+            .max_instances
+            .is_some_and(|n| !(1..=MAX_INSTANCES).contains(&n))
+        {
+            // Each instance's memories are address space the pool
+            // reserves up front; far more would fail in the engine.
+            return invalid(
+                "sandbox.max_instances",
+                &format!("must be between 1 and {MAX_INSTANCES}"),
+            );
         }
         if self.sandbox.compile_memory < ByteSize::mib(64) {
             return invalid("sandbox.compile_memory", "must be at least 64MiB");
@@ -1454,6 +1466,14 @@ mod tests {
             assert_eq!(
                 refused(set),
                 format!("{field}: starts with __, which names the broker's own topics")
+            );
+        }
+        for n in [0, MAX_INSTANCES + 1] {
+            let mut config = Config::default();
+            config.sandbox.max_instances = Some(n);
+            assert_eq!(
+                config.validate().unwrap_err().to_string(),
+                "sandbox.max_instances: must be between 1 and 10000"
             );
         }
         assert_eq!(

@@ -27,12 +27,18 @@ pub fn sandbox(
     default_cache: Option<std::path::PathBuf>,
     telemetry: &Telemetry,
 ) -> Result<Arc<Sandbox>> {
-    let sandbox = Sandbox::with_metrics(
-        config.sandbox_config(default_cache),
-        telemetry.plugins.clone(),
-    )
-    .map_err(anyhow::Error::from);
-    Ok(Arc::new(sandbox.context("starting the wasm engine")?))
+    let settings = config.sandbox_config(default_cache);
+    let (instances, memory) = (settings.max_instances, settings.max_limits.memory);
+    let sandbox =
+        Sandbox::with_metrics(settings, telemetry.plugins.clone()).map_err(anyhow::Error::from);
+    // The engine's errors (an address-space reservation refused) name no
+    // setting: these two size it.
+    Ok(Arc::new(sandbox.with_context(|| {
+        format!(
+            "starting the wasm engine, whose instance pool reserves address space for \
+             sandbox.max_instances ({instances}) instances of up to sandbox.max_limits.memory ({memory})"
+        )
+    })?))
 }
 
 /// The plugins: the configured directory (loaded now, reloaded on change

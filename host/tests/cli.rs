@@ -507,3 +507,28 @@ fn the_open_file_limit_is_raised_to_the_hard_limit() {
         "{stderr}"
     );
 }
+
+/// The engine reserves address space for the whole instance pool up front;
+/// when the machine refuses it (here a 4 GB `ulimit -v`), the error names
+/// the settings that size the pool, not only mmap's complaint.
+#[test]
+fn an_instance_pool_the_machine_refuses_names_its_settings() {
+    let cache = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = command_for_the_daemon("sh", cache.path())
+        .args(["-c", "ulimit -v 4000000 && exec \"$0\" \"$@\""])
+        .arg(env!("CARGO_BIN_EXE_todo-eventd"))
+        .args(["plugins", "check", dir.path().to_str().unwrap()])
+        .env("TODO_EVENTD_SANDBOX_MAX_INSTANCES", "10000")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "starting the wasm engine, whose instance pool reserves address space for \
+             sandbox.max_instances (10000) instances of up to sandbox.max_limits.memory (512MiB): "
+        ),
+        "{stderr}"
+    );
+}
