@@ -39,17 +39,28 @@ impl ByteSize {
 impl std::str::FromStr for ByteSize {
     type Err = String;
 
-    /// Parses `"32MiB"`, `"512 KiB"`, `"1GB"` or a plain byte count.
+    /// Parses `"32MiB"`, `"512 KiB"`, `"1GB"`, `"1.5GiB"` or a plain byte
+    /// count. A fraction (at most 9 digits) that leaves part of a byte is
+    /// rounded down.
     fn from_str(text: &str) -> Result<Self, String> {
         let text = text.trim();
         let split = text
-            .find(|c: char| !c.is_ascii_digit())
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
             .unwrap_or(text.len());
         let (number, unit) = text.split_at(split);
-        let number: u64 = number
-            .parse()
-            .map_err(|_| format!("\"{}\" is not a size (expected e.g. \"32MiB\")", clip(text)))?;
-        let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        let not_a_size = || format!("\"{}\" is not a size (expected e.g. \"32MiB\")", clip(text));
+        let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+        if number.ends_with('.') || fraction.len() > 9 {
+            return Err(not_a_size());
+        }
+        let whole: u64 = whole.parse().map_err(|_| not_a_size())?;
+        let tenths: u64 = if fraction.is_empty() {
+            0
+        } else {
+            fraction.parse().map_err(|_| not_a_size())?
+        };
+        let unit = unit.trim();
+        let scale: u64 = match unit.to_ascii_lowercase().as_str() {
             "" | "b" => 1,
             "k" | "kb" => 1_000,
             "kib" => 1 << 10,
@@ -57,15 +68,17 @@ impl std::str::FromStr for ByteSize {
             "mib" => 1 << 20,
             "g" | "gb" => 1_000_000_000,
             "gib" => 1 << 30,
-            other => {
+            _ => {
                 return Err(format!(
                     "\"{}\" is not a size unit (expected KiB, MiB or GiB)",
-                    clip(other)
+                    clip(unit)
                 ));
             }
         };
-        number
+        let part = u128::from(tenths) * u128::from(scale) / 10_u128.pow(fraction.len() as u32);
+        whole
             .checked_mul(scale)
+            .and_then(|bytes| bytes.checked_add(u64::try_from(part).ok()?))
             .map(Self)
             .ok_or_else(|| format!("\"{}\" is too large", clip(text)))
     }
@@ -237,6 +250,26 @@ mod tests {
         assert_eq!("4 KiB".parse(), Ok(ByteSize(4096)));
         assert_eq!("1GB".parse(), Ok(ByteSize(1_000_000_000)));
         assert!("12 parsecs".parse::<ByteSize>().is_err());
+        assert_eq!("1.5GiB".parse(), Ok(ByteSize(3 << 29)));
+        assert_eq!("0.25 MiB".parse(), Ok(ByteSize(256 << 10)));
+        assert_eq!("2.5".parse(), Ok(ByteSize(2)), "part of a byte rounds down");
+        assert_eq!("0.1KiB".parse(), Ok(ByteSize(102)));
+        for bad in ["1.", ".", "1.2.3GiB", "1.0000000001GiB", "-1MiB", ""] {
+            assert_eq!(
+                bad.parse::<ByteSize>(),
+                Err(format!("\"{bad}\" is not a size (expected e.g. \"32MiB\")")),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            "1,5GiB".parse::<ByteSize>(),
+            Err("\",5GiB\" is not a size unit (expected KiB, MiB or GiB)".to_owned())
+        );
+        assert!("18446744073.7GB".parse::<ByteSize>().is_ok());
+        assert!(
+            "18446744073.8GB".parse::<ByteSize>().is_err(),
+            "u64 overflow"
+        );
         assert!("99999999999999GiB".parse::<ByteSize>().is_err());
         assert_eq!(ByteSize::mib(64).to_string(), "64MiB");
         assert_eq!(ByteSize(1536 << 10).to_string(), "1536KiB");
