@@ -13,7 +13,7 @@
 //! them), nor writing where the daemon reads code from (the plugins
 //! directory, the component cache).
 
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use serde::Deserialize;
 
@@ -106,6 +106,27 @@ impl GrantPolicy {
         let mut resolved = grants.clone();
         for dir in &mut resolved.dirs {
             let shown = crate::text::quote_bounded(&dir.host.to_string_lossy(), 256);
+            let not_under = if dir.writable {
+                format!("wasi.dirs: {shown} (writable) is not under sandbox.writable_dirs")
+            } else {
+                format!("wasi.dirs: {shown} is not under sandbox.allowed_dirs")
+            };
+            if dir.host.components().any(|c| c == Component::ParentDir) {
+                return Err(format!("wasi.dirs: {shown} may not have a '..' in it"));
+            }
+            // The path as written must lie under a root the operator
+            // allows before the host's files are looked at: otherwise the
+            // error would tell a manifest's author whether any path on the
+            // host exists (and a hung mount anywhere would hold the load).
+            // The real path is held to the rules below.
+            let host = std::path::absolute(&dir.host).map_err(|_| not_under.clone())?;
+            let written_under = self.readable.iter().chain(&self.writable).any(|root| {
+                std::path::absolute(root).is_ok_and(|root| host.starts_with(root))
+                    || std::fs::canonicalize(root).is_ok_and(|root| host.starts_with(root))
+            });
+            if !written_under {
+                return Err(not_under);
+            }
             let real = std::fs::canonicalize(&dir.host)
                 .ok()
                 .filter(|p| p.is_dir())
@@ -126,9 +147,7 @@ impl GrantPolicy {
             };
             if dir.writable {
                 if !under(&self.writable) {
-                    return Err(format!(
-                        "wasi.dirs: {shown} (writable) is not under sandbox.writable_dirs"
-                    ));
+                    return Err(not_under);
                 }
                 if let Some((_, setting)) =
                     self.protected.iter().find(|(own, _)| overlaps(&real, own))
@@ -138,9 +157,7 @@ impl GrantPolicy {
                     ));
                 }
             } else if !under(&self.readable) && !under(&self.writable) {
-                return Err(format!(
-                    "wasi.dirs: {shown} is not under sandbox.allowed_dirs"
-                ));
+                return Err(not_under);
             }
             dir.host = real;
         }
@@ -301,6 +318,24 @@ mod tests {
             .check(&dir(&root.path().join("nope"), false))
             .unwrap_err();
         assert!(err.ends_with("is not a directory on this host"), "{err}");
+        // Outside every allowed root, a path is refused as written, so
+        // the answer is the same whether it exists or not.
+        let under_root = GrantPolicy {
+            readable: vec![root.path().to_path_buf()],
+            ..GrantPolicy::default()
+        };
+        for path in ["/etc", "/no/such/dir"] {
+            assert_eq!(
+                under_root.check(&dir(Path::new(path), false)).unwrap_err(),
+                format!("wasi.dirs: {path} is not under sandbox.allowed_dirs")
+            );
+        }
+        for path in ["../data", "/srv/../etc"] {
+            assert_eq!(
+                everywhere.check(&dir(Path::new(path), false)).unwrap_err(),
+                format!("wasi.dirs: {path} may not have a '..' in it")
+            );
+        }
         let many = format!("env = [{}]", vec!["\"TZ\""; 65].join(","));
         assert_eq!(
             everywhere.check(&grants(&many)).unwrap_err(),
