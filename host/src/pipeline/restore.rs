@@ -99,10 +99,7 @@ pub fn restore_partition(
     let mut assignment = TopicPartitionList::new();
     assignment.add_partition_offset(changelog, partition, Offset::Beginning)?;
     consumer.assign(&assignment)?;
-    let mut deadline = Instant::now() + timeout;
-    // Records received, and as of the last time the deadline was looked at
-    // (which moves it on if there were more since).
-    let (mut received, mut received_at_deadline) = (0_u64, 0_u64);
+    let mut deadline = Deadline::new(timeout);
     // Since when no record has arrived (reset by every record, without
     // reading the clock per record).
     let mut quiet_since: Option<Instant> = None;
@@ -118,7 +115,7 @@ pub fn restore_partition(
         }
         match consumer.poll(POLL) {
             Some(Ok(message)) => {
-                received += 1;
+                deadline.received += 1;
                 restorer.apply(
                     input_topic,
                     message.key().unwrap_or_default(),
@@ -143,11 +140,7 @@ pub fn restore_partition(
             // deadline ends it if the broker stays away (a read still
             // making progress moves it on, as below).
             Some(Err(err)) if passing(&err) => {
-                let now = Instant::now();
-                if received > received_at_deadline {
-                    received_at_deadline = received;
-                    deadline = now + timeout;
-                } else if now > deadline {
+                if deadline.passed() {
                     return Err(err.into());
                 }
             }
@@ -161,22 +154,53 @@ pub fn restore_partition(
                 if at_end && quiet.elapsed() >= quiet_needed {
                     break;
                 }
-                let now = Instant::now();
-                if received > received_at_deadline {
-                    received_at_deadline = received;
-                    deadline = now + timeout;
-                } else if now > deadline {
+                if deadline.passed() {
                     return Err(RestoreError::Stalled {
                         waited: timeout,
                         position: position(&consumer, changelog).ok().flatten(),
                         end: high,
-                        received,
+                        received: deadline.received,
                     });
                 }
             }
         }
     }
     Ok(restorer)
+}
+
+/// A read's deadline, moved on whenever records arrived since it was last
+/// looked at: a read still making progress is not cut off, one that made
+/// none for `timeout` is.
+struct Deadline {
+    at: Instant,
+    timeout: Duration,
+    /// Records received.
+    received: u64,
+    /// Records received as of the last look.
+    seen: u64,
+}
+
+impl Deadline {
+    fn new(timeout: Duration) -> Self {
+        Self {
+            at: Instant::now() + timeout,
+            timeout,
+            received: 0,
+            seen: 0,
+        }
+    }
+
+    /// Whether `timeout` has passed without a record.
+    fn passed(&mut self) -> bool {
+        let now = Instant::now();
+        if self.received > self.seen {
+            self.seen = self.received;
+            self.at = now + self.timeout;
+            false
+        } else {
+            now > self.at
+        }
+    }
 }
 
 /// The restore's consumer settings: `client`'s, with what the read needs,
