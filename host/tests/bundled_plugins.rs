@@ -347,3 +347,45 @@ async fn analytics_keeps_a_small_value_per_user_however_many_tasks() {
     let value: serde_json::Value = rmp_serde::from_slice(&stored[1..]).unwrap();
     assert_eq!(value[5], 300, "{value}");
 }
+
+/// An event dated far after the host's clock (a producer with a wrong
+/// clock) is refused with the reason, not applied: applied, it made every
+/// real event for the task look older, ignored until that date, and kept
+/// the task's memo from expiring.
+#[tokio::test]
+async fn reminders_refuses_an_event_dated_days_ahead_of_the_clock() {
+    let mut d = dispatcher().await;
+    let task = |remind_at: Timestamp| json!({"title": "Call back", "completed": false, "remind_at": time(remind_at)});
+    let ahead = event("e1", "created", "t1", T0 + 2 * DAY, task(T0 + 3 * DAY));
+    let outcomes = d.dispatch(&ahead, 0, T0).await;
+    let reminders = outcomes
+        .iter()
+        .find(|o| o.plugin.name == "reminders")
+        .unwrap();
+    let err = reminders.result.as_ref().unwrap_err();
+    assert_eq!(err.kind(), "plugin-error");
+    assert!(
+        err.to_string().contains(
+            "[from-the-future]: event e1 is dated 2026-01-03T00:00:00Z, more than a day after \
+             the host's clock (2026-01-01T00:00:00Z)"
+        ),
+        "{err}"
+    );
+    assert_eq!(keys(&d, "reminders"), (0, 0), "nothing applied");
+    // The task's real events still count, and a few hours of skew is fine.
+    send(
+        &mut d,
+        &event("e2", "created", "t1", T0, task(T0 + 3_600_000)),
+    )
+    .await;
+    let skewed = event("e3", "updated", "t1", T0 + 3_600_000, task(T0 + 7_200_000));
+    for outcome in d.dispatch(&skewed, 0, T0 + 1_000).await {
+        assert!(outcome.result.is_ok(), "{:?}", outcome.result);
+    }
+    let reminders = d.state("reminders").unwrap();
+    assert_eq!(
+        reminders.next_due(),
+        Some(T0 + 7_200_000),
+        "the reminder moved"
+    );
+}

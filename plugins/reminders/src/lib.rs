@@ -11,7 +11,11 @@
 //! Each reminder has an id made of the task id and the remind time. Per task
 //! the plugin remembers the time of the newest event it applied and the last
 //! reminder it sent, so a duplicate, replayed or out-of-date event can
-//! neither produce a second reminder nor move a timer back.
+//! neither produce a second reminder nor move a timer back. An event dated
+//! more than a day after the host's clock is refused (`bad-input`, so the
+//! daemon dead-letters it with the reason): its producer's clock is wrong,
+//! and applying it would make every real event for the task look older —
+//! ignored — until that date, and keep the memo from expiring.
 //!
 //! State stays bounded: what is remembered of a task is deleted when the
 //! task is deleted, and expires `memo_ttl_days` (config, default 30) after
@@ -25,14 +29,17 @@ use std::cell::Cell;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use todo_plugin_sdk::{
-    Config, DAY_MS, EventKind, FiredTimer, Plugin, Result, TaskEvent, Timestamp, debug, emit_json,
-    host, info, rfc3339, timers, typed_state, typed_timers, warn,
+    Config, DAY_MS, Error, EventKind, FiredTimer, Plugin, Result, TaskEvent, Timestamp, debug,
+    emit_json, host, info, rfc3339, timers, typed_state, typed_timers, warn,
 };
 
 struct RemindersPlugin;
 
 /// Days a task is remembered after its last event, unless configured.
 const DEFAULT_MEMO_TTL_DAYS: u32 = 30;
+
+/// How far after the host's clock an event may be dated.
+const MAX_AHEAD_MS: Timestamp = DAY_MS;
 
 /// What a task's timer carries.
 #[derive(Serialize, Deserialize)]
@@ -155,6 +162,19 @@ impl Plugin for RemindersPlugin {
     }
 
     fn on_event(event: TaskEvent) -> Result {
+        let now = host::now();
+        if event.occurred_at > now.saturating_add(MAX_AHEAD_MS) {
+            return Err(Error::bad_input(
+                "from-the-future",
+                format!(
+                    "event {} is dated {}, more than a day after the host's clock ({}): \
+                     applied, it would hide the task's events until then",
+                    event.id,
+                    rfc3339(event.occurred_at),
+                    rfc3339(now)
+                ),
+            ));
+        }
         let task = &event.task;
         let key = memo_key(&task.id);
         let mut memo: Memo = typed_state::get(&key)?.unwrap_or_else(Memo::fresh);
