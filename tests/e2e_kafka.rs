@@ -339,3 +339,53 @@ async fn a_changelog_topic_that_takes_smaller_batches_is_refused_at_start() {
     fits.assert_assigned();
     assert!(fits.terminate(Duration::from_secs(60)));
 }
+
+/// A changelog topic made by hand without compaction would have its
+/// plugin state and timers deleted by retention, and a restore would
+/// bring back only part of them: the daemon refuses to start, naming the
+/// topic, its policy and the fix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "end-to-end: needs a tansu broker; run with --include-ignored"]
+async fn a_changelog_topic_that_is_not_compacted_is_refused_at_start() {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+
+    let broker = Broker::start();
+    let admin: AdminClient<DefaultClientContext> =
+        kafka::client_config(&broker.address, &Config::default().kafka, &[])
+            .create()
+            .unwrap();
+    let changelog = NewTopic::new("e2e-delete.plugin-state", 3, TopicReplication::Fixed(1))
+        .set("cleanup.policy", "delete");
+    let created = admin
+        .create_topics(&[changelog], &AdminOptions::new())
+        .await
+        .unwrap();
+    assert!(created.iter().all(Result::is_ok), "{created:?}");
+
+    let work = tempfile::tempdir().unwrap();
+    echo_plugins(&work.path().join("plugins"));
+    let plugins = work.path().join("plugins");
+    let args = [
+        "--plugins",
+        plugins.to_str().unwrap(),
+        "--group",
+        "e2e-delete",
+    ];
+    let mut refused = daemon(
+        Path::new(BIN),
+        &broker.address,
+        work.path(),
+        "refused",
+        &args,
+    );
+    let status = wait_for_exit(&mut refused, Duration::from_secs(60)).await;
+    assert!(!status.success());
+    let log = refused.log_text();
+    assert!(
+        log.contains(
+            "changelog topic e2e-delete.plugin-state has cleanup.policy=delete: retention would delete plugin state"
+        ),
+        "{log}"
+    );
+}

@@ -132,9 +132,9 @@ pub async fn run(
             crate::blocking::spawn(move || kafka::check_changelog_partitions(&brokers_, &kafka))
                 .await
                 .context("checking the changelog topic")??;
-            kafka::check_record_limits(brokers, &config.kafka, &topics)
+            kafka::check_topic_settings(brokers, &config.kafka, &topics)
                 .await
-                .context("checking the topics' record limits")?;
+                .context("checking the topics' settings")?;
             brokers.clone()
         }
         None => {

@@ -55,6 +55,19 @@ pub enum Error {
         /// The producer's `message.max.bytes`.
         producer_max: usize,
     },
+    /// The changelog is not compacted: retention would delete plugin
+    /// state and timers, and a restore would bring back only part of it.
+    #[error(
+        "changelog topic {topic} has cleanup.policy={policy}: retention would delete plugin state and \
+         timers that a restore needs, losing them; set its cleanup.policy to compact (the daemon \
+         creates it so when it is missing) or name another topic in kafka.changelog_topic"
+    )]
+    ChangelogNotCompacted {
+        /// The topic.
+        topic: String,
+        /// Its `cleanup.policy`.
+        policy: String,
+    },
     /// Reading the input of `produce` failed (a read error, a line that
     /// is not UTF-8).
     #[error("reading events, line {line}: {source}")]
@@ -248,17 +261,29 @@ pub async fn ensure_topics(
 /// and librdkafka waits out the whole timeout for one that has not.
 pub const DESCRIBE_CONFIGS_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Checks that the topics whose records must get through — the changelog
-/// and the dead-letter topic — take record batches as large as the
-/// producer makes (`message.max.bytes`). A broker refuses a batch over a
-/// topic's `max.message.bytes` as a whole and librdkafka does not split it,
-/// so every state change or dead letter in it would fail for good and the
+/// What the brokers said of one topic's configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct TopicSettings {
+    topic: String,
+    /// `max.message.bytes`.
+    max_message_bytes: Option<usize>,
+    /// `cleanup.policy`.
+    cleanup_policy: Option<String>,
+}
+
+/// Checks the topics' configurations where they could lose or stall data.
+/// The topics whose records must get through — the changelog and the
+/// dead-letter topic — must take record batches as large as the producer
+/// makes (`message.max.bytes`): a broker refuses a batch over a topic's
+/// `max.message.bytes` as a whole and librdkafka does not split it, so
+/// every state change or dead letter in it would fail for good and the
 /// partition would stall. An output topic that takes less is only warned
-/// about (the inputs whose outputs it refuses are dead-lettered). A broker
-/// that does not describe topic configurations within
+/// about (the inputs whose outputs it refuses are dead-lettered). The
+/// changelog must be compacted (an existing one may not be). A broker that
+/// does not describe topic configurations within
 /// [`DESCRIBE_CONFIGS_TIMEOUT`] (the embedded one has no such request), or
 /// a topic it will not describe, is warned about and passes.
-pub async fn check_record_limits(
+pub async fn check_topic_settings(
     brokers: &str,
     kafka: &KafkaConfig,
     topics: &BTreeSet<String>,
@@ -272,11 +297,11 @@ pub async fn check_record_limits(
     let described = match admin.describe_configs(&specifiers, &options).await {
         Ok(described) => described,
         Err(err) => {
-            tracing::warn!(error = %err, "The brokers did not describe the topics' configurations; their record limits are not checked.");
+            tracing::warn!(error = %err, "The brokers did not describe the topics' configurations; their record limits and the changelog's cleanup policy are not checked.");
             return Ok(());
         }
     };
-    let mut limits = Vec::new();
+    let mut settings = Vec::new();
     // Answers come in the order asked (an error names no topic).
     for (asked, result) in topics.iter().zip(described) {
         match result {
@@ -285,27 +310,40 @@ pub async fn check_record_limits(
                     OwnedResourceSpecifier::Topic(topic) => topic.clone(),
                     _ => asked.clone(),
                 };
-                let max = resource
-                    .get("max.message.bytes")
-                    .and_then(|e| e.value.as_deref())
-                    .and_then(|v| v.trim().parse::<usize>().ok());
-                limits.push((topic, max));
+                let value = |name: &str| resource.get(name).and_then(|e| e.value.clone());
+                let described = TopicSettings {
+                    topic,
+                    max_message_bytes: value("max.message.bytes")
+                        .and_then(|v| v.trim().parse::<usize>().ok()),
+                    cleanup_policy: value("cleanup.policy"),
+                };
+                tracing::debug!(?described, "Topic configuration described.");
+                settings.push(described);
             }
             Err(code) => {
                 tracing::warn!(topic = asked, error = %code, "The brokers did not describe a topic's configuration; its record limit is not checked.");
             }
         }
     }
-    judge_record_limits(kafka, &limits)
+    judge_topic_settings(kafka, &settings)
 }
 
-/// [`check_record_limits`] on what the brokers described: each topic's
-/// `max.message.bytes`, if it has one.
-fn judge_record_limits(kafka: &KafkaConfig, limits: &[(String, Option<usize>)]) -> Result<()> {
+/// [`check_topic_settings`] on what the brokers described.
+fn judge_topic_settings(kafka: &KafkaConfig, settings: &[TopicSettings]) -> Result<()> {
     let producer_max = kafka.max_record_bytes();
     let changelog = kafka.changelog_topic();
-    for (topic, topic_max) in limits {
-        let Some(topic_max) = *topic_max else {
+    for described in settings {
+        let topic = &described.topic;
+        if *topic == changelog
+            && let Some(policy) = &described.cleanup_policy
+            && !policy.split(',').any(|p| p.trim() == "compact")
+        {
+            return Err(Error::ChangelogNotCompacted {
+                topic: topic.clone(),
+                policy: policy.clone(),
+            });
+        }
+        let Some(topic_max) = described.max_message_bytes else {
             continue;
         };
         if topic_max >= producer_max {
@@ -693,7 +731,7 @@ mod tests {
         let topics = BTreeSet::from([kafka.changelog_topic(), kafka.dead_letter_topic.clone()]);
         let checked = tokio::time::timeout(
             Duration::from_secs(60),
-            check_record_limits(&broker.bootstrap_servers(), &kafka, &topics),
+            check_topic_settings(&broker.bootstrap_servers(), &kafka, &topics),
         )
         .await
         .expect("answers");
@@ -707,7 +745,11 @@ mod tests {
     fn only_the_topics_that_must_get_through_need_the_producers_batch_size() {
         let kafka = KafkaConfig::default();
         let producer_max = kafka.max_record_bytes();
-        let limit = |topic: &str, max: Option<usize>| (topic.to_owned(), max);
+        let limit = |topic: &str, max: Option<usize>| TopicSettings {
+            topic: topic.to_owned(),
+            max_message_bytes: max,
+            cleanup_policy: None,
+        };
         let fits = [
             limit(&kafka.changelog_topic(), Some(producer_max)),
             limit(&kafka.dead_letter_topic, Some(1_048_588)),
@@ -715,11 +757,11 @@ mod tests {
             limit(&kafka.input_topics[0], Some(1000)),
             limit("analytics", None),
         ];
-        judge_record_limits(&kafka, &fits).expect("passes");
+        judge_topic_settings(&kafka, &fits).expect("passes");
         for needed in [kafka.changelog_topic(), kafka.dead_letter_topic.clone()] {
             let mut limits = fits.to_vec();
             limits.push(limit(&needed, Some(producer_max - 1)));
-            let err = judge_record_limits(&kafka, &limits)
+            let err = judge_topic_settings(&kafka, &limits)
                 .expect_err(&needed)
                 .to_string();
             assert!(
@@ -728,5 +770,33 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    /// A changelog that retention may delete from would lose plugin state
+    /// at the next restore: start-up refuses it. Compaction with deletion
+    /// (`compact,delete`) is the operator's choice, and any policy on
+    /// another topic is theirs too.
+    #[test]
+    fn the_changelog_must_be_compacted() {
+        let kafka = KafkaConfig::default();
+        let changelog = kafka.changelog_topic();
+        let policy = |topic: &str, policy: &str| TopicSettings {
+            topic: topic.to_owned(),
+            max_message_bytes: None,
+            cleanup_policy: Some(policy.to_owned()),
+        };
+        for fine in ["compact", "compact,delete", "delete, compact"] {
+            let settings = [policy(&changelog, fine), policy("reminders", "delete")];
+            judge_topic_settings(&kafka, &settings).expect(fine);
+        }
+        let err = judge_topic_settings(&kafka, &[policy(&changelog, "delete")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(&format!(
+                "changelog topic {changelog} has cleanup.policy=delete: retention would delete"
+            )),
+            "{err}"
+        );
     }
 }
