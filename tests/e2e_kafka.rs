@@ -276,14 +276,14 @@ async fn input_compressed_with_every_codec_is_handled() {
     assert!(!log.contains("Decompression"), "{log}");
 }
 
-/// A changelog topic made by hand with a `max.message.bytes` below the
-/// producer's `message.max.bytes` would refuse a full batch of state
-/// changes as a whole, and stall its partition for good: the daemon refuses
-/// to start, naming the topic, both limits and the fix. With
-/// `message.max.bytes` lowered to fit, it starts.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "end-to-end: needs a tansu broker; run with --include-ignored"]
-async fn a_changelog_topic_that_takes_smaller_batches_is_refused_at_start() {
+/// A broker on which the changelog of group `group` was made by hand with
+/// `settings`, and a plugins directory in `work`; returns the broker and
+/// the arguments that start a daemon of that group on it.
+async fn changelog_made_by_hand(
+    group: &str,
+    settings: &[(&str, &str)],
+    work: &Path,
+) -> (Broker, Vec<String>) {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::client::DefaultClientContext;
 
@@ -292,34 +292,47 @@ async fn a_changelog_topic_that_takes_smaller_batches_is_refused_at_start() {
         kafka::client_config(&broker.address, &Config::default().kafka, &[])
             .create()
             .unwrap();
-    let changelog = NewTopic::new("e2e-limits.plugin-state", 3, TopicReplication::Fixed(1))
-        .set("cleanup.policy", "compact")
-        .set("max.message.bytes", "100000");
+    let name = format!("{group}.plugin-state");
+    let changelog = settings.iter().fold(
+        NewTopic::new(&name, 3, TopicReplication::Fixed(1)),
+        |topic, (key, value)| topic.set(key, value),
+    );
     let created = admin
         .create_topics(&[changelog], &AdminOptions::new())
         .await
         .unwrap();
     assert!(created.iter().all(Result::is_ok), "{created:?}");
+    let plugins = work.join("plugins");
+    echo_plugins(&plugins);
+    let args = ["--plugins", plugins.to_str().unwrap(), "--group", group];
+    (broker, args.map(str::to_owned).to_vec())
+}
 
-    let work = tempfile::tempdir().unwrap();
-    echo_plugins(&work.path().join("plugins"));
-    let plugins = work.path().join("plugins");
-    let args = [
-        "--plugins",
-        plugins.to_str().unwrap(),
-        "--group",
-        "e2e-limits",
-    ];
-    let mut refused = daemon(
-        Path::new(BIN),
-        &broker.address,
-        work.path(),
-        "refused",
-        &args,
-    );
+/// Starts a daemon with `args` on `broker` and returns its log once it
+/// has exited, asserting that it failed.
+async fn refused_at_start(broker: &Broker, work: &Path, args: &[String]) -> String {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut refused = daemon(Path::new(BIN), &broker.address, work, "refused", &args);
     let status = wait_for_exit(&mut refused, Duration::from_secs(60)).await;
     assert!(!status.success());
-    let log = refused.log_text();
+    refused.log_text()
+}
+
+/// A changelog topic made by hand with a `max.message.bytes` below the
+/// producer's `message.max.bytes` would refuse a full batch of state
+/// changes as a whole, and stall its partition for good: the daemon refuses
+/// to start, naming the topic, both limits and the fix. With
+/// `message.max.bytes` lowered to fit, it starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "end-to-end: needs a tansu broker; run with --include-ignored"]
+async fn a_changelog_topic_that_takes_smaller_batches_is_refused_at_start() {
+    let work = tempfile::tempdir().unwrap();
+    let settings = [
+        ("cleanup.policy", "compact"),
+        ("max.message.bytes", "100000"),
+    ];
+    let (broker, args) = changelog_made_by_hand("e2e-limits", &settings, work.path()).await;
+    let log = refused_at_start(&broker, work.path(), &args).await;
     assert!(
         log.contains(
             "topic e2e-limits.plugin-state (the changelog) takes record batches of at most 100000 bytes"
@@ -333,7 +346,7 @@ async fn a_changelog_topic_that_takes_smaller_batches_is_refused_at_start() {
         "[kafka.properties]\n\"message.max.bytes\" = \"100000\"\n",
     )
     .unwrap();
-    let mut with = args.to_vec();
+    let mut with: Vec<&str> = args.iter().map(String::as_str).collect();
     with.extend(["--config", config.to_str().unwrap()]);
     let mut fits = daemon(Path::new(BIN), &broker.address, work.path(), "fits", &with);
     fits.assert_assigned();
@@ -347,41 +360,10 @@ async fn a_changelog_topic_that_takes_smaller_batches_is_refused_at_start() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "end-to-end: needs a tansu broker; run with --include-ignored"]
 async fn a_changelog_topic_that_is_not_compacted_is_refused_at_start() {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    use rdkafka::client::DefaultClientContext;
-
-    let broker = Broker::start();
-    let admin: AdminClient<DefaultClientContext> =
-        kafka::client_config(&broker.address, &Config::default().kafka, &[])
-            .create()
-            .unwrap();
-    let changelog = NewTopic::new("e2e-delete.plugin-state", 3, TopicReplication::Fixed(1))
-        .set("cleanup.policy", "delete");
-    let created = admin
-        .create_topics(&[changelog], &AdminOptions::new())
-        .await
-        .unwrap();
-    assert!(created.iter().all(Result::is_ok), "{created:?}");
-
     let work = tempfile::tempdir().unwrap();
-    echo_plugins(&work.path().join("plugins"));
-    let plugins = work.path().join("plugins");
-    let args = [
-        "--plugins",
-        plugins.to_str().unwrap(),
-        "--group",
-        "e2e-delete",
-    ];
-    let mut refused = daemon(
-        Path::new(BIN),
-        &broker.address,
-        work.path(),
-        "refused",
-        &args,
-    );
-    let status = wait_for_exit(&mut refused, Duration::from_secs(60)).await;
-    assert!(!status.success());
-    let log = refused.log_text();
+    let settings = [("cleanup.policy", "delete")];
+    let (broker, args) = changelog_made_by_hand("e2e-delete", &settings, work.path()).await;
+    let log = refused_at_start(&broker, work.path(), &args).await;
     assert!(
         log.contains(
             "changelog topic e2e-delete.plugin-state has cleanup.policy=delete: retention would delete plugin state"
