@@ -191,9 +191,14 @@ async fn two_daemons_share_partitions_and_a_kill_9_loses_nothing() {
         .collect();
     let producer = kafka::producer(&broker.address, &Config::default().kafka).unwrap();
     let (head, tail) = lines.split_at(total / 2);
-    kafka::produce_lines(&producer, "task-events", head.join("\n").as_bytes())
-        .await
-        .unwrap();
+    kafka::produce_lines(
+        &producer,
+        "task-events",
+        head.join("\n").as_bytes(),
+        usize::MAX,
+    )
+    .await
+    .unwrap();
 
     // Both members handle events before one of them dies.
     let some = read_until(
@@ -212,9 +217,14 @@ async fn two_daemons_share_partitions_and_a_kill_9_loses_nothing() {
     // rebalance that hands them out again.
     let third = daemon(Path::new(BIN), &broker.address, work.path(), "third", &args);
     third.assert_assigned();
-    kafka::produce_lines(&producer, "task-events", tail.join("\n").as_bytes())
-        .await
-        .unwrap();
+    kafka::produce_lines(
+        &producer,
+        "task-events",
+        tail.join("\n").as_bytes(),
+        usize::MAX,
+    )
+    .await
+    .unwrap();
 
     let seen = read_until(
         &broker.address,
@@ -310,9 +320,14 @@ fn reminder_events(count: usize, ahead_s: i64) -> Vec<String> {
 async fn schedule_reminders(broker: &Broker, group: &str, total: usize, ahead_s: i64) {
     let producer = kafka::producer(&broker.address, &Config::default().kafka).unwrap();
     let events = reminder_events(total, ahead_s);
-    kafka::produce_lines(&producer, "task-events", events.join("\n").as_bytes())
-        .await
-        .unwrap();
+    kafka::produce_lines(
+        &producer,
+        "task-events",
+        events.join("\n").as_bytes(),
+        usize::MAX,
+    )
+    .await
+    .unwrap();
     let changelog = format!("{group}.plugin-state");
     let is_timer = |m: &rdkafka::message::OwnedMessage| {
         use todo_eventd::state::changelog::{self, Change};

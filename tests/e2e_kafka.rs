@@ -50,9 +50,14 @@ async fn produce(brokers: &str, properties: &[(&str, &str)], lines: &[String]) {
         config.properties.insert((*key).into(), (*value).into());
     }
     let producer = kafka::producer(brokers, &config).unwrap();
-    kafka::produce_lines(&producer, "task-events", lines.join("\n").as_bytes())
-        .await
-        .unwrap();
+    kafka::produce_lines(
+        &producer,
+        "task-events",
+        lines.join("\n").as_bytes(),
+        usize::MAX,
+    )
+    .await
+    .unwrap();
 }
 
 fn ids(seen: &[rdkafka::message::OwnedMessage]) -> BTreeSet<String> {

@@ -368,9 +368,14 @@ async fn reminder_lateness(brokers: &str, config: &Config, run: u32) -> (usize, 
         .collect();
     let producer = kafka::producer(brokers, &config.kafka).unwrap();
     for chunk in lines.chunks(20_000) {
-        kafka::produce_lines(&producer, "task-events", chunk.join("\n").as_bytes())
-            .await
-            .unwrap();
+        kafka::produce_lines(
+            &producer,
+            "task-events",
+            chunk.join("\n").as_bytes(),
+            usize::MAX,
+        )
+        .await
+        .unwrap();
     }
     println!(
         "resident memory with {count} reminders scheduled: {} MiB (the whole bench process: pipeline, state of every task so far, the bench's own buffers{})",

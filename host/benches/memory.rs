@@ -89,6 +89,7 @@ fn main() {
             &producer,
             "task-events",
             lines.as_bytes(),
+            usize::MAX,
         ))
         .unwrap();
     let loaded = Instant::now();

@@ -45,7 +45,7 @@ use common::{Brokers, DAEMON_TOPICS, consumer, env_or, events};
 async fn preload(brokers: &str, config: &Config, topic: &str, lines: &[String]) {
     let producer = kafka::producer(brokers, &config.kafka).unwrap();
     for chunk in lines.chunks(20_000) {
-        kafka::produce_lines(&producer, topic, chunk.join("\n").as_bytes())
+        kafka::produce_lines(&producer, topic, chunk.join("\n").as_bytes(), usize::MAX)
             .await
             .unwrap();
     }

@@ -351,15 +351,16 @@ async fn execute(cli: Cli) -> Result<ExitCode> {
             // TLS and SASL settings from the environment, as `run` reads them.
             let config = Config::load(None, &Override::from_env(std::env::vars()))?;
             let producer = kafka::producer(&brokers, &config.kafka)?;
+            let max = config.kafka.max_record_bytes();
             let count = match file.as_deref() {
-                None => kafka::produce_lines(&producer, &topic, std::io::stdin().lock()).await,
+                None => kafka::produce_lines(&producer, &topic, std::io::stdin().lock(), max).await,
                 Some(path) if path == Path::new("-") => {
-                    kafka::produce_lines(&producer, &topic, std::io::stdin().lock()).await
+                    kafka::produce_lines(&producer, &topic, std::io::stdin().lock(), max).await
                 }
                 Some(path) => {
                     let file = std::fs::File::open(path)
                         .with_context(|| format!("opening {}", path.display()))?;
-                    kafka::produce_lines(&producer, &topic, BufReader::new(file)).await
+                    kafka::produce_lines(&producer, &topic, BufReader::new(file), max).await
                 }
             }?;
             eprintln!("produced {count} records to {topic} on {brokers}");

@@ -97,7 +97,13 @@ pub async fn run(
     let show = async {
         let producer = kafka::producer(&brokers, &pipeline.config.kafka)?;
         let events = sample_events(jiff::Timestamp::now().as_millisecond());
-        let sent = kafka::produce_lines(&producer, &input, events.join("\n").as_bytes()).await?;
+        let sent = kafka::produce_lines(
+            &producer,
+            &input,
+            events.join("\n").as_bytes(),
+            pipeline.config.kafka.max_record_bytes(),
+        )
+        .await?;
         writeln!(
             out,
             "produced {sent} events to {input} (two of them malformed)\n"

@@ -68,6 +68,18 @@ pub enum Error {
         /// Its `cleanup.policy`.
         policy: String,
     },
+    /// A line of `produce`'s input is longer than a record may be.
+    #[error(
+        "reading events, line {line}: {bytes} bytes, more than a record may hold (message.max.bytes, {max})"
+    )]
+    LineTooLong {
+        /// Its number, from 1.
+        line: usize,
+        /// Its length.
+        bytes: usize,
+        /// The producer's `message.max.bytes`.
+        max: usize,
+    },
     /// Reading the input of `produce` failed (a read error, a line that
     /// is not UTF-8).
     #[error("reading events, line {line}: {source}")]
@@ -529,23 +541,50 @@ impl OutRecord {
 /// Sends NDJSON events to `topic`, one record per non-empty line, keyed by
 /// the event's user id when it decodes (so a user's events stay in order),
 /// and waits until the broker has acknowledged them all. An error names
-/// the line (1-based) whose record failed.
+/// the line (1-based) whose record failed. A line longer than `max_line`
+/// bytes (the producer's `message.max.bytes`) is refused without being
+/// held in memory, so endless input (`/dev/zero`) cannot exhaust it.
 pub async fn produce_lines(
     producer: &FutureProducer,
     topic: &str,
     input: impl BufRead,
+    max_line: usize,
 ) -> Result<u64> {
     let mut pending = Vec::new();
     let mut count = 0;
-    for (number, line) in input.lines().enumerate() {
-        let number = number + 1;
-        let line = line.map_err(|source| Error::Io {
+    let mut lines = crate::lines::BoundedLines::new(input, max_line.saturating_add(1));
+    loop {
+        let (number, line) = match lines.next_line() {
+            Ok(Some((number, line))) => (number, line),
+            Ok(None) => break,
+            Err(source) => {
+                return Err(Error::Io {
+                    line: lines.read() + 1,
+                    source,
+                });
+            }
+        };
+        let bytes = match line {
+            crate::lines::Line::Text(bytes) => bytes.strip_suffix(b"\r").unwrap_or(bytes),
+            crate::lines::Line::TooLong { bytes } => {
+                return Err(Error::LineTooLong {
+                    line: number,
+                    bytes,
+                    max: max_line,
+                });
+            }
+        };
+        let line = std::str::from_utf8(bytes).map_err(|_| Error::Io {
             line: number,
-            source,
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "stream did not contain valid UTF-8",
+            ),
         })?;
         if line.trim().is_empty() {
             continue;
         }
+        let line = line.to_owned();
         let key = crate::event::decode(line.as_bytes())
             .ok()
             .map(|e| e.task.user_id.into_bytes());
@@ -702,16 +741,31 @@ mod tests {
             .properties
             .insert("message.max.bytes".into(), "2000".into());
         let producer = producer(&broker.bootstrap_servers(), &kafka).expect("producer");
-        let input = format!("{{}}\n\n{{}}\n\"{}\"\n{{}}\n", "x".repeat(5000));
-        let err = produce_lines(&producer, "in", input.as_bytes())
+        let max = kafka.max_record_bytes();
+        assert_eq!(max, 2000);
+        let input = format!("{{}}\n\n{{}}\n\"{}\"\n{{}}\n", "x".repeat(1990));
+        let err = produce_lines(&producer, "in", input.as_bytes(), max)
             .await
             .expect_err("the long line is refused")
             .to_string();
         assert!(err.starts_with("producing line 4 to in: "), "{err}");
 
+        // A line longer than any record is refused as it is read, and
+        // endless input costs no more memory than the bound.
+        use std::io::Read as _;
+        let endless = std::io::BufReader::new(std::io::repeat(b'x').take(1 << 30));
+        let err = produce_lines(&producer, "in", endless, max)
+            .await
+            .expect_err("refused")
+            .to_string();
+        assert_eq!(
+            err,
+            "reading events, line 1: 1073741824 bytes, more than a record may hold (message.max.bytes, 2000)"
+        );
+
         // A line that is not UTF-8 is named too.
         let input = b"{}\n{\"title\":\"caf\xe9\"}\n{}\n";
-        let err = produce_lines(&producer, "in", &input[..])
+        let err = produce_lines(&producer, "in", &input[..], max)
             .await
             .expect_err("not UTF-8")
             .to_string();

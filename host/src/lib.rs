@@ -33,6 +33,7 @@ pub mod files;
 pub mod heap;
 pub mod kafka;
 pub mod kit;
+pub mod lines;
 pub mod offline;
 pub mod pipeline;
 pub mod plugin;

@@ -30,6 +30,7 @@ fn produce(brokers: &str, lines: &[String]) {
             &producer,
             "task-events",
             lines.join("\n").as_bytes(),
+            usize::MAX,
         ))
         .unwrap();
 }

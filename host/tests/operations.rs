@@ -59,9 +59,14 @@ impl Cluster {
 
     async fn produce(&self, lines: &[String]) {
         let producer = kafka::producer(&self.brokers, &self.config.kafka).unwrap();
-        kafka::produce_lines(&producer, "task-events", lines.join("\n").as_bytes())
-            .await
-            .unwrap();
+        kafka::produce_lines(
+            &producer,
+            "task-events",
+            lines.join("\n").as_bytes(),
+            self.config.kafka.max_record_bytes(),
+        )
+        .await
+        .unwrap();
     }
 
     /// Runs `pipeline` while `during` runs, then shuts it down and returns

@@ -58,9 +58,14 @@ impl Harness {
 
     pub async fn produce(&self, lines: &[String]) {
         let producer = kafka::producer(&self.brokers, &self.config.kafka).unwrap();
-        let sent = kafka::produce_lines(&producer, "task-events", lines.join("\n").as_bytes())
-            .await
-            .unwrap();
+        let sent = kafka::produce_lines(
+            &producer,
+            "task-events",
+            lines.join("\n").as_bytes(),
+            self.config.kafka.max_record_bytes(),
+        )
+        .await
+        .unwrap();
         assert_eq!(sent, lines.len() as u64);
     }
 
