@@ -493,6 +493,34 @@ async fn a_plugin_too_costly_to_compile_is_rejected_while_the_rest_load() {
     );
 }
 
+/// A plugin rejected at start-up is counted where an alert sees it (the
+/// reload counter only counts changes while running), and the count
+/// follows the directory.
+#[tokio::test]
+async fn plugins_rejected_at_start_up_are_counted() {
+    let dir = plugin_dir(&[
+        ("echo", TEST_PLUGIN, Some(&mode("echo"))),
+        ("junk", b"not wasm", None),
+    ]);
+    let metrics = Arc::new(PluginMetrics::default());
+    let (registry, report) = open_registry(sandbox(), dir.path(), metrics.clone()).await;
+    assert_eq!((report.loaded.len(), report.rejected.len()), (1, 1));
+    let text = Telemetry {
+        plugins: metrics,
+        ..Default::default()
+    };
+    let rejected = || {
+        text.encode().lines().find_map(|l| {
+            l.strip_prefix("todo_eventd_plugins_rejected ")
+                .map(str::to_owned)
+        })
+    };
+    assert_eq!(rejected().as_deref(), Some("1"), "{}", text.encode());
+    std::fs::remove_file(dir.path().join("junk.wasm")).unwrap();
+    registry.rescan().await.unwrap();
+    assert_eq!(rejected().as_deref(), Some("0"));
+}
+
 /// A registry over `dir`, and what its first scan found.
 async fn open_registry(
     sandbox: Arc<Sandbox>,

@@ -315,6 +315,11 @@ impl Registry {
         if changed || initial {
             self.publish();
         }
+        let rejected = lock(&self.entries)
+            .values()
+            .filter(|entry| entry.plugin.is_none() && !entry.disabled)
+            .count();
+        self.metrics.set_rejected(rejected);
         Ok(report)
     }
 

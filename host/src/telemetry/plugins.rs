@@ -66,6 +66,8 @@ pub struct PluginMetrics {
     duration: Family<PluginLabels, Histogram, fn() -> Histogram>,
     memory_high_water: Family<PluginLabels, Gauge>,
     quarantined: Family<PluginLabels, Gauge>,
+    /// Plugin names whose files were rejected with no version serving.
+    rejected: Gauge,
     quarantines: Family<PluginLabels, Counter>,
     skipped: Family<PluginLabels, Counter>,
     reloads: Family<ReloadLabels, Counter>,
@@ -88,6 +90,7 @@ impl Default for PluginMetrics {
             duration: Family::new_with_constructor(latency_histogram),
             memory_high_water: Family::default(),
             quarantined: Family::default(),
+            rejected: Gauge::default(),
             quarantines: Family::default(),
             skipped: Family::default(),
             reloads: Family::default(),
@@ -189,6 +192,12 @@ impl PluginMetrics {
                 kind,
             })
             .inc();
+    }
+
+    /// Sets how many plugin names in the directory have no version
+    /// serving because their files were rejected.
+    pub fn set_rejected(&self, names: usize) {
+        self.rejected.set(i64::try_from(names).unwrap_or(i64::MAX));
     }
 
     /// Sets whether `plugin` is quarantined; entering counts a quarantine.
@@ -336,6 +345,11 @@ impl PluginMetrics {
             "plugin_memory_high_water_bytes",
             "Largest linear memory any instance of the plugin has used",
             self.memory_high_water.clone(),
+        );
+        registry.register(
+            "plugins_rejected",
+            "Plugin names in the directory with no version serving because their files were rejected (at start-up too)",
+            self.rejected.clone(),
         );
         registry.register(
             "plugin_quarantined",
