@@ -7,7 +7,8 @@
 //! reading. The size is checked against a cap before reading, and the file
 //! is opened non-blocking and checked again through the open descriptor,
 //! so a file swapped for a FIFO in between cannot block the reader either.
-//! Reads stop at the cap whatever the file claims.
+//! Reads stop at the cap whatever the file claims. A symlink to nothing
+//! is an error of its own, not "not found".
 
 use std::fs::{Metadata, OpenOptions};
 use std::io::{self, Read};
@@ -20,7 +21,8 @@ use crate::units::ByteSize;
 /// Errors say what the file is instead (`a FIFO`, `a directory`) or how
 /// large; they never quote its contents. `NotFound` passes through.
 pub fn read_bounded(path: &Path, max: ByteSize) -> io::Result<Vec<u8>> {
-    check(&std::fs::metadata(path)?, max)?;
+    let metadata = std::fs::metadata(path).map_err(|err| dangling(path, err))?;
+    check(&metadata, max)?;
     let file = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
@@ -71,6 +73,23 @@ fn check(metadata: &Metadata, max: ByteSize) -> io::Result<()> {
     Ok(())
 }
 
+/// `err` for `path`, unless `path` is a symlink to nothing: then an error
+/// saying so, not `NotFound` — a link whose target went away is a broken
+/// file (its plugin's last good version keeps serving), not a file
+/// removed (a manifest read as absent would load with defaults, turning
+/// `enabled = false` back on).
+fn dangling(path: &Path, err: io::Error) -> io::Error {
+    let link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+    if err.kind() == io::ErrorKind::NotFound && link {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "refused: a symlink to a file that does not exist",
+        )
+    } else {
+        err
+    }
+}
+
 fn too_large(size: u64, max: ByteSize) -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidInput,
@@ -118,6 +137,14 @@ mod tests {
 
         let missing = read_bounded(&dir.path().join("none"), ByteSize(1)).unwrap_err();
         assert_eq!(missing.kind(), io::ErrorKind::NotFound);
+        let dangling = dir.path().join("dangling.toml");
+        std::os::unix::fs::symlink(dir.path().join("gone"), &dangling).unwrap();
+        let err = read_bounded(&dangling, ByteSize(1)).unwrap_err();
+        assert_ne!(err.kind(), io::ErrorKind::NotFound);
+        assert_eq!(
+            err.to_string(),
+            "refused: a symlink to a file that does not exist"
+        );
     }
 
     #[test]

@@ -521,6 +521,30 @@ async fn plugins_rejected_at_start_up_are_counted() {
     assert_eq!(rejected().as_deref(), Some("0"));
 }
 
+/// A manifest swapped for a symlink whose target is gone is a broken
+/// file, not an absent one: the version serving keeps serving with its
+/// settings, rather than the plugin reloading with a default manifest.
+#[tokio::test]
+async fn a_dangling_manifest_link_keeps_the_serving_version() {
+    let dir = plugin_dir(&[("echo", TEST_PLUGIN, Some(&mode("echo")))]);
+    let (registry, report) =
+        open_registry(sandbox(), dir.path(), Arc::new(PluginMetrics::default())).await;
+    assert_eq!(report.loaded, ["echo"]);
+    let manifest = dir.path().join("echo.toml");
+    std::fs::remove_file(&manifest).unwrap();
+    std::os::unix::fs::symlink(dir.path().join("gone.toml"), &manifest).unwrap();
+    let report = registry.rescan().await.unwrap();
+    assert!(report.loaded.is_empty(), "{report:?}");
+    assert_eq!(report.rejected.len(), 1, "{report:?}");
+    let error = report.rejected[0].to_string();
+    assert!(
+        error.ends_with("echo.toml: cannot read: refused: a symlink to a file that does not exist"),
+        "{error}"
+    );
+    let statuses = registry.statuses();
+    assert_eq!(statuses[0].status.as_str(), "active", "{statuses:?}");
+}
+
 /// A registry over `dir`, and what its first scan found.
 async fn open_registry(
     sandbox: Arc<Sandbox>,
