@@ -564,16 +564,20 @@ pub async fn produce_lines(
                 });
             }
         };
+        // One byte over the bound is read so that a CRLF line at the bound
+        // passes; without its CR, it is held to the bound itself.
+        let too_long = |bytes| Error::LineTooLong {
+            line: number,
+            bytes,
+            max: max_line,
+        };
         let bytes = match line {
             crate::lines::Line::Text(bytes) => bytes.strip_suffix(b"\r").unwrap_or(bytes),
-            crate::lines::Line::TooLong { bytes } => {
-                return Err(Error::LineTooLong {
-                    line: number,
-                    bytes,
-                    max: max_line,
-                });
-            }
+            crate::lines::Line::TooLong { bytes } => return Err(too_long(bytes)),
         };
+        if bytes.len() > max_line {
+            return Err(too_long(bytes.len()));
+        }
         let line = std::str::from_utf8(bytes).map_err(|_| Error::Io {
             line: number,
             source: std::io::Error::new(
@@ -761,6 +765,17 @@ mod tests {
         assert_eq!(
             err,
             "reading events, line 1: 1073741824 bytes, more than a record may hold (message.max.bytes, 2000)"
+        );
+        // The bound is the line's own, with or without a CR before the
+        // newline.
+        let input = format!("{{}}\n{}\n", "x".repeat(2001));
+        let err = produce_lines(&producer, "in", input.as_bytes(), max)
+            .await
+            .expect_err("refused")
+            .to_string();
+        assert_eq!(
+            err,
+            "reading events, line 2: 2001 bytes, more than a record may hold (message.max.bytes, 2000)"
         );
 
         // A line that is not UTF-8 is named too.
