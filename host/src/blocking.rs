@@ -10,7 +10,9 @@
 //! run here instead, on a pool of their own, so they still run when that
 //! happens; the plugins' file calls then time out and count against them.
 
-use std::sync::OnceLock;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::Duration;
 
 use tokio::runtime::{Builder, Handle, Runtime};
 use tokio::task::JoinHandle;
@@ -35,6 +37,90 @@ where
         // The pool could not be made (it is made before any thread is
         // started, so nearly never): share the caller's.
         None => tokio::task::spawn_blocking(work),
+    }
+}
+
+/// Why [`Unanswered::run`] gave no result.
+#[derive(Debug, thiserror::Error)]
+pub enum NoAnswer {
+    /// The work has not returned within its time (a read on a hung network
+    /// mount); it goes on on its thread, and is not started again under
+    /// the same key until it returns.
+    #[error(
+        "no answer within {} (a hung mount?); not tried again until that call returns",
+        humantime::format_duration(*.0)
+    )]
+    TimedOut(Duration),
+    /// Work under the same key given up on before has still not returned:
+    /// it is not started twice. Said as [`Self::TimedOut`] was, so a
+    /// report of it can be told from a new failure.
+    #[error(
+        "no answer within {} (a hung mount?); not tried again until that call returns",
+        humantime::format_duration(*.0)
+    )]
+    StillRunning(Duration),
+    /// The work panicked.
+    #[error("the call failed: {0}")]
+    Failed(#[from] tokio::task::JoinError),
+}
+
+impl From<NoAnswer> for std::io::Error {
+    fn from(err: NoAnswer) -> Self {
+        match err {
+            NoAnswer::Failed(failed) => Self::other(failed),
+            hung => Self::new(std::io::ErrorKind::TimedOut, hung),
+        }
+    }
+}
+
+/// Blocking work that may never return — a read of a file on a network
+/// mount that stopped answering — run on the daemon's pool but waited for
+/// only so long, and never started twice under one key while the first
+/// has not returned, so a hung file costs one thread, not one per try.
+#[derive(Debug, Default, Clone)]
+pub struct Unanswered {
+    running: Arc<Mutex<HashSet<String>>>,
+}
+
+impl Unanswered {
+    /// Runs `work` under `key`, waiting at most `timeout` for it.
+    pub async fn run<T, F>(&self, key: &str, timeout: Duration, work: F) -> Result<T, NoAnswer>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        if !self.lock().insert(key.to_owned()) {
+            return Err(NoAnswer::StillRunning(timeout));
+        }
+        // Removes the key when the work returns, or unwinds.
+        struct Done(Arc<Mutex<HashSet<String>>>, String);
+        impl Drop for Done {
+            fn drop(&mut self) {
+                self.0
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(&self.1);
+            }
+        }
+        let done = Done(self.running.clone(), key.to_owned());
+        let handle = spawn(move || {
+            let _done = done;
+            work()
+        });
+        match tokio::time::timeout(timeout, handle).await {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(failed)) => Err(NoAnswer::Failed(failed)),
+            Err(_) => Err(NoAnswer::TimedOut(timeout)),
+        }
+    }
+
+    /// Keys whose work has not returned.
+    pub fn running(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.running.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -80,5 +166,41 @@ mod tests {
             release.send(()).unwrap();
             stuck.await.unwrap().unwrap();
         });
+    }
+
+    /// Work that does not return (a read on a hung mount) is given up on
+    /// after its time, and not started again under its key — one stuck
+    /// thread, not one per rescan — until it returns; other keys run.
+    #[tokio::test]
+    async fn work_that_does_not_return_is_given_up_on_and_not_started_twice() {
+        let unanswered = super::Unanswered::default();
+        let (release, wait) = mpsc::channel::<()>();
+        let wait = std::sync::Mutex::new(wait);
+        let limit = Duration::from_millis(50);
+        let hung = unanswered
+            .run("hung", limit, move || wait.lock().unwrap().recv().is_ok())
+            .await;
+        assert_eq!(
+            hung.unwrap_err().to_string(),
+            "no answer within 50ms (a hung mount?); not tried again until that call returns"
+        );
+        let started = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let again = unanswered
+            .run("hung", limit, {
+                let started = started.clone();
+                move || started.store(true, std::sync::atomic::Ordering::SeqCst)
+            })
+            .await;
+        assert!(matches!(again, Err(super::NoAnswer::StillRunning(_))));
+        assert!(!started.load(std::sync::atomic::Ordering::SeqCst));
+        assert_eq!(unanswered.run("other", limit, || 7).await.unwrap(), 7);
+        assert_eq!(unanswered.running(), 1);
+
+        // Once it returns, the key is free again.
+        release.send(()).unwrap();
+        while unanswered.running() > 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(unanswered.run("hung", limit, || 8).await.unwrap(), 8);
     }
 }

@@ -516,6 +516,14 @@ async fn plugins_rejected_at_start_up_are_counted() {
         })
     };
     assert_eq!(rejected().as_deref(), Some("1"), "{}", text.encode());
+    // The scan is recorded where an alert sees rescans stop.
+    let scanned: i64 = text
+        .encode()
+        .lines()
+        .find_map(|l| l.strip_prefix("todo_eventd_plugin_scan_success_timestamp_seconds "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_default();
+    assert!(scanned > 1_700_000_000, "{scanned}");
     std::fs::remove_file(dir.path().join("junk.wasm")).unwrap();
     registry.rescan().await.unwrap();
     assert_eq!(rejected().as_deref(), Some("0"));
@@ -543,6 +551,108 @@ async fn a_dangling_manifest_link_keeps_the_serving_version() {
     );
     let statuses = registry.statuses();
     assert_eq!(statuses[0].status.as_str(), "active", "{statuses:?}");
+}
+
+/// A compile the machine did not carry to its end (here the compiler is
+/// SIGKILLed, as by the kernel's OOM killer) is no verdict on the files.
+/// They are not compiled again at every rescan, which would run the OOM
+/// killer every 30 s, but after a back-off that doubles; an edit is tried
+/// at once, and the files load once the machine lets them.
+#[tokio::test]
+async fn files_the_machine_could_not_compile_are_tried_again_after_a_back_off() {
+    use std::os::unix::fs::PermissionsExt as _;
+    use todo_eventd::clock::rfc3339;
+    use todo_eventd::plugin::registry::COMPILE_RETRY_FIRST;
+    use todo_eventd::sandbox::Compiler;
+    let tools = tempfile::tempdir().unwrap();
+    let (allowed, tries) = (tools.path().join("allowed"), tools.path().join("tries"));
+    let program = tools.path().join("compiler");
+    std::fs::write(
+        &program,
+        format!(
+            "#!/bin/sh\n[ \"$1\" = compile-component ] || exit 0\necho >> '{}'\n\
+             [ -e '{}' ] && exec '{}' \"$@\"\nkill -9 $$\n",
+            tries.display(),
+            allowed.display(),
+            env!("CARGO_BIN_EXE_todo-eventd"),
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // Another test's fork may hold the new file open for writing for a
+    // moment ("Text file busy"): wait until it runs.
+    while std::process::Command::new(&program).status().is_err() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let compiles = || std::fs::read_to_string(&tries).unwrap_or_default().len();
+    let sandbox = Arc::new(
+        Sandbox::new(SandboxConfig {
+            max_instances: 8,
+            compiler: Some(Compiler {
+                program,
+                memory: "512MiB".parse().unwrap(),
+                timeout: Duration::from_secs(600),
+            }),
+            ..SandboxConfig::default()
+        })
+        .unwrap(),
+    );
+    let start = 1_800_000_000_000;
+    let (clock, hand) = Clock::manual(start);
+    let dir = plugin_dir(&[("echo", TEST_PLUGIN, Some(&mode("echo")))]);
+    let (registry, report) = Registry::open(
+        sandbox,
+        dir.path().to_owned(),
+        Arc::default(),
+        clock.clone(),
+    )
+    .await
+    .unwrap();
+    let [error] = report.rejected.as_slice() else {
+        panic!("{report:?}")
+    };
+    let error = error.to_string();
+    assert!(
+        error.contains("cannot compile now: the compiler was killed, not by its bounds")
+            && error.ends_with("; tried again later"),
+        "{error}"
+    );
+    let first = i64::try_from(COMPILE_RETRY_FIRST.as_millis()).unwrap();
+    let retry_at = |registry: &Registry| registry.statuses()[0].retry_at.clone();
+    assert_eq!(retry_at(&registry), Some(rfc3339(start + first)));
+    assert_eq!(compiles(), 1);
+
+    // Not compiled again before the back-off is over…
+    assert!(registry.rescan().await.unwrap().is_empty());
+    assert_eq!(compiles(), 1);
+    // …then again, failing again: the next wait is twice as long.
+    hand.advance(COMPILE_RETRY_FIRST);
+    assert_eq!(registry.rescan().await.unwrap().rejected.len(), 1);
+    assert_eq!(compiles(), 2);
+    assert_eq!(retry_at(&registry), Some(rfc3339(clock.now() + 2 * first)));
+    hand.advance(COMPILE_RETRY_FIRST);
+    assert!(registry.rescan().await.unwrap().is_empty());
+    assert_eq!(compiles(), 2);
+
+    // An edit is new files: compiled at once, the back-off starting over.
+    let mut manifest = mode("echo");
+    manifest.push_str("\n# edited\n");
+    std::fs::write(dir.path().join("echo.toml"), manifest).unwrap();
+    assert_eq!(registry.rescan().await.unwrap().rejected.len(), 1);
+    assert_eq!(compiles(), 3);
+    assert_eq!(retry_at(&registry), Some(rfc3339(clock.now() + first)));
+
+    // The machine lets the compile finish: the files load when next due.
+    std::fs::write(&allowed, "").unwrap();
+    assert!(registry.rescan().await.unwrap().is_empty());
+    hand.advance(COMPILE_RETRY_FIRST);
+    assert_eq!(registry.rescan().await.unwrap().loaded, ["echo"]);
+    assert_eq!(compiles(), 4);
+    let status = &registry.statuses()[0];
+    assert_eq!(
+        (status.status.as_str(), status.retry_at.as_deref()),
+        ("active", None)
+    );
 }
 
 /// A registry over `dir`, and what its first scan found.

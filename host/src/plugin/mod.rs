@@ -10,6 +10,7 @@ pub mod bundled;
 pub mod health;
 pub mod manifest;
 pub mod registry;
+pub mod stamp;
 pub mod watcher;
 
 use std::collections::BTreeSet;
@@ -22,6 +23,7 @@ use std::time::Duration;
 use self::health::Health;
 use self::manifest::Manifest;
 pub use self::registry::{PluginSet, PluginStatus, Registry};
+use self::stamp::Stamp;
 use crate::files;
 use crate::sandbox::{CallError, HostState, Instance, PluginSpec, Sandbox, ValidateError};
 use crate::telemetry::LogThrottle;
@@ -136,17 +138,32 @@ fn shown(file: &Path) -> String {
     crate::text::escape_control(&file.display().to_string()).into_owned()
 }
 
+/// When files refused for a reason that is not theirs are tried again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// At the next rescan: the instance pool was full, and trying again
+    /// costs next to nothing (the compiled component is cached).
+    NextRescan,
+    /// After a back-off: the machine did not carry the compile to its end,
+    /// and each try may cost a compile's time and memory again.
+    BackOff,
+}
+
 impl LoadError {
-    /// Whether the files may load as they are once the daemon has room
-    /// (the instance pool was full): not a verdict on the files.
-    pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
+    /// Whether, and when, the files may load as they are: `None` for a
+    /// verdict on the files, which stands until they change.
+    pub fn retry(&self) -> Option<Retry> {
+        match self {
             Self::Invalid {
                 source: ValidateError::NoRoom(_),
                 ..
-            }
-        )
+            } => Some(Retry::NextRescan),
+            Self::Invalid {
+                source: ValidateError::CannotCompileNow(_),
+                ..
+            } => Some(Retry::BackOff),
+            _ => None,
+        }
     }
 
     /// The file the error is about.
@@ -274,13 +291,45 @@ pub struct PluginFiles {
     pub manifest: Option<String>,
 }
 
+/// What [`PluginFiles::reread`] found.
+#[derive(Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one per plugin per rescan, moved once"
+)]
+pub enum Reread {
+    /// The files the stamp given was taken of: not read again.
+    Unchanged,
+    /// The files as read (`None`: there is no `NAME.wasm`), and their
+    /// stamp taken just before, if they could be examined.
+    Read(Option<PluginFiles>, Option<Stamp>),
+}
+
 impl PluginFiles {
+    /// Reads the files like [`Self::read`], unless `last` — the stamp
+    /// taken when they were last read — vouches that they have not
+    /// changed since ([`stamp`]).
+    pub fn reread(
+        file: &Path,
+        max_wasm: ByteSize,
+        last: Option<&Stamp>,
+    ) -> Result<Reread, LoadError> {
+        // Taken before reading: a change made meanwhile shows next time.
+        let stamp = Stamp::take(file, &file.with_extension("toml")).ok();
+        if let (Some(last), Some(now)) = (last, &stamp)
+            && last.vouches_for(now)
+        {
+            return Ok(Reread::Unchanged);
+        }
+        Ok(Reread::Read(Self::read(file, max_wasm)?, stamp))
+    }
+
     /// Reads `NAME.wasm` (at most `max_wasm` bytes) and, if present,
     /// `NAME.toml` — regular files only (see [`crate::files`]). `Ok(None)` when
     /// there is no `NAME.wasm`.
     pub fn read(file: &Path, max_wasm: ByteSize) -> Result<Option<Self>, LoadError> {
         let name = plugin_name(file);
-        if !is_name(&name, usize::MAX) {
+        if !is_plugin_name(&name) {
             return Err(LoadError::BadName {
                 file: file.to_owned(),
             });
@@ -454,6 +503,12 @@ where
 
 /// Outputs one manifest may map, at most.
 const MAX_OUTPUTS: usize = 64;
+
+/// Whether `name` may name a plugin: ASCII letters, digits, `.`, `_` or
+/// `-` (the daemon refuses a `NAME.wasm` otherwise).
+pub fn is_plugin_name(name: &str) -> bool {
+    is_name(name, usize::MAX)
+}
 
 /// Whether `name` is 1 to `max` ASCII letters, digits, `.`, `_` or `-`:
 /// the rule for plugin names (unbounded), output names and Kafka topics.

@@ -17,8 +17,10 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use super::{LoadError, Plugin, PluginFiles};
-use crate::clock::{Clock, rfc3339};
+use super::stamp::Stamp;
+use super::{LoadError, Plugin, PluginFiles, Reread, Retry};
+use crate::blocking::Unanswered;
+use crate::clock::{Clock, backoff, rfc3339};
 use crate::sandbox::Sandbox;
 use crate::telemetry::PluginMetrics;
 use crate::text;
@@ -110,11 +112,45 @@ impl ScanReport {
 
 type Fingerprint = (String, Option<String>);
 
+/// The first wait before files the machine could not compile are compiled
+/// again (the fallback rescan's period); it doubles with each failure in a
+/// row, up to [`COMPILE_RETRY_MAX`]. A compile the kernel's OOM killer ends
+/// must not be run again at every rescan.
+pub const COMPILE_RETRY_FIRST: std::time::Duration = super::watcher::FALLBACK_RESCAN;
+/// The longest wait between compiles of unchanged files.
+pub const COMPILE_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(30 * 60);
+
+/// The longest the directory's listing or one plugin's files may take to
+/// read. A read past it (a network mount that stopped answering) is given
+/// up on: the listing fails the rescan, a plugin's files are rejected, and
+/// the read is not started again while it has not returned
+/// ([`crate::blocking::Unanswered`]), so hot reload goes on for the rest.
+pub const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The key the directory's listing is read under (no plugin name holds
+/// a `/`).
+const LISTING: &str = "/";
+
+/// Files the machine could not compile, waiting to be compiled again.
+#[derive(Debug, Clone, Copy)]
+struct Backoff {
+    /// Failures in a row of these files.
+    failures: u32,
+    /// When they are compiled again (at the first rescan from then on).
+    at: Timestamp,
+}
+
 #[derive(Debug)]
 struct Entry {
     file: PathBuf,
     /// The files last tried, so unchanged files are not compiled again.
     fingerprint: Option<Fingerprint>,
+    /// Set when the machine could not compile them: when they are tried
+    /// again.
+    backoff: Option<Backoff>,
+    /// The files' stamp when `fingerprint`'s were read, so unchanged
+    /// files are not read again.
+    stamp: Option<Stamp>,
     /// The version serving.
     plugin: Option<Arc<Plugin>>,
     /// The files of the version serving.
@@ -130,6 +166,8 @@ impl Entry {
         Self {
             file,
             fingerprint: None,
+            backoff: None,
+            stamp: None,
             plugin: None,
             serving: None,
             disabled: false,
@@ -149,6 +187,8 @@ pub struct Registry {
     entries: Mutex<BTreeMap<String, Entry>>,
     /// Serialises scans (compiling happens outside `entries`' lock).
     scanning: tokio::sync::Mutex<()>,
+    /// Reads of the directory given up on that have not returned.
+    reads: Unanswered,
     clock: Clock,
 }
 
@@ -187,6 +227,7 @@ impl Registry {
             })),
             entries: Mutex::new(entries),
             scanning: tokio::sync::Mutex::new(()),
+            reads: Unanswered::default(),
             clock,
         }
     }
@@ -206,6 +247,7 @@ impl Registry {
             feed: watch::Sender::new(Arc::default()),
             entries: Mutex::default(),
             scanning: tokio::sync::Mutex::new(()),
+            reads: Unanswered::default(),
             clock,
         };
         let report = registry.scan(true).await?;
@@ -257,7 +299,7 @@ impl Registry {
                     reloads: entry.reloads,
                     last_error,
                     consecutive_failures: health.consecutive_failures,
-                    retry_at: health.retry_at.map(rfc3339),
+                    retry_at: health.retry_at.or(entry.backoff.map(|b| b.at)).map(rfc3339),
                 }
             })
             .collect()
@@ -275,11 +317,14 @@ impl Registry {
             return Ok(ScanReport::default());
         };
         let _scanning = self.scanning.lock().await;
-        let names = super::blocking({
-            let dir = dir.clone();
-            move || super::plugin_names(&dir)
-        })
-        .await?;
+        let names = self
+            .reads
+            .run(LISTING, READ_TIMEOUT, {
+                let dir = dir.clone();
+                move || super::plugin_names(&dir)
+            })
+            .await
+            .map_err(std::io::Error::from)??;
         let mut report = ScanReport::default();
         let mut changed = false;
         for name in &names {
@@ -320,6 +365,7 @@ impl Registry {
             .filter(|entry| entry.plugin.is_none() && !entry.disabled)
             .count();
         self.metrics.set_rejected(rejected);
+        self.metrics.scanned(self.clock.now());
         Ok(report)
     }
 
@@ -343,18 +389,32 @@ impl Registry {
             }
         };
         let max = sandbox.config().max_component_bytes;
+        // Files last read whole and settled (no compile waiting to be
+        // tried again) are only looked at.
+        let last = lock(&self.entries)
+            .get(name)
+            .filter(|entry| entry.fingerprint.is_some() && entry.backoff.is_none())
+            .and_then(|entry| entry.stamp.clone());
         let read = {
             let file = wasm_file.clone();
-            crate::blocking::spawn(move || PluginFiles::read(&file, max)).await
+            self.reads
+                .run(name, READ_TIMEOUT, move || {
+                    PluginFiles::reread(&file, max, last.as_ref())
+                })
+                .await
         };
-        let files = match read {
-            Ok(Ok(Some(files))) => Ok(files),
-            Ok(Err(err)) => Err(err),
-            Err(join) => Err(LoadError::Io {
-                file: wasm_file.clone(),
-                source: std::io::Error::other(join),
-            }),
-            Ok(Ok(None)) => {
+        let (files, stamp) = match read {
+            Ok(Ok(Reread::Unchanged)) => return false,
+            Ok(Ok(Reread::Read(Some(files), stamp))) => (Ok(files), stamp),
+            Ok(Err(err)) => (Err(err), None),
+            Err(no_answer) => (
+                Err(LoadError::Io {
+                    file: wasm_file.clone(),
+                    source: no_answer.into(),
+                }),
+                None,
+            ),
+            Ok(Ok(Reread::Read(None, _))) => {
                 let mut entries = lock(&self.entries);
                 let entry = entries
                     .entry(name.to_owned())
@@ -364,6 +424,7 @@ impl Registry {
                 let first_seen = entry.last_error.is_none() || entry.plugin.is_some();
                 entry.last_error = Some(message.clone());
                 entry.fingerprint = None;
+                entry.stamp = None;
                 entry.disabled = false;
                 if let Some(old) = entry.plugin.take() {
                     info!(plugin = %name, hash = %old.short_hash(), "Plugin removed (its .wasm is gone).");
@@ -386,7 +447,11 @@ impl Registry {
             let entry = entries
                 .entry(name.to_owned())
                 .or_insert_with(|| Entry::new(wasm_file.clone()));
-            if fingerprint.is_some() && entry.fingerprint == fingerprint {
+            entry.stamp = stamp;
+            if fingerprint.is_some()
+                && entry.fingerprint == fingerprint
+                && entry.backoff.is_none_or(|b| self.clock.now() < b.at)
+            {
                 return false;
             }
             // The serving version's own files are back (a rejected change
@@ -417,9 +482,23 @@ impl Registry {
         let Some(entry) = entries.get_mut(name) else {
             return false;
         };
-        // Files refused only for want of room are tried again next time.
-        entry.fingerprint = match &loaded {
-            Err(error) if error.is_transient() => None,
+        // Files refused only for want of room are tried again next time;
+        // files the machine could not compile, after a back-off.
+        let retry = loaded.as_ref().err().and_then(LoadError::retry);
+        entry.backoff = (retry == Some(Retry::BackOff)).then(|| {
+            let failures = match entry.backoff {
+                Some(b) if entry.fingerprint == fingerprint => b.failures + 1,
+                _ => 1,
+            };
+            let wait = backoff(COMPILE_RETRY_FIRST, failures, COMPILE_RETRY_MAX);
+            let wait = i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
+            Backoff {
+                failures,
+                at: self.clock.now().saturating_add(wait),
+            }
+        });
+        entry.fingerprint = match retry {
+            Some(Retry::NextRescan) => None,
             _ => fingerprint,
         };
         match loaded {
@@ -456,12 +535,14 @@ impl Registry {
                 // The file's text (an import's name, a compiler's message)
                 // is bounded before it is kept, logged or served.
                 let message = text::message(&error.to_string());
+                let retry_at = entry.backoff.map(|b| rfc3339(b.at));
+                let retry_at = retry_at.as_deref();
                 match &entry.plugin {
                     Some(old) => {
-                        warn!(plugin = %name, serving = %old.short_hash(), error = %message, "Plugin change rejected; the previous version keeps serving.")
+                        warn!(plugin = %name, serving = %old.short_hash(), error = %message, retry_at, "Plugin change rejected; the previous version keeps serving.")
                     }
                     None => {
-                        warn!(plugin = %shown, error = %message, "Plugin rejected; the others keep running.")
+                        warn!(plugin = %shown, error = %message, retry_at, "Plugin rejected; the others keep running.")
                     }
                 }
                 count("rejected");

@@ -25,6 +25,12 @@
 //! is killed once its resident memory passes [`Compiler::memory`] or it
 //! runs past [`Compiler::timeout`] ([`in_child`]); the plugin is then
 //! rejected, naming the bound, and the daemon never held the memory.
+//!
+//! Not every failed compile is a verdict on the bytes, though: a child that
+//! cannot be started, is killed by the kernel's OOM killer or runs out of
+//! time on a host busy with something else may compile the same bytes next
+//! time. Those are [`ChildError::Machine`], which the registry tries again
+//! with a back-off instead of refusing the file until it is edited.
 
 // Loading an artifact is `unsafe` in wasmtime: the bytes are executed as
 // native code. The only bytes loaded here are the ones `precompile_component`
@@ -60,6 +66,28 @@ pub struct Compiler {
     pub memory: ByteSize,
     /// The longest it may take.
     pub timeout: Duration,
+}
+
+/// Why a compile in the child failed.
+#[derive(Debug)]
+pub(super) enum ChildError {
+    /// A verdict on the bytes: the compiler refused them, or compiling them
+    /// took more memory than allowed (the same bytes take the same memory).
+    Refused(wasmtime::Error),
+    /// Not a verdict on the bytes: the machine did not carry the compile to
+    /// its end. No process or thread could be started, the compiler was
+    /// killed by something other than its bounds (the kernel's OOM killer),
+    /// its output could not be read, or it ran past its time — wall time,
+    /// which a busy host stretches.
+    Machine(wasmtime::Error),
+}
+
+impl std::fmt::Display for ChildError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Refused(err) | Self::Machine(err) => write!(f, "{err:#}"),
+        }
+    }
 }
 
 /// The settings every engine of the daemon shares, compiled code depends
@@ -126,7 +154,10 @@ impl Drop for Reaped {
 }
 
 /// Compiles `bytes` in a child process within `compiler`'s bounds.
-pub(super) fn in_child(compiler: &Compiler, bytes: &[u8]) -> wasmtime::Result<Vec<u8>> {
+pub(super) fn in_child(compiler: &Compiler, bytes: &[u8]) -> Result<Vec<u8>, ChildError> {
+    let machine = |err: std::io::Error, doing: &str| {
+        ChildError::Machine(wasmtime::format_err!("{doing}: {err}"))
+    };
     let mut command = Command::new(&compiler.program);
     command
         .arg(CHILD_COMMAND)
@@ -144,10 +175,8 @@ pub(super) fn in_child(compiler: &Compiler, bytes: &[u8]) -> wasmtime::Result<Ve
         });
     }
     let mut child = command.spawn().map_err(|err| {
-        wasmtime::format_err!(
-            "cannot start the compiler ({}): {err}",
-            compiler.program.display()
-        )
+        let doing = format!("cannot start the compiler ({})", compiler.program.display());
+        machine(err, &doing)
     })?;
     let pid = child.id();
     let (stdin, stdout, stderr) = (child.stdin.take(), child.stdout.take(), child.stderr.take());
@@ -193,33 +222,40 @@ pub(super) fn in_child(compiler: &Compiler, bytes: &[u8]) -> wasmtime::Result<Ve
         done.store(true, Ordering::Relaxed);
         let breach = watchdog.join().unwrap_or(None);
         std::io::Result::Ok((read.map(|()| artifact), errors, breach))
-    })?;
+    })
+    .map_err(|err| machine(err, "cannot start a thread to watch the compiler"))?;
     let status = match child.0.take() {
-        Some(mut child) => child.wait()?,
-        None => return Err(wasmtime::format_err!("the compiler is gone")),
+        Some(mut child) => child
+            .wait()
+            .map_err(|err| machine(err, "waiting for the compiler"))?,
+        None => {
+            return Err(ChildError::Machine(wasmtime::format_err!(
+                "the compiler is gone"
+            )));
+        }
     };
     match breach {
         Some(Breach::Memory(used)) => {
-            return Err(wasmtime::format_err!(
+            return Err(ChildError::Refused(wasmtime::format_err!(
                 "compiling it took more than {} of memory (at least {}; \
                  sandbox.compile_memory)",
                 compiler.memory,
                 ByteSize(used)
-            ));
+            )));
         }
         Some(Breach::Time) => {
-            return Err(wasmtime::format_err!(
+            return Err(ChildError::Machine(wasmtime::format_err!(
                 "compiling it took longer than {} (sandbox.compile_timeout)",
                 humantime::format_duration(compiler.timeout)
-            ));
+            )));
         }
         None => {}
     }
     if status.signal() == Some(libc::SIGKILL) {
-        return Err(wasmtime::format_err!(
+        return Err(ChildError::Machine(wasmtime::format_err!(
             "the compiler was killed, not by its bounds (out of memory? sandbox.compile_memory \
              must fit in the memory the daemon has)"
-        ));
+        )));
     }
     if !status.success() {
         // Its error comes last (`main` prints it), after any log lines.
@@ -229,12 +265,12 @@ pub(super) fn in_child(compiler: &Compiler, bytes: &[u8]) -> wasmtime::Result<Ve
             Some(at) => &errors[at + "error: ".len()..],
             None => errors.lines().last().unwrap_or_default(),
         };
-        return Err(wasmtime::format_err!(
+        return Err(ChildError::Refused(wasmtime::format_err!(
             "the compiler failed ({status}): {}",
             crate::text::message(error)
-        ));
+        )));
     }
-    output.map_err(|err| wasmtime::format_err!("reading the compiler's output: {err}"))
+    output.map_err(|err| machine(err, "reading the compiler's output"))
 }
 
 /// The last `keep` bytes `reader` gives before it ends (an error message
@@ -327,7 +363,8 @@ mod tests {
                 Err(err) if err.to_string().contains("Text file busy") => {
                     std::thread::sleep(Duration::from_millis(20));
                 }
-                Err(err) => return err.to_string(),
+                Err(ChildError::Refused(err)) => return format!("refused: {err:#}"),
+                Err(ChildError::Machine(err)) => return format!("machine: {err:#}"),
             }
         }
         panic!("the script never ran")
@@ -339,7 +376,7 @@ mod tests {
         let slow = compile_with("exec sleep 600", Duration::from_millis(300));
         assert_eq!(
             slow,
-            "compiling it took longer than 300ms (sandbox.compile_timeout)"
+            "machine: compiling it took longer than 300ms (sandbox.compile_timeout)"
         );
         assert!(
             started.elapsed() < Duration::from_secs(60),
@@ -352,7 +389,7 @@ mod tests {
         // Killed by someone else (the kernel's OOM killer, say).
         let killed = compile_with("kill -9 $$", Duration::from_secs(60));
         assert!(
-            killed.contains("the compiler was killed, not by its bounds"),
+            killed.starts_with("machine: the compiler was killed, not by its bounds"),
             "{killed}"
         );
 
@@ -363,7 +400,7 @@ mod tests {
             Duration::from_secs(60),
         );
         assert!(
-            failed.starts_with("the compiler failed (exit status: 3): ")
+            failed.starts_with("refused: the compiler failed (exit status: 3): ")
                 && failed.ends_with("no such thing"),
             "{failed}"
         );

@@ -170,6 +170,11 @@ pub enum ValidateError {
     /// full: the daemon's capacity, not the file's fault.
     #[error("cannot start now: {0}; tried again at the next rescan")]
     NoRoom(String),
+    /// The machine did not carry the compile to its end (no process to be
+    /// had, the compiler OOM-killed or out of time on a busy host): not a
+    /// verdict on the file, which is tried again with a back-off.
+    #[error("cannot compile now: {0:#}; tried again later")]
+    CannotCompileNow(wasmtime::Error),
 }
 
 /// The engine, linker and cache shared by every plugin in the process.
@@ -326,12 +331,13 @@ impl Sandbox {
         }
         let started = std::time::Instant::now();
         let compiled = match &self.config.compiler {
-            Some(compiler) => compile::in_child(compiler, bytes),
-            None => compile::precompile(&self.wasm_config, bytes),
+            Some(compiler) => compile::in_child(compiler, bytes).map_err(|err| match err {
+                compile::ChildError::Refused(err) => ValidateError::Compile(err),
+                compile::ChildError::Machine(err) => ValidateError::CannotCompileNow(err),
+            }),
+            None => compile::precompile(&self.wasm_config, bytes).map_err(ValidateError::Compile),
         };
-        let component = compiled
-            .map_err(ValidateError::Compile)
-            .and_then(|artifact| {
+        let component = compiled.and_then(|artifact| {
                 tracing::debug!(hash = %&hash[..12], elapsed = ?started.elapsed(), "Compiled component.");
                 self.load_compiled(&hash, &artifact)
             });

@@ -68,6 +68,8 @@ pub struct PluginMetrics {
     quarantined: Family<PluginLabels, Gauge>,
     /// Plugin names whose files were rejected with no version serving.
     rejected: Gauge,
+    /// Unix time (s) of the last scan that listed the plugins directory.
+    scanned_at: Gauge,
     quarantines: Family<PluginLabels, Counter>,
     skipped: Family<PluginLabels, Counter>,
     reloads: Family<ReloadLabels, Counter>,
@@ -91,6 +93,7 @@ impl Default for PluginMetrics {
             memory_high_water: Family::default(),
             quarantined: Family::default(),
             rejected: Gauge::default(),
+            scanned_at: Gauge::default(),
             quarantines: Family::default(),
             skipped: Family::default(),
             reloads: Family::default(),
@@ -198,6 +201,11 @@ impl PluginMetrics {
     /// serving because their files were rejected.
     pub fn set_rejected(&self, names: usize) {
         self.rejected.set(i64::try_from(names).unwrap_or(i64::MAX));
+    }
+
+    /// Records a scan that listed the plugins directory, at `now` (ms).
+    pub fn scanned(&self, now: i64) {
+        self.scanned_at.set(now / 1000);
     }
 
     /// Sets whether `plugin` is quarantined; entering counts a quarantine.
@@ -350,6 +358,11 @@ impl PluginMetrics {
             "plugins_rejected",
             "Plugin names in the directory with no version serving because their files were rejected (at start-up too)",
             self.rejected.clone(),
+        );
+        registry.register(
+            "plugin_scan_success_timestamp_seconds",
+            "Unix time of the last scan that listed the plugins directory (the watcher rescans at least every 30 s; 0 without a directory)",
+            self.scanned_at.clone(),
         );
         registry.register(
             "plugin_quarantined",
