@@ -416,11 +416,13 @@ async fn execute(cli: Cli) -> Result<ExitCode> {
         }
         Command::Plugins(PluginsCommand::Build { dir, out }) => {
             // Tools installed on first use live beside the component cache
-            // (like the test suite's broker).
-            let tools = cache_root.unwrap_or_else(|| std::env::temp_dir().join("todo-eventd"));
-            let built = crate::blocking::spawn(move || kit::build(&dir, out.as_deref(), &tools))
-                .await
-                .context("the build task failed")??;
+            // (like the test suite's broker). Never in a shared temporary
+            // directory: whoever may write there picks the program run.
+            let tools = cache_root;
+            let built =
+                crate::blocking::spawn(move || kit::build(&dir, out.as_deref(), tools.as_deref()))
+                    .await
+                    .context("the build task failed")??;
             let mut stdout = std::io::stdout().lock();
             writeln!(stdout, "built {}", built.name)?;
             writeln!(stdout, "wrote {}", built.wasm.display())?;

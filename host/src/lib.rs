@@ -37,6 +37,7 @@ pub mod lines;
 pub mod offline;
 pub mod pipeline;
 pub mod plugin;
+pub mod private_dir;
 pub mod sandbox;
 pub mod state;
 pub mod telemetry;

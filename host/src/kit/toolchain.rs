@@ -1,8 +1,12 @@
 //! `plugins build`: a project directory in, `NAME.wasm` + `NAME.toml` out.
 //!
-//! The project's manifest is its one `*.toml` besides `Cargo.toml` and
-//! `pyproject.toml`; its stem names the plugin. A `Cargo.toml` makes it a
-//! Rust project, an `app.py` a Python one.
+//! The project's manifest is its one `*.toml` besides the build tools'
+//! own (`Cargo.toml`, `pyproject.toml`, `rust-toolchain.toml`, …) and
+//! hidden files; its stem names the plugin and must be a name the daemon
+//! takes. A `Cargo.toml` makes it a Rust project, an `app.py` a Python one.
+//! Both files are written beside their final names and renamed into place,
+//! the manifest first, so a daemon watching the output directory never
+//! reads half a file.
 
 use std::ffi::OsStr;
 use std::os::unix::fs::PermissionsExt;
@@ -31,10 +35,27 @@ pub struct Built {
     pub manifest: PathBuf,
 }
 
+/// Configuration files of build tools, never a plugin's manifest.
+const TOOL_CONFIGS: &[&str] = &[
+    "Cargo.toml",
+    "pyproject.toml",
+    "rust-toolchain.toml",
+    "rustfmt.toml",
+    "clippy.toml",
+    "deny.toml",
+    "Cross.toml",
+    "ruff.toml",
+    "taplo.toml",
+    "typos.toml",
+    "_typos.toml",
+];
+
 /// Builds the project in `dir` into `out` (default `dir/dist`). `tools`
 /// is where tools installed on first use live (componentize-py's
-/// virtualenv).
-pub fn build(dir: &Path, out: Option<&Path>, tools: &Path) -> Result<Built, KitError> {
+/// virtualenv): a directory of this user's alone
+/// ([`crate::private_dir`]), since they are run from there. Without one
+/// (no `HOME`, no cache directory) a Python project is refused.
+pub fn build(dir: &Path, out: Option<&Path>, tools: Option<&Path>) -> Result<Built, KitError> {
     let not_a_project = |message: String| KitError::NotAProject {
         dir: dir.to_owned(),
         message,
@@ -43,7 +64,14 @@ pub fn build(dir: &Path, out: Option<&Path>, tools: &Path) -> Result<Built, KitE
     let name = manifest
         .file_stem()
         .and_then(OsStr::to_str)
-        .ok_or_else(|| not_a_project("the manifest's name is not UTF-8".into()))?
+        .filter(|name| crate::plugin::is_plugin_name(name))
+        .ok_or_else(|| {
+            not_a_project(format!(
+                "{}: the manifest's name names the plugin, and plugin names may only contain \
+                 letters, digits, '-', '_' and '.'",
+                crate::text::escape_control(&manifest.display().to_string())
+            ))
+        })?
         .to_owned();
     let out = out.map_or_else(|| dir.join("dist"), Path::to_owned);
     std::fs::create_dir_all(&out).map_err(KitError::io(&out))?;
@@ -62,11 +90,13 @@ pub fn build(dir: &Path, out: Option<&Path>, tools: &Path) -> Result<Built, KitE
     // Readable by a daemon running as another user.
     std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o644))
         .map_err(KitError::io(&staged))?;
-    std::fs::rename(&staged, &wasm).map_err(KitError::io(&wasm))?;
     let copied = out.join(format!("{name}.toml"));
     if copied != manifest {
-        std::fs::copy(&manifest, &copied).map_err(KitError::io(&copied))?;
+        let staged_manifest = out.join(format!(".{name}.toml.part"));
+        std::fs::copy(&manifest, &staged_manifest).map_err(KitError::io(&staged_manifest))?;
+        std::fs::rename(&staged_manifest, &copied).map_err(KitError::io(&copied))?;
     }
+    std::fs::rename(&staged, &wasm).map_err(KitError::io(&wasm))?;
     Ok(Built {
         name,
         wasm,
@@ -82,7 +112,8 @@ fn find_manifest(dir: &Path) -> Result<PathBuf, KitError> {
         let path = entry.map_err(KitError::io(dir))?.path();
         let file = path.file_name().and_then(OsStr::to_str).unwrap_or_default();
         if file.ends_with(".toml")
-            && !matches!(file, "Cargo.toml" | "pyproject.toml")
+            && !file.starts_with('.')
+            && !TOOL_CONFIGS.contains(&file)
             && path.is_file()
         {
             found.push(path);
@@ -202,7 +233,12 @@ fn ensure_rust_target(dir: &Path) -> Result<(), KitError> {
 }
 
 /// Builds a Python project with componentize-py into `out`.
-fn build_python(dir: &Path, out: &Path, tools: &Path) -> Result<(), KitError> {
+fn build_python(dir: &Path, out: &Path, tools: Option<&Path>) -> Result<(), KitError> {
+    let tools = tools.ok_or_else(|| KitError::Tool {
+        tool: "componentize-py",
+        message: "no directory to install it in: set HOME or XDG_CACHE_HOME, or pass --cache-dir"
+            .into(),
+    })?;
     let componentize = componentize_py(tools)?;
     let scratch = tempfile::tempdir().map_err(KitError::io(std::env::temp_dir()))?;
     let wit = scratch.path().join("wit");
@@ -232,10 +268,30 @@ fn build_python(dir: &Path, out: &Path, tools: &Path) -> Result<(), KitError> {
 fn componentize_py(tools: &Path) -> Result<PathBuf, KitError> {
     let venv = tools.join(format!("componentize-py-{COMPONENTIZE_PY_VERSION}"));
     let bin = venv.join("bin").join("componentize-py");
+    // Whoever may write `tools` chooses the program run as `bin`.
+    match crate::private_dir::open(tools) {
+        Ok(None) => {}
+        Ok(Some(tightened)) => eprintln!(
+            "took group and other write permission away from {} ({:04o} to {:04o}): programs are run from it",
+            tools.display(),
+            tightened.from,
+            tightened.to
+        ),
+        Err(err) => {
+            return Err(KitError::Tool {
+                tool: "componentize-py",
+                message: format!(
+                    "tools directory {}: {err}; componentize-py is run from it, so it must belong \
+                     to this user (or root) and be writable by its owner only (`chmod go-w`, or \
+                     pass another --cache-dir)",
+                    tools.display()
+                ),
+            });
+        }
+    }
     if bin.is_file() {
         return Ok(bin);
     }
-    std::fs::create_dir_all(tools).map_err(KitError::io(tools))?;
     eprintln!(
         "installing componentize-py {COMPONENTIZE_PY_VERSION} into {} (first use)",
         venv.display()
@@ -264,4 +320,99 @@ fn componentize_py(tools: &Path) -> Result<PathBuf, KitError> {
         return Err(err);
     }
     Ok(bin)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn project(files: &[&str]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("temp dir");
+        for file in files {
+            std::fs::write(dir.path().join(file), "").expect("write");
+        }
+        dir
+    }
+
+    fn refusal(dir: &Path, tools: Option<&Path>) -> String {
+        match build(dir, None, tools) {
+            Ok(built) => panic!("built {built:?}"),
+            Err(err) => err.to_string(),
+        }
+    }
+
+    #[test]
+    fn the_manifest_is_the_one_toml_no_tool_owns_and_names_a_plugin() {
+        let dir = project(&[
+            "echo.toml",
+            "Cargo.toml",
+            "rust-toolchain.toml",
+            "clippy.toml",
+            ".rustfmt.toml",
+        ]);
+        assert_eq!(
+            find_manifest(dir.path()).expect("found"),
+            dir.path().join("echo.toml")
+        );
+
+        let dir = project(&["echo.toml", "other.toml"]);
+        let refused = refusal(dir.path(), None);
+        assert!(refused.contains("more than one manifest"), "{refused}");
+
+        // A stem the daemon would refuse as a plugin name is refused here,
+        // before anything is built.
+        let dir = project(&["my plugin.toml", "Cargo.toml"]);
+        let refused = refusal(dir.path(), None);
+        assert!(
+            refused.contains("my plugin.toml: the manifest's name names the plugin"),
+            "{refused}"
+        );
+    }
+
+    #[test]
+    fn tools_are_run_only_from_a_directory_of_this_users_alone() {
+        // No place for tools (no HOME): a Python project is refused, not
+        // built with tools from a shared temporary directory.
+        let dir = project(&["echo.toml", "app.py"]);
+        let refused = refusal(dir.path(), None);
+        assert!(
+            refused.contains("componentize-py: no directory to install it in"),
+            "{refused}"
+        );
+
+        let root = tempfile::tempdir().expect("temp dir");
+        let tools = root.path().join("tools");
+        let bin = tools
+            .join(format!("componentize-py-{COMPONENTIZE_PY_VERSION}"))
+            .join("bin");
+        std::fs::create_dir_all(&bin).expect("mkdir");
+        std::fs::write(bin.join("componentize-py"), "").expect("write");
+        let mode = |path: &Path| {
+            use std::os::unix::fs::MetadataExt as _;
+            std::fs::metadata(path).expect("stat").mode() & 0o7777
+        };
+        // Ours but open to others: closed, then used.
+        std::fs::set_permissions(&tools, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        assert_eq!(
+            componentize_py(&tools).expect("ours"),
+            bin.join("componentize-py")
+        );
+        assert_eq!(mode(&tools), 0o755);
+
+        // Another user's (only root can make one to test with): refused
+        // before anything in it is run, and left as it is.
+        if crate::private_dir::euid() == 0 {
+            std::os::unix::fs::chown(&tools, Some(12_345), None).expect("chown");
+            std::fs::set_permissions(&tools, std::fs::Permissions::from_mode(0o777))
+                .expect("chmod");
+            let refused = componentize_py(&tools)
+                .expect_err("another user's")
+                .to_string();
+            assert!(
+                refused.contains("belongs to uid 12345") && refused.contains("chmod go-w"),
+                "{refused}"
+            );
+            assert_eq!(mode(&tools), 0o777);
+        }
+    }
 }

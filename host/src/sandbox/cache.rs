@@ -32,15 +32,17 @@
 // directory no other user can write (checked in `open` and per entry).
 #![allow(unsafe_code)]
 
-use std::fs::{DirBuilder, File, Metadata, Permissions};
+use std::fs::{File, Metadata};
 use std::hash::{Hash, Hasher};
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use wasmtime::Engine;
 use wasmtime::component::Component;
+
+use crate::private_dir::{self, NotPrivate, Tightened, unsafe_because};
 
 /// The most the cache directory's entries may hold together.
 pub const MAX_CACHE_BYTES: u64 = 1 << 30;
@@ -83,69 +85,21 @@ pub enum UntrustedCache {
     },
 }
 
-/// What makes `what` (a directory or an entry, with metadata `meta`) unsafe
-/// to load code from, if anything: another user owns it, or its group or
-/// others may write to it.
-fn unsafe_because(what: &str, meta: &Metadata) -> Option<String> {
-    let uid = euid();
-    let mode = meta.mode() & 0o7777;
-    if meta.uid() != uid && meta.uid() != 0 {
-        Some(format!(
-            "{what} belongs to uid {}, not to this process's user ({uid}) or root",
-            meta.uid()
-        ))
-    } else if mode & 0o022 != 0 {
-        Some(format!(
-            "{what} is writable by its group or others (mode {mode:04o})"
-        ))
-    } else {
-        None
-    }
-}
-
-/// This process's effective user id.
-fn euid() -> u32 {
-    // SAFETY: `geteuid` has no preconditions and cannot fail.
-    unsafe { libc::geteuid() }
-}
-
-/// Creates `dir` (and any missing parents) readable by its owner only.
-fn create_private(dir: &Path) -> std::io::Result<()> {
-    DirBuilder::new().recursive(true).mode(0o700).create(dir)
-}
-
 impl ComponentCache {
     /// The cache in `dir` for components compiled by `engine`: `dir` is
     /// created (`0700`) if missing, and refused unless it belongs to this
     /// process's user (or root) and only its owner may write to it.
     pub fn open(dir: PathBuf, engine: &Engine) -> Result<Self, UntrustedCache> {
-        let io = |source| UntrustedCache::Io {
-            dir: dir.clone(),
-            source,
-        };
-        match create_private(&dir) {
-            // Something other than a directory is there: said below.
-            Err(err) if err.kind() != std::io::ErrorKind::AlreadyExists => return Err(io(err)),
-            _ => {}
-        }
-        let meta = std::fs::metadata(&dir).map_err(io)?;
-        if !meta.is_dir() {
-            let why = "it is not a directory".to_owned();
-            return Err(UntrustedCache::Unsafe { dir, why });
-        }
-        let mode = meta.mode() & 0o7777;
-        if meta.uid() == euid() && mode & 0o022 != 0 {
-            // Ours, opened up (a umask of 002, a volume's group): close it.
-            let tightened = mode & !0o022;
-            std::fs::set_permissions(&dir, Permissions::from_mode(tightened)).map_err(io)?;
-            tracing::warn!(
+        match private_dir::open(&dir) {
+            Ok(None) => {}
+            Ok(Some(Tightened { from, to })) => tracing::warn!(
                 dir = %dir.display(),
-                from = %format_args!("{mode:04o}"),
-                to = %format_args!("{tightened:04o}"),
+                from = %format_args!("{from:04o}"),
+                to = %format_args!("{to:04o}"),
                 "Took group and other write permission away from the compiled-component cache: its entries run as native code."
-            );
-        } else if let Some(why) = unsafe_because("it", &meta) {
-            return Err(UntrustedCache::Unsafe { dir, why });
+            ),
+            Err(NotPrivate::Io(source)) => return Err(UntrustedCache::Io { dir, source }),
+            Err(NotPrivate::Unsafe(why)) => return Err(UntrustedCache::Unsafe { dir, why }),
         }
         Ok(Self::with_limit(dir, engine, MAX_CACHE_BYTES))
     }
@@ -291,7 +245,7 @@ impl ComponentCache {
     }
 
     fn try_store(&self, content_hash: &str, artifact: &[u8]) -> anyhow::Result<()> {
-        create_private(&self.dir)?;
+        private_dir::create(&self.dir)?;
         let mut tmp = tempfile::NamedTempFile::new_in(&self.dir)?;
         tmp.write_all(artifact)?;
         tmp.as_file().sync_all()?;
@@ -349,6 +303,9 @@ impl ComponentCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::private_dir::euid;
+    use std::fs::Permissions;
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 
     fn age(path: &Path, seconds_ago: u64) {
         let then = std::time::SystemTime::now() - std::time::Duration::from_secs(seconds_ago);
