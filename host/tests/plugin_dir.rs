@@ -655,6 +655,43 @@ async fn files_the_machine_could_not_compile_are_tried_again_after_a_back_off() 
     );
 }
 
+/// A flood of stray names in the plugins directory is held to the number
+/// the registry tracks: the new names past it are ignored (and counted
+/// where an alert sees them), and a plugin serving is never pushed out by
+/// names that sort before it.
+#[tokio::test]
+async fn a_flood_of_names_is_held_to_the_bound_and_never_evicts_a_plugin() {
+    use todo_eventd::plugin::registry::MAX_NAMES;
+    let dir = plugin_dir(&[("zz-echo", TEST_PLUGIN, Some(&mode("echo")))]);
+    let metrics = Arc::new(PluginMetrics::default());
+    let (registry, report) = open_registry(sandbox(), dir.path(), metrics.clone()).await;
+    assert_eq!(report.loaded, ["zz-echo"]);
+    let flood = MAX_NAMES + 10;
+    for i in 0..flood {
+        std::fs::write(dir.path().join(format!("a{i:05}.toml")), "").unwrap();
+    }
+    registry.rescan().await.unwrap();
+    let statuses = registry.statuses();
+    assert_eq!(statuses.len(), MAX_NAMES);
+    let echo = statuses
+        .iter()
+        .find(|s| s.name == "zz-echo")
+        .expect("still tracked");
+    assert_eq!(echo.status.as_str(), "active");
+    assert_eq!(registry.current().plugins.len(), 1);
+    let text = Telemetry {
+        plugins: metrics,
+        ..Default::default()
+    };
+    let rejected = text.encode().lines().find_map(|l| {
+        l.strip_prefix("todo_eventd_plugins_rejected ")
+            .map(str::to_owned)
+    });
+    // Every stray name counts: the tracked ones as rejected, the rest as
+    // ignored.
+    assert_eq!(rejected, Some(flood.to_string()));
+}
+
 /// A registry over `dir`, and what its first scan found.
 async fn open_registry(
     sandbox: Arc<Sandbox>,

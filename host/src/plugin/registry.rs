@@ -9,7 +9,7 @@
 //! pick it up between records, so an event is handled entirely by one
 //! version.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -126,6 +126,13 @@ pub const COMPILE_RETRY_MAX: std::time::Duration = std::time::Duration::from_sec
 /// the read is not started again while it has not returned
 /// ([`crate::blocking::Unanswered`]), so hot reload goes on for the rest.
 pub const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The most plugin names the registry tracks. Each costs a look at its
+/// files per rescan, an entry in `/plugins` and metric series; a directory
+/// holding more (a flood of stray files) has its new names ignored, loudly,
+/// while every name tracked already — above all each plugin serving —
+/// stays tracked.
+pub const MAX_NAMES: usize = 1024;
 
 /// The key the directory's listing is read under (no plugin name holds
 /// a `/`).
@@ -325,6 +332,15 @@ impl Registry {
             })
             .await
             .map_err(std::io::Error::from)??;
+        let (names, ignored) = self.admit(names);
+        if ignored > 0 {
+            warn!(
+                dir = %dir.display(),
+                ignored,
+                max = MAX_NAMES,
+                "The plugins directory holds more plugin names than the daemon tracks; new names are ignored until others are removed."
+            );
+        }
         let mut report = ScanReport::default();
         let mut changed = false;
         for name in &names {
@@ -364,9 +380,25 @@ impl Registry {
             .values()
             .filter(|entry| entry.plugin.is_none() && !entry.disabled)
             .count();
-        self.metrics.set_rejected(rejected);
+        self.metrics.set_rejected(rejected + ignored);
         self.metrics.scanned(self.clock.now());
         Ok(report)
+    }
+
+    /// The names of `listed` to scan, at most [`MAX_NAMES`]: every name
+    /// tracked already, then new ones in order; and how many were left out.
+    fn admit(&self, listed: BTreeSet<String>) -> (BTreeSet<String>, usize) {
+        if listed.len() <= MAX_NAMES {
+            return (listed, 0);
+        }
+        let entries = lock(&self.entries);
+        let (mut admitted, new): (BTreeSet<String>, BTreeSet<String>) = listed
+            .into_iter()
+            .partition(|name| entries.contains_key(name));
+        let room = MAX_NAMES.saturating_sub(admitted.len());
+        let ignored = new.len().saturating_sub(room);
+        admitted.extend(new.into_iter().take(room));
+        (admitted, ignored)
     }
 
     /// Brings one name up to date; returns whether the plugin serving
