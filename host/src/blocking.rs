@@ -59,6 +59,10 @@ pub enum NoAnswer {
         humantime::format_duration(*.0)
     )]
     StillRunning(Duration),
+    /// [`MAX_UNANSWERED`] pieces of work have not returned: no more are
+    /// started until some do.
+    #[error("{0} calls have not returned (a hung mount?); no more are started until they do")]
+    TooMany(usize),
     /// The work panicked.
     #[error("the call failed: {0}")]
     Failed(#[from] tokio::task::JoinError),
@@ -73,10 +77,16 @@ impl From<NoAnswer> for std::io::Error {
     }
 }
 
+/// The most pieces of work one [`Unanswered`] leaves running past their
+/// time: the daemon's pool (512 threads) must keep threads for commits,
+/// restores and leaving the group whatever a mount does.
+pub const MAX_UNANSWERED: usize = 16;
+
 /// Blocking work that may never return — a read of a file on a network
 /// mount that stopped answering — run on the daemon's pool but waited for
 /// only so long, and never started twice under one key while the first
-/// has not returned, so a hung file costs one thread, not one per try.
+/// has not returned, so a hung file costs one thread, not one per try, and
+/// all of them together at most [`MAX_UNANSWERED`].
 #[derive(Debug, Default, Clone)]
 pub struct Unanswered {
     running: Arc<Mutex<HashSet<String>>>,
@@ -89,8 +99,15 @@ impl Unanswered {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        if !self.lock().insert(key.to_owned()) {
-            return Err(NoAnswer::StillRunning(timeout));
+        {
+            let mut running = self.lock();
+            if running.contains(key) {
+                return Err(NoAnswer::StillRunning(timeout));
+            }
+            if running.len() >= MAX_UNANSWERED {
+                return Err(NoAnswer::TooMany(running.len()));
+            }
+            running.insert(key.to_owned());
         }
         // Removes the key when the work returns, or unwinds.
         struct Done(Arc<Mutex<HashSet<String>>>, String);
@@ -195,6 +212,25 @@ mod tests {
         assert!(!started.load(std::sync::atomic::Ordering::SeqCst));
         assert_eq!(unanswered.run("other", limit, || 7).await.unwrap(), 7);
         assert_eq!(unanswered.running(), 1);
+
+        // Stuck work holds at most MAX_UNANSWERED threads in all.
+        let (release_all, wait_all) = mpsc::channel::<()>();
+        let wait_all = std::sync::Arc::new(std::sync::Mutex::new(wait_all));
+        for i in 1..super::MAX_UNANSWERED {
+            let wait = wait_all.clone();
+            let stuck = unanswered
+                .run(&format!("stuck-{i}"), limit, move || {
+                    let _ = wait.lock().unwrap().recv();
+                })
+                .await;
+            assert!(matches!(stuck, Err(super::NoAnswer::TimedOut(_))));
+        }
+        let refused = unanswered.run("one-more", limit, || 9).await;
+        assert!(
+            matches!(refused, Err(super::NoAnswer::TooMany(16))),
+            "{refused:?}"
+        );
+        drop(release_all);
 
         // Once it returns, the key is free again.
         release.send(()).unwrap();

@@ -474,11 +474,19 @@ fn this_program() -> Option<PathBuf> {
     None
 }
 
+/// `$XDG_CACHE_HOME/todo-eventd` or `~/.cache/todo-eventd`. A variable
+/// that is empty or not an absolute path is ignored (as the XDG spec
+/// says): it would put the cache, whose programs are run, wherever the
+/// daemon happens to be started.
 fn default_cache_dir() -> Option<PathBuf> {
-    std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .map(|d| d.join("todo-eventd"))
+    let absolute = |var: &str| {
+        std::env::var_os(var)
+            .map(PathBuf::from)
+            .filter(|path| path.is_absolute())
+    };
+    absolute("XDG_CACHE_HOME")
+        .or_else(|| absolute("HOME").map(|home| home.join(".cache")))
+        .map(|dir| dir.join("todo-eventd"))
 }
 
 async fn load(sandbox: &Arc<Sandbox>, dir: &Path) -> Result<LoadReport> {

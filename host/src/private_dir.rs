@@ -37,15 +37,7 @@ pub struct Tightened {
 /// Makes sure `dir` is this user's alone (see the module comment). Returns
 /// the change of mode made, if one was.
 pub fn open(dir: &Path) -> Result<Option<Tightened>, NotPrivate> {
-    match create(dir) {
-        // Something other than a directory is there: said below.
-        Err(err) if err.kind() != io::ErrorKind::AlreadyExists => return Err(err.into()),
-        _ => {}
-    }
-    let meta = std::fs::metadata(dir)?;
-    if !meta.is_dir() {
-        return Err(NotPrivate::Unsafe("it is not a directory".to_owned()));
-    }
+    let meta = made(dir)?;
     let mode = meta.mode() & 0o7777;
     if meta.uid() == euid() && mode & 0o022 != 0 {
         let to = mode & !0o022;
@@ -56,6 +48,30 @@ pub fn open(dir: &Path) -> Result<Option<Tightened>, NotPrivate> {
         Some(why) => Err(NotPrivate::Unsafe(why)),
         None => Ok(None),
     }
+}
+
+/// Like [`open`], but a directory opened up to others is refused rather
+/// than closed: what it holds may have been put there meanwhile, so
+/// closing it would not make it safe to run from.
+pub fn open_strict(dir: &Path) -> Result<(), NotPrivate> {
+    match unsafe_because("it", &made(dir)?) {
+        Some(why) => Err(NotPrivate::Unsafe(why)),
+        None => Ok(()),
+    }
+}
+
+/// `dir`'s metadata, the directory created first if missing.
+fn made(dir: &Path) -> Result<Metadata, NotPrivate> {
+    match create(dir) {
+        // Something other than a directory is there: said below.
+        Err(err) if err.kind() != io::ErrorKind::AlreadyExists => return Err(err.into()),
+        _ => {}
+    }
+    let meta = std::fs::metadata(dir)?;
+    if !meta.is_dir() {
+        return Err(NotPrivate::Unsafe("it is not a directory".to_owned()));
+    }
+    Ok(meta)
 }
 
 /// Creates `dir` (and any missing parents) for its owner only.

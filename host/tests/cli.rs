@@ -532,3 +532,31 @@ fn an_instance_pool_the_machine_refuses_names_its_settings() {
         "{stderr}"
     );
 }
+
+/// With no cache directory given and `XDG_CACHE_HOME`/`HOME` empty or
+/// relative, a Python build has nowhere safe to install its tools: it
+/// stops, rather than install and run them from the working directory or
+/// a shared temporary one.
+#[test]
+fn a_python_build_without_a_private_tools_directory_stops() {
+    let project = tempfile::tempdir().unwrap();
+    std::fs::write(project.path().join("app.py"), "").unwrap();
+    std::fs::write(project.path().join("audit.toml"), "").unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let out = command_for_the_daemon(env!("CARGO_BIN_EXE_todo-eventd"), cache.path())
+        .env_remove("TODO_EVENTD_CACHE_DIR")
+        .env("XDG_CACHE_HOME", "relative/cache")
+        .env("HOME", "")
+        .current_dir(project.path())
+        .args(["plugins", "build", "."])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("componentize-py: no directory to install it in"),
+        "{stderr}"
+    );
+    assert!(!project.path().join("relative").exists());
+    assert!(!project.path().join("todo-eventd").exists());
+}

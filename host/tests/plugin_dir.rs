@@ -556,13 +556,14 @@ async fn a_dangling_manifest_link_keeps_the_serving_version() {
 /// A compile the machine did not carry to its end (here the compiler is
 /// SIGKILLed, as by the kernel's OOM killer) is no verdict on the files.
 /// They are not compiled again at every rescan, which would run the OOM
-/// killer every 30 s, but after a back-off that doubles; an edit is tried
-/// at once, and the files load once the machine lets them.
+/// killer every 30 s, but after a back-off that doubles, and not after the
+/// third failure in a row; an edit is tried at once, and the files load
+/// once the machine lets them.
 #[tokio::test]
 async fn files_the_machine_could_not_compile_are_tried_again_after_a_back_off() {
     use std::os::unix::fs::PermissionsExt as _;
     use todo_eventd::clock::rfc3339;
-    use todo_eventd::plugin::registry::COMPILE_RETRY_FIRST;
+    use todo_eventd::plugin::registry::{COMPILE_RETRY_FIRST, COMPILE_TRIES};
     use todo_eventd::sandbox::Compiler;
     let tools = tempfile::tempdir().unwrap();
     let (allowed, tries) = (tools.path().join("allowed"), tools.path().join("tries"));
@@ -613,13 +614,18 @@ async fn files_the_machine_could_not_compile_are_tried_again_after_a_back_off() 
     };
     let error = error.to_string();
     assert!(
-        error.contains("cannot compile now: the compiler was killed, not by its bounds")
-            && error.ends_with("; tried again later"),
+        error.contains("cannot compile now: the compiler was killed, not by its bounds"),
         "{error}"
     );
     let first = i64::try_from(COMPILE_RETRY_FIRST.as_millis()).unwrap();
     let retry_at = |registry: &Registry| registry.statuses()[0].retry_at.clone();
     assert_eq!(retry_at(&registry), Some(rfc3339(start + first)));
+    let last_error = |registry: &Registry| registry.statuses()[0].last_error.clone();
+    let shown = last_error(&registry).unwrap_or_default();
+    assert!(
+        shown.ends_with(&format!("; tried again at {}", rfc3339(start + first))),
+        "{shown}"
+    );
     assert_eq!(compiles(), 1);
 
     // Not compiled again before the back-off is over…
@@ -633,13 +639,27 @@ async fn files_the_machine_could_not_compile_are_tried_again_after_a_back_off() 
     hand.advance(COMPILE_RETRY_FIRST);
     assert!(registry.rescan().await.unwrap().is_empty());
     assert_eq!(compiles(), 2);
+    // The third failure in a row stands: not compiled again, however long
+    // the files stay as they are.
+    hand.advance(COMPILE_RETRY_FIRST);
+    assert_eq!(registry.rescan().await.unwrap().rejected.len(), 1);
+    assert_eq!(compiles(), COMPILE_TRIES as usize);
+    assert_eq!(retry_at(&registry), None);
+    let shown = last_error(&registry).unwrap_or_default();
+    assert!(
+        shown.ends_with("; 3 tries in a row, not tried again until the files change"),
+        "{shown}"
+    );
+    hand.advance(Duration::from_secs(24 * 3600));
+    assert!(registry.rescan().await.unwrap().is_empty());
+    assert_eq!(compiles(), 3);
 
     // An edit is new files: compiled at once, the back-off starting over.
     let mut manifest = mode("echo");
     manifest.push_str("\n# edited\n");
     std::fs::write(dir.path().join("echo.toml"), manifest).unwrap();
     assert_eq!(registry.rescan().await.unwrap().rejected.len(), 1);
-    assert_eq!(compiles(), 3);
+    assert_eq!(compiles(), 4);
     assert_eq!(retry_at(&registry), Some(rfc3339(clock.now() + first)));
 
     // The machine lets the compile finish: the files load when next due.
@@ -647,7 +667,7 @@ async fn files_the_machine_could_not_compile_are_tried_again_after_a_back_off() 
     assert!(registry.rescan().await.unwrap().is_empty());
     hand.advance(COMPILE_RETRY_FIRST);
     assert_eq!(registry.rescan().await.unwrap().loaded, ["echo"]);
-    assert_eq!(compiles(), 4);
+    assert_eq!(compiles(), 5);
     let status = &registry.statuses()[0];
     assert_eq!(
         (status.status.as_str(), status.retry_at.as_deref()),
@@ -657,8 +677,8 @@ async fn files_the_machine_could_not_compile_are_tried_again_after_a_back_off() 
 
 /// A flood of stray names in the plugins directory is held to the number
 /// the registry tracks: the new names past it are ignored (and counted
-/// where an alert sees them), and a plugin serving is never pushed out by
-/// names that sort before it.
+/// where an alert sees them), and a plugin is never pushed out by names
+/// that sort before it, serving or at a start.
 #[tokio::test]
 async fn a_flood_of_names_is_held_to_the_bound_and_never_evicts_a_plugin() {
     use todo_eventd::plugin::registry::MAX_NAMES;
@@ -690,6 +710,11 @@ async fn a_flood_of_names_is_held_to_the_bound_and_never_evicts_a_plugin() {
     // Every stray name counts: the tracked ones as rejected, the rest as
     // ignored.
     assert_eq!(rejected, Some(flood.to_string()));
+
+    // A daemon starting among the flood takes names with a `.wasm` first.
+    let (restarted, report) = open_registry(sandbox(), dir.path(), Arc::default()).await;
+    assert_eq!(report.loaded, ["zz-echo"]);
+    assert_eq!(restarted.statuses().len(), MAX_NAMES);
 }
 
 /// A registry over `dir`, and what its first scan found.

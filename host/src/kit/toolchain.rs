@@ -10,6 +10,7 @@
 
 use std::ffi::OsStr;
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -263,30 +264,50 @@ fn build_python(dir: &Path, out: &Path, tools: Option<&Path>) -> Result<(), KitE
     )
 }
 
+/// `command`, creating what it creates writable by its owner only
+/// (umask `022`), whatever umask the user has: a virtualenv made with
+/// `002` would let the group replace its programs.
+fn private_files(command: &mut Command) -> &mut Command {
+    // SAFETY: between fork and exec only `umask`, which is
+    // async-signal-safe and touches no memory of ours, runs.
+    #[allow(unsafe_code)]
+    unsafe {
+        command.pre_exec(|| {
+            libc::umask(0o022);
+            Ok(())
+        });
+    }
+    command
+}
+
 /// componentize-py at the pinned version, installed into a virtualenv
 /// under `tools` on first use.
 fn componentize_py(tools: &Path) -> Result<PathBuf, KitError> {
     let venv = tools.join(format!("componentize-py-{COMPONENTIZE_PY_VERSION}"));
     let bin = venv.join("bin").join("componentize-py");
-    // Whoever may write `tools` chooses the program run as `bin`.
-    match crate::private_dir::open(tools) {
-        Ok(None) => {}
-        Ok(Some(tightened)) => eprintln!(
-            "took group and other write permission away from {} ({:04o} to {:04o}): programs are run from it",
-            tools.display(),
-            tightened.from,
-            tightened.to
+    // Whoever may write `tools`, or anything on the way to `bin`, chooses
+    // the program run as `bin`: all of it must be this user's alone, and a
+    // directory found open to others is refused, not closed — what it holds
+    // may have been put there while it was open.
+    let untrusted = |what: &Path, why: String| KitError::Tool {
+        tool: "componentize-py",
+        message: format!(
+            "{}: {why}; componentize-py is run from there, so it must belong to this user (or \
+             root) and be writable by its owner only: remove it to have it installed again, \
+             or pass another --cache-dir",
+            what.display()
         ),
-        Err(err) => {
-            return Err(KitError::Tool {
-                tool: "componentize-py",
-                message: format!(
-                    "tools directory {}: {err}; componentize-py is run from it, so it must belong \
-                     to this user (or root) and be writable by its owner only (`chmod go-w`, or \
-                     pass another --cache-dir)",
-                    tools.display()
-                ),
-            });
+    };
+    crate::private_dir::open_strict(tools).map_err(|err| untrusted(tools, err.to_string()))?;
+    for path in [&venv, &venv.join("bin"), &bin] {
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) => {
+                if let Some(why) = crate::private_dir::unsafe_because("it", &meta) {
+                    return Err(untrusted(path, why));
+                }
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => break,
+            Err(err) => return Err(untrusted(path, err.to_string())),
         }
     }
     if bin.is_file() {
@@ -299,7 +320,7 @@ fn componentize_py(tools: &Path) -> Result<PathBuf, KitError> {
     let python = std::env::var_os("PYTHON").unwrap_or_else(|| "python3".into());
     run(
         "python3 -m venv",
-        Command::new(&python).args(["-m", "venv"]).arg(&venv),
+        private_files(Command::new(&python).args(["-m", "venv"]).arg(&venv)),
     )
     .map_err(|e| KitError::Tool {
         tool: "python3",
@@ -307,7 +328,7 @@ fn componentize_py(tools: &Path) -> Result<PathBuf, KitError> {
     })?;
     let installed = run(
         "pip",
-        Command::new(venv.join("bin").join("pip")).args([
+        private_files(&mut Command::new(venv.join("bin").join("pip"))).args([
             "install",
             "--quiet",
             "--disable-pip-version-check",
@@ -391,13 +412,29 @@ mod tests {
             use std::os::unix::fs::MetadataExt as _;
             std::fs::metadata(path).expect("stat").mode() & 0o7777
         };
-        // Ours but open to others: closed, then used.
-        std::fs::set_permissions(&tools, std::fs::Permissions::from_mode(0o777)).expect("chmod");
         assert_eq!(
             componentize_py(&tools).expect("ours"),
             bin.join("componentize-py")
         );
-        assert_eq!(mode(&tools), 0o755);
+        // Open to others, now or at any step down to the program: refused
+        // (someone may have put a program there), and left as it is.
+        let program = bin.join("componentize-py");
+        for (path, opened) in [(&tools, 0o777), (&bin, 0o775), (&program, 0o666)] {
+            let before = mode(path);
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(opened)).expect("chmod");
+            let refused = componentize_py(&tools)
+                .expect_err("open to others")
+                .to_string();
+            assert!(
+                refused.contains(&format!(
+                    "{}: it is writable by its group or others",
+                    path.display()
+                )) && refused.contains("remove it to have it installed again"),
+                "{refused}"
+            );
+            assert_eq!(mode(path), opened);
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(before)).expect("chmod");
+        }
 
         // Another user's (only root can make one to test with): refused
         // before anything in it is run, and left as it is.
@@ -408,10 +445,7 @@ mod tests {
             let refused = componentize_py(&tools)
                 .expect_err("another user's")
                 .to_string();
-            assert!(
-                refused.contains("belongs to uid 12345") && refused.contains("chmod go-w"),
-                "{refused}"
-            );
+            assert!(refused.contains("belongs to uid 12345"), "{refused}");
             assert_eq!(mode(&tools), 0o777);
         }
     }

@@ -13,7 +13,7 @@ pub mod registry;
 pub mod stamp;
 pub mod watcher;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -224,18 +224,24 @@ async fn blocking<T: Send + 'static>(
 /// loading it is refused by name ([`LoadError::BadName`]) rather than
 /// skipped without a word.
 fn plugin_names(dir: &Path) -> std::io::Result<BTreeSet<String>> {
-    let mut names = BTreeSet::new();
+    Ok(plugin_stems(dir)?.into_keys().collect())
+}
+
+/// The same names, each with whether there is a `NAME.wasm`.
+fn plugin_stems(dir: &Path) -> std::io::Result<BTreeMap<String, bool>> {
+    let mut names = BTreeMap::new();
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
         let hidden = path
             .file_name()
             .is_none_or(|n| n.as_encoded_bytes().starts_with(b"."));
-        let plugin_file = matches!(
-            path.extension().and_then(|e| e.to_str()),
-            Some("wasm" | "toml")
-        );
-        if plugin_file && !hidden {
-            names.insert(plugin_name(&path));
+        let wasm = match path.extension().and_then(|e| e.to_str()) {
+            Some("wasm") => true,
+            Some("toml") => false,
+            _ => continue,
+        };
+        if !hidden {
+            *names.entry(plugin_name(&path)).or_insert(false) |= wasm;
         }
     }
     Ok(names)

@@ -19,7 +19,7 @@ use tracing::{info, warn};
 
 use super::stamp::Stamp;
 use super::{LoadError, Plugin, PluginFiles, Reread, Retry};
-use crate::blocking::Unanswered;
+use crate::blocking::{NoAnswer, Unanswered};
 use crate::clock::{Clock, backoff, rfc3339};
 use crate::sandbox::Sandbox;
 use crate::telemetry::PluginMetrics;
@@ -119,6 +119,11 @@ type Fingerprint = (String, Option<String>);
 pub const COMPILE_RETRY_FIRST: std::time::Duration = super::watcher::FALLBACK_RESCAN;
 /// The longest wait between compiles of unchanged files.
 pub const COMPILE_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(30 * 60);
+/// Compiles of unchanged files the machine did not finish, in a row, after
+/// which the last failure stands as a verdict until the files change: a
+/// component that always runs past `sandbox.compile_timeout` or always
+/// gets the compiler OOM-killed is not compiled again every half hour.
+pub const COMPILE_TRIES: u32 = 3;
 
 /// The longest the directory's listing or one plugin's files may take to
 /// read. A read past it (a network mount that stopped answering) is given
@@ -328,7 +333,7 @@ impl Registry {
             .reads
             .run(LISTING, READ_TIMEOUT, {
                 let dir = dir.clone();
-                move || super::plugin_names(&dir)
+                move || super::plugin_stems(&dir)
             })
             .await
             .map_err(std::io::Error::from)??;
@@ -343,10 +348,19 @@ impl Registry {
         }
         let mut report = ScanReport::default();
         let mut changed = false;
+        let mut waited = false;
         for name in &names {
             changed |= self
-                .scan_one(sandbox, dir, name, initial, &mut report)
+                .scan_one(sandbox, dir, name, initial, &mut report, &mut waited)
                 .await;
+            // A read that went unanswered likely means a hung mount: the
+            // rest waits for the next rescan, which passes over that file
+            // at once (still unanswered) rather than waiting out each of
+            // the others too.
+            if waited {
+                warn!(dir = %dir.display(), "A plugin file did not answer; the rest of the directory is read at the next rescan.");
+                break;
+            }
         }
         let gone: Vec<String> = lock(&self.entries)
             .keys()
@@ -385,20 +399,30 @@ impl Registry {
         Ok(report)
     }
 
-    /// The names of `listed` to scan, at most [`MAX_NAMES`]: every name
-    /// tracked already, then new ones in order; and how many were left out.
-    fn admit(&self, listed: BTreeSet<String>) -> (BTreeSet<String>, usize) {
+    /// The names of `listed` (each with whether it has a `.wasm`) to scan,
+    /// at most [`MAX_NAMES`]: every name tracked already, then new names
+    /// with a `.wasm` (a plugin, at a start among a flood of stray
+    /// manifests), then the rest, each in order; and how many were left
+    /// out.
+    fn admit(&self, listed: BTreeMap<String, bool>) -> (BTreeSet<String>, usize) {
         if listed.len() <= MAX_NAMES {
-            return (listed, 0);
+            return (listed.into_keys().collect(), 0);
         }
         let entries = lock(&self.entries);
-        let (mut admitted, new): (BTreeSet<String>, BTreeSet<String>) = listed
-            .into_iter()
-            .partition(|name| entries.contains_key(name));
+        let (mut admitted, mut with_wasm, mut rest) = (BTreeSet::new(), Vec::new(), Vec::new());
+        for (name, wasm) in listed {
+            if entries.contains_key(&name) {
+                admitted.insert(name);
+            } else if wasm {
+                with_wasm.push(name);
+            } else {
+                rest.push(name);
+            }
+        }
+        let new = with_wasm.len() + rest.len();
         let room = MAX_NAMES.saturating_sub(admitted.len());
-        let ignored = new.len().saturating_sub(room);
-        admitted.extend(new.into_iter().take(room));
-        (admitted, ignored)
+        admitted.extend(with_wasm.into_iter().chain(rest).take(room));
+        (admitted, new.saturating_sub(room))
     }
 
     /// Brings one name up to date; returns whether the plugin serving
@@ -410,6 +434,7 @@ impl Registry {
         name: &str,
         initial: bool,
         report: &mut ScanReport,
+        waited: &mut bool,
     ) -> bool {
         let wasm_file = dir.join(format!("{name}.wasm"));
         // The name as logs show it (a rejected file's name may hold
@@ -439,13 +464,14 @@ impl Registry {
             Ok(Ok(Reread::Unchanged)) => return false,
             Ok(Ok(Reread::Read(Some(files), stamp))) => (Ok(files), stamp),
             Ok(Err(err)) => (Err(err), None),
-            Err(no_answer) => (
-                Err(LoadError::Io {
+            Err(no_answer) => {
+                *waited |= matches!(no_answer, NoAnswer::TimedOut(_));
+                let error = LoadError::Io {
                     file: wasm_file.clone(),
                     source: no_answer.into(),
-                }),
-                None,
-            ),
+                };
+                (Err(error), None)
+            }
             Ok(Ok(Reread::Read(None, _))) => {
                 let mut entries = lock(&self.entries);
                 let entry = entries
@@ -457,6 +483,7 @@ impl Registry {
                 entry.last_error = Some(message.clone());
                 entry.fingerprint = None;
                 entry.stamp = None;
+                entry.backoff = None;
                 entry.disabled = false;
                 if let Some(old) = entry.plugin.take() {
                     info!(plugin = %name, hash = %old.short_hash(), "Plugin removed (its .wasm is gone).");
@@ -492,6 +519,7 @@ impl Registry {
             if fingerprint.is_some() && entry.plugin.is_some() && entry.serving == fingerprint {
                 info!(plugin = %name, "Plugin files are the serving version's again; it keeps serving.");
                 entry.fingerprint = fingerprint;
+                entry.backoff = None;
                 entry.last_error = None;
                 return false;
             }
@@ -517,11 +545,11 @@ impl Registry {
         // Files refused only for want of room are tried again next time;
         // files the machine could not compile, after a back-off.
         let retry = loaded.as_ref().err().and_then(LoadError::retry);
-        entry.backoff = (retry == Some(Retry::BackOff)).then(|| {
-            let failures = match entry.backoff {
-                Some(b) if entry.fingerprint == fingerprint => b.failures + 1,
-                _ => 1,
-            };
+        let failures = match entry.backoff {
+            Some(b) if entry.fingerprint == fingerprint => b.failures + 1,
+            _ => 1,
+        };
+        entry.backoff = (retry == Some(Retry::BackOff) && failures < COMPILE_TRIES).then(|| {
             let wait = backoff(COMPILE_RETRY_FIRST, failures, COMPILE_RETRY_MAX);
             let wait = i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
             Backoff {
@@ -566,7 +594,16 @@ impl Registry {
             Err(error) => {
                 // The file's text (an import's name, a compiler's message)
                 // is bounded before it is kept, logged or served.
-                let message = text::message(&error.to_string());
+                let mut message = text::message(&error.to_string());
+                match (error.retry(), entry.backoff) {
+                    (Some(Retry::BackOff), Some(b)) => {
+                        message.push_str(&format!("; tried again at {}", rfc3339(b.at)));
+                    }
+                    (Some(Retry::BackOff), None) => message.push_str(&format!(
+                        "; {COMPILE_TRIES} tries in a row, not tried again until the files change"
+                    )),
+                    _ => {}
+                }
                 let retry_at = entry.backoff.map(|b| rfc3339(b.at));
                 let retry_at = retry_at.as_deref();
                 match &entry.plugin {

@@ -172,8 +172,9 @@ pub enum ValidateError {
     NoRoom(String),
     /// The machine did not carry the compile to its end (no process to be
     /// had, the compiler OOM-killed or out of time on a busy host): not a
-    /// verdict on the file, which is tried again with a back-off.
-    #[error("cannot compile now: {0:#}; tried again later")]
+    /// verdict on the file, which the registry tries again with a back-off
+    /// (a few times).
+    #[error("cannot compile now: {0:#}")]
     CannotCompileNow(wasmtime::Error),
 }
 
