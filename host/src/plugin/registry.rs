@@ -356,8 +356,9 @@ impl Registry {
             // A read that went unanswered likely means a hung mount: the
             // rest waits for the next rescan, which passes over that file
             // at once (still unanswered) rather than waiting out each of
-            // the others too.
-            if waited {
+            // the others too. Not at start-up, where no rescan may follow
+            // (`plugins.watch = false`): each plugin gets its read.
+            if waited && !initial {
                 warn!(dir = %dir.display(), "A plugin file did not answer; the rest of the directory is read at the next rescan.");
                 break;
             }
