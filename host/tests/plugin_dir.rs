@@ -505,28 +505,31 @@ async fn plugins_rejected_at_start_up_are_counted() {
     let metrics = Arc::new(PluginMetrics::default());
     let (registry, report) = open_registry(sandbox(), dir.path(), metrics.clone()).await;
     assert_eq!((report.loaded.len(), report.rejected.len()), (1, 1));
-    let text = Telemetry {
-        plugins: metrics,
-        ..Default::default()
-    };
-    let rejected = || {
-        text.encode().lines().find_map(|l| {
-            l.strip_prefix("todo_eventd_plugins_rejected ")
-                .map(str::to_owned)
-        })
-    };
-    assert_eq!(rejected().as_deref(), Some("1"), "{}", text.encode());
+    let rejected = || metric(&metrics, "todo_eventd_plugins_rejected");
+    assert_eq!(rejected().as_deref(), Some("1"));
     // The scan is recorded where an alert sees rescans stop.
-    let scanned: i64 = text
-        .encode()
-        .lines()
-        .find_map(|l| l.strip_prefix("todo_eventd_plugin_scan_success_timestamp_seconds "))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_default();
+    let scanned: i64 = metric(
+        &metrics,
+        "todo_eventd_plugin_scan_success_timestamp_seconds",
+    )
+    .and_then(|v| v.parse().ok())
+    .unwrap_or_default();
     assert!(scanned > 1_700_000_000, "{scanned}");
     std::fs::remove_file(dir.path().join("junk.wasm")).unwrap();
     registry.rescan().await.unwrap();
     assert_eq!(rejected().as_deref(), Some("0"));
+}
+
+/// The value `/metrics` shows for the unlabelled series `name`.
+fn metric(metrics: &Arc<PluginMetrics>, name: &str) -> Option<String> {
+    let text = Telemetry {
+        plugins: metrics.clone(),
+        ..Default::default()
+    }
+    .encode();
+    let prefix = format!("{name} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix).map(str::to_owned))
 }
 
 /// A manifest swapped for a symlink whose target is gone is a broken
@@ -699,14 +702,7 @@ async fn a_flood_of_names_is_held_to_the_bound_and_never_evicts_a_plugin() {
         .expect("still tracked");
     assert_eq!(echo.status.as_str(), "active");
     assert_eq!(registry.current().plugins.len(), 1);
-    let text = Telemetry {
-        plugins: metrics,
-        ..Default::default()
-    };
-    let rejected = text.encode().lines().find_map(|l| {
-        l.strip_prefix("todo_eventd_plugins_rejected ")
-            .map(str::to_owned)
-    });
+    let rejected = metric(&metrics, "todo_eventd_plugins_rejected");
     // Every stray name counts: the tracked ones as rejected, the rest as
     // ignored.
     assert_eq!(rejected, Some(flood.to_string()));

@@ -596,7 +596,7 @@ impl Registry {
                 // The file's text (an import's name, a compiler's message)
                 // is bounded before it is kept, logged or served.
                 let mut message = text::message(&error.to_string());
-                match (error.retry(), entry.backoff) {
+                match (retry, entry.backoff) {
                     (Some(Retry::BackOff), Some(b)) => {
                         message.push_str(&format!("; tried again at {}", rfc3339(b.at)));
                     }
