@@ -14,13 +14,7 @@ fn main() -> ExitCode {
     // artifact, and the error last on stderr.
     let mut args = std::env::args_os().skip(1);
     if args.next().is_some_and(|arg| arg == sandbox::CHILD_COMMAND) && args.next().is_none() {
-        return match sandbox::child_main(std::io::stdin().lock(), std::io::stdout().lock()) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(err) => {
-                eprintln!("error: {err:#}");
-                ExitCode::FAILURE
-            }
-        };
+        return sandbox::child_main(std::io::stdin().lock(), std::io::stdout().lock());
     }
     let cli = Cli::parse();
     cli.init_logging();

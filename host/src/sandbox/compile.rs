@@ -27,10 +27,12 @@
 //! rejected, naming the bound, and the daemon never held the memory.
 //!
 //! Not every failed compile is a verdict on the bytes, though: a child that
-//! cannot be started, is killed by the kernel's OOM killer or runs out of
-//! time on a host busy with something else may compile the same bytes next
-//! time. Those are [`ChildError::Machine`], which the registry tries again
-//! with a back-off instead of refusing the file until it is edited.
+//! cannot be started, is killed by the kernel's OOM killer, runs out of
+//! time on a host busy with something else, cannot start its threads or is
+//! refused an allocation (it exits with [`EXIT_MACHINE`], or aborts saying
+//! so) may compile the same bytes next time. Those are
+//! [`ChildError::Machine`], which the registry tries again with a back-off
+//! instead of refusing the file until it is edited.
 
 // Loading an artifact is `unsafe` in wasmtime: the bytes are executed as
 // native code. The only bytes loaded here are the ones `precompile_component`
@@ -113,24 +115,85 @@ pub(super) fn precompile(config: &Config, bytes: &[u8]) -> wasmtime::Result<Vec<
 /// [`Compiler::memory`] meaning the same on a 2-core and a 64-core machine.
 const CHILD_THREADS: usize = 2;
 
+/// The exit status of a compiler child that failed for the machine's sake,
+/// not the bytes' (`EX_TEMPFAIL` of sysexits.h): the parent tries such a
+/// compile again later ([`ChildError::Machine`]). Any other failure is a
+/// verdict on the bytes.
+const EXIT_MACHINE: i32 = 75;
+
+/// What Rust's default allocation error handler prints before it aborts.
+/// An allocation the host refused is taken as the machine's doing (memory
+/// the host lacks, a cgroup, overcommit settings): the watchdog holds the
+/// bytes' own appetite to [`Compiler::memory`], and should they have asked
+/// for one huge block, the registry's cap on tries bounds what retrying
+/// costs.
+const ALLOCATION_FAILED: &str = "memory allocation of ";
+
+/// Why the compiler child's work failed.
+#[derive(Debug)]
+struct ChildFailure {
+    /// Not the bytes' fault: the child could not start its threads, read
+    /// its input or write its output.
+    machine: bool,
+    error: anyhow::Error,
+}
+
+impl ChildFailure {
+    fn machine(error: impl Into<anyhow::Error>) -> Self {
+        Self {
+            machine: true,
+            error: error.into(),
+        }
+    }
+}
+
 /// The compiler child's work: a component's bytes on `input`, its artifact
 /// (compiled with [`base_config`], on [`CHILD_THREADS`] threads) on
 /// `output`. The binary runs it before setting up logging or a runtime
-/// (see `main.rs`), so nothing but the artifact reaches `output`.
-pub fn child_main(mut input: impl Read, mut output: impl Write) -> anyhow::Result<()> {
+/// (see `main.rs`), so nothing but the artifact reaches `output`; an error
+/// goes last on stderr, and the exit status tells the parent whether it is
+/// a verdict on the bytes ([`EXIT_MACHINE`] when it is not).
+pub fn child_main(input: impl Read, output: impl Write) -> std::process::ExitCode {
     // Should the container run short of memory, the kernel is to kill this
     // compile rather than the daemon. Best effort.
     let _ = std::fs::write("/proc/self/oom_score_adj", "1000");
-    // wasmtime compiles functions in parallel on rayon's global pool.
-    rayon::ThreadPoolBuilder::new()
+    // wasmtime compiles functions in parallel on rayon's global pool; its
+    // threads may not start under a `pids.max` or a thread limit (EAGAIN).
+    let compiled = rayon::ThreadPoolBuilder::new()
         .num_threads(CHILD_THREADS)
-        .build_global()?;
+        .build_global()
+        .map_err(|err| {
+            ChildFailure::machine(anyhow::anyhow!("cannot start a compile thread: {err}"))
+        })
+        .and_then(|()| compile_stream(input, output));
+    match compiled {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("error: {:#}", failure.error);
+            if failure.machine {
+                std::process::ExitCode::from(EXIT_MACHINE as u8)
+            } else {
+                std::process::ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+/// Compiles the component on `input` to an artifact on `output`, each
+/// failure marked as the machine's or the bytes'.
+fn compile_stream(mut input: impl Read, mut output: impl Write) -> Result<(), ChildFailure> {
     let mut bytes = Vec::new();
-    input.read_to_end(&mut bytes)?;
-    let artifact = precompile(&base_config(), &bytes)?;
-    output.write_all(&artifact)?;
-    output.flush()?;
-    Ok(())
+    input
+        .read_to_end(&mut bytes)
+        .map_err(|err| ChildFailure::machine(anyhow::anyhow!("reading the component: {err}")))?;
+    let artifact = precompile(&base_config(), &bytes).map_err(|error| ChildFailure {
+        machine: false,
+        error: error.into(),
+    })?;
+    output
+        .write_all(&artifact)
+        .and_then(|()| output.flush())
+        .map_err(|err| ChildFailure::machine(anyhow::anyhow!("writing the artifact: {err}")))
 }
 
 /// Why the child was stopped.
@@ -258,17 +321,24 @@ pub(super) fn in_child(compiler: &Compiler, bytes: &[u8]) -> Result<Vec<u8>, Chi
         )));
     }
     if !status.success() {
-        // Its error comes last (`main` prints it), after any log lines.
+        // Its error comes last (`child_main` prints it), after any log lines.
         let errors = String::from_utf8_lossy(&errors);
         let errors = errors.trim();
         let error = match errors.rfind("error: ") {
             Some(at) => &errors[at + "error: ".len()..],
             None => errors.lines().last().unwrap_or_default(),
         };
-        return Err(ChildError::Refused(wasmtime::format_err!(
+        let error = wasmtime::format_err!(
             "the compiler failed ({status}): {}",
             crate::text::message(error)
-        )));
+        );
+        let machine = status.code() == Some(EXIT_MACHINE)
+            || (status.signal() == Some(libc::SIGABRT) && errors.contains(ALLOCATION_FAILED));
+        return Err(if machine {
+            ChildError::Machine(error)
+        } else {
+            ChildError::Refused(error)
+        });
     }
     output.map_err(|err| machine(err, "reading the compiler's output"))
 }
@@ -404,6 +474,65 @@ mod tests {
                 && failed.ends_with("no such thing"),
             "{failed}"
         );
+    }
+
+    #[test]
+    fn a_compiler_that_fails_for_the_machines_sake_is_told_from_a_verdict() {
+        // The child's own exit status for a machine failure (a thread that
+        // could not start, a pipe that broke).
+        let tempfail = compile_with(
+            "echo 'error: cannot start a compile thread: Resource temporarily unavailable' >&2; \
+             exit 75",
+            Duration::from_secs(60),
+        );
+        assert_eq!(
+            tempfail,
+            "machine: the compiler failed (exit status: 75): cannot start a compile thread: \
+             Resource temporarily unavailable"
+        );
+        // An allocation the host refused: Rust's handler prints, then aborts.
+        let no_memory = compile_with(
+            "echo 'memory allocation of 1073741824 bytes failed' >&2; kill -ABRT $$",
+            Duration::from_secs(60),
+        );
+        assert!(
+            no_memory.starts_with("machine: the compiler failed ("),
+            "{no_memory}"
+        );
+        // Any other abort is the bytes' (a compiler assertion, say).
+        let aborted = compile_with(
+            "echo 'assertion failed' >&2; kill -ABRT $$",
+            Duration::from_secs(60),
+        );
+        assert!(
+            aborted.starts_with("refused: the compiler failed ("),
+            "{aborted}"
+        );
+
+        // The child marks its own failures: input or output lost is the
+        // machine's, bytes that are not a component are theirs.
+        struct Broken;
+        impl Read for Broken {
+            fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+                Err(std::io::Error::from_raw_os_error(libc::EIO))
+            }
+        }
+        impl Write for Broken {
+            fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+                Err(std::io::Error::from_raw_os_error(libc::EPIPE))
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let unread = compile_stream(Broken, Vec::new()).expect_err("no input");
+        assert!(unread.machine, "{:#}", unread.error);
+        assert!(format!("{:#}", unread.error).starts_with("reading the component: "));
+        let garbage = compile_stream(&b"not wasm"[..], Vec::new()).expect_err("not a component");
+        assert!(!garbage.machine, "{:#}", garbage.error);
+        let unwritten = compile_stream(&b"(component)"[..], Broken).expect_err("no output");
+        assert!(unwritten.machine, "{:#}", unwritten.error);
+        assert!(format!("{:#}", unwritten.error).starts_with("writing the artifact: "));
     }
 
     #[test]
