@@ -168,8 +168,12 @@ pub async fn run(
         None
     };
     let _watcher = if config.plugins.watch {
-        watcher::watch(plugins.clone(), config.plugins.reload_debounce)
-            .context("watching the plugins directory")?
+        watcher::watch(
+            plugins.clone(),
+            config.plugins.reload_debounce,
+            watcher::FALLBACK_RESCAN,
+        )
+        .context("watching the plugins directory")?
     } else {
         None
     };

@@ -135,9 +135,13 @@ async fn a_plugin_replaced_under_load_handles_every_event_exactly_once() {
     let telemetry = Telemetry::default();
     let registry = open_registry(dir.path(), &telemetry).await;
     assert_eq!(registry.statuses()[0].name, "echo");
-    let _watcher = watcher::watch(registry.clone(), Duration::from_millis(100))
-        .unwrap()
-        .unwrap();
+    let _watcher = watcher::watch(
+        registry.clone(),
+        Duration::from_millis(100),
+        watcher::FALLBACK_RESCAN,
+    )
+    .unwrap()
+    .unwrap();
     let v1 = Sandbox::content_hash(TEST_PLUGIN);
     let v2_bytes = with_custom_section(TEST_PLUGIN, "v2");
     let v2 = Sandbox::content_hash(&v2_bytes);
@@ -690,9 +694,13 @@ async fn a_file_written_without_pause_does_not_hold_up_a_reload() {
     let dir = plugin_dir(&[("echo", TEST_PLUGIN, Some(&mode("echo")))]);
     let telemetry = Telemetry::default();
     let registry = open_registry(dir.path(), &telemetry).await;
-    let _watcher = watcher::watch(registry.clone(), Duration::from_millis(500))
-        .unwrap()
-        .unwrap();
+    let _watcher = watcher::watch(
+        registry.clone(),
+        Duration::from_millis(500),
+        watcher::FALLBACK_RESCAN,
+    )
+    .unwrap()
+    .unwrap();
     let notes = dir.path().join("notes.txt");
     let writer = tokio::spawn(async move {
         for n in 0.. {
@@ -711,4 +719,54 @@ async fn a_file_written_without_pause_does_not_hold_up_a_reload() {
     })
     .await;
     writer.abort();
+}
+
+/// A deploy that swaps the plugins directory under its path
+/// (`ln -sfn releases/2 plugins`) is picked up at once, and the new
+/// directory's own changes after it: the watch moves to the directory the
+/// path leads to, rather than following the old one. The fallback rescan
+/// is set to an hour, so only the watch can see either change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugins_directory_swapped_under_its_path_is_watched_anew() {
+    let root = tempfile::tempdir().unwrap();
+    let manifest = mode("echo");
+    let release = |n: u32, bytes: &[u8]| {
+        let dir = root.path().join(format!("releases/{n}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("echo.wasm"), bytes).unwrap();
+        std::fs::write(dir.join("echo.toml"), &manifest).unwrap();
+    };
+    // What `ln -sfn` does: a new link, renamed over the old one.
+    let point_at = |n: u32| {
+        let link = root.path().join(".plugins.new");
+        std::os::unix::fs::symlink(format!("releases/{n}"), &link).unwrap();
+        std::fs::rename(&link, root.path().join("plugins")).unwrap();
+    };
+    release(1, TEST_PLUGIN);
+    point_at(1);
+    let telemetry = Telemetry::default();
+    let registry = open_registry(&root.path().join("plugins"), &telemetry).await;
+    let _watcher = watcher::watch(
+        registry.clone(),
+        Duration::from_millis(100),
+        Duration::from_secs(3600),
+    )
+    .unwrap()
+    .unwrap();
+    let serving = |bytes: &[u8]| {
+        let hash = Sandbox::content_hash(bytes);
+        let registry = registry.clone();
+        move || registry.statuses()[0].hash.as_deref() == Some(hash.as_str())
+    };
+
+    let v2 = with_custom_section(TEST_PLUGIN, "v2");
+    release(2, &v2);
+    point_at(2);
+    eventually("v2 serving after the swap", serving(&v2)).await;
+
+    let v3 = with_custom_section(TEST_PLUGIN, "v3");
+    let temporary = root.path().join("releases/2/.echo.wasm.part");
+    std::fs::write(&temporary, &v3).unwrap();
+    std::fs::rename(&temporary, root.path().join("releases/2/echo.wasm")).unwrap();
+    eventually("v3 serving, written into the new directory", serving(&v3)).await;
 }

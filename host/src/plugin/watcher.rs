@@ -10,18 +10,27 @@
 //! swap a `..data` symlink rather than the files.
 //! A slow periodic rescan catches what a file system does not report
 //! (network mounts).
+//!
+//! A watch follows the directory, not its path: after a deploy that swaps
+//! the directory under the path (`ln -sfn releases/2 plugins`, or `mv`), it
+//! would report the old one's changes only. So the path is looked up every
+//! [`IDENTITY_CHECK`]; when it leads to another directory, that one is
+//! watched instead and rescanned at once.
 
+use std::os::unix::fs::MetadataExt as _;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use notify::event::{AccessKind, AccessMode};
-use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher as _};
+use notify::{Event, EventKind, RecursiveMode, Watcher as _};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::registry::Registry;
+use super::registry::{READ_TIMEOUT, Registry};
+use crate::blocking::Unanswered;
 
 /// How often the directory is rescanned without any file event.
 pub const FALLBACK_RESCAN: Duration = Duration::from_secs(30);
@@ -30,10 +39,13 @@ pub const FALLBACK_RESCAN: Duration = Duration::from_secs(30);
 /// debounce period itself is longer).
 pub const MAX_DEBOUNCE: Duration = Duration::from_secs(5);
 
+/// How often the directory's path is looked up, to see whether it now
+/// leads to another directory (one `stat`).
+pub const IDENTITY_CHECK: Duration = Duration::from_secs(2);
+
 /// A running watcher; dropping it stops watching.
 #[derive(Debug)]
 pub struct Watcher {
-    _watcher: RecommendedWatcher,
     task: JoinHandle<()>,
 }
 
@@ -53,9 +65,23 @@ fn relevant(event: &Event) -> bool {
     }
 }
 
+/// Which directory a path leads to (through symlinks, as a watch is set):
+/// its device and inode.
+type Identity = (u64, u64);
+
+fn identity(dir: &Path) -> std::io::Result<Identity> {
+    std::fs::metadata(dir).map(|meta| (meta.dev(), meta.ino()))
+}
+
 /// Watches `registry`'s directory (if it has one) on the current Tokio
-/// runtime. `Ok(None)` when there is nothing to watch.
-pub fn watch(registry: Arc<Registry>, debounce: Duration) -> notify::Result<Option<Watcher>> {
+/// runtime, rescanning it once it has been quiet for `debounce` after a
+/// change, and every `fallback` ([`FALLBACK_RESCAN`]) without one.
+/// `Ok(None)` when there is nothing to watch.
+pub fn watch(
+    registry: Arc<Registry>,
+    debounce: Duration,
+    fallback: Duration,
+) -> notify::Result<Option<Watcher>> {
     let Some(dir) = registry.dir().map(ToOwned::to_owned) else {
         return Ok(None);
     };
@@ -68,10 +94,18 @@ pub fn watch(registry: Arc<Registry>, debounce: Duration) -> notify::Result<Opti
             Ok(_) => signal.notify_one(),
             Err(err) => warn!(error = %err, "Watching the plugins directory."),
         })?;
+    // Taken before the watch is set: should the path change in between,
+    // the first check sets the watch again.
+    let mut watched = identity(&dir).ok();
     watcher.watch(&dir, RecursiveMode::NonRecursive)?;
     let span = info_span!("plugin_watcher", dir = %dir.display());
     let task = tokio::spawn(
         async move {
+            // A lookup on a hung mount holds one thread, not one per check.
+            let lookups = Unanswered::default();
+            let mut check = tokio::time::interval(IDENTITY_CHECK);
+            check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut fallback_at = Instant::now() + fallback;
             loop {
                 tokio::select! {
                     () = changed.notified() => {
@@ -88,7 +122,25 @@ pub fn watch(registry: Arc<Registry>, debounce: Duration) -> notify::Result<Opti
                             }
                         }
                     }
-                    () = tokio::time::sleep(FALLBACK_RESCAN) => {}
+                    () = tokio::time::sleep_until(fallback_at) => {}
+                    _ = check.tick() => {
+                        let path = dir.clone();
+                        // Unreadable or unanswered: the rescans say why.
+                        let Ok(Ok(now)) = lookups.run("dir", READ_TIMEOUT, move || identity(&path)).await else {
+                            continue;
+                        };
+                        if watched == Some(now) {
+                            continue;
+                        }
+                        info!("The plugins directory's path leads to another directory now; watching that one.");
+                        // The old directory's watch may be gone already
+                        // (removed with it).
+                        let _ = watcher.unwatch(&dir);
+                        if let Err(err) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
+                            warn!(error = %err, every = ?fallback, "Cannot watch the plugins directory; it is rescanned on a timer only.");
+                        }
+                        watched = Some(now);
+                    }
                 }
                 // Files are read (regular files only, size-capped) and
                 // compiled on blocking threads; this task only waits.
@@ -102,12 +154,10 @@ pub fn watch(registry: Arc<Registry>, debounce: Duration) -> notify::Result<Opti
                     ),
                     Err(err) => warn!(error = %err, "Cannot read the plugins directory; the plugins loaded keep serving."),
                 }
+                fallback_at = Instant::now() + fallback;
             }
         }
         .instrument(span),
     );
-    Ok(Some(Watcher {
-        _watcher: watcher,
-        task,
-    }))
+    Ok(Some(Watcher { task }))
 }
