@@ -73,14 +73,15 @@ pub struct Compiler {
 /// Why a compile in the child failed.
 #[derive(Debug)]
 pub(super) enum ChildError {
-    /// A verdict on the bytes: the compiler refused them, or compiling them
-    /// took more memory than allowed (the same bytes take the same memory).
+    /// A verdict on the bytes: the compiler refused them, compiling them
+    /// took more memory than allowed (the same bytes take the same memory),
+    /// or it ran past its time computing ([`COSTLY_CPU_SHARE`]).
     Refused(wasmtime::Error),
     /// Not a verdict on the bytes: the machine did not carry the compile to
     /// its end. No process or thread could be started, the compiler was
     /// killed by something other than its bounds (the kernel's OOM killer),
-    /// its output could not be read, or it ran past its time — wall time,
-    /// which a busy host stretches.
+    /// its output could not be read, or it ran past its time — wall time —
+    /// waiting for a CPU on a busy host.
     Machine(wasmtime::Error),
 }
 
@@ -200,8 +201,15 @@ fn compile_stream(mut input: impl Read, mut output: impl Write) -> Result<(), Ch
 #[derive(Debug, Clone, Copy)]
 enum Breach {
     Memory(u64),
-    Time,
+    /// With the CPU time it had used, if that could be read.
+    Time(Option<Duration>),
 }
+
+/// A compile stopped at its time had at least this share of that time on
+/// a CPU, or more: then the bytes are what is slow to compile, and the
+/// time is a verdict on them. With less, a busy host kept it waiting, and
+/// it is tried again later.
+const COSTLY_CPU_SHARE: f64 = 0.5;
 
 /// A child killed and reaped however the parent leaves (an error, a
 /// panic), so none is left running unwatched or as a zombie.
@@ -306,11 +314,27 @@ pub(super) fn in_child(compiler: &Compiler, bytes: &[u8]) -> Result<Vec<u8>, Chi
                 ByteSize(used)
             )));
         }
-        Some(Breach::Time) => {
-            return Err(ChildError::Machine(wasmtime::format_err!(
-                "compiling it took longer than {} (sandbox.compile_timeout)",
-                humantime::format_duration(compiler.timeout)
-            )));
+        Some(Breach::Time(cpu)) => {
+            let timeout = humantime::format_duration(compiler.timeout);
+            return Err(match cpu {
+                Some(cpu)
+                    if cpu.as_secs_f64() >= compiler.timeout.as_secs_f64() * COSTLY_CPU_SHARE =>
+                {
+                    ChildError::Refused(wasmtime::format_err!(
+                        "compiling it took longer than {timeout} (sandbox.compile_timeout), {} of \
+                         it on a CPU",
+                        humantime::format_duration(whole_millis(cpu))
+                    ))
+                }
+                Some(cpu) => ChildError::Machine(wasmtime::format_err!(
+                    "compiling it took longer than {timeout} (sandbox.compile_timeout) with only \
+                     {} on a CPU: a busy host",
+                    humantime::format_duration(whole_millis(cpu))
+                )),
+                None => ChildError::Machine(wasmtime::format_err!(
+                    "compiling it took longer than {timeout} (sandbox.compile_timeout)"
+                )),
+            });
         }
         None => {}
     }
@@ -372,7 +396,7 @@ fn watch(pid: u32, limit: u64, timeout: Duration, done: &AtomicBool) -> Option<B
     while !done.load(Ordering::Relaxed) {
         let breach = match resident_bytes(pid) {
             Some(used) if used > limit => Some(Breach::Memory(used)),
-            _ if started.elapsed() > timeout => Some(Breach::Time),
+            _ if started.elapsed() > timeout => Some(Breach::Time(cpu_time(pid))),
             _ => None,
         };
         if let Some(breach) = breach {
@@ -399,6 +423,27 @@ fn resident_bytes(pid: u32) -> Option<u64> {
     let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+/// The CPU time process `pid` and its threads have used (user and
+/// system), if it can be read.
+fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name in parentheses (which may hold anything):
+    // state, then 10 fields, then utime and stime in clock ticks.
+    let mut fields = stat
+        .get(stat.rfind(')')? + 1..)?
+        .split_whitespace()
+        .skip(11);
+    let ticks: u64 = fields.next()?.parse::<u64>().ok()? + fields.next()?.parse::<u64>().ok()?;
+    // SAFETY: `sysconf` touches no memory of ours.
+    let per_second = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).ok()?;
+    (per_second > 0).then(|| Duration::from_millis(ticks * 1000 / per_second))
+}
+
+/// `duration` to the millisecond, for a message.
+fn whole_millis(duration: Duration) -> Duration {
+    Duration::from_millis(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// The component `artifact` (from [`precompile`]) holds, for `engine`.
@@ -443,10 +488,13 @@ mod tests {
     #[test]
     fn a_compiler_is_held_to_its_time_and_says_why_it_failed() {
         let started = Instant::now();
+        // Waiting, not computing: a busy host, tried again later.
         let slow = compile_with("exec sleep 600", Duration::from_millis(300));
-        assert_eq!(
-            slow,
-            "machine: compiling it took longer than 300ms (sandbox.compile_timeout)"
+        assert!(
+            slow.starts_with(
+                "machine: compiling it took longer than 300ms (sandbox.compile_timeout) with only "
+            ) && slow.ends_with(" on a CPU: a busy host"),
+            "{slow}"
         );
         assert!(
             started.elapsed() < Duration::from_secs(60),
@@ -533,6 +581,26 @@ mod tests {
         let unwritten = compile_stream(&b"(component)"[..], Broken).expect_err("no output");
         assert!(unwritten.machine, "{:#}", unwritten.error);
         assert!(format!("{:#}", unwritten.error).starts_with("writing the artifact: "));
+    }
+
+    /// A compile that computed for most of its time is what its bytes cost:
+    /// a verdict, not tried again until they change.
+    #[test]
+    fn a_compile_that_used_its_time_on_a_cpu_is_a_verdict() {
+        // The loop needs half a core for the time; on a test machine busy
+        // enough to deny it that, the host is rightly found busy: try again.
+        let busy = (0..5)
+            .map(|_| compile_with("while :; do :; done", Duration::from_millis(1500)))
+            .find(|outcome| !outcome.ends_with("a busy host"))
+            .expect("a loop on a CPU for its whole time, five times found waiting");
+        assert!(
+            busy.starts_with(
+                "refused: compiling it took longer than 1s 500ms (sandbox.compile_timeout), "
+            ) && busy.ends_with(" of it on a CPU"),
+            "{busy}"
+        );
+        let own = cpu_time(std::process::id()).expect("this process's CPU time");
+        assert!(own > Duration::ZERO, "{own:?}");
     }
 
     #[test]
