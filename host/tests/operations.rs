@@ -8,10 +8,10 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::harness::Harness;
 use common::{
     Sample, TEST_PLUGIN, created_events, event, eventually, http_get, mode, parse_metrics,
     plugin_dir, reader, sample, sandbox, value, with_custom_section,
@@ -20,8 +20,7 @@ use rdkafka::Message;
 use rdkafka::message::OwnedMessage;
 use todo_eventd::admin::{self, Admin};
 use todo_eventd::clock::Clock;
-use todo_eventd::config::Config;
-use todo_eventd::kafka::{self, EmbeddedBroker};
+use todo_eventd::kafka;
 use todo_eventd::pipeline::Pipeline;
 use todo_eventd::plugin::{Registry, watcher};
 use todo_eventd::sandbox::Sandbox;
@@ -33,59 +32,6 @@ const TOPICS: [&str; 4] = [
     "out-topic",
     "todo-eventd.plugin-state",
 ];
-
-struct Cluster {
-    _broker: EmbeddedBroker,
-    brokers: String,
-    config: Config,
-}
-
-impl Cluster {
-    fn start() -> Self {
-        let broker = EmbeddedBroker::start().unwrap();
-        let brokers = broker.bootstrap_servers();
-        for topic in TOPICS {
-            broker.create_topic(topic, 3).unwrap();
-        }
-        let mut config = Config::default();
-        config.kafka.brokers = Some(brokers.clone());
-        config.pipeline.shutdown_timeout = Duration::from_secs(20);
-        Self {
-            _broker: broker,
-            brokers,
-            config,
-        }
-    }
-
-    async fn produce(&self, lines: &[String]) {
-        let producer = kafka::producer(&self.brokers, &self.config.kafka).unwrap();
-        kafka::produce_lines(
-            &producer,
-            "task-events",
-            lines.join("\n").as_bytes(),
-            self.config.kafka.max_record_bytes(),
-        )
-        .await
-        .unwrap();
-    }
-
-    /// Runs `pipeline` while `during` runs, then shuts it down and returns
-    /// what `during` returned.
-    async fn run_while<T>(&self, pipeline: &Pipeline, during: impl Future<Output = T>) -> T {
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let run = pipeline.run(&self.brokers, async {
-            let _ = stopped.await;
-        });
-        let during = async {
-            let result = during.await;
-            let _ = stop.send(());
-            result
-        };
-        let (ran, result) = tokio::join!(run, during);
-        ran.unwrap();
-        result
-    }
-}
 
 /// Reads `topics` until `enough` holds (or 60 s pass), then `extra` longer
 /// to catch anything beyond it (duplicates).
@@ -130,7 +76,7 @@ async fn open_registry(dir: &std::path::Path, telemetry: &Telemetry) -> Arc<Regi
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_plugin_replaced_under_load_handles_every_event_exactly_once() {
-    let cluster = Cluster::start();
+    let cluster = Harness::new(&TOPICS);
     let dir = plugin_dir(&[("echo", TEST_PLUGIN, Some(&mode("echo")))]);
     let telemetry = Telemetry::default();
     let registry = open_registry(dir.path(), &telemetry).await;
@@ -252,7 +198,7 @@ async fn a_plugin_replaced_under_load_handles_every_event_exactly_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_failing_plugin_is_quarantined_then_recovers() {
-    let mut cluster = Cluster::start();
+    let mut cluster = Harness::new(&TOPICS);
     cluster.config.plugins.quarantine_after = 3;
     cluster.config.plugins.quarantine_backoff = Duration::from_secs(10);
     cluster.config.plugins.quarantine_max_backoff = Duration::from_secs(60);
@@ -501,7 +447,7 @@ async fn the_admin_endpoint_holds_up_against_clients_that_never_finish() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_admin_endpoint_reports_readiness_metrics_and_plugins() {
-    let mut cluster = Cluster::start();
+    let mut cluster = Harness::new(&TOPICS);
     cluster
         .config
         .kafka
@@ -651,8 +597,8 @@ async fn a_member_left_without_partitions_is_ready_too() {
     // One input partition, two members: one gets it, the other stands by.
     // A stand-by must be ready, or a rolling update with more replicas than
     // partitions would never finish.
-    let cluster = Cluster::start();
-    cluster._broker.create_topic("solo", 1).unwrap();
+    let cluster = Harness::new(&TOPICS);
+    cluster.broker.create_topic("solo", 1).unwrap();
     let mut config = cluster.config.clone();
     config.kafka.input_topics = vec!["solo".into()];
     let noop = plugin_dir(&[("noop", TEST_PLUGIN, None)]);

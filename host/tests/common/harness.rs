@@ -3,6 +3,7 @@
 //! group's committed offsets.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -105,28 +106,40 @@ impl Harness {
     ) -> (Vec<OwnedMessage>, Arc<PipelineMetrics>) {
         let pipeline = Pipeline::with_clock(self.config.clone(), plugins, self.clock.clone());
         let reader = reader(&self.brokers, topics);
+        let seen = self
+            .run_while(&pipeline, async {
+                during(&pipeline).await;
+                let mut seen = Vec::new();
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+                while !until(&seen) {
+                    match tokio::time::timeout_at(deadline, reader.recv()).await {
+                        Ok(Ok(message)) => seen.push(message.detach()),
+                        // A broker outage under test, say.
+                        Ok(Err(_)) => {}
+                        Err(_) => break,
+                    }
+                }
+                seen
+            })
+            .await;
+        (seen, pipeline.telemetry.pipeline)
+    }
+
+    /// Runs `pipeline` while `during` runs, then shuts it down and returns
+    /// what `during` returned.
+    pub async fn run_while<T>(&self, pipeline: &Pipeline, during: impl Future<Output = T>) -> T {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let run = pipeline.run(&self.brokers, async {
             let _ = stopped.await;
         });
-        let watch = async {
-            during(&pipeline).await;
-            let mut seen = Vec::new();
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-            while !until(&seen) {
-                match tokio::time::timeout_at(deadline, reader.recv()).await {
-                    Ok(Ok(message)) => seen.push(message.detach()),
-                    // A broker outage under test, say.
-                    Ok(Err(_)) => {}
-                    Err(_) => break,
-                }
-            }
+        let during = async {
+            let result = during.await;
             let _ = stop.send(());
-            seen
+            result
         };
-        let (ran, seen) = tokio::join!(run, watch);
+        let (ran, result) = tokio::join!(run, during);
         ran.unwrap();
-        (seen, pipeline.telemetry.pipeline)
+        result
     }
 
     /// Runs the pipeline until `count` distinct events have an output on
