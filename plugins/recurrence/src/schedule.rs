@@ -52,12 +52,14 @@ pub fn next_simple(
 /// The first occurrence of `rule` after `due`, with the rule anchored at
 /// `start` in `tz`. `Ok(None)` when the rule has no more occurrences.
 ///
-/// rrule cannot jump ahead: it walks every occurrence from its DTSTART. A
-/// rule without `COUNT` is therefore walked from `due` (the occurrence just
-/// completed) rather than from the series start, so an hourly series two
-/// years old costs no more than a new one; a rule with `COUNT` counts from
-/// the series start and is walked from there, at most
-/// [`MAX_RRULE_OCCURRENCES`] occurrences.
+/// rrule cannot jump ahead: it walks every occurrence from its DTSTART. So
+/// the rule is walked from the series start for at most
+/// [`MAX_RRULE_OCCURRENCES`] occurrences, which keeps the series in its
+/// phase when an occurrence was moved (a fortnightly Monday series stays on
+/// its Mondays after one was done on a Tuesday). Past that bound, a rule
+/// with `COUNT` is refused (its count runs from the start), and one
+/// without is walked from `due` — the occurrence just completed — instead,
+/// so an hourly series years old costs no more than the bound.
 pub fn next_rrule(
     rule: &str,
     start: Timestamp,
@@ -73,11 +75,37 @@ pub fn next_rrule(
             "RRULE {rule:?} makes up to {dates_a_step} dates a period (days in a period × BYHOUR × BYMINUTE × BYSECOND; at most {MAX_RRULE_DATES_A_STEP})"
         ));
     }
-    let anchor = if parsed.get_count().is_none() {
-        start.max(due)
-    } else {
-        start
-    };
+    let counted = parsed.get_count().is_some();
+    match walk(rule, parsed.clone(), start, due, tz)? {
+        Walk::Reached(next) => Ok(next),
+        Walk::TooLong if counted => Err(format!(
+            "RRULE {rule:?} has more than {MAX_RRULE_OCCURRENCES} occurrences between the series start and the due date: start the series later"
+        )),
+        Walk::TooLong => match walk(rule, parsed, start.max(due), due, tz)? {
+            Walk::Reached(next) => Ok(next),
+            Walk::TooLong => Err(format!(
+                "RRULE {rule:?} has more than {MAX_RRULE_OCCURRENCES} occurrences before one after the due date"
+            )),
+        },
+    }
+}
+
+/// How a walk of an RRULE's occurrences ended.
+enum Walk {
+    /// At the first occurrence after the due date, or at the rule's end.
+    Reached(Option<Timestamp>),
+    /// At [`MAX_RRULE_OCCURRENCES`] first.
+    TooLong,
+}
+
+/// Walks `parsed` anchored at `anchor` to its first occurrence after `due`.
+fn walk(
+    rule: &str,
+    parsed: rrule::RRule<rrule::Unvalidated>,
+    anchor: Timestamp,
+    due: Timestamp,
+    tz: Tz,
+) -> Result<Walk, String> {
     // DTSTART is given as an instant in the zone, not as local text: a start
     // in a DST overlap (01:30 on a fall-back night) is ambiguous as text,
     // and the rrule crate refuses it. Whole seconds, as RFC 5545 has them.
@@ -93,15 +121,13 @@ pub fn next_rrule(
     for (walked, date) in (&set).into_iter().enumerate() {
         let ms = date.timestamp_millis();
         if ms > due {
-            return Ok(Some(ms));
+            return Ok(Walk::Reached(Some(ms)));
         }
         if walked + 1 >= MAX_RRULE_OCCURRENCES {
-            return Err(format!(
-                "RRULE {rule:?} has more than {MAX_RRULE_OCCURRENCES} occurrences between the series start and the due date: start the series later"
-            ));
+            return Ok(Walk::TooLong);
         }
     }
-    Ok(None)
+    Ok(Walk::Reached(None))
 }
 
 /// Occurrences of an RRULE with `COUNT` walked, at most, from the series
@@ -150,14 +176,16 @@ mod tests {
     fn an_rrule_started_long_ago_is_walked_from_its_due_date() {
         let tz = Tz::UTC;
         let due = at(tz, 2026, 1, 1, 0, 0);
-        // Without COUNT, from the due date: cheap however old the series.
+        // Without COUNT and past the bound, from the due date: cheap
+        // however old the series.
         let next = next_rrule("FREQ=SECONDLY", at(tz, 1, 1, 1, 0, 0), due, tz).unwrap();
         assert_eq!(next, Some(due + 1000));
-        let next = next_rrule("FREQ=HOURLY", at(tz, 2024, 1, 1, 0, 0), due, tz).unwrap();
+        let next = next_rrule("FREQ=HOURLY", at(tz, 2024, 1, 1, 0, 30), due, tz).unwrap();
         assert_eq!(next, Some(at(tz, 2026, 1, 1, 1, 0)));
+        // Within the bound, from the start: its 09:00 holds.
         let next = next_rrule("FREQ=WEEKLY;BYDAY=MO,WE", at(tz, 1990, 1, 1, 9, 0), due, tz);
         // 2026-01-01 is a Thursday.
-        assert_eq!(next.unwrap(), Some(at(tz, 2026, 1, 5, 0, 0)));
+        assert_eq!(next.unwrap(), Some(at(tz, 2026, 1, 5, 9, 0)));
         // With COUNT, from the series start, within the budget.
         let err = next_rrule("FREQ=DAILY;COUNT=50000", at(tz, 1900, 1, 1, 0, 0), due, tz);
         assert!(err.unwrap_err().contains("start the series later"));
@@ -165,6 +193,28 @@ mod tests {
         assert_eq!(next.unwrap(), Some(at(tz, 2026, 1, 1, 9, 0)));
         let ended = next_rrule("FREQ=DAILY;COUNT=3", at(tz, 2025, 12, 1, 9, 0), due, tz);
         assert_eq!(ended.unwrap(), None);
+    }
+
+    /// An occurrence done off its day does not move the series: the next
+    /// one is the rule's, counted from the series start.
+    #[test]
+    fn an_rrule_series_keeps_its_phase_when_an_occurrence_moved() {
+        let tz: Tz = "Europe/Berlin".parse().unwrap();
+        // Every other Monday at 09:00 from 2026-01-05: the 19th, 2 Feb, ...
+        let start = at(tz, 2026, 1, 5, 9, 0);
+        // The 19th's occurrence was moved to Tuesday the 20th, 14:00.
+        let moved = at(tz, 2026, 1, 20, 14, 0);
+        let next = next_rrule("FREQ=WEEKLY;INTERVAL=2", start, moved, tz).unwrap();
+        assert_eq!(next, Some(at(tz, 2026, 2, 2, 9, 0)));
+        // Moved earlier, to the Friday before: still the 19th.
+        let early = at(tz, 2026, 1, 16, 9, 0);
+        let next = next_rrule("FREQ=WEEKLY;INTERVAL=2", start, early, tz).unwrap();
+        assert_eq!(next, Some(at(tz, 2026, 1, 19, 9, 0)));
+        // Monthly on the 31st: the months without one are skipped still.
+        let start = at(tz, 2026, 1, 31, 9, 0);
+        let moved = at(tz, 2026, 3, 30, 9, 0);
+        let next = next_rrule("FREQ=MONTHLY", start, moved, tz).unwrap();
+        assert_eq!(next, Some(at(tz, 2026, 3, 31, 9, 0)));
     }
 
     #[test]
