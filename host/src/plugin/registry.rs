@@ -121,9 +121,8 @@ pub const COMPILE_RETRY_FIRST: std::time::Duration = super::watcher::FALLBACK_RE
 pub const COMPILE_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(30 * 60);
 /// Compiles of unchanged files the machine did not finish, in a row, after
 /// which the last failure stands as a verdict until the files change: a
-/// component that always runs past `sandbox.compile_timeout` on a busy host
-/// or always gets the compiler OOM-killed is not compiled again every half
-/// hour.
+/// component that always runs past `sandbox.compile_timeout` or always
+/// gets the compiler OOM-killed is not compiled again every half hour.
 pub const COMPILE_TRIES: u32 = 3;
 
 /// The longest the directory's listing or one plugin's files may take to

@@ -73,15 +73,17 @@ pub struct Compiler {
 /// Why a compile in the child failed.
 #[derive(Debug)]
 pub(super) enum ChildError {
-    /// A verdict on the bytes: the compiler refused them, compiling them
-    /// took more memory than allowed (the same bytes take the same memory),
-    /// or it ran past its time computing ([`COSTLY_CPU_SHARE`]).
+    /// A verdict on the bytes: the compiler refused them, or compiling them
+    /// took more memory than allowed (the same bytes take the same memory).
     Refused(wasmtime::Error),
     /// Not a verdict on the bytes: the machine did not carry the compile to
-    /// its end. No process or thread could be started, the compiler was
-    /// killed by something other than its bounds (the kernel's OOM killer),
-    /// its output could not be read, or it ran past its time — wall time —
-    /// waiting for a CPU on a busy host.
+    /// its end. No process, thread or engine could be started, an
+    /// allocation was refused, the compiler was killed by something other
+    /// than its bounds (the kernel's OOM killer), its output could not be
+    /// read, or it ran past its time — wall time, which a busy host
+    /// stretches. (The CPU time it had is told, but does not decide: a
+    /// component refused for good on a contended host would stay down until
+    /// edited, while one retried costs at most the registry's few tries.)
     Machine(wasmtime::Error),
 }
 
@@ -120,15 +122,23 @@ const CHILD_THREADS: usize = 2;
 /// not the bytes' (`EX_TEMPFAIL` of sysexits.h): the parent tries such a
 /// compile again later ([`ChildError::Machine`]). Any other failure is a
 /// verdict on the bytes.
-const EXIT_MACHINE: i32 = 75;
+const EXIT_MACHINE: u8 = 75;
 
-/// What Rust's default allocation error handler prints before it aborts.
-/// An allocation the host refused is taken as the machine's doing (memory
-/// the host lacks, a cgroup, overcommit settings): the watchdog holds the
+/// Whether `stderr` ends with what Rust's default allocation error handler
+/// prints before it aborts (`memory allocation of N bytes failed`). An
+/// allocation the host refused is taken as the machine's doing (memory the
+/// host lacks, a cgroup, overcommit settings): the watchdog holds the
 /// bytes' own appetite to [`Compiler::memory`], and should they have asked
 /// for one huge block, the registry's cap on tries bounds what retrying
 /// costs.
-const ALLOCATION_FAILED: &str = "memory allocation of ";
+fn allocation_failed(stderr: &str) -> bool {
+    stderr
+        .lines()
+        .next_back()
+        .and_then(|line| line.strip_prefix("memory allocation of "))
+        .and_then(|rest| rest.strip_suffix(" bytes failed"))
+        .is_some_and(|bytes| !bytes.is_empty() && bytes.bytes().all(|b| b.is_ascii_digit()))
+}
 
 /// Why the compiler child's work failed.
 #[derive(Debug)]
@@ -172,7 +182,7 @@ pub fn child_main(input: impl Read, output: impl Write) -> std::process::ExitCod
         Err(failure) => {
             eprintln!("error: {:#}", failure.error);
             if failure.machine {
-                std::process::ExitCode::from(EXIT_MACHINE as u8)
+                std::process::ExitCode::from(EXIT_MACHINE)
             } else {
                 std::process::ExitCode::FAILURE
             }
@@ -187,10 +197,18 @@ fn compile_stream(mut input: impl Read, mut output: impl Write) -> Result<(), Ch
     input
         .read_to_end(&mut bytes)
         .map_err(|err| ChildFailure::machine(anyhow::anyhow!("reading the component: {err}")))?;
-    let artifact = precompile(&base_config(), &bytes).map_err(|error| ChildFailure {
-        machine: false,
-        error: error.into(),
-    })?;
+    // An engine that cannot be made (its memory mapped, say) is the
+    // machine's failure; only the compile itself judges the bytes.
+    let mut config = base_config();
+    config.allocation_strategy(InstanceAllocationStrategy::OnDemand);
+    let engine = Engine::new(&config)
+        .map_err(|err| ChildFailure::machine(anyhow::anyhow!("cannot make an engine: {err:#}")))?;
+    let artifact = engine
+        .precompile_component(&bytes)
+        .map_err(|error| ChildFailure {
+            machine: false,
+            error: error.into(),
+        })?;
     output
         .write_all(&artifact)
         .and_then(|()| output.flush())
@@ -204,12 +222,6 @@ enum Breach {
     /// With the CPU time it had used, if that could be read.
     Time(Option<Duration>),
 }
-
-/// A compile stopped at its time had at least this share of that time on
-/// a CPU, or more: then the bytes are what is slow to compile, and the
-/// time is a verdict on them. With less, a busy host kept it waiting, and
-/// it is tried again later.
-const COSTLY_CPU_SHARE: f64 = 0.5;
 
 /// A child killed and reaped however the parent leaves (an error, a
 /// panic), so none is left running unwatched or as a zombie.
@@ -306,6 +318,9 @@ pub(super) fn in_child(compiler: &Compiler, bytes: &[u8]) -> Result<Vec<u8>, Chi
         }
     };
     match breach {
+        // The child finished on its own and the watchdog's kill came after
+        // (while its output was being read): the artifact is whole.
+        Some(Breach::Time(_)) if status.success() => {}
         Some(Breach::Memory(used)) => {
             return Err(ChildError::Refused(wasmtime::format_err!(
                 "compiling it took more than {} of memory (at least {}; \
@@ -315,26 +330,18 @@ pub(super) fn in_child(compiler: &Compiler, bytes: &[u8]) -> Result<Vec<u8>, Chi
             )));
         }
         Some(Breach::Time(cpu)) => {
-            let timeout = humantime::format_duration(compiler.timeout);
-            return Err(match cpu {
-                Some(cpu)
-                    if cpu.as_secs_f64() >= compiler.timeout.as_secs_f64() * COSTLY_CPU_SHARE =>
-                {
-                    ChildError::Refused(wasmtime::format_err!(
-                        "compiling it took longer than {timeout} (sandbox.compile_timeout), {} of \
-                         it on a CPU",
-                        humantime::format_duration(whole_millis(cpu))
-                    ))
-                }
-                Some(cpu) => ChildError::Machine(wasmtime::format_err!(
-                    "compiling it took longer than {timeout} (sandbox.compile_timeout) with only \
-                     {} on a CPU: a busy host",
+            // The CPU time it had tells an operator whether to raise the
+            // bound (it computed all along) or look at the host (it waited).
+            let cpu = cpu.map_or_else(String::new, |cpu| {
+                format!(
+                    ", {} of CPU time",
                     humantime::format_duration(whole_millis(cpu))
-                )),
-                None => ChildError::Machine(wasmtime::format_err!(
-                    "compiling it took longer than {timeout} (sandbox.compile_timeout)"
-                )),
+                )
             });
+            return Err(ChildError::Machine(wasmtime::format_err!(
+                "compiling it took longer than {} (sandbox.compile_timeout{cpu})",
+                humantime::format_duration(compiler.timeout)
+            )));
         }
         None => {}
     }
@@ -356,8 +363,8 @@ pub(super) fn in_child(compiler: &Compiler, bytes: &[u8]) -> Result<Vec<u8>, Chi
             "the compiler failed ({status}): {}",
             crate::text::message(error)
         );
-        let machine = status.code() == Some(EXIT_MACHINE)
-            || (status.signal() == Some(libc::SIGABRT) && errors.contains(ALLOCATION_FAILED));
+        let machine = status.code() == Some(i32::from(EXIT_MACHINE))
+            || (status.signal() == Some(libc::SIGABRT) && allocation_failed(errors));
         return Err(if machine {
             ChildError::Machine(error)
         } else {
@@ -429,16 +436,26 @@ fn resident_bytes(pid: u32) -> Option<u64> {
 /// system), if it can be read.
 fn cpu_time(pid: u32) -> Option<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // After the command name in parentheses (which may hold anything):
-    // state, then 10 fields, then utime and stime in clock ticks.
+    // SAFETY: `sysconf` touches no memory of ours.
+    let per_second = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).ok()?;
+    let ticks = cpu_ticks(&stat)?;
+    (per_second > 0).then(|| Duration::from_millis(ticks.saturating_mul(1000) / per_second))
+}
+
+/// utime + stime, in clock ticks, from the text of `/proc/PID/stat`.
+fn cpu_ticks(stat: &str) -> Option<u64> {
+    // After the command name in parentheses (which may hold anything,
+    // parentheses and spaces too): the state (field 3), then ten fields,
+    // then utime and stime (fields 14 and 15).
     let mut fields = stat
         .get(stat.rfind(')')? + 1..)?
         .split_whitespace()
         .skip(11);
-    let ticks: u64 = fields.next()?.parse::<u64>().ok()? + fields.next()?.parse::<u64>().ok()?;
-    // SAFETY: `sysconf` touches no memory of ours.
-    let per_second = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).ok()?;
-    (per_second > 0).then(|| Duration::from_millis(ticks * 1000 / per_second))
+    fields
+        .next()?
+        .parse::<u64>()
+        .ok()?
+        .checked_add(fields.next()?.parse().ok()?)
 }
 
 /// `duration` to the millisecond, for a message.
@@ -488,12 +505,12 @@ mod tests {
     #[test]
     fn a_compiler_is_held_to_its_time_and_says_why_it_failed() {
         let started = Instant::now();
-        // Waiting, not computing: a busy host, tried again later.
+        // Tried again later, with the CPU time it had.
         let slow = compile_with("exec sleep 600", Duration::from_millis(300));
         assert!(
             slow.starts_with(
-                "machine: compiling it took longer than 300ms (sandbox.compile_timeout) with only "
-            ) && slow.ends_with(" on a CPU: a busy host"),
+                "machine: compiling it took longer than 300ms (sandbox.compile_timeout, "
+            ) && slow.ends_with(" of CPU time)"),
             "{slow}"
         );
         assert!(
@@ -583,24 +600,31 @@ mod tests {
         assert!(format!("{:#}", unwritten.error).starts_with("writing the artifact: "));
     }
 
-    /// A compile that computed for most of its time is what its bytes cost:
-    /// a verdict, not tried again until they change.
+    /// The CPU time comes from fields 14 and 15 of `/proc/PID/stat`,
+    /// whatever the command's name holds.
     #[test]
-    fn a_compile_that_used_its_time_on_a_cpu_is_a_verdict() {
-        // The loop needs half a core for the time; on a test machine busy
-        // enough to deny it that, the host is rightly found busy: try again.
-        let busy = (0..5)
-            .map(|_| compile_with("while :; do :; done", Duration::from_millis(1500)))
-            .find(|outcome| !outcome.ends_with("a busy host"))
-            .expect("a loop on a CPU for its whole time, five times found waiting");
-        assert!(
-            busy.starts_with(
-                "refused: compiling it took longer than 1s 500ms (sandbox.compile_timeout), "
-            ) && busy.ends_with(" of it on a CPU"),
-            "{busy}"
-        );
-        let own = cpu_time(std::process::id()).expect("this process's CPU time");
-        assert!(own > Duration::ZERO, "{own:?}");
+    fn cpu_time_is_read_past_any_command_name() {
+        // pid (comm) state ppid pgrp session tty tpgid flags minflt cminflt
+        // majflt cmajflt utime stime cutime cstime ...
+        let stat = "4242 (a) b) c) S 1 2 3 4 5 6 7 8 9 10 1234 56 77 88 20 0 3 0";
+        assert_eq!(cpu_ticks(stat), Some(1290));
+        assert_eq!(cpu_ticks("4242 (x) S 1 2"), None);
+        assert!(cpu_time(std::process::id()).is_some());
+    }
+
+    #[test]
+    fn an_allocation_failure_is_told_by_the_last_line_alone() {
+        assert!(allocation_failed(
+            "a log line\nmemory allocation of 1048576 bytes failed"
+        ));
+        assert!(allocation_failed("memory allocation of 1 bytes failed\n"));
+        // Quoted by something else, or not the last word.
+        assert!(!allocation_failed(
+            "memory allocation of 1048576 bytes failed\nthread panicked"
+        ));
+        assert!(!allocation_failed(
+            "error: memory allocation of lots bytes failed"
+        ));
     }
 
     #[test]
