@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::harness::Harness;
+use common::harness::{Harness, header};
 use common::{
     Sample, TEST_PLUGIN, created_events, event, eventually, http_get, mode, parse_metrics,
     plugin_dir, reader, sample, sandbox, value, with_custom_section,
@@ -20,7 +20,6 @@ use rdkafka::Message;
 use rdkafka::message::OwnedMessage;
 use todo_eventd::admin::{self, Admin};
 use todo_eventd::clock::Clock;
-use todo_eventd::kafka;
 use todo_eventd::pipeline::Pipeline;
 use todo_eventd::plugin::{Registry, watcher};
 use todo_eventd::sandbox::Sandbox;
@@ -54,10 +53,6 @@ async fn read(
         seen.push(message.unwrap().detach());
     }
     seen
-}
-
-fn header(message: &OwnedMessage, name: &str) -> String {
-    kafka::header(message, name).unwrap_or_default()
 }
 
 /// The plugins directory `dir` opened as a live registry on the system
@@ -155,11 +150,17 @@ async fn a_plugin_replaced_under_load_handles_every_event_exactly_once() {
     // Per input partition, in input order: v1 up to the swap, v2 after it.
     let mut by_partition: BTreeMap<String, Vec<(i64, String)>> = BTreeMap::new();
     for message in &seen {
-        let offset = header(message, "source.offset").parse().unwrap();
+        let offset = header(message, "source.offset")
+            .unwrap_or_default()
+            .parse()
+            .unwrap();
         by_partition
-            .entry(header(message, "source.partition"))
+            .entry(header(message, "source.partition").unwrap_or_default())
             .or_default()
-            .push((offset, header(message, "source.plugin.hash")));
+            .push((
+                offset,
+                header(message, "source.plugin.hash").unwrap_or_default(),
+            ));
     }
     let mut versions = BTreeSet::new();
     for (partition, mut handled) in by_partition {
@@ -250,7 +251,10 @@ async fn a_failing_plugin_is_quarantined_then_recovers() {
     let of = |plugin: &str, topic: &str| -> Vec<&OwnedMessage> {
         seen.iter()
             .filter(|m| m.topic() == topic)
-            .filter(|m| header(m, "source.plugin") == plugin || header(m, "error.plugin") == plugin)
+            .filter(|m| {
+                header(m, "source.plugin").unwrap_or_default() == plugin
+                    || header(m, "error.plugin").unwrap_or_default() == plugin
+            })
             .collect()
     };
     assert_eq!(of("steady", "out-topic").len(), total);
@@ -261,11 +265,16 @@ async fn a_failing_plugin_is_quarantined_then_recovers() {
     let ids: BTreeSet<String> = handled
         .iter()
         .map(|m| value(m)["event"].as_str().unwrap().to_owned())
-        .chain(dead.iter().map(|m| header(m, "source.event.id")))
+        .chain(
+            dead.iter()
+                .map(|m| header(m, "source.event.id").unwrap_or_default()),
+        )
         .collect();
     assert_eq!(ids.len(), total);
     let kinds: BTreeMap<String, usize> = dead.iter().fold(BTreeMap::new(), |mut kinds, m| {
-        *kinds.entry(header(m, "error.kind")).or_default() += 1;
+        *kinds
+            .entry(header(m, "error.kind").unwrap_or_default())
+            .or_default() += 1;
         kinds
     });
     assert_eq!(kinds["panic"], 3, "{kinds:?}");
@@ -715,4 +724,11 @@ async fn a_plugins_directory_swapped_under_its_path_is_watched_anew() {
     std::fs::write(&temporary, &v3).unwrap();
     std::fs::rename(&temporary, root.path().join("releases/2/echo.wasm")).unwrap();
     eventually("v3 serving, written into the new directory", serving(&v3)).await;
+
+    // Removed and made again under the same path (the file system may give
+    // it the old inode).
+    let v4 = with_custom_section(TEST_PLUGIN, "v4");
+    std::fs::remove_dir_all(root.path().join("releases/2")).unwrap();
+    release(2, &v4);
+    eventually("v4 serving, in the directory made again", serving(&v4)).await;
 }

@@ -20,9 +20,10 @@
 use std::os::unix::fs::MetadataExt as _;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use notify::event::{AccessKind, AccessMode};
+use notify::event::{AccessKind, AccessMode, ModifyKind};
 use notify::{Event, EventKind, RecursiveMode, Watcher as _};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -88,10 +89,26 @@ pub fn watch(
     // One stored permit at most: events between two looks are one.
     let changed = Arc::new(Notify::new());
     let signal = changed.clone();
+    // The watched directory itself was removed or moved away: its path is
+    // watched anew at the next check even if it leads to the same device
+    // and inode (a file system may reuse the inode of a directory removed
+    // and made again).
+    let lost = Arc::new(AtomicBool::new(false));
+    let lost_by_event = lost.clone();
+    let root = std::path::absolute(&dir).unwrap_or_else(|_| dir.clone());
     let mut watcher =
         notify::recommended_watcher(move |event: notify::Result<Event>| match event {
             Ok(event) if !relevant(&event) => {}
-            Ok(_) => signal.notify_one(),
+            Ok(event) => {
+                if matches!(
+                    event.kind,
+                    EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(_))
+                ) && event.paths.contains(&root)
+                {
+                    lost_by_event.store(true, Ordering::Relaxed);
+                }
+                signal.notify_one();
+            }
             Err(err) => warn!(error = %err, "Watching the plugins directory."),
         })?;
     // Taken before the watch is set: should the path change in between,
@@ -106,6 +123,9 @@ pub fn watch(
             let mut check = tokio::time::interval(IDENTITY_CHECK);
             check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut fallback_at = Instant::now() + fallback;
+            // Whether setting the watch again failed (said once, tried at
+            // every check until it works).
+            let mut unwatched = false;
             loop {
                 tokio::select! {
                     () = changed.notified() => {
@@ -129,17 +149,28 @@ pub fn watch(
                         let Ok(Ok(now)) = lookups.run("dir", READ_TIMEOUT, move || identity(&path)).await else {
                             continue;
                         };
-                        if watched == Some(now) {
+                        if watched == Some(now) && !lost.swap(false, Ordering::Relaxed) {
                             continue;
                         }
-                        info!("The plugins directory's path leads to another directory now; watching that one.");
+                        if !unwatched {
+                            info!("The plugins directory's path leads to another directory now; watching that one.");
+                        }
                         // The old directory's watch may be gone already
                         // (removed with it).
                         let _ = watcher.unwatch(&dir);
-                        if let Err(err) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
-                            warn!(error = %err, every = ?fallback, "Cannot watch the plugins directory; it is rescanned on a timer only.");
+                        match watcher.watch(&dir, RecursiveMode::NonRecursive) {
+                            Ok(()) => {
+                                watched = Some(now);
+                                unwatched = false;
+                            }
+                            Err(err) => {
+                                if !unwatched {
+                                    warn!(error = %err, "Cannot watch the plugins directory; it is rescanned at every check until it can be.");
+                                }
+                                watched = None;
+                                unwatched = true;
+                            }
                         }
-                        watched = Some(now);
                     }
                 }
                 // Files are read (regular files only, size-capped) and
