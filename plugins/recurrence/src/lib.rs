@@ -148,7 +148,7 @@ impl Plugin for RecurrencePlugin {
                         .filter(|next| simple.until.is_none_or(|until| *next <= until))
                 }
             }
-            Recurrence::Rrule(rule) => schedule::next_rrule(rule, start, due, tz)
+            Recurrence::Rrule(rule) => schedule::next_rrule(rule, start, due, occurrence, tz)
                 .map_err(|e| Error::bad_input("bad-rrule", format!("task {}: {e}", task.id)))?,
         };
         let series = task.series_id.clone().unwrap_or_else(|| task.id.clone());

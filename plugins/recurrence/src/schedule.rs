@@ -49,21 +49,25 @@ pub fn next_simple(
     instant(next, tz)
 }
 
-/// The first occurrence of `rule` after `due`, with the rule anchored at
-/// `start` in `tz`. `Ok(None)` when the rule has no more occurrences.
+/// The due time of occurrence `occurrence + 1` of `rule`, anchored at
+/// `start` in `tz` (occurrence 1 was due at `start`), and after `due`, when
+/// occurrence `occurrence` was done. `Ok(None)` when the rule has no more.
 ///
-/// rrule cannot jump ahead: it walks every occurrence from its DTSTART. So
-/// the rule is walked from the series start for at most
-/// [`MAX_RRULE_OCCURRENCES`] occurrences, which keeps the series in its
-/// phase when an occurrence was moved (a fortnightly Monday series stays on
-/// its Mondays after one was done on a Tuesday). Past that bound, a rule
-/// with `COUNT` is refused (its count runs from the start), and one
-/// without is walked from `due` — the occurrence just completed — instead,
-/// so an hourly series years old costs no more than the bound.
+/// The rule is walked from the series start and its dates counted, so the
+/// series keeps its phase and its count when an occurrence's due date was
+/// moved: a fortnightly Monday series stays on its Mondays after one was
+/// moved to a Tuesday, and one moved earlier is not followed by its own
+/// date again. rrule cannot jump ahead — it walks every period from its
+/// DTSTART — so that walk is bounded ([`MAX_RRULE_PERIODS`],
+/// [`MAX_RRULE_DATES_WALKED`], [`MAX_RRULE_OCCURRENCES`]). Past the bounds
+/// a rule with `COUNT` is refused (its count runs from the start), and one
+/// without is walked from `due` instead, taking its first date after it:
+/// an hourly series years old costs no more than a new one.
 pub fn next_rrule(
     rule: &str,
     start: Timestamp,
     due: Timestamp,
+    occurrence: u32,
     tz: Tz,
 ) -> Result<Option<Timestamp>, String> {
     let parsed = rule
@@ -75,41 +79,72 @@ pub fn next_rrule(
             "RRULE {rule:?} makes up to {dates_a_step} dates a period (days in a period × BYHOUR × BYMINUTE × BYSECOND; at most {MAX_RRULE_DATES_A_STEP})"
         ));
     }
+    // Ended: and rrule refuses a DTSTART after UNTIL.
+    if parsed
+        .get_until()
+        .is_some_and(|until| until.timestamp_millis() <= due)
+    {
+        return Ok(None);
+    }
     let counted = parsed.get_count().is_some();
-    match walk(rule, parsed.clone(), start, due, tz)? {
+    let periods = periods_between(&parsed, start, due);
+    let walkable = periods <= MAX_RRULE_PERIODS
+        && periods.saturating_mul(dates_a_step as u64) <= MAX_RRULE_DATES_WALKED;
+    if walkable {
+        match walk(rule, parsed.clone(), start, due, Some(occurrence), tz)? {
+            Walk::Reached(next) => return Ok(next),
+            Walk::TooLong if counted => {}
+            Walk::TooLong => return from_due(rule, parsed, start, due, tz),
+        }
+    }
+    if counted {
+        return Err(format!(
+            "RRULE {rule:?} has too many dates between the series start and the due date to count (at most {MAX_RRULE_OCCURRENCES} occurrences in {MAX_RRULE_PERIODS} periods): start the series later"
+        ));
+    }
+    from_due(rule, parsed, start, due, tz)
+}
+
+/// The first date of `parsed` after `due`, walked from `due`.
+fn from_due(
+    rule: &str,
+    parsed: rrule::RRule<rrule::Unvalidated>,
+    start: Timestamp,
+    due: Timestamp,
+    tz: Tz,
+) -> Result<Option<Timestamp>, String> {
+    match walk(rule, parsed, start.max(due), due, None, tz)? {
         Walk::Reached(next) => Ok(next),
-        Walk::TooLong if counted => Err(format!(
-            "RRULE {rule:?} has more than {MAX_RRULE_OCCURRENCES} occurrences between the series start and the due date: start the series later"
+        Walk::TooLong => Err(format!(
+            "RRULE {rule:?} has more than {MAX_RRULE_OCCURRENCES} occurrences before one after the due date"
         )),
-        Walk::TooLong => match walk(rule, parsed, start.max(due), due, tz)? {
-            Walk::Reached(next) => Ok(next),
-            Walk::TooLong => Err(format!(
-                "RRULE {rule:?} has more than {MAX_RRULE_OCCURRENCES} occurrences before one after the due date"
-            )),
-        },
     }
 }
 
 /// How a walk of an RRULE's occurrences ended.
 enum Walk {
-    /// At the first occurrence after the due date, or at the rule's end.
+    /// At the date sought, or at the rule's end.
     Reached(Option<Timestamp>),
     /// At [`MAX_RRULE_OCCURRENCES`] first.
     TooLong,
 }
 
-/// Walks `parsed` anchored at `anchor` to its first occurrence after `due`.
+/// Walks `parsed` anchored at `anchor` to its first date after `due` that
+/// is also, when `occurrence` is given (the anchor then being occurrence
+/// 1's date), at least occurrence `occurrence + 1`.
 fn walk(
     rule: &str,
     parsed: rrule::RRule<rrule::Unvalidated>,
     anchor: Timestamp,
     due: Timestamp,
+    occurrence: Option<u32>,
     tz: Tz,
 ) -> Result<Walk, String> {
     // DTSTART is given as an instant in the zone, not as local text: a start
     // in a DST overlap (01:30 on a fall-back night) is ambiguous as text,
     // and the rrule crate refuses it. Whole seconds, as RFC 5545 has them.
-    let dtstart = DateTime::<Utc>::from_timestamp(anchor.div_euclid(1000), 0)
+    let anchor_s = anchor.div_euclid(1000);
+    let dtstart = DateTime::<Utc>::from_timestamp(anchor_s, 0)
         .ok_or("start out of range")?
         .with_timezone(&rrule::Tz::Tz(tz));
     // Limited: a rule whose BY parts never match (`BYMONTH=2;BYMONTHDAY=30`)
@@ -118,9 +153,23 @@ fn walk(
         .build(dtstart)
         .map_err(|e| format!("invalid RRULE {rule:?}: {e}"))?
         .limit();
+    // Dates before this index are occurrences up to the one done: occurrence
+    // 1 is the anchor, which is the first date unless the rule leaves out a
+    // start it does not match.
+    let mut skip = 0;
     for (walked, date) in (&set).into_iter().enumerate() {
         let ms = date.timestamp_millis();
-        if ms > due {
+        if walked == 0
+            && let Some(occurrence) = occurrence
+        {
+            let done = usize::try_from(occurrence).unwrap_or(usize::MAX);
+            skip = if date.timestamp() == anchor_s {
+                done
+            } else {
+                done.saturating_sub(1)
+            };
+        }
+        if walked >= skip && ms > due {
             return Ok(Walk::Reached(Some(ms)));
         }
         if walked + 1 >= MAX_RRULE_OCCURRENCES {
@@ -130,10 +179,40 @@ fn walk(
     Ok(Walk::Reached(None))
 }
 
-/// Occurrences of an RRULE with `COUNT` walked, at most, from the series
-/// start to the due date: `FREQ=SECONDLY;COUNT=…` from year 1 would
+/// Periods of `rule`'s frequency and interval from `start` to `due`, at
+/// most (months taken as 28 days, years as 365).
+fn periods_between(
+    rule: &rrule::RRule<rrule::Unvalidated>,
+    start: Timestamp,
+    due: Timestamp,
+) -> u64 {
+    const SECOND: u64 = 1000;
+    const DAY: u64 = 86_400 * SECOND;
+    let unit = match rule.get_freq() {
+        rrule::Frequency::Secondly => SECOND,
+        rrule::Frequency::Minutely => 60 * SECOND,
+        rrule::Frequency::Hourly => 3_600 * SECOND,
+        rrule::Frequency::Daily => DAY,
+        rrule::Frequency::Weekly => 7 * DAY,
+        rrule::Frequency::Monthly => 28 * DAY,
+        rrule::Frequency::Yearly => 365 * DAY,
+    };
+    let span = u64::try_from(due.saturating_sub(start)).unwrap_or(0);
+    span / (unit * u64::from(rule.get_interval().max(1))) + 1
+}
+
+/// Periods an RRULE is walked through, at most, from the series start to
+/// the due date: rrule walks every period from its start, so a rule
+/// matching rarely (`FREQ=DAILY;BYMONTH=2;BYMONTHDAY=29`) from year 1 would
 /// otherwise spend the call's whole deadline, event after event, and count
 /// against the plugin. A daily series of 27 years is within it.
+pub const MAX_RRULE_PERIODS: u64 = 10_000;
+
+/// Dates an RRULE builds, at most, walking from the series start to the
+/// due date (periods × dates a period).
+pub const MAX_RRULE_DATES_WALKED: u64 = 1_000_000;
+
+/// Occurrences of an RRULE walked, at most, to the one sought.
 pub const MAX_RRULE_OCCURRENCES: usize = 10_000;
 
 /// Dates an RRULE may make in one period: rrule builds each period's dates
@@ -178,43 +257,108 @@ mod tests {
         let due = at(tz, 2026, 1, 1, 0, 0);
         // Without COUNT and past the bound, from the due date: cheap
         // however old the series.
-        let next = next_rrule("FREQ=SECONDLY", at(tz, 1, 1, 1, 0, 0), due, tz).unwrap();
+        let next = next_rrule("FREQ=SECONDLY", at(tz, 1, 1, 1, 0, 0), due, 1, tz).unwrap();
         assert_eq!(next, Some(due + 1000));
-        let next = next_rrule("FREQ=HOURLY", at(tz, 2024, 1, 1, 0, 30), due, tz).unwrap();
+        let next = next_rrule("FREQ=HOURLY", at(tz, 2024, 1, 1, 0, 30), due, 17_520, tz).unwrap();
         assert_eq!(next, Some(at(tz, 2026, 1, 1, 1, 0)));
         // Within the bound, from the start: its 09:00 holds.
-        let next = next_rrule("FREQ=WEEKLY;BYDAY=MO,WE", at(tz, 1990, 1, 1, 9, 0), due, tz);
+        let next = next_rrule(
+            "FREQ=WEEKLY;BYDAY=MO,WE",
+            at(tz, 1990, 1, 1, 9, 0),
+            due,
+            3758,
+            tz,
+        );
         // 2026-01-01 is a Thursday.
         assert_eq!(next.unwrap(), Some(at(tz, 2026, 1, 5, 9, 0)));
         // With COUNT, from the series start, within the budget.
-        let err = next_rrule("FREQ=DAILY;COUNT=50000", at(tz, 1900, 1, 1, 0, 0), due, tz);
+        let err = next_rrule(
+            "FREQ=DAILY;COUNT=50000",
+            at(tz, 1900, 1, 1, 0, 0),
+            due,
+            46_022,
+            tz,
+        );
         assert!(err.unwrap_err().contains("start the series later"));
-        let next = next_rrule("FREQ=DAILY;COUNT=9600", at(tz, 2000, 1, 1, 9, 0), due, tz);
+        let next = next_rrule(
+            "FREQ=DAILY;COUNT=9600",
+            at(tz, 2000, 1, 1, 9, 0),
+            due,
+            9497,
+            tz,
+        );
         assert_eq!(next.unwrap(), Some(at(tz, 2026, 1, 1, 9, 0)));
-        let ended = next_rrule("FREQ=DAILY;COUNT=3", at(tz, 2025, 12, 1, 9, 0), due, tz);
+        let ended = next_rrule("FREQ=DAILY;COUNT=3", at(tz, 2025, 12, 1, 9, 0), due, 3, tz);
         assert_eq!(ended.unwrap(), None);
+        // A rule matching rarely, from year 1: walked from the due date, not
+        // through two thousand years of days.
+        let leap = next_rrule(
+            "FREQ=DAILY;BYMONTH=2;BYMONTHDAY=29",
+            at(tz, 1, 2, 1, 0, 0),
+            due,
+            500,
+            tz,
+        );
+        assert_eq!(leap.unwrap(), Some(at(tz, 2028, 2, 29, 0, 0)));
+        // Its UNTIL passed: ended, however far back it started.
+        let until = next_rrule(
+            "FREQ=SECONDLY;UNTIL=20200101T000000Z",
+            at(tz, 2000, 1, 1, 0, 0),
+            due,
+            9,
+            tz,
+        );
+        assert_eq!(until.unwrap(), None);
     }
 
-    /// An occurrence done off its day does not move the series: the next
-    /// one is the rule's, counted from the series start.
+    /// An occurrence whose due date was moved does not move the series,
+    /// nor is it followed by its own date again: the next is the rule's
+    /// date after it, counted from the series start.
     #[test]
-    fn an_rrule_series_keeps_its_phase_when_an_occurrence_moved() {
+    fn an_rrule_series_keeps_its_phase_and_count_when_an_occurrence_moved() {
         let tz: Tz = "Europe/Berlin".parse().unwrap();
         // Every other Monday at 09:00 from 2026-01-05: the 19th, 2 Feb, ...
         let start = at(tz, 2026, 1, 5, 9, 0);
-        // The 19th's occurrence was moved to Tuesday the 20th, 14:00.
+        let fortnightly =
+            |rule: &str, due, occurrence| next_rrule(rule, start, due, occurrence, tz).unwrap();
+        // The 19th's occurrence (the 2nd) moved to Tuesday the 20th, 14:00.
         let moved = at(tz, 2026, 1, 20, 14, 0);
-        let next = next_rrule("FREQ=WEEKLY;INTERVAL=2", start, moved, tz).unwrap();
-        assert_eq!(next, Some(at(tz, 2026, 2, 2, 9, 0)));
-        // Moved earlier, to the Friday before: still the 19th.
+        let feb_2 = Some(at(tz, 2026, 2, 2, 9, 0));
+        assert_eq!(fortnightly("FREQ=WEEKLY;INTERVAL=2", moved, 2), feb_2);
+        // Moved earlier, to the Friday before: not the 19th again.
         let early = at(tz, 2026, 1, 16, 9, 0);
-        let next = next_rrule("FREQ=WEEKLY;INTERVAL=2", start, early, tz).unwrap();
-        assert_eq!(next, Some(at(tz, 2026, 1, 19, 9, 0)));
-        // Monthly on the 31st: the months without one are skipped still.
+        assert_eq!(fortnightly("FREQ=WEEKLY;INTERVAL=2", early, 2), feb_2);
+        // ... nor a third of a series of two.
+        assert_eq!(
+            fortnightly("FREQ=WEEKLY;INTERVAL=2;COUNT=2", early, 2),
+            None
+        );
+        // The first one done late, past the second's date: the next after.
+        assert_eq!(fortnightly("FREQ=WEEKLY;INTERVAL=2", moved, 1), feb_2);
+        let done_early = at(tz, 2026, 1, 5, 8, 0);
+        let jan_19 = Some(at(tz, 2026, 1, 19, 9, 0));
+        assert_eq!(fortnightly("FREQ=WEEKLY;INTERVAL=2", done_early, 1), jan_19);
+
+        // Monthly on the 31st: the 2nd (31 March) moved to the 30th; the
+        // months without a 31st are skipped still.
         let start = at(tz, 2026, 1, 31, 9, 0);
         let moved = at(tz, 2026, 3, 30, 9, 0);
-        let next = next_rrule("FREQ=MONTHLY", start, moved, tz).unwrap();
-        assert_eq!(next, Some(at(tz, 2026, 3, 31, 9, 0)));
+        let next = next_rrule("FREQ=MONTHLY", start, moved, 2, tz).unwrap();
+        assert_eq!(next, Some(at(tz, 2026, 5, 31, 9, 0)));
+
+        // A start the rule does not match is occurrence 1 all the same.
+        let thursday = at(tz, 2026, 1, 1, 9, 0);
+        let monday = at(tz, 2026, 1, 5, 9, 0);
+        let rule = "FREQ=WEEKLY;BYDAY=MO,WE";
+        assert_eq!(
+            next_rrule(rule, thursday, thursday, 1, tz).unwrap(),
+            Some(monday)
+        );
+        let wednesday = Some(at(tz, 2026, 1, 7, 9, 0));
+        assert_eq!(
+            next_rrule(rule, thursday, monday, 2, tz).unwrap(),
+            wednesday
+        );
     }
 
     #[test]
@@ -223,16 +367,17 @@ mod tests {
         let every = |n: u32| (0..n).map(|i| i.to_string()).collect::<Vec<_>>().join(",");
         let rule = format!("FREQ=YEARLY;BYHOUR={};BYMINUTE={}", every(24), every(60));
         let start = at(tz, 2026, 1, 1, 0, 0);
-        let err = next_rrule(&rule, start, start, tz).unwrap_err();
+        let err = next_rrule(&rule, start, start, 1, tz).unwrap_err();
         assert!(err.contains("makes up to 527040 dates a period"), "{err}");
         // Every minute of a day, daily, and twice a day yearly are fine.
         let daily = format!("FREQ=DAILY;BYHOUR={};BYMINUTE={}", every(24), every(60));
-        let next = next_rrule(&daily, start, start, tz);
+        let next = next_rrule(&daily, start, start, 1, tz);
         assert_eq!(next.unwrap(), Some(at(tz, 2026, 1, 1, 0, 1)));
         let next = next_rrule(
             "FREQ=YEARLY;BYHOUR=9,17;BYMINUTE=0;BYSECOND=0",
             start,
             start,
+            1,
             tz,
         );
         assert_eq!(next.unwrap(), Some(at(tz, 2026, 1, 1, 9, 0)));
@@ -242,7 +387,7 @@ mod tests {
     fn an_rrule_that_never_matches_ends() {
         let tz = Tz::UTC;
         let start = at(tz, 2026, 1, 1, 0, 0);
-        let next = next_rrule("FREQ=YEARLY;BYMONTH=2;BYMONTHDAY=30", start, start, tz);
+        let next = next_rrule("FREQ=YEARLY;BYMONTH=2;BYMONTHDAY=30", start, start, 1, tz);
         assert_eq!(next.unwrap(), None);
     }
 
@@ -291,10 +436,10 @@ mod tests {
         let tz: Tz = "America/New_York".parse().unwrap();
         // Monday 2026-01-26 09:00 New York; next is Wednesday 09:00.
         let start = at(tz, 2026, 1, 26, 9, 0);
-        let next = next_rrule("FREQ=WEEKLY;BYDAY=MO,WE", start, start, tz).unwrap();
+        let next = next_rrule("FREQ=WEEKLY;BYDAY=MO,WE", start, start, 1, tz).unwrap();
         assert_eq!(next, Some(at(tz, 2026, 1, 28, 9, 0)));
         // From Wednesday, the next is the following Monday.
-        let next = next_rrule("FREQ=WEEKLY;BYDAY=MO,WE", start, next.unwrap(), tz).unwrap();
+        let next = next_rrule("FREQ=WEEKLY;BYDAY=MO,WE", start, next.unwrap(), 2, tz).unwrap();
         assert_eq!(next, Some(at(tz, 2026, 2, 2, 9, 0)));
     }
 
@@ -303,7 +448,7 @@ mod tests {
         // 01:00 on the night New York falls back happens twice.
         let tz: Tz = "America/New_York".parse().unwrap();
         let start = 941_346_000_000; // 1999-10-31T05:00:00Z = 01:00 EDT
-        let next = next_rrule("FREQ=DAILY;INTERVAL=1", start, start, tz).unwrap();
+        let next = next_rrule("FREQ=DAILY;INTERVAL=1", start, start, 1, tz).unwrap();
         assert_eq!(next, Some(at(tz, 1999, 11, 1, 1, 0)));
     }
 
@@ -313,14 +458,14 @@ mod tests {
         let start = at(tz, 2026, 1, 1, 9, 0);
         let second = at(tz, 2026, 1, 2, 9, 0);
         assert_eq!(
-            next_rrule("FREQ=DAILY;COUNT=2", start, start, tz).unwrap(),
+            next_rrule("FREQ=DAILY;COUNT=2", start, start, 1, tz).unwrap(),
             Some(second)
         );
         assert_eq!(
-            next_rrule("FREQ=DAILY;COUNT=2", start, second, tz).unwrap(),
+            next_rrule("FREQ=DAILY;COUNT=2", start, second, 2, tz).unwrap(),
             None
         );
-        assert!(next_rrule("FREQ=NEVER", start, start, tz).is_err());
+        assert!(next_rrule("FREQ=NEVER", start, start, 1, tz).is_err());
     }
 
     mod properties {
@@ -383,8 +528,8 @@ mod tests {
                 let by_day = if by_day && freq == "WEEKLY" { ";BYDAY=MO,TH" } else { "" };
                 let rule = format!("FREQ={freq};INTERVAL={interval}{by_day};UNTIL={until_text}");
                 let mut due = start;
-                for _ in 0..5 {
-                    match next_rrule(&rule, start, due, tz).map_err(TestCaseError::fail)? {
+                for occurrence in 1..=5 {
+                    match next_rrule(&rule, start, due, occurrence, tz).map_err(TestCaseError::fail)? {
                         Some(next) => {
                             prop_assert!(next > due, "{rule}: {next} after {due}");
                             prop_assert!(next <= until, "{rule}: {next} past UNTIL {until}");
