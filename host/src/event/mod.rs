@@ -173,9 +173,10 @@ struct CloudEvent<'a> {
 impl<'a> CloudEvent<'a> {
     fn structured(root: &'a Members<'a>) -> Result<Self> {
         let top = Obj::new("", root);
-        let id = lookup(&top, names!["id"])
-            .ok_or_else(|| DecodeError::field("id", "missing (CloudEvents require an id)"))?
-            .string_or_number()?;
+        let id = task::id_at(
+            &lookup(&top, names!["id"])
+                .ok_or_else(|| DecodeError::field("id", "missing (CloudEvents require an id)"))?,
+        )?;
         let source = lookup(&top, names!["source"])
             .map(|f| f.string())
             .transpose()?;
@@ -235,6 +236,7 @@ fn cloud_event_headers<'a>(headers: &[(&str, &[u8])]) -> Result<Option<CloudEven
     let Some(id) = header("ce_id")? else {
         return Ok(None);
     };
+    task::check_id(&id).map_err(|reason| DecodeError::field("header ce_id", reason))?;
     let time = match header("ce_time")? {
         None => None,
         Some(text) => Some(
@@ -335,16 +337,16 @@ impl Envelope<'_> {
             })
             .transpose()?;
 
+        // A CloudEvent's id is checked where it was read.
         let id = match self.id {
             Some(id) => id,
             None => match lookup(&top, names!["eventid"]) {
-                Some(found) => found.string_or_number()?,
+                Some(found) => task::id_at(&found)?,
                 // No id at all: derive one from the bytes, so a redelivery of
                 // the same record gets the same id.
                 None => format!("sha256:{}", &hex::encode(Sha256::digest(raw))[..32]),
             },
         };
-        let id = task::check_id(id, "event_id")?;
         let source = match self.source {
             Some(source) => Some(source),
             None => lookup(&top, names!["source"])

@@ -9,7 +9,7 @@ use super::{DecodeError, Result, recurrence, time};
 use crate::world::{EventKind, Priority, Task, Timestamp};
 
 /// The ids an envelope declares for its subject, which take precedence over
-/// the ids inside the task row.
+/// the ids inside the task row. Checked ([`id_at`]).
 pub(crate) struct EnvelopeIds<'a> {
     task_id: Option<String>,
     user_id: Option<String>,
@@ -20,10 +20,10 @@ pub(crate) struct EnvelopeIds<'a> {
 impl<'a> EnvelopeIds<'a> {
     pub(crate) fn read(top: &Obj<'_>, body: &Obj<'a>) -> Result<Self> {
         let task_id = lookup(top, names!["taskid"])
-            .map(|f| f.string_or_number())
+            .map(|f| id_at(&f))
             .transpose()?;
         let user_id = lookup(top, names!["userid"])
-            .map(|f| f.string_or_number())
+            .map(|f| id_at(&f))
             .transpose()?;
         Ok(Self {
             task_id,
@@ -43,7 +43,7 @@ pub(crate) fn decode(
         Some(id) => id.clone(),
         None => rows
             .get(names!["taskid", "id"])
-            .map(|f| f.string_or_number())
+            .map(|f| id_at(&f))
             .transpose()?
             .ok_or_else(|| {
                 let inner = join(envelope.body_path, "id");
@@ -53,16 +53,14 @@ pub(crate) fn decode(
                 )
             })?,
     };
-    let id = check_id(id, "task_id")?;
     let user_id = match &envelope.user_id {
         Some(user) => user.clone(),
         None => rows
             .get(names!["userid", "owner", "ownerid"])
-            .map(|f| f.string_or_number())
+            .map(|f| id_at(&f))
             .transpose()?
             .ok_or_else(|| DecodeError::field("user_id", "missing (expected user_id or userId)"))?,
     };
-    let user_id = check_id(user_id, "user_id")?;
 
     let (time_zone, tz) = match rows.get(names!["timezone", "tz", "tzid"]) {
         Some(found) => {
@@ -127,7 +125,7 @@ pub(crate) fn decode(
                 "recurrenceparentid",
                 "recurringparentid",
             ])
-            .map(|f| check_id(f.string_or_number()?, &f.field()))
+            .map(|f| id_at(&f))
             .transpose()?,
         occurrence: rows
             .get(names!["occurrence", "occurrencenumber", "occurrenceindex"])
@@ -146,20 +144,26 @@ pub(crate) fn decode(
 /// limit; a longer one is bad input, dead-lettered at decode.
 pub const MAX_ID_BYTES: usize = 256;
 
-/// An id that is neither empty nor longer than [`MAX_ID_BYTES`].
-pub(crate) fn check_id(value: String, field: &str) -> Result<String> {
-    if value.trim().is_empty() {
-        Err(DecodeError::field(field, "is empty"))
-    } else if value.len() > MAX_ID_BYTES {
-        Err(DecodeError::field(
-            field,
-            format!(
-                "is {} bytes long; ids may be at most {MAX_ID_BYTES} bytes",
-                value.len()
-            ),
+/// The id `found` holds (a string or a number), checked ([`check_id`]);
+/// an error names the field as the producer spelled it.
+pub(crate) fn id_at(found: &Found<'_>) -> Result<String> {
+    let id = found.string_or_number()?;
+    check_id(&id).map_err(|reason| found.error(reason))?;
+    Ok(id)
+}
+
+/// Why `id` is no id, if it is not: empty, or longer than
+/// [`MAX_ID_BYTES`].
+pub(crate) fn check_id(id: &str) -> Result<(), String> {
+    if id.trim().is_empty() {
+        Err("is empty".to_owned())
+    } else if id.len() > MAX_ID_BYTES {
+        Err(format!(
+            "is {} bytes long; ids may be at most {MAX_ID_BYTES} bytes",
+            id.len()
         ))
     } else {
-        Ok(value)
+        Ok(())
     }
 }
 
