@@ -149,11 +149,12 @@ pub fn watch(
                         let Ok(Ok(now)) = lookups.run("dir", READ_TIMEOUT, move || identity(&path)).await else {
                             continue;
                         };
-                        if watched == Some(now) && !lost.swap(false, Ordering::Relaxed) {
+                        let lost = lost.swap(false, Ordering::Relaxed);
+                        if watched == Some(now) && !lost {
                             continue;
                         }
                         if !unwatched {
-                            info!("The plugins directory's path leads to another directory now; watching that one.");
+                            info!(removed_or_moved = lost, "The plugins directory's path leads to another directory now (or the same one made again); watching it.");
                         }
                         // The old directory's watch may be gone already
                         // (removed with it).

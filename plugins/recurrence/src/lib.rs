@@ -139,24 +139,35 @@ impl Plugin for RecurrencePlugin {
         let start = task.series_start.unwrap_or(due);
         let tz = schedule::time_zone(task.time_zone.as_deref())
             .map_err(|e| Error::bad_input("bad-time-zone", e))?;
-        let next = match recurrence {
+        let (next, next_occurrence) = match recurrence {
             Recurrence::Simple(simple) => {
-                if simple.max_occurrences.is_some_and(|max| occurrence >= max) {
+                let next = if simple.max_occurrences.is_some_and(|max| occurrence >= max) {
                     None
                 } else {
                     schedule::next_simple(start, simple.frequency, simple.interval, occurrence, tz)
                         .filter(|next| simple.until.is_none_or(|until| *next <= until))
+                };
+                (next, occurrence.saturating_add(1))
+            }
+            Recurrence::Rrule(rule) => {
+                // A place in the series is counted only from the series'
+                // own start; without one, this task starts it.
+                let counted = task.series_start.is_some();
+                let done = if counted { occurrence } else { 1 };
+                match schedule::next_rrule(rule, start, due, done, tz)
+                    .map_err(|e| Error::bad_input("bad-rrule", format!("task {}: {e}", task.id)))?
+                {
+                    Some(next) if counted => (Some(next.at), next.occurrence),
+                    Some(next) => (Some(next.at), occurrence.saturating_add(1)),
+                    None => (None, occurrence),
                 }
             }
-            Recurrence::Rrule(rule) => schedule::next_rrule(rule, start, due, occurrence, tz)
-                .map_err(|e| Error::bad_input("bad-rrule", format!("task {}: {e}", task.id)))?,
         };
         let series = task.series_id.clone().unwrap_or_else(|| task.id.clone());
         let Some(next) = next else {
             info!("series {series} ended after occurrence {occurrence}");
             return remember(&task.id, "ended");
         };
-        let next_occurrence = occurrence + 1;
         let new_id = format!("{series}-r{next_occurrence}");
         let remind_at = task
             .remind_at

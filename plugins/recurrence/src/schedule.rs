@@ -49,27 +49,40 @@ pub fn next_simple(
     instant(next, tz)
 }
 
-/// The due time of occurrence `occurrence + 1` of `rule`, anchored at
-/// `start` in `tz` (occurrence 1 was due at `start`), and after `due`, when
-/// occurrence `occurrence` was done. `Ok(None)` when the rule has no more.
+/// The next occurrence of a recurring task: its due time and its number in
+/// the series (1 is the series start's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Next {
+    pub at: Timestamp,
+    pub occurrence: u32,
+}
+
+/// The occurrence of `rule`, anchored at `start` in `tz` (occurrence 1 was
+/// due at `start`), that follows occurrence `occurrence`, done when it was
+/// due at `due`. `Ok(None)` when the rule has no more.
 ///
 /// The rule is walked from the series start and its dates counted, so the
 /// series keeps its phase and its count when an occurrence's due date was
 /// moved: a fortnightly Monday series stays on its Mondays after one was
 /// moved to a Tuesday, and one moved earlier is not followed by its own
-/// date again. rrule cannot jump ahead — it walks every period from its
+/// date again. The next is the first date both after `due` and after
+/// occurrence `occurrence`'s place; its number is its place in the series
+/// (dates skipped because `due` was moved past them are not numbered
+/// twice). rrule cannot jump ahead — it walks every period from its
 /// DTSTART — so that walk is bounded ([`MAX_RRULE_PERIODS`],
 /// [`MAX_RRULE_DATES_WALKED`], [`MAX_RRULE_OCCURRENCES`]). Past the bounds
 /// a rule with `COUNT` is refused (its count runs from the start), and one
-/// without is walked from `due` instead, taking its first date after it:
-/// an hourly series years old costs no more than a new one.
+/// without is walked from the last period of the series' phase before
+/// `due` (sub-daily, daily and weekly rules; others from `due`), taking its
+/// first date after `due` as number `occurrence + 1`: an hourly series
+/// years old costs no more than a new one.
 pub fn next_rrule(
     rule: &str,
     start: Timestamp,
     due: Timestamp,
     occurrence: u32,
     tz: Tz,
-) -> Result<Option<Timestamp>, String> {
+) -> Result<Option<Next>, String> {
     let parsed = rule
         .parse::<rrule::RRule<rrule::Unvalidated>>()
         .map_err(|e| format!("invalid RRULE {rule:?}: {e}"))?;
@@ -79,59 +92,118 @@ pub fn next_rrule(
             "RRULE {rule:?} makes up to {dates_a_step} dates a period (days in a period × BYHOUR × BYMINUTE × BYSECOND; at most {MAX_RRULE_DATES_A_STEP})"
         ));
     }
-    // Ended: and rrule refuses a DTSTART after UNTIL.
+    // Ended (and rrule refuses a DTSTART after UNTIL).
     if parsed
         .get_until()
-        .is_some_and(|until| until.timestamp_millis() <= due)
+        .is_some_and(|until| until.timestamp_millis() <= due.max(start))
     {
         return Ok(None);
     }
-    let counted = parsed.get_count().is_some();
+    // COUNT occurrences, the series start's the first (RFC 5545; rrule
+    // leaves out a start the rule does not match, and counts the rest).
+    let count = parsed.get_count();
+    if count.is_some_and(|count| occurrence >= count) {
+        return Ok(None);
+    }
     let periods = periods_between(&parsed, start, due);
     let walkable = periods <= MAX_RRULE_PERIODS
         && periods.saturating_mul(dates_a_step as u64) <= MAX_RRULE_DATES_WALKED;
     if walkable {
         match walk(rule, parsed.clone(), start, due, Some(occurrence), tz)? {
-            Walk::Reached(next) => return Ok(next),
-            Walk::TooLong if counted => {}
-            Walk::TooLong => return from_due(rule, parsed, start, due, tz),
+            Walk::Reached(next) => {
+                return Ok(next.filter(|next| count.is_none_or(|count| next.occurrence <= count)));
+            }
+            Walk::TooLong if count.is_some() => {}
+            Walk::TooLong => return from_due(rule, parsed, start, due, occurrence, tz),
         }
     }
-    if counted {
+    if count.is_some() {
         return Err(format!(
             "RRULE {rule:?} has too many dates between the series start and the due date to count (at most {MAX_RRULE_OCCURRENCES} occurrences in {MAX_RRULE_PERIODS} periods): start the series later"
         ));
     }
-    from_due(rule, parsed, start, due, tz)
+    from_due(rule, parsed, start, due, occurrence, tz)
 }
 
-/// The first date of `parsed` after `due`, walked from `due`.
+/// The first date of `parsed` after `due`, walked from the last period of
+/// the series' phase before it, as number `occurrence + 1`.
 fn from_due(
     rule: &str,
     parsed: rrule::RRule<rrule::Unvalidated>,
     start: Timestamp,
     due: Timestamp,
+    occurrence: u32,
     tz: Tz,
-) -> Result<Option<Timestamp>, String> {
-    match walk(rule, parsed, start.max(due), due, None, tz)? {
-        Walk::Reached(next) => Ok(next),
+) -> Result<Option<Next>, String> {
+    let anchor = in_phase_before(&parsed, start, due, tz);
+    match walk(rule, parsed, anchor, due, None, tz)? {
+        Walk::Reached(next) => Ok(next.map(|next| Next {
+            at: next.at,
+            occurrence: occurrence.saturating_add(1),
+        })),
         Walk::TooLong => Err(format!(
             "RRULE {rule:?} has more than {MAX_RRULE_OCCURRENCES} occurrences before one after the due date"
         )),
     }
 }
 
+/// The start of the last period of `rule`'s frequency and interval,
+/// counted from `start`, at or before `due`: a DTSTART there keeps the
+/// series' time of day (and weekday), which rrule takes from DTSTART for
+/// the BY parts a rule leaves out. For sub-daily rules in absolute time,
+/// for daily and weekly ones in local days; monthly and yearly ones (their
+/// bounds are centuries) from `due`.
+fn in_phase_before(
+    rule: &rrule::RRule<rrule::Unvalidated>,
+    start: Timestamp,
+    due: Timestamp,
+    tz: Tz,
+) -> Timestamp {
+    if due <= start {
+        return start;
+    }
+    let interval = i64::from(rule.get_interval().max(1));
+    let step_ms = match rule.get_freq() {
+        rrule::Frequency::Secondly => 1_000,
+        rrule::Frequency::Minutely => 60_000,
+        rrule::Frequency::Hourly => 3_600_000,
+        rrule::Frequency::Daily | rrule::Frequency::Weekly => {
+            let days = if rule.get_freq() == rrule::Frequency::Weekly {
+                7
+            } else {
+                1
+            } * interval;
+            let (Some(from), Some(to)) = (local(start, tz), local(due, tz)) else {
+                return due;
+            };
+            let steps = (to.date() - from.date()).num_days() / days;
+            return from
+                .checked_add_signed(Duration::days(steps * days))
+                .and_then(|at| instant(at, tz))
+                .filter(|at| *at <= due)
+                .or_else(|| {
+                    from.checked_add_signed(Duration::days((steps - 1).max(0) * days))
+                        .and_then(|at| instant(at, tz))
+                })
+                .unwrap_or(due);
+        }
+        rrule::Frequency::Monthly | rrule::Frequency::Yearly => return due,
+    } * interval;
+    start + (due - start) / step_ms * step_ms
+}
+
 /// How a walk of an RRULE's occurrences ended.
 enum Walk {
     /// At the date sought, or at the rule's end.
-    Reached(Option<Timestamp>),
-    /// At [`MAX_RRULE_OCCURRENCES`] first.
+    Reached(Option<Next>),
+    /// At [`MAX_RRULE_OCCURRENCES`] dates, or [`MAX_RRULE_PERIODS`] periods
+    /// past `due`, first.
     TooLong,
 }
 
 /// Walks `parsed` anchored at `anchor` to its first date after `due` that
 /// is also, when `occurrence` is given (the anchor then being occurrence
-/// 1's date), at least occurrence `occurrence + 1`.
+/// 1's date), past occurrence `occurrence`'s place.
 fn walk(
     rule: &str,
     parsed: rrule::RRule<rrule::Unvalidated>,
@@ -140,6 +212,12 @@ fn walk(
     occurrence: Option<u32>,
     tz: Tz,
 ) -> Result<Walk, String> {
+    // A walk past `due` is bounded as the walk to it is: an `occurrence`
+    // far ahead of the dates (it comes with the event) would otherwise
+    // walk a rarely matching rule for ever.
+    let horizon = due.saturating_add(
+        i64::try_from(MAX_RRULE_PERIODS.saturating_mul(period_ms(&parsed))).unwrap_or(i64::MAX),
+    );
     // DTSTART is given as an instant in the zone, not as local text: a start
     // in a DST overlap (01:30 on a fall-back night) is ambiguous as text,
     // and the rrule crate refuses it. Whole seconds, as RFC 5545 has them.
@@ -153,39 +231,34 @@ fn walk(
         .build(dtstart)
         .map_err(|e| format!("invalid RRULE {rule:?}: {e}"))?
         .limit();
-    // Dates before this index are occurrences up to the one done: occurrence
-    // 1 is the anchor, which is the first date unless the rule leaves out a
-    // start it does not match.
-    let mut skip = 0;
+    // Occurrence 1 is the anchor, which is the first date unless the rule
+    // leaves out a start it does not match: then the dates are numbered
+    // from 2.
+    let mut first_number = 1;
     for (walked, date) in (&set).into_iter().enumerate() {
         let ms = date.timestamp_millis();
-        if walked == 0
-            && let Some(occurrence) = occurrence
-        {
-            let done = usize::try_from(occurrence).unwrap_or(usize::MAX);
-            skip = if date.timestamp() == anchor_s {
-                done
-            } else {
-                done.saturating_sub(1)
-            };
+        if walked == 0 && date.timestamp() != anchor_s {
+            first_number = 2;
         }
-        if walked >= skip && ms > due {
-            return Ok(Walk::Reached(Some(ms)));
+        let number = u32::try_from(walked)
+            .unwrap_or(u32::MAX)
+            .saturating_add(first_number);
+        if ms > due && occurrence.is_none_or(|done| number > done) {
+            return Ok(Walk::Reached(Some(Next {
+                at: ms,
+                occurrence: number,
+            })));
         }
-        if walked + 1 >= MAX_RRULE_OCCURRENCES {
+        if walked + 1 >= MAX_RRULE_OCCURRENCES || ms > horizon {
             return Ok(Walk::TooLong);
         }
     }
     Ok(Walk::Reached(None))
 }
 
-/// Periods of `rule`'s frequency and interval from `start` to `due`, at
-/// most (months taken as 28 days, years as 365).
-fn periods_between(
-    rule: &rrule::RRule<rrule::Unvalidated>,
-    start: Timestamp,
-    due: Timestamp,
-) -> u64 {
+/// The length of one period of `rule`'s frequency and interval, at least
+/// (months taken as 28 days, years as 365).
+fn period_ms(rule: &rrule::RRule<rrule::Unvalidated>) -> u64 {
     const SECOND: u64 = 1000;
     const DAY: u64 = 86_400 * SECOND;
     let unit = match rule.get_freq() {
@@ -197,8 +270,19 @@ fn periods_between(
         rrule::Frequency::Monthly => 28 * DAY,
         rrule::Frequency::Yearly => 365 * DAY,
     };
+    unit * u64::from(rule.get_interval().max(1))
+}
+
+/// Periods of `rule`'s frequency and interval from `start` to `due`, at
+/// most: periods are aligned to the calendar (a week, a month), so one is
+/// counted on each side.
+fn periods_between(
+    rule: &rrule::RRule<rrule::Unvalidated>,
+    start: Timestamp,
+    due: Timestamp,
+) -> u64 {
     let span = u64::try_from(due.saturating_sub(start)).unwrap_or(0);
-    span / (unit * u64::from(rule.get_interval().max(1))) + 1
+    span / period_ms(rule) + 2
 }
 
 /// Periods an RRULE is walked through, at most, from the series start to
@@ -244,6 +328,17 @@ fn dates_a_step(rule: &rrule::RRule<rrule::Unvalidated>) -> usize {
 mod tests {
     use super::*;
 
+    /// [`next_rrule`]'s due time alone.
+    fn next_at(
+        rule: &str,
+        start: Timestamp,
+        due: Timestamp,
+        occurrence: u32,
+        tz: Tz,
+    ) -> Result<Option<Timestamp>, String> {
+        next_rrule(rule, start, due, occurrence, tz).map(|next| next.map(|next| next.at))
+    }
+
     fn at(tz: Tz, y: i32, m: u32, d: u32, h: u32, min: u32) -> Timestamp {
         tz.with_ymd_and_hms(y, m, d, h, min, 0)
             .single()
@@ -257,12 +352,13 @@ mod tests {
         let due = at(tz, 2026, 1, 1, 0, 0);
         // Without COUNT and past the bound, from the due date: cheap
         // however old the series.
-        let next = next_rrule("FREQ=SECONDLY", at(tz, 1, 1, 1, 0, 0), due, 1, tz).unwrap();
+        let next = next_at("FREQ=SECONDLY", at(tz, 1, 1, 1, 0, 0), due, 1, tz).unwrap();
         assert_eq!(next, Some(due + 1000));
-        let next = next_rrule("FREQ=HOURLY", at(tz, 2024, 1, 1, 0, 30), due, 17_520, tz).unwrap();
-        assert_eq!(next, Some(at(tz, 2026, 1, 1, 1, 0)));
+        // ... from the last hour of its phase before it: still at :30.
+        let next = next_at("FREQ=HOURLY", at(tz, 2024, 1, 1, 0, 30), due, 17_520, tz).unwrap();
+        assert_eq!(next, Some(at(tz, 2026, 1, 1, 0, 30)));
         // Within the bound, from the start: its 09:00 holds.
-        let next = next_rrule(
+        let next = next_at(
             "FREQ=WEEKLY;BYDAY=MO,WE",
             at(tz, 1990, 1, 1, 9, 0),
             due,
@@ -272,7 +368,7 @@ mod tests {
         // 2026-01-01 is a Thursday.
         assert_eq!(next.unwrap(), Some(at(tz, 2026, 1, 5, 9, 0)));
         // With COUNT, from the series start, within the budget.
-        let err = next_rrule(
+        let err = next_at(
             "FREQ=DAILY;COUNT=50000",
             at(tz, 1900, 1, 1, 0, 0),
             due,
@@ -280,7 +376,7 @@ mod tests {
             tz,
         );
         assert!(err.unwrap_err().contains("start the series later"));
-        let next = next_rrule(
+        let next = next_at(
             "FREQ=DAILY;COUNT=9600",
             at(tz, 2000, 1, 1, 9, 0),
             due,
@@ -288,11 +384,11 @@ mod tests {
             tz,
         );
         assert_eq!(next.unwrap(), Some(at(tz, 2026, 1, 1, 9, 0)));
-        let ended = next_rrule("FREQ=DAILY;COUNT=3", at(tz, 2025, 12, 1, 9, 0), due, 3, tz);
+        let ended = next_at("FREQ=DAILY;COUNT=3", at(tz, 2025, 12, 1, 9, 0), due, 3, tz);
         assert_eq!(ended.unwrap(), None);
         // A rule matching rarely, from year 1: walked from the due date, not
         // through two thousand years of days.
-        let leap = next_rrule(
+        let leap = next_at(
             "FREQ=DAILY;BYMONTH=2;BYMONTHDAY=29",
             at(tz, 1, 2, 1, 0, 0),
             due,
@@ -300,8 +396,26 @@ mod tests {
             tz,
         );
         assert_eq!(leap.unwrap(), Some(at(tz, 2028, 2, 29, 0, 0)));
+        // An occurrence number far ahead of the dates (it comes with the
+        // event) walks no further than the bound past the due date.
+        let leap_start = at(tz, 2000, 2, 29, 0, 0);
+        let after = at(tz, 2000, 3, 1, 0, 0);
+        let far = next_rrule(
+            "FREQ=DAILY;BYMONTH=2;BYMONTHDAY=29",
+            leap_start,
+            after,
+            1000,
+            tz,
+        );
+        assert_eq!(
+            far.unwrap(),
+            Some(Next {
+                at: at(tz, 2004, 2, 29, 0, 0),
+                occurrence: 1001
+            })
+        );
         // Its UNTIL passed: ended, however far back it started.
-        let until = next_rrule(
+        let until = next_at(
             "FREQ=SECONDLY;UNTIL=20200101T000000Z",
             at(tz, 2000, 1, 1, 0, 0),
             due,
@@ -313,7 +427,7 @@ mod tests {
 
     /// An occurrence whose due date was moved does not move the series,
     /// nor is it followed by its own date again: the next is the rule's
-    /// date after it, counted from the series start.
+    /// date after it, counted and numbered from the series start.
     #[test]
     fn an_rrule_series_keeps_its_phase_and_count_when_an_occurrence_moved() {
         let tz: Tz = "Europe/Berlin".parse().unwrap();
@@ -321,44 +435,67 @@ mod tests {
         let start = at(tz, 2026, 1, 5, 9, 0);
         let fortnightly =
             |rule: &str, due, occurrence| next_rrule(rule, start, due, occurrence, tz).unwrap();
+        let third = Some(Next {
+            at: at(tz, 2026, 2, 2, 9, 0),
+            occurrence: 3,
+        });
         // The 19th's occurrence (the 2nd) moved to Tuesday the 20th, 14:00.
         let moved = at(tz, 2026, 1, 20, 14, 0);
-        let feb_2 = Some(at(tz, 2026, 2, 2, 9, 0));
-        assert_eq!(fortnightly("FREQ=WEEKLY;INTERVAL=2", moved, 2), feb_2);
+        assert_eq!(fortnightly("FREQ=WEEKLY;INTERVAL=2", moved, 2), third);
         // Moved earlier, to the Friday before: not the 19th again.
         let early = at(tz, 2026, 1, 16, 9, 0);
-        assert_eq!(fortnightly("FREQ=WEEKLY;INTERVAL=2", early, 2), feb_2);
+        assert_eq!(fortnightly("FREQ=WEEKLY;INTERVAL=2", early, 2), third);
         // ... nor a third of a series of two.
         assert_eq!(
             fortnightly("FREQ=WEEKLY;INTERVAL=2;COUNT=2", early, 2),
             None
         );
-        // The first one done late, past the second's date: the next after.
-        assert_eq!(fortnightly("FREQ=WEEKLY;INTERVAL=2", moved, 1), feb_2);
+        // The first one done late, past the second's date: the third, so
+        // numbered (the second's place is not given twice).
+        assert_eq!(fortnightly("FREQ=WEEKLY;INTERVAL=2", moved, 1), third);
         let done_early = at(tz, 2026, 1, 5, 8, 0);
-        let jan_19 = Some(at(tz, 2026, 1, 19, 9, 0));
-        assert_eq!(fortnightly("FREQ=WEEKLY;INTERVAL=2", done_early, 1), jan_19);
+        let second = Some(Next {
+            at: at(tz, 2026, 1, 19, 9, 0),
+            occurrence: 2,
+        });
+        assert_eq!(fortnightly("FREQ=WEEKLY;INTERVAL=2", done_early, 1), second);
+        // That third moved to the 30th and done: the fourth, not the 2nd of
+        // February again.
+        let third_moved = at(tz, 2026, 1, 30, 9, 0);
+        let next = fortnightly("FREQ=WEEKLY;INTERVAL=2", third_moved, 3);
+        assert_eq!(
+            next.map(|n| (n.at, n.occurrence)),
+            Some((at(tz, 2026, 2, 16, 9, 0), 4))
+        );
 
         // Monthly on the 31st: the 2nd (31 March) moved to the 30th; the
         // months without a 31st are skipped still.
         let start = at(tz, 2026, 1, 31, 9, 0);
         let moved = at(tz, 2026, 3, 30, 9, 0);
-        let next = next_rrule("FREQ=MONTHLY", start, moved, 2, tz).unwrap();
+        let next = next_at("FREQ=MONTHLY", start, moved, 2, tz).unwrap();
         assert_eq!(next, Some(at(tz, 2026, 5, 31, 9, 0)));
 
-        // A start the rule does not match is occurrence 1 all the same.
+        // A start the rule does not match is occurrence 1 all the same, and
+        // counts towards COUNT.
         let thursday = at(tz, 2026, 1, 1, 9, 0);
         let monday = at(tz, 2026, 1, 5, 9, 0);
         let rule = "FREQ=WEEKLY;BYDAY=MO,WE";
+        let next = next_rrule(rule, thursday, thursday, 1, tz).unwrap();
         assert_eq!(
-            next_rrule(rule, thursday, thursday, 1, tz).unwrap(),
-            Some(monday)
+            next,
+            Some(Next {
+                at: monday,
+                occurrence: 2
+            })
         );
         let wednesday = Some(at(tz, 2026, 1, 7, 9, 0));
+        assert_eq!(next_at(rule, thursday, monday, 2, tz).unwrap(), wednesday);
+        let two = "FREQ=WEEKLY;BYDAY=MO,WE;COUNT=2";
         assert_eq!(
-            next_rrule(rule, thursday, monday, 2, tz).unwrap(),
-            wednesday
+            next_at(two, thursday, thursday, 1, tz).unwrap(),
+            Some(monday)
         );
+        assert_eq!(next_at(two, thursday, monday, 2, tz).unwrap(), None);
     }
 
     #[test]
@@ -367,13 +504,13 @@ mod tests {
         let every = |n: u32| (0..n).map(|i| i.to_string()).collect::<Vec<_>>().join(",");
         let rule = format!("FREQ=YEARLY;BYHOUR={};BYMINUTE={}", every(24), every(60));
         let start = at(tz, 2026, 1, 1, 0, 0);
-        let err = next_rrule(&rule, start, start, 1, tz).unwrap_err();
+        let err = next_at(&rule, start, start, 1, tz).unwrap_err();
         assert!(err.contains("makes up to 527040 dates a period"), "{err}");
         // Every minute of a day, daily, and twice a day yearly are fine.
         let daily = format!("FREQ=DAILY;BYHOUR={};BYMINUTE={}", every(24), every(60));
-        let next = next_rrule(&daily, start, start, 1, tz);
+        let next = next_at(&daily, start, start, 1, tz);
         assert_eq!(next.unwrap(), Some(at(tz, 2026, 1, 1, 0, 1)));
-        let next = next_rrule(
+        let next = next_at(
             "FREQ=YEARLY;BYHOUR=9,17;BYMINUTE=0;BYSECOND=0",
             start,
             start,
@@ -387,7 +524,7 @@ mod tests {
     fn an_rrule_that_never_matches_ends() {
         let tz = Tz::UTC;
         let start = at(tz, 2026, 1, 1, 0, 0);
-        let next = next_rrule("FREQ=YEARLY;BYMONTH=2;BYMONTHDAY=30", start, start, 1, tz);
+        let next = next_at("FREQ=YEARLY;BYMONTH=2;BYMONTHDAY=30", start, start, 1, tz);
         assert_eq!(next.unwrap(), None);
     }
 
@@ -436,10 +573,10 @@ mod tests {
         let tz: Tz = "America/New_York".parse().unwrap();
         // Monday 2026-01-26 09:00 New York; next is Wednesday 09:00.
         let start = at(tz, 2026, 1, 26, 9, 0);
-        let next = next_rrule("FREQ=WEEKLY;BYDAY=MO,WE", start, start, 1, tz).unwrap();
+        let next = next_at("FREQ=WEEKLY;BYDAY=MO,WE", start, start, 1, tz).unwrap();
         assert_eq!(next, Some(at(tz, 2026, 1, 28, 9, 0)));
         // From Wednesday, the next is the following Monday.
-        let next = next_rrule("FREQ=WEEKLY;BYDAY=MO,WE", start, next.unwrap(), 2, tz).unwrap();
+        let next = next_at("FREQ=WEEKLY;BYDAY=MO,WE", start, next.unwrap(), 2, tz).unwrap();
         assert_eq!(next, Some(at(tz, 2026, 2, 2, 9, 0)));
     }
 
@@ -448,7 +585,7 @@ mod tests {
         // 01:00 on the night New York falls back happens twice.
         let tz: Tz = "America/New_York".parse().unwrap();
         let start = 941_346_000_000; // 1999-10-31T05:00:00Z = 01:00 EDT
-        let next = next_rrule("FREQ=DAILY;INTERVAL=1", start, start, 1, tz).unwrap();
+        let next = next_at("FREQ=DAILY;INTERVAL=1", start, start, 1, tz).unwrap();
         assert_eq!(next, Some(at(tz, 1999, 11, 1, 1, 0)));
     }
 
@@ -458,14 +595,14 @@ mod tests {
         let start = at(tz, 2026, 1, 1, 9, 0);
         let second = at(tz, 2026, 1, 2, 9, 0);
         assert_eq!(
-            next_rrule("FREQ=DAILY;COUNT=2", start, start, 1, tz).unwrap(),
+            next_at("FREQ=DAILY;COUNT=2", start, start, 1, tz).unwrap(),
             Some(second)
         );
         assert_eq!(
-            next_rrule("FREQ=DAILY;COUNT=2", start, second, 2, tz).unwrap(),
+            next_at("FREQ=DAILY;COUNT=2", start, second, 2, tz).unwrap(),
             None
         );
-        assert!(next_rrule("FREQ=NEVER", start, start, 1, tz).is_err());
+        assert!(next_at("FREQ=NEVER", start, start, 1, tz).is_err());
     }
 
     mod properties {
@@ -529,7 +666,7 @@ mod tests {
                 let rule = format!("FREQ={freq};INTERVAL={interval}{by_day};UNTIL={until_text}");
                 let mut due = start;
                 for occurrence in 1..=5 {
-                    match next_rrule(&rule, start, due, occurrence, tz).map_err(TestCaseError::fail)? {
+                    match super::next_at(&rule, start, due, occurrence, tz).map_err(TestCaseError::fail)? {
                         Some(next) => {
                             prop_assert!(next > due, "{rule}: {next} after {due}");
                             prop_assert!(next <= until, "{rule}: {next} past UNTIL {until}");
