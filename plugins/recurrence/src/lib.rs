@@ -24,6 +24,8 @@ use todo_plugin_sdk::{
     emit_json, host, info, rfc3339, timers, typed_state, warn,
 };
 
+use self::schedule::Next;
+
 struct RecurrencePlugin;
 
 /// The `task.created` event for a next occurrence, in the snake_case shape
@@ -139,32 +141,39 @@ impl Plugin for RecurrencePlugin {
         let start = task.series_start.unwrap_or(due);
         let tz = schedule::time_zone(task.time_zone.as_deref())
             .map_err(|e| Error::bad_input("bad-time-zone", e))?;
-        let (next, next_occurrence) = match recurrence {
+        // A place in the series is counted only from the series' own start;
+        // without one, this task starts the count.
+        let counted = task.series_start.is_some();
+        let done = if counted { occurrence } else { 1 };
+        let next = match recurrence {
             Recurrence::Simple(simple) => {
-                let next = if simple.max_occurrences.is_some_and(|max| occurrence >= max) {
-                    None
-                } else {
-                    schedule::next_simple(start, simple.frequency, simple.interval, occurrence, tz)
-                        .filter(|next| simple.until.is_none_or(|until| *next <= until))
-                };
-                (next, occurrence.saturating_add(1))
+                schedule::next_simple_after(start, simple.frequency, simple.interval, done, due, tz)
+                    .filter(|next| simple.until.is_none_or(|until| next.at <= until))
             }
-            Recurrence::Rrule(rule) => {
-                // A place in the series is counted only from the series'
-                // own start; without one, this task starts it.
-                let counted = task.series_start.is_some();
-                let done = if counted { occurrence } else { 1 };
-                match schedule::next_rrule(rule, start, due, done, tz)
-                    .map_err(|e| Error::bad_input("bad-rrule", format!("task {}: {e}", task.id)))?
-                {
-                    Some(next) if counted => (Some(next.at), next.occurrence),
-                    Some(next) => (Some(next.at), occurrence.saturating_add(1)),
-                    None => (None, occurrence),
-                }
-            }
+            Recurrence::Rrule(rule) => schedule::next_rrule(rule, start, due, done, tz)
+                .map_err(|e| Error::bad_input("bad-rrule", format!("task {}: {e}", task.id)))?,
         };
+        let next = next
+            .map(|next| Next {
+                occurrence: if counted {
+                    next.occurrence
+                } else {
+                    occurrence.saturating_add(1)
+                },
+                ..next
+            })
+            .filter(|next| match recurrence {
+                Recurrence::Simple(simple) => simple
+                    .max_occurrences
+                    .is_none_or(|max| next.occurrence <= max),
+                Recurrence::Rrule(_) => true,
+            });
         let series = task.series_id.clone().unwrap_or_else(|| task.id.clone());
-        let Some(next) = next else {
+        let Some(Next {
+            at: next,
+            occurrence: next_occurrence,
+        }) = next
+        else {
             info!("series {series} ended after occurrence {occurrence}");
             return remember(&task.id, "ended");
         };

@@ -1,6 +1,6 @@
 //! Next-occurrence arithmetic in the task's time zone.
 
-use chrono::{DateTime, Duration, LocalResult, Months, NaiveDateTime, TimeZone, Utc};
+use chrono::{DateTime, Datelike, Duration, LocalResult, Months, NaiveDateTime, TimeZone, Utc};
 use chrono_tz::Tz;
 use todo_plugin_sdk::{Frequency, Timestamp};
 
@@ -47,6 +47,49 @@ pub fn next_simple(
         Frequency::Yearly => start_local.checked_add_months(Months::new(steps.checked_mul(12)?))?,
     };
     instant(next, tz)
+}
+
+/// The occurrence of a simple pattern that follows occurrence
+/// `occurrence`, done when it was due at `due`: the first of the series'
+/// dates ([`next_simple`]) both after `due` and after occurrence
+/// `occurrence`'s place, with its number. An occurrence whose due date was
+/// moved later, past dates of the series, is followed by the first date
+/// after it, not by a date already past (as calendars skip missed
+/// meetings).
+pub fn next_simple_after(
+    start: Timestamp,
+    frequency: Frequency,
+    interval: u32,
+    occurrence: u32,
+    due: Timestamp,
+    tz: Tz,
+) -> Option<Next> {
+    let (from, to) = (local(start, tz)?, local(due, tz)?);
+    let interval = interval.max(1);
+    // Whole periods from the start's date to the due date's: the date
+    // before that many is before `due`, so the search starts there.
+    let periods = match frequency {
+        Frequency::Daily => (to.date() - from.date()).num_days() / i64::from(interval),
+        Frequency::Weekly => (to.date() - from.date()).num_days() / (7 * i64::from(interval)),
+        Frequency::Monthly => {
+            let months = (i64::from(to.year()) - i64::from(from.year())) * 12
+                + i64::from(to.month())
+                - i64::from(from.month());
+            months / i64::from(interval)
+        }
+        Frequency::Yearly => (i64::from(to.year()) - i64::from(from.year())) / i64::from(interval),
+    };
+    let before_due =
+        u32::try_from(periods.saturating_sub(1)).unwrap_or(if periods > 0 { u32::MAX } else { 0 });
+    let first = occurrence.max(before_due);
+    // Two or three steps from there at most; a bound all the same.
+    (first..first.saturating_add(8)).find_map(|done| {
+        let at = next_simple(start, frequency, interval, done, tz)?;
+        (at > due).then(|| Next {
+            at,
+            occurrence: done.saturating_add(1),
+        })
+    })
 }
 
 /// The next occurrence of a recurring task: its due time and its number in
@@ -538,6 +581,50 @@ mod tests {
         assert_eq!(mar, at(tz, 2026, 3, 31, 9, 0));
         let apr = next_simple(start, Frequency::Monthly, 1, 3, tz).unwrap();
         assert_eq!(apr, at(tz, 2026, 4, 30, 9, 0));
+    }
+
+    /// A simple pattern whose occurrence was moved keeps its dates, never
+    /// gives a date already past the moved one, and numbers the next by its
+    /// place.
+    #[test]
+    fn a_simple_series_skips_dates_a_moved_occurrence_passed() {
+        let tz: Tz = "Europe/Berlin".parse().unwrap();
+        // Daily at 09:00 from 1 January: the 5th is occurrence 5.
+        let start = at(tz, 2026, 1, 1, 9, 0);
+        let daily =
+            |occurrence, due| next_simple_after(start, Frequency::Daily, 1, occurrence, due, tz);
+        let next = |d, occurrence| {
+            Some(Next {
+                at: at(tz, 2026, 1, d, 9, 0),
+                occurrence,
+            })
+        };
+        // On time, or done early: the next date.
+        assert_eq!(daily(5, at(tz, 2026, 1, 5, 9, 0)), next(6, 6));
+        assert_eq!(daily(5, at(tz, 2026, 1, 3, 9, 0)), next(6, 6));
+        // Moved to the 8th, noon: the 9th, the 9th occurrence.
+        assert_eq!(daily(5, at(tz, 2026, 1, 8, 12, 0)), next(9, 9));
+        // Monthly from 31 January; the 2nd (28 February) moved to 10 May:
+        // 31 May, the 5th.
+        let start = at(tz, 2026, 1, 31, 9, 0);
+        let moved = at(tz, 2026, 5, 10, 9, 0);
+        assert_eq!(
+            next_simple_after(start, Frequency::Monthly, 1, 2, moved, tz),
+            Some(Next {
+                at: at(tz, 2026, 5, 31, 9, 0),
+                occurrence: 5
+            })
+        );
+        // Yearly every other year from 29 February 2024, moved to 2027.
+        let start = at(tz, 2024, 2, 29, 9, 0);
+        let moved = at(tz, 2027, 3, 1, 9, 0);
+        assert_eq!(
+            next_simple_after(start, Frequency::Yearly, 2, 1, moved, tz),
+            Some(Next {
+                at: at(tz, 2028, 2, 29, 9, 0),
+                occurrence: 3
+            })
+        );
     }
 
     #[test]
