@@ -139,7 +139,7 @@ async fn audit_forgets_a_task_untouched_for_its_configured_ttl() {
             T0 + DAY,
         )
         .await;
-    let record = audit_record(&outcomes);
+    let record = only_record(&outcomes);
     assert_eq!(record["before"]["title"], "Call mum");
     assert_eq!(d.next_due(), Some(T0 + 3 * DAY), "moved by the event");
     fire_until(&mut d, T0 + 3 * DAY).await;
@@ -150,14 +150,14 @@ async fn audit_forgets_a_task_untouched_for_its_configured_ttl() {
     let outcomes = d
         .dispatch(&event("e3", "updated", "t6", at, renamed), 0, at)
         .await;
-    assert_eq!(audit_record(&outcomes)["before"], serde_json::Value::Null);
+    assert_eq!(only_record(&outcomes)["before"], serde_json::Value::Null);
     assert_eq!(keys(&d, "audit"), (1, 1));
 
     a_ttl_of_zero_days_is_refused("audit", "snapshot_ttl_days").await;
 }
 
-/// The one audit record among `outcomes`.
-fn audit_record(outcomes: &[todo_eventd::dispatch::Outcome]) -> serde_json::Value {
+/// The one record among `outcomes` (one plugin's).
+fn only_record(outcomes: &[todo_eventd::dispatch::Outcome]) -> serde_json::Value {
     let [outcome] = outcomes else {
         panic!("one plugin, one outcome: {} outcomes", outcomes.len())
     };
@@ -388,4 +388,51 @@ async fn reminders_refuses_an_event_dated_days_ahead_of_the_clock() {
         Some(T0 + 7_200_000),
         "the reminder moved"
     );
+}
+
+/// A producer's series numbered without its start (occurrence 5, due on
+/// the 10th) goes on a day at a time when its next tasks are completed in
+/// turn: numbered 6 and 7, due the 11th and 12th — no jump of five places
+/// once the plugin's own tasks come back. Completed late, past dates of
+/// the series, a task counted from the start is followed by the first date
+/// after its due date.
+#[tokio::test]
+async fn a_series_goes_on_from_each_completion_without_a_jump() {
+    let mut d = configured("recurrence", &[]).await.unwrap();
+    let mut task = "a".to_owned();
+    let mut data = json!({
+        "title": "water the plants", "due_date": time(T0 + 9 * DAY),
+        "is_recurring": true, "recurrence_rule": "daily", "occurrence": 5,
+    });
+    for (number, day) in [(6, 10), (7, 11)] {
+        data["completed"] = json!(true);
+        let done = event(
+            &format!("done-{number}"),
+            "completed",
+            &task,
+            T0 + day * DAY,
+            data,
+        );
+        let next = only_record(&d.dispatch(&done, 0, done.occurred_at).await);
+        assert_eq!(next["task_data"]["occurrence"], number, "{next}");
+        assert_eq!(
+            next["task_data"]["due_date"],
+            time(T0 + day * DAY),
+            "{next}"
+        );
+        task = next["task_id"].as_str().unwrap().to_owned();
+        data = next["task_data"].clone();
+    }
+
+    // A series counted from its start (the 1st, daily): the 3rd moved to
+    // the 8th, noon, is followed by the 9th, the 9th occurrence.
+    let counted = json!({
+        "title": "stretch", "due_date": "2026-01-08T12:00:00Z", "completed": true,
+        "is_recurring": true, "recurrence_rule": "daily", "occurrence": 3,
+        "series_start": time(T0), "series_id": "s",
+    });
+    let done = event("late", "completed", "s-r3", T0 + 8 * DAY, counted);
+    let next = only_record(&d.dispatch(&done, 0, done.occurred_at).await);
+    assert_eq!(next["task_id"], "s-r9", "{next}");
+    assert_eq!(next["task_data"]["due_date"], time(T0 + 8 * DAY), "{next}");
 }

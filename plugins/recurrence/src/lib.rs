@@ -55,7 +55,7 @@ struct TaskJson<'a> {
     recurrence: RecurrenceJson<'a>,
     remind_at: Option<String>,
     series_id: &'a str,
-    series_start: String,
+    series_start: Option<String>,
     tags: &'a [String],
     time_zone: Option<&'a str>,
     title: Option<&'a str>,
@@ -205,7 +205,11 @@ impl Plugin for RecurrencePlugin {
                 recurrence: recurrence_json,
                 remind_at: remind_at.map(rfc3339),
                 series_id: &series,
-                series_start: rfc3339(start),
+                // Only a task counted from the series' start, or its first,
+                // can give the start on: one numbered N without it would
+                // hand on its own due date as occurrence 1's, and the next
+                // count from there would jump N places ahead.
+                series_start: (counted || occurrence == 1).then(|| rfc3339(start)),
                 tags: &task.tags,
                 time_zone: task.time_zone.as_deref(),
                 title: task.title.as_deref(),
@@ -256,7 +260,7 @@ mod tests {
                 },
                 remind_at: None,
                 series_id: "43",
-                series_start: "2026-01-26T09:00:00Z".into(),
+                series_start: Some("2026-01-26T09:00:00Z".into()),
                 tags: &tags,
                 time_zone: Some("Europe/Berlin"),
                 title: Some("Team \"standup\""),

@@ -116,9 +116,10 @@ pub struct Next {
 /// [`MAX_RRULE_DATES_WALKED`], [`MAX_RRULE_OCCURRENCES`]). Past the bounds
 /// a rule with `COUNT` is refused (its count runs from the start), and one
 /// without is walked from the last period of the series' phase before
-/// `due` (sub-daily, daily and weekly rules; others from `due`), taking its
-/// first date after `due` as number `occurrence + 1`: an hourly series
-/// years old costs no more than a new one.
+/// `due` (sub-daily, daily and weekly rules; monthly and yearly ones, whose
+/// bounds are centuries, from `due`, taking the BY parts they leave out
+/// from it), taking its first date after `due` as number `occurrence + 1`:
+/// an hourly series years old costs no more than a new one.
 pub fn next_rrule(
     rule: &str,
     start: Timestamp,
@@ -162,7 +163,7 @@ pub fn next_rrule(
     }
     if count.is_some() {
         return Err(format!(
-            "RRULE {rule:?} has too many dates between the series start and the due date to count (at most {MAX_RRULE_OCCURRENCES} occurrences in {MAX_RRULE_PERIODS} periods): start the series later"
+            "RRULE {rule:?} cannot be counted from the series start to occurrence {occurrence} and the due date within its bounds (at most {MAX_RRULE_OCCURRENCES} occurrences, {MAX_RRULE_PERIODS} periods, {MAX_RRULE_DATES_WALKED} dates): start the series later"
         ));
     }
     from_due(rule, parsed, start, due, occurrence, tz)
@@ -257,10 +258,15 @@ fn walk(
 ) -> Result<Walk, String> {
     // A walk past `due` is bounded as the walk to it is: an `occurrence`
     // far ahead of the dates (it comes with the event) would otherwise
-    // walk a rarely matching rule for ever.
-    let horizon = due.saturating_add(
-        i64::try_from(MAX_RRULE_PERIODS.saturating_mul(period_ms(&parsed))).unwrap_or(i64::MAX),
-    );
+    // walk a rarely matching rule for ever. Below rrule's last year, too,
+    // where its dates would end as if the rule had.
+    let periods =
+        MAX_RRULE_PERIODS.min(MAX_RRULE_DATES_WALKED / (dates_a_step(&parsed) as u64).max(1));
+    let horizon = due
+        .saturating_add(
+            i64::try_from(periods.saturating_mul(period_ms(&parsed))).unwrap_or(i64::MAX),
+        )
+        .min(LAST_WALKED);
     // DTSTART is given as an instant in the zone, not as local text: a start
     // in a DST overlap (01:30 on a fall-back night) is ambiguous as text,
     // and the rrule crate refuses it. Whole seconds, as RFC 5545 has them.
@@ -327,6 +333,10 @@ fn periods_between(
     let span = u64::try_from(due.saturating_sub(start)).unwrap_or(0);
     span / period_ms(rule) + 2
 }
+
+/// 9000-01-01T00:00:00Z: no walk goes past it (rrule's dates end with the
+/// year 9999).
+const LAST_WALKED: Timestamp = 221_845_392_000_000;
 
 /// Periods an RRULE is walked through, at most, from the series start to
 /// the due date: rrule walks every period from its start, so a rule
