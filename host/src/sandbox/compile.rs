@@ -108,9 +108,15 @@ pub(super) fn base_config() -> Config {
 /// daemon's engine was built from) and returns the artifact: what the
 /// on-disk cache stores and [`load`] reads.
 pub(super) fn precompile(config: &Config, bytes: &[u8]) -> wasmtime::Result<Vec<u8>> {
+    compiling_engine(config)?.precompile_component(bytes)
+}
+
+/// An engine made from `config` for compiling alone: no pooling
+/// allocator, which compiled code does not depend on.
+fn compiling_engine(config: &Config) -> wasmtime::Result<Engine> {
     let mut config = config.clone();
     config.allocation_strategy(InstanceAllocationStrategy::OnDemand);
-    Engine::new(&config)?.precompile_component(bytes)
+    Engine::new(&config)
 }
 
 /// Threads the compiler child compiles functions on: the memory a compile
@@ -199,9 +205,7 @@ fn compile_stream(mut input: impl Read, mut output: impl Write) -> Result<(), Ch
         .map_err(|err| ChildFailure::machine(anyhow::anyhow!("reading the component: {err}")))?;
     // An engine that cannot be made (its memory mapped, say) is the
     // machine's failure; only the compile itself judges the bytes.
-    let mut config = base_config();
-    config.allocation_strategy(InstanceAllocationStrategy::OnDemand);
-    let engine = Engine::new(&config)
+    let engine = compiling_engine(&base_config())
         .map_err(|err| ChildFailure::machine(anyhow::anyhow!("cannot make an engine: {err:#}")))?;
     let artifact = engine
         .precompile_component(&bytes)

@@ -207,10 +207,14 @@ fn in_phase_before(
         return start;
     }
     let interval = i64::from(rule.get_interval().max(1));
-    let step_ms = match rule.get_freq() {
-        rrule::Frequency::Secondly => 1_000,
-        rrule::Frequency::Minutely => 60_000,
-        rrule::Frequency::Hourly => 3_600_000,
+    match rule.get_freq() {
+        rrule::Frequency::Secondly | rrule::Frequency::Minutely | rrule::Frequency::Hourly => {
+            // Fixed lengths in absolute time.
+            let Ok(step_ms) = i64::try_from(period_ms(rule)) else {
+                return due;
+            };
+            start + (due - start) / step_ms * step_ms
+        }
         rrule::Frequency::Daily | rrule::Frequency::Weekly => {
             let days = if rule.get_freq() == rrule::Frequency::Weekly {
                 7
@@ -221,19 +225,17 @@ fn in_phase_before(
                 return due;
             };
             let steps = (to.date() - from.date()).num_days() / days;
-            return from
-                .checked_add_signed(Duration::days(steps * days))
+            from.checked_add_signed(Duration::days(steps * days))
                 .and_then(|at| instant(at, tz))
                 .filter(|at| *at <= due)
                 .or_else(|| {
                     from.checked_add_signed(Duration::days((steps - 1).max(0) * days))
                         .and_then(|at| instant(at, tz))
                 })
-                .unwrap_or(due);
+                .unwrap_or(due)
         }
-        rrule::Frequency::Monthly | rrule::Frequency::Yearly => return due,
-    } * interval;
-    start + (due - start) / step_ms * step_ms
+        rrule::Frequency::Monthly | rrule::Frequency::Yearly => due,
+    }
 }
 
 /// How a walk of an RRULE's occurrences ended.
