@@ -119,6 +119,10 @@ pub const MAX_INSTANCES: u32 = 10_000;
 /// The largest secret file read.
 const MAX_SECRET_FILE_BYTES: ByteSize = ByteSize::kib(64);
 
+/// The largest configuration file read (one is a few KiB): a file named by
+/// mistake, or `/dev/zero`, is refused rather than read into memory whole.
+const MAX_CONFIG_FILE_BYTES: ByteSize = ByteSize::mib(1);
+
 /// Whether a property's name looks like it holds a secret (a password, a
 /// secret, a token, a key, credentials, an auth config), misspellings such
 /// as `sasl.passwrod` included. Its value is never shown.
@@ -728,10 +732,12 @@ impl Config {
     pub fn load_settings(file: Option<&Path>, overrides: &[Override]) -> Result<Self, ConfigError> {
         let mut table = match file {
             Some(file) => {
-                let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
-                    file: file.to_owned(),
-                    source,
-                })?;
+                let text = crate::files::read_text_capped(file, MAX_CONFIG_FILE_BYTES).map_err(
+                    |source| ConfigError::Read {
+                        file: file.to_owned(),
+                        source,
+                    },
+                )?;
                 let parse_error = |e: toml::de::Error| ConfigError::Parse {
                     file: file.to_owned(),
                     message: parse_message(&text, &e),
@@ -866,6 +872,43 @@ impl Config {
             return invalid(
                 "kafka.properties.message.timeout.ms",
                 "0 (wait forever) would hide a stalled partition; give it a bound",
+            );
+        }
+        // Properties the daemon's guarantees rest on, which an operator's
+        // value (every client takes them) would quietly undo.
+        let property = |name: &str| {
+            k.properties
+                .get(name)
+                .map(|v| v.trim().to_ascii_lowercase())
+        };
+        if k.properties.contains_key("group.id") {
+            return invalid(
+                "kafka.properties.group.id",
+                "is set by kafka.group_id, which also names the changelog topic: set that instead",
+            );
+        }
+        if property("enable.auto.offset.store")
+            .is_some_and(|v| !matches!(v.as_str(), "false" | "0"))
+        {
+            // librdkafka would store each offset as the record is handed
+            // over, and commit records no plugin has run on yet.
+            return invalid(
+                "kafka.properties.enable.auto.offset.store",
+                "must stay false: offsets are stored once a record's outputs are acknowledged, and true would commit records before their plugins ran",
+            );
+        }
+        if property("statistics.interval.ms").is_some_and(|v| v.parse::<u64>() == Ok(0)) {
+            return invalid(
+                "kafka.properties.statistics.interval.ms",
+                "0 turns off the statistics that readiness (a broker down) and consumer lag are read from; give it an interval",
+            );
+        }
+        if property("group.protocol").is_some_and(|v| v != "classic") {
+            // librdkafka refuses a KIP-848 consumer with the session timeout
+            // and assignment strategy the daemon sets.
+            return invalid(
+                "kafka.properties.group.protocol",
+                "only the classic protocol is supported; leave it out",
             );
         }
         if k.input_topics.iter().any(|t| t.starts_with('^')) {
@@ -1239,6 +1282,37 @@ mod tests {
         assert!(err.contains("group_id = \"orders\\q\""), "{err}");
     }
 
+    /// A configuration file is read up to 1 MiB: an endless one
+    /// (`/dev/zero`) or a large file named by mistake is refused naming
+    /// the file, not read into memory whole. A pipe may still be one.
+    #[test]
+    fn an_endless_or_huge_config_file_is_refused_by_name() {
+        for endless in [Path::new("/dev/zero"), Path::new("/dev/urandom")] {
+            let err = Config::from_file(endless).unwrap_err().to_string();
+            assert_eq!(
+                err,
+                format!(
+                    "{}: refused: larger than the limit of 1MiB",
+                    endless.display()
+                )
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("todo-eventd.toml");
+        let mut text = "[kafka]\ngroup_id = \"orders\"\n".to_owned();
+        text.push_str(&"# padding\n".repeat(200_000));
+        std::fs::write(&file, &text).unwrap();
+        let err = Config::from_file(&file).unwrap_err().to_string();
+        assert!(err.starts_with(&file.display().to_string()), "{err}");
+        assert!(
+            err.ends_with("refused: larger than the limit of 1MiB"),
+            "{err}"
+        );
+        text.truncate(100_000);
+        std::fs::write(&file, &text).unwrap();
+        assert_eq!(Config::from_file(&file).unwrap().kafka.group_id, "orders");
+    }
+
     #[test]
     fn secrets_come_from_files_and_are_never_shown() {
         let dir = tempfile::tempdir().unwrap();
@@ -1379,6 +1453,33 @@ mod tests {
             }),
             "kafka.properties.message.timeout.ms: 0 (wait forever) would hide a stalled partition; give it a bound"
         );
+        let with_property = |name: &str, value: &str| {
+            let mut config = Config::default();
+            config.kafka.properties.insert(name.into(), value.into());
+            config.validate().map_err(|err| err.to_string())
+        };
+        for (name, value, refused) in [
+            ("group.id", "other", true),
+            ("enable.auto.offset.store", "true", true),
+            ("enable.auto.offset.store", " True", true),
+            ("enable.auto.offset.store", "false", false),
+            ("statistics.interval.ms", "0", true),
+            ("statistics.interval.ms", "1000", false),
+            ("group.protocol", "consumer", true),
+            ("group.protocol", "classic", false),
+        ] {
+            let checked = with_property(name, value);
+            match checked {
+                Err(err) if refused => {
+                    assert!(
+                        err.starts_with(&format!("kafka.properties.{name}: ")),
+                        "{err}"
+                    );
+                }
+                Ok(()) if !refused => {}
+                other => panic!("{name}={value}: {other:?}"),
+            }
+        }
         assert_eq!(
             refused(|c| c.kafka.input_topics = vec!["^task-.*".into()]),
             "kafka.input_topics: takes topic names, not patterns (^…): list the topics"

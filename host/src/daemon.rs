@@ -173,6 +173,7 @@ pub async fn run(
             config.plugins.reload_debounce,
             watcher::FALLBACK_RESCAN,
         )
+        .await
         .context("watching the plugins directory")?
     } else {
         None

@@ -1,5 +1,6 @@
 //! Reading files that are untrusted input: the plugins directory's wasm
-//! and manifests, and the secret files `kafka.property_files` names.
+//! and manifests, and the secret files `kafka.property_files` names (and,
+//! capped in size alone, the configuration file).
 //!
 //! Only regular files are read. A symlink is followed and its target held
 //! to the same rule, so a link to `/dev/zero`, a FIFO, a socket, a device
@@ -41,6 +42,25 @@ pub fn read_bounded(path: &Path, max: ByteSize) -> io::Result<Vec<u8>> {
 /// Reads `path` as UTF-8 text, under the same rules as [`read_bounded`].
 pub fn read_text_bounded(path: &Path, max: ByteSize) -> io::Result<String> {
     String::from_utf8(read_bounded(path, max)?)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not UTF-8 text"))
+}
+
+/// Reads `path` as UTF-8 text of at most `max` bytes, whatever kind of
+/// file it is: for a file the operator names (`--config /dev/stdin` or a
+/// shell's `<(…)` are pipes), which is trusted to end, but not to be small
+/// (`/dev/zero`, a log named by mistake).
+pub fn read_text_capped(path: &Path, max: ByteSize) -> io::Result<String> {
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(max.bytes().saturating_add(1))
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max.bytes() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("refused: larger than the limit of {max}"),
+        ));
+    }
+    String::from_utf8(bytes)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not UTF-8 text"))
 }
 

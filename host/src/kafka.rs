@@ -68,6 +68,20 @@ pub enum Error {
         /// Its `cleanup.policy`.
         policy: String,
     },
+    /// The dead-letter topic is compacted: it refuses the dead letters of
+    /// records without a key, and keeps only the last of each key's.
+    #[error(
+        "dead-letter topic {topic} has cleanup.policy={policy}: a compacted topic refuses records \
+         without a key (the dead letter of a keyless record could not be written, stalling its \
+         partition) and keeps only each key's last dead letter; set its cleanup.policy to delete \
+         (the daemon creates it so when it is missing)"
+    )]
+    DeadLettersCompacted {
+        /// The topic.
+        topic: String,
+        /// Its `cleanup.policy`.
+        policy: String,
+    },
     /// A line of `produce`'s input is longer than a record may be.
     #[error(
         "reading events, line {line}: {bytes} bytes, more than a record may hold (message.max.bytes, {max})"
@@ -211,7 +225,8 @@ impl EmbeddedBroker {
 }
 
 /// Creates the topics that do not exist yet on a real broker (`compacted`
-/// ones with `cleanup.policy=compact`); topics that already exist are left
+/// ones with `cleanup.policy=compact`, the dead-letter topic with
+/// `delete`); topics that already exist are left
 /// as they are. Returns the topics the broker refused to create, with its
 /// reason (not authorised, a policy): the caller decides which it can do
 /// without.
@@ -247,6 +262,9 @@ pub async fn ensure_topics(
             );
             if compacted.contains(t) {
                 topic.set("cleanup.policy", "compact")
+            } else if *t == kafka.dead_letter_topic {
+                // Whatever the broker's default: see `DeadLettersCompacted`.
+                topic.set("cleanup.policy", "delete")
             } else {
                 topic
             }
@@ -291,7 +309,8 @@ struct TopicSettings {
 /// every state change or dead letter in it would fail for good and the
 /// partition would stall. An output topic that takes less is only warned
 /// about (the inputs whose outputs it refuses are dead-lettered). The
-/// changelog must be compacted (an existing one may not be). A broker that
+/// changelog must be compacted (an existing one may not be), and the
+/// dead-letter topic must not be. A broker that
 /// does not describe topic configurations within
 /// [`DESCRIBE_CONFIGS_TIMEOUT`] (the embedded one has no such request), or
 /// a topic it will not describe, is warned about and passes.
@@ -351,6 +370,15 @@ fn judge_topic_settings(kafka: &KafkaConfig, settings: &[TopicSettings]) -> Resu
             && !policy.split(',').any(|p| p.trim() == "compact")
         {
             return Err(Error::ChangelogNotCompacted {
+                topic: topic.clone(),
+                policy: policy.clone(),
+            });
+        }
+        if *topic == kafka.dead_letter_topic
+            && let Some(policy) = &described.cleanup_policy
+            && policy.split(',').any(|p| p.trim() == "compact")
+        {
+            return Err(Error::DeadLettersCompacted {
                 topic: topic.clone(),
                 policy: policy.clone(),
             });
@@ -867,5 +895,30 @@ mod tests {
             )),
             "{err}"
         );
+    }
+
+    /// A compacted dead-letter topic refuses the dead letters of keyless
+    /// records (and keeps one per key): refused at start.
+    #[test]
+    fn the_dead_letter_topic_must_not_be_compacted() {
+        let kafka = KafkaConfig::default();
+        let dead_letters = kafka.dead_letter_topic.clone();
+        let policy = |policy: &str| TopicSettings {
+            topic: dead_letters.clone(),
+            max_message_bytes: None,
+            cleanup_policy: Some(policy.to_owned()),
+        };
+        judge_topic_settings(&kafka, &[policy("delete")]).expect("delete");
+        for compacted in ["compact", "delete,compact"] {
+            let err = judge_topic_settings(&kafka, &[policy(compacted)])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with(&format!(
+                    "dead-letter topic {dead_letters} has cleanup.policy={compacted}: a compacted topic refuses"
+                )),
+                "{err}"
+            );
+        }
     }
 }

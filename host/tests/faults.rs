@@ -727,3 +727,48 @@ async fn the_admin_endpoint_answers_while_every_plugin_burns_its_deadline() {
         "slowest /healthz: {slowest:?}"
     );
 }
+
+/// A member fenced for good (another process joined with its
+/// `group.instance.id`: librdkafka's fatal error) takes no more part in
+/// the group. The pipeline drains and returns the error, so the process
+/// exits and is restarted, instead of staying up, reporting ready, with
+/// nothing assigned (before: the error was counted and logged, and the
+/// pipeline ran on).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_fenced_out_of_its_group_stops_with_the_error() {
+    let mut harness = Harness::new(&TOPICS);
+    harness
+        .config
+        .kafka
+        .properties
+        .insert("group.instance.id".into(), "replica-0".into());
+    let plugins = echo_plugins().await;
+    harness.produce(&created_events(5)).await;
+    let pipeline = Pipeline::new(harness.config.clone(), plugins);
+    let ran = pipeline.run(&harness.brokers, std::future::pending());
+    let fence = async {
+        eventually("the first records handled", || {
+            pipeline.telemetry.pipeline.offsets_stored.get() >= 5
+        })
+        .await;
+        harness.broker.cluster().request_errors(
+            RDKafkaApiKey::Heartbeat,
+            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_FENCED_INSTANCE_ID; 10],
+        );
+        std::future::pending::<()>().await;
+    };
+    let ran = tokio::time::timeout(Duration::from_secs(60), async {
+        tokio::select! {
+            ran = ran => ran,
+            () = fence => unreachable!(),
+        }
+    })
+    .await
+    .expect("the pipeline stops within a minute of being fenced");
+    let err = ran.expect_err("the pipeline returns the fatal error");
+    assert!(
+        err.to_string().contains("consuming from task-events"),
+        "{err}"
+    );
+    assert!(!pipeline.telemetry.readiness.is_ready());
+}

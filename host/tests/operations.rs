@@ -81,6 +81,7 @@ async fn a_plugin_replaced_under_load_handles_every_event_exactly_once() {
         Duration::from_millis(100),
         watcher::FALLBACK_RESCAN,
     )
+    .await
     .unwrap()
     .unwrap();
     let v1 = Sandbox::content_hash(TEST_PLUGIN);
@@ -654,6 +655,7 @@ async fn a_file_written_without_pause_does_not_hold_up_a_reload() {
         Duration::from_millis(500),
         watcher::FALLBACK_RESCAN,
     )
+    .await
     .unwrap()
     .unwrap();
     let notes = dir.path().join("notes.txt");
@@ -706,6 +708,7 @@ async fn a_plugins_directory_swapped_under_its_path_is_watched_anew() {
         Duration::from_millis(100),
         Duration::from_secs(3600),
     )
+    .await
     .unwrap()
     .unwrap();
     let serving = |bytes: &[u8]| {

@@ -82,6 +82,14 @@ pub(super) struct Input {
 }
 
 impl Input {
+    /// The bytes it holds while its entry is pending: its key counts as its
+    /// value does (a key may be as large as the broker lets a record be).
+    fn size(&self) -> usize {
+        self.key.as_ref().map_or(0, Vec::len)
+            + self.value.len()
+            + self.event_id.as_ref().map_or(0, String::len)
+    }
+
     pub(super) fn source(&self) -> Source<'_> {
         Source {
             topic: &self.topic,
@@ -207,7 +215,7 @@ impl Entry {
         records: impl IntoIterator<Item = (OutRecord, Role)>,
     ) -> Self {
         let sends = Sends::new(records, Instant::now());
-        let bytes = input.value.len() + sends.list.iter().map(|s| s.record.size()).sum::<usize>();
+        let bytes = input.size() + sends.list.iter().map(|s| s.record.size()).sum::<usize>();
         Self {
             offset,
             input,
@@ -1033,6 +1041,24 @@ mod tests {
         }
         assert!(!deliveries.has_room());
         assert_eq!(pushed, (32 << 20) / 200_000 + 1, "32 MiB of changes");
+    }
+
+    /// Entries whose inputs have large keys and small values (a producer
+    /// may send keys near the broker's record limit): intake stops once
+    /// the keys held reach `max_bytes` (before, a key counted nothing, and
+    /// 512 entries of 1 MB keys held 512 MB).
+    #[tokio::test]
+    async fn input_keys_count_against_the_room() {
+        let (mut deliveries, _, _) = through(strict_producer(), Duration::from_secs(60), IDLE);
+        let mut pushed = 0_i64;
+        while deliveries.has_room() && pushed < 512 {
+            let mut input = input(b"{}".to_vec());
+            input.key = Some(vec![b'k'; 500_000]);
+            deliveries.push(Entry::new(Some(pushed), input, []), Vec::new(), Vec::new());
+            pushed += 1;
+        }
+        assert!(!deliveries.has_room());
+        assert_eq!(pushed, (32 << 20) / 500_000 + 1, "32 MiB of keys");
     }
 
     fn change(key: &str, value: &str) -> Change {

@@ -163,6 +163,11 @@ impl Pipeline {
         let mut intake = Intake::default();
         let mut draining = Draining::new();
         let mut errors_logged: Option<Instant> = None;
+        // A fatal consumer error (this member fenced by another with the
+        // same `group.instance.id`): the consumer takes no more part in
+        // the group, so the daemon drains and exits with it rather than
+        // stay up, reporting ready, with nothing assigned.
+        let mut fatal = None;
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -187,6 +192,16 @@ impl Pipeline {
                 Some(room) = intake.next_room() => intake.fill(room),
                 message = consumer.recv() => match message {
                     Ok(message) => intake.route(detach(&message)),
+                    Err(err @ KafkaError::MessageConsumptionFatal(_)) => {
+                        self.telemetry.pipeline.consumer_errors.inc();
+                        let reason = consumer
+                            .client()
+                            .fatal_error()
+                            .map_or_else(|| err.to_string(), |(_, reason)| reason);
+                        error!(error = %reason, "Fatal consumer error; draining the partitions and stopping.");
+                        fatal = Some(err);
+                        break;
+                    }
                     Err(err) => {
                         self.telemetry.pipeline.consumer_errors.inc();
                         if errors_logged.is_none_or(|at| at.elapsed() >= CONSUMER_ERROR_LOG_EVERY) {
@@ -218,8 +233,11 @@ impl Pipeline {
         // The last commit: a group rebalancing (another member leaving,
         // say) refuses it until the rebalance completes, which needs us to
         // answer — so keep answering, without new workers, until it goes
-        // through or the shutdown deadline passes.
-        while let Err(err) = commit_now(&consumer, &self.telemetry).await {
+        // through or the shutdown deadline passes. A fenced member's
+        // commits are refused for good: what it did is redelivered.
+        while fatal.is_none()
+            && let Err(err) = commit_now(&consumer, &self.telemetry).await
+        {
             if tokio::time::Instant::now() >= deadline {
                 warn!(error = %err, "Last commit failed; uncommitted records will be redelivered.");
                 break;
@@ -249,7 +267,13 @@ impl Pipeline {
             warn!(error = %err, "Flushing the producer.");
         }
         info!(summary = %self.telemetry.pipeline.summary(), "Pipeline stopped.");
-        Ok(())
+        match fatal {
+            Some(source) => Err(Error::Consume {
+                topics,
+                source: kafka::redact(source, &self.config.kafka),
+            }),
+            None => Ok(()),
+        }
     }
 
     fn consumer(

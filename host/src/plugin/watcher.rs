@@ -15,16 +15,18 @@
 //! the directory under the path (`ln -sfn releases/2 plugins`, or `mv`), it
 //! would report the old one's changes only. So the path is looked up every
 //! [`IDENTITY_CHECK`]; when it leads to another directory, that one is
-//! watched instead and rescanned at once.
+//! watched instead and rescanned at once. Looking the path up and setting
+//! the watch again run on the daemon's blocking pool, waited for only so
+//! long: a mount that hangs holds one thread, not a runtime worker.
 
 use std::os::unix::fs::MetadataExt as _;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use notify::event::{AccessKind, AccessMode, ModifyKind};
-use notify::{Event, EventKind, RecursiveMode, Watcher as _};
+use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher as _};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -70,15 +72,39 @@ fn relevant(event: &Event) -> bool {
 /// its device and inode.
 type Identity = (u64, u64);
 
-fn identity(dir: &Path) -> std::io::Result<Identity> {
-    std::fs::metadata(dir).map(|meta| (meta.dev(), meta.ino()))
+/// Looks `dir` up on the daemon's blocking pool; `None` when it cannot
+/// be read or does not answer in time (the rescans say why).
+async fn identity(lookups: &Unanswered, dir: &Path) -> Option<Identity> {
+    let dir = dir.to_owned();
+    let meta = lookups.run("dir", READ_TIMEOUT, move || std::fs::metadata(dir));
+    meta.await.ok()?.ok().map(|meta| (meta.dev(), meta.ino()))
+}
+
+/// Watches `dir` anew, dropping the watch set before (if any). notify sets
+/// a watch on its own thread and waits for it, and `inotify_add_watch`
+/// looks the path up again: on the daemon's blocking pool, as the lookup.
+async fn rewatch(
+    lookups: &Unanswered,
+    watcher: &Arc<Mutex<RecommendedWatcher>>,
+    dir: &Path,
+) -> notify::Result<()> {
+    let (watcher, dir) = (watcher.clone(), dir.to_owned());
+    let set = lookups.run("watch", READ_TIMEOUT, move || {
+        let mut watcher = watcher.lock().unwrap_or_else(PoisonError::into_inner);
+        // The old directory's watch may be gone already (removed with it).
+        let _ = watcher.unwatch(&dir);
+        watcher.watch(&dir, RecursiveMode::NonRecursive)
+    });
+    set.await
+        .map_err(|err| notify::Error::io(err.into()))
+        .and_then(|set| set)
 }
 
 /// Watches `registry`'s directory (if it has one) on the current Tokio
 /// runtime, rescanning it once it has been quiet for `debounce` after a
 /// change, and every `fallback` ([`FALLBACK_RESCAN`]) without one.
 /// `Ok(None)` when there is nothing to watch.
-pub fn watch(
+pub async fn watch(
     registry: Arc<Registry>,
     debounce: Duration,
     fallback: Duration,
@@ -96,30 +122,30 @@ pub fn watch(
     let lost = Arc::new(AtomicBool::new(false));
     let lost_by_event = lost.clone();
     let root = std::path::absolute(&dir).unwrap_or_else(|_| dir.clone());
-    let mut watcher =
-        notify::recommended_watcher(move |event: notify::Result<Event>| match event {
-            Ok(event) if !relevant(&event) => {}
-            Ok(event) => {
-                if matches!(
-                    event.kind,
-                    EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(_))
-                ) && event.paths.contains(&root)
-                {
-                    lost_by_event.store(true, Ordering::Relaxed);
-                }
-                signal.notify_one();
+    let watcher = notify::recommended_watcher(move |event: notify::Result<Event>| match event {
+        Ok(event) if !relevant(&event) => {}
+        Ok(event) => {
+            if matches!(
+                event.kind,
+                EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(_))
+            ) && event.paths.contains(&root)
+            {
+                lost_by_event.store(true, Ordering::Relaxed);
             }
-            Err(err) => warn!(error = %err, "Watching the plugins directory."),
-        })?;
+            signal.notify_one();
+        }
+        Err(err) => warn!(error = %err, "Watching the plugins directory."),
+    })?;
+    let watcher = Arc::new(Mutex::new(watcher));
+    // A lookup on a hung mount holds one thread, not one per check.
+    let lookups = Unanswered::default();
     // Taken before the watch is set: should the path change in between,
     // the first check sets the watch again.
-    let mut watched = identity(&dir).ok();
-    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+    let mut watched = identity(&lookups, &dir).await;
+    rewatch(&lookups, &watcher, &dir).await?;
     let span = info_span!("plugin_watcher", dir = %dir.display());
     let task = tokio::spawn(
         async move {
-            // A lookup on a hung mount holds one thread, not one per check.
-            let lookups = Unanswered::default();
             let mut check = tokio::time::interval(IDENTITY_CHECK);
             check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut fallback_at = Instant::now() + fallback;
@@ -144,9 +170,7 @@ pub fn watch(
                     }
                     () = tokio::time::sleep_until(fallback_at) => {}
                     _ = check.tick() => {
-                        let path = dir.clone();
-                        // Unreadable or unanswered: the rescans say why.
-                        let Ok(Ok(now)) = lookups.run("dir", READ_TIMEOUT, move || identity(&path)).await else {
+                        let Some(now) = identity(&lookups, &dir).await else {
                             continue;
                         };
                         let lost = lost.swap(false, Ordering::Relaxed);
@@ -156,10 +180,7 @@ pub fn watch(
                         if !unwatched {
                             info!(removed_or_moved = lost, "The plugins directory's path leads to another directory now (or the same one made again); watching it.");
                         }
-                        // The old directory's watch may be gone already
-                        // (removed with it).
-                        let _ = watcher.unwatch(&dir);
-                        match watcher.watch(&dir, RecursiveMode::NonRecursive) {
+                        match rewatch(&lookups, &watcher, &dir).await {
                             Ok(()) => {
                                 watched = Some(now);
                                 unwatched = false;

@@ -146,20 +146,27 @@ fn allocation_failed(stderr: &str) -> bool {
         .is_some_and(|bytes| !bytes.is_empty() && bytes.bytes().all(|b| b.is_ascii_digit()))
 }
 
-/// Why the compiler child's work failed.
-#[derive(Debug)]
-struct ChildFailure {
+/// Why the compiler child's work failed: a verdict on the bytes, or the
+/// machine's doing (the exit status tells the parent which).
+#[derive(Debug, thiserror::Error)]
+enum ChildFailure {
+    /// wasmtime refused the bytes.
+    #[error("{0:#}")]
+    Refused(wasmtime::Error),
     /// Not the bytes' fault: the child could not start its threads, read
-    /// its input or write its output.
-    machine: bool,
-    error: anyhow::Error,
+    /// its input, make an engine or write its output.
+    #[error("{doing}: {error}")]
+    Machine {
+        doing: &'static str,
+        error: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 impl ChildFailure {
-    fn machine(error: impl Into<anyhow::Error>) -> Self {
-        Self {
-            machine: true,
-            error: error.into(),
+    fn machine(doing: &'static str) -> impl FnOnce(std::io::Error) -> Self {
+        move |err| Self::Machine {
+            doing,
+            error: err.into(),
         }
     }
 }
@@ -179,18 +186,18 @@ pub fn child_main(input: impl Read, output: impl Write) -> std::process::ExitCod
     let compiled = rayon::ThreadPoolBuilder::new()
         .num_threads(CHILD_THREADS)
         .build_global()
-        .map_err(|err| {
-            ChildFailure::machine(anyhow::anyhow!("cannot start a compile thread: {err}"))
+        .map_err(|err| ChildFailure::Machine {
+            doing: "cannot start a compile thread",
+            error: err.into(),
         })
         .and_then(|()| compile_stream(input, output));
     match compiled {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(failure) => {
-            eprintln!("error: {:#}", failure.error);
-            if failure.machine {
-                std::process::ExitCode::from(EXIT_MACHINE)
-            } else {
-                std::process::ExitCode::FAILURE
+            eprintln!("error: {failure}");
+            match failure {
+                ChildFailure::Machine { .. } => std::process::ExitCode::from(EXIT_MACHINE),
+                ChildFailure::Refused(_) => std::process::ExitCode::FAILURE,
             }
         }
     }
@@ -202,21 +209,20 @@ fn compile_stream(mut input: impl Read, mut output: impl Write) -> Result<(), Ch
     let mut bytes = Vec::new();
     input
         .read_to_end(&mut bytes)
-        .map_err(|err| ChildFailure::machine(anyhow::anyhow!("reading the component: {err}")))?;
+        .map_err(ChildFailure::machine("reading the component"))?;
     // An engine that cannot be made (its memory mapped, say) is the
     // machine's failure; only the compile itself judges the bytes.
-    let engine = compiling_engine(&base_config())
-        .map_err(|err| ChildFailure::machine(anyhow::anyhow!("cannot make an engine: {err:#}")))?;
+    let engine = compiling_engine(&base_config()).map_err(|err| ChildFailure::Machine {
+        doing: "cannot make an engine",
+        error: format!("{err:#}").into(),
+    })?;
     let artifact = engine
         .precompile_component(&bytes)
-        .map_err(|error| ChildFailure {
-            machine: false,
-            error: error.into(),
-        })?;
+        .map_err(ChildFailure::Refused)?;
     output
         .write_all(&artifact)
         .and_then(|()| output.flush())
-        .map_err(|err| ChildFailure::machine(anyhow::anyhow!("writing the artifact: {err}")))
+        .map_err(ChildFailure::machine("writing the artifact"))
 }
 
 /// Why the child was stopped.
@@ -595,13 +601,16 @@ mod tests {
             }
         }
         let unread = compile_stream(Broken, Vec::new()).expect_err("no input");
-        assert!(unread.machine, "{:#}", unread.error);
-        assert!(format!("{:#}", unread.error).starts_with("reading the component: "));
+        assert!(matches!(unread, ChildFailure::Machine { .. }), "{unread}");
+        assert!(unread.to_string().starts_with("reading the component: "));
         let garbage = compile_stream(&b"not wasm"[..], Vec::new()).expect_err("not a component");
-        assert!(!garbage.machine, "{:#}", garbage.error);
+        assert!(matches!(garbage, ChildFailure::Refused(_)), "{garbage}");
         let unwritten = compile_stream(&b"(component)"[..], Broken).expect_err("no output");
-        assert!(unwritten.machine, "{:#}", unwritten.error);
-        assert!(format!("{:#}", unwritten.error).starts_with("writing the artifact: "));
+        assert!(
+            matches!(unwritten, ChildFailure::Machine { .. }),
+            "{unwritten}"
+        );
+        assert!(unwritten.to_string().starts_with("writing the artifact: "));
     }
 
     /// The CPU time comes from fields 14 and 15 of `/proc/PID/stat`,

@@ -149,16 +149,21 @@ pub fn next_rrule(
     if count.is_some_and(|count| occurrence >= count) {
         return Ok(None);
     }
-    let periods = periods_between(&parsed, start, due);
+    let series = Rule {
+        text: rule,
+        parsed,
+        dates_a_step,
+    };
+    let periods = periods_between(&series.parsed, start, due);
     let walkable = periods <= MAX_RRULE_PERIODS
         && periods.saturating_mul(dates_a_step as u64) <= MAX_RRULE_DATES_WALKED;
     if walkable {
-        match walk(rule, parsed.clone(), start, due, Some(occurrence), tz)? {
+        match walk(&series, start, due, Some(occurrence), tz)? {
             Walk::Reached(next) => {
                 return Ok(next.filter(|next| count.is_none_or(|count| next.occurrence <= count)));
             }
             Walk::TooLong if count.is_some() => {}
-            Walk::TooLong => return from_due(rule, parsed, start, due, occurrence, tz),
+            Walk::TooLong => return from_due(&series, start, due, occurrence, tz),
         }
     }
     if count.is_some() {
@@ -166,27 +171,35 @@ pub fn next_rrule(
             "RRULE {rule:?} cannot be counted from the series start to occurrence {occurrence} and the due date within its bounds (at most {MAX_RRULE_OCCURRENCES} occurrences, {MAX_RRULE_PERIODS} periods, {MAX_RRULE_DATES_WALKED} dates): start the series later"
         ));
     }
-    from_due(rule, parsed, start, due, occurrence, tz)
+    from_due(&series, start, due, occurrence, tz)
 }
 
-/// The first date of `parsed` after `due`, walked from the last period of
+/// A parsed RRULE, with its text for messages and the most dates it makes
+/// a period.
+struct Rule<'a> {
+    text: &'a str,
+    parsed: rrule::RRule<rrule::Unvalidated>,
+    dates_a_step: usize,
+}
+
+/// The first date of `rule` after `due`, walked from the last period of
 /// the series' phase before it, as number `occurrence + 1`.
 fn from_due(
-    rule: &str,
-    parsed: rrule::RRule<rrule::Unvalidated>,
+    rule: &Rule<'_>,
     start: Timestamp,
     due: Timestamp,
     occurrence: u32,
     tz: Tz,
 ) -> Result<Option<Next>, String> {
-    let anchor = in_phase_before(&parsed, start, due, tz);
-    match walk(rule, parsed, anchor, due, None, tz)? {
+    let anchor = in_phase_before(&rule.parsed, start, due, tz);
+    match walk(rule, anchor, due, None, tz)? {
         Walk::Reached(next) => Ok(next.map(|next| Next {
             at: next.at,
             occurrence: occurrence.saturating_add(1),
         })),
         Walk::TooLong => Err(format!(
-            "RRULE {rule:?} has more than {MAX_RRULE_OCCURRENCES} occurrences before one after the due date"
+            "RRULE {:?} has more than {MAX_RRULE_OCCURRENCES} occurrences before one after the due date",
+            rule.text
         )),
     }
 }
@@ -247,12 +260,11 @@ enum Walk {
     TooLong,
 }
 
-/// Walks `parsed` anchored at `anchor` to its first date after `due` that
+/// Walks `rule` anchored at `anchor` to its first date after `due` that
 /// is also, when `occurrence` is given (the anchor then being occurrence
 /// 1's date), past occurrence `occurrence`'s place.
 fn walk(
-    rule: &str,
-    parsed: rrule::RRule<rrule::Unvalidated>,
+    rule: &Rule<'_>,
     anchor: Timestamp,
     due: Timestamp,
     occurrence: Option<u32>,
@@ -262,11 +274,10 @@ fn walk(
     // far ahead of the dates (it comes with the event) would otherwise
     // walk a rarely matching rule for ever. Below rrule's last year, too,
     // where its dates would end as if the rule had.
-    let periods =
-        MAX_RRULE_PERIODS.min(MAX_RRULE_DATES_WALKED / (dates_a_step(&parsed) as u64).max(1));
+    let periods = MAX_RRULE_PERIODS.min(MAX_RRULE_DATES_WALKED / (rule.dates_a_step as u64).max(1));
     let horizon = due
         .saturating_add(
-            i64::try_from(periods.saturating_mul(period_ms(&parsed))).unwrap_or(i64::MAX),
+            i64::try_from(periods.saturating_mul(period_ms(&rule.parsed))).unwrap_or(i64::MAX),
         )
         .min(LAST_WALKED);
     // DTSTART is given as an instant in the zone, not as local text: a start
@@ -278,9 +289,11 @@ fn walk(
         .with_timezone(&rrule::Tz::Tz(tz));
     // Limited: a rule whose BY parts never match (`BYMONTH=2;BYMONTHDAY=30`)
     // ends after rrule's bound on empty rounds instead of looping.
-    let set = parsed
+    let set = rule
+        .parsed
+        .clone()
         .build(dtstart)
-        .map_err(|e| format!("invalid RRULE {rule:?}: {e}"))?
+        .map_err(|e| format!("invalid RRULE {:?}: {e}", rule.text))?
         .limit();
     // Occurrence 1 is the anchor, which is the first date unless the rule
     // leaves out a start it does not match: then the dates are numbered
