@@ -179,6 +179,8 @@ pub struct Dispatcher {
     parked: HashMap<String, PluginState>,
     policy: DispatchPolicy,
     metrics: Arc<PluginMetrics>,
+    /// The slot whose turn it is to fire a timer (see [`Self::fire_next`]).
+    next_to_fire: usize,
 }
 
 impl Dispatcher {
@@ -200,6 +202,7 @@ impl Dispatcher {
             parked: HashMap::new(),
             policy,
             metrics,
+            next_to_fire: 0,
         };
         dispatcher.update(plugins);
         dispatcher
@@ -307,14 +310,19 @@ impl Dispatcher {
         self.slots.iter().filter_map(Slot::next_due).min()
     }
 
-    /// Fires the earliest timer due at or before `now`, if any (ties go to
-    /// the plugin listed first).
+    /// Fires a timer due at or before `now`, if any: the earliest of the
+    /// next plugin in turn that has one due. Plugins take turns rather than
+    /// the earliest timer of all going first: a plugin that keeps a backlog
+    /// of timers due long ago (a due time of 0, set on every event) would
+    /// otherwise hold back every other plugin's timers for as long as
+    /// events keep coming.
     pub async fn fire_next(&mut self, now: Timestamp) -> Option<Firing> {
-        let slot = self
-            .slots
-            .iter_mut()
-            .filter(|s| s.next_due().is_some_and(|due| due <= now))
-            .min_by_key(|s| s.next_due())?;
+        let count = self.slots.len();
+        let turn = (0..count)
+            .map(|n| (self.next_to_fire + n) % count)
+            .find(|&n| self.slots[n].next_due().is_some_and(|due| due <= now))?;
+        self.next_to_fire = turn + 1;
+        let slot = &mut self.slots[turn];
         let before = slot.state.usage();
         let (key, timer) = slot.state.pop_due(now)?;
         let hops = timer.hops;

@@ -1093,3 +1093,55 @@ async fn an_offline_timer_call_with_no_instance_free_is_reported_postponed() {
     assert_eq!(postponed[0]["at"], "2026-01-26T08:01:00Z");
     assert_eq!(postponed[0]["retry_at"], "2026-01-26T08:01:01Z");
 }
+
+/// A plugin with a backlog of timers due long ago (a due time of 0, set
+/// on every event, say) does not hold back another plugin's timer due
+/// now: plugins take turns to fire (before, the earliest timer of all went
+/// first, and the other plugin's waited behind the whole backlog).
+#[tokio::test]
+async fn a_backlog_of_overdue_timers_does_not_hold_back_another_plugins() {
+    let timer = mode("timer");
+    let dir = plugin_dir(&[
+        ("a-backlog", TEST_PLUGIN, Some(&timer)),
+        ("b-punctual", TEST_PLUGIN, Some(&timer)),
+    ]);
+    let plugins = load(&sandbox(), dir.path()).await;
+    let mut dispatcher = Dispatcher::new(&plugins);
+    let timers = |due: &[i64]| {
+        let mut state = todo_eventd::state::PluginState::default();
+        for (n, due) in due.iter().enumerate() {
+            let timer = todo_eventd::state::Timer {
+                due: *due,
+                payload: Vec::new(),
+                hops: 0,
+            };
+            state.set_timer(format!("t{n}"), Some(timer));
+        }
+        state
+    };
+    let backlog: Vec<i64> = (0..500).collect();
+    dispatcher.restore(
+        [
+            ("a-backlog".to_owned(), timers(&backlog)),
+            ("b-punctual".to_owned(), timers(&[5_000])),
+        ]
+        .into(),
+    );
+    let mut fired = Vec::new();
+    for _ in 0..4 {
+        let firing = dispatcher.fire_next(10_000).await.unwrap();
+        assert!(firing.outcome.result.is_ok(), "{:?}", firing.outcome.result);
+        fired.push((firing.outcome.plugin.name.clone(), firing.timer.due));
+    }
+    assert!(
+        fired.contains(&("b-punctual".to_owned(), 5_000)),
+        "b's timer waits behind a's backlog: {fired:?}"
+    );
+    // Each plugin's own timers still fire earliest first.
+    let a_due: Vec<i64> = fired
+        .iter()
+        .filter(|(plugin, _)| plugin == "a-backlog")
+        .map(|(_, due)| *due)
+        .collect();
+    assert_eq!(a_due, [0, 1, 2]);
+}

@@ -690,6 +690,56 @@ async fn an_older_changelog_is_restored_and_its_records_retired() {
     assert!(state.timer("1").is_none(), "the bare-id timer, cancelled");
 }
 
+/// An older changelog's record whose key a newer record deleted (the
+/// newer record a tombstone, the key never written again) is tombstoned
+/// at the restore. Left to a next write of the key, which never comes, it
+/// stayed live: once compaction removed the newer tombstone, it was the
+/// key's last record and came back at every restore (a reminder for a
+/// task long finished).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_older_record_of_a_deleted_key_is_retired_at_the_restore() {
+    use todo_eventd::state::changelog::{self, EntryKind, Restorer};
+
+    let harness = Harness::new(&["task-events", "task-events.dlq", "out-topic", CHANGELOG]);
+    let older = changelog::key("task-events", "echo", EntryKind::Value, "k");
+    let newer = changelog::key("task-events", "echo", EntryKind::Key, "k");
+    harness
+        .write_changelog(&[(older.clone(), Some(b"1".to_vec())), (newer.clone(), None)])
+        .await;
+    let retired = |seen: &[OwnedMessage], partition: i32| {
+        seen.iter().any(|m| {
+            m.partition() == partition && m.key() == Some(&older[..]) && m.payload().is_none()
+        })
+    };
+    let done = |seen: &[OwnedMessage]| (0..PARTITIONS).all(|p| retired(seen, p));
+    let (seen, stats) = harness
+        .run_until(echo_plugins().await, &[CHANGELOG], done, async |_| {})
+        .await;
+    assert!(
+        done(&seen),
+        "the older record tombstoned in every partition: {}",
+        stats.summary()
+    );
+    // What compaction leaves (the newer tombstone gone): nothing of the key.
+    for partition in 0..PARTITIONS {
+        let mut restorer = Restorer::default();
+        for m in seen
+            .iter()
+            .filter(|m| m.partition() == partition && m.key() != Some(&newer[..]))
+        {
+            restorer.apply("task-events", m.key().unwrap(), m.payload());
+        }
+        let (states, legacy) = restorer.into_parts();
+        assert!(
+            states
+                .get("echo")
+                .is_none_or(|state| state.get("k").is_none()),
+            "partition {partition}: the deleted key came back"
+        );
+        assert!(legacy.is_empty(), "partition {partition}: {legacy:?}");
+    }
+}
+
 /// A removed plugin's state is kept until the operator names it in
 /// `plugins.forget`: then each partition's restore drops it and tombstones
 /// its records (its current ones and an older changelog's), while a loaded

@@ -358,11 +358,17 @@ impl Worker {
                 _ = stop.changed() => return false,
             };
             let error = match restored {
-                Ok(Ok(restorer)) => {
+                Ok(Ok(mut restorer)) => {
                     let (applied, skipped, unreadable) =
                         (restorer.applied, restorer.skipped, restorer.unreadable);
+                    let mut tombstones: Vec<Change> = restorer
+                        .take_superseded()
+                        .into_iter()
+                        .map(|key| (key, None))
+                        .collect();
                     let (mut states, mut legacy) = restorer.into_parts();
-                    self.forget(&mut states, &mut legacy);
+                    tombstones.extend(self.forget(&mut states, &mut legacy));
+                    self.write_tombstones(tombstones);
                     self.dispatcher.restore(states);
                     self.legacy = legacy;
                     self.context.stats.restored_records.inc_by(applied);
@@ -411,11 +417,15 @@ impl Worker {
 
     /// Takes out of the restored `states` (and the older changelog's live
     /// records, `legacy`) what each plugin `plugins.forget` names holds,
-    /// unless it is loaded, and queues tombstones for all of it: the
+    /// unless it is loaded, and returns tombstones for all of it: the
     /// state is gone from memory now, and from the changelog once they are
     /// written (a partition given up first forgets it again at its next
     /// restore).
-    fn forget(&mut self, states: &mut HashMap<String, PluginState>, legacy: &mut HashSet<Vec<u8>>) {
+    fn forget(
+        &self,
+        states: &mut HashMap<String, PluginState>,
+        legacy: &mut HashSet<Vec<u8>>,
+    ) -> Vec<Change> {
         let mut tombstones = Vec::new();
         for name in self.context.forget.iter() {
             if self.dispatcher.plugins().any(|plugin| plugin.name == *name) {
@@ -438,6 +448,11 @@ impl Worker {
                 );
             }
         }
+        tombstones
+    }
+
+    /// Queues `tombstones` for the changelog, as changes of no record.
+    fn write_tombstones(&mut self, tombstones: Vec<Change>) {
         if tombstones.is_empty() {
             return;
         }

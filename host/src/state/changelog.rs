@@ -402,6 +402,24 @@ impl Restorer {
         }
     }
 
+    /// Takes out the older changelog's live records that a newer record of
+    /// their key has superseded, to be tombstoned now. Their retirement is
+    /// otherwise left to the next write of the key, which a key deleted
+    /// (its newer record a tombstone) may never have: once compaction
+    /// removed that tombstone, the older record would be the key's last
+    /// and come back at every restore. The newer record is durable, so a
+    /// tombstone for the older one cannot take anything of it away.
+    pub fn take_superseded(&mut self) -> Vec<Vec<u8>> {
+        let mut superseded = Vec::new();
+        self.legacy.retain(|key, newer| {
+            if *newer {
+                superseded.push(key.clone());
+            }
+            !*newer
+        });
+        superseded
+    }
+
     /// The rebuilt states, by plugin name, and the changelog keys of the
     /// older changelog's records still live (see [`legacy_keys`]).
     pub fn into_parts(self) -> (HashMap<String, PluginState>, HashSet<Vec<u8>>) {
