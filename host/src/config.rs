@@ -888,7 +888,7 @@ impl Config {
             );
         }
         if property("enable.auto.offset.store")
-            .is_some_and(|v| !matches!(v.as_str(), "false" | "0"))
+            .is_some_and(|v| !matches!(v.as_str(), "false" | "f" | "0"))
         {
             // librdkafka would store each offset as the record is handed
             // over, and commit records no plugin has run on yet.
@@ -1463,6 +1463,7 @@ mod tests {
             ("enable.auto.offset.store", "true", true),
             ("enable.auto.offset.store", " True", true),
             ("enable.auto.offset.store", "false", false),
+            ("enable.auto.offset.store", "F", false),
             ("statistics.interval.ms", "0", true),
             ("statistics.interval.ms", "1000", false),
             ("group.protocol", "consumer", true),

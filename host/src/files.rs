@@ -2,10 +2,10 @@
 //! and manifests, and the secret files `kafka.property_files` names (and,
 //! capped in size alone, the configuration file).
 //!
-//! Only regular files are read. A symlink is followed and its target held
-//! to the same rule, so a link to `/dev/zero`, a FIFO, a socket, a device
-//! or a directory is refused by name of its type, never opened for
-//! reading. The size is checked against a cap before reading, and the file
+//! [`read_bounded`] reads regular files only. A symlink is followed and
+//! its target held to the same rule, so a link to `/dev/zero`, a FIFO, a
+//! socket, a device or a directory is refused by name of its type, never
+//! opened for reading. The size is checked against a cap before reading, and the file
 //! is opened non-blocking and checked again through the open descriptor,
 //! so a file swapped for a FIFO in between cannot block the reader either.
 //! Reads stop at the cap whatever the file claims. A symlink to nothing

@@ -73,6 +73,19 @@ pub enum Error {
         /// librdkafka's error.
         source: KafkaError,
     },
+    /// The consumer failed for good (librdkafka's fatal error): this member
+    /// takes no more part in the group.
+    #[error(
+        "consuming from {topics}: the consumer failed for good ({reason}); its partitions were \
+         given up and its uncommitted records go to the group's other members (does another \
+         process share this one's group.instance.id?)"
+    )]
+    ConsumerFatal {
+        /// The input topics.
+        topics: String,
+        /// librdkafka's reason.
+        reason: String,
+    },
 }
 
 /// The pipeline's dependencies.
@@ -165,9 +178,9 @@ impl Pipeline {
         let mut errors_logged: Option<Instant> = None;
         // A fatal consumer error (this member fenced by another with the
         // same `group.instance.id`): the consumer takes no more part in
-        // the group, so the daemon drains and exits with it rather than
-        // stay up, reporting ready, with nothing assigned.
-        let mut fatal = None;
+        // the group, so the daemon gives its partitions up and exits with
+        // it, rather than stay up, reporting ready, with nothing assigned.
+        let mut fatal: Option<String> = None;
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -198,8 +211,9 @@ impl Pipeline {
                             .client()
                             .fatal_error()
                             .map_or_else(|| err.to_string(), |(_, reason)| reason);
-                        error!(error = %reason, "Fatal consumer error; draining the partitions and stopping.");
-                        fatal = Some(err);
+                        let reason = self.config.kafka.redact(&reason);
+                        error!(error = %reason, "Fatal consumer error; giving the partitions up and stopping.");
+                        fatal = Some(reason);
                         break;
                     }
                     Err(err) => {
@@ -213,14 +227,24 @@ impl Pipeline {
             }
         }
 
-        info!("Shutting down: draining partitions.");
         self.telemetry.readiness.stopping();
         committer.abort();
         let _ = committer.await;
-        let deadline = tokio::time::Instant::now() + self.config.pipeline.shutdown_timeout;
+        // A fenced member's partitions are already another's (with static
+        // membership, at once and without a rebalance): they are given up
+        // as lost ones are, not drained — a late write of held state
+        // changes could land after the new owner's restore.
+        let (stop, drain_for) = if fatal.is_some() {
+            info!("Shutting down: giving the partitions up.");
+            (Stop::Abandon, Duration::ZERO)
+        } else {
+            info!("Shutting down: draining partitions.");
+            (Stop::Drain, self.config.pipeline.shutdown_timeout)
+        };
+        let deadline = tokio::time::Instant::now() + drain_for;
         let workers = intake.drain();
         for worker in &workers {
-            let _ = worker.stop.send(Stop::Drain);
+            let _ = worker.stop.send(stop);
         }
         // Partitions revoked before the shutdown are still draining: they
         // settle side by side with the rest, each within its own bound
@@ -268,10 +292,7 @@ impl Pipeline {
         }
         info!(summary = %self.telemetry.pipeline.summary(), "Pipeline stopped.");
         match fatal {
-            Some(source) => Err(Error::Consume {
-                topics,
-                source: kafka::redact(source, &self.config.kafka),
-            }),
+            Some(reason) => Err(Error::ConsumerFatal { topics, reason }),
             None => Ok(()),
         }
     }

@@ -16,9 +16,10 @@ use crate::state::changelog::Restorer;
 /// complete without the broker saying the end is reached. The watermark
 /// listed at the start is a lower bound only: tansu 0.6.0 lists 1 for a
 /// partition holding one batch of records 0–2 (not 0: a partition with
-/// records does not list as empty, measured). The end a restore trusts is the one a fetch
-/// answer reports (librdkafka's partition EOF), which is exact there too;
-/// the quiet is the fallback for a broker that never says so.
+/// records does not list as empty, measured). The end a restore trusts is
+/// the one a fetch answer reports (librdkafka's partition EOF), which is
+/// exact there too; the quiet is the fallback for a broker that never
+/// says so.
 const RESTORE_QUIET: Duration = Duration::from_millis(500);
 
 /// How long the changelog must stay quiet after the broker said the end is

@@ -142,16 +142,22 @@ pub async fn watch(
     // Taken before the watch is set: should the path change in between,
     // the first check sets the watch again.
     let mut watched = identity(&lookups, &dir).await;
-    rewatch(&lookups, &watcher, &dir).await?;
+    // Whether setting the watch failed (said once, tried at every check
+    // until it works): a mount that hangs at start-up, or inotify's limit
+    // on watches reached, leaves the plugins loaded serving and the
+    // directory rescanned, not the daemon stopped.
+    let mut unwatched = false;
+    if let Err(err) = rewatch(&lookups, &watcher, &dir).await {
+        warn!(error = %err, dir = %dir.display(), "Cannot watch the plugins directory; it is rescanned at every check until it can be.");
+        watched = None;
+        unwatched = true;
+    }
     let span = info_span!("plugin_watcher", dir = %dir.display());
     let task = tokio::spawn(
         async move {
             let mut check = tokio::time::interval(IDENTITY_CHECK);
             check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut fallback_at = Instant::now() + fallback;
-            // Whether setting the watch again failed (said once, tried at
-            // every check until it works).
-            let mut unwatched = false;
             loop {
                 tokio::select! {
                     () = changed.notified() => {
