@@ -181,6 +181,9 @@ impl Pipeline {
         // the group, so the daemon gives its partitions up and exits with
         // it, rather than stay up, reporting ready, with nothing assigned.
         let mut fatal: Option<String> = None;
+        // Said once the member gives every partition up, those already
+        // draining (revoked just before) included.
+        let (give_up_all, member_given_up) = watch::channel(false);
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -191,7 +194,7 @@ impl Pipeline {
                         self.assign(&consumer, &mut intake, &partitions, &context);
                     }
                     GroupEvent::Revoked { partitions, lost } => {
-                        draining.push(self.revoke(&mut intake, partitions, lost));
+                        draining.push(self.revoke(&mut intake, partitions, lost, member_given_up.clone()));
                     }
                 },
                 Some((partitions, lost)) = draining.next() => {
@@ -236,6 +239,7 @@ impl Pipeline {
         // changes could land after the new owner's restore.
         let (stop, drain_for) = if fatal.is_some() {
             info!("Shutting down: giving the partitions up.");
+            give_up_all.send_replace(true);
             (Stop::Abandon, Duration::ZERO)
         } else {
             info!("Shutting down: draining partitions.");
@@ -251,7 +255,12 @@ impl Pipeline {
         // (see `revoke`), before anything is committed or the group left.
         let revoked = async { while draining.next().await.is_some() {} };
         tokio::join!(
-            settle_workers(workers, deadline, self.abandon_grace()),
+            settle_workers(
+                workers,
+                deadline,
+                self.abandon_grace(),
+                member_given_up.clone()
+            ),
             revoked
         );
         // The last commit: a group rebalancing (another member leaving,
@@ -413,6 +422,7 @@ impl Pipeline {
         intake: &mut Intake,
         partitions: TopicPartitionList,
         lost: bool,
+        member_given_up: watch::Receiver<bool>,
     ) -> BoxFuture<'static, (TopicPartitionList, bool)> {
         let workers: Vec<WorkerHandle> = partitions
             .elements()
@@ -432,7 +442,7 @@ impl Pipeline {
         let deadline = tokio::time::Instant::now() + drain_for;
         let grace = self.abandon_grace();
         Box::pin(async move {
-            settle_workers(workers, deadline, grace).await;
+            settle_workers(workers, deadline, grace, member_given_up).await;
             (partitions, lost)
         })
     }
@@ -461,8 +471,10 @@ impl Pipeline {
     }
 }
 
-/// Waits for stopped workers to settle until `deadline`. Those that do not
-/// are given up ([`Stop::Abandon`]: their unacknowledged records will be
+/// Waits for stopped workers to settle until `deadline`, or until
+/// `member_given_up` says the whole member gave its partitions up (a fatal
+/// consumer error: another owns them already). Those that do not are given
+/// up ([`Stop::Abandon`]: their unacknowledged records will be
 /// redelivered) and waited for `grace` more, while what the producer
 /// already has of theirs settles — so a changelog batch still being
 /// retried cannot land after the partition's next owner has restored its
@@ -472,7 +484,21 @@ async fn settle_workers(
     workers: Vec<WorkerHandle>,
     deadline: tokio::time::Instant,
     grace: Duration,
+    mut member_given_up: watch::Receiver<bool>,
 ) {
+    // Resolves once the whole member gives its partitions up (never,
+    // should the run loop go without saying so).
+    let member_given_up = async move {
+        if member_given_up
+            .wait_for(|given_up| *given_up)
+            .await
+            .is_err()
+        {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::pin!(member_given_up);
+    let mut given_up = false;
     let mut overdue = Vec::new();
     for worker in workers {
         let WorkerHandle {
@@ -482,7 +508,20 @@ async fn settle_workers(
             _supervision,
         } = worker;
         drop(records);
-        if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+        let drained = if given_up {
+            task.is_finished()
+        } else {
+            tokio::select! {
+                biased;
+                _ = &mut task => true,
+                () = tokio::time::sleep_until(deadline) => false,
+                () = &mut member_given_up => {
+                    given_up = true;
+                    false
+                }
+            }
+        };
+        if !drained {
             let _ = stop.send(Stop::Abandon);
             overdue.push((task, stop, _supervision));
         }
@@ -641,17 +680,60 @@ mod tests {
 
         let (worker, settled) = stuck_worker(&readiness, Duration::from_secs(10));
         let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
-        settle_workers(vec![worker], deadline, grace).await;
+        settle_workers(vec![worker], deadline, grace, never_given_up()).await;
         assert!(settled.load(Ordering::SeqCst), "waited for while settling");
 
         let (worker, settled) = stuck_worker(&readiness, Duration::from_secs(3600));
         let started = tokio::time::Instant::now();
-        settle_workers(vec![worker], started + Duration::from_secs(1), grace).await;
+        settle_workers(
+            vec![worker],
+            started + Duration::from_secs(1),
+            grace,
+            never_given_up(),
+        )
+        .await;
         assert!(!settled.load(Ordering::SeqCst));
         assert_eq!(
             started.elapsed().as_secs(),
             61,
             "aborted once the deadline and the grace had passed (paused time)"
+        );
+    }
+
+    /// A member's give-up that never comes (its sender gone unsaid).
+    fn never_given_up() -> watch::Receiver<bool> {
+        watch::channel(false).1
+    }
+
+    /// Workers already draining (their partitions revoked just before)
+    /// are given up at once when the whole member gives its partitions up
+    /// (a fatal consumer error: another process owns them already), not
+    /// left to drain on — and write held state changes — for up to
+    /// `shutdown_timeout` (before, only the workers still taking records
+    /// were given up).
+    #[tokio::test(start_paused = true)]
+    async fn draining_workers_are_given_up_with_the_member() {
+        let readiness = Arc::new(Readiness::default());
+        let (worker, settled) = stuck_worker(&readiness, Duration::from_secs(1));
+        let (other, other_settled) = stuck_worker(&readiness, Duration::from_secs(1));
+        let (give_up_all, member_given_up) = watch::channel(false);
+        let started = tokio::time::Instant::now();
+        let settling = tokio::spawn(settle_workers(
+            vec![worker, other],
+            started + Duration::from_secs(3600),
+            Duration::from_secs(60),
+            member_given_up,
+        ));
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert!(!settling.is_finished(), "still draining");
+        give_up_all.send_replace(true);
+        settling.await.unwrap();
+        assert!(settled.load(Ordering::SeqCst), "waited for while settling");
+        assert!(other_settled.load(Ordering::SeqCst));
+        assert_eq!(
+            started.elapsed().as_secs(),
+            11,
+            "given up at once, then its second of settling (paused time)"
         );
     }
 }
