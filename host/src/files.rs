@@ -41,8 +41,7 @@ pub fn read_bounded(path: &Path, max: ByteSize) -> io::Result<Vec<u8>> {
 
 /// Reads `path` as UTF-8 text, under the same rules as [`read_bounded`].
 pub fn read_text_bounded(path: &Path, max: ByteSize) -> io::Result<String> {
-    String::from_utf8(read_bounded(path, max)?)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not UTF-8 text"))
+    utf8(read_bounded(path, max)?)
 }
 
 /// Reads `path` as UTF-8 text of at most `max` bytes, whatever kind of
@@ -60,6 +59,11 @@ pub fn read_text_capped(path: &Path, max: ByteSize) -> io::Result<String> {
             format!("refused: larger than the limit of {max}"),
         ));
     }
+    utf8(bytes)
+}
+
+/// `bytes` as text; the error does not quote them.
+fn utf8(bytes: Vec<u8>) -> io::Result<String> {
     String::from_utf8(bytes)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not UTF-8 text"))
 }

@@ -486,19 +486,6 @@ async fn settle_workers(
     grace: Duration,
     mut member_given_up: watch::Receiver<bool>,
 ) {
-    // Resolves once the whole member gives its partitions up (never,
-    // should the run loop go without saying so).
-    let member_given_up = async move {
-        if member_given_up
-            .wait_for(|given_up| *given_up)
-            .await
-            .is_err()
-        {
-            std::future::pending::<()>().await;
-        }
-    };
-    tokio::pin!(member_given_up);
-    let mut given_up = false;
     let mut overdue = Vec::new();
     for worker in workers {
         let WorkerHandle {
@@ -508,17 +495,15 @@ async fn settle_workers(
             _supervision,
         } = worker;
         drop(records);
-        let drained = if given_up {
+        let drained = if *member_given_up.borrow() {
             task.is_finished()
         } else {
             tokio::select! {
                 biased;
                 _ = &mut task => true,
                 () = tokio::time::sleep_until(deadline) => false,
-                () = &mut member_given_up => {
-                    given_up = true;
-                    false
-                }
+                // Never, should the run loop go without saying so.
+                Ok(_) = member_given_up.wait_for(|given_up| *given_up) => false,
             }
         };
         if !drained {
