@@ -174,7 +174,6 @@ pub async fn run(
             watcher::FALLBACK_RESCAN,
         )
         .await
-        .context("watching the plugins directory")?
     } else {
         None
     };

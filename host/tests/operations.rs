@@ -82,7 +82,6 @@ async fn a_plugin_replaced_under_load_handles_every_event_exactly_once() {
         watcher::FALLBACK_RESCAN,
     )
     .await
-    .unwrap()
     .unwrap();
     let v1 = Sandbox::content_hash(TEST_PLUGIN);
     let v2_bytes = with_custom_section(TEST_PLUGIN, "v2");
@@ -656,7 +655,6 @@ async fn a_file_written_without_pause_does_not_hold_up_a_reload() {
         watcher::FALLBACK_RESCAN,
     )
     .await
-    .unwrap()
     .unwrap();
     let notes = dir.path().join("notes.txt");
     let writer = tokio::spawn(async move {
@@ -709,7 +707,6 @@ async fn a_plugins_directory_swapped_under_its_path_is_watched_anew() {
         Duration::from_secs(3600),
     )
     .await
-    .unwrap()
     .unwrap();
     let serving = |bytes: &[u8]| {
         let hash = Sandbox::content_hash(bytes);

@@ -18,9 +18,14 @@
 //! watched instead and rescanned at once. Looking the path up and setting
 //! the watch again run on the daemon's blocking pool, waited for only so
 //! long: a mount that hangs holds one thread, not a runtime worker.
+//!
+//! A watch that cannot be set — inotify's limits reached (its
+//! `max_user_instances` as well as its `max_user_watches`), a mount that
+//! does not answer — never stops the daemon: the directory is rescanned at
+//! every check instead, and the watch tried again there until it is set.
 
 use std::os::unix::fs::MetadataExt as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -80,21 +85,70 @@ async fn identity(lookups: &Unanswered, dir: &Path) -> Option<Identity> {
     meta.await.ok()?.ok().map(|meta| (meta.dev(), meta.ino()))
 }
 
-/// Watches `dir` anew, dropping the watch set before (if any). notify sets
-/// a watch on its own thread and waits for it, and `inotify_add_watch`
-/// looks the path up again: on the daemon's blocking pool, as the lookup.
-async fn rewatch(
-    lookups: &Unanswered,
-    watcher: &Arc<Mutex<RecommendedWatcher>>,
-    dir: &Path,
-) -> notify::Result<()> {
-    let (watcher, dir) = (watcher.clone(), dir.to_owned());
-    let set = lookups.run("watch", READ_TIMEOUT, move || {
-        let mut watcher = watcher.lock().unwrap_or_else(PoisonError::into_inner);
+/// What a file event says, for the watcher's task: a change (any event
+/// that may touch a plugin file), and whether the watched directory itself
+/// was removed or moved away.
+#[derive(Clone)]
+struct Events {
+    changed: Arc<Notify>,
+    lost: Arc<AtomicBool>,
+    /// The watched path, absolute, as events name it.
+    root: PathBuf,
+}
+
+impl notify::EventHandler for Events {
+    fn handle_event(&mut self, event: notify::Result<Event>) {
+        match event {
+            Ok(event) if !relevant(&event) => {}
+            Ok(event) => {
+                if matches!(
+                    event.kind,
+                    EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(_))
+                ) && event.paths.contains(&self.root)
+                {
+                    self.lost.store(true, Ordering::Relaxed);
+                }
+                self.changed.notify_one();
+            }
+            Err(err) => warn!(error = %err, "Watching the plugins directory."),
+        }
+    }
+}
+
+/// Makes notify's watcher for some [`Events`]: `notify::recommended_watcher`
+/// but in the watcher's own tests.
+type MakeWatcher = fn(Events) -> notify::Result<RecommendedWatcher>;
+
+/// notify's watcher, made when a watch is first set: should inotify refuse
+/// one (its `max_user_instances` reached), making it is tried again with
+/// the next watch.
+struct Notifier {
+    make: MakeWatcher,
+    events: Events,
+    watcher: Mutex<Option<RecommendedWatcher>>,
+}
+
+impl Notifier {
+    /// Watches `dir` anew, dropping the watch set before (if any), and
+    /// making notify's watcher first if there is none yet. Blocks: notify
+    /// sets a watch on its own thread and waits for it, and
+    /// `inotify_add_watch` looks the path up again.
+    fn rewatch(&self, dir: &Path) -> notify::Result<()> {
+        let mut watcher = self.watcher.lock().unwrap_or_else(PoisonError::into_inner);
+        let watcher = match &mut *watcher {
+            Some(watcher) => watcher,
+            empty => empty.insert((self.make)(self.events.clone())?),
+        };
         // The old directory's watch may be gone already (removed with it).
-        let _ = watcher.unwatch(&dir);
-        watcher.watch(&dir, RecursiveMode::NonRecursive)
-    });
+        let _ = watcher.unwatch(dir);
+        watcher.watch(dir, RecursiveMode::NonRecursive)
+    }
+}
+
+/// [`Notifier::rewatch`] on the daemon's blocking pool, as the lookup.
+async fn rewatch(lookups: &Unanswered, notifier: &Arc<Notifier>, dir: &Path) -> notify::Result<()> {
+    let (notifier, dir) = (notifier.clone(), dir.to_owned());
+    let set = lookups.run("watch", READ_TIMEOUT, move || notifier.rewatch(&dir));
     set.await
         .map_err(|err| notify::Error::io(err.into()))
         .and_then(|set| set)
@@ -103,51 +157,50 @@ async fn rewatch(
 /// Watches `registry`'s directory (if it has one) on the current Tokio
 /// runtime, rescanning it once it has been quiet for `debounce` after a
 /// change, and every `fallback` ([`FALLBACK_RESCAN`]) without one.
-/// `Ok(None)` when there is nothing to watch.
+/// `None` when there is nothing to watch.
 pub async fn watch(
     registry: Arc<Registry>,
     debounce: Duration,
     fallback: Duration,
-) -> notify::Result<Option<Watcher>> {
-    let Some(dir) = registry.dir().map(ToOwned::to_owned) else {
-        return Ok(None);
-    };
+) -> Option<Watcher> {
+    watch_made_by(registry, debounce, fallback, notify::recommended_watcher).await
+}
+
+/// [`watch`], with notify's watcher made by `make`.
+async fn watch_made_by(
+    registry: Arc<Registry>,
+    debounce: Duration,
+    fallback: Duration,
+    make: MakeWatcher,
+) -> Option<Watcher> {
+    let dir = registry.dir().map(ToOwned::to_owned)?;
     // One stored permit at most: events between two looks are one.
     let changed = Arc::new(Notify::new());
-    let signal = changed.clone();
     // The watched directory itself was removed or moved away: its path is
     // watched anew at the next check even if it leads to the same device
     // and inode (a file system may reuse the inode of a directory removed
     // and made again).
     let lost = Arc::new(AtomicBool::new(false));
-    let lost_by_event = lost.clone();
-    let root = std::path::absolute(&dir).unwrap_or_else(|_| dir.clone());
-    let watcher = notify::recommended_watcher(move |event: notify::Result<Event>| match event {
-        Ok(event) if !relevant(&event) => {}
-        Ok(event) => {
-            if matches!(
-                event.kind,
-                EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(_))
-            ) && event.paths.contains(&root)
-            {
-                lost_by_event.store(true, Ordering::Relaxed);
-            }
-            signal.notify_one();
-        }
-        Err(err) => warn!(error = %err, "Watching the plugins directory."),
-    })?;
-    let watcher = Arc::new(Mutex::new(watcher));
+    let notifier = Arc::new(Notifier {
+        make,
+        events: Events {
+            changed: changed.clone(),
+            lost: lost.clone(),
+            root: std::path::absolute(&dir).unwrap_or_else(|_| dir.clone()),
+        },
+        watcher: Mutex::new(None),
+    });
     // A lookup on a hung mount holds one thread, not one per check.
     let lookups = Unanswered::default();
     // Taken before the watch is set: should the path change in between,
     // the first check sets the watch again.
     let mut watched = identity(&lookups, &dir).await;
     // Whether setting the watch failed (said once, tried at every check
-    // until it works): a mount that hangs at start-up, or inotify's limit
-    // on watches reached, leaves the plugins loaded serving and the
-    // directory rescanned, not the daemon stopped.
+    // until it works): a mount that hangs at start-up, or one of inotify's
+    // limits reached, leaves the plugins loaded serving and the directory
+    // rescanned, not the daemon stopped.
     let mut unwatched = false;
-    if let Err(err) = rewatch(&lookups, &watcher, &dir).await {
+    if let Err(err) = rewatch(&lookups, &notifier, &dir).await {
         warn!(error = %err, dir = %dir.display(), "Cannot watch the plugins directory; it is rescanned at every check until it can be.");
         watched = None;
         unwatched = true;
@@ -186,8 +239,11 @@ pub async fn watch(
                         if !unwatched {
                             info!(removed_or_moved = lost, "The plugins directory's path leads to another directory now (or the same one made again); watching it.");
                         }
-                        match rewatch(&lookups, &watcher, &dir).await {
+                        match rewatch(&lookups, &notifier, &dir).await {
                             Ok(()) => {
+                                if unwatched {
+                                    info!("Watching the plugins directory again.");
+                                }
                                 watched = Some(now);
                                 unwatched = false;
                             }
@@ -218,5 +274,109 @@ pub async fn watch(
         }
         .instrument(span),
     );
-    Ok(Some(Watcher { task }))
+    Some(Watcher { task })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+    use crate::clock::Clock;
+    use crate::plugin::registry::Status;
+    use crate::sandbox::{Sandbox, SandboxConfig};
+
+    async fn registry(dir: &Path) -> Arc<Registry> {
+        let sandbox = Sandbox::new(SandboxConfig {
+            max_instances: 1,
+            ..SandboxConfig::default()
+        })
+        .unwrap();
+        let (registry, _) = Registry::open(
+            Arc::new(sandbox),
+            dir.to_owned(),
+            Arc::default(),
+            Clock::System,
+        )
+        .await
+        .unwrap();
+        Arc::new(registry)
+    }
+
+    /// Polls `ok` every 50 ms for up to 20 s.
+    async fn eventually(what: &str, ok: impl Fn() -> bool) {
+        let until = Instant::now() + Duration::from_secs(20);
+        while !ok() {
+            assert!(Instant::now() < until, "not within 20 s: {what}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Whether the registry holds a rejected entry called `name`.
+    fn rejected(registry: &Registry, name: &str) -> bool {
+        registry
+            .statuses()
+            .iter()
+            .any(|s| s.name == name && s.status == Status::Rejected)
+    }
+
+    fn refused(_: Events) -> notify::Result<RecommendedWatcher> {
+        Err(notify::Error::generic(
+            "inotify refused: max_user_instances reached",
+        ))
+    }
+
+    /// inotify refusing an instance (its `max_user_instances` reached on a
+    /// crowded host) does not stop the daemon: the directory is rescanned
+    /// at every check instead. The fallback rescan is an hour away, so
+    /// only the checks can see the new file.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refused_inotify_leaves_the_directory_rescanned_at_every_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = registry(dir.path()).await;
+        let watcher = watch_made_by(
+            registry.clone(),
+            Duration::from_millis(50),
+            Duration::from_secs(3600),
+            refused,
+        )
+        .await;
+        assert!(watcher.is_some(), "watches (by rescans) all the same");
+        std::fs::write(dir.path().join("junk.wasm"), b"not a component").unwrap();
+        eventually("junk rejected", || rejected(&registry, "junk")).await;
+    }
+
+    static MADE: AtomicUsize = AtomicUsize::new(0);
+
+    /// Refuses the first watcher, then makes real ones.
+    fn refused_once(events: Events) -> notify::Result<RecommendedWatcher> {
+        if MADE.fetch_add(1, Ordering::SeqCst) == 0 {
+            refused(events)
+        } else {
+            notify::recommended_watcher(events)
+        }
+    }
+
+    /// Once inotify gives an instance, the watch is set at the next check
+    /// and serves from then on: a change is seen by its event alone (the
+    /// checks rescan no more, the fallback is an hour away), and the
+    /// watcher is made once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_watcher_refused_at_start_is_made_at_a_later_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = registry(dir.path()).await;
+        let _watcher = watch_made_by(
+            registry.clone(),
+            Duration::from_millis(50),
+            Duration::from_secs(3600),
+            refused_once,
+        )
+        .await;
+        eventually("made again", || MADE.load(Ordering::SeqCst) == 2).await;
+        // Past a check or two with the watch set.
+        tokio::time::sleep(IDENTITY_CHECK * 2).await;
+        std::fs::write(dir.path().join("late.wasm"), b"not a component").unwrap();
+        eventually("late rejected", || rejected(&registry, "late")).await;
+        assert_eq!(MADE.load(Ordering::SeqCst), 2, "made once it could be");
+    }
 }
