@@ -11,6 +11,7 @@
 //! happens; the plugins' file calls then time out and count against them.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
@@ -131,6 +132,21 @@ impl Unanswered {
         }
     }
 
+    /// Runs `work` as [`Self::run`] does, under a key of its own: calls
+    /// that may run side by side (one per partition starting an instance,
+    /// say). Those that do not return in time still count against
+    /// [`MAX_UNANSWERED`], so a mount that hangs holds at most that many
+    /// threads, after which calls fail at once with [`NoAnswer::TooMany`].
+    pub async fn run_apart<T, F>(&self, timeout: Duration, work: F) -> Result<T, NoAnswer>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let key = format!("#{}", NEXT.fetch_add(1, Ordering::Relaxed));
+        self.run(&key, timeout, work).await
+    }
+
     /// Keys whose work has not returned.
     pub fn running(&self) -> usize {
         self.lock().len()
@@ -238,5 +254,45 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         assert_eq!(unanswered.run("hung", limit, || 8).await.unwrap(), 8);
+    }
+
+    /// Calls apart from one another run side by side (two at once both
+    /// answer), and those that hang still count: a mount that stops
+    /// answering holds MAX_UNANSWERED threads at most, then calls fail at
+    /// once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn calls_apart_run_side_by_side_and_hung_ones_are_bounded() {
+        let unanswered = super::Unanswered::default();
+        let limit = Duration::from_secs(5);
+        let both = std::sync::Arc::new(std::sync::Barrier::new(2));
+        let meet = |both: std::sync::Arc<std::sync::Barrier>| move || both.wait().is_leader();
+        let (a, b) = tokio::join!(
+            unanswered.run_apart(limit, meet(both.clone())),
+            unanswered.run_apart(limit, meet(both.clone())),
+        );
+        assert!(a.unwrap() ^ b.unwrap(), "both ran, at once");
+
+        let limit = Duration::from_millis(20);
+        let (release, wait) = mpsc::channel::<()>();
+        let wait = std::sync::Arc::new(std::sync::Mutex::new(wait));
+        for _ in 0..super::MAX_UNANSWERED {
+            let wait = wait.clone();
+            let stuck = unanswered
+                .run_apart(limit, move || {
+                    let _ = wait.lock().unwrap().recv();
+                })
+                .await;
+            assert!(matches!(stuck, Err(super::NoAnswer::TimedOut(_))));
+        }
+        let refused = unanswered.run_apart(limit, || 9).await;
+        assert!(
+            matches!(refused, Err(super::NoAnswer::TooMany(16))),
+            "{refused:?}"
+        );
+        drop(release);
+        while unanswered.running() > 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(unanswered.run_apart(limit, || 8).await.unwrap(), 8);
     }
 }

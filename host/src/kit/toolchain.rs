@@ -4,9 +4,10 @@
 //! own (`Cargo.toml`, `pyproject.toml`, `rust-toolchain.toml`, …) and
 //! hidden files; its stem names the plugin and must be a name the daemon
 //! takes. A `Cargo.toml` makes it a Rust project, an `app.py` a Python one.
-//! Both files are written beside their final names and renamed into place,
-//! the manifest first, so a daemon watching the output directory never
-//! reads half a file.
+//! Both files are written beside their final names, under fresh names
+//! made exclusively (never through a name planted there), and renamed into
+//! place, the manifest first, so a daemon watching the output directory
+//! never reads half a file.
 
 use std::ffi::OsStr;
 use std::os::unix::fs::PermissionsExt;
@@ -76,33 +77,75 @@ pub fn build(dir: &Path, out: Option<&Path>, tools: Option<&Path>) -> Result<Bui
         .to_owned();
     let out = out.map_or_else(|| dir.join("dist"), Path::to_owned);
     std::fs::create_dir_all(&out).map_err(KitError::io(&out))?;
-    let wasm = out.join(format!("{name}.wasm"));
-    let staged = out.join(format!(".{name}.wasm.part"));
-    if dir.join("Cargo.toml").is_file() {
+    let (wasm, copied) = if dir.join("Cargo.toml").is_file() {
         let built = build_rust(dir)?;
-        std::fs::copy(&built, &staged).map_err(KitError::io(&staged))?;
+        publish(&out, &name, &manifest, |staged| {
+            let mut from = std::fs::File::open(&built).map_err(KitError::io(&built))?;
+            std::io::copy(&mut from, &mut staged.as_file()).map_err(KitError::io(&built))?;
+            Ok(())
+        })?
     } else if dir.join("app.py").is_file() {
-        build_python(dir, &staged, tools)?;
+        publish(&out, &name, &manifest, |staged| {
+            build_python(dir, staged.path(), tools)
+        })?
     } else {
         return Err(not_a_project(
             "neither Cargo.toml (Rust) nor app.py (Python) found; create a project with `todo-eventd plugins new`".into(),
         ));
-    }
-    // Readable by a daemon running as another user.
-    std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o644))
-        .map_err(KitError::io(&staged))?;
-    let copied = out.join(format!("{name}.toml"));
-    if copied != manifest {
-        let staged_manifest = out.join(format!(".{name}.toml.part"));
-        std::fs::copy(&manifest, &staged_manifest).map_err(KitError::io(&staged_manifest))?;
-        std::fs::rename(&staged_manifest, &copied).map_err(KitError::io(&copied))?;
-    }
-    std::fs::rename(&staged, &wasm).map_err(KitError::io(&wasm))?;
+    };
     Ok(Built {
         name,
         wasm,
         manifest: copied,
     })
+}
+
+/// A file to be written in `out` under a fresh hidden name
+/// (`.NAME.EXT.RANDOM.part`), made exclusively — a name planted there
+/// before, a symlink to someone's file say, is never written through —
+/// and removed unless it is published.
+fn staging(out: &Path, name: &str, ext: &str) -> Result<tempfile::NamedTempFile, KitError> {
+    tempfile::Builder::new()
+        .prefix(&format!(".{name}.{ext}."))
+        .suffix(".part")
+        .tempfile_in(out)
+        .map_err(KitError::io(out))
+}
+
+/// Writes `OUT/NAME.wasm` (by `write`, into a staged file) and a copy of
+/// `manifest` as `OUT/NAME.toml` (unless it is that file), both readable by
+/// a daemon running as another user, and renames them into place, the
+/// manifest first; returns their paths.
+fn publish(
+    out: &Path,
+    name: &str,
+    manifest: &Path,
+    write: impl FnOnce(&tempfile::NamedTempFile) -> Result<(), KitError>,
+) -> Result<(PathBuf, PathBuf), KitError> {
+    let readable = || std::fs::Permissions::from_mode(0o644);
+    let wasm = out.join(format!("{name}.wasm"));
+    let staged = staging(out, name, "wasm")?;
+    write(&staged)?;
+    // By path: a tool may have written the file anew under its name.
+    std::fs::set_permissions(staged.path(), readable()).map_err(KitError::io(staged.path()))?;
+    let copied = out.join(format!("{name}.toml"));
+    if copied != manifest {
+        let staged_manifest = staging(out, name, "toml")?;
+        let mut from = std::fs::File::open(manifest).map_err(KitError::io(manifest))?;
+        std::io::copy(&mut from, &mut staged_manifest.as_file())
+            .map_err(KitError::io(staged_manifest.path()))?;
+        staged_manifest
+            .as_file()
+            .set_permissions(readable())
+            .map_err(KitError::io(staged_manifest.path()))?;
+        staged_manifest
+            .persist(&copied)
+            .map_err(|e| KitError::io(&copied)(e.error))?;
+    }
+    staged
+        .persist(&wasm)
+        .map_err(|e| KitError::io(&wasm)(e.error))?;
+    Ok((wasm, copied))
 }
 
 /// The project's plugin manifest.
@@ -360,6 +403,75 @@ mod tests {
             Ok(built) => panic!("built {built:?}"),
             Err(err) => err.to_string(),
         }
+    }
+
+    /// `--out` may be a shared plugins directory: names planted there in
+    /// advance (the old fixed `.NAME.wasm.part`, a symlink to another
+    /// user's file) are never written through, and nothing staged is left
+    /// behind.
+    #[test]
+    fn publishing_writes_through_no_planted_name() {
+        let project = project(&["echo.toml"]);
+        std::fs::write(project.path().join("echo.toml"), "version = \"2\"\n").expect("write");
+        let out = tempfile::tempdir().expect("temp dir");
+        let victim = out.path().join("victim");
+        std::fs::write(&victim, "precious").expect("write");
+        for planted in [".echo.wasm.part", ".echo.toml.part"] {
+            std::os::unix::fs::symlink(&victim, out.path().join(planted)).expect("symlink");
+        }
+        let (wasm, manifest) = publish(
+            out.path(),
+            "echo",
+            &project.path().join("echo.toml"),
+            |staged| std::fs::write(staged.path(), b"\0asm").map_err(KitError::io(staged.path())),
+        )
+        .expect("published");
+        assert_eq!(std::fs::read_to_string(&victim).expect("read"), "precious");
+        assert_eq!(std::fs::read(&wasm).expect("read"), b"\0asm");
+        assert_eq!(
+            std::fs::read_to_string(&manifest).expect("read"),
+            "version = \"2\"\n"
+        );
+        for file in [&wasm, &manifest] {
+            let meta = std::fs::symlink_metadata(file).expect("stat");
+            assert!(meta.is_file(), "{}", file.display());
+            assert_eq!(
+                meta.permissions().mode() & 0o777,
+                0o644,
+                "{}",
+                file.display()
+            );
+        }
+        let mut names: Vec<String> = std::fs::read_dir(out.path())
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                ".echo.toml.part",
+                ".echo.wasm.part",
+                "echo.toml",
+                "echo.wasm",
+                "victim"
+            ]
+        );
+
+        // A failed build leaves nothing staged.
+        let failed = publish(
+            out.path(),
+            "other",
+            &project.path().join("echo.toml"),
+            |_| {
+                Err(KitError::Tool {
+                    tool: "cargo",
+                    message: "failed".into(),
+                })
+            },
+        );
+        assert!(failed.is_err());
+        assert_eq!(std::fs::read_dir(out.path()).expect("list").count(), 5);
     }
 
     #[test]

@@ -47,7 +47,9 @@ pub struct Manifest {
     #[serde(default = "default_true")]
     pub enabled: bool,
     /// A version label for humans; the content hash identifies the build.
-    #[serde(default)]
+    /// At most [`MAX_VERSION_LEN`] bytes, no control characters: it is
+    /// shown in logs, `/plugins` and `plugins check`.
+    #[serde(default, deserialize_with = "version_label")]
     pub version: Option<String>,
     /// Event kinds delivered to `on-event`; absent means all of them.
     #[serde(default)]
@@ -83,6 +85,26 @@ impl Default for Manifest {
 
 fn default_true() -> bool {
     true
+}
+
+/// The longest `version` label, in bytes.
+pub const MAX_VERSION_LEN: usize = 64;
+
+/// A `version` label: short and printable, or refused.
+fn version_label<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let label = String::deserialize(d)?;
+    if label.len() > MAX_VERSION_LEN {
+        return Err(serde::de::Error::custom(format!(
+            "version is {} bytes long; at most {MAX_VERSION_LEN}",
+            label.len()
+        )));
+    }
+    if label.chars().any(char::is_control) {
+        return Err(serde::de::Error::custom(
+            "version has a control character in it",
+        ));
+    }
+    Ok(Some(label))
 }
 
 /// The event kinds of `events = [...]`, as a set: a kind listed twice
@@ -290,11 +312,26 @@ mod tests {
                 "[limits]\ncall_timeout = \"soon\"",
                 "\"soon\" is not a duration",
             ),
+            ("version = 2", "invalid type: integer"),
+            (
+                "version = \"1.0\\u001b[2J\"",
+                "version has a control character",
+            ),
         ];
         for (text, want) in cases {
             let err = Manifest::parse(text).unwrap_err().to_string();
             assert!(err.contains(want), "{text}: {err}");
         }
+        // Shown in every `/plugins` answer and log line: held to a label's
+        // length (a megabyte of it would be copied into each).
+        let long = format!("version = \"{}\"", "9".repeat(MAX_VERSION_LEN + 1));
+        let err = Manifest::parse(&long).unwrap_err();
+        assert!(
+            err.contains("line 1, column 11: version is 65 bytes long; at most 64"),
+            "{err}"
+        );
+        let fits = format!("version = \"{}\"", "9".repeat(MAX_VERSION_LEN));
+        assert_eq!(Manifest::parse(&fits).unwrap().version.unwrap().len(), 64);
     }
 
     #[test]

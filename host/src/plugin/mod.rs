@@ -420,10 +420,12 @@ pub async fn from_parts(
     manifest: Manifest,
     manifest_file: &Path,
 ) -> Result<Plugin, LoadError> {
-    let spec = resolve_spec(sandbox, &name, &manifest).map_err(|message| LoadError::Manifest {
-        file: manifest_file.to_owned(),
-        message,
-    })?;
+    let spec = resolve_spec(sandbox, &name, &manifest)
+        .await
+        .map_err(|message| LoadError::Manifest {
+            file: manifest_file.to_owned(),
+            message,
+        })?;
     let invalid = |source| LoadError::Invalid {
         file: file.clone(),
         source,
@@ -526,7 +528,11 @@ fn is_name(name: &str, max: usize) -> bool {
 }
 
 /// Applies the daemon's defaults and maxima to a manifest.
-fn resolve_spec(sandbox: &Sandbox, name: &str, manifest: &Manifest) -> Result<PluginSpec, String> {
+async fn resolve_spec(
+    sandbox: &Sandbox,
+    name: &str,
+    manifest: &Manifest,
+) -> Result<PluginSpec, String> {
     let config = sandbox.config();
     let limits = config.default_limits.merge(&manifest.limits);
     limits.check(&config.max_limits, "limits")?;
@@ -567,7 +573,7 @@ fn resolve_spec(sandbox: &Sandbox, name: &str, manifest: &Manifest) -> Result<Pl
             ));
         }
     }
-    let wasi = config.grants.check(&manifest.wasi)?;
+    let wasi = sandbox.check_grants(&manifest.wasi).await?;
     let input_outputs = manifest
         .outputs
         .values()
@@ -589,6 +595,12 @@ fn resolve_spec(sandbox: &Sandbox, name: &str, manifest: &Manifest) -> Result<Pl
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// [`resolve_spec`] of a manifest granting no directory (which needs
+    /// no runtime) for plugin "p".
+    fn resolve(sandbox: &Sandbox, manifest: &Manifest) -> Result<PluginSpec, String> {
+        futures::executor::block_on(resolve_spec(sandbox, "p", manifest))
+    }
 
     #[test]
     fn lists_plugin_files_but_not_hidden_ones() {
@@ -640,7 +652,7 @@ mod tests {
         let sandbox = Sandbox::new(config.sandbox_config(None)).unwrap();
         let spec = |topic: &str| {
             let manifest = Manifest::parse(&format!("[outputs]\nout = \"{topic}\"\n")).unwrap();
-            resolve_spec(&sandbox, "p", &manifest).map(|spec| spec.outputs)
+            resolve(&sandbox, &manifest).map(|spec| spec.outputs)
         };
         let changelog = config.kafka.changelog_topic();
         assert_eq!(
@@ -673,7 +685,7 @@ mod tests {
         assert!(spec(&"t".repeat(249)).is_ok());
         let named = |name: &str| {
             let manifest = Manifest::parse(&format!("[outputs]\n\"{name}\" = \"t\"\n")).unwrap();
-            resolve_spec(&sandbox, "p", &manifest).map(|_| ())
+            resolve(&sandbox, &manifest).map(|_| ())
         };
         assert_eq!(
             named("a\\nb").unwrap_err(),
@@ -682,7 +694,7 @@ mod tests {
         let many: String = (0..65).map(|i| format!("o{i} = \"t\"\n")).collect();
         let manifest = Manifest::parse(&format!("[outputs]\n{many}")).unwrap();
         assert_eq!(
-            resolve_spec(&sandbox, "p", &manifest).unwrap_err(),
+            resolve(&sandbox, &manifest).unwrap_err(),
             "outputs: 65 mapped, more than 64"
         );
     }
@@ -696,7 +708,7 @@ mod tests {
         let sandbox = Sandbox::new(config.sandbox_config(None)).unwrap();
         let spec = |topic: &str| {
             let manifest = Manifest::parse(&format!("[outputs]\nout = \"{topic}\"\n")).unwrap();
-            resolve_spec(&sandbox, "p", &manifest).map(|_| ())
+            resolve(&sandbox, &manifest).map(|_| ())
         };
         assert!(spec("reminders").is_ok());
         assert!(spec("team-a.audit").is_ok());

@@ -30,6 +30,7 @@ use super::SandboxConfig;
 use super::error::{CallError, Denied, KeyTooLong, TrapKind};
 use super::host::{CapturedOutput, Effects, HostState, PluginSpec};
 use super::limits::QuotaExceeded;
+use crate::blocking::Unanswered;
 use crate::state::PluginState;
 use crate::text;
 use crate::units::{ByteSize, format_duration};
@@ -59,11 +60,26 @@ impl Instance {
         pre: &GuestPre<HostState>,
         spec: Arc<PluginSpec>,
         config: &SandboxConfig,
+        lookups: &Unanswered,
     ) -> Result<Self, CallError> {
         let now = Arc::new(AtomicI64::new(0));
         let output = CapturedOutput::new(spec.log.clone());
-        let wasi =
-            wasi_ctx(&spec, &now, &output).map_err(|e| CallError::Instantiate(format!("{e:#}")))?;
+        let wasi = if spec.wasi.dirs.is_empty() {
+            wasi_ctx(&spec, &now, &output)
+        } else {
+            // Granted directories are looked up and opened: on the
+            // blocking pool, within the start's time.
+            let (spec, now, output) = (spec.clone(), now.clone(), output.clone());
+            lookups
+                .run_apart(spec.limits.timeout(), move || {
+                    wasi_ctx(&spec, &now, &output)
+                })
+                .await
+                .unwrap_or_else(|err| {
+                    Err(anyhow::anyhow!("opening the granted directories: {err}"))
+                })
+        }
+        .map_err(|e| CallError::Instantiate(format!("{e:#}")))?;
         let mut store = Store::new(engine, HostState::new(spec, now, output, wasi));
         store.limiter(|state| &mut state.limiter);
         // Yield to the runtime at every tick; trap once the deadline passed.

@@ -43,6 +43,7 @@ pub use self::host::{
 pub use self::instance::Instance;
 pub use self::limits::{LimitSettings, Limits, QuotaExceeded};
 pub use self::log::{LogPolicy, PluginLog};
+use crate::blocking::Unanswered;
 use crate::telemetry::{LogThrottle, PluginMetrics, Rate};
 use crate::units::ByteSize;
 use crate::world::{GuestPre, Plugin as PluginWorld, WitVersion, v0_1};
@@ -189,7 +190,16 @@ pub struct Sandbox {
     config: SandboxConfig,
     metrics: Arc<PluginMetrics>,
     ticker: Option<EpochTicker>,
+    /// Granted directories looked up and opened (at a load, at each new
+    /// instance) on the daemon's blocking pool: a mount that stops
+    /// answering holds some of its threads (at most
+    /// [`crate::blocking::MAX_UNANSWERED`]), never a runtime worker.
+    lookups: Unanswered,
 }
+
+/// The longest a load waits for its granted directories to be looked up,
+/// as for the plugins directory's own reads.
+const GRANT_LOOKUP_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Sandbox {
     /// A sandbox whose plugin metrics nobody reads (tests, tools).
@@ -249,7 +259,24 @@ impl Sandbox {
             config,
             metrics,
             ticker,
+            lookups: Unanswered::default(),
         })
+    }
+
+    /// Checks a manifest's grants against the operator's policy
+    /// ([`GrantPolicy::check`]), returning them with every directory
+    /// resolved to its real path. Directories are looked up on the
+    /// daemon's blocking pool; one that does not answer within 30 s (a
+    /// hung network mount) fails the check, naming `wasi.dirs`.
+    pub async fn check_grants(&self, grants: &WasiGrants) -> Result<WasiGrants, String> {
+        if grants.dirs.is_empty() {
+            return self.config.grants.check(grants);
+        }
+        let (policy, grants) = (self.config.grants.clone(), grants.clone());
+        self.lookups
+            .run_apart(GRANT_LOOKUP_TIMEOUT, move || policy.check(&grants))
+            .await
+            .map_err(|err| format!("wasi.dirs: looking the directories up: {err}"))?
     }
 
     /// The log of plugin `name`, rate-limited under the sandbox's policy.
@@ -390,7 +417,7 @@ impl Sandbox {
         pre: &GuestPre<HostState>,
         spec: Arc<PluginSpec>,
     ) -> Result<Instance, CallError> {
-        Instance::new(&self.engine, pre, spec, &self.config).await
+        Instance::new(&self.engine, pre, spec, &self.config, &self.lookups).await
     }
 }
 
