@@ -87,6 +87,30 @@ async fn init_rejects_a_bad_configuration_at_load() {
     );
 }
 
+/// `init` has no event or partition: a record it emits or state it
+/// writes would go nowhere, so the plugin is refused at load, saying so,
+/// rather than loaded with its writes dropped.
+#[tokio::test]
+async fn an_init_that_emits_or_writes_state_is_refused_at_load() {
+    for (init, says) in [
+        (
+            "emit",
+            "init emitted 1 record(s) and changed 0 state key(s)",
+        ),
+        (
+            "write",
+            "init emitted 0 record(s) and changed 1 state key(s)",
+        ),
+    ] {
+        let manifest = format!("{}init = \"{init}\"\n", mode("echo"));
+        let dir = plugin_dir(&[("eager", TEST_PLUGIN, Some(&manifest))]);
+        let report = plugin::load_dir(&sandbox(), dir.path()).await.unwrap();
+        assert!(report.plugins.is_empty(), "init = {init} loaded");
+        let err = report.errors[0].to_string();
+        assert!(err.contains("eager.wasm") && err.contains(says), "{err}");
+    }
+}
+
 /// A manifest with `limits.retry_backoff = "10ms"`.
 fn with_backoff(manifest: &str) -> String {
     manifest.replace("[limits]\n", "[limits]\nretry_backoff = \"10ms\"\n")

@@ -130,6 +130,9 @@ pub const COMPILE_TRIES: u32 = 3;
 /// up on: the listing fails the rescan, a plugin's files are rejected, and
 /// the read is not started again while it has not returned
 /// ([`crate::blocking::Unanswered`]), so hot reload goes on for the rest.
+/// Once [`crate::blocking::MAX_UNANSWERED`] files' reads hang, other files
+/// are left unread (not rejected) until some return; the listing never
+/// waits behind them.
 pub const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The most plugin names the registry tracks. Each costs a look at its
@@ -199,8 +202,12 @@ pub struct Registry {
     entries: Mutex<BTreeMap<String, Entry>>,
     /// Serialises scans (compiling happens outside `entries`' lock).
     scanning: tokio::sync::Mutex<()>,
-    /// Reads of the directory given up on that have not returned.
+    /// Reads of plugin files given up on that have not returned.
     reads: Unanswered,
+    /// The directory's listing, apart from the files' reads: however many
+    /// of those hang, the directory is still listed, so plugins removed
+    /// and added elsewhere in it are still seen.
+    listing: Unanswered,
     clock: Clock,
 }
 
@@ -240,6 +247,7 @@ impl Registry {
             entries: Mutex::new(entries),
             scanning: tokio::sync::Mutex::new(()),
             reads: Unanswered::default(),
+            listing: Unanswered::default(),
             clock,
         }
     }
@@ -260,6 +268,7 @@ impl Registry {
             entries: Mutex::default(),
             scanning: tokio::sync::Mutex::new(()),
             reads: Unanswered::default(),
+            listing: Unanswered::default(),
             clock,
         };
         let report = registry.scan(true).await?;
@@ -330,7 +339,7 @@ impl Registry {
         };
         let _scanning = self.scanning.lock().await;
         let names = self
-            .reads
+            .listing
             .run(LISTING, READ_TIMEOUT, {
                 let dir = dir.clone();
                 move || super::plugin_stems(&dir)
@@ -455,25 +464,43 @@ impl Registry {
             .and_then(|entry| entry.stamp.clone());
         let read = {
             let file = wasm_file.clone();
+            // Hashed where read: SHA-256 of up to `max` bytes is no
+            // work for a runtime worker.
             self.reads
                 .run(name, READ_TIMEOUT, move || {
-                    PluginFiles::reread(&file, max, last.as_ref())
+                    PluginFiles::reread(&file, max, last.as_ref()).map(|reread| {
+                        let fingerprint = match &reread {
+                            Reread::Read(Some(files), _) => Some(files.fingerprint()),
+                            _ => None,
+                        };
+                        (reread, fingerprint)
+                    })
                 })
                 .await
         };
-        let (files, stamp) = match read {
-            Ok(Ok(Reread::Unchanged)) => return false,
-            Ok(Ok(Reread::Read(Some(files), stamp))) => (Ok(files), stamp),
-            Ok(Err(err)) => (Err(err), None),
+        let (files, stamp, fingerprint) = match read {
+            Ok(Ok((Reread::Unchanged, _))) => return false,
+            Ok(Ok((Reread::Read(Some(files), stamp), fingerprint))) => {
+                (Ok(files), stamp, fingerprint)
+            }
+            Ok(Err(err)) => (Err(err), None, None),
+            // As many reads as may hang are hanging: this file is not
+            // read at all (nor rejected, or its serving version retired);
+            // it is read at a later rescan.
+            Err(NoAnswer::TooMany(hanging)) => {
+                *waited = true;
+                warn!(plugin = %shown, hanging, "Plugin files not read: reads of other plugin files have not returned (a hung mount?); tried again at the next rescan.");
+                return false;
+            }
             Err(no_answer) => {
                 *waited |= matches!(no_answer, NoAnswer::TimedOut(_));
                 let error = LoadError::Io {
                     file: wasm_file.clone(),
                     source: no_answer.into(),
                 };
-                (Err(error), None)
+                (Err(error), None, None)
             }
-            Ok(Ok(Reread::Read(None, _))) => {
+            Ok(Ok((Reread::Read(None, _), _))) => {
                 let mut entries = lock(&self.entries);
                 let entry = entries
                     .entry(name.to_owned())
@@ -501,7 +528,6 @@ impl Registry {
                 return false;
             }
         };
-        let fingerprint = files.as_ref().ok().map(PluginFiles::fingerprint);
         {
             let mut entries = lock(&self.entries);
             let entry = entries
@@ -640,6 +666,68 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Reads of other plugin files that hang (a mount that stopped
+    /// answering) take up every slot for reads left running: the directory
+    /// is still listed and a new file waits for a later rescan, unread
+    /// rather than rejected; once the reads return, it is read.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_that_hang_leave_the_listing_and_new_files_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let sandbox = Sandbox::new(crate::sandbox::SandboxConfig {
+            max_instances: 1,
+            ..crate::sandbox::SandboxConfig::default()
+        })
+        .unwrap();
+        let (registry, _) = Registry::open(
+            Arc::new(sandbox),
+            dir.path().to_owned(),
+            Arc::default(),
+            Clock::System,
+        )
+        .await
+        .unwrap();
+        let (release, wait) = std::sync::mpsc::channel::<()>();
+        let wait = Arc::new(Mutex::new(wait));
+        for i in 0..crate::blocking::MAX_UNANSWERED {
+            let wait = wait.clone();
+            let hung = registry
+                .reads
+                .run(
+                    &format!("hung-{i}"),
+                    std::time::Duration::from_millis(10),
+                    move || {
+                        let _ = lock(&wait).recv();
+                    },
+                )
+                .await;
+            assert!(matches!(hung, Err(NoAnswer::TimedOut(_))));
+        }
+        std::fs::write(dir.path().join("junk.wasm"), b"not a component").unwrap();
+        let report = registry.rescan().await.expect("listed all the same");
+        assert!(report.rejected.is_empty(), "{:?}", report.rejected);
+        assert!(registry.statuses().is_empty(), "left unread");
+
+        drop(release);
+        while registry.reads.running() > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let report = registry.rescan().await.unwrap();
+        assert_eq!(report.rejected.len(), 1, "read and judged on its content");
+        let status = &registry.statuses()[0];
+        assert_eq!(
+            (status.name.as_str(), status.status),
+            ("junk", Status::Rejected)
+        );
+        assert!(
+            !status
+                .last_error
+                .as_deref()
+                .unwrap_or_default()
+                .contains("have not returned"),
+            "{status:?}"
+        );
+    }
 
     #[tokio::test]
     async fn fixed_registry_publishes_once() {

@@ -127,8 +127,17 @@ impl Instance {
             Some(Err(err)) => return Err(instantiate_error(&err, &mut store, INIT)),
             None => return Err(start_deadline(&store, INIT)),
         }
-        // Nothing `init` did through the imports is applied.
-        drop(std::mem::take(&mut store.data_mut().effects));
+        // `init` has no event, key or partition to write for: what it
+        // emitted or changed would go nowhere, so it is refused (at the
+        // load's first start) rather than dropped without a word.
+        let effects = std::mem::take(&mut store.data_mut().effects);
+        if !effects.emits.is_empty() || !effects.changes.is_empty() {
+            return Err(CallError::Instantiate(format!(
+                "init emitted {} record(s) and changed {} state key(s); init runs once per instance, for no event or partition, so it may only read its configuration (emit and write state in on-event or on-timer)",
+                effects.emits.len(),
+                effects.changes.names().len()
+            )));
+        }
         Ok(Self {
             store,
             bindings,
@@ -372,7 +381,14 @@ fn wasi_ctx(
     builder
         .stdout(output.clone())
         .stderr(output.clone())
-        .max_random_size(MAX_RANDOM_BYTES);
+        .max_random_size(MAX_RANDOM_BYTES)
+        // No network, said rather than left to wasmtime-wasi's defaults
+        // (off in 48, but its builder's docs say otherwise): no socket,
+        // no name lookup, and every address refused should one be made.
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false)
+        .socket_addr_check(|_, _| Box::pin(async { false }));
     for name in &spec.wasi.env {
         if let Ok(value) = std::env::var(name) {
             builder.env(name, value);

@@ -238,6 +238,15 @@ impl Plugin for TestPlugin {
             Some("spin") => loop {
                 std::hint::black_box(MODE.get());
             },
+            // What init does through the imports goes nowhere: refused.
+            Some("emit") => {
+                output::emit("out", None, "from init");
+                Ok(())
+            }
+            Some("write") => {
+                state::set("from-init", b"1");
+                Ok(())
+            }
             _ => Ok(()),
         }
     }
