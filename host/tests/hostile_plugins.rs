@@ -514,9 +514,43 @@ async fn a_plugin_that_fails_every_call_cannot_flood_the_daemons_log() {
     assert_eq!(told, 500 - lines, "{log}");
 }
 
+/// A plugin hands the host at most its largest record (and 1 MiB) in one
+/// crossing. One pollable a million times over in one `poll` is a 4 MB
+/// list the host would lift into 16 MB of handles (until wasmtime's limit
+/// of 100 000 lent handles stopped it, "store handle limit exceeded"): it
+/// traps, naming the cause, before the host allocates anything for it. A
+/// list under the bound is polled as ever.
+#[tokio::test]
+async fn a_poll_of_one_pollable_repeated_past_the_bound_traps() {
+    let text = manifest("poll-flood", "call_timeout = \"10s\"", "");
+    let dir = plugin_dir(&[("poller", TEST_PLUGIN, Some(&text))]);
+    let plugins = load(&sandbox(), dir.path()).await;
+    let mut dispatcher = Dispatcher::new(&plugins);
+    let outcome = dispatcher.dispatch(&created("t1", 1_000), 0, 1_000).await;
+    let err = outcome[0].result.as_ref().unwrap_err();
+    assert_eq!(err.kind(), "trap", "{err}");
+    assert!(err.is_plugin_fault());
+    assert!(
+        err.to_string()
+            .contains("too much data is being copied between the host and the guest"),
+        "{err}"
+    );
+
+    let text = manifest("poll-flood", "call_timeout = \"10s\"", "size = 1000");
+    let dir = plugin_dir(&[("poller", TEST_PLUGIN, Some(&text))]);
+    let plugins = load(&sandbox(), dir.path()).await;
+    let mut dispatcher = Dispatcher::new(&plugins);
+    let outcome = dispatcher.dispatch(&created("t1", 1_000), 0, 1_000).await;
+    let effects = outcome[0].result.as_ref().unwrap();
+    assert_eq!(effects[0].value, "1000", "every index ready");
+}
+
+/// An error's text is cut to a bound in what the daemon keeps and logs;
+/// one larger than what a plugin may hand the host in one crossing is not
+/// even read: the call traps.
 #[tokio::test]
 async fn error_text_from_a_plugin_is_bounded() {
-    let text = manifest("big-error", "call_timeout = \"10s\"", "");
+    let text = manifest("big-error", "call_timeout = \"10s\"", "size = 1500000");
     let dir = plugin_dir(&[("verbose", TEST_PLUGIN, Some(&text))]);
     let plugins = load(&sandbox(), dir.path()).await;
     let mut dispatcher = Dispatcher::new(&plugins);
@@ -527,11 +561,23 @@ async fn error_text_from_a_plugin_is_bounded() {
     let message = err.to_string();
     assert!(message.len() < 1200, "{} bytes", message.len());
     assert!(
-        message.ends_with("… (30000000 bytes)"),
+        message.ends_with("… (1500000 bytes)"),
         "{}",
         &message[message.len() - 40..]
     );
     assert!(plugins[0].health.snapshot().last_error.is_none());
+
+    let text = manifest("big-error", "call_timeout = \"10s\"", "size = 30000000");
+    let dir = plugin_dir(&[("verbose", TEST_PLUGIN, Some(&text))]);
+    let plugins = load(&sandbox(), dir.path()).await;
+    let mut dispatcher = Dispatcher::new(&plugins);
+    let outcome = dispatcher.dispatch(&created("t1", 1_000), 0, 1_000).await;
+    let err = outcome[0].result.as_ref().unwrap_err();
+    assert_eq!(err.kind(), "trap", "{err}");
+    assert!(
+        err.to_string().contains("too much data is being copied"),
+        "{err}"
+    );
 }
 
 #[tokio::test]

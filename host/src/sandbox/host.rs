@@ -92,7 +92,25 @@ impl PluginSpec {
                 .saturating_sub(RECORD_OVERHEAD_BYTES + MAX_KEY_BYTES),
         )
     }
+
+    /// The most bytes the host takes from the plugin's memory in one
+    /// crossing — an import's arguments, or what an export returns
+    /// (wasmtime's "hostcall fuel", counted as the host allocates them):
+    /// the largest record the producer sends, and [`HOST_CALL_SLACK_BYTES`]
+    /// for the rest. wasmtime's default, 128 MiB, would let one
+    /// `wasi:io/poll.poll` of a single pollable repeated millions of times
+    /// have the host allocate several times that, in work no deadline
+    /// interrupts. Past it, the call traps.
+    pub(super) fn max_host_call_bytes(&self) -> usize {
+        self.max_record_bytes
+            .max(MAX_VALUE_BYTES)
+            .saturating_add(HOST_CALL_SLACK_BYTES)
+    }
 }
+
+/// What one crossing from a plugin to the host may carry beyond its
+/// largest record: keys, names, headers, an error's text.
+const HOST_CALL_SLACK_BYTES: usize = 1 << 20;
 
 /// One record a plugin emitted.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -82,6 +82,8 @@ impl Instance {
         .map_err(|e| CallError::Instantiate(format!("{e:#}")))?;
         let mut store = Store::new(engine, HostState::new(spec, now, output, wasi));
         store.limiter(|state| &mut state.limiter);
+        let fuel = store.data().spec.max_host_call_bytes();
+        store.set_hostcall_fuel(fuel);
         // Yield to the runtime at every tick; trap once the deadline passed.
         store.epoch_deadline_callback(|store| {
             if Instant::now() >= store.data().deadline {

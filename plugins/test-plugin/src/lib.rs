@@ -153,6 +153,14 @@ fn attack(mode: &str, event: &TaskEvent) -> Option<Result> {
                 .collect();
             output::emit("out", None, &held.len().to_string());
         }
+        // One pollable, `size` times over in one `poll`: a list the host
+        // would lift into several times its size.
+        "poll-flood" => {
+            let ready = wasip2::clocks::monotonic_clock::subscribe_duration(0);
+            let list = vec![&ready; size(1_000_000)];
+            let woken = wasip2::io::poll::poll(&list);
+            output::emit("out", None, &woken.len().to_string());
+        }
         "read-file" => {
             let path = host::config("path").unwrap_or_else(|| "/data/pipe".to_owned());
             std::hint::black_box(std::fs::read(path).ok());
