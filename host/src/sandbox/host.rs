@@ -550,14 +550,27 @@ pub(super) struct MemoryLimiter {
     total: usize,
     /// The largest `total` this instance has had.
     pub(super) peak: usize,
+    /// `peak` once the instance had started (its start functions and
+    /// `init` run).
+    started_at: usize,
 }
 
 impl MemoryLimiter {
-    /// Whether memory has grown past three quarters of the limit: linear
-    /// memory never shrinks, so an instance that leaks (some guest runtimes
-    /// do, per call) is replaced before it runs out mid-call.
+    /// Whether memory has grown, since the instance started, past three
+    /// quarters of the room it had left: linear memory never shrinks, so
+    /// an instance that leaks (some guest runtimes do, per call) is
+    /// replaced before it runs out mid-call. Measured from the start, not
+    /// from zero: a component that starts in most of its limit would
+    /// otherwise be replaced after every call, its start and `init` paid
+    /// again each time.
     pub(super) fn nearly_full(&self) -> bool {
-        self.peak > self.limit / 4 * 3
+        let room = self.limit.saturating_sub(self.started_at);
+        self.peak > self.started_at.saturating_add(room / 4 * 3)
+    }
+
+    /// Marks the instance started: growth is measured from here.
+    pub(super) fn started(&mut self) {
+        self.started_at = self.peak;
     }
 
     pub(super) fn new(limit: ByteSize) -> Self {
@@ -566,6 +579,7 @@ impl MemoryLimiter {
             refused: None,
             total: 0,
             peak: 0,
+            started_at: 0,
         }
     }
 }
@@ -753,6 +767,34 @@ mod tests {
 
     use super::*;
     use crate::sandbox::log::LogPolicy;
+
+    /// An instance is replaced once it has used three quarters of the
+    /// room it started with, not three quarters of the limit: one that
+    /// starts in most of its limit is kept while it does not grow.
+    #[test]
+    fn growth_is_measured_from_the_start() {
+        const MIB: usize = 1 << 20;
+        let grow = |limiter: &mut MemoryLimiter, to: usize| {
+            let current = limiter.total;
+            assert!(limiter.memory_growing(current, to, None).unwrap());
+        };
+        let mut big = MemoryLimiter::new(ByteSize::mib(64));
+        grow(&mut big, 52 * MIB);
+        big.started();
+        assert!(!big.nearly_full(), "started in 52 of 64 MiB");
+        grow(&mut big, 60 * MIB);
+        assert!(!big.nearly_full(), "8 of its 12 MiB of room");
+        grow(&mut big, 62 * MIB);
+        assert!(big.nearly_full(), "10 of its 12 MiB of room");
+
+        let mut small = MemoryLimiter::new(ByteSize::mib(64));
+        grow(&mut small, 2 * MIB);
+        small.started();
+        grow(&mut small, 48 * MIB);
+        assert!(!small.nearly_full());
+        grow(&mut small, 49 * MIB);
+        assert!(small.nearly_full(), "past 2 + 3/4 of 62 MiB");
+    }
 
     fn captured() -> (CapturedOutput, Counter) {
         let dropped = Counter::default();

@@ -129,6 +129,7 @@ impl Instance {
             Some(Err(err)) => return Err(instantiate_error(&err, &mut store, INIT)),
             None => return Err(start_deadline(&store, INIT)),
         }
+        store.data_mut().limiter.started();
         // `init` has no event, key or partition to write for: what it
         // emitted or changed would go nowhere, so it is refused (at the
         // load's first start) rather than dropped without a word.
