@@ -266,6 +266,18 @@ fn parse_rfc3339(text: &str) -> Result<Timestamp, String> {
 }
 
 impl Cli {
+    /// Whether this command raises the process's open-file limit
+    /// ([`crate::descriptors`]): all but the plugin kit's `new` and
+    /// `build`, which only run build tools — and those would inherit a
+    /// soft limit they did not ask for (a tool still using `select()`
+    /// fails on descriptors past 1024).
+    pub fn raises_open_file_limit(&self) -> bool {
+        !matches!(
+            self.command,
+            Command::Plugins(PluginsCommand::New { .. } | PluginsCommand::Build { .. })
+        )
+    }
+
     /// Sets up logging for this command: RUST_LOG if set, else `info` for
     /// `run` and `broker`, `warn` for the rest; ANSI colours only when
     /// stderr is a terminal and NO_COLOR is not set.
@@ -569,7 +581,7 @@ pub fn describe(plugin: &Plugin) -> String {
     ));
     if plugin.start_memory as u64 > limit.bytes() / 4 * 3 {
         text.push_str(
-            "         warning: starting takes over 3/4 of limits.memory, so every call gets a fresh instance; raise limits.memory\n",
+            "         warning: starting takes over 3/4 of limits.memory, leaving little room for calls; raise limits.memory\n",
         );
     }
     let limits: Vec<String> = plugin
@@ -627,5 +639,35 @@ async fn test(
     if stats {
         eprint!("{}", summary.stats_table());
     }
+    // The valid plugins ran, but a CI step testing the directory must not
+    // pass with one of its plugins unable to load.
+    if !report.errors.is_empty() {
+        eprintln!(
+            "error: {} invalid plugin(s) skipped (see the warnings above); the output is the others'",
+            report.errors.len()
+        );
+        return Ok(ExitCode::FAILURE);
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The kit's build tools keep the open-file limit their user gave;
+    /// the daemon and the commands running plugins raise it.
+    #[test]
+    fn only_commands_running_plugins_raise_the_open_file_limit() {
+        let raises = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("todo-eventd").chain(args.iter().copied()))
+                .expect("parses")
+                .raises_open_file_limit()
+        };
+        assert!(raises(&["run"]));
+        assert!(raises(&["demo"]));
+        assert!(raises(&["plugins", "test", "--events", "e.ndjson"]));
+        assert!(!raises(&["plugins", "build"]));
+        assert!(!raises(&["plugins", "new", "hello"]));
+    }
 }

@@ -18,14 +18,16 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     cli.init_logging();
-    match todo_eventd::descriptors::raise_open_file_limit() {
-        Ok(Some(raised)) => tracing::info!(
-            from = raised.from,
-            to = raised.to,
-            "Raised the open-file limit to the hard limit."
-        ),
-        Ok(None) => {}
-        Err(err) => tracing::warn!(error = %err, "Could not raise the open-file limit."),
+    if cli.raises_open_file_limit() {
+        match todo_eventd::descriptors::raise_open_file_limit() {
+            Ok(Some(raised)) => tracing::info!(
+                from = raised.from,
+                to = raised.to,
+                "Raised the open-file limit to the hard limit."
+            ),
+            Ok(None) => {}
+            Err(err) => tracing::warn!(error = %err, "Could not raise the open-file limit."),
+        }
     }
     match cli::run(cli) {
         Ok(code) => code,

@@ -287,10 +287,13 @@ fn plugins_check_and_test_hold_plugins_to_the_daemons_configuration() {
         cache.path(),
     );
     let stderr = String::from_utf8(out.stderr).unwrap();
-    assert!(out.status.success(), "{stderr}");
+    // The others run, but the run fails: a CI step must not pass with a
+    // plugin that cannot load.
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
         stderr.contains("warning: skipping invalid plugin: ")
-            && stderr.contains("(sandbox.max_limits.memory)"),
+            && stderr.contains("(sandbox.max_limits.memory)")
+            && stderr.contains("error: 1 invalid plugin(s) skipped"),
         "{stderr}"
     );
     // `plugins.max_hops = 0`: no plugin may feed the input topic.

@@ -24,7 +24,7 @@ pub const WIT: &str = include_str!("../../../wit/0.2.0/plugin.wit");
 pub enum KitError {
     /// A plugin name that cannot be a file stem and a crate name.
     #[error(
-        "{0:?} is not a usable plugin name: use lower-case letters, digits, '-' and '_', starting with a letter"
+        "{0:?} is not a usable plugin name: use lower-case letters, digits, '-' and '_', starting with a letter, and not a Rust keyword or standard crate name (cargo refuses those)"
     )]
     BadName(String),
     /// The project directory exists and is not empty.

@@ -96,13 +96,75 @@ impl Lang {
     }
 }
 
+/// Names cargo refuses for a package (Rust's keywords, reserved ones
+/// included) or that would clash with a crate of the standard library.
+const NOT_CRATE_NAMES: &[&str] = &[
+    "abstract",
+    "alloc",
+    "as",
+    "async",
+    "await",
+    "become",
+    "box",
+    "break",
+    "const",
+    "continue",
+    "core",
+    "crate",
+    "do",
+    "dyn",
+    "else",
+    "enum",
+    "extern",
+    "false",
+    "final",
+    "fn",
+    "for",
+    "gen",
+    "if",
+    "impl",
+    "in",
+    "let",
+    "loop",
+    "macro",
+    "match",
+    "mod",
+    "move",
+    "mut",
+    "override",
+    "priv",
+    "proc_macro",
+    "pub",
+    "ref",
+    "return",
+    "self",
+    "static",
+    "std",
+    "struct",
+    "super",
+    "test",
+    "trait",
+    "true",
+    "try",
+    "type",
+    "typeof",
+    "unsafe",
+    "unsized",
+    "use",
+    "virtual",
+    "where",
+    "while",
+    "yield",
+];
+
 /// Whether `name` can be a plugin file stem, a crate and a Python-friendly
-/// name.
+/// name: refused here rather than by cargo at the first build.
 fn valid_name(name: &str) -> bool {
     let mut chars = name.chars();
     chars.next().is_some_and(|c| c.is_ascii_lowercase())
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
         && name.len() <= 64
+        && !NOT_CRATE_NAMES.contains(&name.replace('-', "_").as_str())
 }
 
 /// Creates `parent/name`, a plugin project in `lang` that builds as it is:
@@ -165,6 +227,12 @@ mod tests {
     fn names_are_checked_and_projects_are_not_overwritten() {
         for bad in ["", "Caps", "1st", "a b", "../x", "a.b", &"x".repeat(65)] {
             assert!(!valid_name(bad), "{bad:?}");
+        }
+        for keyword in ["fn", "match", "test", "std", "proc-macro"] {
+            assert!(!valid_name(keyword), "{keyword:?}");
+        }
+        for fine in ["fnord", "matcher", "tests", "my-std"] {
+            assert!(valid_name(fine), "{fine:?}");
         }
         let parent = tempfile::tempdir().unwrap();
         let err = new_project("../evil", Lang::Rust, parent.path()).unwrap_err();
