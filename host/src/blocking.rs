@@ -6,12 +6,13 @@
 //! until the other end comes: the call's deadline drops the wait, not the
 //! thread. A plugin granted a directory in which such a file turns up can
 //! tie up one thread per call until the pool's 512 are gone. Commits,
-//! changelog restores, leaving the group and reading the plugins directory
-//! run here instead, on a pool of their own, so they still run when that
-//! happens; the plugins' file calls then time out and count against them.
+//! changelog restores, leaving the group, reading the plugins directory and
+//! looking up and opening plugins' granted directories run here instead,
+//! on a pool of their own, so they still run when that happens; the
+//! plugins' file calls then time out and count against them.
 
+use std::collections::HashMap;
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
@@ -132,21 +133,6 @@ impl Unanswered {
         }
     }
 
-    /// Runs `work` as [`Self::run`] does, under a key of its own: calls
-    /// that may run side by side (one per partition starting an instance,
-    /// say). Those that do not return in time still count against
-    /// [`MAX_UNANSWERED`], so a mount that hangs holds at most that many
-    /// threads, after which calls fail at once with [`NoAnswer::TooMany`].
-    pub async fn run_apart<T, F>(&self, timeout: Duration, work: F) -> Result<T, NoAnswer>
-    where
-        F: FnOnce() -> T + Send + 'static,
-        T: Send + 'static,
-    {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let key = format!("#{}", NEXT.fetch_add(1, Ordering::Relaxed));
-        self.run(&key, timeout, work).await
-    }
-
     /// Keys whose work has not returned.
     pub fn running(&self) -> usize {
         self.lock().len()
@@ -155,6 +141,102 @@ impl Unanswered {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
         self.running.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// Blocking work that many callers may run at once under one key (each
+/// partition starting an instance opens its plugin's granted directories),
+/// waited for only so long. Unlike [`Unanswered`], only work given up on
+/// counts: once a key's work has gone unanswered, calls under that key
+/// fail at once until it returns — a hung mount costs one thread, not one
+/// per try — and at most [`MAX_UNANSWERED`] calls given up on are left
+/// running in all.
+#[derive(Debug, Default, Clone)]
+pub struct Abandoned {
+    /// Keys with work given up on that has not returned, and how many.
+    hung: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+/// What became of one call of [`Abandoned::run`]; changed only under
+/// `Abandoned::hung`'s lock, so the work returning and its wait giving up
+/// cannot cross.
+#[derive(Default)]
+struct Fate {
+    returned: bool,
+    given_up: bool,
+}
+
+impl Abandoned {
+    /// Runs `work` under `key`, waiting at most `timeout` for it.
+    pub async fn run<T, F>(&self, key: &str, timeout: Duration, work: F) -> Result<T, NoAnswer>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        {
+            let hung = lock(&self.hung);
+            if hung.contains_key(key) {
+                return Err(NoAnswer::StillRunning(timeout));
+            }
+            let given_up: usize = hung.values().sum();
+            if given_up >= MAX_UNANSWERED {
+                return Err(NoAnswer::TooMany(given_up));
+            }
+        }
+        let fate = Arc::new(Mutex::new(Fate::default()));
+        // Marks the work returned (or unwound), and takes it off the hung
+        // ones if it had been given up on.
+        struct Done {
+            hung: Arc<Mutex<HashMap<String, usize>>>,
+            key: String,
+            fate: Arc<Mutex<Fate>>,
+        }
+        impl Drop for Done {
+            fn drop(&mut self) {
+                let mut hung = lock(&self.hung);
+                let mut fate = lock(&self.fate);
+                fate.returned = true;
+                if fate.given_up
+                    && let Some(count) = hung.get_mut(&self.key)
+                {
+                    *count -= 1;
+                    if *count == 0 {
+                        hung.remove(&self.key);
+                    }
+                }
+            }
+        }
+        let done = Done {
+            hung: self.hung.clone(),
+            key: key.to_owned(),
+            fate: fate.clone(),
+        };
+        let handle = spawn(move || {
+            let _done = done;
+            work()
+        });
+        match tokio::time::timeout(timeout, handle).await {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(failed)) => Err(NoAnswer::Failed(failed)),
+            Err(_) => {
+                let mut hung = lock(&self.hung);
+                let mut fate = lock(&fate);
+                if !fate.returned {
+                    fate.given_up = true;
+                    *hung.entry(key.to_owned()).or_default() += 1;
+                }
+                Err(NoAnswer::TimedOut(timeout))
+            }
+        }
+    }
+
+    /// Calls given up on that have not returned.
+    pub fn hung(&self) -> usize {
+        lock(&self.hung).values().sum()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The pool: a runtime that is never driven, only lent its blocking
@@ -256,43 +338,53 @@ mod tests {
         assert_eq!(unanswered.run("hung", limit, || 8).await.unwrap(), 8);
     }
 
-    /// Calls apart from one another run side by side (two at once both
-    /// answer), and those that hang still count: a mount that stops
-    /// answering holds MAX_UNANSWERED threads at most, then calls fail at
-    /// once.
+    /// Calls under one key run side by side (two at once both answer);
+    /// once one is given up on, that key's calls fail at once until it
+    /// returns, and given-up calls are bounded in all.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn calls_apart_run_side_by_side_and_hung_ones_are_bounded() {
-        let unanswered = super::Unanswered::default();
+    async fn only_work_given_up_on_counts_against_the_bound() {
+        let abandoned = super::Abandoned::default();
         let limit = Duration::from_secs(5);
         let both = std::sync::Arc::new(std::sync::Barrier::new(2));
         let meet = |both: std::sync::Arc<std::sync::Barrier>| move || both.wait().is_leader();
         let (a, b) = tokio::join!(
-            unanswered.run_apart(limit, meet(both.clone())),
-            unanswered.run_apart(limit, meet(both.clone())),
+            abandoned.run("dirs", limit, meet(both.clone())),
+            abandoned.run("dirs", limit, meet(both.clone())),
         );
         assert!(a.unwrap() ^ b.unwrap(), "both ran, at once");
+        assert_eq!(abandoned.hung(), 0);
 
         let limit = Duration::from_millis(20);
         let (release, wait) = mpsc::channel::<()>();
         let wait = std::sync::Arc::new(std::sync::Mutex::new(wait));
-        for _ in 0..super::MAX_UNANSWERED {
-            let wait = wait.clone();
-            let stuck = unanswered
-                .run_apart(limit, move || {
-                    let _ = wait.lock().unwrap().recv();
-                })
+        let stuck = |wait: std::sync::Arc<std::sync::Mutex<mpsc::Receiver<()>>>| {
+            move || {
+                let _ = wait.lock().unwrap().recv();
+            }
+        };
+        let hung = abandoned.run("dirs", limit, stuck(wait.clone())).await;
+        assert!(matches!(hung, Err(super::NoAnswer::TimedOut(_))));
+        let again = abandoned.run("dirs", limit, || 1).await;
+        assert!(
+            matches!(again, Err(super::NoAnswer::StillRunning(_))),
+            "{again:?}"
+        );
+        assert_eq!(abandoned.run("other", limit, || 2).await.unwrap(), 2);
+        for i in 1..super::MAX_UNANSWERED {
+            let hung = abandoned
+                .run(&format!("dirs-{i}"), limit, stuck(wait.clone()))
                 .await;
-            assert!(matches!(stuck, Err(super::NoAnswer::TimedOut(_))));
+            assert!(matches!(hung, Err(super::NoAnswer::TimedOut(_))));
         }
-        let refused = unanswered.run_apart(limit, || 9).await;
+        let refused = abandoned.run("one-more", limit, || 9).await;
         assert!(
             matches!(refused, Err(super::NoAnswer::TooMany(16))),
             "{refused:?}"
         );
         drop(release);
-        while unanswered.running() > 0 {
+        while abandoned.hung() > 0 {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        assert_eq!(unanswered.run_apart(limit, || 8).await.unwrap(), 8);
+        assert_eq!(abandoned.run("dirs", limit, || 8).await.unwrap(), 8);
     }
 }

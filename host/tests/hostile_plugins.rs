@@ -514,8 +514,8 @@ async fn a_plugin_that_fails_every_call_cannot_flood_the_daemons_log() {
     assert_eq!(told, 500 - lines, "{log}");
 }
 
-/// A plugin hands the host at most its largest record (and 1 MiB) in one
-/// crossing. One pollable a million times over in one `poll` is a 4 MB
+/// A plugin hands the host at most twice its largest record (and 1 MiB)
+/// in one crossing. One pollable a million times over in one `poll` is a 4 MB
 /// list the host would lift into 16 MB of handles (until wasmtime's limit
 /// of 100 000 lent handles stopped it, "store handle limit exceeded"): it
 /// traps, naming the cause, before the host allocates anything for it. A

@@ -95,11 +95,11 @@ async fn an_init_that_emits_or_writes_state_is_refused_at_load() {
     for (init, says) in [
         (
             "emit",
-            "init emitted 1 record(s) and changed 0 state key(s)",
+            "init emitted 1 record(s) and changed 0 state or timer key(s)",
         ),
         (
             "write",
-            "init emitted 0 record(s) and changed 1 state key(s)",
+            "init emitted 0 record(s) and changed 1 state or timer key(s)",
         ),
     ] {
         let manifest = format!("{}init = \"{init}\"\n", mode("echo"));

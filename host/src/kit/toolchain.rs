@@ -112,10 +112,10 @@ fn staging(out: &Path, name: &str, ext: &str) -> Result<tempfile::NamedTempFile,
         .map_err(KitError::io(out))
 }
 
-/// Writes `OUT/NAME.wasm` (by `write`, into a staged file) and a copy of
-/// `manifest` as `OUT/NAME.toml` (unless it is that file), both readable by
-/// a daemon running as another user, and renames them into place, the
-/// manifest first; returns their paths.
+/// Writes `OUT/NAME.wasm` (by `write`, into a staged file; readable by a
+/// daemon running as another user) and a copy of `manifest` as
+/// `OUT/NAME.toml` (unless it is that file; with the manifest's mode), and
+/// renames them into place, the manifest first; returns their paths.
 fn publish(
     out: &Path,
     name: &str,
@@ -134,9 +134,15 @@ fn publish(
         let mut from = std::fs::File::open(manifest).map_err(KitError::io(manifest))?;
         std::io::copy(&mut from, &mut staged_manifest.as_file())
             .map_err(KitError::io(staged_manifest.path()))?;
+        // The manifest's own mode, as a copy keeps it: one kept from
+        // other users (a `[config]` secret) is not made readable to them.
+        let mode = from
+            .metadata()
+            .map_err(KitError::io(manifest))?
+            .permissions();
         staged_manifest
             .as_file()
-            .set_permissions(readable())
+            .set_permissions(mode)
             .map_err(KitError::io(staged_manifest.path()))?;
         staged_manifest
             .persist(&copied)
@@ -412,7 +418,9 @@ mod tests {
     #[test]
     fn publishing_writes_through_no_planted_name() {
         let project = project(&["echo.toml"]);
-        std::fs::write(project.path().join("echo.toml"), "version = \"2\"\n").expect("write");
+        let source = project.path().join("echo.toml");
+        std::fs::write(&source, "version = \"2\"\n").expect("write");
+        std::fs::set_permissions(&source, std::fs::Permissions::from_mode(0o640)).expect("chmod");
         let out = tempfile::tempdir().expect("temp dir");
         let victim = out.path().join("victim");
         std::fs::write(&victim, "precious").expect("write");
@@ -432,12 +440,12 @@ mod tests {
             std::fs::read_to_string(&manifest).expect("read"),
             "version = \"2\"\n"
         );
-        for file in [&wasm, &manifest] {
+        for (file, mode) in [(&wasm, 0o644), (&manifest, 0o640)] {
             let meta = std::fs::symlink_metadata(file).expect("stat");
             assert!(meta.is_file(), "{}", file.display());
             assert_eq!(
                 meta.permissions().mode() & 0o777,
-                0o644,
+                mode,
                 "{}",
                 file.display()
             );

@@ -25,7 +25,9 @@ use self::manifest::Manifest;
 pub use self::registry::{PluginSet, PluginStatus, Registry};
 use self::stamp::Stamp;
 use crate::files;
-use crate::sandbox::{CallError, HostState, Instance, PluginSpec, Sandbox, ValidateError};
+use crate::sandbox::{
+    CallError, GrantError, HostState, Instance, PluginSpec, Sandbox, ValidateError, WasiGrants,
+};
 use crate::telemetry::LogThrottle;
 use crate::units::ByteSize;
 use crate::world::{EventKind, GuestPre, WitVersion};
@@ -420,9 +422,22 @@ pub async fn from_parts(
     manifest: Manifest,
     manifest_file: &Path,
 ) -> Result<Plugin, LoadError> {
-    let spec = resolve_spec(sandbox, &name, &manifest)
+    let wasi = sandbox
+        .check_grants(&manifest.wasi)
         .await
-        .map_err(|message| LoadError::Manifest {
+        .map_err(|err| match err {
+            GrantError::Refused(message) => LoadError::Manifest {
+                file: manifest_file.to_owned(),
+                message,
+            },
+            // Not a verdict on the files: tried again at the next rescan.
+            unanswered @ GrantError::NoAnswer(_) => LoadError::Invalid {
+                file: file.clone(),
+                source: ValidateError::NoRoom(unanswered.to_string()),
+            },
+        })?;
+    let spec =
+        resolve_spec(sandbox, &name, &manifest, wasi).map_err(|message| LoadError::Manifest {
             file: manifest_file.to_owned(),
             message,
         })?;
@@ -528,10 +543,14 @@ fn is_name(name: &str, max: usize) -> bool {
 }
 
 /// Applies the daemon's defaults and maxima to a manifest.
-async fn resolve_spec(
+///
+/// `wasi` is the manifest's grants as [`Sandbox::check_grants`] resolved
+/// them.
+fn resolve_spec(
     sandbox: &Sandbox,
     name: &str,
     manifest: &Manifest,
+    wasi: WasiGrants,
 ) -> Result<PluginSpec, String> {
     let config = sandbox.config();
     let limits = config.default_limits.merge(&manifest.limits);
@@ -573,7 +592,6 @@ async fn resolve_spec(
             ));
         }
     }
-    let wasi = sandbox.check_grants(&manifest.wasi).await?;
     let input_outputs = manifest
         .outputs
         .values()
@@ -596,10 +614,12 @@ async fn resolve_spec(
 mod tests {
     use super::*;
 
-    /// [`resolve_spec`] of a manifest granting no directory (which needs
-    /// no runtime) for plugin "p".
+    /// [`resolve_spec`] of a manifest granting no directory (whose check
+    /// needs no runtime) for plugin "p".
     fn resolve(sandbox: &Sandbox, manifest: &Manifest) -> Result<PluginSpec, String> {
-        futures::executor::block_on(resolve_spec(sandbox, "p", manifest))
+        let wasi = futures::executor::block_on(sandbox.check_grants(&manifest.wasi))
+            .map_err(|err| err.to_string())?;
+        resolve_spec(sandbox, "p", manifest, wasi)
     }
 
     #[test]

@@ -485,10 +485,23 @@ impl Registry {
             }
             Ok(Err(err)) => (Err(err), None, None),
             // As many reads as may hang are hanging: this file is not
-            // read at all (nor rejected, or its serving version retired);
-            // it is read at a later rescan.
+            // read at all (nor its serving version, if any, retired); it is
+            // read at a later rescan. Until then one with nothing serving
+            // shows, and counts, as rejected.
             Err(NoAnswer::TooMany(hanging)) => {
                 *waited = true;
+                let mut entries = lock(&self.entries);
+                let entry = entries
+                    .entry(name.to_owned())
+                    .or_insert_with(|| Entry::new(wasm_file.clone()));
+                if entry.plugin.is_none() && !entry.disabled {
+                    entry.last_error = Some(format!(
+                        "{}: not read: {hanging} reads of other plugin files have not returned (a hung mount?); read at a later rescan",
+                        text::escape_control(&wasm_file.display().to_string())
+                    ));
+                    entry.fingerprint = None;
+                    entry.stamp = None;
+                }
                 warn!(plugin = %shown, hanging, "Plugin files not read: reads of other plugin files have not returned (a hung mount?); tried again at the next rescan.");
                 return false;
             }
@@ -706,7 +719,19 @@ mod tests {
         std::fs::write(dir.path().join("junk.wasm"), b"not a component").unwrap();
         let report = registry.rescan().await.expect("listed all the same");
         assert!(report.rejected.is_empty(), "{:?}", report.rejected);
-        assert!(registry.statuses().is_empty(), "left unread");
+        let status = &registry.statuses()[0];
+        assert_eq!(
+            (status.name.as_str(), status.status),
+            ("junk", Status::Rejected)
+        );
+        assert!(
+            status
+                .last_error
+                .as_deref()
+                .unwrap_or_default()
+                .contains("junk.wasm: not read: 16 reads of other plugin files have not returned"),
+            "shown as left unread: {status:?}"
+        );
 
         drop(release);
         while registry.reads.running() > 0 {

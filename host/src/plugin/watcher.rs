@@ -285,21 +285,22 @@ mod tests {
     use crate::clock::Clock;
     use crate::plugin::registry::Status;
     use crate::sandbox::{Sandbox, SandboxConfig};
+    use crate::telemetry::PluginMetrics;
 
     async fn registry(dir: &Path) -> Arc<Registry> {
+        registry_counted(dir, Arc::default()).await
+    }
+
+    async fn registry_counted(dir: &Path, metrics: Arc<PluginMetrics>) -> Arc<Registry> {
         let sandbox = Sandbox::new(SandboxConfig {
             max_instances: 1,
             ..SandboxConfig::default()
         })
         .unwrap();
-        let (registry, _) = Registry::open(
-            Arc::new(sandbox),
-            dir.to_owned(),
-            Arc::default(),
-            Clock::System,
-        )
-        .await
-        .unwrap();
+        let (registry, _) =
+            Registry::open(Arc::new(sandbox), dir.to_owned(), metrics, Clock::System)
+                .await
+                .unwrap();
         Arc::new(registry)
     }
 
@@ -358,13 +359,15 @@ mod tests {
     }
 
     /// Once inotify gives an instance, the watch is set at the next check
-    /// and serves from then on: a change is seen by its event alone (the
-    /// checks rescan no more, the fallback is an hour away), and the
-    /// watcher is made once.
+    /// and serves from then on: the checks rescan no more (the directory
+    /// is not listed again over several of them), a change is seen by its
+    /// event alone (the fallback is an hour away), and the watcher is made
+    /// once.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_watcher_refused_at_start_is_made_at_a_later_check() {
         let dir = tempfile::tempdir().unwrap();
-        let registry = registry(dir.path()).await;
+        let metrics = Arc::new(PluginMetrics::default());
+        let registry = registry_counted(dir.path(), metrics.clone()).await;
         let _watcher = watch_made_by(
             registry.clone(),
             Duration::from_millis(50),
@@ -373,8 +376,12 @@ mod tests {
         )
         .await;
         eventually("made again", || MADE.load(Ordering::SeqCst) == 2).await;
-        // Past a check or two with the watch set.
-        tokio::time::sleep(IDENTITY_CHECK * 2).await;
+        // The check that set the watch rescans once; the checks after it
+        // do not (the listing's time, in seconds, stays put).
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let listed = metrics.scanned_at();
+        tokio::time::sleep(IDENTITY_CHECK * 3).await;
+        assert_eq!(metrics.scanned_at(), listed, "rescanned while watched");
         std::fs::write(dir.path().join("late.wasm"), b"not a component").unwrap();
         eventually("late rejected", || rejected(&registry, "late")).await;
         assert_eq!(MADE.load(Ordering::SeqCst), 2, "made once it could be");

@@ -165,6 +165,15 @@ impl GrantPolicy {
     }
 }
 
+/// The key granted directories are looked up and opened under
+/// ([`crate::blocking::Abandoned`]): their host paths, one per line.
+pub(super) fn lookup_key(dirs: &[DirGrant]) -> String {
+    dirs.iter()
+        .map(|dir| dir.host.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// Whether `real` (a resolved path) and `own` are one inside the other.
 fn overlaps(real: &Path, own: &Path) -> bool {
     let own = std::fs::canonicalize(own).unwrap_or_else(|_| own.to_path_buf());

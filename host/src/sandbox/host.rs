@@ -96,14 +96,16 @@ impl PluginSpec {
     /// The most bytes the host takes from the plugin's memory in one
     /// crossing — an import's arguments, or what an export returns
     /// (wasmtime's "hostcall fuel", counted as the host allocates them):
-    /// the largest record the producer sends, and [`HOST_CALL_SLACK_BYTES`]
-    /// for the rest. wasmtime's default, 128 MiB, would let one
+    /// twice the largest record the producer sends (a guest's UTF-16
+    /// string counts two bytes a unit), and [`HOST_CALL_SLACK_BYTES`] for
+    /// the rest. wasmtime's default, 128 MiB, would let one
     /// `wasi:io/poll.poll` of a single pollable repeated millions of times
     /// have the host allocate several times that, in work no deadline
     /// interrupts. Past it, the call traps.
     pub(super) fn max_host_call_bytes(&self) -> usize {
         self.max_record_bytes
             .max(MAX_VALUE_BYTES)
+            .saturating_mul(2)
             .saturating_add(HOST_CALL_SLACK_BYTES)
     }
 }
@@ -556,16 +558,17 @@ pub(super) struct MemoryLimiter {
 }
 
 impl MemoryLimiter {
-    /// Whether memory has grown, since the instance started, past three
-    /// quarters of the room it had left: linear memory never shrinks, so
-    /// an instance that leaks (some guest runtimes do, per call) is
-    /// replaced before it runs out mid-call. Measured from the start, not
-    /// from zero: a component that starts in most of its limit would
-    /// otherwise be replaced after every call, its start and `init` paid
-    /// again each time.
+    /// Whether memory has grown past three quarters of the limit — or, for
+    /// an instance that started in over half of it, past half the room it
+    /// started with: linear memory never shrinks, so an instance that
+    /// leaks (some guest runtimes do, per call) is replaced while it still
+    /// has a quarter of its limit, or half its room, to spare. Not past
+    /// three quarters alone: a component that starts in most of its limit
+    /// would be replaced after every call, its start and `init` paid again
+    /// each time.
     pub(super) fn nearly_full(&self) -> bool {
-        let room = self.limit.saturating_sub(self.started_at);
-        self.peak > self.started_at.saturating_add(room / 4 * 3)
+        let half_the_room = self.started_at.saturating_add(self.limit) / 2;
+        self.peak > (self.limit / 4 * 3).max(half_the_room)
     }
 
     /// Marks the instance started: growth is measured from here.
@@ -768,8 +771,8 @@ mod tests {
     use super::*;
     use crate::sandbox::log::LogPolicy;
 
-    /// An instance is replaced once it has used three quarters of the
-    /// room it started with, not three quarters of the limit: one that
+    /// An instance is replaced past three quarters of its limit, or past
+    /// half the room it started with if it started in over half: one that
     /// starts in most of its limit is kept while it does not grow.
     #[test]
     fn growth_is_measured_from_the_start() {
@@ -782,18 +785,18 @@ mod tests {
         grow(&mut big, 52 * MIB);
         big.started();
         assert!(!big.nearly_full(), "started in 52 of 64 MiB");
-        grow(&mut big, 60 * MIB);
-        assert!(!big.nearly_full(), "8 of its 12 MiB of room");
-        grow(&mut big, 62 * MIB);
-        assert!(big.nearly_full(), "10 of its 12 MiB of room");
+        grow(&mut big, 58 * MIB);
+        assert!(!big.nearly_full(), "half its 12 MiB of room");
+        grow(&mut big, 59 * MIB);
+        assert!(big.nearly_full(), "past half its room");
 
         let mut small = MemoryLimiter::new(ByteSize::mib(64));
         grow(&mut small, 2 * MIB);
         small.started();
         grow(&mut small, 48 * MIB);
-        assert!(!small.nearly_full());
+        assert!(!small.nearly_full(), "three quarters of the limit");
         grow(&mut small, 49 * MIB);
-        assert!(small.nearly_full(), "past 2 + 3/4 of 62 MiB");
+        assert!(small.nearly_full(), "past three quarters of the limit");
     }
 
     fn captured() -> (CapturedOutput, Counter) {

@@ -12,7 +12,8 @@
 //! A call that traps leaves the instance unusable ([`Instance::is_reusable`]
 //! turns false) and the caller replaces it; nothing in a trapped store is
 //! ever run again. So does a call budget spent, or memory grown past three
-//! quarters of the limit (guest runtimes that leak per call — e.g.
+//! quarters of the limit — or half the room left at the start, for an
+//! instance that started in over half (guest runtimes that leak per call — e.g.
 //! componentize-py 0.25's `bytes` arguments — are recycled before they run
 //! out).
 
@@ -30,7 +31,7 @@ use super::SandboxConfig;
 use super::error::{CallError, Denied, KeyTooLong, TrapKind};
 use super::host::{CapturedOutput, Effects, HostState, PluginSpec};
 use super::limits::QuotaExceeded;
-use crate::blocking::Unanswered;
+use crate::blocking::Abandoned;
 use crate::state::PluginState;
 use crate::text;
 use crate::units::{ByteSize, format_duration};
@@ -60,24 +61,25 @@ impl Instance {
         pre: &GuestPre<HostState>,
         spec: Arc<PluginSpec>,
         config: &SandboxConfig,
-        lookups: &Unanswered,
+        lookups: &Abandoned,
     ) -> Result<Self, CallError> {
         let now = Arc::new(AtomicI64::new(0));
         let output = CapturedOutput::new(spec.log.clone());
         let wasi = if spec.wasi.dirs.is_empty() {
             wasi_ctx(&spec, &now, &output)
         } else {
-            // Granted directories are looked up and opened: on the
-            // blocking pool, within the start's time.
+            // Granted directories are looked up and opened on the blocking
+            // pool. One that does not answer (a hung mount) is the host's
+            // trouble, not the plugin's: the instance cannot start now.
+            let key = super::grants::lookup_key(&spec.wasi.dirs);
+            let wait = spec.limits.timeout().max(MIN_OPEN_WAIT);
             let (spec, now, output) = (spec.clone(), now.clone(), output.clone());
             lookups
-                .run_apart(spec.limits.timeout(), move || {
-                    wasi_ctx(&spec, &now, &output)
-                })
+                .run(&key, wait, move || wasi_ctx(&spec, &now, &output))
                 .await
-                .unwrap_or_else(|err| {
-                    Err(anyhow::anyhow!("opening the granted directories: {err}"))
-                })
+                .map_err(|err| {
+                    CallError::Capacity(format!("opening the granted directories: {err}"))
+                })?
         }
         .map_err(|e| CallError::Instantiate(format!("{e:#}")))?;
         let mut store = Store::new(engine, HostState::new(spec, now, output, wasi));
@@ -136,7 +138,7 @@ impl Instance {
         let effects = std::mem::take(&mut store.data_mut().effects);
         if !effects.emits.is_empty() || !effects.changes.is_empty() {
             return Err(CallError::Instantiate(format!(
-                "init emitted {} record(s) and changed {} state key(s); init runs once per instance, for no event or partition, so it may only read its configuration (emit and write state in on-event or on-timer)",
+                "init emitted {} record(s) and changed {} state or timer key(s); init runs once per instance, for no event or partition, so it may only read its configuration (emit, write state and set timers in on-event or on-timer)",
                 effects.emits.len(),
                 effects.changes.names().len()
             )));
@@ -151,9 +153,9 @@ impl Instance {
     }
 
     /// Whether the instance may serve another call: it has not trapped,
-    /// has not reached its call budget, and has not grown past three
-    /// quarters of its memory limit (a leaking guest is recycled before it
-    /// fails a call).
+    /// has not reached its call budget, and has not grown nearly full
+    /// (three quarters of its memory limit, or half the room it started
+    /// with): a leaking guest is recycled before it fails a call.
     pub fn is_reusable(&self) -> bool {
         !self.trapped && self.calls < self.max_calls && !self.store.data().limiter.nearly_full()
     }
@@ -373,6 +375,11 @@ fn panic_message(output: &str) -> Option<String> {
 /// traps). wasmtime's default, 64 MiB, would have the host allocate and
 /// fill that much in one call its deadline cannot interrupt.
 const MAX_RANDOM_BYTES: u64 = 1 << 20;
+
+/// The least time a new instance waits for its granted directories to be
+/// opened, however short the plugin's call limit: a moment of host load
+/// does not fail an honest plugin's start.
+const MIN_OPEN_WAIT: Duration = Duration::from_secs(1);
 
 /// A WASI context with nothing in it but what the manifest grants.
 fn wasi_ctx(

@@ -43,7 +43,7 @@ pub use self::host::{
 pub use self::instance::Instance;
 pub use self::limits::{LimitSettings, Limits, QuotaExceeded};
 pub use self::log::{LogPolicy, PluginLog};
-use crate::blocking::Unanswered;
+use crate::blocking::{Abandoned, NoAnswer};
 use crate::telemetry::{LogThrottle, PluginMetrics, Rate};
 use crate::units::ByteSize;
 use crate::world::{GuestPre, Plugin as PluginWorld, WitVersion, v0_1};
@@ -191,10 +191,24 @@ pub struct Sandbox {
     metrics: Arc<PluginMetrics>,
     ticker: Option<EpochTicker>,
     /// Granted directories looked up and opened (at a load, at each new
-    /// instance) on the daemon's blocking pool: a mount that stops
-    /// answering holds some of its threads (at most
-    /// [`crate::blocking::MAX_UNANSWERED`]), never a runtime worker.
-    lookups: Unanswered,
+    /// instance) on the daemon's blocking pool, keyed by the directories:
+    /// a mount that stops answering holds one of its threads per set of
+    /// directories (at most [`crate::blocking::MAX_UNANSWERED`] in all),
+    /// never a runtime worker, and later tries fail at once until it
+    /// answers.
+    lookups: Abandoned,
+}
+
+/// Why [`Sandbox::check_grants`] refused a manifest's grants.
+#[derive(Debug, thiserror::Error)]
+pub enum GrantError {
+    /// The policy refuses them; the message names the manifest key.
+    #[error("{0}")]
+    Refused(String),
+    /// The directories were not looked up in time (a hung mount): not a
+    /// verdict on the manifest.
+    #[error("wasi.dirs: looking the directories up: {0}")]
+    NoAnswer(#[from] NoAnswer),
 }
 
 /// The longest a load waits for its granted directories to be looked up,
@@ -259,7 +273,7 @@ impl Sandbox {
             config,
             metrics,
             ticker,
-            lookups: Unanswered::default(),
+            lookups: Abandoned::default(),
         })
     }
 
@@ -267,16 +281,21 @@ impl Sandbox {
     /// ([`GrantPolicy::check`]), returning them with every directory
     /// resolved to its real path. Directories are looked up on the
     /// daemon's blocking pool; one that does not answer within 30 s (a
-    /// hung network mount) fails the check, naming `wasi.dirs`.
-    pub async fn check_grants(&self, grants: &WasiGrants) -> Result<WasiGrants, String> {
+    /// hung network mount) fails the check as [`GrantError::NoAnswer`].
+    pub async fn check_grants(&self, grants: &WasiGrants) -> Result<WasiGrants, GrantError> {
         if grants.dirs.is_empty() {
-            return self.config.grants.check(grants);
+            return self
+                .config
+                .grants
+                .check(grants)
+                .map_err(GrantError::Refused);
         }
+        let key = grants::lookup_key(&grants.dirs);
         let (policy, grants) = (self.config.grants.clone(), grants.clone());
         self.lookups
-            .run_apart(GRANT_LOOKUP_TIMEOUT, move || policy.check(&grants))
-            .await
-            .map_err(|err| format!("wasi.dirs: looking the directories up: {err}"))?
+            .run(&key, GRANT_LOOKUP_TIMEOUT, move || policy.check(&grants))
+            .await?
+            .map_err(GrantError::Refused)
     }
 
     /// The log of plugin `name`, rate-limited under the sandbox's policy.

@@ -208,6 +208,12 @@ impl PluginMetrics {
         self.scanned_at.set(now / 1000);
     }
 
+    /// When the directory was last listed (Unix seconds).
+    #[cfg(test)]
+    pub(crate) fn scanned_at(&self) -> i64 {
+        self.scanned_at.get()
+    }
+
     /// Sets whether `plugin` is quarantined; entering counts a quarantine.
     pub fn set_quarantined(&self, plugin: &str, quarantined: bool) {
         let labels = PluginLabels {
