@@ -145,15 +145,28 @@ impl Unanswered {
 
 /// Blocking work that many callers may run at once under one key (each
 /// partition starting an instance opens its plugin's granted directories),
-/// waited for only so long. Unlike [`Unanswered`], only work given up on
-/// counts: once a key's work has gone unanswered, calls under that key
-/// fail at once until it returns — a hung mount costs one thread, not one
-/// per try — and at most [`MAX_UNANSWERED`] calls given up on are left
-/// running in all.
-#[derive(Debug, Default, Clone)]
+/// waited for only so long. Unlike [`Unanswered`], a key is not refused
+/// while its work runs, only once work under it has gone unanswered: then
+/// calls under that key fail at once until it returns. At most
+/// [`MAX_UNANSWERED`] pieces of work run at once, answered or not; a call
+/// beyond them waits for one to return, within its time, so calls side by
+/// side are never refused, and a mount that hangs holds that many threads
+/// at most.
+#[derive(Debug, Clone)]
 pub struct Abandoned {
     /// Keys with work given up on that has not returned, and how many.
     hung: Arc<Mutex<HashMap<String, usize>>>,
+    /// Work running, each holding a permit until it returns.
+    running: Arc<tokio::sync::Semaphore>,
+}
+
+impl Default for Abandoned {
+    fn default() -> Self {
+        Self {
+            hung: Arc::default(),
+            running: Arc::new(tokio::sync::Semaphore::new(MAX_UNANSWERED)),
+        }
+    }
 }
 
 /// What became of one call of [`Abandoned::run`]; changed only under
@@ -172,16 +185,17 @@ impl Abandoned {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        {
-            let hung = lock(&self.hung);
-            if hung.contains_key(key) {
-                return Err(NoAnswer::StillRunning(timeout));
-            }
-            let given_up: usize = hung.values().sum();
-            if given_up >= MAX_UNANSWERED {
-                return Err(NoAnswer::TooMany(given_up));
-            }
+        if lock(&self.hung).contains_key(key) {
+            return Err(NoAnswer::StillRunning(timeout));
         }
+        let until = tokio::time::Instant::now() + timeout;
+        let permit =
+            match tokio::time::timeout_at(until, self.running.clone().acquire_owned()).await {
+                Ok(Ok(permit)) => permit,
+                // Every permit is held (by work that hangs, if the wait was
+                // long), or the semaphore was closed (never).
+                _ => return Err(NoAnswer::TooMany(MAX_UNANSWERED)),
+            };
         let fate = Arc::new(Mutex::new(Fate::default()));
         // Marks the work returned (or unwound), and takes it off the hung
         // ones if it had been given up on.
@@ -212,9 +226,10 @@ impl Abandoned {
         };
         let handle = spawn(move || {
             let _done = done;
+            let _permit = permit;
             work()
         });
-        match tokio::time::timeout(timeout, handle).await {
+        match tokio::time::timeout_at(until, handle).await {
             Ok(Ok(answer)) => Ok(answer),
             Ok(Err(failed)) => Err(NoAnswer::Failed(failed)),
             Err(_) => {
@@ -340,7 +355,8 @@ mod tests {
 
     /// Calls under one key run side by side (two at once both answer);
     /// once one is given up on, that key's calls fail at once until it
-    /// returns, and given-up calls are bounded in all.
+    /// returns, and work running is bounded in all: a call beyond the
+    /// bound waits for a slot, then fails if none comes in its time.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn only_work_given_up_on_counts_against_the_bound() {
         let abandoned = super::Abandoned::default();
@@ -354,6 +370,7 @@ mod tests {
         assert!(a.unwrap() ^ b.unwrap(), "both ran, at once");
         assert_eq!(abandoned.hung(), 0);
 
+        let generous = limit;
         let limit = Duration::from_millis(20);
         let (release, wait) = mpsc::channel::<()>();
         let wait = std::sync::Arc::new(std::sync::Mutex::new(wait));
@@ -369,7 +386,7 @@ mod tests {
             matches!(again, Err(super::NoAnswer::StillRunning(_))),
             "{again:?}"
         );
-        assert_eq!(abandoned.run("other", limit, || 2).await.unwrap(), 2);
+        assert_eq!(abandoned.run("other", generous, || 2).await.unwrap(), 2);
         for i in 1..super::MAX_UNANSWERED {
             let hung = abandoned
                 .run(&format!("dirs-{i}"), limit, stuck(wait.clone()))
@@ -385,6 +402,6 @@ mod tests {
         while abandoned.hung() > 0 {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        assert_eq!(abandoned.run("dirs", limit, || 8).await.unwrap(), 8);
+        assert_eq!(abandoned.run("dirs", generous, || 8).await.unwrap(), 8);
     }
 }

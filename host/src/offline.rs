@@ -322,7 +322,7 @@ impl Bench {
                 self.summary.timers_postponed += 1;
                 write_line(
                     out,
-                    &json!({"kind": "postponed", "plugin": plugin, "timer": timer.1, "reason": "no instance free (sandbox.max_instances); the timer is kept", "at": rfc3339(now), "retry_at": rfc3339(retry_at)}),
+                    &json!({"kind": "postponed", "plugin": plugin, "timer": timer.1, "reason": "no instance could start now (the instance pool is full: sandbox.max_instances; or a granted directory does not answer); the timer is kept", "at": rfc3339(now), "retry_at": rfc3339(retry_at)}),
                 )?;
                 continue;
             }

@@ -134,15 +134,17 @@ fn publish(
         let mut from = std::fs::File::open(manifest).map_err(KitError::io(manifest))?;
         std::io::copy(&mut from, &mut staged_manifest.as_file())
             .map_err(KitError::io(staged_manifest.path()))?;
-        // The manifest's own mode, as a copy keeps it: one kept from
-        // other users (a `[config]` secret) is not made readable to them.
+        // The manifest's own mode, as a copy keeps it — one kept from
+        // other users (a `[config]` secret) is not made readable to them —
+        // but never writable by others, nor more than read and write.
         let mode = from
             .metadata()
             .map_err(KitError::io(manifest))?
-            .permissions();
+            .permissions()
+            .mode();
         staged_manifest
             .as_file()
-            .set_permissions(mode)
+            .set_permissions(std::fs::Permissions::from_mode(mode & 0o644))
             .map_err(KitError::io(staged_manifest.path()))?;
         staged_manifest
             .persist(&copied)
@@ -414,13 +416,13 @@ mod tests {
     /// `--out` may be a shared plugins directory: names planted there in
     /// advance (the old fixed `.NAME.wasm.part`, a symlink to another
     /// user's file) are never written through, and nothing staged is left
-    /// behind.
+    /// behind. The manifest keeps its mode, less any write by others.
     #[test]
     fn publishing_writes_through_no_planted_name() {
         let project = project(&["echo.toml"]);
         let source = project.path().join("echo.toml");
         std::fs::write(&source, "version = \"2\"\n").expect("write");
-        std::fs::set_permissions(&source, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+        std::fs::set_permissions(&source, std::fs::Permissions::from_mode(0o660)).expect("chmod");
         let out = tempfile::tempdir().expect("temp dir");
         let victim = out.path().join("victim");
         std::fs::write(&victim, "precious").expect("write");

@@ -769,12 +769,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_instance_pool_is_no_verdict_on_the_plugin() {
-        let full = CallError::Capacity("the pool is full".into());
+        let full = CallError::Capacity("the instance pool is full: no slot".into());
         let (outcome, attempts) = start_with(vec![Err(full)]).await;
         assert_eq!(attempts, 1);
         assert_eq!(
             outcome.unwrap_err(),
-            "cannot start now: instantiation failed: the instance pool is full: the pool is full; \
+            "cannot start now: instantiation failed: the instance pool is full: no slot; \
              tried again at the next rescan"
         );
     }

@@ -131,8 +131,9 @@ pub const COMPILE_TRIES: u32 = 3;
 /// the read is not started again while it has not returned
 /// ([`crate::blocking::Unanswered`]), so hot reload goes on for the rest.
 /// Once [`crate::blocking::MAX_UNANSWERED`] files' reads hang, other files
-/// are left unread (not rejected) until some return; the listing never
-/// waits behind them.
+/// are left unread until some return — not judged: their serving versions
+/// keep serving, and one with nothing serving shows as rejected ("not
+/// read") — and the listing never waits behind them.
 pub const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The most plugin names the registry tracks. Each costs a look at its
@@ -494,13 +495,14 @@ impl Registry {
                 let entry = entries
                     .entry(name.to_owned())
                     .or_insert_with(|| Entry::new(wasm_file.clone()));
-                if entry.plugin.is_none() && !entry.disabled {
+                // A name never read (or never readable): what is known of
+                // one read before (its rejection, its compile back-off)
+                // stands as it is.
+                if entry.plugin.is_none() && !entry.disabled && entry.fingerprint.is_none() {
                     entry.last_error = Some(format!(
                         "{}: not read: {hanging} reads of other plugin files have not returned (a hung mount?); read at a later rescan",
                         text::escape_control(&wasm_file.display().to_string())
                     ));
-                    entry.fingerprint = None;
-                    entry.stamp = None;
                 }
                 warn!(plugin = %shown, hanging, "Plugin files not read: reads of other plugin files have not returned (a hung mount?); tried again at the next rescan.");
                 return false;
@@ -683,7 +685,8 @@ mod tests {
     /// Reads of other plugin files that hang (a mount that stopped
     /// answering) take up every slot for reads left running: the directory
     /// is still listed and a new file waits for a later rescan, unread
-    /// rather than rejected; once the reads return, it is read.
+    /// (shown as such) rather than judged; once the reads return, it is
+    /// read.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn reads_that_hang_leave_the_listing_and_new_files_alone() {
         let dir = tempfile::tempdir().unwrap();

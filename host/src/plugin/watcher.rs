@@ -377,8 +377,9 @@ mod tests {
         .await;
         eventually("made again", || MADE.load(Ordering::SeqCst) == 2).await;
         // The check that set the watch rescans once; the checks after it
-        // do not (the listing's time, in seconds, stays put).
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        // do not (the listing's time, in seconds, stays put). Waiting a
+        // check and more first costs nothing: a watched check rescans not.
+        tokio::time::sleep(IDENTITY_CHECK + Duration::from_secs(1)).await;
         let listed = metrics.scanned_at();
         tokio::time::sleep(IDENTITY_CHECK * 3).await;
         assert_eq!(metrics.scanned_at(), listed, "rescanned while watched");

@@ -97,10 +97,11 @@ pub enum CallError {
     /// No instance could be created for the call.
     #[error("instantiation failed: {0}")]
     Instantiate(String),
-    /// No instance could be created because the sandbox holds as many as
-    /// it may (`sandbox.max_instances`, across plugins and partitions):
-    /// the daemon's capacity, not the plugin's fault.
-    #[error("instantiation failed: the instance pool is full: {0}")]
+    /// No instance could be created for want of the host's resources —
+    /// the sandbox holds as many as it may (`sandbox.max_instances`, across
+    /// plugins and partitions), or a granted directory does not answer:
+    /// not the plugin's fault. The message says which.
+    #[error("instantiation failed: {0}")]
     Capacity(String),
     /// A new instance did not get ready (its start functions or `init`)
     /// within a call's time limit. Unlike the other start failures this one

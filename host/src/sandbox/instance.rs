@@ -78,7 +78,9 @@ impl Instance {
                 .run(&key, wait, move || wasi_ctx(&spec, &now, &output))
                 .await
                 .map_err(|err| {
-                    CallError::Capacity(format!("opening the granted directories: {err}"))
+                    CallError::Capacity(format!(
+                        "opening the granted directories: {err} (a plugin's instances start again once they answer)"
+                    ))
                 })?
         }
         .map_err(|e| CallError::Instantiate(format!("{e:#}")))?;
@@ -102,7 +104,7 @@ impl Instance {
             Some(Ok(bindings)) => bindings,
             Some(Err(err)) if err.downcast_ref::<PoolConcurrencyLimitError>().is_some() => {
                 return Err(CallError::Capacity(format!(
-                    "{err:#} (sandbox.max_instances is {}; the pool holds 4 core instances, 2 memories and 4 tables per instance on average, across plugins and partitions)",
+                    "the instance pool is full: {err:#} (sandbox.max_instances is {}; the pool holds 4 core instances, 2 memories and 4 tables per instance on average, across plugins and partitions)",
                     config.max_instances
                 )));
             }

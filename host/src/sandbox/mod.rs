@@ -192,9 +192,9 @@ pub struct Sandbox {
     ticker: Option<EpochTicker>,
     /// Granted directories looked up and opened (at a load, at each new
     /// instance) on the daemon's blocking pool, keyed by the directories:
-    /// a mount that stops answering holds one of its threads per set of
-    /// directories (at most [`crate::blocking::MAX_UNANSWERED`] in all),
-    /// never a runtime worker, and later tries fail at once until it
+    /// a mount that stops answering holds some of its threads (at most
+    /// [`crate::blocking::MAX_UNANSWERED`] run such work at once), never a
+    /// runtime worker, and later tries under its key fail at once until it
     /// answers.
     lookups: Abandoned,
 }
