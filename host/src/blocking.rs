@@ -79,6 +79,11 @@ impl From<NoAnswer> for std::io::Error {
     }
 }
 
+/// How long the daemon waits for its own file-system work — reading the
+/// plugins directory, looking up granted directories — before taking it
+/// for hung (a network mount that stopped answering).
+pub const FILE_SYSTEM_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The most pieces of work one [`Unanswered`] leaves running past their
 /// time: the daemon's pool (512 threads) must keep threads for commits,
 /// restores and leaving the group whatever a mount does.
@@ -139,7 +144,7 @@ impl Unanswered {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
-        self.running.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.running)
     }
 }
 
@@ -298,6 +303,18 @@ mod tests {
         });
     }
 
+    /// Where stuck work waits: until its sender is dropped.
+    type Gate = std::sync::Arc<std::sync::Mutex<mpsc::Receiver<()>>>;
+
+    /// Work that does not return until `gate`'s sender is dropped (a read
+    /// on a hung mount).
+    fn stuck(gate: &Gate) -> impl FnOnce() + Send + 'static {
+        let gate = gate.clone();
+        move || {
+            let _ = gate.lock().unwrap().recv();
+        }
+    }
+
     /// Work that does not return (a read on a hung mount) is given up on
     /// after its time, and not started again under its key — one stuck
     /// thread, not one per rescan — until it returns; other keys run.
@@ -330,11 +347,8 @@ mod tests {
         let (release_all, wait_all) = mpsc::channel::<()>();
         let wait_all = std::sync::Arc::new(std::sync::Mutex::new(wait_all));
         for i in 1..super::MAX_UNANSWERED {
-            let wait = wait_all.clone();
             let stuck = unanswered
-                .run(&format!("stuck-{i}"), limit, move || {
-                    let _ = wait.lock().unwrap().recv();
-                })
+                .run(&format!("stuck-{i}"), limit, stuck(&wait_all))
                 .await;
             assert!(matches!(stuck, Err(super::NoAnswer::TimedOut(_))));
         }
@@ -374,12 +388,7 @@ mod tests {
         let limit = Duration::from_millis(20);
         let (release, wait) = mpsc::channel::<()>();
         let wait = std::sync::Arc::new(std::sync::Mutex::new(wait));
-        let stuck = |wait: std::sync::Arc<std::sync::Mutex<mpsc::Receiver<()>>>| {
-            move || {
-                let _ = wait.lock().unwrap().recv();
-            }
-        };
-        let hung = abandoned.run("dirs", limit, stuck(wait.clone())).await;
+        let hung = abandoned.run("dirs", limit, stuck(&wait)).await;
         assert!(matches!(hung, Err(super::NoAnswer::TimedOut(_))));
         let again = abandoned.run("dirs", limit, || 1).await;
         assert!(
@@ -389,7 +398,7 @@ mod tests {
         assert_eq!(abandoned.run("other", generous, || 2).await.unwrap(), 2);
         for i in 1..super::MAX_UNANSWERED {
             let hung = abandoned
-                .run(&format!("dirs-{i}"), limit, stuck(wait.clone()))
+                .run(&format!("dirs-{i}"), limit, stuck(&wait))
                 .await;
             assert!(matches!(hung, Err(super::NoAnswer::TimedOut(_))));
         }

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use common::{TEST_PLUGIN, created, load, mode, plugin_dir, sandbox};
 use todo_eventd::dispatch::{DispatchPolicy, Dispatcher, MAX_HOPS, Outcome};
+use todo_eventd::plugin::Plugin;
 use todo_eventd::plugin::health::QuarantinePolicy;
 use todo_eventd::sandbox::{
     CallError, GrantPolicy, LogPolicy, MAX_RESOURCES_WITH_FILES, Sandbox, SandboxConfig, TrapKind,
@@ -52,6 +53,20 @@ async fn first_outcomes(dispatcher: &mut Dispatcher, count: i64) -> Vec<Outcome>
         );
     }
     outcomes
+}
+
+/// One call of a plugin in `mode` (with `[config]` lines `config` and a
+/// 10 s call limit) for a `created` event: the plugins loaded, and its
+/// outcome.
+async fn one_call(mode: &str, config: &str) -> (Vec<Arc<Plugin>>, Outcome) {
+    let text = manifest(mode, "call_timeout = \"10s\"", config);
+    let dir = plugin_dir(&[(mode, TEST_PLUGIN, Some(&text))]);
+    let plugins = load(&sandbox(), dir.path()).await;
+    let outcome = Dispatcher::new(&plugins)
+        .dispatch(&created("t1", 1_000), 0, 1_000)
+        .await
+        .remove(0);
+    (plugins, outcome)
 }
 
 /// Resident memory of this process, in MiB.
@@ -522,12 +537,8 @@ async fn a_plugin_that_fails_every_call_cannot_flood_the_daemons_log() {
 /// list under the bound is polled as ever.
 #[tokio::test]
 async fn a_poll_of_one_pollable_repeated_past_the_bound_traps() {
-    let text = manifest("poll-flood", "call_timeout = \"10s\"", "");
-    let dir = plugin_dir(&[("poller", TEST_PLUGIN, Some(&text))]);
-    let plugins = load(&sandbox(), dir.path()).await;
-    let mut dispatcher = Dispatcher::new(&plugins);
-    let outcome = dispatcher.dispatch(&created("t1", 1_000), 0, 1_000).await;
-    let err = outcome[0].result.as_ref().unwrap_err();
+    let (_, outcome) = one_call("poll-flood", "").await;
+    let err = outcome.result.as_ref().unwrap_err();
     assert_eq!(err.kind(), "trap", "{err}");
     assert!(err.is_plugin_fault());
     assert!(
@@ -536,12 +547,8 @@ async fn a_poll_of_one_pollable_repeated_past_the_bound_traps() {
         "{err}"
     );
 
-    let text = manifest("poll-flood", "call_timeout = \"10s\"", "size = 1000");
-    let dir = plugin_dir(&[("poller", TEST_PLUGIN, Some(&text))]);
-    let plugins = load(&sandbox(), dir.path()).await;
-    let mut dispatcher = Dispatcher::new(&plugins);
-    let outcome = dispatcher.dispatch(&created("t1", 1_000), 0, 1_000).await;
-    let effects = outcome[0].result.as_ref().unwrap();
+    let (_, outcome) = one_call("poll-flood", "size = 1000").await;
+    let effects = outcome.result.as_ref().unwrap();
     assert_eq!(effects[0].value, "1000", "every index ready");
 }
 
@@ -550,12 +557,8 @@ async fn a_poll_of_one_pollable_repeated_past_the_bound_traps() {
 /// even read: the call traps.
 #[tokio::test]
 async fn error_text_from_a_plugin_is_bounded() {
-    let text = manifest("big-error", "call_timeout = \"10s\"", "size = 1500000");
-    let dir = plugin_dir(&[("verbose", TEST_PLUGIN, Some(&text))]);
-    let plugins = load(&sandbox(), dir.path()).await;
-    let mut dispatcher = Dispatcher::new(&plugins);
-    let outcome = dispatcher.dispatch(&created("t1", 1_000), 0, 1_000).await;
-    let err = outcome[0].result.as_ref().unwrap_err();
+    let (plugins, outcome) = one_call("big-error", "size = 1500000").await;
+    let err = outcome.result.as_ref().unwrap_err();
     assert_eq!(err.kind(), "plugin-error");
     assert!(!err.is_plugin_fault(), "rejecting input is not a fault");
     let message = err.to_string();
@@ -567,12 +570,8 @@ async fn error_text_from_a_plugin_is_bounded() {
     );
     assert!(plugins[0].health.snapshot().last_error.is_none());
 
-    let text = manifest("big-error", "call_timeout = \"10s\"", "size = 30000000");
-    let dir = plugin_dir(&[("verbose", TEST_PLUGIN, Some(&text))]);
-    let plugins = load(&sandbox(), dir.path()).await;
-    let mut dispatcher = Dispatcher::new(&plugins);
-    let outcome = dispatcher.dispatch(&created("t1", 1_000), 0, 1_000).await;
-    let err = outcome[0].result.as_ref().unwrap_err();
+    let (_, outcome) = one_call("big-error", "size = 30000000").await;
+    let err = outcome.result.as_ref().unwrap_err();
     assert_eq!(err.kind(), "trap", "{err}");
     assert!(
         err.to_string().contains("too much data is being copied"),
@@ -1036,7 +1035,7 @@ async fn a_plugin_cannot_hoard_open_files() {
 /// `plugins test` on `lines` with `plugins`, returning its result and the
 /// JSON lines it wrote.
 async fn offline_run(
-    plugins: &[Arc<todo_eventd::plugin::Plugin>],
+    plugins: &[Arc<Plugin>],
     lines: &[String],
     options: &todo_eventd::offline::Options,
 ) -> (

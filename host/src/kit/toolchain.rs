@@ -80,6 +80,7 @@ pub fn build(dir: &Path, out: Option<&Path>, tools: Option<&Path>) -> Result<Bui
     let (wasm, copied) = if dir.join("Cargo.toml").is_file() {
         let built = build_rust(dir)?;
         publish(&out, &name, &manifest, |staged| {
+            // Through the file made for it, not its name again.
             let mut from = std::fs::File::open(&built).map_err(KitError::io(&built))?;
             std::io::copy(&mut from, &mut staged.as_file()).map_err(KitError::io(&built))?;
             Ok(())
@@ -122,12 +123,12 @@ fn publish(
     manifest: &Path,
     write: impl FnOnce(&tempfile::NamedTempFile) -> Result<(), KitError>,
 ) -> Result<(PathBuf, PathBuf), KitError> {
-    let readable = || std::fs::Permissions::from_mode(0o644);
     let wasm = out.join(format!("{name}.wasm"));
     let staged = staging(out, name, "wasm")?;
     write(&staged)?;
     // By path: a tool may have written the file anew under its name.
-    std::fs::set_permissions(staged.path(), readable()).map_err(KitError::io(staged.path()))?;
+    std::fs::set_permissions(staged.path(), std::fs::Permissions::from_mode(0o644))
+        .map_err(KitError::io(staged.path()))?;
     let copied = out.join(format!("{name}.toml"));
     if copied != manifest {
         let staged_manifest = staging(out, name, "toml")?;

@@ -134,7 +134,7 @@ pub const COMPILE_TRIES: u32 = 3;
 /// are left unread until some return — not judged: their serving versions
 /// keep serving, and one with nothing serving shows as rejected ("not
 /// read") — and the listing never waits behind them.
-pub const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+pub const READ_TIMEOUT: std::time::Duration = crate::blocking::FILE_SYSTEM_TIMEOUT;
 
 /// The most plugin names the registry tracks. Each costs a look at its
 /// files per rescan, an entry in `/plugins` and metric series; a directory
@@ -679,6 +679,23 @@ impl Registry {
 }
 
 #[cfg(test)]
+impl Registry {
+    /// A registry of `dir` in a sandbox of one instance, reporting to
+    /// `metrics`: for this module's tests and the watcher's.
+    pub(super) async fn of_dir_for_tests(dir: &Path, metrics: Arc<PluginMetrics>) -> Arc<Self> {
+        let sandbox = Sandbox::new(crate::sandbox::SandboxConfig {
+            max_instances: 1,
+            ..crate::sandbox::SandboxConfig::default()
+        })
+        .unwrap();
+        let (registry, _) = Self::open(Arc::new(sandbox), dir.to_owned(), metrics, Clock::System)
+            .await
+            .unwrap();
+        Arc::new(registry)
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -690,19 +707,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn reads_that_hang_leave_the_listing_and_new_files_alone() {
         let dir = tempfile::tempdir().unwrap();
-        let sandbox = Sandbox::new(crate::sandbox::SandboxConfig {
-            max_instances: 1,
-            ..crate::sandbox::SandboxConfig::default()
-        })
-        .unwrap();
-        let (registry, _) = Registry::open(
-            Arc::new(sandbox),
-            dir.path().to_owned(),
-            Arc::default(),
-            Clock::System,
-        )
-        .await
-        .unwrap();
+        let registry = Registry::of_dir_for_tests(dir.path(), Arc::default()).await;
         let (release, wait) = std::sync::mpsc::channel::<()>();
         let wait = Arc::new(Mutex::new(wait));
         for i in 0..crate::blocking::MAX_UNANSWERED {

@@ -282,26 +282,27 @@ mod tests {
     use std::sync::atomic::AtomicUsize;
 
     use super::*;
-    use crate::clock::Clock;
     use crate::plugin::registry::Status;
-    use crate::sandbox::{Sandbox, SandboxConfig};
     use crate::telemetry::PluginMetrics;
 
-    async fn registry(dir: &Path) -> Arc<Registry> {
-        registry_counted(dir, Arc::default()).await
-    }
-
-    async fn registry_counted(dir: &Path, metrics: Arc<PluginMetrics>) -> Arc<Registry> {
-        let sandbox = Sandbox::new(SandboxConfig {
-            max_instances: 1,
-            ..SandboxConfig::default()
-        })
-        .unwrap();
-        let (registry, _) =
-            Registry::open(Arc::new(sandbox), dir.to_owned(), metrics, Clock::System)
-                .await
-                .unwrap();
-        Arc::new(registry)
+    /// A registry of an empty temporary directory, reporting to
+    /// `metrics`, watched with notify's watcher made by `make`, a 50 ms
+    /// debounce and the fallback rescan an hour away (so only the watch,
+    /// or the checks, can see a change).
+    async fn watched(
+        make: MakeWatcher,
+        metrics: Arc<PluginMetrics>,
+    ) -> (tempfile::TempDir, Arc<Registry>, Option<Watcher>) {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Registry::of_dir_for_tests(dir.path(), metrics).await;
+        let watcher = watch_made_by(
+            registry.clone(),
+            Duration::from_millis(50),
+            Duration::from_secs(3600),
+            make,
+        )
+        .await;
+        (dir, registry, watcher)
     }
 
     /// Polls `ok` every 50 ms for up to 20 s.
@@ -333,15 +334,7 @@ mod tests {
     /// only the checks can see the new file.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_refused_inotify_leaves_the_directory_rescanned_at_every_check() {
-        let dir = tempfile::tempdir().unwrap();
-        let registry = registry(dir.path()).await;
-        let watcher = watch_made_by(
-            registry.clone(),
-            Duration::from_millis(50),
-            Duration::from_secs(3600),
-            refused,
-        )
-        .await;
+        let (dir, registry, watcher) = watched(refused, Arc::default()).await;
         assert!(watcher.is_some(), "watches (by rescans) all the same");
         std::fs::write(dir.path().join("junk.wasm"), b"not a component").unwrap();
         eventually("junk rejected", || rejected(&registry, "junk")).await;
@@ -365,16 +358,8 @@ mod tests {
     /// once.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_watcher_refused_at_start_is_made_at_a_later_check() {
-        let dir = tempfile::tempdir().unwrap();
         let metrics = Arc::new(PluginMetrics::default());
-        let registry = registry_counted(dir.path(), metrics.clone()).await;
-        let _watcher = watch_made_by(
-            registry.clone(),
-            Duration::from_millis(50),
-            Duration::from_secs(3600),
-            refused_once,
-        )
-        .await;
+        let (dir, registry, _watcher) = watched(refused_once, metrics.clone()).await;
         eventually("made again", || MADE.load(Ordering::SeqCst) == 2).await;
         // The check that set the watch rescans once; the checks after it
         // do not (the listing's time, in seconds, stays put). Waiting a

@@ -43,7 +43,7 @@ pub use self::host::{
 pub use self::instance::Instance;
 pub use self::limits::{LimitSettings, Limits, QuotaExceeded};
 pub use self::log::{LogPolicy, PluginLog};
-use crate::blocking::{Abandoned, NoAnswer};
+use crate::blocking::{Abandoned, FILE_SYSTEM_TIMEOUT, NoAnswer};
 use crate::telemetry::{LogThrottle, PluginMetrics, Rate};
 use crate::units::ByteSize;
 use crate::world::{GuestPre, Plugin as PluginWorld, WitVersion, v0_1};
@@ -211,10 +211,6 @@ pub enum GrantError {
     NoAnswer(#[from] NoAnswer),
 }
 
-/// The longest a load waits for its granted directories to be looked up,
-/// as for the plugins directory's own reads.
-const GRANT_LOOKUP_TIMEOUT: Duration = Duration::from_secs(30);
-
 impl Sandbox {
     /// A sandbox whose plugin metrics nobody reads (tests, tools).
     pub fn new(config: SandboxConfig) -> wasmtime::Result<Self> {
@@ -293,7 +289,7 @@ impl Sandbox {
         let key = grants::lookup_key(&grants.dirs);
         let (policy, grants) = (self.config.grants.clone(), grants.clone());
         self.lookups
-            .run(&key, GRANT_LOOKUP_TIMEOUT, move || policy.check(&grants))
+            .run(&key, FILE_SYSTEM_TIMEOUT, move || policy.check(&grants))
             .await?
             .map_err(GrantError::Refused)
     }
