@@ -78,15 +78,17 @@ pub async fn run(
         &brokers,
         &config.kafka,
         &[
+            // Assigned its topics, never joins: librdkafka wants a group
+            // id for an assignment all the same.
             ("group.id", "todo-eventd-demo-watcher"),
-            ("auto.offset.reset", "earliest"),
         ],
     )
     .create()
     .context("creating the demo's watcher")?;
-    watcher
-        .subscribe(&outputs)
-        .context("subscribing the demo's watcher")?;
+    let partitions = config.kafka.partitions;
+    kafka::from_the_start(outputs.iter().map(|topic| (*topic, partitions)))
+        .and_then(|assignment| watcher.assign(&assignment))
+        .context("assigning the demo's watcher its topics")?;
 
     let input = config.kafka.input_topics[0].clone();
     let pipeline = Pipeline::new(config, plugins);

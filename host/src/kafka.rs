@@ -5,8 +5,6 @@ use std::collections::BTreeSet;
 use std::io::BufRead;
 use std::time::Duration;
 
-use rdkafka::ClientConfig;
-use rdkafka::Message;
 use rdkafka::admin::{
     AdminClient, AdminOptions, NewTopic, OwnedResourceSpecifier, ResourceSpecifier,
     TopicReplication,
@@ -20,6 +18,7 @@ use rdkafka::producer::{
     DefaultProducerContext, DeliveryFuture, FutureProducer, FutureRecord, Producer,
 };
 use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 use crate::config::{DEFAULT_MESSAGE_TIMEOUT_MS, KafkaConfig};
 
@@ -713,6 +712,23 @@ pub fn header(message: &impl Message, name: &str) -> Option<String> {
         .find(|h| h.key == name)
         .and_then(|h| h.value)
         .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+/// Partitions `0..count` of each topic, from their first record: what a
+/// reader of whole topics is assigned. Such a reader is assigned rather
+/// than subscribed: closing a subscribed consumer can hang for good in
+/// librdkafka when a rebalance event is still queued
+/// (confluentinc/librdkafka#4884), and joining a group takes seconds.
+pub fn from_the_start<'a>(
+    topics: impl IntoIterator<Item = (&'a str, i32)>,
+) -> Result<TopicPartitionList, KafkaError> {
+    let mut assignment = TopicPartitionList::new();
+    for (topic, count) in topics {
+        for partition in 0..count {
+            assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
+        }
+    }
+    Ok(assignment)
 }
 
 #[cfg(test)]

@@ -379,6 +379,30 @@ async fn failing_produces_hold_offsets_until_delivered() {
     assert_eq!(harness.committed(), harness.end_offsets());
 }
 
+/// The README's main job: the demo shows every kind of output the bundled
+/// plugins make, and the dead letters, on an embedded broker of its own,
+/// then stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_demo_shows_every_kind_of_output_and_stops() {
+    let plugins = todo_eventd::demo::plugins(&sandbox()).await.unwrap();
+    let mut out = Vec::new();
+    let metrics = todo_eventd::demo::run(todo_eventd::config::Config::default(), plugins, &mut out)
+        .await
+        .unwrap();
+    let out = String::from_utf8(out).unwrap();
+    assert!(!out.contains("timed out"), "{out}");
+    for shown in [
+        "from reminders",
+        "from recurrence",
+        "from analytics",
+        "from audit",
+        "stage=decode",
+    ] {
+        assert!(out.contains(shown), "no {shown:?} in:\n{out}");
+    }
+    assert_eq!(metrics.dead_letters.get(), 2, "{out}");
+}
+
 /// A member thrown out of the group (its heartbeat answered "unknown
 /// member", as after a session timeout) has lost its partitions: others may
 /// own them already and have restored their state, so it writes no more of
@@ -392,8 +416,8 @@ async fn a_lost_assignment_writes_no_more_state() {
     harness.config.pipeline.changelog_flush_idle = Duration::from_secs(3600);
     let plugins = todo_eventd::demo::plugins(&sandbox()).await.unwrap();
     harness.produce(&created_events(6)).await;
-    // No other group member runs (the harness's reader would be one): the
-    // injected error must reach the pipeline's heartbeat.
+    // No other consumer group's member runs: the injected error must reach
+    // the pipeline's heartbeat.
     let pipeline = Pipeline::new(harness.config.clone(), plugins);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let run = pipeline.run(&harness.brokers, async {
@@ -606,7 +630,7 @@ async fn state_and_timers_survive_a_restart() {
     // Everything on the reminders topic, after both instances stopped.
     let all = reader(&harness.brokers, &["reminders"]);
     let mut count = 0;
-    // The first wait covers the reader's group join; then 3 s of quiet.
+    // The first wait covers the reader's first fetch; then 3 s of quiet.
     let mut wait = Duration::from_secs(20);
     while let Ok(message) = tokio::time::timeout(wait, all.recv()).await {
         message.unwrap();

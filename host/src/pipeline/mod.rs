@@ -13,7 +13,9 @@
 //! revoked ones in the background and give them back once settled; route
 //! each record to its worker (pausing a partition whose worker is behind);
 //! on shutdown, stop intake, drain every worker, commit and leave — bounded
-//! by `pipeline.shutdown_timeout`.
+//! by `pipeline.shutdown_timeout`, and the last commit and leaving the group
+//! by bounds of their own, so a broker that stops answering cannot hold
+//! the stop up.
 //!
 //! Workers take new plugin sets from the [`Registry`] between records, so a
 //! hot reload never splits an event between two versions of a plugin.
@@ -58,6 +60,21 @@ use crate::telemetry::{LogThrottle, Rate, Telemetry};
 
 /// The longest gap between two consumer-error log lines.
 const CONSUMER_ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// How long an attempt at the last commit that starts after the shutdown
+/// deadline may wait for the coordinator's answer (see [`last_commit`]).
+const LAST_COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a periodic commit may go unanswered before it is reported
+/// (logged and counted as failed).
+const STALLED_COMMIT: Duration = Duration::from_secs(30);
+
+/// How long flushing the producer and leaving the group may take at
+/// shutdown. librdkafka's close can wait forever: a rebalance event still
+/// queued when the group terminates is answered with an `assign` that
+/// never returns (confluentinc/librdkafka#4884). Past this the daemon stops
+/// without it; the group drops the member after `session.timeout.ms`.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Errors that stop the pipeline from starting or running.
 #[derive(Debug, thiserror::Error)]
@@ -263,27 +280,10 @@ impl Pipeline {
             ),
             revoked
         );
-        // The last commit: a group rebalancing (another member leaving,
-        // say) refuses it until the rebalance completes, which needs us to
-        // answer — so keep answering, without new workers, until it goes
-        // through or the shutdown deadline passes. A fenced member's
-        // commits are refused for good: what it did is redelivered.
-        while fatal.is_none()
-            && let Err(err) = commit_now(&consumer, &self.telemetry).await
-        {
-            if tokio::time::Instant::now() >= deadline {
-                warn!(error = %err, "Last commit failed; uncommitted records will be redelivered.");
-                break;
-            }
-            let serve = async {
-                loop {
-                    tokio::select! {
-                        Some(event) = events.recv() => answer(&consumer, event),
-                        _ = consumer.recv() => {}
-                    }
-                }
-            };
-            let _ = tokio::time::timeout(Duration::from_millis(200), serve).await;
+        // A fenced member's commits are refused for good: what it did is
+        // redelivered.
+        if fatal.is_none() {
+            last_commit(&consumer, &mut events, &self.telemetry, deadline).await;
         }
         // From here on the closing consumer answers the group itself (the
         // rebalance callback finds nobody listening).
@@ -294,10 +294,15 @@ impl Pipeline {
             // Leaving the group waits for librdkafka: off the async threads.
             drop(consumer);
             flushed
-        })
-        .await;
-        if let Ok(Err(err)) = closed {
-            warn!(error = %err, "Flushing the producer.");
+        });
+        match tokio::time::timeout(CLOSE_TIMEOUT, closed).await {
+            Ok(Ok(Err(err))) => warn!(error = %err, "Flushing the producer."),
+            Ok(_) => {}
+            Err(_) => error!(
+                timeout = ?CLOSE_TIMEOUT,
+                "Leaving the consumer group did not finish in time; stopping without it. \
+                 The group drops this member after session.timeout.ms."
+            ),
         }
         info!(summary = %self.telemetry.pipeline.summary(), "Pipeline stopped.");
         match fatal {
@@ -564,13 +569,25 @@ async fn commit_periodically(
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        let (consumer, telemetry) = (consumer.clone(), telemetry.clone());
+        let (consumer, counted) = (consumer.clone(), telemetry.clone());
         // A synchronous commit waits for the coordinator; keep it off the
         // runtime's threads.
-        if crate::blocking::spawn(move || commit(&consumer, &telemetry))
-            .await
-            .is_err()
-        {
+        let mut committing = crate::blocking::spawn(move || commit(&consumer, &counted));
+        let committed = match tokio::time::timeout(STALLED_COMMIT, &mut committing).await {
+            Ok(committed) => committed,
+            Err(_) => {
+                // librdkafka waits for the coordinator's answer for as long
+                // as the broker holds the connection open. No new commit
+                // starts meanwhile; say so, and count it as a failure.
+                telemetry.pipeline.commit_failed();
+                warn!(
+                    waited = ?STALLED_COMMIT,
+                    "A commit has had no answer from the group coordinator; no commit starts until it returns."
+                );
+                committing.await
+            }
+        };
+        if committed.is_err() {
             return;
         }
     }
@@ -608,6 +625,57 @@ async fn commit_now(
     crate::blocking::spawn(move || try_commit(&consumer, &telemetry))
         .await
         .unwrap_or(Err(KafkaError::Canceled))
+}
+
+/// The last commit at shutdown. A group rebalancing (another member
+/// leaving, say) refuses or holds it until the rebalance completes, which
+/// needs this member to answer: so the group is answered, without new
+/// workers, while each attempt runs and between attempts, until one goes
+/// through or the shutdown `deadline` passes. An attempt may run until the
+/// deadline, or for [`LAST_COMMIT_TIMEOUT`] if it starts later: a broker
+/// that does not answer is left, and what was not committed is redelivered.
+async fn last_commit(
+    consumer: &Arc<PipelineConsumer>,
+    events: &mut mpsc::UnboundedReceiver<GroupEvent>,
+    telemetry: &Telemetry,
+    deadline: tokio::time::Instant,
+) {
+    loop {
+        let attempt_by = deadline.max(tokio::time::Instant::now() + LAST_COMMIT_TIMEOUT);
+        let attempt = commit_now(consumer, telemetry);
+        tokio::pin!(attempt);
+        let committed = loop {
+            tokio::select! {
+                committed = &mut attempt => break Some(committed),
+                () = tokio::time::sleep_until(attempt_by) => break None,
+                Some(event) = events.recv() => answer(consumer, event),
+                _ = consumer.recv() => {}
+            }
+        };
+        let err = match committed {
+            Some(Ok(())) => return,
+            Some(Err(err)) => err,
+            None => {
+                warn!(
+                    "Last commit got no answer in time; uncommitted records will be redelivered."
+                );
+                return;
+            }
+        };
+        if tokio::time::Instant::now() >= deadline {
+            warn!(error = %err, "Last commit failed; uncommitted records will be redelivered.");
+            return;
+        }
+        let serve = async {
+            loop {
+                tokio::select! {
+                    Some(event) = events.recv() => answer(consumer, event),
+                    _ = consumer.recv() => {}
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_millis(200), serve).await;
+    }
 }
 
 /// Answers a rebalance while shutting down: take what is assigned (no

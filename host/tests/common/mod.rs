@@ -16,6 +16,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::OwnedMessage;
 
 use tempfile::TempDir;
+use todo_eventd::kafka;
 use todo_eventd::plugin::{self, Plugin};
 use todo_eventd::sandbox::{Sandbox, SandboxConfig};
 use todo_eventd::world::TaskEvent;
@@ -96,7 +97,8 @@ pub fn created_events(count: usize) -> Vec<String> {
         .collect()
 }
 
-/// A consumer in a group of its own reading `topics` from the start.
+/// A consumer of every partition of `topics` from the start, assigned them
+/// ([`kafka::from_the_start`] says why), once each exists (up to a minute).
 pub fn reader(brokers: &str, topics: &[&str]) -> StreamConsumer {
     static READERS: AtomicU32 = AtomicU32::new(0);
     let group = format!("test-reader-{}", READERS.fetch_add(1, Ordering::Relaxed));
@@ -104,11 +106,39 @@ pub fn reader(brokers: &str, topics: &[&str]) -> StreamConsumer {
         .set("bootstrap.servers", brokers)
         .set("group.id", group)
         .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
         .create()
         .unwrap();
-    consumer.subscribe(topics).unwrap();
+    let counts: Vec<(&str, i32)> = topics
+        .iter()
+        .map(|topic| (*topic, partition_count(&consumer, topic)))
+        .collect();
     consumer
+        .assign(&kafka::from_the_start(counts).unwrap())
+        .unwrap();
+    consumer
+}
+
+/// How many partitions `topic` has, once it exists.
+fn partition_count(consumer: &StreamConsumer, topic: &str) -> i32 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let found = consumer
+            .fetch_metadata(Some(topic), std::time::Duration::from_secs(5))
+            .ok()
+            .and_then(|metadata| {
+                let topic = metadata.topics().first()?;
+                (topic.error().is_none() && !topic.partitions().is_empty())
+                    .then(|| topic.partitions().len())
+            });
+        if let Some(count) = found {
+            return i32::try_from(count).unwrap();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "topic {topic} does not exist"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
 
 /// A record's value as JSON.
