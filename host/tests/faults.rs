@@ -661,14 +661,16 @@ async fn the_pipeline_rides_out_a_broker_outage() {
     assert_eq!(harness.committed(), harness.end_offsets());
 }
 
-/// A broker that stops answering (every answer held for ten minutes): the
-/// commit that waits on it is reported as failed, and it does not hold up
-/// the stop: the last commit and leaving the group are given up on in
-/// bounded time (what was not committed is redelivered).
+/// A broker that stops answering (every answer held for ten minutes) just
+/// as the daemon stops, with offsets still to commit: the last commit is
+/// given up on in bounded time (what was not committed is redelivered), and
+/// so is leaving the group.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_broker_that_stops_answering_does_not_hold_up_the_shutdown() {
     let mut harness = Harness::new(&TOPICS);
     harness.config.pipeline.shutdown_timeout = Duration::from_secs(2);
+    // No periodic commit: every stored offset is left to the last one.
+    harness.config.pipeline.commit_interval = Duration::from_secs(3600);
     harness.produce(&created_events(20)).await;
     let pipeline = Pipeline::new(harness.config.clone(), echo_plugins().await);
     let cluster = harness.broker.cluster();
@@ -681,19 +683,14 @@ async fn a_broker_that_stops_answering_does_not_hold_up_the_shutdown() {
             cluster
                 .broker_round_trip_time(1, Duration::from_secs(600))
                 .unwrap();
-            let failed = pipeline.telemetry.pipeline.commits("error");
-            eventually("the stalled commit reported", || {
-                pipeline.telemetry.pipeline.commits("error") > failed
-            })
-            .await;
             Instant::now()
         })
         .await;
     let took = stopping.elapsed();
-    // Without the bounds: a minute for the commit to time out, then the
-    // close waiting on the group for another minute or forever.
+    // Without the bounds the last commit waits for over ten minutes.
     assert!(took < Duration::from_secs(45), "the stop took {took:?}");
     cluster.broker_round_trip_time(1, Duration::ZERO).unwrap();
+    assert_eq!(pipeline.telemetry.pipeline.commits("ok"), 0);
 }
 
 fn header_event(message: &OwnedMessage) -> &str {

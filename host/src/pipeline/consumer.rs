@@ -103,9 +103,6 @@ impl ConsumerContext for PipelineContext {
                     let GroupEvent::Assigned(partitions) = send.0 else {
                         return;
                     };
-                    if left_group(consumer) {
-                        return;
-                    }
                     if let Err(err) = take(consumer, &partitions) {
                         warn!(error = %err, "Taking an assignment while closing.");
                     }
@@ -143,9 +140,6 @@ impl ConsumerContext for PipelineContext {
                         return;
                     };
                     self.telemetry.readiness.revoked(partitions.count());
-                    if left_group(consumer) {
-                        return;
-                    }
                     if let Err(err) = give_back(consumer, &partitions) {
                         warn!(error = %err, "Giving back revoked partitions.");
                     }
@@ -154,19 +148,6 @@ impl ConsumerContext for PipelineContext {
             other => warn!(error = ?other, "Rebalance error."),
         }
     }
-}
-
-/// Whether the closing consumer has already left the group: a rebalance
-/// event still queued then must not be answered, since librdkafka drops the
-/// answer unanswered and the call never returns
-/// (confluentinc/librdkafka#4884). The check narrows that window; the
-/// bound on closing (`CLOSE_TIMEOUT`) covers what is left of it.
-fn left_group(consumer: &BaseConsumer<PipelineContext>) -> bool {
-    let left = consumer.closed();
-    if left {
-        debug!("Rebalance event after the group was left; not answered.");
-    }
-    left
 }
 
 /// Takes assigned partitions (after their queues were split off), resumed

@@ -70,10 +70,11 @@ const LAST_COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
 const STALLED_COMMIT: Duration = Duration::from_secs(30);
 
 /// How long flushing the producer and leaving the group may take at
-/// shutdown. librdkafka's close can wait forever: a rebalance event still
-/// queued when the group terminates is answered with an `assign` that
-/// never returns (confluentinc/librdkafka#4884). Past this the daemon stops
-/// without it; the group drops the member after `session.timeout.ms`.
+/// shutdown. librdkafka's close can wait forever: an answer to a rebalance
+/// event that reaches the group just as it terminates is dropped
+/// unanswered, and the call waits for good (confluentinc/librdkafka#4884).
+/// Past this the daemon stops without it; the group drops the member after
+/// `session.timeout.ms`.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Errors that stop the pipeline from starting or running.
@@ -288,10 +289,24 @@ impl Pipeline {
         // From here on the closing consumer answers the group itself (the
         // rebalance callback finds nobody listening).
         drop(events);
-        let WorkerContext { producer, .. } = context;
+        // The worker context's share of the consumer goes first, so that
+        // the last one (whose drop leaves the group) is dropped in the
+        // bounded work below, off the async threads. Only an attempt at a
+        // commit that was given up on can still hold one: the consumer
+        // then closes on that attempt's thread when it returns.
+        let WorkerContext {
+            producer,
+            consumer: shared,
+            ..
+        } = context;
+        drop(shared);
         let closed = crate::blocking::spawn(move || {
             let flushed = producer.flush(Duration::from_secs(5));
-            // Leaving the group waits for librdkafka: off the async threads.
+            if Arc::strong_count(&consumer) > 1 {
+                warn!(
+                    "A commit given up on still holds the consumer: the group is left when it returns."
+                );
+            }
             drop(consumer);
             flushed
         });
@@ -576,9 +591,10 @@ async fn commit_periodically(
         let committed = match tokio::time::timeout(STALLED_COMMIT, &mut committing).await {
             Ok(committed) => committed,
             Err(_) => {
-                // librdkafka waits for the coordinator's answer for as long
-                // as the broker holds the connection open. No new commit
-                // starts meanwhile; say so, and count it as a failure.
+                // librdkafka waits for the coordinator's answer until its
+                // request timeouts and retries give up (minutes). No new
+                // commit starts meanwhile; say so, and count it as failed
+                // (again if it then fails).
                 telemetry.pipeline.commit_failed();
                 warn!(
                     waited = ?STALLED_COMMIT,
@@ -640,54 +656,77 @@ async fn last_commit(
     telemetry: &Telemetry,
     deadline: tokio::time::Instant,
 ) {
+    let mut handing = FuturesUnordered::new();
+    let mut attempt_by;
     loop {
-        let attempt_by = deadline.max(tokio::time::Instant::now() + LAST_COMMIT_TIMEOUT);
+        attempt_by = deadline.max(tokio::time::Instant::now() + LAST_COMMIT_TIMEOUT);
         let attempt = commit_now(consumer, telemetry);
         tokio::pin!(attempt);
         let committed = loop {
             tokio::select! {
                 committed = &mut attempt => break Some(committed),
                 () = tokio::time::sleep_until(attempt_by) => break None,
-                Some(event) = events.recv() => answer(consumer, event),
+                Some(event) = events.recv() => answer(consumer, telemetry, event, &mut handing),
+                Some(()) = handing.next() => {}
                 _ = consumer.recv() => {}
             }
         };
         let err = match committed {
-            Some(Ok(())) => return,
+            Some(Ok(())) => break,
             Some(Err(err)) => err,
             None => {
                 warn!(
                     "Last commit got no answer in time; uncommitted records will be redelivered."
                 );
-                return;
+                break;
             }
         };
         if tokio::time::Instant::now() >= deadline {
             warn!(error = %err, "Last commit failed; uncommitted records will be redelivered.");
-            return;
+            break;
         }
         let serve = async {
             loop {
                 tokio::select! {
-                    Some(event) = events.recv() => answer(consumer, event),
+                    Some(event) = events.recv() => answer(consumer, telemetry, event, &mut handing),
+                    Some(()) = handing.next() => {}
                     _ = consumer.recv() => {}
                 }
             }
         };
         let _ = tokio::time::timeout(Duration::from_millis(200), serve).await;
     }
+    // Partitions revoked meanwhile are committed and handed back within
+    // the same bound.
+    let handed = async { while handing.next().await.is_some() {} };
+    if tokio::time::timeout_at(attempt_by, handed).await.is_err() {
+        warn!("Handing back partitions revoked at shutdown got no answer in time.");
+    }
 }
 
-/// Answers a rebalance while shutting down: take what is assigned (no
-/// worker will read it) and give back what is revoked, so the group can
-/// settle.
-fn answer(consumer: &PipelineConsumer, event: GroupEvent) {
-    let answered = match event {
-        GroupEvent::Assigned(partitions) => consumer::take(consumer, &partitions),
-        GroupEvent::Revoked { partitions, .. } => consumer::give_back(consumer, &partitions),
-    };
-    if let Err(err) = answered {
-        warn!(error = %err, "Answering a rebalance while shutting down.");
+/// Answers a rebalance while shutting down: takes what is assigned (no
+/// worker will read it); what is revoked (drained already, its offsets
+/// stored) is committed and then given back, as [`hand_back`] does, in
+/// `handing` — not given back first, which would leave its offsets out of
+/// the commit.
+fn answer(
+    consumer: &Arc<PipelineConsumer>,
+    telemetry: &Telemetry,
+    event: GroupEvent,
+    handing: &mut FuturesUnordered<BoxFuture<'static, ()>>,
+) {
+    match event {
+        GroupEvent::Assigned(partitions) => {
+            if let Err(err) = consumer::take(consumer.as_ref(), &partitions) {
+                warn!(error = %err, "Taking an assignment while shutting down.");
+            }
+        }
+        GroupEvent::Revoked { partitions, lost } => handing.push(Box::pin(hand_back(
+            consumer.clone(),
+            telemetry.clone(),
+            partitions,
+            lost,
+        ))),
     }
 }
 

@@ -101,6 +101,12 @@ pub struct PipelineMetrics {
 
 impl Default for PipelineMetrics {
     fn default() -> Self {
+        // Both results are exported from the start, so an alert comparing
+        // them sees a daemon none of whose commits has gone through yet.
+        let commits = Family::<CommitLabels, Counter>::default();
+        for result in ["ok", "error"] {
+            drop(commits.get_or_create(&CommitLabels { result }));
+        }
         Self {
             events_in: Counter::default(),
             outputs: Counter::default(),
@@ -121,7 +127,7 @@ impl Default for PipelineMetrics {
             delivery_failures: Family::default(),
             dead_letter_stages: Family::default(),
             rebalances: Family::default(),
-            commits: Family::default(),
+            commits,
             // 1 ms .. ~16 s
             commit_duration: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
             consumer_lag: Family::default(),
