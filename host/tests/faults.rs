@@ -664,12 +664,13 @@ async fn the_pipeline_rides_out_a_broker_outage() {
 /// A broker that stops answering (every answer held for ten minutes) just
 /// as the daemon stops, with offsets still to commit: the last commit is
 /// given up on in bounded time (what was not committed is redelivered), and
-/// so is leaving the group.
+/// the group is left on that commit's thread when it returns.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_broker_that_stops_answering_does_not_hold_up_the_shutdown() {
     let mut harness = Harness::new(&TOPICS);
     harness.config.pipeline.shutdown_timeout = Duration::from_secs(2);
-    // No periodic commit: every stored offset is left to the last one.
+    // No periodic commit after the first (at once, with nothing to
+    // commit): every stored offset is left to the last one.
     harness.config.pipeline.commit_interval = Duration::from_secs(3600);
     harness.produce(&created_events(20)).await;
     let pipeline = Pipeline::new(harness.config.clone(), echo_plugins().await);
@@ -687,10 +688,10 @@ async fn a_broker_that_stops_answering_does_not_hold_up_the_shutdown() {
         })
         .await;
     let took = stopping.elapsed();
-    // Without the bounds the last commit waits for over ten minutes.
-    assert!(took < Duration::from_secs(45), "the stop took {took:?}");
+    // About 5 s (the last commit's bound); without the bounds the last
+    // commit waits for over ten minutes.
+    assert!(took < Duration::from_secs(25), "the stop took {took:?}");
     cluster.broker_round_trip_time(1, Duration::ZERO).unwrap();
-    assert_eq!(pipeline.telemetry.pipeline.commits("ok"), 0);
 }
 
 fn header_event(message: &OwnedMessage) -> &str {

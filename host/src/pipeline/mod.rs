@@ -271,8 +271,15 @@ impl Pipeline {
         // Partitions revoked before the shutdown are still draining: they
         // settle side by side with the rest, each within its own bound
         // (see `revoke`), before anything is committed or the group left.
-        let revoked = async { while draining.next().await.is_some() {} };
-        tokio::join!(
+        // They are handed back with the last commit.
+        let revoked = async {
+            let mut settled = Vec::new();
+            while let Some(revoked) = draining.next().await {
+                settled.push(revoked);
+            }
+            settled
+        };
+        let ((), revoked) = tokio::join!(
             settle_workers(
                 workers,
                 deadline,
@@ -284,16 +291,36 @@ impl Pipeline {
         // A fenced member's commits are refused for good: what it did is
         // redelivered.
         if fatal.is_none() {
-            last_commit(&consumer, &mut events, &self.telemetry, deadline).await;
+            last_commit(&consumer, &mut events, revoked, &self.telemetry, deadline).await;
+        } else {
+            for (partitions, _) in revoked {
+                if let Err(err) = consumer::give_back(consumer.as_ref(), &partitions) {
+                    warn!(error = %err, "Giving back revoked partitions.");
+                }
+            }
         }
         // From here on the closing consumer answers the group itself (the
-        // rebalance callback finds nobody listening).
+        // rebalance callback finds nobody listening). What the group asked
+        // before that is answered now: an answer left out keeps the group
+        // waiting for it, and leaving it then waits for good.
+        events.close();
+        while let Ok(event) = events.try_recv() {
+            let answered = match event {
+                GroupEvent::Assigned(partitions) => consumer::take(consumer.as_ref(), &partitions),
+                GroupEvent::Revoked { partitions, .. } => {
+                    consumer::give_back(consumer.as_ref(), &partitions)
+                }
+            };
+            if let Err(err) = answered {
+                warn!(error = %err, "Answering a rebalance while shutting down.");
+            }
+        }
         drop(events);
         // The worker context's share of the consumer goes first, so that
         // the last one (whose drop leaves the group) is dropped in the
-        // bounded work below, off the async threads. Only an attempt at a
-        // commit that was given up on can still hold one: the consumer
-        // then closes on that attempt's thread when it returns.
+        // bounded work below, off the async threads. Only work given up on
+        // (a commit, a hand-back) can still hold one: the consumer then
+        // closes on that work's thread when it returns.
         let WorkerContext {
             producer,
             consumer: shared,
@@ -304,7 +331,7 @@ impl Pipeline {
             let flushed = producer.flush(Duration::from_secs(5));
             if Arc::strong_count(&consumer) > 1 {
                 warn!(
-                    "A commit given up on still holds the consumer: the group is left when it returns."
+                    "Work given up on (a commit or a hand-back) still holds the consumer: the group is left when it returns."
                 );
             }
             drop(consumer);
@@ -546,6 +573,10 @@ async fn settle_workers(
                 "A partition's worker did not settle even after its grace; aborted. A state change it sent may still land after the partition's next owner restored its state."
             );
             task.abort();
+            // Until its future is dropped it holds a share of the consumer,
+            // whose last drop leaves the group: not on an async thread
+            // later. (Its polls are short: plugin calls run elsewhere.)
+            let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
         }
     }
 }
@@ -643,7 +674,9 @@ async fn commit_now(
         .unwrap_or(Err(KafkaError::Canceled))
 }
 
-/// The last commit at shutdown. A group rebalancing (another member
+/// The last commit at shutdown, and the hand-back (commit, then give
+/// back) of the partitions `revoked` before it that have settled since. A
+/// group rebalancing (another member
 /// leaving, say) refuses or holds it until the rebalance completes, which
 /// needs this member to answer: so the group is answered, without new
 /// workers, while each attempt runs and between attempts, until one goes
@@ -653,10 +686,21 @@ async fn commit_now(
 async fn last_commit(
     consumer: &Arc<PipelineConsumer>,
     events: &mut mpsc::UnboundedReceiver<GroupEvent>,
+    revoked: Vec<(TopicPartitionList, bool)>,
     telemetry: &Telemetry,
     deadline: tokio::time::Instant,
 ) {
-    let mut handing = FuturesUnordered::new();
+    let mut handing: FuturesUnordered<BoxFuture<'static, ()>> = revoked
+        .into_iter()
+        .map(|(partitions, lost)| -> BoxFuture<'static, ()> {
+            Box::pin(hand_back(
+                consumer.clone(),
+                telemetry.clone(),
+                partitions,
+                lost,
+            ))
+        })
+        .collect();
     let mut attempt_by;
     loop {
         attempt_by = deadline.max(tokio::time::Instant::now() + LAST_COMMIT_TIMEOUT);

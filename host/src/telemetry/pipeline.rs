@@ -151,13 +151,6 @@ impl PipelineMetrics {
             .map_or(0, |c| c.get())
     }
 
-    /// Commits with `result` (`"ok"` or `"error"`) so far.
-    pub fn commits(&self, result: &'static str) -> u64 {
-        self.commits
-            .get(&CommitLabels { result })
-            .map_or(0, |c| c.get())
-    }
-
     /// Records a commit of stored offsets that took `took`.
     pub fn committed(&self, took: std::time::Duration) {
         self.commit_duration.observe(took.as_secs_f64());
