@@ -293,10 +293,8 @@ impl Pipeline {
         if fatal.is_none() {
             last_commit(&consumer, &mut events, revoked, &self.telemetry, deadline).await;
         } else {
-            for (partitions, _) in revoked {
-                if let Err(err) = consumer::give_back(consumer.as_ref(), &partitions) {
-                    warn!(error = %err, "Giving back revoked partitions.");
-                }
+            for (partitions, lost) in revoked {
+                answer_at_once(&consumer, GroupEvent::Revoked { partitions, lost });
             }
         }
         // From here on the closing consumer answers the group itself (the
@@ -305,15 +303,7 @@ impl Pipeline {
         // waiting for it, and leaving it then waits for good.
         events.close();
         while let Ok(event) = events.try_recv() {
-            let answered = match event {
-                GroupEvent::Assigned(partitions) => consumer::take(consumer.as_ref(), &partitions),
-                GroupEvent::Revoked { partitions, .. } => {
-                    consumer::give_back(consumer.as_ref(), &partitions)
-                }
-            };
-            if let Err(err) = answered {
-                warn!(error = %err, "Answering a rebalance while shutting down.");
-            }
+            answer_at_once(&consumer, event);
         }
         drop(events);
         // The worker context's share of the consumer goes first, so that
@@ -676,11 +666,11 @@ async fn commit_now(
 
 /// The last commit at shutdown, and the hand-back (commit, then give
 /// back) of the partitions `revoked` before it that have settled since. A
-/// group rebalancing (another member
-/// leaving, say) refuses or holds it until the rebalance completes, which
-/// needs this member to answer: so the group is answered, without new
-/// workers, while each attempt runs and between attempts, until one goes
-/// through or the shutdown `deadline` passes. An attempt may run until the
+/// group rebalancing (another member leaving, say) refuses or holds the
+/// commit until the rebalance completes, which needs this member to
+/// answer: so the group is answered, without new workers, while each
+/// attempt runs and between attempts, until one goes through or the
+/// shutdown `deadline` passes. An attempt may run until the
 /// deadline, or for [`LAST_COMMIT_TIMEOUT`] if it starts later: a broker
 /// that does not answer is left, and what was not committed is redelivered.
 async fn last_commit(
@@ -690,17 +680,11 @@ async fn last_commit(
     telemetry: &Telemetry,
     deadline: tokio::time::Instant,
 ) {
-    let mut handing: FuturesUnordered<BoxFuture<'static, ()>> = revoked
-        .into_iter()
-        .map(|(partitions, lost)| -> BoxFuture<'static, ()> {
-            Box::pin(hand_back(
-                consumer.clone(),
-                telemetry.clone(),
-                partitions,
-                lost,
-            ))
-        })
-        .collect();
+    let mut handing = FuturesUnordered::new();
+    for (partitions, lost) in revoked {
+        let revoked = GroupEvent::Revoked { partitions, lost };
+        answer(consumer, telemetry, revoked, &mut handing);
+    }
     let mut attempt_by;
     loop {
         attempt_by = deadline.max(tokio::time::Instant::now() + LAST_COMMIT_TIMEOUT);
@@ -760,17 +744,25 @@ fn answer(
     handing: &mut FuturesUnordered<BoxFuture<'static, ()>>,
 ) {
     match event {
-        GroupEvent::Assigned(partitions) => {
-            if let Err(err) = consumer::take(consumer.as_ref(), &partitions) {
-                warn!(error = %err, "Taking an assignment while shutting down.");
-            }
-        }
+        assigned @ GroupEvent::Assigned(_) => answer_at_once(consumer, assigned),
         GroupEvent::Revoked { partitions, lost } => handing.push(Box::pin(hand_back(
             consumer.clone(),
             telemetry.clone(),
             partitions,
             lost,
         ))),
+    }
+}
+
+/// Answers a rebalance while shutting down, committing nothing: takes what
+/// is assigned (no worker will read it) or gives back what is revoked.
+fn answer_at_once(consumer: &PipelineConsumer, event: GroupEvent) {
+    let answered = match event {
+        GroupEvent::Assigned(partitions) => consumer::take(consumer, &partitions),
+        GroupEvent::Revoked { partitions, .. } => consumer::give_back(consumer, &partitions),
+    };
+    if let Err(err) = answered {
+        warn!(error = %err, "Answering a rebalance while shutting down.");
     }
 }
 
